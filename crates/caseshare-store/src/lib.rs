@@ -1,1 +1,110 @@
-//! placeholder
+//! Durable state of the broker, behind one trait.
+//!
+//! - [`records`]: the internal record types persisted beside the public
+//!   protobuf messages (events as stored, delivery state, subscriptions).
+//! - [`batch`]: [`Batch`], one group commit's worth of writes, typed and
+//!   backend-neutral.
+//! - [`Storage`]: what the server needs from a backend: apply a batch
+//!   atomically and durably, and read back what it wrote.
+//! - [`sled_backend`]: the embedded default, one sled tree with key
+//!   prefixes, `fdatasync`ed once per batch.
+//!
+//! API Boundary: the server only sees [`Storage`]; a NATS JetStream backend
+//! (spec §6) implements the same trait.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod records;
+pub mod sled_backend;
+
+pub use batch::Batch;
+pub use records::{DeliveryRecord, DeliveryState, StoredEvent, SubscriptionRecord};
+pub use sled_backend::SledStore;
+
+use caseshare_proto::v1 as pb;
+
+/// A storage failure. Every variant means the operation did not happen
+/// (a failed commit is not acknowledged to anyone).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying engine failed.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// The disk sync after a write failed.
+    #[error("could not sync the store to disk: {0}")]
+    Sync(#[from] std::io::Error),
+    /// A stored record did not decode: the store is damaged.
+    #[error("stored record {key} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A write exceeded a record-size limit.
+    #[error("record too large: {0}")]
+    TooLarge(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Engine(e.to_string())
+    }
+}
+
+/// What the broker loads into memory at start.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Registered agencies.
+    pub agencies: Vec<pb::Agency>,
+    /// All agreements, ended ones included.
+    pub agreements: Vec<pb::Agreement>,
+    /// All consents, withdrawn ones included.
+    pub consents: Vec<pb::ConsentRecord>,
+    /// Subscriptions.
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// Per subscription id, the lowest sequence not yet settled.
+    pub floors: Vec<(u64, u64)>,
+    /// The next event sequence to assign (sequences start at 1).
+    pub next_sequence: u64,
+    /// The next subscription id to assign.
+    pub next_subscription_id: u64,
+    /// The number of audit entries (the next index).
+    pub audit_size: u64,
+}
+
+/// Figures about one commit, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitStats {
+    /// Records written or deleted.
+    pub records: usize,
+    /// Bytes written.
+    pub bytes: usize,
+}
+
+/// A storage backend.
+///
+/// Architecture Invariant: `commit` is atomic (all of a batch or none of it
+/// survives a crash) and durable when it returns Ok (the batch survives a
+/// process kill and, for the sled backend, a power loss after
+/// `fdatasync`). Batches are applied in call order.
+pub trait Storage: Send + Sync + 'static {
+    /// Applies a batch atomically and durably.
+    fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError>;
+    /// Loads the state the broker keeps in memory.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// One event by sequence.
+    fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError>;
+    /// Up to `max` events with sequence >= `from`, in order.
+    fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The sequence an agency's event id was stored under.
+    fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError>;
+    /// Delivery records of one subscription with sequence >= `from`.
+    fn deliveries_from(&self, subscription_id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Delivery records of one event, across subscriptions.
+    fn deliveries_of(&self, subscription_ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Raw audit entries with index in `[start, end)`.
+    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// One stored tile of Merkle hashes.
+    fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+}

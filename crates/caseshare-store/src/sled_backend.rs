@@ -1,0 +1,390 @@
+//! The embedded backend: one sled tree, one key prefix per record kind, so a
+//! whole [`Batch`] is one atomic `apply_batch`. Durability: `flush` (which
+//! sled implements with `sync_file_range`, enough for a killed process) then
+//! `fdatasync` of the data file and of any blob files sled wrote, so an
+//! acknowledged commit also survives a power loss.
+//!
+//! Key layout (big-endian numbers, so keys sort numerically):
+//! - `A` ‖ first index → a chunk of audit entries (`u32` LE length ‖ bytes)*
+//! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes)
+//! - `E` ‖ sequence → [`StoredEvent`]
+//! - `I` ‖ agency ‖ 0 ‖ event id → sequence (idempotent publish)
+//! - `G` ‖ agency id → `Agency`;  `R` ‖ agreement id → `Agreement`
+//! - `C` ‖ consent id → `ConsentRecord`
+//! - `S` ‖ subscription id → [`SubscriptionRecord`]
+//! - `F` ‖ subscription id → floor sequence
+//! - `D` ‖ subscription id ‖ sequence → [`DeliveryRecord`]
+//! - `M` ‖ name → counters (`seq`, `sub`)
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use caseshare_proto::v1 as pb;
+use prost::Message;
+
+use crate::{Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent, SubscriptionRecord};
+
+/// Largest audit chunk record; a batch with more is split into several.
+const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        key: what.to_string(),
+        detail: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, StoreError> {
+    M::decode(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(&k[..k.len().min(24)]).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Splits a chunk record into its entries.
+fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let corrupt = || StoreError::Corrupt {
+            key: "audit chunk".into(),
+            detail: "truncated entry".into(),
+        };
+        let (len, tail) = rest.split_at_checked(4).ok_or_else(corrupt)?;
+        let len = u32::from_le_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+        let (entry, tail) = tail.split_at_checked(len).ok_or_else(corrupt)?;
+        out.push(entry.to_vec());
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// The sled store.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: PathBuf,
+    data_file: File,
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("path", &self.path).finish()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, with `cache_bytes` of page
+    /// cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree("caseshare")?;
+        let data_file = File::open(dir.join("db"))?;
+        Ok(SledStore {
+            db,
+            tree,
+            path: dir.to_path_buf(),
+            data_file,
+            synced_blobs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Makes everything written so far stable: sled's flush, then
+    /// `fdatasync` of the data file and of blob files not yet synced.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.data_file.sync_data()?;
+        let blobs = self.path.join("blobs");
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            let mut synced = self.synced_blobs.lock().map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
+            let mut new_files = false;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !synced.contains(&name) {
+                    File::open(entry.path())?.sync_data()?;
+                    synced.insert(name);
+                    new_files = true;
+                }
+            }
+            if new_files {
+                File::open(&blobs)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put(b: &mut sled::Batch, stats: &mut CommitStats, k: Vec<u8>, v: Vec<u8>) {
+        stats.records += 1;
+        stats.bytes += k.len() + v.len();
+        b.insert(k, v);
+    }
+
+    /// The raw value under a key, for tests that tamper with the store.
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+impl Storage for SledStore {
+    fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
+        let mut b = sled::Batch::default();
+        let mut stats = CommitStats::default();
+        // Audit entries, packed into chunks.
+        let mut index = batch.audit_first_index;
+        let mut chunk_start = index;
+        let mut chunk: Vec<u8> = Vec::new();
+        for entry in &batch.audit {
+            if !chunk.is_empty() && chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
+                Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), std::mem::take(&mut chunk));
+                chunk_start = index;
+            }
+            let len = u32::try_from(entry.len()).map_err(|_| StoreError::TooLarge("audit entry".into()))?;
+            chunk.extend_from_slice(&len.to_le_bytes());
+            chunk.extend_from_slice(entry);
+            index += 1;
+        }
+        if !chunk.is_empty() {
+            Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), chunk);
+        }
+        for (level, idx, bytes) in &batch.tiles {
+            Self::put(&mut b, &mut stats, key(b'T', &[&[*level], &be(*idx)]), bytes.clone());
+        }
+        for e in &batch.events {
+            Self::put(&mut b, &mut stats, key(b'E', &[&be(e.sequence)]), e.encode_to_vec());
+            let id = key(b'I', &[e.source_agency.as_bytes(), &[0], e.event_id.as_bytes()]);
+            Self::put(&mut b, &mut stats, id, be(e.sequence).to_vec());
+        }
+        for a in &batch.agencies {
+            Self::put(&mut b, &mut stats, key(b'G', &[a.agency_id.as_bytes()]), a.encode_to_vec());
+        }
+        for a in &batch.agreements {
+            Self::put(&mut b, &mut stats, key(b'R', &[a.agreement_id.as_bytes()]), a.encode_to_vec());
+        }
+        for c in &batch.consents {
+            Self::put(&mut b, &mut stats, key(b'C', &[c.consent_id.as_bytes()]), c.encode_to_vec());
+        }
+        for s in &batch.subscriptions {
+            Self::put(&mut b, &mut stats, key(b'S', &[&be(s.id)]), s.encode_to_vec());
+        }
+        for id in &batch.deleted_subscriptions {
+            b.remove(key(b'S', &[&be(*id)]));
+            b.remove(key(b'F', &[&be(*id)]));
+            stats.records += 2;
+            // Delivery records of a deleted subscription are removed with it.
+            for item in self.tree.scan_prefix(key(b'D', &[&be(*id)])).keys() {
+                b.remove(item?);
+                stats.records += 1;
+            }
+        }
+        for d in &batch.deliveries {
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'D', &[&be(d.subscription_id), &be(d.sequence)]),
+                d.encode_to_vec(),
+            );
+        }
+        for (sub, floor) in &batch.floors {
+            Self::put(&mut b, &mut stats, key(b'F', &[&be(*sub)]), be(*floor).to_vec());
+        }
+        if let Some(n) = batch.next_sequence {
+            Self::put(&mut b, &mut stats, key(b'M', &[b"seq"]), be(n).to_vec());
+        }
+        if let Some(n) = batch.next_subscription_id {
+            Self::put(&mut b, &mut stats, key(b'M', &[b"sub"]), be(n).to_vec());
+        }
+        self.tree.apply_batch(b)?;
+        self.sync()?;
+        Ok(stats)
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut snap = Snapshot {
+            next_sequence: 1,
+            next_subscription_id: 1,
+            ..Snapshot::default()
+        };
+        for item in self.tree.scan_prefix([b'G']) {
+            let (k, v) = item?;
+            snap.agencies.push(decode::<pb::Agency>(&k, &v)?);
+        }
+        for item in self.tree.scan_prefix([b'R']) {
+            let (k, v) = item?;
+            snap.agreements.push(decode::<pb::Agreement>(&k, &v)?);
+        }
+        for item in self.tree.scan_prefix([b'C']) {
+            let (k, v) = item?;
+            snap.consents.push(decode::<pb::ConsentRecord>(&k, &v)?);
+        }
+        for item in self.tree.scan_prefix([b'S']) {
+            let (k, v) = item?;
+            snap.subscriptions.push(decode::<SubscriptionRecord>(&k, &v)?);
+        }
+        for item in self.tree.scan_prefix([b'F']) {
+            let (k, v) = item?;
+            snap.floors.push((read_be(&k[1..], "floor key")?, read_be(&v, "floor")?));
+        }
+        if let Some(v) = self.tree.get(key(b'M', &[b"seq"]))? {
+            snap.next_sequence = read_be(&v, "next sequence")?;
+        }
+        if let Some(v) = self.tree.get(key(b'M', &[b"sub"]))? {
+            snap.next_subscription_id = read_be(&v, "next subscription id")?;
+        }
+        if let Some((k, v)) = self.tree.scan_prefix([b'A']).next_back().transpose()? {
+            let first = read_be(&k[1..], "audit chunk key")?;
+            snap.audit_size = first + split_chunk(&v)?.len() as u64;
+        }
+        Ok(snap)
+    }
+
+    fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
+        let k = key(b'E', &[&be(sequence)]);
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let start = key(b'E', &[&be(from)]);
+        let end = key(b'E', &[&be(u64::MAX)]);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..=end).take(max) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+        let k = key(b'I', &[agency_id.as_bytes(), &[0], event_id.as_bytes()]);
+        match self.tree.get(k)? {
+            Some(v) => Ok(Some(read_be(&v, "event id index")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn deliveries_from(&self, subscription_id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let start = key(b'D', &[&be(subscription_id), &be(from)]);
+        let end = key(b'D', &[&be(subscription_id), &be(u64::MAX)]);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..=end) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn deliveries_of(&self, subscription_ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut out = Vec::new();
+        for id in subscription_ids {
+            let k = key(b'D', &[&be(*id), &be(sequence)]);
+            if let Some(v) = self.tree.get(&k)? {
+                out.push(decode(&k, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        // The chunk holding `start` is the last one whose first index <= start.
+        let first_key = match self.tree.range(key(b'A', &[&be(0)])..=key(b'A', &[&be(start)])).next_back() {
+            Some(item) => item?.0,
+            None => return Ok(out),
+        };
+        for item in self.tree.range(first_key.to_vec()..key(b'A', &[&be(end)])) {
+            let (k, v) = item?;
+            let mut idx = read_be(&k[1..], "audit chunk key")?;
+            for entry in split_chunk(&v)? {
+                if idx >= start && idx < end {
+                    out.push(entry);
+                }
+                idx += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key(b'T', &[&[level], &be(index)]))?.map(|v| v.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn audit_chunks_round_trip_across_batches_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Vec<u8>> = (0..500u32).map(|i| vec![u8::try_from(i % 251).unwrap(); 100 + (i as usize % 300)]).collect();
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let mut next = 0u64;
+            for chunk in entries.chunks(170) {
+                let batch = Batch { audit: chunk.to_vec(), audit_first_index: next, ..Batch::default() };
+                store.commit(&batch).unwrap();
+                next += chunk.len() as u64;
+            }
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert_eq!(store.load().unwrap().audit_size, 500);
+        assert_eq!(store.audit_entries(0, 500).unwrap(), entries);
+        assert_eq!(store.audit_entries(123, 377).unwrap(), entries[123..377].to_vec());
+        assert_eq!(store.audit_entries(499, 600).unwrap(), entries[499..].to_vec());
+        assert!(store.audit_entries(10, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_deliveries_and_counters_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let batch = Batch {
+                events: (1..=3)
+                    .map(|s| StoredEvent { sequence: s, source_agency: "a".into(), event_id: format!("e{s}"), ..Default::default() })
+                    .collect(),
+                deliveries: vec![DeliveryRecord { subscription_id: 7, sequence: 2, state: 2, attempts: 1, ..Default::default() }],
+                floors: vec![(7, 3)],
+                next_sequence: Some(4),
+                ..Batch::default()
+            };
+            store.commit(&batch).unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.next_sequence, 4);
+        assert_eq!(snap.floors, vec![(7, 3)]);
+        assert_eq!(store.events_from(2, 10).unwrap().len(), 2);
+        assert_eq!(store.sequence_of("a", "e3").unwrap(), Some(3));
+        assert_eq!(store.sequence_of("b", "e3").unwrap(), None);
+        assert_eq!(store.deliveries_from(7, 0).unwrap().len(), 1);
+        assert!(store.deliveries_from(8, 0).unwrap().is_empty());
+    }
+}
