@@ -472,7 +472,10 @@ fn range_hash<S: NodeSource + ?Sized>(begin: u64, end: u64, src: &S) -> Result<H
     Ok(acc.unwrap_or_else(empty_root))
 }
 
-fn check_available<S: NodeSource + ?Sized>(size: u64, src: &S) -> Result<(), ProofGenError<S::Error>> {
+fn check_available<S: NodeSource + ?Sized>(
+    size: u64,
+    src: &S,
+) -> Result<(), ProofGenError<S::Error>> {
     let available = src.tree_size();
     if size > available {
         return Err(ProofGenError::BeyondTree {
@@ -484,7 +487,10 @@ fn check_available<S: NodeSource + ?Sized>(size: u64, src: &S) -> Result<(), Pro
 }
 
 /// The root of the tree made of the first `size` leaves of `src`.
-pub fn tree_root<S: NodeSource + ?Sized>(size: u64, src: &S) -> Result<Hash, ProofGenError<S::Error>> {
+pub fn tree_root<S: NodeSource + ?Sized>(
+    size: u64,
+    src: &S,
+) -> Result<Hash, ProofGenError<S::Error>> {
     check_available(size, src)?;
     range_hash(0, size, src).map_err(ProofGenError::Source)
 }

@@ -94,7 +94,9 @@ pub enum NoteError {
     )]
     MissingSeparator,
     /// The signature block is empty or does not end in a newline.
-    #[error("malformed note: the signature block must hold signature lines, each ending with a newline")]
+    #[error(
+        "malformed note: the signature block must hold signature lines, each ending with a newline"
+    )]
     MalformedSignatureBlock,
     /// A signature line is malformed.
     #[error(
@@ -110,9 +112,7 @@ pub enum NoteError {
     #[error("the note carries more than {MAX_SIGNATURES} signatures")]
     TooManySignatures,
     /// No signature by the expected key.
-    #[error(
-        "the note is not signed by key {name}+{key_id:08x}; it carries signatures by: {found}"
-    )]
+    #[error("the note is not signed by key {name}+{key_id:08x}; it carries signatures by: {found}")]
     NotSignedByKey {
         /// Expected key name.
         name: String,
@@ -267,8 +267,8 @@ impl NoteVerifier {
                 computed,
             });
         }
-        let key =
-            VerifyingKey::from_bytes(&key).map_err(|_| NoteError::InvalidPublicKey(name.to_owned()))?;
+        let key = VerifyingKey::from_bytes(&key)
+            .map_err(|_| NoteError::InvalidPublicKey(name.to_owned()))?;
         Ok(Self {
             name: name.to_owned(),
             key_id: computed,
@@ -502,13 +502,14 @@ pub fn verify_note<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str
         if sig.name != verifier.name || sig.key_id != verifier.key_id {
             continue;
         }
-        let bytes = <[u8; ED25519_SIGNATURE_LEN]>::try_from(sig.signature.as_slice()).map_err(
-            |_| NoteError::BadSignatureLength {
-                name: verifier.name.clone(),
-                key_id: verifier.key_id,
-                len: sig.signature.len(),
-            },
-        )?;
+        let bytes =
+            <[u8; ED25519_SIGNATURE_LEN]>::try_from(sig.signature.as_slice()).map_err(|_| {
+                NoteError::BadSignatureLength {
+                    name: verifier.name.clone(),
+                    key_id: verifier.key_id,
+                    len: sig.signature.len(),
+                }
+            })?;
         verifier
             .key
             .verify_strict(parsed.text.as_bytes(), &Signature::from_bytes(&bytes))

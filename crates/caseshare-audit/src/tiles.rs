@@ -9,7 +9,8 @@
 //! ([`TILE_WIDTH`] = 256). Tile level 0 therefore holds the leaf hashes, tile
 //! level 1 the roots of the 256-leaf subtrees, and so on. Nodes at the seven
 //! tree levels between two tile levels are not stored; they are recomputed
-//! from the tile's hashes (at most 127 hashes per node read).
+//! from the tile's hashes when read (at most 255 hashes per tile read, see
+//! [`TileNodes`]).
 //!
 //! A tile's stored bytes are its hashes concatenated in index order, 32 bytes
 //! each, with no header: a full tile is 8192 bytes. The tile at the right
@@ -34,7 +35,9 @@
 //! O(log n) tile reads.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::convert::Infallible;
 
 use thiserror::Error;
@@ -214,7 +217,9 @@ pub enum TileError<E> {
         len: usize,
     },
     /// The requested node is not complete in the tree.
-    #[error("node (level {level}, index {index}) is not a complete subtree of a tree of size {tree_size}")]
+    #[error(
+        "node (level {level}, index {index}) is not a complete subtree of a tree of size {tree_size}"
+    )]
     NodeOutOfRange {
         /// Tree level.
         level: u8,
@@ -233,31 +238,44 @@ fn row_len(size: u64, tile_level: u32) -> u64 {
 /// A [`NodeSource`] over a [`TileStore`] for a tree of a given size,
 /// optionally overlaid with the in-memory right-edge tiles of a
 /// [`TiledTree`] (which then win over the store for those tiles).
+///
+/// It caches every tile it reads, together with the tile-internal levels it
+/// has hashed (at most 511 hashes, 16 KiB, per tile), for its own lifetime:
+/// a single proof reads each tile once, and generating many proofs through
+/// one `TileNodes` hashes each tile at most once. Keep it short-lived (it
+/// borrows the store anyway).
 #[derive(Debug)]
 pub struct TileNodes<'a, S: ?Sized> {
     store: &'a S,
     size: u64,
     edge: &'a [Vec<u8>],
+    /// Per tile: `levels[h]` holds the nodes `h` levels above the tile's row.
+    cache: RefCell<HashMap<TileKey, Vec<Vec<Hash>>>>,
 }
 
 impl<'a, S: TileStore + ?Sized> TileNodes<'a, S> {
     /// Nodes of the tree of `size` leaves, read from `store` only (the store
     /// must hold that tree's tiles, including the partial right-edge ones).
     pub fn new(store: &'a S, size: u64) -> Self {
+        Self::with_edge(store, size, &[])
+    }
+
+    fn with_edge(store: &'a S, size: u64, edge: &'a [Vec<u8>]) -> Self {
         Self {
             store,
             size,
-            edge: &[],
+            edge,
+            cache: RefCell::new(HashMap::new()),
         }
     }
 
     /// Reads tile `(level, index)`, preferring the in-memory right edge.
     fn tile(&self, level: u8, index: u64) -> Result<Cow<'a, [u8]>, TileError<S::Error>> {
         let edge_tile = row_len(self.size, u32::from(level)) / TILE_WIDTH;
-        if index == edge_tile {
-            if let Some(data) = self.edge.get(usize::from(level)) {
-                return Ok(Cow::Borrowed(data.as_slice()));
-            }
+        if index == edge_tile
+            && let Some(data) = self.edge.get(usize::from(level))
+        {
+            return Ok(Cow::Borrowed(data.as_slice()));
         }
         let data = self
             .store
@@ -283,6 +301,16 @@ impl<'a, S: TileStore + ?Sized> TileNodes<'a, S> {
     }
 }
 
+fn tile_hashes(data: &[u8]) -> Vec<Hash> {
+    data.chunks_exact(HASH_LEN)
+        .map(|c| {
+            let mut h = [0u8; HASH_LEN];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect()
+}
+
 impl<S: TileStore + ?Sized> NodeSource for TileNodes<'_, S> {
     type Error = TileError<S::Error>;
 
@@ -291,50 +319,51 @@ impl<S: TileStore + ?Sized> NodeSource for TileNodes<'_, S> {
     }
 
     fn perfect_node(&self, level: u8, index: u64) -> Result<Hash, Self::Error> {
-        let out_of_range = TileError::NodeOutOfRange {
-            level,
-            index,
-            tree_size: self.size,
-        };
         // The node covers [index << level, (index + 1) << level).
         if level >= 64 || (u128::from(index) + 1) << level > u128::from(self.size) {
-            return Err(out_of_range);
-        }
-        let tile_level = u32::from(level) / TILE_HEIGHT;
-        let height = u32::from(level) % TILE_HEIGHT;
-        // Its descendants in the tile row: 2^height consecutive hashes.
-        let first = index << height;
-        let count = 1usize << height;
-        let tile_index = first / TILE_WIDTH;
-        let offset = (first % TILE_WIDTH) as usize;
-        // tile_level <= 7 since level < 64.
-        let tile_level = tile_level as u8;
-        let data = self.tile(tile_level, tile_index)?;
-        let (start, stop) = (offset * HASH_LEN, (offset + count) * HASH_LEN);
-        let Some(bytes) = data.get(start..stop) else {
-            return Err(TileError::ShortTile {
-                level: tile_level,
-                index: tile_index,
-                have: data.len() / HASH_LEN,
-                need: offset + count,
+            return Err(TileError::NodeOutOfRange {
+                level,
+                index,
                 tree_size: self.size,
             });
-        };
-        let mut row: Vec<Hash> = bytes
-            .chunks_exact(HASH_LEN)
-            .map(|c| {
-                let mut h = [0u8; HASH_LEN];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect();
-        while row.len() > 1 {
-            for i in 0..row.len() / 2 {
-                row[i] = node_hash(&row[2 * i], &row[2 * i + 1]);
-            }
-            row.truncate(row.len() / 2);
         }
-        row.first().copied().ok_or(out_of_range)
+        // level < 64, so the tile level is at most 7.
+        let tile_level = (u32::from(level) / TILE_HEIGHT) as u8;
+        let height = (u32::from(level) % TILE_HEIGHT) as usize;
+        // The node sits `height` levels above the tile row, at `pos`.
+        let per_tile = TILE_WIDTH >> height;
+        let key = TileKey {
+            level: tile_level,
+            index: index / per_tile,
+        };
+        let pos = (index % per_tile) as usize;
+
+        let mut cache = self.cache.borrow_mut();
+        let levels = match cache.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let data = self.tile(key.level, key.index)?;
+                v.insert(vec![tile_hashes(&data)])
+            }
+        };
+        while levels.len() <= height {
+            let Some(below) = levels.last() else { break };
+            let above = below
+                .chunks_exact(2)
+                .map(|pair| node_hash(&pair[0], &pair[1]))
+                .collect();
+            levels.push(above);
+        }
+        match levels.get(height).and_then(|row| row.get(pos)) {
+            Some(h) => Ok(*h),
+            None => Err(TileError::ShortTile {
+                level: key.level,
+                index: key.index,
+                have: levels.first().map_or(0, Vec::len),
+                need: (pos + 1) << height,
+                tree_size: self.size,
+            }),
+        }
     }
 }
 
@@ -458,7 +487,7 @@ impl TiledTree {
             while (old >> level) & 1 == 1 {
                 cur = node_hash(&self.frontier[level], &cur);
                 level += 1;
-                if level as u32 % TILE_HEIGHT == 0 {
+                if (level as u32).is_multiple_of(TILE_HEIGHT) {
                     let tile_level = level as u32 / TILE_HEIGHT;
                     self.record(tile_level, old >> level, &cur, &mut writes, &mut dirty);
                 }
@@ -467,14 +496,15 @@ impl TiledTree {
             self.size = old + 1;
         }
         for (tile_level, changed) in dirty.iter().enumerate() {
-            if let (true, Some(data)) = (*changed, self.edge.get(tile_level)) {
-                if !data.is_empty() {
-                    writes.push(TileWrite {
-                        level: tile_level as u8,
-                        index: row_len(self.size, tile_level as u32) / TILE_WIDTH,
-                        data: data.clone(),
-                    });
-                }
+            if *changed
+                && let Some(data) = self.edge.get(tile_level)
+                && !data.is_empty()
+            {
+                writes.push(TileWrite {
+                    level: tile_level as u8,
+                    index: row_len(self.size, tile_level as u32) / TILE_WIDTH,
+                    data: data.clone(),
+                });
             }
         }
         writes
@@ -492,7 +522,8 @@ impl TiledTree {
     ) {
         let t = tile_level as usize;
         if self.edge.len() <= t {
-            self.edge.resize_with(t + 1, || Vec::with_capacity(FULL_TILE_BYTES));
+            self.edge
+                .resize_with(t + 1, || Vec::with_capacity(FULL_TILE_BYTES));
         }
         if dirty.len() <= t {
             dirty.resize(t + 1, false);
@@ -515,11 +546,7 @@ impl TiledTree {
 
     /// A [`NodeSource`] for this tree: the in-memory right edge, then `store`.
     pub fn nodes<'a, S: TileStore + ?Sized>(&'a self, store: &'a S) -> TileNodes<'a, S> {
-        TileNodes {
-            store,
-            size: self.size,
-            edge: &self.edge,
-        }
+        TileNodes::with_edge(store, self.size, &self.edge)
     }
 
     /// The root of the tree of the first `size` leaves (`size <= self.size()`).

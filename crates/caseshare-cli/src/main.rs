@@ -1,1 +1,434 @@
-fn main() {}
+//! `caseshare`: run the broker, make a dev PKI, and talk to a broker as an
+//! agency, an administrator or an auditor. JSON in and out is proto3 JSON.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_cli::json::{from_json, to_json};
+use caseshare_proto::v1 as pb;
+use caseshare_server::config::Config;
+use clap::{Args, Parser, Subcommand};
+use tokio_stream::StreamExt;
+
+#[derive(Parser)]
+#[command(name = "caseshare", version, about = "Consented child-record event broker with a verifiable sharing log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// The broker's gRPC address.
+    #[arg(long, env = "CASESHARE_SERVER", default_value = "https://localhost:7443")]
+    server: String,
+    /// CA bundle the server certificate chains to.
+    #[arg(long, env = "CASESHARE_CA", default_value = "caseshare-data/pki/ca.pem")]
+    ca: PathBuf,
+    /// Client certificate (its SPIFFE URI names who you are).
+    #[arg(long, env = "CASESHARE_CERT")]
+    cert: PathBuf,
+    /// Client private key.
+    #[arg(long, env = "CASESHARE_KEY")]
+    key: PathBuf,
+}
+
+impl Conn {
+    fn clients(&self) -> Result<Clients> {
+        Ok(Clients::connect(&ClientConfig {
+            server: self.server.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            domain: None,
+        })?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (store, secrets, dev PKI) [default: ./caseshare-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// gRPC listen address [default: 127.0.0.1:7443].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Ops (HTTP) listen address [default: 127.0.0.1:7444].
+        #[arg(long)]
+        ops_listen: Option<std::net::SocketAddr>,
+    },
+    /// Write a development PKI (CA, server and sample client certificates).
+    DevPki {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "caseshare.local")]
+        trust_domain: String,
+    },
+    /// Agencies (admin).
+    Agency {
+        #[command(subcommand)]
+        command: AgencyCommand,
+    },
+    /// Information sharing agreements (admin).
+    Agreement {
+        #[command(subcommand)]
+        command: AgreementCommand,
+    },
+    /// Consents (agency).
+    Consent {
+        #[command(subcommand)]
+        command: ConsentCommand,
+    },
+    /// Publish one event: proto3 JSON of a CaseEvent or a PublishRequest, from a file or `-` for stdin.
+    Publish {
+        #[command(flatten)]
+        conn: Conn,
+        /// The JSON file, or `-`.
+        #[arg(default_value = "-")]
+        file: String,
+        /// Restrict recipients to these agencies.
+        #[arg(long = "to")]
+        to_agencies: Vec<String>,
+    },
+    /// Receive deliveries as JSON lines, acknowledging each once printed.
+    Subscribe {
+        #[command(flatten)]
+        conn: Conn,
+        /// The subscription (created if missing).
+        #[arg(long)]
+        subscription: String,
+        /// Event types for a new subscription (exact or `prefix.*`).
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Exit after this many deliveries.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Flow-control window.
+        #[arg(long, default_value_t = 100)]
+        max_outstanding: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgencyCommand {
+    /// Register an agency.
+    Register {
+        #[command(flatten)]
+        conn: Conn,
+        /// Agency id (as in its certificate).
+        #[arg(long)]
+        id: String,
+        /// health, education, social_care or other.
+        #[arg(long)]
+        kind: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List agencies.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgreementCommand {
+    /// Create or replace an agreement from proto3 JSON (file or `-`).
+    Put {
+        #[command(flatten)]
+        conn: Conn,
+        /// The JSON file, or `-`.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// End an agreement.
+    End {
+        #[command(flatten)]
+        conn: Conn,
+        /// The agreement id.
+        #[arg(long)]
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List agreements.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsentCommand {
+    /// Record a consent from proto3 JSON (file or `-`).
+    Record {
+        #[command(flatten)]
+        conn: Conn,
+        /// The JSON file, or `-`.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Withdraw a consent.
+    Withdraw {
+        #[command(flatten)]
+        conn: Conn,
+        /// The consent id.
+        #[arg(long)]
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List a child's consents.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// The child's NHS number.
+        #[arg(long)]
+        nhs_number: String,
+    },
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+fn print<M: prost::Message>(type_name: &str, msg: &M) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&to_json(type_name, msg)?)?);
+    Ok(())
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    let mut msg = format!("{:?}: {}", status.code(), status.message());
+    if let Some(br) = status.get_details_bad_request() {
+        for v in br.field_violations {
+            msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    anyhow::anyhow!(msg)
+}
+
+fn agency_kind(s: &str) -> Result<pb::AgencyKind> {
+    Ok(match s {
+        "health" => pb::AgencyKind::Health,
+        "education" => pb::AgencyKind::Education,
+        "social_care" => pb::AgencyKind::SocialCare,
+        "other" => pb::AgencyKind::Other,
+        _ => bail!("--kind must be health, education, social_care or other"),
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            ops_listen,
+        } => {
+            let mut cfg = Config::load(config.as_deref(), |k| std::env::var(k).ok())?;
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(l) = ops_listen {
+                cfg.ops_listen = l;
+            }
+            cfg.validate()?;
+            caseshare_server::telemetry::init(&cfg.log_format);
+            caseshare_server::serve(cfg, shutdown_signal(), |bound| {
+                println!("caseshare listening: grpc https://{} ops http://{}", bound.grpc, bound.ops);
+            })
+            .await?;
+        }
+        Command::DevPki { out, trust_domain } => {
+            let paths = caseshare_server::pki::write_dev_pki(&out, &trust_domain)?;
+            println!("Wrote a development PKI to {}", paths.dir.display());
+        }
+        Command::Agency { command } => match command {
+            AgencyCommand::Register { conn, id, kind, name } => {
+                let mut c = conn.clients()?;
+                let req = pb::RegisterAgencyRequest {
+                    agency_id: id,
+                    kind: agency_kind(&kind)? as i32,
+                    display_name: name,
+                };
+                let a = c.admin.register_agency(req).await.map_err(status_error)?.into_inner();
+                print("caseshare.v1.Agency", &a)?;
+            }
+            AgencyCommand::List { conn } => {
+                let mut c = conn.clients()?;
+                let r = c.admin.list_agencies(pb::ListAgenciesRequest {}).await.map_err(status_error)?;
+                print("caseshare.v1.ListAgenciesResponse", r.get_ref())?;
+            }
+        },
+        Command::Agreement { command } => match command {
+            AgreementCommand::Put { conn, file } => {
+                let a: pb::Agreement = from_json("caseshare.v1.Agreement", &read_input(&file)?)?;
+                let mut c = conn.clients()?;
+                let a = c.admin.put_agreement(a).await.map_err(status_error)?.into_inner();
+                print("caseshare.v1.Agreement", &a)?;
+            }
+            AgreementCommand::End { conn, id, reason } => {
+                let mut c = conn.clients()?;
+                let req = pb::EndAgreementRequest {
+                    agreement_id: id,
+                    reason,
+                };
+                let a = c.admin.end_agreement(req).await.map_err(status_error)?.into_inner();
+                print("caseshare.v1.Agreement", &a)?;
+            }
+            AgreementCommand::List { conn } => {
+                let mut c = conn.clients()?;
+                let r = c
+                    .admin
+                    .list_agreements(pb::ListAgreementsRequest::default())
+                    .await
+                    .map_err(status_error)?;
+                print("caseshare.v1.ListAgreementsResponse", r.get_ref())?;
+            }
+        },
+        Command::Consent { command } => match command {
+            ConsentCommand::Record { conn, file } => {
+                let k: pb::ConsentRecord = from_json("caseshare.v1.ConsentRecord", &read_input(&file)?)?;
+                let mut c = conn.clients()?;
+                let k = c.consent.record_consent(k).await.map_err(status_error)?.into_inner();
+                print("caseshare.v1.ConsentRecord", &k)?;
+            }
+            ConsentCommand::Withdraw { conn, id, reason } => {
+                let mut c = conn.clients()?;
+                let req = pb::WithdrawConsentRequest { consent_id: id, reason };
+                let k = c.consent.withdraw_consent(req).await.map_err(status_error)?.into_inner();
+                print("caseshare.v1.ConsentRecord", &k)?;
+            }
+            ConsentCommand::List { conn, nhs_number } => {
+                let mut c = conn.clients()?;
+                let r = c
+                    .consent
+                    .list_consents(pb::ListConsentsRequest { nhs_number })
+                    .await
+                    .map_err(status_error)?;
+                print("caseshare.v1.ListConsentsResponse", r.get_ref())?;
+            }
+        },
+        Command::Publish { conn, file, to_agencies } => {
+            let text = read_input(&file)?;
+            let value: serde_json::Value = serde_json::from_str(&text).context("the input is not JSON")?;
+            let mut req: pb::PublishRequest = if value.get("event").is_some() {
+                from_json("caseshare.v1.PublishRequest", &text)?
+            } else {
+                pb::PublishRequest {
+                    event: Some(from_json("caseshare.v1.CaseEvent", &text)?),
+                    ..Default::default()
+                }
+            };
+            req.to_agencies.extend(to_agencies);
+            let mut c = conn.clients()?;
+            let r = c.publisher.publish(req).await.map_err(status_error)?.into_inner();
+            print("caseshare.v1.PublishResponse", &r)?;
+        }
+        Command::Subscribe {
+            conn,
+            subscription,
+            event_types,
+            max,
+            max_outstanding,
+        } => {
+            let mut c = conn.clients()?;
+            let existing = c
+                .subscriber
+                .get_subscription(pb::GetSubscriptionRequest {
+                    name: subscription.clone(),
+                })
+                .await;
+            match existing {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    c.subscriber
+                        .create_subscription(pb::Subscription {
+                            name: subscription.clone(),
+                            event_types,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(status_error)?;
+                    eprintln!("created subscription {subscription}");
+                }
+                Err(s) => return Err(status_error(s)),
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tx.send(pb::SubscribeRequest {
+                subscription: subscription.clone(),
+                max_outstanding,
+                ..Default::default()
+            })
+            .await?;
+            let mut stream = c
+                .subscriber
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut received = 0u64;
+            while let Some(item) = stream.next().await {
+                let delivery = item.map_err(status_error)?;
+                println!("{}", serde_json::to_string(&to_json("caseshare.v1.Delivery", &delivery)?)?);
+                tx.send(pb::SubscribeRequest {
+                    ack: Some(pb::AckIds {
+                        delivery_ids: vec![delivery.delivery_id.clone()],
+                    }),
+                    ..Default::default()
+                })
+                .await?;
+                received += 1;
+                if max.is_some_and(|m| received >= m) {
+                    // Make sure the last ack is durable before exiting.
+                    c.subscriber
+                        .ack(pb::AckRequest {
+                            subscription: subscription.clone(),
+                            delivery_ids: vec![delivery.delivery_id],
+                        })
+                        .await
+                        .map_err(status_error)?;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,293 @@
-//! placeholder
+//! The Caseshare broker: gRPC services over mutual TLS on an embedded store.
+//!
+//! - [`config`]: configuration (TOML, environment, validation).
+//! - [`pki`] and [`tls`]: the dev PKI, rustls, principals from certificates.
+//! - [`auth`]: the authorisation layer over every RPC.
+//! - [`writer`]: the single writer and its group commit.
+//! - [`delivery`]: subscriptions' cursors, flow control and redelivery.
+//! - [`state`]: agencies, agreements, consents and subscriptions in memory.
+//! - [`services`]: the gRPC services.
+//! - [`ops`]: health, readiness and metrics over plain HTTP.
+//! - [`errors`]: the one mapping from broker errors to gRPC statuses.
+//!
+//! API Boundary: [`serve`] is what the CLI (and tests) call.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod delivery;
+pub mod errors;
+pub mod ops;
+pub mod pki;
+pub mod services;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod writer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use caseshare_core::pb;
+use caseshare_core::validate::Limits;
+use caseshare_store::{SledStore, Storage};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::Config;
+use crate::delivery::Deliveries;
+use crate::services::Shared;
+use crate::state::BrokerState;
+use crate::writer::WriterTask;
+
+/// Why the broker could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A file or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The PKI could not be created.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The store could not be opened or loaded.
+    #[error("store: {0}")]
+    Store(#[from] caseshare_store::StoreError),
+    /// The broker state could not be rebuilt.
+    #[error("startup: {0}")]
+    Startup(#[from] errors::BrokerError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A secret file is unsafe.
+    #[error("{0}")]
+    Secret(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let context = context.into();
+    move |source| ServeError::Io { context, source }
+}
+
+/// Where the TLS files the broker uses are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA bundle.
+    pub ca: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+    /// Set when a dev PKI is in use: its directory.
+    pub dev_pki: Option<PathBuf>,
+}
+
+/// Resolves the TLS files, creating a dev PKI in `<data_dir>/pki/` when none
+/// is configured and none exists yet.
+pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
+    if let (Some(ca), Some(cert), Some(key)) = (&config.tls.ca, &config.tls.cert, &config.tls.key) {
+        return Ok(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            dev_pki: None,
+        });
+    }
+    let dir = config.data_dir.join("pki");
+    let paths = pki::DevPkiPaths::in_dir(&dir);
+    if !paths.exists() {
+        pki::write_dev_pki(&dir, &config.trust_domain)?;
+        println!("Created a development PKI in {} (not for production).", dir.display());
+        println!("  CA:                {}", paths.ca.display());
+        for (name, _) in pki::DEV_CLIENTS {
+            let (c, k) = paths.client(name);
+            println!("  {name:<18} --cert {} --key {}", c.display(), k.display());
+        }
+    }
+    Ok(TlsFiles {
+        ca: paths.ca.clone(),
+        cert: paths.server_cert.clone(),
+        key: paths.server_key.clone(),
+        dev_pki: Some(dir),
+    })
+}
+
+/// Loads (or creates, 0600) a 32-byte secret.
+pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ServeError::Secret(format!(
+                "{} is readable by other users; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+        if bytes.len() != 32 {
+            return Err(ServeError::Secret(format!("{} must hold exactly 32 bytes", path.display())));
+        }
+        return Ok(bytes);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    let secret: [u8; 32] = rand::random();
+    pki::write_file(path, &secret, 0o600)?;
+    Ok(secret.to_vec())
+}
+
+/// The addresses a started broker listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// Ops HTTP.
+    pub ops: SocketAddr,
+}
+
+/// Runs the broker until `shutdown` resolves, then shuts down gracefully:
+/// stop accepting, end subscribe streams, let in-flight publishes commit,
+/// drain the writer. `on_bound` is called once the sockets are bound.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
+    let tls_files = resolve_tls(&config)?;
+    let tls_config = Arc::new(tls::server_config(&tls_files.ca, &tls_files.cert, &tls_files.key)?);
+    let pseudonym_key = load_secret(&config.data_dir.join("secrets").join("pseudonym.key"))?;
+
+    let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
+    let store: Arc<dyn Storage> = Arc::new(SledStore::open(&config.data_dir.join("store"), cache)?);
+    let snapshot = store.load()?;
+    tracing::info!(
+        events = snapshot.next_sequence - 1,
+        audit_entries = snapshot.audit_size,
+        subscriptions = snapshot.subscriptions.len(),
+        "store loaded"
+    );
+    let state = Arc::new(RwLock::new(BrokerState::from_snapshot(&snapshot)));
+    let (writer_task, head) = WriterTask::new(
+        store.clone(),
+        state.clone(),
+        &snapshot,
+        pseudonym_key.clone(),
+        config.store.max_batch,
+    );
+    let (writer, writer_join) = writer_task.spawn().map_err(io("starting the writer thread"))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let deliveries = Deliveries::new(
+        store.clone(),
+        writer.clone(),
+        state.clone(),
+        head,
+        shutdown_rx.clone(),
+        &snapshot.floors,
+        config.limits.max_outstanding,
+    )?;
+    let shared = Shared {
+        writer: writer.clone(),
+        state,
+        store,
+        deliveries,
+        limits: Limits {
+            max_event_bytes: config.limits.max_event_bytes,
+            ..Limits::default()
+        },
+        pseudonym_key: Arc::new(pseudonym_key),
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("binding gRPC listener {}", config.listen)))?;
+    let ops_listener = TcpListener::bind(config.ops_listen)
+        .await
+        .map_err(io(format!("binding ops listener {}", config.ops_listen)))?;
+    let bound = Bound {
+        grpc: listener.local_addr().map_err(io("gRPC listener address"))?,
+        ops: ops_listener.local_addr().map_err(io("ops listener address"))?,
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let _ = ops::prometheus();
+    let ops_task = tokio::spawn(ops::serve(ops_listener, ready.clone(), shutdown_rx.clone()));
+    let (conn_tx, conn_rx) = mpsc::channel(256);
+    let accept_task = tokio::spawn(tls::accept_loop(listener, tls_config, config.trust_domain.clone(), conn_tx));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(caseshare_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Secret(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(caseshare_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Secret(format!("reflection: {e}")))?;
+    let max_msg = config.limits.max_message_bytes;
+    use pb::{
+        admin_server::AdminServer, audit_server::AuditServer, consent_server::ConsentServer,
+        publisher_server::PublisherServer, subscriber_server::SubscriberServer,
+    };
+    for name in [
+        "caseshare.v1.Publisher",
+        "caseshare.v1.Subscriber",
+        "caseshare.v1.Consent",
+        "caseshare.v1.Admin",
+        "caseshare.v1.Audit",
+        "",
+    ] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(auth::AuthLayer::new(writer.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PublisherServer::new(services::publisher::PublisherService(shared.clone())).max_decoding_message_size(max_msg))
+        .add_service(SubscriberServer::new(services::subscriber::SubscriberService(shared.clone())).max_decoding_message_size(max_msg))
+        .add_service(ConsentServer::new(services::consent::ConsentService(shared.clone())).max_decoding_message_size(max_msg))
+        .add_service(AdminServer::new(services::admin::AdminService(shared.clone())).max_decoding_message_size(max_msg))
+        .add_service(AuditServer::new(services::audit::AuditService(shared.clone())).max_decoding_message_size(max_msg));
+
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(grpc = %bound.grpc, ops = %bound.ops, dev_pki = ?tls_files.dev_pki, "caseshare broker listening");
+    on_bound(bound);
+
+    let ready_for_stop = ready.clone();
+    let stop_tx = shutdown_tx.clone();
+    let stop = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        ready_for_stop.store(false, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+    };
+    let result = router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop).await;
+    let _ = shutdown_tx.send(true);
+    accept_task.abort();
+    ops_task.abort();
+    // Every request has finished; dropping the last writer handles lets the
+    // writer drain its queue and stop.
+    drop(shared);
+    drop(writer);
+    let _ = tokio::task::spawn_blocking(move || writer_join.join()).await;
+    tracing::info!("caseshare broker stopped");
+    result.map_err(ServeError::from)
+}

@@ -1,0 +1,261 @@
+//! Broker configuration: defaults, then a TOML file, then `CASESHARE_*`
+//! environment variables, then command-line flags (applied by the CLI).
+//! Every problem is reported with the key and what to write instead.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem an operator can fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (names the key).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("config key {key}: {message}")]
+    Value {
+        /// The key, as written in the file (or its environment variable).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// TLS files. All three or none: with none, a dev PKI is created in
+/// `<data_dir>/pki/`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA bundle that client certificates must chain to (PEM).
+    pub ca: Option<PathBuf>,
+    /// The server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// The server private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// Limits on what clients may send and hold.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest encoded event, bytes.
+    pub max_event_bytes: usize,
+    /// Largest gRPC message, bytes.
+    pub max_message_bytes: usize,
+    /// The highest `max_outstanding` a subscriber may ask for.
+    pub max_outstanding: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_event_bytes: 64 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_outstanding: 1_000,
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled page cache, MiB.
+    pub cache_mib: u64,
+    /// Most operations in one group commit.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_mib: 64,
+            max_batch: 2_048,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store, secrets and dev PKI live.
+    pub data_dir: PathBuf,
+    /// gRPC (mTLS) listen address.
+    pub listen: SocketAddr,
+    /// Plain-HTTP ops listen address (/healthz, /readyz, /metrics).
+    pub ops_listen: SocketAddr,
+    /// The SPIFFE trust domain of client certificates.
+    pub trust_domain: String,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    /// TLS files.
+    pub tls: TlsConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Storage tuning.
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./caseshare-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            trust_domain: "caseshare.local".into(),
+            log_format: "text".into(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.parse().map_err(|e: T::Err| ConfigError::Value {
+        key: key.to_string(),
+        message: format!("{raw:?}: {e}"),
+    })
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then environment variables
+    /// read through `env` (normally `std::env::var`).
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| env(k).filter(|v| !v.is_empty());
+        if let Some(v) = get("CASESHARE_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("CASESHARE_LISTEN") {
+            self.listen = parse_env("CASESHARE_LISTEN", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_OPS_LISTEN") {
+            self.ops_listen = parse_env("CASESHARE_OPS_LISTEN", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_TRUST_DOMAIN") {
+            self.trust_domain = v;
+        }
+        if let Some(v) = get("CASESHARE_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        if let Some(v) = get("CASESHARE_TLS_CA") {
+            self.tls.ca = Some(v.into());
+        }
+        if let Some(v) = get("CASESHARE_TLS_CERT") {
+            self.tls.cert = Some(v.into());
+        }
+        if let Some(v) = get("CASESHARE_TLS_KEY") {
+            self.tls.key = Some(v.into());
+        }
+        if let Some(v) = get("CASESHARE_MAX_EVENT_BYTES") {
+            self.limits.max_event_bytes = parse_env("CASESHARE_MAX_EVENT_BYTES", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_MAX_OUTSTANDING") {
+            self.limits.max_outstanding = parse_env("CASESHARE_MAX_OUTSTANDING", &v)?;
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Value {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format", "must be \"text\" or \"json\"");
+        }
+        if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
+            return bad("trust_domain", "a DNS-like name such as caseshare.local");
+        }
+        let t = &self.tls;
+        let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return bad("tls", "set all of tls.ca, tls.cert and tls.key, or none (for a dev PKI)");
+        }
+        if self.limits.max_event_bytes == 0 || self.limits.max_event_bytes > self.limits.max_message_bytes {
+            return bad("limits.max_event_bytes", "between 1 and limits.max_message_bytes");
+        }
+        if self.limits.max_outstanding == 0 {
+            return bad("limits.max_outstanding", "at least 1");
+        }
+        if self.store.max_batch == 0 {
+            return bad("store.max_batch", "at least 1");
+        }
+        if self.listen == self.ops_listen && self.listen.port() != 0 {
+            return bad("ops_listen", "must differ from listen");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[limits]\nmax_outstanding = 50\n").unwrap();
+        let cfg = Config::load(Some(&f), |k| (k == "CASESHARE_OPS_LISTEN").then(|| "127.0.0.1:9001".to_string())).unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.ops_listen.port(), 9001);
+        assert_eq!(cfg.limits.max_outstanding, 50);
+        assert_eq!(cfg.limits.max_event_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let e = Config::load(Some(&f), |_| None).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::load(None, |k| (k == "CASESHARE_LISTEN").then(|| "nope".to_string())).unwrap_err().to_string();
+        assert!(e.contains("CASESHARE_LISTEN"), "{e}");
+        let e = Config::load(None, |k| (k == "CASESHARE_TLS_CA").then(|| "/x".to_string())).unwrap_err().to_string();
+        assert!(e.contains("tls"), "{e}");
+    }
+}

@@ -1,0 +1,75 @@
+//! The plain-HTTP ops port: `/healthz` (the process is up), `/readyz` (the
+//! broker is serving and not shutting down) and `/metrics` (Prometheus text).
+//! It carries no case data.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+        })
+        .clone()
+}
+
+fn respond(status: u16, body: String, content_type: &str) -> http::Response<Full<Bytes>> {
+    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Serves the ops endpoints until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+    let handle = prometheus();
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let ready = ready.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let ready = ready.clone();
+                let handle = handle.clone();
+                async move {
+                    let resp = match req.uri().path() {
+                        "/healthz" => respond(200, "ok\n".into(), "text/plain"),
+                        "/readyz" if ready.load(Ordering::SeqCst) => respond(200, "ready\n".into(), "text/plain"),
+                        "/readyz" => respond(503, "not ready\n".into(), "text/plain"),
+                        "/metrics" => respond(
+                            200,
+                            handle.as_ref().map(|h| h.render()).unwrap_or_default(),
+                            "text/plain; version=0.0.4",
+                        ),
+                        _ => respond(404, "not found\n".into(), "text/plain"),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

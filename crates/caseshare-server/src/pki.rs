@@ -1,0 +1,198 @@
+//! The development PKI: a CA, a server certificate for `localhost` and
+//! `127.0.0.1`, and client certificates whose SPIFFE URI SANs name the
+//! sample agencies, an auditor and an admin. Written as PEM files; private
+//! keys are created with mode 0600. For development and tests only.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// The client identities a dev PKI contains: (file name, SPIFFE path).
+pub const DEV_CLIENTS: &[(&str, &str)] = &[
+    ("nhs-trust-a", "agency/nhs-trust-a"),
+    ("school-b", "agency/school-b"),
+    ("la-social-care-c", "agency/la-social-care-c"),
+    ("auditor", "auditor/auditor"),
+    ("admin", "admin/admin"),
+];
+
+/// A PKI failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Writes a file, creating it with the given mode.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Caseshare development PKI");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// A CA able to issue certificates.
+pub struct DevCa {
+    params: CertificateParams,
+    key: KeyPair,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").finish_non_exhaustive()
+    }
+}
+
+impl DevCa {
+    /// Creates a new CA with the given common name.
+    pub fn new(common_name: &str) -> Result<Self, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(DevCa { params, key, cert_pem })
+    }
+
+    /// Issues a server certificate for the given DNS names / IP addresses.
+    pub fn issue_server(&self, names: &[&str]) -> Result<(String, String), PkiError> {
+        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name = dn("caseshare server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// Issues a client certificate with `spiffe_id` as its URI SAN.
+    pub fn issue_client(&self, spiffe_id: &str, not_after: Option<time_offset::Offset>) -> Result<(String, String), PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(spiffe_id);
+        params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some(offset) = not_after {
+            offset.apply(&mut params);
+        }
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Validity adjustments for test certificates (expired, not yet valid).
+pub mod time_offset {
+    /// Shifts a certificate's validity window.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Offset {
+        /// Valid from two days ago until one day ago.
+        Expired,
+        /// Valid from tomorrow.
+        NotYetValid,
+    }
+
+    impl Offset {
+        pub(super) fn apply(self, params: &mut rcgen::CertificateParams) {
+            let now = std::time::SystemTime::now();
+            let day = std::time::Duration::from_secs(86_400);
+            let (from, to) = match self {
+                Offset::Expired => (now - 2 * day, now - day),
+                Offset::NotYetValid => (now + day, now + 30 * day),
+            };
+            params.not_before = from.into();
+            params.not_after = to.into();
+        }
+    }
+}
+
+/// Paths of a written dev PKI.
+#[derive(Debug, Clone)]
+pub struct DevPkiPaths {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `ca.pem`.
+    pub ca: PathBuf,
+    /// `server.pem`.
+    pub server_cert: PathBuf,
+    /// `server.key`.
+    pub server_key: PathBuf,
+}
+
+impl DevPkiPaths {
+    /// The paths in `dir` (whether or not they exist).
+    pub fn in_dir(dir: &Path) -> Self {
+        DevPkiPaths {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
+    }
+
+    /// A client's certificate and key paths.
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")))
+    }
+
+    /// True if the CA and server files exist.
+    pub fn exists(&self) -> bool {
+        self.ca.exists() && self.server_cert.exists() && self.server_key.exists()
+    }
+}
+
+/// Writes a complete dev PKI into `dir` for `trust_domain`.
+pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let paths = DevPkiPaths::in_dir(dir);
+    let ca = DevCa::new("Caseshare dev CA")?;
+    write_file(&paths.ca, ca.cert_pem.as_bytes(), 0o644)?;
+    write_file(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes(), 0o600)?;
+    let (cert, key) = ca.issue_server(&["localhost", "127.0.0.1"])?;
+    write_file(&paths.server_cert, cert.as_bytes(), 0o644)?;
+    write_file(&paths.server_key, key.as_bytes(), 0o600)?;
+    for (name, path) in DEV_CLIENTS {
+        let (cert, key) = ca.issue_client(&format!("spiffe://{trust_domain}/{path}"), None)?;
+        let (c, k) = paths.client(name);
+        write_file(&c, cert.as_bytes(), 0o644)?;
+        write_file(&k, key.as_bytes(), 0o600)?;
+    }
+    Ok(paths)
+}

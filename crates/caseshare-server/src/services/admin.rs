@@ -1,0 +1,69 @@
+//! `caseshare.v1.Admin`: agencies and agreements.
+
+use caseshare_core::pb::{self, admin_server::Admin};
+use caseshare_core::validate::{validate_agreement, validate_register_agency};
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use crate::auth::caller;
+use crate::errors::BrokerError;
+use crate::writer::Op;
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService(pub Shared);
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn register_agency(&self, req: Request<pb::RegisterAgencyRequest>) -> Result<Response<pb::Agency>, Status> {
+        let actor = caller(&req)?;
+        let request = req.into_inner();
+        validate_register_agency(&request).map_err(BrokerError::from)?;
+        let agency = self.0.writer.call(|reply| Op::RegisterAgency { actor, request, reply }).await?;
+        Ok(Response::new(agency))
+    }
+
+    async fn list_agencies(&self, _req: Request<pb::ListAgenciesRequest>) -> Result<Response<pb::ListAgenciesResponse>, Status> {
+        let agencies = self.0.read().agencies.values().cloned().collect();
+        Ok(Response::new(pb::ListAgenciesResponse { agencies }))
+    }
+
+    async fn put_agreement(&self, req: Request<pb::Agreement>) -> Result<Response<pb::Agreement>, Status> {
+        let actor = caller(&req)?;
+        let agreement = req.into_inner();
+        validate_agreement(&agreement).map_err(BrokerError::from)?;
+        let agreement = self.0.writer.call(|reply| Op::PutAgreement { actor, agreement, reply }).await?;
+        Ok(Response::new(agreement))
+    }
+
+    async fn end_agreement(&self, req: Request<pb::EndAgreementRequest>) -> Result<Response<pb::Agreement>, Status> {
+        let actor = caller(&req)?;
+        let request = req.into_inner();
+        if request.agreement_id.is_empty() {
+            return Err(BrokerError::invalid("agreement_id", "required").into());
+        }
+        if request.reason.trim().is_empty() {
+            return Err(BrokerError::invalid("reason", "say why the agreement ends").into());
+        }
+        let agreement = self.0.writer.call(|reply| Op::EndAgreement { actor, request, reply }).await?;
+        Ok(Response::new(agreement))
+    }
+
+    async fn list_agreements(
+        &self,
+        req: Request<pb::ListAgreementsRequest>,
+    ) -> Result<Response<pb::ListAgreementsResponse>, Status> {
+        let filter = req.into_inner();
+        let mut agreements: Vec<pb::Agreement> = self
+            .0
+            .read()
+            .agreements
+            .all()
+            .filter(|a| filter.provider.is_empty() || a.provider == filter.provider)
+            .filter(|a| filter.recipient.is_empty() || a.recipient == filter.recipient)
+            .cloned()
+            .collect();
+        agreements.sort_by(|a, b| a.agreement_id.cmp(&b.agreement_id));
+        Ok(Response::new(pb::ListAgreementsResponse { agreements }))
+    }
+}

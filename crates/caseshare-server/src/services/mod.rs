@@ -1,0 +1,49 @@
+//! The gRPC services. Each handler validates its input (nothing is written
+//! on a validation error), applies ownership using the caller from the
+//! connection, and hands writes to the writer. Errors become statuses in
+//! `errors.rs` only.
+
+pub mod admin;
+pub mod audit;
+pub mod consent;
+pub mod publisher;
+pub mod subscriber;
+
+use std::sync::{Arc, RwLock};
+
+use caseshare_core::validate::Limits;
+use caseshare_store::Storage;
+
+use crate::delivery::Deliveries;
+use crate::state::BrokerState;
+use crate::writer::Writer;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The writer.
+    pub writer: Writer,
+    /// Configuration state.
+    pub state: Arc<RwLock<BrokerState>>,
+    /// The store, for reads.
+    pub store: Arc<dyn Storage>,
+    /// The delivery engine.
+    pub deliveries: Arc<Deliveries>,
+    /// Validation limits.
+    pub limits: Limits,
+    /// The pseudonym key (for auditor queries by NHS number).
+    pub pseudonym_key: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Reads the configuration state.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, BrokerState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}

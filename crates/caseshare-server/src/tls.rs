@@ -1,0 +1,217 @@
+//! Mutual TLS: a rustls server configuration (TLS 1.3 only, client
+//! certificate required and verified against the configured CA), and the
+//! accept loop that turns each verified connection into a stream carrying
+//! the caller's [`Principal`], read from the certificate's SPIFFE URI SAN.
+//! Connections whose certificate names no principal of this trust domain
+//! are closed before any RPC is read.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use caseshare_core::principal::{Principal, parse_spiffe_id};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+/// A TLS setup failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
+fn file_err(path: &Path, message: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+/// Reads the private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| file_err(path, e))?
+        .ok_or_else(|| file_err(path, "no private key found"))
+}
+
+/// Builds the server's rustls configuration.
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| file_err(ca, e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Reads the principal from a verified client certificate's URI SANs.
+pub fn principal_from_cert(der: &[u8], trust_domain: &str) -> Result<Principal, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("unparseable certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad SAN extension: {e}"))?
+        .ok_or("the certificate has no subject alternative name")?;
+    let mut last_err = "the certificate has no URI SAN".to_string();
+    for name in &san.value.general_names {
+        if let GeneralName::URI(uri) = name {
+            match parse_spiffe_id(uri, trust_domain) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+    }
+    Err(last_err)
+}
+
+/// What every request on a connection knows about its caller.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The authenticated principal.
+    pub principal: Arc<Principal>,
+    /// The remote address.
+    pub remote: SocketAddr,
+}
+
+/// A verified mutual-TLS connection.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, completes the TLS handshake and identifies the
+/// caller; verified connections are sent to `out` for tonic to serve.
+pub async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    trust_domain: String,
+    out: mpsc::Sender<Result<TlsConn, io::Error>>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if out.is_closed() {
+            return;
+        }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let out = out.clone();
+        let trust_domain = trust_domain.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let principal = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => principal_from_cert(cert.as_ref(), &trust_domain),
+                None => Err("no client certificate".to_string()),
+            };
+            match principal {
+                Ok(principal) => {
+                    let info = PeerInfo {
+                        principal: Arc::new(principal),
+                        remote,
+                    };
+                    let _ = out.send(Ok(TlsConn { inner: tls, info })).await;
+                }
+                Err(reason) => {
+                    metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
+                    tracing::info!(%remote, %reason, "client certificate names no principal of this broker; closing");
+                }
+            }
+        });
+    }
+}

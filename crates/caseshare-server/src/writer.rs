@@ -1,0 +1,904 @@
+//! The single writer and its group commit.
+//!
+//! Every change to durable state goes through one thread: requests send an
+//! [`Op`] and wait for its reply. The thread takes the first waiting op and
+//! then every op already queued (up to `max_batch`), applies them in order to
+//! the in-memory state and to one [`Batch`] (events, audit entries, delivery
+//! records), commits the batch once — one `apply_batch`, one flush, one
+//! `fdatasync` — and only then replies to all of them. Concurrent publishers
+//! therefore share a flush instead of paying one each.
+//!
+//! Architecture Invariant: no reply that reports success is sent before the
+//! batch holding its writes is durable. If a commit fails the broker cannot
+//! keep that promise, so it answers every op in the batch with an error and
+//! exits (crash-only: a restart reloads the last durable state).
+//!
+//! Architecture Invariant: audit indexes are assigned here, in commit order,
+//! from the store's size at start, so the log has no gaps.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use caseshare_audit::entry;
+use caseshare_core::decision::Outcome;
+use caseshare_core::pb;
+use caseshare_core::principal::Principal;
+use caseshare_core::pseudonym::{child_pseudonym, payload_commitment};
+use caseshare_core::time::Micros;
+use caseshare_store::{Batch, DeliveryRecord, DeliveryState, Storage, StoredEvent, SubscriptionRecord};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::errors::BrokerError;
+use crate::state::{BrokerState, EventContext};
+
+/// The current time.
+pub fn now() -> Micros {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
+
+/// One delivery about to be sent, for the writer to re-decide and record.
+#[derive(Debug, Clone)]
+pub struct DeliveryIntent {
+    /// The subscription's internal id.
+    pub subscription_id: u64,
+    /// The subscription's name.
+    pub subscription: String,
+    /// The recipient agency.
+    pub recipient: String,
+    /// The event's sequence.
+    pub sequence: u64,
+    /// The event id.
+    pub event_id: String,
+    /// This attempt's number (1 = first send).
+    pub attempt: u32,
+    /// The delivery id sent to the subscriber.
+    pub delivery_id: String,
+    /// What the decision needs.
+    pub context: EventContext,
+}
+
+/// One acknowledged delivery.
+#[derive(Debug, Clone)]
+pub struct AckIntent {
+    /// The event's sequence.
+    pub sequence: u64,
+    /// The event id.
+    pub event_id: String,
+    /// The delivery id acknowledged.
+    pub delivery_id: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was last sent.
+    pub delivered_at: Micros,
+    /// The child's NHS number (pseudonymised in the log).
+    pub nhs_number: String,
+}
+
+/// A request to the writer.
+pub enum Op {
+    /// Publish an event (already validated).
+    Publish {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The request.
+        request: pb::PublishRequest,
+        /// The computed event type.
+        event_type: &'static str,
+        /// Reply.
+        reply: Reply<pb::PublishResponse>,
+    },
+    /// Register an agency.
+    RegisterAgency {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The request.
+        request: pb::RegisterAgencyRequest,
+        /// Reply.
+        reply: Reply<pb::Agency>,
+    },
+    /// Create or replace an agreement.
+    PutAgreement {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The agreement.
+        agreement: pb::Agreement,
+        /// Reply.
+        reply: Reply<pb::Agreement>,
+    },
+    /// End an agreement.
+    EndAgreement {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The request.
+        request: pb::EndAgreementRequest,
+        /// Reply.
+        reply: Reply<pb::Agreement>,
+    },
+    /// Record a consent.
+    RecordConsent {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The consent.
+        consent: pb::ConsentRecord,
+        /// Reply.
+        reply: Reply<pb::ConsentRecord>,
+    },
+    /// Withdraw a consent.
+    WithdrawConsent {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The request.
+        request: pb::WithdrawConsentRequest,
+        /// Reply.
+        reply: Reply<pb::ConsentRecord>,
+    },
+    /// Create a subscription.
+    CreateSubscription {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The validated subscription.
+        subscription: pb::Subscription,
+        /// Reply.
+        reply: Reply<SubscriptionRecord>,
+    },
+    /// Delete a subscription.
+    DeleteSubscription {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// Its name.
+        name: String,
+        /// Reply: the deleted record.
+        reply: Reply<SubscriptionRecord>,
+    },
+    /// Re-decide and record deliveries about to be sent.
+    Deliver {
+        /// The deliveries.
+        intents: Vec<DeliveryIntent>,
+        /// Reply: per intent, the outcome (shared ones may be sent).
+        reply: Reply<Vec<Outcome>>,
+    },
+    /// Record acknowledgements.
+    Ack {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The subscription's internal id.
+        subscription_id: u64,
+        /// Its name.
+        subscription: String,
+        /// What was acknowledged.
+        acks: Vec<AckIntent>,
+        /// The subscription's new floor, if it moved.
+        floor: Option<u64>,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Record a refused call.
+    AuthDenied {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The method.
+        method: String,
+        /// Reply.
+        reply: Reply<()>,
+    },
+}
+
+/// A handle for sending ops to the writer.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Sends an op and waits for its durable reply.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
+        rx.await
+            .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))?
+    }
+}
+
+impl Writer {
+    /// Sends an op without waiting for its reply (for pipelining); the
+    /// returned receiver yields the durable reply.
+    pub async fn submit<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Op,
+    ) -> Result<oneshot::Receiver<Result<T, BrokerError>>, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
+        Ok(rx)
+    }
+}
+
+/// Figures the writer publishes for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitFigures {
+    /// Commits so far.
+    pub commits: u64,
+    /// Ops committed so far.
+    pub ops: u64,
+}
+
+/// The writer's state.
+pub struct WriterTask {
+    store: Arc<dyn Storage>,
+    state: Arc<RwLock<BrokerState>>,
+    pseudonym_key: Vec<u8>,
+    next_sequence: u64,
+    next_subscription_id: u64,
+    audit_size: u64,
+    max_batch: usize,
+    head: watch::Sender<u64>,
+}
+
+/// Pending replies, sent after the commit.
+type Finisher = Box<dyn FnOnce(bool) + Send>;
+
+fn finish<T: Send + 'static>(reply: Reply<T>, result: Result<T, BrokerError>) -> Finisher {
+    Box::new(move |committed| {
+        let result = if committed {
+            result
+        } else {
+            Err(BrokerError::Unavailable("the write could not be made durable".into()))
+        };
+        let _ = reply.send(result);
+    })
+}
+
+struct Ctx<'a> {
+    batch: &'a mut Batch,
+    now: Micros,
+}
+
+impl Ctx<'_> {
+    fn audit(&mut self, mut e: pb::AuditEntry) -> u64 {
+        let index = self.batch.audit_first_index + self.batch.audit.len() as u64;
+        e.index = index;
+        e.recorded_at = Some(self.now.to_timestamp());
+        self.batch.audit.push(entry::encode(&e));
+        index
+    }
+}
+
+impl WriterTask {
+    /// Prepares the writer from a loaded store.
+    pub fn new(
+        store: Arc<dyn Storage>,
+        state: Arc<RwLock<BrokerState>>,
+        snapshot: &caseshare_store::Snapshot,
+        pseudonym_key: Vec<u8>,
+        max_batch: usize,
+    ) -> (Self, watch::Receiver<u64>) {
+        let (head, head_rx) = watch::channel(snapshot.next_sequence.saturating_sub(1));
+        (
+            WriterTask {
+                store,
+                state,
+                pseudonym_key,
+                next_sequence: snapshot.next_sequence,
+                next_subscription_id: snapshot.next_subscription_id,
+                audit_size: snapshot.audit_size,
+                max_batch,
+                head,
+            },
+            head_rx,
+        )
+    }
+
+    /// Starts the writer thread; returns the handle and a join handle that
+    /// finishes once every handle is dropped and the queue is drained.
+    pub fn spawn(self) -> std::io::Result<(Writer, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(16_384);
+        let join = std::thread::Builder::new()
+            .name("caseshare-writer".into())
+            .spawn(move || self.run(rx))?;
+        Ok((Writer { tx }, join))
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let started = Instant::now();
+            let mut batch = Batch {
+                audit_first_index: self.audit_size,
+                ..Batch::default()
+            };
+            let mut finishers: Vec<Finisher> = Vec::new();
+            let seq_before = self.next_sequence;
+            let sub_before = self.next_subscription_id;
+            self.apply(first, &mut batch, &mut finishers);
+            while finishers.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => self.apply(op, &mut batch, &mut finishers),
+                    Err(_) => break,
+                }
+            }
+            if self.next_sequence != seq_before {
+                batch.next_sequence = Some(self.next_sequence);
+            }
+            if self.next_subscription_id != sub_before {
+                batch.next_subscription_id = Some(self.next_subscription_id);
+            }
+            let committed = if batch.is_empty() {
+                true
+            } else {
+                match self.store.commit(&batch) {
+                    Ok(stats) => {
+                        metrics::counter!("caseshare_store_commits_total").increment(1);
+                        metrics::counter!("caseshare_store_records_total").increment(stats.records as u64);
+                        metrics::histogram!("caseshare_store_ops_per_commit").record(finishers.len() as f64);
+                        metrics::histogram!("caseshare_store_commit_seconds").record(started.elapsed().as_secs_f64());
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
+                        false
+                    }
+                }
+            };
+            let events = batch.events.len() as u64;
+            if committed {
+                self.audit_size += batch.audit.len() as u64;
+                metrics::counter!("caseshare_audit_entries_total").increment(batch.audit.len() as u64);
+                metrics::gauge!("caseshare_audit_size").set(self.audit_size as f64);
+                if events > 0 {
+                    metrics::histogram!("caseshare_store_events_per_commit").record(events as f64);
+                    let _ = self.head.send(self.next_sequence - 1);
+                }
+            }
+            for f in finishers {
+                f(committed);
+            }
+            if !committed {
+                std::process::exit(75);
+            }
+        }
+    }
+
+    fn apply(&mut self, op: Op, batch: &mut Batch, finishers: &mut Vec<Finisher>) {
+        let mut ctx = Ctx { batch, now: now() };
+        let f = match op {
+            Op::Publish {
+                actor,
+                request,
+                event_type,
+                reply,
+            } => finish(reply, self.publish(&mut ctx, &actor, request, event_type)),
+            Op::RegisterAgency { actor, request, reply } => finish(reply, self.register_agency(&mut ctx, &actor, request)),
+            Op::PutAgreement { actor, agreement, reply } => finish(reply, self.put_agreement(&mut ctx, &actor, agreement)),
+            Op::EndAgreement { actor, request, reply } => finish(reply, self.end_agreement(&mut ctx, &actor, request)),
+            Op::RecordConsent { actor, consent, reply } => finish(reply, self.record_consent(&mut ctx, &actor, consent)),
+            Op::WithdrawConsent { actor, request, reply } => {
+                finish(reply, self.withdraw_consent(&mut ctx, &actor, request))
+            }
+            Op::CreateSubscription {
+                actor,
+                subscription,
+                reply,
+            } => finish(reply, self.create_subscription(&mut ctx, &actor, subscription)),
+            Op::DeleteSubscription { actor, name, reply } => finish(reply, self.delete_subscription(&mut ctx, &actor, &name)),
+            Op::Deliver { intents, reply } => finish(reply, Ok(self.deliver(&mut ctx, intents))),
+            Op::Ack {
+                actor,
+                subscription_id,
+                subscription,
+                acks,
+                floor,
+                reply,
+            } => {
+                self.ack(&mut ctx, &actor, subscription_id, &subscription, acks, floor);
+                finish(reply, Ok(()))
+            }
+            Op::AuthDenied { actor, method, reply } => {
+                ctx.audit(pb::AuditEntry {
+                    kind: pb::EntryKind::AuthDenied as i32,
+                    actor: actor.spiffe_id(),
+                    rpc: method,
+                    reason: format!("role {} may not call this method", actor.role.as_str()),
+                    ..Default::default()
+                });
+                finish(reply, Ok(()))
+            }
+        };
+        finishers.push(f);
+    }
+
+    fn pseudonym(&self, nhs_number: &str) -> Vec<u8> {
+        child_pseudonym(&self.pseudonym_key, nhs_number).to_vec()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BrokerState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BrokerState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        request: pb::PublishRequest,
+        event_type: &'static str,
+    ) -> Result<pb::PublishResponse, BrokerError> {
+        let provider = actor.name.as_str();
+        let event = request.event.unwrap_or_default();
+        if !self.read().agencies.contains_key(provider) {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "agency {provider:?} is not registered; an administrator must register it before it can publish"
+            )));
+        }
+        // Idempotent publish: an earlier event with this id, in this batch or
+        // in the store, answers for this one.
+        let earlier = match ctx
+            .batch
+            .events
+            .iter()
+            .find(|e| e.source_agency == provider && e.event_id == event.event_id)
+        {
+            Some(e) => Some(e.clone()),
+            None => match self.store.sequence_of(provider, &event.event_id)? {
+                Some(seq) => self.store.event(seq)?,
+                None => None,
+            },
+        };
+        if let Some(first) = earlier {
+            metrics::counter!("caseshare_publish_duplicates_total").increment(1);
+            return Ok(pb::PublishResponse {
+                sequence: first.sequence,
+                duplicate: true,
+                decisions: first.decisions,
+                audit_index: first.audit_index,
+                event_type: first.event_type,
+                event_id: first.event_id,
+            });
+        }
+
+        let sequence = self.next_sequence;
+        let context = EventContext::new(provider, event_type, &event, request.basis.as_ref());
+        let event_bytes = event.encode_to_vec();
+        let salt: [u8; 16] = rand::random();
+        let pseudonym = self.pseudonym(&context.nhs_number);
+        let actor_id = actor.spiffe_id();
+        let published = pb::AuditEntry {
+            kind: pb::EntryKind::EventPublished as i32,
+            actor: actor_id.clone(),
+            child_pseudonym: pseudonym.clone(),
+            event_id: event.event_id.clone(),
+            event_type: event_type.to_string(),
+            sequence,
+            source_agency: provider.to_string(),
+            payload_commitment: payload_commitment(&salt, &event_bytes).to_vec(),
+            purpose: event.purpose,
+            override_used: context.safeguarding_override.is_some(),
+            safeguarding_override: context.safeguarding_override.clone(),
+            ..Default::default()
+        };
+        let audit_index = ctx.audit(published);
+        let mut decisions = Vec::new();
+        {
+            let state = self.read();
+            for recipient in state.candidates(&context, &request.to_agencies) {
+                let outcome = state.decide(&context, &recipient, ctx.now);
+                let decision = outcome.to_proto(&recipient);
+                ctx.audit(decision_entry(&actor_id, &pseudonym, &context, &event.event_id, sequence, &decision));
+                decisions.push(decision);
+            }
+        }
+        self.next_sequence += 1;
+        ctx.batch.events.push(StoredEvent {
+            sequence,
+            source_agency: provider.to_string(),
+            event_type: event_type.to_string(),
+            published_at_micros: ctx.now.0,
+            event: event_bytes,
+            salt: salt.to_vec(),
+            decisions: decisions.clone(),
+            basis: request.basis,
+            audit_index,
+            event_id: event.event_id.clone(),
+            to_agencies: request.to_agencies,
+        });
+        metrics::counter!("caseshare_events_published_total").increment(1);
+        for d in &decisions {
+            let label = if d.decision == pb::Decision::Shared as i32 { "shared" } else { "withheld" };
+            metrics::counter!("caseshare_share_decisions_total", "decision" => label).increment(1);
+        }
+        Ok(pb::PublishResponse {
+            sequence,
+            duplicate: false,
+            decisions,
+            audit_index,
+            event_type: event_type.to_string(),
+            event_id: event.event_id,
+        })
+    }
+
+    fn register_agency(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        request: pb::RegisterAgencyRequest,
+    ) -> Result<pb::Agency, BrokerError> {
+        if self.read().agencies.contains_key(&request.agency_id) {
+            return Err(BrokerError::AlreadyExists(format!(
+                "agency {:?} is already registered",
+                request.agency_id
+            )));
+        }
+        let agency = pb::Agency {
+            agency_id: request.agency_id,
+            kind: request.kind,
+            display_name: request.display_name,
+            registered_at: Some(ctx.now.to_timestamp()),
+        };
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::AgencyRegistered as i32,
+            actor: actor.spiffe_id(),
+            subject: agency.agency_id.clone(),
+            ..Default::default()
+        });
+        ctx.batch.agencies.push(agency.clone());
+        self.write().agencies.insert(agency.agency_id.clone(), agency.clone());
+        Ok(agency)
+    }
+
+    fn check_party(&self, field: &str, party: &str) -> Result<(), BrokerError> {
+        if !party.starts_with("kind:") && !self.read().agencies.contains_key(party) {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "{field}: agency {party:?} is not registered"
+            )));
+        }
+        Ok(())
+    }
+
+    fn put_agreement(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        mut agreement: pb::Agreement,
+    ) -> Result<pb::Agreement, BrokerError> {
+        self.check_party("provider", &agreement.provider)?;
+        self.check_party("recipient", &agreement.recipient)?;
+        if agreement.valid_from.is_none() {
+            agreement.valid_from = Some(ctx.now.to_timestamp());
+        }
+        agreement.ended_at = None;
+        agreement.end_reason.clear();
+        let replaced = self.read().agreements.get(&agreement.agreement_id).is_some();
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::AgreementChanged as i32,
+            actor: actor.spiffe_id(),
+            agreement_id: agreement.agreement_id.clone(),
+            lawful_basis: agreement.lawful_basis,
+            source_agency: agreement.provider.clone(),
+            recipient_agency: agreement.recipient.clone(),
+            reason: if replaced { "replaced".into() } else { "created".into() },
+            ..Default::default()
+        });
+        ctx.batch.agreements.push(agreement.clone());
+        self.write().agreements.put(agreement.clone());
+        Ok(agreement)
+    }
+
+    fn end_agreement(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        request: pb::EndAgreementRequest,
+    ) -> Result<pb::Agreement, BrokerError> {
+        let Some(mut agreement) = self.read().agreements.get(&request.agreement_id).cloned() else {
+            return Err(BrokerError::NotFound(format!("no agreement {:?}", request.agreement_id)));
+        };
+        if agreement.ended_at.is_some() {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "agreement {:?} has already ended",
+                request.agreement_id
+            )));
+        }
+        agreement.ended_at = Some(ctx.now.to_timestamp());
+        agreement.end_reason = request.reason.clone();
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::AgreementChanged as i32,
+            actor: actor.spiffe_id(),
+            agreement_id: agreement.agreement_id.clone(),
+            source_agency: agreement.provider.clone(),
+            recipient_agency: agreement.recipient.clone(),
+            reason: format!("ended: {}", request.reason),
+            ..Default::default()
+        });
+        ctx.batch.agreements.push(agreement.clone());
+        self.write().agreements.put(agreement.clone());
+        Ok(agreement)
+    }
+
+    fn record_consent(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        mut consent: pb::ConsentRecord,
+    ) -> Result<pb::ConsentRecord, BrokerError> {
+        if consent.consent_id.is_empty() {
+            consent.consent_id = format!("consent-{}", hex::encode(rand::random::<[u8; 8]>()));
+        } else if self.read().consent(&consent.consent_id).is_some() {
+            return Err(BrokerError::AlreadyExists(format!(
+                "consent {:?} already exists",
+                consent.consent_id
+            )));
+        }
+        consent.recorded_by = actor.name.clone();
+        consent.recorded_at = Some(ctx.now.to_timestamp());
+        consent.withdrawn_at = None;
+        consent.withdrawal_reason.clear();
+        if consent.valid_from.is_none() {
+            consent.valid_from = consent.recorded_at;
+        }
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::ConsentRecorded as i32,
+            actor: actor.spiffe_id(),
+            child_pseudonym: self.pseudonym(&consent.nhs_number),
+            consent_id: consent.consent_id.clone(),
+            purpose: consent.purposes.first().copied().unwrap_or_default(),
+            subject: consent.recipients.join(","),
+            ..Default::default()
+        });
+        ctx.batch.consents.push(consent.clone());
+        self.write().put_consent(consent.clone());
+        Ok(consent)
+    }
+
+    fn withdraw_consent(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        request: pb::WithdrawConsentRequest,
+    ) -> Result<pb::ConsentRecord, BrokerError> {
+        let Some(mut consent) = self.read().consent(&request.consent_id).cloned() else {
+            return Err(BrokerError::NotFound(format!("no consent {:?}", request.consent_id)));
+        };
+        let may = consent.recorded_by == actor.name || consent.recipients.iter().any(|r| r == &actor.name);
+        if !may {
+            return Err(BrokerError::PermissionDenied(
+                "a consent may be withdrawn by the agency that recorded it or an agency it names".into(),
+            ));
+        }
+        if consent.withdrawn_at.is_some() {
+            return Ok(consent);
+        }
+        consent.withdrawn_at = Some(ctx.now.to_timestamp());
+        consent.withdrawal_reason = request.reason;
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::ConsentWithdrawn as i32,
+            actor: actor.spiffe_id(),
+            child_pseudonym: self.pseudonym(&consent.nhs_number),
+            consent_id: consent.consent_id.clone(),
+            reason: consent.withdrawal_reason.clone(),
+            ..Default::default()
+        });
+        ctx.batch.consents.push(consent.clone());
+        self.write().put_consent(consent.clone());
+        Ok(consent)
+    }
+
+    fn create_subscription(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        mut subscription: pb::Subscription,
+    ) -> Result<SubscriptionRecord, BrokerError> {
+        let agency = actor.name.clone();
+        {
+            let state = self.read();
+            if !state.agencies.contains_key(&agency) {
+                return Err(BrokerError::FailedPrecondition(format!(
+                    "agency {agency:?} is not registered"
+                )));
+            }
+            if state.subscription(&agency, &subscription.name).is_some() {
+                return Err(BrokerError::AlreadyExists(format!(
+                    "subscription {:?} already exists",
+                    subscription.name
+                )));
+            }
+        }
+        subscription.agency_id = agency;
+        subscription.created_at = Some(ctx.now.to_timestamp());
+        subscription.start_sequence = self.next_sequence;
+        let record = SubscriptionRecord {
+            id: self.next_subscription_id,
+            subscription: Some(subscription.clone()),
+        };
+        self.next_subscription_id += 1;
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::SubscriptionChanged as i32,
+            actor: actor.spiffe_id(),
+            recipient_agency: subscription.agency_id.clone(),
+            subscription: subscription.name.clone(),
+            reason: "created".into(),
+            ..Default::default()
+        });
+        ctx.batch.subscriptions.push(record.clone());
+        ctx.batch.floors.push((record.id, subscription.start_sequence));
+        self.write().put_subscription(record.clone());
+        Ok(record)
+    }
+
+    fn delete_subscription(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        name: &str,
+    ) -> Result<SubscriptionRecord, BrokerError> {
+        let id = self
+            .read()
+            .subscription(&actor.name, name)
+            .map(|r| r.id)
+            .ok_or_else(|| BrokerError::NotFound(format!("no subscription {name:?}")))?;
+        ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::SubscriptionChanged as i32,
+            actor: actor.spiffe_id(),
+            recipient_agency: actor.name.clone(),
+            subscription: name.to_string(),
+            reason: "deleted".into(),
+            ..Default::default()
+        });
+        ctx.batch.deleted_subscriptions.push(id);
+        self.write()
+            .remove_subscription(id)
+            .ok_or_else(|| BrokerError::NotFound(format!("no subscription {name:?}")))
+    }
+
+    fn deliver(&mut self, ctx: &mut Ctx<'_>, intents: Vec<DeliveryIntent>) -> Vec<Outcome> {
+        let state = self.read();
+        let mut outcomes = Vec::with_capacity(intents.len());
+        for intent in intents {
+            let outcome = state.decide(&intent.context, &intent.recipient, ctx.now);
+            let pseudonym = child_pseudonym(&self.pseudonym_key, &intent.context.nhs_number).to_vec();
+            if outcome.is_shared() {
+                ctx.audit(pb::AuditEntry {
+                    kind: pb::EntryKind::EventDelivered as i32,
+                    actor: "system".into(),
+                    child_pseudonym: pseudonym,
+                    event_id: intent.event_id.clone(),
+                    event_type: intent.context.event_type.clone(),
+                    sequence: intent.sequence,
+                    source_agency: intent.context.provider.clone(),
+                    recipient_agency: intent.recipient.clone(),
+                    subscription: intent.subscription.clone(),
+                    delivery_id: intent.delivery_id.clone(),
+                    attempt: intent.attempt,
+                    agreement_id: outcome.agreement_id.clone(),
+                    consent_id: outcome.consent_id.clone(),
+                    lawful_basis: outcome.lawful_basis as i32,
+                    override_used: outcome.reason == caseshare_core::decision::Reason::Override,
+                    ..Default::default()
+                });
+                ctx.batch.deliveries.push(DeliveryRecord {
+                    subscription_id: intent.subscription_id,
+                    sequence: intent.sequence,
+                    state: DeliveryState::Delivered as i32,
+                    attempts: intent.attempt,
+                    delivered_at_micros: ctx.now.0,
+                    acked_at_micros: 0,
+                    reason: String::new(),
+                });
+                metrics::counter!("caseshare_deliveries_total").increment(1);
+            } else {
+                let decision = outcome.to_proto(&intent.recipient);
+                let mut e = decision_entry(
+                    "system",
+                    &pseudonym,
+                    &intent.context,
+                    &intent.event_id,
+                    intent.sequence,
+                    &decision,
+                );
+                e.subscription = intent.subscription.clone();
+                e.delivery_id = intent.delivery_id.clone();
+                ctx.audit(e);
+                ctx.batch.deliveries.push(DeliveryRecord {
+                    subscription_id: intent.subscription_id,
+                    sequence: intent.sequence,
+                    state: DeliveryState::Stopped as i32,
+                    attempts: intent.attempt.saturating_sub(1),
+                    delivered_at_micros: 0,
+                    acked_at_micros: 0,
+                    reason: outcome.reason.as_str().to_string(),
+                });
+                metrics::counter!("caseshare_deliveries_stopped_total").increment(1);
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    fn ack(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        subscription_id: u64,
+        subscription: &str,
+        acks: Vec<AckIntent>,
+        floor: Option<u64>,
+    ) {
+        for a in acks {
+            ctx.audit(pb::AuditEntry {
+                kind: pb::EntryKind::EventAcked as i32,
+                actor: actor.spiffe_id(),
+                child_pseudonym: self.pseudonym(&a.nhs_number),
+                event_id: a.event_id.clone(),
+                sequence: a.sequence,
+                recipient_agency: actor.name.clone(),
+                subscription: subscription.to_string(),
+                delivery_id: a.delivery_id.clone(),
+                attempt: a.attempts,
+                ..Default::default()
+            });
+            ctx.batch.deliveries.push(DeliveryRecord {
+                subscription_id,
+                sequence: a.sequence,
+                state: DeliveryState::Acked as i32,
+                attempts: a.attempts,
+                delivered_at_micros: a.delivered_at.0,
+                acked_at_micros: ctx.now.0,
+                reason: String::new(),
+            });
+            metrics::counter!("caseshare_acks_total").increment(1);
+        }
+        if let Some(f) = floor {
+            ctx.batch.floors.push((subscription_id, f));
+        }
+    }
+}
+
+fn decision_entry(
+    actor: &str,
+    pseudonym: &[u8],
+    context: &EventContext,
+    event_id: &str,
+    sequence: u64,
+    decision: &pb::SharingDecision,
+) -> pb::AuditEntry {
+    pb::AuditEntry {
+        kind: pb::EntryKind::ShareDecided as i32,
+        actor: actor.to_string(),
+        child_pseudonym: pseudonym.to_vec(),
+        event_id: event_id.to_string(),
+        event_type: context.event_type.clone(),
+        sequence,
+        source_agency: context.provider.clone(),
+        recipient_agency: decision.agency_id.clone(),
+        decision: decision.decision,
+        reason: decision.reason.clone(),
+        agreement_id: decision.agreement_id.clone(),
+        consent_id: decision.consent_id.clone(),
+        lawful_basis: decision.lawful_basis,
+        override_used: decision.override_used,
+        safeguarding_override: if decision.override_used {
+            context.safeguarding_override.clone()
+        } else {
+            None
+        },
+        purpose: context.purpose as i32,
+        subject: String::new(),
+        ..Default::default()
+    }
+}
