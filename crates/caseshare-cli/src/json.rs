@@ -23,9 +23,12 @@ pub fn from_json<M: Message + Default>(type_name: &str, json: &str) -> Result<M,
         .and_then(|p| p.get_message_by_name(type_name))
         .ok_or_else(|| JsonError::UnknownType(type_name.to_string()))?;
     let mut de = serde_json::Deserializer::from_str(json);
-    let dynamic = DynamicMessage::deserialize(desc, &mut de).map_err(|e| JsonError::Invalid(e.to_string()))?;
+    let dynamic = DynamicMessage::deserialize(desc, &mut de)
+        .map_err(|e| JsonError::Invalid(e.to_string()))?;
     de.end().map_err(|e| JsonError::Invalid(e.to_string()))?;
-    dynamic.transcode_to::<M>().map_err(|e| JsonError::Invalid(e.to_string()))
+    dynamic
+        .transcode_to::<M>()
+        .map_err(|e| JsonError::Invalid(e.to_string()))
 }
 
 /// Renders message `M` (full name `type_name`) as proto3 JSON.
@@ -33,8 +36,8 @@ pub fn to_json<M: Message>(type_name: &str, msg: &M) -> Result<serde_json::Value
     let desc = descriptor_pool()
         .and_then(|p| p.get_message_by_name(type_name))
         .ok_or_else(|| JsonError::UnknownType(type_name.to_string()))?;
-    let dynamic =
-        DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).map_err(|e| JsonError::Invalid(e.to_string()))?;
+    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .map_err(|e| JsonError::Invalid(e.to_string()))?;
     let options = SerializeOptions::new().skip_default_fields(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
@@ -59,9 +62,15 @@ mod tests {
         let e: pb::CaseEvent = from_json("caseshare.v1.CaseEvent", json).unwrap();
         assert_eq!(e.purpose, pb::Purpose::EarlyHelp as i32);
         let back = to_json("caseshare.v1.CaseEvent", &e).unwrap();
-        assert_eq!(back["educationAttendanceConcern"]["unauthorisedSessions"], 9);
+        assert_eq!(
+            back["educationAttendanceConcern"]["unauthorisedSessions"],
+            9
+        );
         assert_eq!(back["purpose"], "EARLY_HELP");
         assert!(from_json::<pb::CaseEvent>("caseshare.v1.CaseEvent", r#"{"nope": 1}"#).is_err());
-        assert!(from_json::<pb::CaseEvent>("caseshare.v1.CaseEvent", r#"{"eventId": "a"} trailing"#).is_err());
+        assert!(
+            from_json::<pb::CaseEvent>("caseshare.v1.CaseEvent", r#"{"eventId": "a"} trailing"#)
+                .is_err()
+        );
     }
 }

@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio_stream::StreamExt;
 
 #[derive(Parser)]
-#[command(name = "caseshare", version, about = "Consented child-record event broker with a verifiable sharing log")]
+#[command(
+    name = "caseshare",
+    version,
+    about = "Consented child-record event broker with a verifiable sharing log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,10 +26,18 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Conn {
     /// The broker's gRPC address.
-    #[arg(long, env = "CASESHARE_SERVER", default_value = "https://localhost:7443")]
+    #[arg(
+        long,
+        env = "CASESHARE_SERVER",
+        default_value = "https://localhost:7443"
+    )]
     server: String,
     /// CA bundle the server certificate chains to.
-    #[arg(long, env = "CASESHARE_CA", default_value = "caseshare-data/pki/ca.pem")]
+    #[arg(
+        long,
+        env = "CASESHARE_CA",
+        default_value = "caseshare-data/pki/ca.pem"
+    )]
     ca: PathBuf,
     /// Client certificate (its SPIFFE URI names who you are).
     #[arg(long, env = "CASESHARE_CERT")]
@@ -203,7 +215,9 @@ enum ConsentCommand {
 fn read_input(file: &str) -> Result<String> {
     if file == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
         Ok(s)
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
@@ -211,7 +225,10 @@ fn read_input(file: &str) -> Result<String> {
 }
 
 fn print<M: prost::Message>(type_name: &str, msg: &M) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(&to_json(type_name, msg)?)?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&to_json(type_name, msg)?)?
+    );
     Ok(())
 }
 
@@ -249,9 +266,18 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
             config,
@@ -272,7 +298,10 @@ async fn main() -> Result<()> {
             cfg.validate()?;
             caseshare_server::telemetry::init(&cfg.log_format);
             caseshare_server::serve(cfg, shutdown_signal(), |bound| {
-                println!("caseshare listening: grpc https://{} ops http://{}", bound.grpc, bound.ops);
+                println!(
+                    "caseshare listening: grpc https://{} ops http://{}",
+                    bound.grpc, bound.ops
+                );
             })
             .await?;
         }
@@ -281,19 +310,33 @@ async fn main() -> Result<()> {
             println!("Wrote a development PKI to {}", paths.dir.display());
         }
         Command::Agency { command } => match command {
-            AgencyCommand::Register { conn, id, kind, name } => {
+            AgencyCommand::Register {
+                conn,
+                id,
+                kind,
+                name,
+            } => {
                 let mut c = conn.clients()?;
                 let req = pb::RegisterAgencyRequest {
                     agency_id: id,
                     kind: agency_kind(&kind)? as i32,
                     display_name: name,
                 };
-                let a = c.admin.register_agency(req).await.map_err(status_error)?.into_inner();
+                let a = c
+                    .admin
+                    .register_agency(req)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
                 print("caseshare.v1.Agency", &a)?;
             }
             AgencyCommand::List { conn } => {
                 let mut c = conn.clients()?;
-                let r = c.admin.list_agencies(pb::ListAgenciesRequest {}).await.map_err(status_error)?;
+                let r = c
+                    .admin
+                    .list_agencies(pb::ListAgenciesRequest {})
+                    .await
+                    .map_err(status_error)?;
                 print("caseshare.v1.ListAgenciesResponse", r.get_ref())?;
             }
         },
@@ -301,7 +344,12 @@ async fn main() -> Result<()> {
             AgreementCommand::Put { conn, file } => {
                 let a: pb::Agreement = from_json("caseshare.v1.Agreement", &read_input(&file)?)?;
                 let mut c = conn.clients()?;
-                let a = c.admin.put_agreement(a).await.map_err(status_error)?.into_inner();
+                let a = c
+                    .admin
+                    .put_agreement(a)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
                 print("caseshare.v1.Agreement", &a)?;
             }
             AgreementCommand::End { conn, id, reason } => {
@@ -310,7 +358,12 @@ async fn main() -> Result<()> {
                     agreement_id: id,
                     reason,
                 };
-                let a = c.admin.end_agreement(req).await.map_err(status_error)?.into_inner();
+                let a = c
+                    .admin
+                    .end_agreement(req)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
                 print("caseshare.v1.Agreement", &a)?;
             }
             AgreementCommand::List { conn } => {
@@ -325,15 +378,29 @@ async fn main() -> Result<()> {
         },
         Command::Consent { command } => match command {
             ConsentCommand::Record { conn, file } => {
-                let k: pb::ConsentRecord = from_json("caseshare.v1.ConsentRecord", &read_input(&file)?)?;
+                let k: pb::ConsentRecord =
+                    from_json("caseshare.v1.ConsentRecord", &read_input(&file)?)?;
                 let mut c = conn.clients()?;
-                let k = c.consent.record_consent(k).await.map_err(status_error)?.into_inner();
+                let k = c
+                    .consent
+                    .record_consent(k)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
                 print("caseshare.v1.ConsentRecord", &k)?;
             }
             ConsentCommand::Withdraw { conn, id, reason } => {
                 let mut c = conn.clients()?;
-                let req = pb::WithdrawConsentRequest { consent_id: id, reason };
-                let k = c.consent.withdraw_consent(req).await.map_err(status_error)?.into_inner();
+                let req = pb::WithdrawConsentRequest {
+                    consent_id: id,
+                    reason,
+                };
+                let k = c
+                    .consent
+                    .withdraw_consent(req)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
                 print("caseshare.v1.ConsentRecord", &k)?;
             }
             ConsentCommand::List { conn, nhs_number } => {
@@ -346,9 +413,14 @@ async fn main() -> Result<()> {
                 print("caseshare.v1.ListConsentsResponse", r.get_ref())?;
             }
         },
-        Command::Publish { conn, file, to_agencies } => {
+        Command::Publish {
+            conn,
+            file,
+            to_agencies,
+        } => {
             let text = read_input(&file)?;
-            let value: serde_json::Value = serde_json::from_str(&text).context("the input is not JSON")?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).context("the input is not JSON")?;
             let mut req: pb::PublishRequest = if value.get("event").is_some() {
                 from_json("caseshare.v1.PublishRequest", &text)?
             } else {
@@ -359,7 +431,12 @@ async fn main() -> Result<()> {
             };
             req.to_agencies.extend(to_agencies);
             let mut c = conn.clients()?;
-            let r = c.publisher.publish(req).await.map_err(status_error)?.into_inner();
+            let r = c
+                .publisher
+                .publish(req)
+                .await
+                .map_err(status_error)?
+                .into_inner();
             print("caseshare.v1.PublishResponse", &r)?;
         }
         Command::Subscribe {
@@ -407,7 +484,10 @@ async fn main() -> Result<()> {
             let mut received = 0u64;
             while let Some(item) = stream.next().await {
                 let delivery = item.map_err(status_error)?;
-                println!("{}", serde_json::to_string(&to_json("caseshare.v1.Delivery", &delivery)?)?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&to_json("caseshare.v1.Delivery", &delivery)?)?
+                );
                 tx.send(pb::SubscribeRequest {
                     ack: Some(pb::AckIds {
                         delivery_ids: vec![delivery.delivery_id.clone()],

@@ -98,19 +98,43 @@ mod tests {
 
     #[test]
     fn roles_are_least_privilege() {
-        assert_eq!(check(Role::Agency, "/caseshare.v1.Publisher/Publish"), Verdict::Allowed(Ownership::OwnAgency));
-        assert_eq!(check(Role::Auditor, "/caseshare.v1.Publisher/Publish"), Verdict::Denied);
-        assert_eq!(check(Role::Admin, "/caseshare.v1.Subscriber/Subscribe"), Verdict::Denied);
-        assert_eq!(check(Role::Agency, "/caseshare.v1.Admin/RegisterAgency"), Verdict::Denied);
-        assert_eq!(check(Role::Agency, "/caseshare.v1.Audit/Query"), Verdict::Denied);
-        assert_eq!(check(Role::Admin, "/caseshare.v1.Audit/Query"), Verdict::Denied);
-        assert_eq!(check(Role::Auditor, "/caseshare.v1.Audit/Query"), Verdict::Allowed(Ownership::None));
+        assert_eq!(
+            check(Role::Agency, "/caseshare.v1.Publisher/Publish"),
+            Verdict::Allowed(Ownership::OwnAgency)
+        );
+        assert_eq!(
+            check(Role::Auditor, "/caseshare.v1.Publisher/Publish"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            check(Role::Admin, "/caseshare.v1.Subscriber/Subscribe"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            check(Role::Agency, "/caseshare.v1.Admin/RegisterAgency"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            check(Role::Agency, "/caseshare.v1.Audit/Query"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            check(Role::Admin, "/caseshare.v1.Audit/Query"),
+            Verdict::Denied
+        );
+        assert_eq!(
+            check(Role::Auditor, "/caseshare.v1.Audit/Query"),
+            Verdict::Allowed(Ownership::None)
+        );
         assert_eq!(check(Role::Admin, "/x.Y/Z"), Verdict::UnknownMethod);
     }
 
     #[test]
     fn admins_and_auditors_never_receive_payloads() {
-        for m in ["/caseshare.v1.Subscriber/Subscribe", "/caseshare.v1.Publisher/Publish"] {
+        for m in [
+            "/caseshare.v1.Subscriber/Subscribe",
+            "/caseshare.v1.Publisher/Publish",
+        ] {
             for role in [Role::Admin, Role::Auditor] {
                 assert_eq!(check(role, m), Verdict::Denied, "{role:?} {m}");
             }
@@ -127,7 +151,10 @@ mod tests {
             for svc in &file.service {
                 for m in &svc.method {
                     let path = format!("/caseshare.v1.{}/{}", svc.name(), m.name());
-                    assert!(TABLE.iter().any(|r| r.method == path), "{path} missing from authz::TABLE");
+                    assert!(
+                        TABLE.iter().any(|r| r.method == path),
+                        "{path} missing from authz::TABLE"
+                    );
                     count += 1;
                 }
             }

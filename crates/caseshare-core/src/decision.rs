@@ -118,7 +118,11 @@ impl Outcome {
 
     /// SHARED or WITHHELD.
     pub fn decision(&self) -> Decision {
-        if self.reason.is_shared() { Decision::Shared } else { Decision::Withheld }
+        if self.reason.is_shared() {
+            Decision::Shared
+        } else {
+            Decision::Withheld
+        }
     }
 
     /// True if shared.
@@ -168,7 +172,9 @@ fn agreement_covers(a: &pb::Agreement, e: &EventFacts<'_>, r: &Recipient<'_>) ->
     selects(&a.provider, e.provider, e.provider_kind)
         && selects(&a.recipient, r.agency_id, r.kind)
         && a.purposes.contains(&(e.purpose as i32))
-        && a.event_types.iter().any(|p| pattern_matches(p, e.event_type))
+        && a.event_types
+            .iter()
+            .any(|p| pattern_matches(p, e.event_type))
 }
 
 fn agreement_active(a: &pb::Agreement, now: Micros) -> bool {
@@ -179,8 +185,12 @@ fn agreement_active(a: &pb::Agreement, now: Micros) -> bool {
 }
 
 fn agreement_over(a: &pb::Agreement, now: Micros) -> bool {
-    a.ended_at.as_ref().is_some_and(|t| Micros::from_timestamp(t) <= now)
-        || a.valid_until.as_ref().is_some_and(|t| Micros::from_timestamp(t) <= now)
+    a.ended_at
+        .as_ref()
+        .is_some_and(|t| Micros::from_timestamp(t) <= now)
+        || a.valid_until
+            .as_ref()
+            .is_some_and(|t| Micros::from_timestamp(t) <= now)
 }
 
 /// How well a consent covers an event, ignoring time and withdrawal.
@@ -267,7 +277,9 @@ pub fn decide<'a>(
         for c in consents {
             match consent_scope(c, event, recipient) {
                 Scope::None => {}
-                Scope::NotExplicit => not_explicit |= in_window(now, c.valid_from.as_ref(), c.valid_until.as_ref()),
+                Scope::NotExplicit => {
+                    not_explicit |= in_window(now, c.valid_from.as_ref(), c.valid_until.as_ref())
+                }
                 Scope::Covers => {
                     if !in_window(now, c.valid_from.as_ref(), c.valid_until.as_ref()) {
                         continue;
@@ -290,7 +302,11 @@ pub fn decide<'a>(
         if override_ok {
             // A statutory safeguarding duty, not the family's consent, is
             // the lawful basis when an override is used.
-            let basis = if basis == LawfulBasis::Consent { LawfulBasis::PublicTask } else { basis };
+            let basis = if basis == LawfulBasis::Consent {
+                LawfulBasis::PublicTask
+            } else {
+                basis
+            };
             return shared(Reason::Override, "", basis);
         }
         if first_refusal.is_none() {

@@ -8,7 +8,10 @@ use crate::pb::case_event::Payload;
 /// that carries it. The field name is the event type with its first `.`
 /// replaced by `_`.
 pub const EVENT_TYPES: &[(&str, &str)] = &[
-    ("social_care.referral_accepted", "social_care_referral_accepted"),
+    (
+        "social_care.referral_accepted",
+        "social_care_referral_accepted",
+    ),
     (
         "social_care.child_protection_plan_started",
         "social_care_child_protection_plan_started",
@@ -17,21 +20,48 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
         "social_care.child_protection_plan_ended",
         "social_care_child_protection_plan_ended",
     ),
-    ("social_care.looked_after_started", "social_care_looked_after_started"),
-    ("social_care.looked_after_ended", "social_care_looked_after_ended"),
-    ("early_help.assessment_started", "early_help_assessment_started"),
-    ("early_help.assessment_completed", "early_help_assessment_completed"),
-    ("early_help.tac_meeting_scheduled", "early_help_tac_meeting_scheduled"),
+    (
+        "social_care.looked_after_started",
+        "social_care_looked_after_started",
+    ),
+    (
+        "social_care.looked_after_ended",
+        "social_care_looked_after_ended",
+    ),
+    (
+        "early_help.assessment_started",
+        "early_help_assessment_started",
+    ),
+    (
+        "early_help.assessment_completed",
+        "early_help_assessment_completed",
+    ),
+    (
+        "early_help.tac_meeting_scheduled",
+        "early_help_tac_meeting_scheduled",
+    ),
     (
         "early_help.lead_professional_assigned",
         "early_help_lead_professional_assigned",
     ),
-    ("education.attendance_concern", "education_attendance_concern"),
-    ("education.exclusion_recorded", "education_exclusion_recorded"),
-    ("education.sen_support_changed", "education_sen_support_changed"),
+    (
+        "education.attendance_concern",
+        "education_attendance_concern",
+    ),
+    (
+        "education.exclusion_recorded",
+        "education_exclusion_recorded",
+    ),
+    (
+        "education.sen_support_changed",
+        "education_sen_support_changed",
+    ),
     ("health.emergency_attendance", "health_emergency_attendance"),
     ("health.was_not_brought", "health_was_not_brought"),
-    ("health.mental_health_referral", "health_mental_health_referral"),
+    (
+        "health.mental_health_referral",
+        "health_mental_health_referral",
+    ),
 ];
 
 /// The event type of a payload.
@@ -72,7 +102,9 @@ pub enum PatternError {
     #[error("an event-type pattern must not be empty")]
     Empty,
     /// Not `*`, `prefix.*` or `a.b` in `[a-z0-9_.]`.
-    #[error("an event-type pattern is `*`, `domain.*` or an exact type like `health.was_not_brought`")]
+    #[error(
+        "an event-type pattern is `*`, `domain.*` or an exact type like `health.was_not_brought`"
+    )]
     Syntax,
 }
 
@@ -93,7 +125,11 @@ pub fn validate_pattern(p: &str) -> Result<(), PatternError> {
         && body
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
-    if ok { Ok(()) } else { Err(PatternError::Syntax) }
+    if ok {
+        Ok(())
+    } else {
+        Err(PatternError::Syntax)
+    }
 }
 
 /// True if `event_type` matches `pattern`: `*` matches everything,
@@ -130,7 +166,11 @@ mod tests {
             ("early_help.*", "early_help.assessment_started", true),
             ("early_help.*", "education.attendance_concern", false),
             ("health.was_not_brought", "health.was_not_brought", true),
-            ("health.was_not_brought", "health.was_not_brought_again", false),
+            (
+                "health.was_not_brought",
+                "health.was_not_brought_again",
+                false,
+            ),
             ("health.was", "health.was_not_brought", false),
         ];
         for (p, t, want) in cases {
@@ -143,7 +183,15 @@ mod tests {
         for ok in ["*", "health.*", "health.was_not_brought", "a.b.c"] {
             assert_eq!(validate_pattern(ok), Ok(()), "{ok}");
         }
-        for bad in ["", ".*", "Health.*", "health.", "health..x", "he alth", "*.x"] {
+        for bad in [
+            "",
+            ".*",
+            "Health.*",
+            "health.",
+            "health..x",
+            "he alth",
+            "*.x",
+        ] {
             assert!(validate_pattern(bad).is_err(), "{bad}");
         }
     }

@@ -103,7 +103,9 @@ fn keep(path: &str, allowed: &[String]) -> Keep {
     }
     let mut some = false;
     for a in allowed {
-        if a == path || (path.starts_with(a.as_str()) && path.as_bytes().get(a.len()) == Some(&b'.')) {
+        if a == path
+            || (path.starts_with(a.as_str()) && path.as_bytes().get(a.len()) == Some(&b'.'))
+        {
             return Keep::All;
         }
         if a.starts_with(path) && a.as_bytes().get(path.len()) == Some(&b'.') {

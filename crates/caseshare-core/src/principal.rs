@@ -44,7 +44,12 @@ pub struct Principal {
 impl Principal {
     /// The SPIFFE id, as written in audit entries.
     pub fn spiffe_id(&self) -> String {
-        format!("spiffe://{}/{}/{}", self.trust_domain, self.role.as_str(), self.name)
+        format!(
+            "spiffe://{}/{}/{}",
+            self.trust_domain,
+            self.role.as_str(),
+            self.name
+        )
     }
 
     /// The agency id when the principal is an agency.
@@ -78,12 +83,15 @@ pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Parses a SPIFFE id, requiring the given trust domain.
 pub fn parse_spiffe_id(uri: &str, trust_domain: &str) -> Result<Principal, PrincipalError> {
-    let rest = uri.strip_prefix("spiffe://").ok_or(PrincipalError::NotSpiffe)?;
+    let rest = uri
+        .strip_prefix("spiffe://")
+        .ok_or(PrincipalError::NotSpiffe)?;
     let (domain, path) = rest.split_once('/').ok_or(PrincipalError::Path)?;
     if domain != trust_domain {
         return Err(PrincipalError::WrongTrustDomain(domain.to_string()));
@@ -113,13 +121,19 @@ mod tests {
     fn table() {
         let td = "caseshare.local";
         let ok = parse_spiffe_id("spiffe://caseshare.local/agency/school-b", td);
-        assert_eq!(ok.as_ref().map(|p| (p.role, p.name.as_str())), Ok((Role::Agency, "school-b")));
+        assert_eq!(
+            ok.as_ref().map(|p| (p.role, p.name.as_str())),
+            Ok((Role::Agency, "school-b"))
+        );
         assert_eq!(
             ok.map(|p| p.spiffe_id()).as_deref(),
             Ok("spiffe://caseshare.local/agency/school-b")
         );
         let bad = [
-            ("https://caseshare.local/agency/a", PrincipalError::NotSpiffe),
+            (
+                "https://caseshare.local/agency/a",
+                PrincipalError::NotSpiffe,
+            ),
             (
                 "spiffe://evil.local/agency/a",
                 PrincipalError::WrongTrustDomain("evil.local".into()),

@@ -42,6 +42,9 @@ mod tests {
 
     #[test]
     fn commitment_depends_on_salt() {
-        assert_ne!(payload_commitment(b"s1", b"x"), payload_commitment(b"s2", b"x"));
+        assert_ne!(
+            payload_commitment(b"s1", b"x"),
+            payload_commitment(b"s2", b"x")
+        );
     }
 }

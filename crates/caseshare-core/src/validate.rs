@@ -42,7 +42,11 @@ impl Collector {
         });
     }
     fn finish<T>(self, value: T) -> Result<T, Violations> {
-        if self.0.is_empty() { Ok(value) } else { Err(Violations(self.0)) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(Violations(self.0))
+        }
     }
 }
 
@@ -81,8 +85,7 @@ pub struct ValidPublish {
 
 fn is_event_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
@@ -100,7 +103,10 @@ fn check_timestamp(c: &mut Collector, field: &str, ts: &prost_types::Timestamp) 
     if timestamp_is_valid(ts) {
         true
     } else {
-        c.add(field, "not a valid timestamp (years 1-9999, nanos 0-999999999)");
+        c.add(
+            field,
+            "not a valid timestamp (years 1-9999, nanos 0-999999999)",
+        );
         false
     }
 }
@@ -142,9 +148,15 @@ pub fn validate_publish(
             for (i, id) in child.local_ids.iter().enumerate() {
                 let field = format!("event.child.local_ids[{i}]");
                 if id.scheme.is_empty()
-                    || !id.scheme.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    || !id
+                        .scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_')
                 {
-                    c.add(format!("{field}.scheme"), "a lower-case scheme such as `upn` or `local`");
+                    c.add(
+                        format!("{field}.scheme"),
+                        "a lower-case scheme such as `upn` or `local`",
+                    );
                 }
                 if id.value.is_empty() || id.value.len() > 64 {
                     c.add(format!("{field}.value"), "1 to 64 characters");
@@ -208,11 +220,18 @@ pub fn validate_publish(
     let event_type = match event.payload.as_ref() {
         Some(p) => event_type(p),
         None => {
-            c.add("event.payload", "exactly one payload (the event's content) is required");
+            c.add(
+                "event.payload",
+                "exactly one payload (the event's content) is required",
+            );
             ""
         }
     };
-    if let Some(o) = req.basis.as_ref().and_then(|b| b.safeguarding_override.as_ref()) {
+    if let Some(o) = req
+        .basis
+        .as_ref()
+        .and_then(|b| b.safeguarding_override.as_ref())
+    {
         let f = "basis.safeguarding_override";
         if event.purpose != pb::Purpose::Safeguarding as i32 {
             c.add(
@@ -222,7 +241,10 @@ pub fn validate_publish(
         }
         if !matches!(pb::LegalBasis::try_from(o.legal_basis), Ok(b) if b != pb::LegalBasis::Unspecified)
         {
-            c.add(format!("{f}.legal_basis"), "the statute relied on is required");
+            c.add(
+                format!("{f}.legal_basis"),
+                "the statute relied on is required",
+            );
         }
         if o.justification.trim().chars().count() < MIN_JUSTIFICATION_CHARS {
             c.add(
@@ -233,7 +255,10 @@ pub fn validate_publish(
             c.add(format!("{f}.justification"), "at most 2000 characters");
         }
         if o.authorised_by.trim().is_empty() || o.authorised_by.len() > 128 {
-            c.add(format!("{f}.authorised_by"), "who authorised the override is required (1-128 characters)");
+            c.add(
+                format!("{f}.authorised_by"),
+                "who authorised the override is required (1-128 characters)",
+            );
         }
     }
     for (i, a) in req.to_agencies.iter().enumerate() {
@@ -267,8 +292,7 @@ pub fn validate_register_agency(req: &pb::RegisterAgencyRequest) -> Result<(), V
 
 fn is_identifier(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -286,7 +310,10 @@ pub fn parse_kind_selector(s: &str) -> Option<pb::AgencyKind> {
 fn check_party(c: &mut Collector, field: &str, s: &str) {
     if s.starts_with("kind:") {
         if parse_kind_selector(s).is_none() {
-            c.add(field, "kind:health, kind:education, kind:social_care or kind:other");
+            c.add(
+                field,
+                "kind:health, kind:education, kind:social_care or kind:other",
+            );
         }
     } else if !is_valid_name(s) {
         c.add(field, "an agency id or kind:<kind>");
@@ -333,7 +360,10 @@ fn check_window(
 pub fn validate_agreement(a: &pb::Agreement) -> Result<(), Violations> {
     let mut c = Collector::default();
     if !is_identifier(&a.agreement_id) {
-        c.add("agreement_id", "1 to 64 characters of letters, digits, '.', '_' or '-'");
+        c.add(
+            "agreement_id",
+            "1 to 64 characters of letters, digits, '.', '_' or '-'",
+        );
     }
     check_party(&mut c, "provider", &a.provider);
     check_party(&mut c, "recipient", &a.recipient);
@@ -378,9 +408,9 @@ pub fn validate_subscription(s: &pb::Subscription) -> Result<pb::Subscription, V
     use subscription_defaults as d;
     let mut c = Collector::default();
     let name_ok = (1..=64).contains(&s.name.len())
-        && s.name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        && s.name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
     if !name_ok {
         c.add("name", "1 to 64 characters of a-z, 0-9, '.', '_' or '-'");
     }
@@ -424,11 +454,17 @@ pub fn validate_consent(k: &pb::ConsentRecord) -> Result<(), Violations> {
     }
     check_nhs(&mut c, "nhs_number", &k.nhs_number);
     if !matches!(pb::GivenBy::try_from(k.given_by), Ok(g) if g != pb::GivenBy::Unspecified) {
-        c.add("given_by", "one of CHILD, PARENT, GUARDIAN, LOCAL_AUTHORITY");
+        c.add(
+            "given_by",
+            "one of CHILD, PARENT, GUARDIAN, LOCAL_AUTHORITY",
+        );
     }
     check_purposes(&mut c, "purposes", &k.purposes);
     if k.recipients.is_empty() {
-        c.add("recipients", "at least one recipient (agency id or kind:<kind>)");
+        c.add(
+            "recipients",
+            "at least one recipient (agency id or kind:<kind>)",
+        );
     }
     for (i, r) in k.recipients.iter().enumerate() {
         check_party(&mut c, &format!("recipients[{i}]"), r);
@@ -453,20 +489,35 @@ mod tests {
                 local_ids: vec![],
             }),
             purpose: pb::Purpose::EarlyHelp as i32,
-            occurred_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
             payload: Some(pb::case_event::Payload::EducationAttendanceConcern(
-                pb::AttendanceConcern { period: "p".into(), attendance_percent: 80.0, unauthorised_sessions: 3 },
+                pb::AttendanceConcern {
+                    period: "p".into(),
+                    attendance_percent: 80.0,
+                    unauthorised_sessions: 3,
+                },
             )),
             ..Default::default()
         }
     }
 
     fn check(req: pb::PublishRequest) -> Result<ValidPublish, Violations> {
-        validate_publish(&req, 100, Micros(1_700_000_000 * Micros::SECOND), &Limits::default())
+        validate_publish(
+            &req,
+            100,
+            Micros(1_700_000_000 * Micros::SECOND),
+            &Limits::default(),
+        )
     }
 
     fn with(f: impl FnOnce(&mut pb::PublishRequest)) -> Result<ValidPublish, Violations> {
-        let mut r = pb::PublishRequest { event: Some(event()), ..Default::default() };
+        let mut r = pb::PublishRequest {
+            event: Some(event()),
+            ..Default::default()
+        };
         f(&mut r);
         check(r)
     }
@@ -477,7 +528,10 @@ mod tests {
 
     #[test]
     fn valid_event_has_its_type() {
-        assert_eq!(with(|_| {}).map(|v| v.event_type), Ok("education.attendance_concern"));
+        assert_eq!(
+            with(|_| {}).map(|v| v.event_type),
+            Ok("education.attendance_concern")
+        );
     }
 
     #[test]
@@ -485,19 +539,73 @@ mod tests {
         type Edit = Box<dyn Fn(&mut pb::PublishRequest)>;
         let cases: Vec<(&str, Edit)> = vec![
             ("event", Box::new(|r| r.event = None)),
-            ("event.child.nhs_number", Box::new(|r| ev(r).child.as_mut().map(|c| c.nhs_number = "9434765918".into()).unwrap_or(()))),
+            (
+                "event.child.nhs_number",
+                Box::new(|r| {
+                    ev(r)
+                        .child
+                        .as_mut()
+                        .map(|c| c.nhs_number = "9434765918".into())
+                        .unwrap_or(())
+                }),
+            ),
             ("event.child", Box::new(|r| ev(r).child = None)),
-            ("event.event_id", Box::new(|r| ev(r).event_id = String::new())),
-            ("event.event_id", Box::new(|r| ev(r).event_id = "has space".into())),
+            (
+                "event.event_id",
+                Box::new(|r| ev(r).event_id = String::new()),
+            ),
+            (
+                "event.event_id",
+                Box::new(|r| ev(r).event_id = "has space".into()),
+            ),
             ("event.purpose", Box::new(|r| ev(r).purpose = 0)),
             ("event.purpose", Box::new(|r| ev(r).purpose = 99)),
             ("event.occurred_at", Box::new(|r| ev(r).occurred_at = None)),
-            ("event.occurred_at", Box::new(|r| ev(r).occurred_at = Some(prost_types::Timestamp { seconds: 1_700_000_000 + 3 * 86_400, nanos: 0 }))),
+            (
+                "event.occurred_at",
+                Box::new(|r| {
+                    ev(r).occurred_at = Some(prost_types::Timestamp {
+                        seconds: 1_700_000_000 + 3 * 86_400,
+                        nanos: 0,
+                    })
+                }),
+            ),
             ("event.payload", Box::new(|r| ev(r).payload = None)),
-            ("event.summary", Box::new(|r| ev(r).summary = "x".repeat(4_001))),
-            ("event.child.local_ids[0].value", Box::new(|r| ev(r).child.as_mut().map(|c| c.local_ids.push(pb::LocalId { scheme: "upn".into(), value: "A801200005001".into() })).unwrap_or(()))),
-            ("basis.safeguarding_override", Box::new(|r| r.basis = Some(pb::SharingBasis { safeguarding_override: Some(pb::SafeguardingOverride { legal_basis: 1, justification: "x".repeat(30), authorised_by: "Team manager".into() }) }))),
-            ("to_agencies[0]", Box::new(|r| r.to_agencies.push("Not Valid".into()))),
+            (
+                "event.summary",
+                Box::new(|r| ev(r).summary = "x".repeat(4_001)),
+            ),
+            (
+                "event.child.local_ids[0].value",
+                Box::new(|r| {
+                    ev(r)
+                        .child
+                        .as_mut()
+                        .map(|c| {
+                            c.local_ids.push(pb::LocalId {
+                                scheme: "upn".into(),
+                                value: "A801200005001".into(),
+                            })
+                        })
+                        .unwrap_or(())
+                }),
+            ),
+            (
+                "basis.safeguarding_override",
+                Box::new(|r| {
+                    r.basis = Some(pb::SharingBasis {
+                        safeguarding_override: Some(pb::SafeguardingOverride {
+                            legal_basis: 1,
+                            justification: "x".repeat(30),
+                            authorised_by: "Team manager".into(),
+                        }),
+                    })
+                }),
+            ),
+            (
+                "to_agencies[0]",
+                Box::new(|r| r.to_agencies.push("Not Valid".into())),
+            ),
         ];
         for (field, edit) in cases {
             let got = with(|r| edit(r));
@@ -513,19 +621,35 @@ mod tests {
         let got = with(|r| {
             ev(r).purpose = pb::Purpose::Safeguarding as i32;
             r.basis = Some(pb::SharingBasis {
-                safeguarding_override: Some(pb::SafeguardingOverride { legal_basis: 0, justification: "too short".into(), authorised_by: String::new() }),
+                safeguarding_override: Some(pb::SafeguardingOverride {
+                    legal_basis: 0,
+                    justification: "too short".into(),
+                    authorised_by: String::new(),
+                }),
             });
         });
         let v = got.err().unwrap_or(Violations(vec![]));
-        for f in ["basis.safeguarding_override.legal_basis", "basis.safeguarding_override.justification", "basis.safeguarding_override.authorised_by"] {
+        for f in [
+            "basis.safeguarding_override.legal_basis",
+            "basis.safeguarding_override.justification",
+            "basis.safeguarding_override.authorised_by",
+        ] {
             assert!(v.has(f), "{f}: {v}");
         }
     }
 
     #[test]
     fn oversize_event_is_rejected() {
-        let r = pb::PublishRequest { event: Some(event()), ..Default::default() };
-        let got = validate_publish(&r, 70_000, Micros(1_700_000_000 * Micros::SECOND), &Limits::default());
+        let r = pb::PublishRequest {
+            event: Some(event()),
+            ..Default::default()
+        };
+        let got = validate_publish(
+            &r,
+            70_000,
+            Micros(1_700_000_000 * Micros::SECOND),
+            &Limits::default(),
+        );
         assert!(got.err().is_some_and(|v| v.has("event")));
     }
 
@@ -544,8 +668,14 @@ mod tests {
         let mut bad = good.clone();
         bad.recipient = "kind:police".into();
         bad.purposes.clear();
-        bad.valid_from = Some(prost_types::Timestamp { seconds: 10, nanos: 0 });
-        bad.valid_until = Some(prost_types::Timestamp { seconds: 10, nanos: 0 });
+        bad.valid_from = Some(prost_types::Timestamp {
+            seconds: 10,
+            nanos: 0,
+        });
+        bad.valid_until = Some(prost_types::Timestamp {
+            seconds: 10,
+            nanos: 0,
+        });
         let v = validate_agreement(&bad).err().unwrap_or(Violations(vec![]));
         for f in ["recipient", "purposes", "valid_until"] {
             assert!(v.has(f), "{f}: {v}");
@@ -554,10 +684,19 @@ mod tests {
 
     #[test]
     fn subscription_defaults_fill_in() {
-        let s = validate_subscription(&pb::Subscription { name: "main".into(), ..Default::default() });
+        let s = validate_subscription(&pb::Subscription {
+            name: "main".into(),
+            ..Default::default()
+        });
         let s = s.unwrap_or_default();
         assert_eq!(s.max_attempts, subscription_defaults::MAX_ATTEMPTS);
         assert_eq!(s.ack_deadline.map(|d| d.seconds), Some(30));
-        assert!(validate_subscription(&pb::Subscription { name: "Bad Name".into(), ..Default::default() }).is_err());
+        assert!(
+            validate_subscription(&pb::Subscription {
+                name: "Bad Name".into(),
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -56,7 +56,10 @@ pub struct AuthService<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -70,7 +73,10 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_string();
-        let principal = req.extensions().get::<PeerInfo>().map(|p| p.principal.clone());
+        let principal = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.principal.clone());
         let verdict = principal.as_ref().map(|p| authz::check(p.role, &method));
         match (principal, verdict) {
             (Some(_), Some(Verdict::Allowed(_))) => {
@@ -95,11 +101,17 @@ where
                     if let Err(e) = recorded {
                         tracing::error!(error = %e, "could not record AUTH_DENIED");
                     }
-                    Ok(Status::permission_denied(format!("role {role} may not call {method}")).into_http())
+                    Ok(
+                        Status::permission_denied(format!("role {role} may not call {method}"))
+                            .into_http(),
+                    )
                 })
             }
             (None, _) => Box::pin(async move {
-                Ok(Status::unauthenticated("no verified client certificate on this connection").into_http())
+                Ok(
+                    Status::unauthenticated("no verified client certificate on this connection")
+                        .into_http(),
+                )
             }),
         }
     }

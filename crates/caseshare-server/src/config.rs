@@ -140,7 +140,10 @@ where
 impl Config {
     /// Loads defaults, then `file` if given, then environment variables
     /// read through `env` (normally `std::env::var`).
-    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut cfg = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -211,10 +214,18 @@ impl Config {
         let t = &self.tls;
         let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
         if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
-            return bad("tls", "set all of tls.ca, tls.cert and tls.key, or none (for a dev PKI)");
+            return bad(
+                "tls",
+                "set all of tls.ca, tls.cert and tls.key, or none (for a dev PKI)",
+            );
         }
-        if self.limits.max_event_bytes == 0 || self.limits.max_event_bytes > self.limits.max_message_bytes {
-            return bad("limits.max_event_bytes", "between 1 and limits.max_message_bytes");
+        if self.limits.max_event_bytes == 0
+            || self.limits.max_event_bytes > self.limits.max_message_bytes
+        {
+            return bad(
+                "limits.max_event_bytes",
+                "between 1 and limits.max_message_bytes",
+            );
         }
         if self.limits.max_outstanding == 0 {
             return bad("limits.max_outstanding", "at least 1");
@@ -238,8 +249,15 @@ mod tests {
     fn file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[limits]\nmax_outstanding = 50\n").unwrap();
-        let cfg = Config::load(Some(&f), |k| (k == "CASESHARE_OPS_LISTEN").then(|| "127.0.0.1:9001".to_string())).unwrap();
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:9000\"\n[limits]\nmax_outstanding = 50\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&f), |k| {
+            (k == "CASESHARE_OPS_LISTEN").then(|| "127.0.0.1:9001".to_string())
+        })
+        .unwrap();
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.ops_listen.port(), 9001);
         assert_eq!(cfg.limits.max_outstanding, 50);
@@ -253,9 +271,17 @@ mod tests {
         std::fs::write(&f, "lisen = \"x\"\n").unwrap();
         let e = Config::load(Some(&f), |_| None).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
-        let e = Config::load(None, |k| (k == "CASESHARE_LISTEN").then(|| "nope".to_string())).unwrap_err().to_string();
+        let e = Config::load(None, |k| {
+            (k == "CASESHARE_LISTEN").then(|| "nope".to_string())
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("CASESHARE_LISTEN"), "{e}");
-        let e = Config::load(None, |k| (k == "CASESHARE_TLS_CA").then(|| "/x".to_string())).unwrap_err().to_string();
+        let e = Config::load(None, |k| {
+            (k == "CASESHARE_TLS_CA").then(|| "/x".to_string())
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("tls"), "{e}");
     }
 }

@@ -63,7 +63,12 @@ struct SubInner {
 
 impl SubInner {
     fn floor(&self) -> u64 {
-        self.pending.keys().next().copied().unwrap_or(self.cursor).min(self.cursor)
+        self.pending
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.cursor)
+            .min(self.cursor)
     }
 }
 
@@ -148,7 +153,8 @@ impl Deliveries {
             max_outstanding,
         });
         let floors: HashMap<u64, u64> = floors.iter().copied().collect();
-        let records: Vec<SubscriptionRecord> = d.read_state().subscriptions.values().cloned().collect();
+        let records: Vec<SubscriptionRecord> =
+            d.read_state().subscriptions.values().cloned().collect();
         for rec in records {
             let floor = floors.get(&rec.id).copied();
             d.add(rec, floor)?;
@@ -200,13 +206,21 @@ impl Deliveries {
             }),
             notify: Notify::new(),
         });
-        self.runtimes.write().unwrap_or_else(|p| p.into_inner()).insert(rec.id, rt);
+        self.runtimes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id, rt);
         Ok(())
     }
 
     /// Removes a deleted subscription's runtime; its streams end.
     pub fn remove(&self, id: u64) {
-        if let Some(rt) = self.runtimes.write().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+        if let Some(rt) = self
+            .runtimes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
             rt.lock().deleted = true;
             rt.notify.notify_waiters();
         }
@@ -274,15 +288,16 @@ impl Deliveries {
                     break;
                 }
                 inner.cursor = event.sequence + 1;
-                if inner.settled_ahead.remove(&event.sequence) || inner.pending.contains_key(&event.sequence) {
+                if inner.settled_ahead.remove(&event.sequence)
+                    || inner.pending.contains_key(&event.sequence)
+                {
                     continue;
                 }
                 let shared = event.source_agency != agency
                     && event.sequence >= rt.subscription.start_sequence
-                    && event
-                        .decisions
-                        .iter()
-                        .any(|d| d.agency_id == agency && d.decision == pb::Decision::Shared as i32);
+                    && event.decisions.iter().any(|d| {
+                        d.agency_id == agency && d.decision == pb::Decision::Shared as i32
+                    });
                 if !shared {
                     continue;
                 }
@@ -350,7 +365,14 @@ impl Deliveries {
             });
             decoded.push((pick, event));
         }
-        let outcomes = match self.writer.call(|reply| Op::Deliver { intents: intents.clone(), reply }).await {
+        let outcomes = match self
+            .writer
+            .call(|reply| Op::Deliver {
+                intents: intents.clone(),
+                reply,
+            })
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 // Nothing was recorded: put the picks back as owed.
@@ -407,7 +429,12 @@ impl Deliveries {
     }
 
     /// Settles acknowledged deliveries and persists them with the new floor.
-    async fn ack_ids(&self, actor: &Arc<Principal>, rt: &SubRuntime, ids: &[String]) -> Result<u32, BrokerError> {
+    async fn ack_ids(
+        &self,
+        actor: &Arc<Principal>,
+        rt: &SubRuntime,
+        ids: &[String],
+    ) -> Result<u32, BrokerError> {
         let mut acks = Vec::new();
         let mut missing_info = Vec::new();
         let floor;
@@ -415,7 +442,10 @@ impl Deliveries {
             let mut inner = rt.lock();
             for id in ids {
                 let Some((sub, seq)) = parse_delivery_id(id) else {
-                    return Err(BrokerError::invalid("delivery_ids", format!("{id:?} is not a delivery id")));
+                    return Err(BrokerError::invalid(
+                        "delivery_ids",
+                        format!("{id:?} is not a delivery id"),
+                    ));
                 };
                 if sub != rt.id {
                     return Err(BrokerError::invalid(
@@ -474,7 +504,10 @@ impl Deliveries {
         let mut inner = rt.lock();
         for id in ids {
             let Some((_, seq)) = parse_delivery_id(id).filter(|(sub, _)| *sub == rt.id) else {
-                return Err(BrokerError::invalid("delivery_ids", format!("{id:?} is not a delivery id of this subscription")));
+                return Err(BrokerError::invalid(
+                    "delivery_ids",
+                    format!("{id:?} is not a delivery id of this subscription"),
+                ));
             };
             if let Some(p) = inner.pending.get_mut(&seq) {
                 p.stream = None;
@@ -488,7 +521,12 @@ impl Deliveries {
     }
 
     /// Unary Ack.
-    pub async fn ack(&self, actor: &Arc<Principal>, name: &str, ids: &[String]) -> Result<u32, BrokerError> {
+    pub async fn ack(
+        &self,
+        actor: &Arc<Principal>,
+        name: &str,
+        ids: &[String],
+    ) -> Result<u32, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
         self.ack_ids(actor, &rt, ids).await
     }
@@ -508,7 +546,11 @@ impl Deliveries {
         inbound: tonic::Streaming<pb::SubscribeRequest>,
     ) -> Result<mpsc::Receiver<Result<pb::Delivery, Status>>, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
-        let window = if max_outstanding == 0 { 100 } else { max_outstanding };
+        let window = if max_outstanding == 0 {
+            100
+        } else {
+            max_outstanding
+        };
         if window > self.max_outstanding {
             return Err(BrokerError::ResourceExhausted(format!(
                 "max_outstanding {window} exceeds the broker's limit of {} (limits.max_outstanding)",
@@ -518,13 +560,21 @@ impl Deliveries {
         let (tx, rx) = mpsc::channel(window as usize + 1);
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let stream = this.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let stream = this
+                .next_stream
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("caseshare_subscribe_streams").increment(1.0);
-            let result = this.run_stream(&actor, &rt, stream, window as usize, inbound, &tx).await;
+            let result = this
+                .run_stream(&actor, &rt, stream, window as usize, inbound, &tx)
+                .await;
             // Whatever was out on this stream is owed again.
             {
                 let mut inner = rt.lock();
-                for p in inner.pending.values_mut().filter(|p| p.stream == Some(stream)) {
+                for p in inner
+                    .pending
+                    .values_mut()
+                    .filter(|p| p.stream == Some(stream))
+                {
                     p.stream = None;
                     p.deadline = None;
                 }
@@ -579,7 +629,9 @@ impl Deliveries {
                     continue;
                 }
             }
-            let sleep = tokio::time::sleep_until(next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
+            let sleep = tokio::time::sleep_until(
+                next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            );
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {

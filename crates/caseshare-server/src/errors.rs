@@ -61,7 +61,10 @@ impl From<BrokerError> for Status {
             BrokerError::Invalid(v) => {
                 let mut details = ErrorDetails::new();
                 for violation in &v.0 {
-                    details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+                    details.add_bad_request_violation(
+                        violation.field.clone(),
+                        violation.description.clone(),
+                    );
                 }
                 Status::with_error_details(Code::InvalidArgument, v.to_string(), details)
             }

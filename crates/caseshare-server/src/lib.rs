@@ -108,7 +108,10 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     let paths = pki::DevPkiPaths::in_dir(&dir);
     if !paths.exists() {
         pki::write_dev_pki(&dir, &config.trust_domain)?;
-        println!("Created a development PKI in {} (not for production).", dir.display());
+        println!(
+            "Created a development PKI in {} (not for production).",
+            dir.display()
+        );
         println!("  CA:                {}", paths.ca.display());
         for (name, _) in pki::DEV_CLIENTS {
             let (c, k) = paths.client(name);
@@ -137,7 +140,10 @@ pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
         }
         let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
         if bytes.len() != 32 {
-            return Err(ServeError::Secret(format!("{} must hold exactly 32 bytes", path.display())));
+            return Err(ServeError::Secret(format!(
+                "{} must hold exactly 32 bytes",
+                path.display()
+            )));
         }
         return Ok(bytes);
     }
@@ -166,9 +172,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound) + Send,
 ) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
+    let _ = ops::prometheus();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io(format!("creating {}", config.data_dir.display())))?;
     let tls_files = resolve_tls(&config)?;
-    let tls_config = Arc::new(tls::server_config(&tls_files.ca, &tls_files.cert, &tls_files.key)?);
+    let tls_config = Arc::new(tls::server_config(
+        &tls_files.ca,
+        &tls_files.cert,
+        &tls_files.key,
+    )?);
     let pseudonym_key = load_secret(&config.data_dir.join("secrets").join("pseudonym.key"))?;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
@@ -188,7 +200,9 @@ pub async fn serve(
         pseudonym_key.clone(),
         config.store.max_batch,
     );
-    let (writer, writer_join) = writer_task.spawn().map_err(io("starting the writer thread"))?;
+    let (writer, writer_join) = writer_task
+        .spawn()
+        .map_err(io("starting the writer thread"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let deliveries = Deliveries::new(
         store.clone(),
@@ -219,14 +233,20 @@ pub async fn serve(
         .map_err(io(format!("binding ops listener {}", config.ops_listen)))?;
     let bound = Bound {
         grpc: listener.local_addr().map_err(io("gRPC listener address"))?,
-        ops: ops_listener.local_addr().map_err(io("ops listener address"))?,
+        ops: ops_listener
+            .local_addr()
+            .map_err(io("ops listener address"))?,
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let _ = ops::prometheus();
     let ops_task = tokio::spawn(ops::serve(ops_listener, ready.clone(), shutdown_rx.clone()));
     let (conn_tx, conn_rx) = mpsc::channel(256);
-    let accept_task = tokio::spawn(tls::accept_loop(listener, tls_config, config.trust_domain.clone(), conn_tx));
+    let accept_task = tokio::spawn(tls::accept_loop(
+        listener,
+        tls_config,
+        config.trust_domain.clone(),
+        conn_tx,
+    ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -261,11 +281,26 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PublisherServer::new(services::publisher::PublisherService(shared.clone())).max_decoding_message_size(max_msg))
-        .add_service(SubscriberServer::new(services::subscriber::SubscriberService(shared.clone())).max_decoding_message_size(max_msg))
-        .add_service(ConsentServer::new(services::consent::ConsentService(shared.clone())).max_decoding_message_size(max_msg))
-        .add_service(AdminServer::new(services::admin::AdminService(shared.clone())).max_decoding_message_size(max_msg))
-        .add_service(AuditServer::new(services::audit::AuditService(shared.clone())).max_decoding_message_size(max_msg));
+        .add_service(
+            PublisherServer::new(services::publisher::PublisherService(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            SubscriberServer::new(services::subscriber::SubscriberService(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            ConsentServer::new(services::consent::ConsentService(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            AdminServer::new(services::admin::AdminService(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            AuditServer::new(services::audit::AuditService(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        );
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(grpc = %bound.grpc, ops = %bound.ops, dev_pki = ?tls_files.dev_pki, "caseshare broker listening");
@@ -279,7 +314,9 @@ pub async fn serve(
         ready_for_stop.store(false, Ordering::SeqCst);
         let _ = stop_tx.send(true);
     };
-    let result = router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop).await;
+    let result = router
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop)
+        .await;
     let _ = shutdown_tx.send(true);
     accept_task.abort();
     ops_task.abort();

@@ -28,7 +28,8 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 
 fn respond(status: u16, body: String, content_type: &str) -> http::Response<Full<Bytes>> {
     let mut resp = http::Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
@@ -36,7 +37,11 @@ fn respond(status: u16, body: String, content_type: &str) -> http::Response<Full
 }
 
 /// Serves the ops endpoints until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let handle = prometheus();
     loop {
         let (tcp, _) = tokio::select! {
@@ -55,7 +60,9 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, mut shutdown: 
                 async move {
                     let resp = match req.uri().path() {
                         "/healthz" => respond(200, "ok\n".into(), "text/plain"),
-                        "/readyz" if ready.load(Ordering::SeqCst) => respond(200, "ready\n".into(), "text/plain"),
+                        "/readyz" if ready.load(Ordering::SeqCst) => {
+                            respond(200, "ready\n".into(), "text/plain")
+                        }
                         "/readyz" => respond(503, "not ready\n".into(), "text/plain"),
                         "/metrics" => respond(
                             200,

@@ -81,22 +81,35 @@ impl DevCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate()?;
         let cert_pem = params.self_signed(&key)?.pem();
-        Ok(DevCa { params, key, cert_pem })
+        Ok(DevCa {
+            params,
+            key,
+            cert_pem,
+        })
     }
 
     /// Issues a server certificate for the given DNS names / IP addresses.
     pub fn issue_server(&self, names: &[&str]) -> Result<(String, String), PkiError> {
-        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name = dn("caseshare server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params)
     }
 
     /// Issues a client certificate with `spiffe_id` as its URI SAN.
-    pub fn issue_client(&self, spiffe_id: &str, not_after: Option<time_offset::Offset>) -> Result<(String, String), PkiError> {
+    pub fn issue_client(
+        &self,
+        spiffe_id: &str,
+        not_after: Option<time_offset::Offset>,
+    ) -> Result<(String, String), PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(spiffe_id);
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
@@ -166,7 +179,10 @@ impl DevPkiPaths {
 
     /// A client's certificate and key paths.
     pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
-        (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")))
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        )
     }
 
     /// True if the CA and server files exist.
@@ -184,7 +200,11 @@ pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiE
     let paths = DevPkiPaths::in_dir(dir);
     let ca = DevCa::new("Caseshare dev CA")?;
     write_file(&paths.ca, ca.cert_pem.as_bytes(), 0o644)?;
-    write_file(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(
+        &dir.join("ca.key"),
+        ca.key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     let (cert, key) = ca.issue_server(&["localhost", "127.0.0.1"])?;
     write_file(&paths.server_cert, cert.as_bytes(), 0o644)?;
     write_file(&paths.server_key, key.as_bytes(), 0o600)?;

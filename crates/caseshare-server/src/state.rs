@@ -47,7 +47,12 @@ pub struct EventContext {
 
 impl EventContext {
     /// From a decoded event and its publisher.
-    pub fn new(provider: &str, event_type: &str, event: &pb::CaseEvent, basis: Option<&pb::SharingBasis>) -> Self {
+    pub fn new(
+        provider: &str,
+        event_type: &str,
+        event: &pb::CaseEvent,
+        basis: Option<&pb::SharingBasis>,
+    ) -> Self {
         EventContext {
             provider: provider.to_string(),
             event_type: event_type.to_string(),
@@ -56,7 +61,11 @@ impl EventContext {
                 Ok(pb::Sensitivity::Sensitive) => pb::Sensitivity::Sensitive,
                 _ => pb::Sensitivity::Standard,
             },
-            nhs_number: event.child.as_ref().map(|c| c.nhs_number.clone()).unwrap_or_default(),
+            nhs_number: event
+                .child
+                .as_ref()
+                .map(|c| c.nhs_number.clone())
+                .unwrap_or_default(),
             safeguarding_override: basis.and_then(|b| b.safeguarding_override.clone()),
         }
     }
@@ -81,22 +90,30 @@ impl BrokerState {
 
     /// Adds or replaces a consent.
     pub fn put_consent(&mut self, c: pb::ConsentRecord) {
-        let list = self.consents_by_child.entry(c.nhs_number.clone()).or_default();
+        let list = self
+            .consents_by_child
+            .entry(c.nhs_number.clone())
+            .or_default();
         list.retain(|x| x.consent_id != c.consent_id);
-        self.consent_child.insert(c.consent_id.clone(), c.nhs_number.clone());
+        self.consent_child
+            .insert(c.consent_id.clone(), c.nhs_number.clone());
         list.push(c);
     }
 
     /// A consent by id.
     pub fn consent(&self, id: &str) -> Option<&pb::ConsentRecord> {
         let child = self.consent_child.get(id)?;
-        self.consents_by_child.get(child)?.iter().find(|c| c.consent_id == id)
+        self.consents_by_child
+            .get(child)?
+            .iter()
+            .find(|c| c.consent_id == id)
     }
 
     /// Adds a subscription.
     pub fn put_subscription(&mut self, rec: SubscriptionRecord) {
         if let Some(sub) = rec.subscription.as_ref() {
-            self.subscription_ids.insert((sub.agency_id.clone(), sub.name.clone()), rec.id);
+            self.subscription_ids
+                .insert((sub.agency_id.clone(), sub.name.clone()), rec.id);
         }
         self.subscriptions.insert(rec.id, rec);
     }
@@ -105,14 +122,17 @@ impl BrokerState {
     pub fn remove_subscription(&mut self, id: u64) -> Option<SubscriptionRecord> {
         let rec = self.subscriptions.remove(&id)?;
         if let Some(sub) = rec.subscription.as_ref() {
-            self.subscription_ids.remove(&(sub.agency_id.clone(), sub.name.clone()));
+            self.subscription_ids
+                .remove(&(sub.agency_id.clone(), sub.name.clone()));
         }
         Some(rec)
     }
 
     /// A subscription by owner and name.
     pub fn subscription(&self, agency: &str, name: &str) -> Option<&SubscriptionRecord> {
-        let id = self.subscription_ids.get(&(agency.to_string(), name.to_string()))?;
+        let id = self
+            .subscription_ids
+            .get(&(agency.to_string(), name.to_string()))?;
         self.subscriptions.get(id)
     }
 
@@ -176,5 +196,6 @@ impl BrokerState {
 
 /// True if a subscription's filters select an event type and purpose.
 pub fn subscription_matches(s: &pb::Subscription, event_type: &str, purpose: pb::Purpose) -> bool {
-    any_matches(&s.event_types, event_type) && (s.purposes.is_empty() || s.purposes.contains(&(purpose as i32)))
+    any_matches(&s.event_types, event_type)
+        && (s.purposes.is_empty() || s.purposes.contains(&(purpose as i32)))
 }

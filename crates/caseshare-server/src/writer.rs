@@ -25,7 +25,9 @@ use caseshare_core::pb;
 use caseshare_core::principal::Principal;
 use caseshare_core::pseudonym::{child_pseudonym, payload_commitment};
 use caseshare_core::time::Micros;
-use caseshare_store::{Batch, DeliveryRecord, DeliveryState, Storage, StoredEvent, SubscriptionRecord};
+use caseshare_store::{
+    Batch, DeliveryRecord, DeliveryState, Storage, StoredEvent, SubscriptionRecord,
+};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -34,7 +36,9 @@ use crate::state::{BrokerState, EventContext};
 
 /// The current time.
 pub fn now() -> Micros {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     Micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
@@ -257,7 +261,9 @@ fn finish<T: Send + 'static>(reply: Reply<T>, result: Result<T, BrokerError>) ->
         let result = if committed {
             result
         } else {
-            Err(BrokerError::Unavailable("the write could not be made durable".into()))
+            Err(BrokerError::Unavailable(
+                "the write could not be made durable".into(),
+            ))
         };
         let _ = reply.send(result);
     })
@@ -288,6 +294,7 @@ impl WriterTask {
         max_batch: usize,
     ) -> (Self, watch::Receiver<u64>) {
         let (head, head_rx) = watch::channel(snapshot.next_sequence.saturating_sub(1));
+        metrics::gauge!("caseshare_audit_size").set(snapshot.audit_size as f64);
         (
             WriterTask {
                 store,
@@ -342,9 +349,12 @@ impl WriterTask {
                 match self.store.commit(&batch) {
                     Ok(stats) => {
                         metrics::counter!("caseshare_store_commits_total").increment(1);
-                        metrics::counter!("caseshare_store_records_total").increment(stats.records as u64);
-                        metrics::histogram!("caseshare_store_ops_per_commit").record(finishers.len() as f64);
-                        metrics::histogram!("caseshare_store_commit_seconds").record(started.elapsed().as_secs_f64());
+                        metrics::counter!("caseshare_store_records_total")
+                            .increment(stats.records as u64);
+                        metrics::histogram!("caseshare_store_ops_per_commit")
+                            .record(finishers.len() as f64);
+                        metrics::histogram!("caseshare_store_commit_seconds")
+                            .record(started.elapsed().as_secs_f64());
                         true
                     }
                     Err(e) => {
@@ -356,7 +366,8 @@ impl WriterTask {
             let events = batch.events.len() as u64;
             if committed {
                 self.audit_size += batch.audit.len() as u64;
-                metrics::counter!("caseshare_audit_entries_total").increment(batch.audit.len() as u64);
+                metrics::counter!("caseshare_audit_entries_total")
+                    .increment(batch.audit.len() as u64);
                 metrics::gauge!("caseshare_audit_size").set(self.audit_size as f64);
                 if events > 0 {
                     metrics::histogram!("caseshare_store_events_per_commit").record(events as f64);
@@ -381,19 +392,42 @@ impl WriterTask {
                 event_type,
                 reply,
             } => finish(reply, self.publish(&mut ctx, &actor, request, event_type)),
-            Op::RegisterAgency { actor, request, reply } => finish(reply, self.register_agency(&mut ctx, &actor, request)),
-            Op::PutAgreement { actor, agreement, reply } => finish(reply, self.put_agreement(&mut ctx, &actor, agreement)),
-            Op::EndAgreement { actor, request, reply } => finish(reply, self.end_agreement(&mut ctx, &actor, request)),
-            Op::RecordConsent { actor, consent, reply } => finish(reply, self.record_consent(&mut ctx, &actor, consent)),
-            Op::WithdrawConsent { actor, request, reply } => {
-                finish(reply, self.withdraw_consent(&mut ctx, &actor, request))
-            }
+            Op::RegisterAgency {
+                actor,
+                request,
+                reply,
+            } => finish(reply, self.register_agency(&mut ctx, &actor, request)),
+            Op::PutAgreement {
+                actor,
+                agreement,
+                reply,
+            } => finish(reply, self.put_agreement(&mut ctx, &actor, agreement)),
+            Op::EndAgreement {
+                actor,
+                request,
+                reply,
+            } => finish(reply, self.end_agreement(&mut ctx, &actor, request)),
+            Op::RecordConsent {
+                actor,
+                consent,
+                reply,
+            } => finish(reply, self.record_consent(&mut ctx, &actor, consent)),
+            Op::WithdrawConsent {
+                actor,
+                request,
+                reply,
+            } => finish(reply, self.withdraw_consent(&mut ctx, &actor, request)),
             Op::CreateSubscription {
                 actor,
                 subscription,
                 reply,
-            } => finish(reply, self.create_subscription(&mut ctx, &actor, subscription)),
-            Op::DeleteSubscription { actor, name, reply } => finish(reply, self.delete_subscription(&mut ctx, &actor, &name)),
+            } => finish(
+                reply,
+                self.create_subscription(&mut ctx, &actor, subscription),
+            ),
+            Op::DeleteSubscription { actor, name, reply } => {
+                finish(reply, self.delete_subscription(&mut ctx, &actor, &name))
+            }
             Op::Deliver { intents, reply } => finish(reply, Ok(self.deliver(&mut ctx, intents))),
             Op::Ack {
                 actor,
@@ -403,10 +437,21 @@ impl WriterTask {
                 floor,
                 reply,
             } => {
-                self.ack(&mut ctx, &actor, subscription_id, &subscription, acks, floor);
+                self.ack(
+                    &mut ctx,
+                    &actor,
+                    subscription_id,
+                    &subscription,
+                    acks,
+                    floor,
+                );
                 finish(reply, Ok(()))
             }
-            Op::AuthDenied { actor, method, reply } => {
+            Op::AuthDenied {
+                actor,
+                method,
+                reply,
+            } => {
                 ctx.audit(pb::AuditEntry {
                     kind: pb::EntryKind::AuthDenied as i32,
                     actor: actor.spiffe_id(),
@@ -499,7 +544,14 @@ impl WriterTask {
             for recipient in state.candidates(&context, &request.to_agencies) {
                 let outcome = state.decide(&context, &recipient, ctx.now);
                 let decision = outcome.to_proto(&recipient);
-                ctx.audit(decision_entry(&actor_id, &pseudonym, &context, &event.event_id, sequence, &decision));
+                ctx.audit(decision_entry(
+                    &actor_id,
+                    &pseudonym,
+                    &context,
+                    &event.event_id,
+                    sequence,
+                    &decision,
+                ));
                 decisions.push(decision);
             }
         }
@@ -519,7 +571,11 @@ impl WriterTask {
         });
         metrics::counter!("caseshare_events_published_total").increment(1);
         for d in &decisions {
-            let label = if d.decision == pb::Decision::Shared as i32 { "shared" } else { "withheld" };
+            let label = if d.decision == pb::Decision::Shared as i32 {
+                "shared"
+            } else {
+                "withheld"
+            };
             metrics::counter!("caseshare_share_decisions_total", "decision" => label).increment(1);
         }
         Ok(pb::PublishResponse {
@@ -557,7 +613,9 @@ impl WriterTask {
             ..Default::default()
         });
         ctx.batch.agencies.push(agency.clone());
-        self.write().agencies.insert(agency.agency_id.clone(), agency.clone());
+        self.write()
+            .agencies
+            .insert(agency.agency_id.clone(), agency.clone());
         Ok(agency)
     }
 
@@ -583,7 +641,11 @@ impl WriterTask {
         }
         agreement.ended_at = None;
         agreement.end_reason.clear();
-        let replaced = self.read().agreements.get(&agreement.agreement_id).is_some();
+        let replaced = self
+            .read()
+            .agreements
+            .get(&agreement.agreement_id)
+            .is_some();
         ctx.audit(pb::AuditEntry {
             kind: pb::EntryKind::AgreementChanged as i32,
             actor: actor.spiffe_id(),
@@ -591,7 +653,11 @@ impl WriterTask {
             lawful_basis: agreement.lawful_basis,
             source_agency: agreement.provider.clone(),
             recipient_agency: agreement.recipient.clone(),
-            reason: if replaced { "replaced".into() } else { "created".into() },
+            reason: if replaced {
+                "replaced".into()
+            } else {
+                "created".into()
+            },
             ..Default::default()
         });
         ctx.batch.agreements.push(agreement.clone());
@@ -606,7 +672,10 @@ impl WriterTask {
         request: pb::EndAgreementRequest,
     ) -> Result<pb::Agreement, BrokerError> {
         let Some(mut agreement) = self.read().agreements.get(&request.agreement_id).cloned() else {
-            return Err(BrokerError::NotFound(format!("no agreement {:?}", request.agreement_id)));
+            return Err(BrokerError::NotFound(format!(
+                "no agreement {:?}",
+                request.agreement_id
+            )));
         };
         if agreement.ended_at.is_some() {
             return Err(BrokerError::FailedPrecondition(format!(
@@ -672,12 +741,17 @@ impl WriterTask {
         request: pb::WithdrawConsentRequest,
     ) -> Result<pb::ConsentRecord, BrokerError> {
         let Some(mut consent) = self.read().consent(&request.consent_id).cloned() else {
-            return Err(BrokerError::NotFound(format!("no consent {:?}", request.consent_id)));
+            return Err(BrokerError::NotFound(format!(
+                "no consent {:?}",
+                request.consent_id
+            )));
         };
-        let may = consent.recorded_by == actor.name || consent.recipients.iter().any(|r| r == &actor.name);
+        let may = consent.recorded_by == actor.name
+            || consent.recipients.iter().any(|r| r == &actor.name);
         if !may {
             return Err(BrokerError::PermissionDenied(
-                "a consent may be withdrawn by the agency that recorded it or an agency it names".into(),
+                "a consent may be withdrawn by the agency that recorded it or an agency it names"
+                    .into(),
             ));
         }
         if consent.withdrawn_at.is_some() {
@@ -736,7 +810,9 @@ impl WriterTask {
             ..Default::default()
         });
         ctx.batch.subscriptions.push(record.clone());
-        ctx.batch.floors.push((record.id, subscription.start_sequence));
+        ctx.batch
+            .floors
+            .push((record.id, subscription.start_sequence));
         self.write().put_subscription(record.clone());
         Ok(record)
     }
@@ -771,7 +847,8 @@ impl WriterTask {
         let mut outcomes = Vec::with_capacity(intents.len());
         for intent in intents {
             let outcome = state.decide(&intent.context, &intent.recipient, ctx.now);
-            let pseudonym = child_pseudonym(&self.pseudonym_key, &intent.context.nhs_number).to_vec();
+            let pseudonym =
+                child_pseudonym(&self.pseudonym_key, &intent.context.nhs_number).to_vec();
             if outcome.is_shared() {
                 ctx.audit(pb::AuditEntry {
                     kind: pb::EntryKind::EventDelivered as i32,

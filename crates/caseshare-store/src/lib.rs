@@ -100,9 +100,17 @@ pub trait Storage: Send + Sync + 'static {
     /// The sequence an agency's event id was stored under.
     fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError>;
     /// Delivery records of one subscription with sequence >= `from`.
-    fn deliveries_from(&self, subscription_id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError>;
+    fn deliveries_from(
+        &self,
+        subscription_id: u64,
+        from: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Delivery records of one event, across subscriptions.
-    fn deliveries_of(&self, subscription_ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError>;
+    fn deliveries_of(
+        &self,
+        subscription_ids: &[u64],
+        sequence: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Raw audit entries with index in `[start, end)`.
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
     /// One stored tile of Merkle hashes.

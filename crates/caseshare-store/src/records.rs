@@ -90,7 +90,10 @@ impl DeliveryRecord {
     pub fn is_settled(&self) -> bool {
         matches!(
             self.state(),
-            DeliveryState::Acked | DeliveryState::DeadLettered | DeliveryState::Stopped | DeliveryState::Expired
+            DeliveryState::Acked
+                | DeliveryState::DeadLettered
+                | DeliveryState::Stopped
+                | DeliveryState::Expired
         )
     }
 }

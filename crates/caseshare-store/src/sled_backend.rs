@@ -24,7 +24,10 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
-use crate::{Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent, SubscriptionRecord};
+use crate::{
+    Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
+    SubscriptionRecord,
+};
 
 /// Largest audit chunk record; a batch with more is split into several.
 const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
@@ -86,7 +89,9 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("path", &self.path).finish()
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -117,7 +122,10 @@ impl SledStore {
         self.data_file.sync_data()?;
         let blobs = self.path.join("blobs");
         if let Ok(entries) = std::fs::read_dir(&blobs) {
-            let mut synced = self.synced_blobs.lock().map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
+            let mut synced = self
+                .synced_blobs
+                .lock()
+                .map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
             let mut new_files = false;
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -156,10 +164,16 @@ impl Storage for SledStore {
         let mut chunk: Vec<u8> = Vec::new();
         for entry in &batch.audit {
             if !chunk.is_empty() && chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
-                Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), std::mem::take(&mut chunk));
+                Self::put(
+                    &mut b,
+                    &mut stats,
+                    key(b'A', &[&be(chunk_start)]),
+                    std::mem::take(&mut chunk),
+                );
                 chunk_start = index;
             }
-            let len = u32::try_from(entry.len()).map_err(|_| StoreError::TooLarge("audit entry".into()))?;
+            let len = u32::try_from(entry.len())
+                .map_err(|_| StoreError::TooLarge("audit entry".into()))?;
             chunk.extend_from_slice(&len.to_le_bytes());
             chunk.extend_from_slice(entry);
             index += 1;
@@ -168,24 +182,57 @@ impl Storage for SledStore {
             Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), chunk);
         }
         for (level, idx, bytes) in &batch.tiles {
-            Self::put(&mut b, &mut stats, key(b'T', &[&[*level], &be(*idx)]), bytes.clone());
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'T', &[&[*level], &be(*idx)]),
+                bytes.clone(),
+            );
         }
         for e in &batch.events {
-            Self::put(&mut b, &mut stats, key(b'E', &[&be(e.sequence)]), e.encode_to_vec());
-            let id = key(b'I', &[e.source_agency.as_bytes(), &[0], e.event_id.as_bytes()]);
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'E', &[&be(e.sequence)]),
+                e.encode_to_vec(),
+            );
+            let id = key(
+                b'I',
+                &[e.source_agency.as_bytes(), &[0], e.event_id.as_bytes()],
+            );
             Self::put(&mut b, &mut stats, id, be(e.sequence).to_vec());
         }
         for a in &batch.agencies {
-            Self::put(&mut b, &mut stats, key(b'G', &[a.agency_id.as_bytes()]), a.encode_to_vec());
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'G', &[a.agency_id.as_bytes()]),
+                a.encode_to_vec(),
+            );
         }
         for a in &batch.agreements {
-            Self::put(&mut b, &mut stats, key(b'R', &[a.agreement_id.as_bytes()]), a.encode_to_vec());
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'R', &[a.agreement_id.as_bytes()]),
+                a.encode_to_vec(),
+            );
         }
         for c in &batch.consents {
-            Self::put(&mut b, &mut stats, key(b'C', &[c.consent_id.as_bytes()]), c.encode_to_vec());
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'C', &[c.consent_id.as_bytes()]),
+                c.encode_to_vec(),
+            );
         }
         for s in &batch.subscriptions {
-            Self::put(&mut b, &mut stats, key(b'S', &[&be(s.id)]), s.encode_to_vec());
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'S', &[&be(s.id)]),
+                s.encode_to_vec(),
+            );
         }
         for id in &batch.deleted_subscriptions {
             b.remove(key(b'S', &[&be(*id)]));
@@ -206,7 +253,12 @@ impl Storage for SledStore {
             );
         }
         for (sub, floor) in &batch.floors {
-            Self::put(&mut b, &mut stats, key(b'F', &[&be(*sub)]), be(*floor).to_vec());
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'F', &[&be(*sub)]),
+                be(*floor).to_vec(),
+            );
         }
         if let Some(n) = batch.next_sequence {
             Self::put(&mut b, &mut stats, key(b'M', &[b"seq"]), be(n).to_vec());
@@ -239,11 +291,13 @@ impl Storage for SledStore {
         }
         for item in self.tree.scan_prefix([b'S']) {
             let (k, v) = item?;
-            snap.subscriptions.push(decode::<SubscriptionRecord>(&k, &v)?);
+            snap.subscriptions
+                .push(decode::<SubscriptionRecord>(&k, &v)?);
         }
         for item in self.tree.scan_prefix([b'F']) {
             let (k, v) = item?;
-            snap.floors.push((read_be(&k[1..], "floor key")?, read_be(&v, "floor")?));
+            snap.floors
+                .push((read_be(&k[1..], "floor key")?, read_be(&v, "floor")?));
         }
         if let Some(v) = self.tree.get(key(b'M', &[b"seq"]))? {
             snap.next_sequence = read_be(&v, "next sequence")?;
@@ -285,7 +339,11 @@ impl Storage for SledStore {
         }
     }
 
-    fn deliveries_from(&self, subscription_id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
+    fn deliveries_from(
+        &self,
+        subscription_id: u64,
+        from: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let start = key(b'D', &[&be(subscription_id), &be(from)]);
         let end = key(b'D', &[&be(subscription_id), &be(u64::MAX)]);
         let mut out = Vec::new();
@@ -296,7 +354,11 @@ impl Storage for SledStore {
         Ok(out)
     }
 
-    fn deliveries_of(&self, subscription_ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
+    fn deliveries_of(
+        &self,
+        subscription_ids: &[u64],
+        sequence: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut out = Vec::new();
         for id in subscription_ids {
             let k = key(b'D', &[&be(*id), &be(sequence)]);
@@ -313,7 +375,11 @@ impl Storage for SledStore {
             return Ok(out);
         }
         // The chunk holding `start` is the last one whose first index <= start.
-        let first_key = match self.tree.range(key(b'A', &[&be(0)])..=key(b'A', &[&be(start)])).next_back() {
+        let first_key = match self
+            .tree
+            .range(key(b'A', &[&be(0)])..=key(b'A', &[&be(start)]))
+            .next_back()
+        {
             Some(item) => item?.0,
             None => return Ok(out),
         };
@@ -331,7 +397,10 @@ impl Storage for SledStore {
     }
 
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key(b'T', &[&[level], &be(index)]))?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(key(b'T', &[&[level], &be(index)]))?
+            .map(|v| v.to_vec()))
     }
 }
 
@@ -343,12 +412,18 @@ mod tests {
     #[test]
     fn audit_chunks_round_trip_across_batches_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let entries: Vec<Vec<u8>> = (0..500u32).map(|i| vec![u8::try_from(i % 251).unwrap(); 100 + (i as usize % 300)]).collect();
+        let entries: Vec<Vec<u8>> = (0..500u32)
+            .map(|i| vec![u8::try_from(i % 251).unwrap(); 100 + (i as usize % 300)])
+            .collect();
         {
             let store = SledStore::open(dir.path(), 8 << 20).unwrap();
             let mut next = 0u64;
             for chunk in entries.chunks(170) {
-                let batch = Batch { audit: chunk.to_vec(), audit_first_index: next, ..Batch::default() };
+                let batch = Batch {
+                    audit: chunk.to_vec(),
+                    audit_first_index: next,
+                    ..Batch::default()
+                };
                 store.commit(&batch).unwrap();
                 next += chunk.len() as u64;
             }
@@ -356,8 +431,14 @@ mod tests {
         let store = SledStore::open(dir.path(), 8 << 20).unwrap();
         assert_eq!(store.load().unwrap().audit_size, 500);
         assert_eq!(store.audit_entries(0, 500).unwrap(), entries);
-        assert_eq!(store.audit_entries(123, 377).unwrap(), entries[123..377].to_vec());
-        assert_eq!(store.audit_entries(499, 600).unwrap(), entries[499..].to_vec());
+        assert_eq!(
+            store.audit_entries(123, 377).unwrap(),
+            entries[123..377].to_vec()
+        );
+        assert_eq!(
+            store.audit_entries(499, 600).unwrap(),
+            entries[499..].to_vec()
+        );
         assert!(store.audit_entries(10, 10).unwrap().is_empty());
     }
 
@@ -368,9 +449,20 @@ mod tests {
             let store = SledStore::open(dir.path(), 8 << 20).unwrap();
             let batch = Batch {
                 events: (1..=3)
-                    .map(|s| StoredEvent { sequence: s, source_agency: "a".into(), event_id: format!("e{s}"), ..Default::default() })
+                    .map(|s| StoredEvent {
+                        sequence: s,
+                        source_agency: "a".into(),
+                        event_id: format!("e{s}"),
+                        ..Default::default()
+                    })
                     .collect(),
-                deliveries: vec![DeliveryRecord { subscription_id: 7, sequence: 2, state: 2, attempts: 1, ..Default::default() }],
+                deliveries: vec![DeliveryRecord {
+                    subscription_id: 7,
+                    sequence: 2,
+                    state: 2,
+                    attempts: 1,
+                    ..Default::default()
+                }],
                 floors: vec![(7, 3)],
                 next_sequence: Some(4),
                 ..Batch::default()

@@ -9,15 +9,23 @@ use proptest::prelude::*;
 fn attendance() -> pb::CaseEvent {
     pb::CaseEvent {
         event_id: "e-1".into(),
-        child: Some(pb::ChildRef { nhs_number: "9434765919".into(), local_ids: vec![] }),
+        child: Some(pb::ChildRef {
+            nhs_number: "9434765919".into(),
+            local_ids: vec![],
+        }),
         purpose: pb::Purpose::EarlyHelp as i32,
-        occurred_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
         summary: "Mum says the car broke down".into(),
-        payload: Some(pb::case_event::Payload::EducationAttendanceConcern(pb::AttendanceConcern {
-            period: "2026-autumn-1".into(),
-            attendance_percent: 81.5,
-            unauthorised_sessions: 9,
-        })),
+        payload: Some(pb::case_event::Payload::EducationAttendanceConcern(
+            pb::AttendanceConcern {
+                period: "2026-autumn-1".into(),
+                attendance_percent: 81.5,
+                unauthorised_sessions: 9,
+            },
+        )),
         ..Default::default()
     }
 }
@@ -36,7 +44,11 @@ fn summary_is_withheld_unless_allowed() {
     assert_eq!(m.event.summary, "");
     assert_eq!(
         m.redacted_fields,
-        ["summary", "education_attendance_concern.period", "education_attendance_concern.unauthorised_sessions"]
+        [
+            "summary",
+            "education_attendance_concern.period",
+            "education_attendance_concern.unauthorised_sessions"
+        ]
     );
     match m.event.payload {
         Some(pb::case_event::Payload::EducationAttendanceConcern(p)) => {
@@ -52,7 +64,10 @@ fn summary_is_withheld_unless_allowed() {
 
 #[test]
 fn whole_payload_by_its_field_name() {
-    let allowed = vec!["education_attendance_concern".to_string(), "summary".to_string()];
+    let allowed = vec![
+        "education_attendance_concern".to_string(),
+        "summary".to_string(),
+    ];
     let m = minimise(&attendance(), &allowed).unwrap();
     assert_eq!(m.event, attendance());
     assert!(m.redacted_fields.is_empty());
@@ -63,15 +78,29 @@ fn a_payload_not_named_is_removed_whole() {
     let allowed = vec!["health_was_not_brought".to_string()];
     let m = minimise(&attendance(), &allowed).unwrap();
     assert!(m.event.payload.is_none());
-    assert_eq!(m.redacted_fields, ["summary", "education_attendance_concern"]);
+    assert_eq!(
+        m.redacted_fields,
+        ["summary", "education_attendance_concern"]
+    );
 }
 
 #[test]
 fn field_paths_are_checked_against_the_schema() {
-    for ok in ["summary", "education_attendance_concern", "education_attendance_concern.period", "child.nhs_number"] {
+    for ok in [
+        "summary",
+        "education_attendance_concern",
+        "education_attendance_concern.period",
+        "child.nhs_number",
+    ] {
         assert_eq!(validate_field_path(ok), Ok(()), "{ok}");
     }
-    for bad in ["", "nope", "summary.x", "education_attendance_concern.nope", "child.local_ids.value"] {
+    for bad in [
+        "",
+        "nope",
+        "summary.x",
+        "education_attendance_concern.nope",
+        "child.local_ids.value",
+    ] {
         assert!(validate_field_path(bad).is_err(), "{bad}");
     }
 }
@@ -83,12 +112,21 @@ fn every_payload_field_has_an_event_type() {
     let fields: Vec<String> = oneof.fields().map(|f| f.name().to_string()).collect();
     assert_eq!(fields.len(), crate::event_type::EVENT_TYPES.len());
     for f in fields {
-        assert!(crate::event_type::EVENT_TYPES.iter().any(|(_, name)| *name == f), "{f}");
+        assert!(
+            crate::event_type::EVENT_TYPES
+                .iter()
+                .any(|(_, name)| *name == f),
+            "{f}"
+        );
     }
 }
 
 fn all_paths() -> Vec<String> {
-    let mut v = vec!["summary".to_string(), "expires_at".to_string(), "education_attendance_concern".to_string()];
+    let mut v = vec![
+        "summary".to_string(),
+        "expires_at".to_string(),
+        "education_attendance_concern".to_string(),
+    ];
     for f in ["period", "attendance_percent", "unauthorised_sessions"] {
         v.push(format!("education_attendance_concern.{f}"));
     }
@@ -109,7 +147,10 @@ fn arb_event() -> impl Strategy<Value = pb::CaseEvent> {
         .prop_map(|(summary, period, pct, sessions, expires, wnb)| {
             let mut e = attendance();
             e.summary = summary.unwrap_or_default();
-            e.expires_at = expires.then_some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 });
+            e.expires_at = expires.then_some(prost_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 0,
+            });
             e.payload = Some(if wnb {
                 pb::case_event::Payload::HealthWasNotBrought(pb::WasNotBrought {
                     appointment_kind: period.unwrap_or_default(),
@@ -128,8 +169,12 @@ fn arb_event() -> impl Strategy<Value = pb::CaseEvent> {
 }
 
 fn allowed_by(path: &str, allowed: &[String]) -> bool {
-    ALWAYS_SHARED.iter().any(|a| path == *a || path.starts_with(&format!("{a}.")))
-        || allowed.iter().any(|a| path == a || path.starts_with(&format!("{a}.")) || a.starts_with(&format!("{path}.")))
+    ALWAYS_SHARED
+        .iter()
+        .any(|a| path == *a || path.starts_with(&format!("{a}.")))
+        || allowed.iter().any(|a| {
+            path == a || path.starts_with(&format!("{a}.")) || a.starts_with(&format!("{path}."))
+        })
 }
 
 proptest! {

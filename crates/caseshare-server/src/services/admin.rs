@@ -15,28 +15,56 @@ pub struct AdminService(pub Shared);
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn register_agency(&self, req: Request<pb::RegisterAgencyRequest>) -> Result<Response<pb::Agency>, Status> {
+    async fn register_agency(
+        &self,
+        req: Request<pb::RegisterAgencyRequest>,
+    ) -> Result<Response<pb::Agency>, Status> {
         let actor = caller(&req)?;
         let request = req.into_inner();
         validate_register_agency(&request).map_err(BrokerError::from)?;
-        let agency = self.0.writer.call(|reply| Op::RegisterAgency { actor, request, reply }).await?;
+        let agency = self
+            .0
+            .writer
+            .call(|reply| Op::RegisterAgency {
+                actor,
+                request,
+                reply,
+            })
+            .await?;
         Ok(Response::new(agency))
     }
 
-    async fn list_agencies(&self, _req: Request<pb::ListAgenciesRequest>) -> Result<Response<pb::ListAgenciesResponse>, Status> {
+    async fn list_agencies(
+        &self,
+        _req: Request<pb::ListAgenciesRequest>,
+    ) -> Result<Response<pb::ListAgenciesResponse>, Status> {
         let agencies = self.0.read().agencies.values().cloned().collect();
         Ok(Response::new(pb::ListAgenciesResponse { agencies }))
     }
 
-    async fn put_agreement(&self, req: Request<pb::Agreement>) -> Result<Response<pb::Agreement>, Status> {
+    async fn put_agreement(
+        &self,
+        req: Request<pb::Agreement>,
+    ) -> Result<Response<pb::Agreement>, Status> {
         let actor = caller(&req)?;
         let agreement = req.into_inner();
         validate_agreement(&agreement).map_err(BrokerError::from)?;
-        let agreement = self.0.writer.call(|reply| Op::PutAgreement { actor, agreement, reply }).await?;
+        let agreement = self
+            .0
+            .writer
+            .call(|reply| Op::PutAgreement {
+                actor,
+                agreement,
+                reply,
+            })
+            .await?;
         Ok(Response::new(agreement))
     }
 
-    async fn end_agreement(&self, req: Request<pb::EndAgreementRequest>) -> Result<Response<pb::Agreement>, Status> {
+    async fn end_agreement(
+        &self,
+        req: Request<pb::EndAgreementRequest>,
+    ) -> Result<Response<pb::Agreement>, Status> {
         let actor = caller(&req)?;
         let request = req.into_inner();
         if request.agreement_id.is_empty() {
@@ -45,7 +73,15 @@ impl Admin for AdminService {
         if request.reason.trim().is_empty() {
             return Err(BrokerError::invalid("reason", "say why the agreement ends").into());
         }
-        let agreement = self.0.writer.call(|reply| Op::EndAgreement { actor, request, reply }).await?;
+        let agreement = self
+            .0
+            .writer
+            .call(|reply| Op::EndAgreement {
+                actor,
+                request,
+                reply,
+            })
+            .await?;
         Ok(Response::new(agreement))
     }
 

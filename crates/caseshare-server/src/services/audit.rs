@@ -23,11 +23,17 @@ const MAX_ENTRIES_PER_CALL: u64 = 10_000;
 impl Audit for AuditService {
     type QueryStream = BoxStream<pb::AuditEntry>;
 
-    async fn query(&self, _req: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+    async fn query(
+        &self,
+        _req: Request<pb::QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
         Err(BrokerError::Unimplemented("audit queries (Query, issue #5)").into())
     }
 
-    async fn get_checkpoint(&self, _req: Request<pb::GetCheckpointRequest>) -> Result<Response<pb::Checkpoint>, Status> {
+    async fn get_checkpoint(
+        &self,
+        _req: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
         Err(BrokerError::Unimplemented("signed checkpoints (GetCheckpoint, issue #5)").into())
     }
 
@@ -47,15 +53,26 @@ impl Audit for AuditService {
 
     type GetEntriesStream = BoxStream<pb::LeafEntry>;
 
-    async fn get_entries(&self, req: Request<pb::GetEntriesRequest>) -> Result<Response<Self::GetEntriesStream>, Status> {
+    async fn get_entries(
+        &self,
+        req: Request<pb::GetEntriesRequest>,
+    ) -> Result<Response<Self::GetEntriesStream>, Status> {
         let r = req.into_inner();
         if r.end < r.start {
             return Err(BrokerError::invalid("end", "must not be less than start").into());
         }
         if r.end - r.start > MAX_ENTRIES_PER_CALL {
-            return Err(BrokerError::invalid("end", format!("at most {MAX_ENTRIES_PER_CALL} entries per call")).into());
+            return Err(BrokerError::invalid(
+                "end",
+                format!("at most {MAX_ENTRIES_PER_CALL} entries per call"),
+            )
+            .into());
         }
-        let leaves = self.0.store.audit_entries(r.start, r.end).map_err(BrokerError::from)?;
+        let leaves = self
+            .0
+            .store
+            .audit_entries(r.start, r.end)
+            .map_err(BrokerError::from)?;
         if (leaves.len() as u64) < r.end - r.start {
             return Err(BrokerError::invalid("end", "beyond the end of the log").into());
         }
@@ -71,6 +88,9 @@ impl Audit for AuditService {
         &self,
         _req: Request<pb::SubjectAccessReportRequest>,
     ) -> Result<Response<pb::SubjectAccessReportResponse>, Status> {
-        Err(BrokerError::Unimplemented("subject access reports (SubjectAccessReport, issue #5)").into())
+        Err(
+            BrokerError::Unimplemented("subject access reports (SubjectAccessReport, issue #5)")
+                .into(),
+        )
     }
 }

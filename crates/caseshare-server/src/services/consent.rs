@@ -16,11 +16,22 @@ pub struct ConsentService(pub Shared);
 
 #[tonic::async_trait]
 impl Consent for ConsentService {
-    async fn record_consent(&self, req: Request<pb::ConsentRecord>) -> Result<Response<pb::ConsentRecord>, Status> {
+    async fn record_consent(
+        &self,
+        req: Request<pb::ConsentRecord>,
+    ) -> Result<Response<pb::ConsentRecord>, Status> {
         let actor = caller(&req)?;
         let consent = req.into_inner();
         validate_consent(&consent).map_err(BrokerError::from)?;
-        let consent = self.0.writer.call(|reply| Op::RecordConsent { actor, consent, reply }).await?;
+        let consent = self
+            .0
+            .writer
+            .call(|reply| Op::RecordConsent {
+                actor,
+                consent,
+                reply,
+            })
+            .await?;
         Ok(Response::new(consent))
     }
 
@@ -36,7 +47,15 @@ impl Consent for ConsentService {
         if request.reason.trim().is_empty() {
             return Err(BrokerError::invalid("reason", "say why consent is withdrawn").into());
         }
-        let consent = self.0.writer.call(|reply| Op::WithdrawConsent { actor, request, reply }).await?;
+        let consent = self
+            .0
+            .writer
+            .call(|reply| Op::WithdrawConsent {
+                actor,
+                request,
+                reply,
+            })
+            .await?;
         Ok(Response::new(consent))
     }
 
@@ -57,7 +76,9 @@ impl Consent for ConsentService {
             .unwrap_or_default();
         consents.sort_by(|a, b| {
             let key = |c: &pb::ConsentRecord| c.recorded_at.map(|t| (t.seconds, t.nanos));
-            key(a).cmp(&key(b)).then_with(|| a.consent_id.cmp(&b.consent_id))
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.consent_id.cmp(&b.consent_id))
         });
         Ok(Response::new(pb::ListConsentsResponse { consents }))
     }

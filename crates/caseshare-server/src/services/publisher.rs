@@ -33,7 +33,11 @@ impl PublisherService {
         Ok(valid.event_type)
     }
 
-    async fn submit(&self, actor: Arc<Principal>, request: pb::PublishRequest) -> Result<Pending, BrokerError> {
+    async fn submit(
+        &self,
+        actor: Arc<Principal>,
+        request: pb::PublishRequest,
+    ) -> Result<Pending, BrokerError> {
         let event_type = self.validate(&request)?;
         self.0
             .writer
@@ -54,13 +58,17 @@ async fn resolve(p: Pending) -> Result<pb::PublishResponse, BrokerError> {
 
 #[tonic::async_trait]
 impl Publisher for PublisherService {
-    async fn publish(&self, req: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
         let actor = caller(&req)?;
         let pending = self.submit(actor, req.into_inner()).await?;
         Ok(Response::new(resolve(pending).await?))
     }
 
-    type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<pb::PublishResponse, Status>> + Send>>;
+    type PublishStreamStream =
+        Pin<Box<dyn Stream<Item = Result<pb::PublishResponse, Status>> + Send>>;
 
     async fn publish_stream(
         &self,
@@ -68,7 +76,8 @@ impl Publisher for PublisherService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let actor = caller(&req)?;
         let mut inbound = req.into_inner();
-        let (order_tx, mut order_rx) = mpsc::channel::<Result<Pending, BrokerError>>(STREAM_PIPELINE);
+        let (order_tx, mut order_rx) =
+            mpsc::channel::<Result<Pending, BrokerError>>(STREAM_PIPELINE);
         let (out_tx, out_rx) = mpsc::channel(64);
         let this = self.clone();
         // Reader: validates and submits each request at once, without
@@ -107,7 +116,10 @@ impl Publisher for PublisherService {
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 
-    async fn get_event_status(&self, _req: Request<pb::GetEventStatusRequest>) -> Result<Response<pb::EventStatus>, Status> {
+    async fn get_event_status(
+        &self,
+        _req: Request<pb::GetEventStatusRequest>,
+    ) -> Result<Response<pb::EventStatus>, Status> {
         Err(BrokerError::Unimplemented("sender-side tracking (GetEventStatus, issue #4)").into())
     }
 

@@ -20,7 +20,10 @@ pub struct SubscriberService(pub Shared);
 
 #[tonic::async_trait]
 impl Subscriber for SubscriberService {
-    async fn create_subscription(&self, req: Request<pb::Subscription>) -> Result<Response<pb::Subscription>, Status> {
+    async fn create_subscription(
+        &self,
+        req: Request<pb::Subscription>,
+    ) -> Result<Response<pb::Subscription>, Status> {
         let actor = caller(&req)?;
         let subscription = validate_subscription(&req.into_inner()).map_err(BrokerError::from)?;
         let record = self
@@ -37,7 +40,10 @@ impl Subscriber for SubscriberService {
         Ok(Response::new(sub))
     }
 
-    async fn get_subscription(&self, req: Request<pb::GetSubscriptionRequest>) -> Result<Response<pb::Subscription>, Status> {
+    async fn get_subscription(
+        &self,
+        req: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
         let actor = caller(&req)?;
         let name = req.into_inner().name;
         self.0
@@ -62,7 +68,9 @@ impl Subscriber for SubscriberService {
             .filter(|s| s.agency_id == actor.name)
             .collect();
         subscriptions.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions }))
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions,
+        }))
     }
 
     async fn delete_subscription(
@@ -71,7 +79,11 @@ impl Subscriber for SubscriberService {
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         let actor = caller(&req)?;
         let name = req.into_inner().name;
-        let record = self.0.writer.call(|reply| Op::DeleteSubscription { actor, name, reply }).await?;
+        let record = self
+            .0
+            .writer
+            .call(|reply| Op::DeleteSubscription { actor, name, reply })
+            .await?;
         self.0.deliveries.remove(record.id);
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
@@ -84,35 +96,56 @@ impl Subscriber for SubscriberService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let actor = caller(&req)?;
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| BrokerError::invalid("subscription", "the first request must name the subscription"))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            BrokerError::invalid(
+                "subscription",
+                "the first request must name the subscription",
+            )
+        })?;
         if first.subscription.is_empty() {
-            return Err(BrokerError::invalid("subscription", "the first request must name the subscription").into());
+            return Err(BrokerError::invalid(
+                "subscription",
+                "the first request must name the subscription",
+            )
+            .into());
         }
-        let rx = self
-            .0
-            .deliveries
-            .open_stream(actor, &first.subscription, first.max_outstanding, inbound)?;
+        let rx = self.0.deliveries.open_stream(
+            actor,
+            &first.subscription,
+            first.max_outstanding,
+            inbound,
+        )?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let actor = caller(&req)?;
         let r = req.into_inner();
-        let acked = self.0.deliveries.ack(&actor, &r.subscription, &r.delivery_ids).await?;
+        let acked = self
+            .0
+            .deliveries
+            .ack(&actor, &r.subscription, &r.delivery_ids)
+            .await?;
         Ok(Response::new(pb::AckResponse { acked }))
     }
 
-    async fn nack(&self, req: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+    async fn nack(
+        &self,
+        req: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
         let actor = caller(&req)?;
         let r = req.into_inner();
-        let nacked = self.0.deliveries.nack(&actor, &r.subscription, &r.delivery_ids)?;
+        let nacked = self
+            .0
+            .deliveries
+            .nack(&actor, &r.subscription, &r.delivery_ids)?;
         Ok(Response::new(pb::NackResponse { nacked }))
     }
 
-    async fn seek(&self, _req: Request<pb::SeekRequest>) -> Result<Response<pb::SeekResponse>, Status> {
+    async fn seek(
+        &self,
+        _req: Request<pb::SeekRequest>,
+    ) -> Result<Response<pb::SeekResponse>, Status> {
         Err(BrokerError::Unimplemented("replay (Seek, issue #4)").into())
     }
 

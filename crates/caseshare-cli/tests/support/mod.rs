@@ -1,0 +1,367 @@
+//! The one integration harness every end-to-end test uses: the real
+//! `caseshare` binary, started on a temporary data directory with free
+//! ports, its dev PKI created on first start, and gRPC clients connected
+//! over mutual TLS with the PKI's certificates.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_proto::v1 as pb;
+use tokio_stream::StreamExt;
+
+/// Valid NHS numbers for test children.
+pub const CHILD_1: &str = "9434765919";
+pub const CHILD_2: &str = "4010232137";
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A running broker process.
+pub struct Broker {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub grpc: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+impl Broker {
+    /// Starts a broker on a fresh temporary data directory.
+    pub fn start() -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = Broker::start_in(tmp.path(), &[]);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    /// Starts a broker on `dir` (an existing data directory is reused), with
+    /// extra environment variables.
+    pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Broker {
+        install_crypto();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("broker.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caseshare"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .env("CASESHARE_LOG", "info")
+        .env_remove("CASESHARE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start caseshare serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
+                        let mut parts = rest.split(" ops http://");
+                        let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
+                        let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
+                        let _ = tx.send((grpc, ops));
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let (grpc, ops) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default();
+                panic!("broker did not start; log:\n{log}");
+            }
+        };
+        Broker {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            grpc,
+            ops,
+        }
+    }
+
+    /// Restarts on the same data directory (after a kill or a stop).
+    pub fn restart(&mut self) {
+        let tmp = self._tmp.take();
+        let mut b = Broker::start_in(&self.dir, &[]);
+        b._tmp = tmp;
+        *self = b;
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("data").join("pki")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn client_config(&self, name: &str) -> ClientConfig {
+        ClientConfig::dev(
+            format!("https://localhost:{}", self.grpc.port()),
+            &self.pki(),
+            name,
+        )
+    }
+
+    /// Clients acting as one of the dev PKI's identities.
+    pub fn client(&self, name: &str) -> Clients {
+        Clients::connect(&self.client_config(name)).unwrap()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// A Prometheus gauge or counter from the ops port.
+    pub fn metric(&self, name: &str) -> f64 {
+        let body = http_get(self.ops, "/metrics").1;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Registers the three sample agencies as admin.
+    pub async fn register_sample_agencies(&self) {
+        let mut admin = self.client("admin");
+        for (id, kind) in [
+            ("nhs-trust-a", pb::AgencyKind::Health),
+            ("school-b", pb::AgencyKind::Education),
+            ("la-social-care-c", pb::AgencyKind::SocialCare),
+        ] {
+            admin
+                .admin
+                .register_agency(pb::RegisterAgencyRequest {
+                    agency_id: id.into(),
+                    kind: kind as i32,
+                    display_name: id.into(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Every audit entry, via the Audit service as the auditor.
+    pub async fn audit_entries(&self) -> Vec<pb::AuditEntry> {
+        let size = self.metric("caseshare_audit_size") as u64;
+        let mut auditor = self.client("auditor");
+        let mut out = Vec::new();
+        let mut stream = auditor
+            .audit
+            .get_entries(pb::GetEntriesRequest {
+                start: 0,
+                end: size,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(leaf) = stream.next().await {
+            let leaf = leaf.unwrap();
+            let entry = caseshare_audit::entry::decode(&leaf.leaf).unwrap();
+            assert_eq!(entry.index, leaf.index);
+            out.push(entry);
+        }
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET (the ops port is plain HTTP).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// An attendance-concern event from the school.
+pub fn attendance_event(id: &str, nhs: &str) -> pb::CaseEvent {
+    pb::CaseEvent {
+        event_id: id.into(),
+        child: Some(pb::ChildRef {
+            nhs_number: nhs.into(),
+            local_ids: vec![],
+        }),
+        purpose: pb::Purpose::EarlyHelp as i32,
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_793_000_000,
+            nanos: 0,
+        }),
+        summary: "Attendance has fallen sharply this half term".into(),
+        payload: Some(pb::case_event::Payload::EducationAttendanceConcern(
+            pb::AttendanceConcern {
+                period: "2026-autumn-1".into(),
+                attendance_percent: 78.5,
+                unauthorised_sessions: 11,
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// A health event.
+pub fn was_not_brought_event(id: &str, nhs: &str) -> pb::CaseEvent {
+    pb::CaseEvent {
+        event_id: id.into(),
+        child: Some(pb::ChildRef {
+            nhs_number: nhs.into(),
+            local_ids: vec![],
+        }),
+        purpose: pb::Purpose::EarlyHelp as i32,
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_793_000_000,
+            nanos: 0,
+        }),
+        payload: Some(pb::case_event::Payload::HealthWasNotBrought(
+            pb::WasNotBrought {
+                appointment_kind: "paediatric_outpatient".into(),
+                appointment_at: Some(prost_types::Timestamp {
+                    seconds: 1_793_000_000,
+                    nanos: 0,
+                }),
+                consecutive_missed: 2,
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn agreement(id: &str, provider: &str, recipient: &str, event_types: &[&str]) -> pb::Agreement {
+    pb::Agreement {
+        agreement_id: id.into(),
+        provider: provider.into(),
+        recipient: recipient.into(),
+        purposes: vec![
+            pb::Purpose::EarlyHelp as i32,
+            pb::Purpose::Safeguarding as i32,
+        ],
+        event_types: event_types.iter().map(|s| s.to_string()).collect(),
+        lawful_basis: pb::LawfulBasis::PublicTask as i32,
+        ..Default::default()
+    }
+}
+
+pub async fn put_agreement(b: &Broker, a: pb::Agreement) {
+    b.client("admin").admin.put_agreement(a).await.unwrap();
+}
+
+pub async fn create_subscription(b: &Broker, agency: &str, name: &str) {
+    b.client(agency)
+        .subscriber
+        .create_subscription(pb::Subscription {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+pub fn publish_request(event: pb::CaseEvent) -> pb::PublishRequest {
+    pb::PublishRequest {
+        event: Some(event),
+        ..Default::default()
+    }
+}
+
+/// An open Subscribe stream.
+pub struct Subscription {
+    pub tx: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    pub rx: tonic::Streaming<pb::Delivery>,
+}
+
+impl Subscription {
+    pub async fn open(b: &Broker, agency: &str, name: &str, max_outstanding: u32) -> Subscription {
+        let mut c = b.client(agency);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tx.send(pb::SubscribeRequest {
+            subscription: name.into(),
+            max_outstanding,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let rx = c
+            .subscriber
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Subscription { tx, rx }
+    }
+
+    /// The next delivery (fails the test after 30 s).
+    pub async fn next(&mut self) -> pb::Delivery {
+        tokio::time::timeout(Duration::from_secs(30), self.rx.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("stream open")
+            .expect("delivery, not an error")
+    }
+
+    pub async fn ack(&self, ids: Vec<String>) {
+        self.tx
+            .send(pb::SubscribeRequest {
+                ack: Some(pb::AckIds { delivery_ids: ids }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
