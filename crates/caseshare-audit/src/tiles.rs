@@ -373,6 +373,10 @@ impl<S: TileStore + ?Sized> NodeSource for TileNodes<'_, S> {
 /// `append` updates this state before the caller has persisted the returned
 /// tiles. If persisting fails, discard the tree and [`TiledTree::open`] it
 /// again at the durable size (or keep a `clone()` from before the append).
+///
+/// Roots and proofs read the right-edge partial tiles from memory and every
+/// other tile from the store, so apply an append's writes before serving
+/// proofs that cover it (the server only serves durable sizes anyway).
 #[derive(Clone, Debug)]
 pub struct TiledTree {
     size: u64,

@@ -245,3 +245,30 @@ fn reopening_detects_missing_tiles() {
     assert!(tree.leaf_hash(600, &store).is_err());
     assert_eq!(tree.leaf_hash(599, &store).unwrap(), leaves[599]);
 }
+
+#[test]
+fn in_memory_right_edge_wins_over_the_store() {
+    // Apply only the full tiles: the partial right-edge tiles then exist
+    // only in the tree's memory, and proofs for the current size still work.
+    let leaves = leaves(3, 1000);
+    let mut tree = TiledTree::new();
+    let mut store = MemTileStore::new();
+    for batch in leaves.chunks(300) {
+        store.apply(
+            tree.append(batch)
+                .into_iter()
+                .filter(|w| w.data.len() == 256 * 32),
+        );
+    }
+    let root = root_from_leaf_hashes(&leaves);
+    assert_eq!(
+        tree.root(999, &store).unwrap(),
+        root_from_leaf_hashes(&leaves[..999])
+    );
+    for index in [0, 255, 767, 768, 999] {
+        let proof = tree.inclusion_proof(index, 1000, &store).unwrap();
+        verify_inclusion(&leaves[index as usize], index, 1000, &proof, &root).unwrap();
+    }
+    // The store alone lacks them.
+    assert!(TiledTree::open(1000, &store).is_err());
+}

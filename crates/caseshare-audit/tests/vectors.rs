@@ -579,6 +579,32 @@ fn signing_requires_well_formed_text() {
 }
 
 #[test]
+fn signatures_are_matched_on_name_and_key_id() {
+    // Two keys under one name (a key rotation): each verifier checks its own
+    // line and ignores the other key's.
+    let mut rng = rand::thread_rng();
+    let old = NoteSigner::generate("example.com/log", &mut rng).unwrap();
+    let new = NoteSigner::generate("example.com/log", &mut rng).unwrap();
+    assert_ne!(old.key_id(), new.key_id());
+    let text = "example.com/log\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    let by_new = sign_note(text, &new).unwrap();
+    let new_line = &by_new[text.len() + 1..];
+    let both = format!("{}{new_line}", sign_note(text, &old).unwrap());
+    assert_eq!(verify_note(&both, &old.verifier()).unwrap(), text);
+    assert_eq!(verify_note(&both, &new.verifier()).unwrap(), text);
+    let sigs = parse_note(&both).unwrap().signatures;
+    assert_eq!(sigs.len(), 2);
+    assert!(
+        sigs.iter()
+            .all(|s| s.name == "example.com/log" && s.signature.len() == 64)
+    );
+    assert!(matches!(
+        verify_note(&by_new, &old.verifier()),
+        Err(NoteError::NotSignedByKey { .. })
+    ));
+}
+
+#[test]
 fn malformed_keys_are_rejected() {
     for v in note_cases() {
         let vkey = str_of(&v, "vkey");

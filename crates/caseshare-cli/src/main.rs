@@ -100,6 +100,11 @@ enum Command {
         #[command(subcommand)]
         command: ConsentCommand,
     },
+    /// Subscriptions (agency).
+    Subscription {
+        #[command(subcommand)]
+        command: SubscriptionCommand,
+    },
     /// Publish one event: proto3 JSON of a CaseEvent or a PublishRequest, from a file or `-` for stdin.
     Publish {
         #[command(flatten)]
@@ -178,6 +183,37 @@ enum AgreementCommand {
     List {
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionCommand {
+    /// Create a subscription for your agency.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Event types (exact or `prefix.*`); none = all.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Ack deadline in seconds.
+        #[arg(long)]
+        ack_deadline_secs: Option<i64>,
+    },
+    /// List your agency's subscriptions.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a subscription.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Its name.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -411,6 +447,45 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(status_error)?;
                 print("caseshare.v1.ListConsentsResponse", r.get_ref())?;
+            }
+        },
+        Command::Subscription { command } => match command {
+            SubscriptionCommand::Create {
+                conn,
+                name,
+                event_types,
+                ack_deadline_secs,
+            } => {
+                let mut c = conn.clients()?;
+                let s = c
+                    .subscriber
+                    .create_subscription(pb::Subscription {
+                        name,
+                        event_types,
+                        ack_deadline: ack_deadline_secs
+                            .map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print("caseshare.v1.Subscription", &s)?;
+            }
+            SubscriptionCommand::List { conn } => {
+                let mut c = conn.clients()?;
+                let r = c
+                    .subscriber
+                    .list_subscriptions(pb::ListSubscriptionsRequest {})
+                    .await
+                    .map_err(status_error)?;
+                print("caseshare.v1.ListSubscriptionsResponse", r.get_ref())?;
+            }
+            SubscriptionCommand::Delete { conn, name } => {
+                let mut c = conn.clients()?;
+                c.subscriber
+                    .delete_subscription(pb::DeleteSubscriptionRequest { name })
+                    .await
+                    .map_err(status_error)?;
             }
         },
         Command::Publish {

@@ -180,10 +180,10 @@ pub fn set_field_paths(event: &pb::CaseEvent) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    if let Some(desc) = case_event_descriptor() {
-        if let Ok(dynamic) = DynamicMessage::decode(desc, event.encode_to_vec().as_slice()) {
-            walk(&dynamic, "", &mut out);
-        }
+    if let Some(desc) = case_event_descriptor()
+        && let Ok(dynamic) = DynamicMessage::decode(desc, event.encode_to_vec().as_slice())
+    {
+        walk(&dynamic, "", &mut out);
     }
     out
 }

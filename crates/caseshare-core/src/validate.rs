@@ -160,10 +160,10 @@ pub fn validate_publish(
                 }
                 if id.value.is_empty() || id.value.len() > 64 {
                     c.add(format!("{field}.value"), "1 to 64 characters");
-                } else if id.scheme == "upn" {
-                    if let Err(e) = validate_upn(&id.value) {
-                        c.add(format!("{field}.value"), e.to_string());
-                    }
+                } else if id.scheme == "upn"
+                    && let Err(e) = validate_upn(&id.value)
+                {
+                    c.add(format!("{field}.value"), e.to_string());
                 }
             }
         }
@@ -190,10 +190,11 @@ pub fn validate_publish(
             }
         }
     }
-    if let Some(ts) = event.expires_at.as_ref() {
-        if check_timestamp(&mut c, "event.expires_at", ts) && Micros::from_timestamp(ts) <= now {
-            c.add("event.expires_at", "already in the past");
-        }
+    if let Some(ts) = event.expires_at.as_ref()
+        && check_timestamp(&mut c, "event.expires_at", ts)
+        && Micros::from_timestamp(ts) <= now
+    {
+        c.add("event.expires_at", "already in the past");
     }
     if event.summary.chars().count() > limits.max_summary_chars {
         c.add(
@@ -235,7 +236,7 @@ pub fn validate_publish(
         let f = "basis.safeguarding_override";
         if event.purpose != pb::Purpose::Safeguarding as i32 {
             c.add(
-                format!("{f}"),
+                f.to_string(),
                 "a safeguarding override is allowed only with purpose SAFEGUARDING",
             );
         }
@@ -349,10 +350,10 @@ fn check_window(
 ) {
     let from_ok = from.is_none_or(|t| check_timestamp(c, "valid_from", t));
     let until_ok = until.is_none_or(|t| check_timestamp(c, "valid_until", t));
-    if let (Some(f), Some(u), true, true) = (from, until, from_ok, until_ok) {
-        if Micros::from_timestamp(u) <= Micros::from_timestamp(f) {
-            c.add("valid_until", "must be after valid_from");
-        }
+    if let (Some(f), Some(u), true, true) = (from, until, from_ok, until_ok)
+        && Micros::from_timestamp(u) <= Micros::from_timestamp(f)
+    {
+        c.add("valid_until", "must be after valid_from");
     }
 }
 

@@ -159,10 +159,9 @@ impl Storage for SledStore {
         let mut b = sled::Batch::default();
         let mut stats = CommitStats::default();
         // Audit entries, packed into chunks.
-        let mut index = batch.audit_first_index;
-        let mut chunk_start = index;
+        let mut chunk_start = batch.audit_first_index;
         let mut chunk: Vec<u8> = Vec::new();
-        for entry in &batch.audit {
+        for (index, entry) in (batch.audit_first_index..).zip(&batch.audit) {
             if !chunk.is_empty() && chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
                 Self::put(
                     &mut b,
@@ -176,7 +175,6 @@ impl Storage for SledStore {
                 .map_err(|_| StoreError::TooLarge("audit entry".into()))?;
             chunk.extend_from_slice(&len.to_le_bytes());
             chunk.extend_from_slice(entry);
-            index += 1;
         }
         if !chunk.is_empty() {
             Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), chunk);
@@ -385,12 +383,11 @@ impl Storage for SledStore {
         };
         for item in self.tree.range(first_key.to_vec()..key(b'A', &[&be(end)])) {
             let (k, v) = item?;
-            let mut idx = read_be(&k[1..], "audit chunk key")?;
-            for entry in split_chunk(&v)? {
+            let first = read_be(&k[1..], "audit chunk key")?;
+            for (idx, entry) in (first..).zip(split_chunk(&v)?) {
                 if idx >= start && idx < end {
                     out.push(entry);
                 }
-                idx += 1;
             }
         }
         Ok(out)

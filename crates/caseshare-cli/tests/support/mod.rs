@@ -73,14 +73,15 @@ impl Broker {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
-                        let mut parts = rest.split(" ops http://");
-                        let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
-                        let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
-                        let _ = tx.send((grpc, ops));
-                        sent = true;
-                    }
+                if let (false, Some(rest)) = (
+                    sent,
+                    line.strip_prefix("caseshare listening: grpc https://"),
+                ) {
+                    let mut parts = rest.split(" ops http://");
+                    let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
+                    let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
+                    let _ = tx.send((grpc, ops));
+                    sent = true;
                 }
             }
         });

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole Caseshare test suite on a fresh machine: installs what it
+# needs, builds the workspace, runs every Rust test (unit, property and the
+# end-to-end tests against the real `caseshare` binary over mTLS), then the
+# Python interoperability suite against the same binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+SUDO=""; [ "$(id -u)" -ne 0 ] && need sudo && SUDO="sudo"
+apt_install() {
+  if need apt-get; then
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "please install: $*" >&2; exit 1
+  fi
+}
+need cargo || { echo "cargo (Rust 1.89+) is required: https://rustup.rs" >&2; exit 1; }
+need python3 || apt_install python3 python3-venv
+python3 -c 'import venv' 2>/dev/null || apt_install python3-venv
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+echo "== Rust tests (unit, property, end-to-end)"
+cargo test --workspace --locked -- --test-threads="${CASESHARE_TEST_THREADS:-2}"
+
+if [ -f tests/interop/python/run.sh ]; then
+  echo "== Python interoperability suite"
+  CASESHARE_BIN="$PWD/target/debug/caseshare" bash tests/interop/python/run.sh
+fi
+echo "== all tests passed"
