@@ -105,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         command: SubscriptionCommand,
     },
+    /// The audit log (auditor).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Publish one event: proto3 JSON of a CaseEvent or a PublishRequest, from a file or `-` for stdin.
     Publish {
         #[command(flatten)]
@@ -183,6 +188,58 @@ enum AgreementCommand {
     List {
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print the latest signed checkpoint and the broker's verifier key.
+    Checkpoint {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Verify the log without trusting the broker; exits non-zero with a
+    /// one-line reason on any mismatch.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        /// The pinned verifier key (`<name>+<id>+<key>`), obtained out of band.
+        #[arg(long, env = "CASESHARE_AUDIT_VKEY")]
+        vkey: String,
+        /// Where the last verified checkpoint is kept between runs.
+        #[arg(long, default_value = "caseshare-audit-state.json")]
+        state: PathBuf,
+    },
+    /// Query entries.
+    Query {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only entries about this child.
+        #[arg(long)]
+        nhs_number: Option<String>,
+        /// Only entries involving this agency.
+        #[arg(long)]
+        agency: Option<String>,
+        /// Only these kinds (e.g. SHARE_DECIDED).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Every sharing decision about one child.
+    Report {
+        #[command(flatten)]
+        conn: Conn,
+        /// The child's NHS number.
+        #[arg(long)]
+        nhs_number: String,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table")]
+        format: String,
     },
 }
 
@@ -287,6 +344,92 @@ fn agency_kind(s: &str) -> Result<pb::AgencyKind> {
         "other" => pb::AgencyKind::Other,
         _ => bail!("--kind must be health, education, social_care or other"),
     })
+}
+
+async fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Checkpoint { conn } => {
+            let mut c = conn.clients()?;
+            let cp = c
+                .audit
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print!("{}", cp.note);
+            println!("vkey: {}", cp.vkey);
+        }
+        AuditCommand::Verify { conn, vkey, state } => {
+            let mut c = conn.clients()?;
+            match caseshare_cli::audit::verify(&mut c, &vkey, &state).await {
+                Ok(s) => println!("verified: {} entries, root {}", s.tree_size, s.root_hex),
+                Err(e) => bail!("verification failed: {e}"),
+            }
+        }
+        AuditCommand::Query {
+            conn,
+            nhs_number,
+            agency,
+            kinds,
+            limit,
+            format,
+        } => {
+            let kinds = kinds
+                .iter()
+                .map(|k| {
+                    pb::EntryKind::from_str_name(&k.to_uppercase())
+                        .map(|k| k as i32)
+                        .with_context(|| format!("unknown entry kind {k}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut c = conn.clients()?;
+            let mut stream = c
+                .audit
+                .query(pb::QueryRequest {
+                    nhs_number: nhs_number.unwrap_or_default(),
+                    agency_id: agency.unwrap_or_default(),
+                    kinds,
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut entries = Vec::new();
+            while let Some(e) = stream.next().await {
+                entries.push(e.map_err(status_error)?);
+            }
+            if format == "json" {
+                for e in &entries {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&to_json("caseshare.v1.AuditEntry", e)?)?
+                    );
+                }
+            } else {
+                print!("{}", caseshare_cli::audit::entries_table(&entries));
+            }
+        }
+        AuditCommand::Report {
+            conn,
+            nhs_number,
+            format,
+        } => {
+            let mut c = conn.clients()?;
+            let r = c
+                .audit
+                .subject_access_report(pb::SubjectAccessReportRequest { nhs_number })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if format == "json" {
+                print("caseshare.v1.SubjectAccessReportResponse", &r)?;
+            } else {
+                print!("{}", caseshare_cli::audit::report_table(&r));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -488,6 +631,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(status_error)?;
             }
         },
+        Command::Audit { command } => audit_command(command).await?,
         Command::Publish {
             conn,
             file,

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -36,7 +39,10 @@ fn every_module_has_a_doc_header() {
             !first.starts_with("//!")
         })
         .collect();
-    assert!(missing.is_empty(), "modules without a //! header: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "modules without a //! header: {missing:?}"
+    );
 }
 
 #[test]
@@ -53,7 +59,11 @@ fn no_ignored_tests() {
 
 #[test]
 fn deploy_config_parses() {
-    let cfg = caseshare_server::config::Config::load(Some(&repo().join("deploy/caseshare.toml")), |_| None).unwrap();
+    let cfg =
+        caseshare_server::config::Config::load(Some(&repo().join("deploy/caseshare.toml")), |_| {
+            None
+        })
+        .unwrap();
     assert_eq!(cfg.listen.port(), 7443);
     assert!(cfg.tls.ca.is_some());
 }

@@ -90,6 +90,26 @@ impl Default for StoreConfig {
     }
 }
 
+/// The audit log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The checkpoint origin line (and signing key name).
+    pub origin: String,
+    /// The checkpoint signing key (C2SP `PRIVATE+KEY+…`); default
+    /// `<data_dir>/secrets/checkpoint.skey`, created on first start.
+    pub signing_key: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            origin: "caseshare.local/audit".into(),
+            signing_key: None,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +130,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Storage tuning.
     pub store: StoreConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -123,6 +145,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             store: StoreConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -188,6 +211,12 @@ impl Config {
         if let Some(v) = get("CASESHARE_TLS_KEY") {
             self.tls.key = Some(v.into());
         }
+        if let Some(v) = get("CASESHARE_AUDIT_ORIGIN") {
+            self.audit.origin = v;
+        }
+        if let Some(v) = get("CASESHARE_AUDIT_SIGNING_KEY") {
+            self.audit.signing_key = Some(v.into());
+        }
         if let Some(v) = get("CASESHARE_MAX_EVENT_BYTES") {
             self.limits.max_event_bytes = parse_env("CASESHARE_MAX_EVENT_BYTES", &v)?;
         }
@@ -229,6 +258,15 @@ impl Config {
         }
         if self.limits.max_outstanding == 0 {
             return bad("limits.max_outstanding", "at least 1");
+        }
+        if caseshare_audit::note::is_valid_key_name(&self.audit.origin)
+            .then_some(())
+            .is_none()
+        {
+            return bad(
+                "audit.origin",
+                "a key name without spaces or '+', such as caseshare.local/audit",
+            );
         }
         if self.store.max_batch == 0 {
             return bad("store.max_batch", "at least 1");

@@ -13,6 +13,7 @@
 //! API Boundary: [`serve`] is what the CLI (and tests) call.
 #![forbid(unsafe_code)]
 
+pub mod auditlog;
 pub mod auth;
 pub mod config;
 pub mod delivery;
@@ -192,6 +193,19 @@ pub async fn serve(
         subscriptions = snapshot.subscriptions.len(),
         "store loaded"
     );
+    let signer_path = match &config.audit.signing_key {
+        Some(p) => p.clone(),
+        None => config.data_dir.join("secrets").join("checkpoint.skey"),
+    };
+    let signer =
+        auditlog::load_signer(&signer_path, &config.audit.origin).map_err(ServeError::Secret)?;
+    let log = auditlog::AuditLog::open(
+        store.clone(),
+        snapshot.audit_size,
+        signer,
+        config.audit.origin.clone(),
+    )?;
+    println!("audit log verifier key: {}", log.vkey());
     let state = Arc::new(RwLock::new(BrokerState::from_snapshot(&snapshot)));
     let (writer_task, head) = WriterTask::new(
         store.clone(),
@@ -199,6 +213,7 @@ pub async fn serve(
         &snapshot,
         pseudonym_key.clone(),
         config.store.max_batch,
+        log.clone(),
     );
     let (writer, writer_join) = writer_task
         .spawn()
@@ -223,6 +238,28 @@ pub async fn serve(
             ..Limits::default()
         },
         pseudonym_key: Arc::new(pseudonym_key),
+        log: log.clone(),
+    };
+    // A fresh checkpoint at least every second while the log grows.
+    let checkpoint_task = {
+        let log = log.clone();
+        let mut heads = log.subscribe();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = heads.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                if let Err(e) = log.checkpoint() {
+                    tracing::error!(error = %e, "could not sign a checkpoint");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+                    _ = stop.changed() => return,
+                }
+            }
+        })
     };
 
     let listener = TcpListener::bind(config.listen)
@@ -251,10 +288,12 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(caseshare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Secret(format!("reflection: {e}")))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(caseshare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Secret(format!("reflection: {e}")))?;
     let max_msg = config.limits.max_message_bytes;
@@ -320,6 +359,7 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     accept_task.abort();
     ops_task.abort();
+    checkpoint_task.abort();
     // Every request has finished; dropping the last writer handles lets the
     // writer drain its queue and stop.
     drop(shared);

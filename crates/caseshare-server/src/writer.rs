@@ -180,6 +180,13 @@ pub enum Op {
         /// Reply.
         reply: Reply<()>,
     },
+    /// Append one entry (e.g. AUDIT_ACCESSED); index and time are assigned.
+    Record {
+        /// The entry.
+        entry: pb::AuditEntry,
+        /// Reply: the index assigned.
+        reply: Reply<u64>,
+    },
     /// Record a refused call.
     AuthDenied {
         /// The caller.
@@ -251,6 +258,7 @@ pub struct WriterTask {
     audit_size: u64,
     max_batch: usize,
     head: watch::Sender<u64>,
+    log: Arc<crate::auditlog::AuditLog>,
 }
 
 /// Pending replies, sent after the commit.
@@ -292,6 +300,7 @@ impl WriterTask {
         snapshot: &caseshare_store::Snapshot,
         pseudonym_key: Vec<u8>,
         max_batch: usize,
+        log: Arc<crate::auditlog::AuditLog>,
     ) -> (Self, watch::Receiver<u64>) {
         let (head, head_rx) = watch::channel(snapshot.next_sequence.saturating_sub(1));
         metrics::gauge!("caseshare_audit_size").set(snapshot.audit_size as f64);
@@ -305,6 +314,7 @@ impl WriterTask {
                 audit_size: snapshot.audit_size,
                 max_batch,
                 head,
+                log,
             },
             head_rx,
         )
@@ -343,6 +353,17 @@ impl WriterTask {
             if self.next_subscription_id != sub_before {
                 batch.next_subscription_id = Some(self.next_subscription_id);
             }
+            // The batch's leaves join the Merkle tree; the changed tiles are
+            // written in the same atomic batch.
+            let mut new_head = None;
+            if !batch.audit.is_empty() {
+                let (tiles, size, root) = self.log.append(&batch.audit);
+                batch.tiles = tiles
+                    .into_iter()
+                    .map(|t| (t.level, t.index, t.data))
+                    .collect();
+                new_head = Some((size, root));
+            }
             let committed = if batch.is_empty() {
                 true
             } else {
@@ -365,6 +386,9 @@ impl WriterTask {
             };
             let events = batch.events.len() as u64;
             if committed {
+                if let Some((size, root)) = new_head {
+                    self.log.committed(size, root);
+                }
                 self.audit_size += batch.audit.len() as u64;
                 metrics::counter!("caseshare_audit_entries_total")
                     .increment(batch.audit.len() as u64);
@@ -446,6 +470,10 @@ impl WriterTask {
                     floor,
                 );
                 finish(reply, Ok(()))
+            }
+            Op::Record { entry, reply } => {
+                let index = ctx.audit(entry);
+                finish(reply, Ok(index))
             }
             Op::AuthDenied {
                 actor,

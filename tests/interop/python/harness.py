@@ -307,10 +307,15 @@ class SubscribeStream:
             subscriber_pb2.SubscribeRequest(nack=subscriber_pb2.AckIds(delivery_ids=delivery_ids))
         )
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10) -> None:
+        """Half-closes the stream and waits for the server to end it, so
+        that acks already queued are sent; cancels it if the server does not
+        end it in time. (Cancelling straight away can drop queued acks.)"""
         self._requests.put(self._END)
-        self.call.cancel()
-        self._reader.join(timeout=10)
+        self._reader.join(timeout=timeout)
+        if self._reader.is_alive():
+            self.call.cancel()
+            self._reader.join(timeout=timeout)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

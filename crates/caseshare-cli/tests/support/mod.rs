@@ -147,6 +147,18 @@ impl Broker {
         c.wait().unwrap()
     }
 
+    /// SIGTERM and wait for the exit without blocking the async runtime
+    /// (the test's own client connections must keep being served while the
+    /// broker drains them).
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::task::spawn_blocking(move || c.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -1,14 +1,24 @@
-//! `caseshare.v1.Audit`: raw leaves now; checkpoints, proofs, queries and
-//! subject access reports arrive with the verifiable log (issue #5).
+//! `caseshare.v1.Audit`: checkpoints, proofs, raw leaves, filtered queries
+//! and subject access reports. Every call is itself appended to the log as
+//! AUDIT_ACCESSED, with an NHS number in its parameters replaced by the
+//! child's pseudonym, before the answer is sent.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
+use caseshare_audit::entry;
+use caseshare_core::nhs::validate_nhs_number;
 use caseshare_core::pb::{self, audit_server::Audit};
+use caseshare_core::principal::Principal;
+use caseshare_core::pseudonym::child_pseudonym;
+use caseshare_core::time::Micros;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
+use crate::auth::caller;
 use crate::errors::BrokerError;
+use crate::writer::Op;
 
 /// The Audit service.
 #[derive(Debug, Clone)]
@@ -18,6 +28,68 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Most leaves one GetEntries call returns.
 const MAX_ENTRIES_PER_CALL: u64 = 10_000;
+/// Leaves read from the store at a time while scanning.
+const SCAN_CHUNK: u64 = 2_048;
+/// Default and largest Query page.
+const DEFAULT_PAGE: u32 = 1_000;
+const MAX_PAGE: u32 = 10_000;
+
+impl AuditService {
+    fn pseudonym(&self, field: &str, nhs_number: &str) -> Result<Vec<u8>, BrokerError> {
+        validate_nhs_number(nhs_number).map_err(|e| BrokerError::invalid(field, e.to_string()))?;
+        Ok(child_pseudonym(&self.0.pseudonym_key, nhs_number).to_vec())
+    }
+
+    /// Appends AUDIT_ACCESSED and waits until it is durable.
+    async fn record(
+        &self,
+        actor: &Principal,
+        rpc: &str,
+        subject: String,
+        pseudonym: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let entry = pb::AuditEntry {
+            kind: pb::EntryKind::AuditAccessed as i32,
+            actor: actor.spiffe_id(),
+            rpc: format!("/caseshare.v1.Audit/{rpc}"),
+            subject,
+            child_pseudonym: pseudonym,
+            ..Default::default()
+        };
+        self.0
+            .writer
+            .call(|reply| Op::Record { entry, reply })
+            .await
+            .map(|_| ())
+    }
+
+    /// Decoded entries in `[start, end)`, in chunks, passed to `visit` until
+    /// it returns false.
+    fn scan(
+        &self,
+        start: u64,
+        end: u64,
+        mut visit: impl FnMut(pb::AuditEntry) -> bool,
+    ) -> Result<(), BrokerError> {
+        let mut from = start;
+        while from < end {
+            let to = (from + SCAN_CHUNK).min(end);
+            for leaf in self.0.store.audit_entries(from, to)? {
+                let e = entry::decode(&leaf)
+                    .map_err(|e| BrokerError::Unavailable(format!("corrupt audit entry: {e}")))?;
+                if !visit(e) {
+                    return Ok(());
+                }
+            }
+            from = to;
+        }
+        Ok(())
+    }
+}
+
+fn hex_short(p: &[u8]) -> String {
+    hex::encode(&p[..p.len().min(8)])
+}
 
 #[tonic::async_trait]
 impl Audit for AuditService {
@@ -25,30 +97,126 @@ impl Audit for AuditService {
 
     async fn query(
         &self,
-        _req: Request<pb::QueryRequest>,
+        req: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        Err(BrokerError::Unimplemented("audit queries (Query, issue #5)").into())
+        let actor = caller(&req)?;
+        let q = req.into_inner();
+        let pseudonym = if q.nhs_number.is_empty() {
+            Vec::new()
+        } else {
+            self.pseudonym("nhs_number", &q.nhs_number)?
+        };
+        let start: u64 = if q.page_token.is_empty() {
+            0
+        } else {
+            q.page_token.parse().map_err(|_| {
+                BrokerError::invalid("page_token", "pass the index after the last entry received")
+            })?
+        };
+        let page = match q.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(
+                    BrokerError::invalid("page_size", format!("at most {MAX_PAGE}")).into(),
+                );
+            }
+            n => n,
+        } as usize;
+        for (i, k) in q.kinds.iter().enumerate() {
+            if !matches!(pb::EntryKind::try_from(*k), Ok(k) if k != pb::EntryKind::Unspecified) {
+                return Err(
+                    BrokerError::invalid(&format!("kinds[{i}]"), "unknown entry kind").into(),
+                );
+            }
+        }
+        let from = q.from.as_ref().map(Micros::from_timestamp);
+        let to = q.to.as_ref().map(Micros::from_timestamp);
+        let subject = format!(
+            "query child={} agency={} kinds={:?} page_token={} page_size={}",
+            if pseudonym.is_empty() {
+                "-".to_string()
+            } else {
+                hex_short(&pseudonym)
+            },
+            if q.agency_id.is_empty() {
+                "-"
+            } else {
+                &q.agency_id
+            },
+            q.kinds,
+            start,
+            page
+        );
+        self.record(&actor, "Query", subject, pseudonym.clone())
+            .await?;
+        let (size, _) = self.0.log.head();
+        let agency_path = format!("/agency/{}", q.agency_id);
+        let mut out = Vec::new();
+        self.scan(start, size, |e| {
+            let recorded = e
+                .recorded_at
+                .as_ref()
+                .map(Micros::from_timestamp)
+                .unwrap_or_default();
+            let matches = (pseudonym.is_empty() || e.child_pseudonym == pseudonym)
+                && (q.agency_id.is_empty()
+                    || e.source_agency == q.agency_id
+                    || e.recipient_agency == q.agency_id
+                    || e.subject == q.agency_id
+                    || e.actor.ends_with(&agency_path))
+                && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
+                && from.is_none_or(|f| recorded >= f)
+                && to.is_none_or(|t| recorded < t);
+            if matches {
+                out.push(Ok(e));
+            }
+            out.len() < page
+        })?;
+        Ok(Response::new(Box::pin(futures::stream::iter(out))))
     }
 
     async fn get_checkpoint(
         &self,
-        _req: Request<pb::GetCheckpointRequest>,
+        req: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
-        Err(BrokerError::Unimplemented("signed checkpoints (GetCheckpoint, issue #5)").into())
+        let actor = caller(&req)?;
+        self.record(&actor, "GetCheckpoint", String::new(), Vec::new())
+            .await?;
+        Ok(Response::new(self.0.log.checkpoint()?))
     }
 
     async fn get_inclusion_proof(
         &self,
-        _req: Request<pb::GetInclusionProofRequest>,
+        req: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
-        Err(BrokerError::Unimplemented("inclusion proofs (GetInclusionProof, issue #5)").into())
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        let hashes = self.0.log.inclusion_proof(r.leaf_index, r.tree_size)?;
+        let subject = format!("leaf_index={} tree_size={}", r.leaf_index, r.tree_size);
+        self.record(&actor, "GetInclusionProof", subject, Vec::new())
+            .await?;
+        Ok(Response::new(pb::InclusionProof {
+            leaf_index: r.leaf_index,
+            tree_size: r.tree_size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 
     async fn get_consistency_proof(
         &self,
-        _req: Request<pb::GetConsistencyProofRequest>,
+        req: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
-        Err(BrokerError::Unimplemented("consistency proofs (GetConsistencyProof, issue #5)").into())
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        let hashes = self.0.log.consistency_proof(r.from_size, r.to_size)?;
+        let subject = format!("from_size={} to_size={}", r.from_size, r.to_size);
+        self.record(&actor, "GetConsistencyProof", subject, Vec::new())
+            .await?;
+        Ok(Response::new(pb::ConsistencyProof {
+            from_size: r.from_size,
+            to_size: r.to_size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 
     type GetEntriesStream = BoxStream<pb::LeafEntry>;
@@ -57,6 +225,7 @@ impl Audit for AuditService {
         &self,
         req: Request<pb::GetEntriesRequest>,
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        let actor = caller(&req)?;
         let r = req.into_inner();
         if r.end < r.start {
             return Err(BrokerError::invalid("end", "must not be less than start").into());
@@ -68,14 +237,22 @@ impl Audit for AuditService {
             )
             .into());
         }
+        let (size, _) = self.0.log.head();
+        if r.end > size {
+            return Err(BrokerError::invalid("end", format!("the log has {size} entries")).into());
+        }
         let leaves = self
             .0
             .store
             .audit_entries(r.start, r.end)
             .map_err(BrokerError::from)?;
-        if (leaves.len() as u64) < r.end - r.start {
-            return Err(BrokerError::invalid("end", "beyond the end of the log").into());
-        }
+        self.record(
+            &actor,
+            "GetEntries",
+            format!("start={} end={}", r.start, r.end),
+            Vec::new(),
+        )
+        .await?;
         let items: Vec<Result<pb::LeafEntry, Status>> = leaves
             .into_iter()
             .zip(r.start..)
@@ -86,11 +263,43 @@ impl Audit for AuditService {
 
     async fn subject_access_report(
         &self,
-        _req: Request<pb::SubjectAccessReportRequest>,
+        req: Request<pb::SubjectAccessReportRequest>,
     ) -> Result<Response<pb::SubjectAccessReportResponse>, Status> {
-        Err(
-            BrokerError::Unimplemented("subject access reports (SubjectAccessReport, issue #5)")
-                .into(),
+        let actor: Arc<Principal> = caller(&req)?;
+        let r = req.into_inner();
+        let pseudonym = self.pseudonym("nhs_number", &r.nhs_number)?;
+        self.record(
+            &actor,
+            "SubjectAccessReport",
+            format!("child={}", hex_short(&pseudonym)),
+            pseudonym.clone(),
         )
+        .await?;
+        let (size, _) = self.0.log.head();
+        let mut shares = Vec::new();
+        self.scan(0, size, |e| {
+            if e.kind == pb::EntryKind::ShareDecided as i32 && e.child_pseudonym == pseudonym {
+                shares.push(pb::ShareRecord {
+                    decided_at: e.recorded_at,
+                    event_id: e.event_id,
+                    event_type: e.event_type,
+                    from_agency: e.source_agency,
+                    to_agency: e.recipient_agency,
+                    decision: e.decision,
+                    reason: e.reason,
+                    purpose: e.purpose,
+                    lawful_basis: e.lawful_basis,
+                    agreement_id: e.agreement_id,
+                    consent_id: e.consent_id,
+                    safeguarding_override: e.safeguarding_override,
+                    audit_index: e.index,
+                });
+            }
+            true
+        })?;
+        Ok(Response::new(pb::SubjectAccessReportResponse {
+            shares,
+            tree_size: size,
+        }))
     }
 }

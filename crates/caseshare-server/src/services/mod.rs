@@ -33,6 +33,8 @@ pub struct Shared {
     pub limits: Limits,
     /// The pseudonym key (for auditor queries by NHS number).
     pub pseudonym_key: Arc<Vec<u8>>,
+    /// The audit log's tree and checkpoints.
+    pub log: Arc<crate::auditlog::AuditLog>,
 }
 
 impl std::fmt::Debug for Shared {

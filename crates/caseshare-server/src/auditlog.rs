@@ -1,0 +1,193 @@
+//! The verifiable audit log at runtime: the tiled Merkle tree over every
+//! audit leaf, the committed (size, root) the rest of the broker may prove
+//! against, and signed checkpoints.
+//!
+//! The writer appends each batch's leaf hashes before committing and puts
+//! the resulting tile writes in the same batch; once the batch is durable
+//! it publishes the new size and root. Proofs are only served for sizes at
+//! or below the published one.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use caseshare_audit::merkle::{Hash, leaf_hash};
+use caseshare_audit::note::{NoteSigner, checkpoint_text, sign_note};
+use caseshare_audit::tiles::{TileStore, TileWrite, TiledTree};
+use caseshare_core::pb;
+use caseshare_store::{Storage, StoreError};
+use tokio::sync::watch;
+
+use crate::errors::BrokerError;
+
+/// Reads tiles from the broker's store.
+pub struct StoreTiles<'a>(pub &'a dyn Storage);
+
+impl TileStore for StoreTiles<'_> {
+    type Error = StoreError;
+    fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.tile(level, index)
+    }
+}
+
+/// The log's tree and checkpoints.
+pub struct AuditLog {
+    store: Arc<dyn Storage>,
+    tree: RwLock<TiledTree>,
+    committed: watch::Sender<(u64, Hash)>,
+    signer: NoteSigner,
+    origin: String,
+    latest: RwLock<Option<pb::Checkpoint>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the checkpoint signing key (C2SP `PRIVATE+KEY+…` text), creating
+/// one named after the origin, mode 0600, if the file does not exist.
+pub fn load_signer(path: &Path, origin: &str) -> Result<NoteSigner, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        let mode = std::fs::metadata(path)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by other users; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return NoteSigner::from_skey(text.trim()).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let signer = NoteSigner::generate(origin, &mut rand::rngs::OsRng).map_err(|e| e.to_string())?;
+    crate::pki::write_file(path, format!("{}\n", signer.to_skey()).as_bytes(), 0o600)
+        .map_err(|e| e.to_string())?;
+    Ok(signer)
+}
+
+impl AuditLog {
+    /// Opens the tree at the stored size.
+    pub fn open(
+        store: Arc<dyn Storage>,
+        size: u64,
+        signer: NoteSigner,
+        origin: String,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let tree = TiledTree::open(size, &StoreTiles(store.as_ref()))
+            .map_err(|e| BrokerError::Unavailable(format!("audit tree: {e}")))?;
+        let root = tree.current_root();
+        let (committed, _) = watch::channel((size, root));
+        Ok(Arc::new(AuditLog {
+            store,
+            tree: RwLock::new(tree),
+            committed,
+            signer,
+            origin,
+            latest: RwLock::new(None),
+        }))
+    }
+
+    /// The verifier key auditors pin (`<name>+<id>+<key>`).
+    pub fn vkey(&self) -> String {
+        self.signer.verifier().to_vkey()
+    }
+
+    /// Appends leaves (not yet committed); returns the tile writes to put in
+    /// the same batch, and the new size and root.
+    pub fn append(&self, leaves: &[Vec<u8>]) -> (Vec<TileWrite>, u64, Hash) {
+        let hashes: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l)).collect();
+        let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let writes = tree.append(&hashes);
+        (writes, tree.size(), tree.current_root())
+    }
+
+    /// Publishes a committed size and root.
+    pub fn committed(&self, size: u64, root: Hash) {
+        self.committed.send_replace((size, root));
+    }
+
+    /// The committed size and root.
+    pub fn head(&self) -> (u64, Hash) {
+        *self.committed.borrow()
+    }
+
+    /// A receiver of committed heads.
+    pub fn subscribe(&self) -> watch::Receiver<(u64, Hash)> {
+        self.committed.subscribe()
+    }
+
+    /// The signed checkpoint of the committed head (signing a new one if the
+    /// log grew since the last).
+    pub fn checkpoint(&self) -> Result<pb::Checkpoint, BrokerError> {
+        let (size, root) = self.head();
+        if let Some(cp) = self
+            .latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && cp.tree_size == size
+        {
+            return Ok(cp.clone());
+        }
+        let note = sign_note(&checkpoint_text(&self.origin, size, &root), &self.signer)
+            .map_err(|e| BrokerError::Unavailable(format!("signing the checkpoint: {e}")))?;
+        let cp = pb::Checkpoint {
+            tree_size: size,
+            root_hash: root.to_vec(),
+            note,
+            vkey: self.vkey(),
+        };
+        *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(cp.clone());
+        metrics::counter!("caseshare_checkpoints_signed_total").increment(1);
+        Ok(cp)
+    }
+
+    fn check_size(&self, size: u64, field: &str) -> Result<(), BrokerError> {
+        let (head, _) = self.head();
+        if size > head {
+            return Err(BrokerError::invalid(
+                field,
+                format!("the log has {head} entries"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The inclusion proof of `index` in the tree of `size`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, BrokerError> {
+        self.check_size(size, "tree_size")?;
+        if index >= size {
+            return Err(BrokerError::invalid(
+                "leaf_index",
+                "must be less than tree_size",
+            ));
+        }
+        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        tree.inclusion_proof(index, size, &StoreTiles(self.store.as_ref()))
+            .map_err(|e| BrokerError::Unavailable(format!("inclusion proof: {e}")))
+    }
+
+    /// The consistency proof from `from` to `to`.
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, BrokerError> {
+        self.check_size(to, "to_size")?;
+        if from == 0 {
+            return Err(BrokerError::invalid("from_size", "must be at least 1"));
+        }
+        if from > to {
+            return Err(BrokerError::invalid("from_size", "must not exceed to_size"));
+        }
+        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        tree.consistency_proof(from, to, &StoreTiles(self.store.as_ref()))
+            .map_err(|e| BrokerError::Unavailable(format!("consistency proof: {e}")))
+    }
+}
