@@ -90,6 +90,31 @@ impl Default for StoreConfig {
     }
 }
 
+/// Delivery and retention.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Delay before the first redelivery, ms (doubling per attempt).
+    pub backoff_base_ms: u64,
+    /// Longest redelivery delay, ms.
+    pub backoff_cap_ms: u64,
+    /// How long an event whose deliveries are all settled is kept, seconds.
+    pub retention_secs: u64,
+    /// How often retention runs, seconds.
+    pub retention_sweep_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 60_000,
+            retention_secs: 7 * 24 * 3600,
+            retention_sweep_secs: 60,
+        }
+    }
+}
+
 /// The audit log.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -132,6 +157,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Delivery and retention.
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for Config {
@@ -146,6 +173,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -217,6 +245,18 @@ impl Config {
         if let Some(v) = get("CASESHARE_AUDIT_SIGNING_KEY") {
             self.audit.signing_key = Some(v.into());
         }
+        if let Some(v) = get("CASESHARE_BACKOFF_BASE_MS") {
+            self.delivery.backoff_base_ms = parse_env("CASESHARE_BACKOFF_BASE_MS", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_BACKOFF_CAP_MS") {
+            self.delivery.backoff_cap_ms = parse_env("CASESHARE_BACKOFF_CAP_MS", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_RETENTION_SECS") {
+            self.delivery.retention_secs = parse_env("CASESHARE_RETENTION_SECS", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_RETENTION_SWEEP_SECS") {
+            self.delivery.retention_sweep_secs = parse_env("CASESHARE_RETENTION_SWEEP_SECS", &v)?;
+        }
         if let Some(v) = get("CASESHARE_MAX_EVENT_BYTES") {
             self.limits.max_event_bytes = parse_env("CASESHARE_MAX_EVENT_BYTES", &v)?;
         }
@@ -267,6 +307,17 @@ impl Config {
                 "audit.origin",
                 "a key name without spaces or '+', such as caseshare.local/audit",
             );
+        }
+        if self.delivery.backoff_base_ms == 0
+            || self.delivery.backoff_cap_ms < self.delivery.backoff_base_ms
+        {
+            return bad(
+                "delivery.backoff_cap_ms",
+                "backoff_base_ms must be at least 1 and backoff_cap_ms at least backoff_base_ms",
+            );
+        }
+        if self.delivery.retention_sweep_secs == 0 {
+            return bad("delivery.retention_sweep_secs", "at least 1");
         }
         if self.store.max_batch == 0 {
             return bad("store.max_batch", "at least 1");

@@ -1,11 +1,21 @@
 //! The delivery engine: per subscription, a cursor over the event log and
-//! the set of deliveries sent but not yet acknowledged; per `Subscribe`
-//! stream, a loop that fills the flow-control window from that state, has
-//! the writer re-decide and record each delivery, and sends it.
+//! the set of deliveries sent but not yet settled; per `Subscribe` stream, a
+//! loop that fills the flow-control window from that state, has the writer
+//! re-decide and record each delivery, and sends it.
 //!
-//! Backlog stays on disk: a subscription holds in memory only its cursor
-//! and its unacknowledged deliveries (at most `max_outstanding` per
-//! stream), however far behind it is.
+//! - **At least once.** A delivery not acknowledged by its ack deadline, or
+//!   nacked, or out on a stream that closed, is owed again after an
+//!   exponential backoff (`base · 2^(attempts-1)`, capped); after the
+//!   subscription's `max_attempts` it becomes a dead letter.
+//! - **Ordered subscriptions** have at most one delivery per child in
+//!   flight; a child's later events wait (in `deferred`) while other
+//!   children's events flow on.
+//! - **Backlog stays on disk.** A subscription holds in memory only its
+//!   cursor, its unsettled deliveries (at most `max_outstanding` per stream
+//!   in flight) and, for ordered subscriptions, the sequences deferred
+//!   behind a busy child.
+//! - **Seek** moves the cursor back (or forward); events from there are
+//!   re-decided under today's rules.
 //!
 //! Architecture Invariant: an event leaves the broker only after the writer
 //! has re-decided it under the current agreements and consents and made its
@@ -30,10 +40,29 @@ use tonic::Status;
 
 use crate::errors::BrokerError;
 use crate::state::{BrokerState, EventContext, subscription_matches};
-use crate::writer::{AckIntent, DeliveryIntent, Op, Writer, now};
+use crate::writer::{AckIntent, DeliveryIntent, Op, Verdict, Writer, now};
 
 /// How many events one scan of the log reads.
 const SCAN_CHUNK: usize = 256;
+
+/// Redelivery backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay before the first redelivery.
+    pub base: Duration,
+    /// Longest delay.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The delay before redelivering a delivery already sent `attempts` times.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempts.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
 
 /// A delivery sent (or owed again) and not yet settled.
 #[derive(Debug, Clone)]
@@ -42,10 +71,10 @@ struct Pending {
     event_id: String,
     nhs_number: String,
     delivered_at: Micros,
-    delivery_id: String,
-    /// The stream it is out on; `None` = waiting to be sent again.
+    /// The stream it is out on; `None` = owed, to be sent at `not_before`.
     stream: Option<u64>,
     deadline: Option<Instant>,
+    not_before: Instant,
 }
 
 #[derive(Debug)]
@@ -54,8 +83,14 @@ struct SubInner {
     cursor: u64,
     /// Unsettled deliveries by sequence.
     pending: BTreeMap<u64, Pending>,
+    /// Ordered subscriptions: sequences waiting behind an earlier delivery
+    /// for the same child, with the child's NHS number.
+    deferred: BTreeMap<u64, String>,
     /// Sequences at or after the cursor already settled (known at start).
     settled_ahead: BTreeSet<u64>,
+    /// Below this sequence (after a seek) every event this agency was a
+    /// candidate for is re-decided, not only those shared at publish.
+    replay_until: u64,
     /// The floor last sent to the store.
     persisted_floor: u64,
     deleted: bool,
@@ -63,12 +98,22 @@ struct SubInner {
 
 impl SubInner {
     fn floor(&self) -> u64 {
-        self.pending
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.cursor)
-            .min(self.cursor)
+        let p = self.pending.keys().next().copied().unwrap_or(u64::MAX);
+        let d = self.deferred.keys().next().copied().unwrap_or(u64::MAX);
+        self.cursor.min(p).min(d)
+    }
+
+    fn child_busy(&self, nhs: &str) -> bool {
+        self.pending.values().any(|p| p.nhs_number == nhs)
+    }
+
+    /// The floor to persist, if it moved.
+    fn take_floor(&mut self) -> Option<u64> {
+        let f = self.floor();
+        (f != self.persisted_floor).then(|| {
+            self.persisted_floor = f;
+            f
+        })
     }
 }
 
@@ -93,9 +138,19 @@ impl SubRuntime {
         Duration::from_secs(u64::try_from(d.seconds).unwrap_or(30).max(1))
             + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0))
     }
+
+    fn max_attempts(&self) -> u32 {
+        self.subscription.max_attempts.max(1)
+    }
+
+    /// The lowest sequence this subscription still owes.
+    pub fn floor(&self) -> u64 {
+        self.lock().floor()
+    }
 }
 
-fn delivery_id(subscription_id: u64, sequence: u64, attempt: u32) -> String {
+/// The delivery id of one attempt.
+pub fn delivery_id(subscription_id: u64, sequence: u64, attempt: u32) -> String {
     format!("{subscription_id}-{sequence}-{attempt}")
 }
 
@@ -117,6 +172,7 @@ pub struct Deliveries {
     runtimes: RwLock<HashMap<u64, Arc<SubRuntime>>>,
     next_stream: std::sync::atomic::AtomicU64,
     max_outstanding: u32,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -129,10 +185,18 @@ struct Pick {
     sequence: u64,
     attempt: u32,
     event: StoredEvent,
+    decoded: pb::CaseEvent,
+}
+
+/// What the stream loop must do after a timer or a nack.
+struct Expired {
+    dead: Vec<AckIntent>,
+    floor: Option<u64>,
 }
 
 impl Deliveries {
     /// Builds runtimes for every stored subscription.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Storage>,
         writer: Writer,
@@ -141,6 +205,7 @@ impl Deliveries {
         shutdown: watch::Receiver<bool>,
         floors: &[(u64, u64)],
         max_outstanding: u32,
+        backoff: Backoff,
     ) -> Result<Arc<Self>, BrokerError> {
         let d = Arc::new(Deliveries {
             store,
@@ -151,6 +216,7 @@ impl Deliveries {
             runtimes: RwLock::new(HashMap::new()),
             next_stream: std::sync::atomic::AtomicU64::new(1),
             max_outstanding,
+            backoff,
         });
         let floors: HashMap<u64, u64> = floors.iter().copied().collect();
         let records: Vec<SubscriptionRecord> =
@@ -174,6 +240,7 @@ impl Deliveries {
         let floor = floor.unwrap_or(sub.start_sequence).max(sub.start_sequence);
         let mut pending = BTreeMap::new();
         let mut settled_ahead = BTreeSet::new();
+        let start = Instant::now();
         for d in self.store.deliveries_from(rec.id, floor)? {
             if d.is_settled() {
                 settled_ahead.insert(d.sequence);
@@ -185,22 +252,22 @@ impl Deliveries {
                         event_id: String::new(),
                         nhs_number: String::new(),
                         delivered_at: Micros(d.delivered_at_micros),
-                        delivery_id: String::new(),
                         stream: None,
                         deadline: None,
+                        not_before: start,
                     },
                 );
             }
         }
-        // Everything owed is at or after the floor; resume reading there,
-        // skipping what is already pending or settled.
         let rt = Arc::new(SubRuntime {
             id: rec.id,
             subscription: sub,
             inner: Mutex::new(SubInner {
                 cursor: floor,
                 pending,
+                deferred: BTreeMap::new(),
                 settled_ahead,
+                replay_until: 0,
                 persisted_floor: floor,
                 deleted: false,
             }),
@@ -226,7 +293,27 @@ impl Deliveries {
         }
     }
 
-    fn runtime(&self, agency: &str, name: &str) -> Result<Arc<SubRuntime>, BrokerError> {
+    /// The last committed event sequence.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// The lowest sequence any subscription still owes (the head + 1 when
+    /// none owes anything): events below it are settled everywhere.
+    pub fn min_floor(&self) -> u64 {
+        let head = *self.head.borrow();
+        self.runtimes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|rt| rt.floor())
+            .min()
+            .unwrap_or(head + 1)
+            .min(head + 1)
+    }
+
+    /// The runtime of one of `agency`'s subscriptions.
+    pub fn runtime(&self, agency: &str, name: &str) -> Result<Arc<SubRuntime>, BrokerError> {
         let id = self
             .read_state()
             .subscription(agency, name)
@@ -240,32 +327,75 @@ impl Deliveries {
             .ok_or_else(|| BrokerError::NotFound(format!("no subscription {name:?}")))
     }
 
-    /// Takes up to `want` deliveries for a stream: owed ones first (lowest
-    /// sequence), then new ones from the log. Each is marked as out on the
-    /// stream before the lock is released.
+    /// Whether the scan should consider an event for this subscription.
+    fn eligible(
+        &self,
+        rt: &SubRuntime,
+        inner: &SubInner,
+        event: &StoredEvent,
+        decoded: &pb::CaseEvent,
+    ) -> bool {
+        let agency = rt.subscription.agency_id.as_str();
+        if event.source_agency == agency || event.sequence < rt.subscription.start_sequence {
+            return false;
+        }
+        let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
+        if !subscription_matches(&rt.subscription, &event.event_type, purpose) {
+            return false;
+        }
+        let decision = event.decisions.iter().find(|d| d.agency_id == agency);
+        match decision {
+            Some(d) if d.decision == pb::Decision::Shared as i32 => true,
+            // Replaying after a seek: an event withheld at publish is
+            // re-decided under today's rules (the writer decides again).
+            Some(_) if event.sequence < inner.replay_until && event.notice.is_none() => {
+                let ctx = EventContext::new(
+                    &event.source_agency,
+                    &event.event_type,
+                    decoded,
+                    event.basis.as_ref(),
+                );
+                self.read_state().decide(&ctx, agency, now()).is_shared()
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes up to `want` deliveries for a stream: owed ones that are due
+    /// first, then (ordered subscriptions) deferred ones whose child is
+    /// free, then new ones from the log. Each is marked as out on the stream
+    /// before the lock is released.
     fn pick(&self, rt: &SubRuntime, stream: u64, want: usize) -> Result<Vec<Pick>, BrokerError> {
         let mut picks = Vec::new();
         let mut inner = rt.lock();
         if inner.deleted {
             return Ok(picks);
         }
+        let now_i = Instant::now();
         let owed: Vec<u64> = inner
             .pending
             .iter()
-            .filter(|(_, p)| p.stream.is_none())
+            .filter(|(_, p)| p.stream.is_none() && p.not_before <= now_i)
             .map(|(s, _)| *s)
             .take(want)
             .collect();
         for seq in owed {
             match self.store.event(seq)? {
                 Some(event) => {
+                    let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
                     if let Some(p) = inner.pending.get_mut(&seq) {
                         p.stream = Some(stream);
                         p.deadline = None;
+                        p.nhs_number = decoded
+                            .child
+                            .as_ref()
+                            .map(|c| c.nhs_number.clone())
+                            .unwrap_or_default();
                         picks.push(Pick {
                             sequence: seq,
                             attempt: p.attempts + 1,
                             event,
+                            decoded,
                         });
                     }
                 }
@@ -275,8 +405,39 @@ impl Deliveries {
                 }
             }
         }
+        let ordered = rt.subscription.ordered;
+        if ordered && picks.len() < want {
+            let ready: Vec<(u64, String)> = inner
+                .deferred
+                .iter()
+                .filter(|(_, nhs)| !inner.child_busy(nhs))
+                .map(|(s, n)| (*s, n.clone()))
+                .collect();
+            let mut taken: BTreeSet<String> = BTreeSet::new();
+            for (seq, nhs) in ready {
+                if picks.len() >= want {
+                    break;
+                }
+                // Only the earliest deferred event of each child.
+                if !taken.insert(nhs.clone()) {
+                    continue;
+                }
+                inner.deferred.remove(&seq);
+                if let Some(event) = self.store.event(seq)? {
+                    let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                    inner
+                        .pending
+                        .insert(seq, self.fresh_pending(&event, nhs, stream));
+                    picks.push(Pick {
+                        sequence: seq,
+                        attempt: 1,
+                        event,
+                        decoded,
+                    });
+                }
+            }
+        }
         let head = *self.head.borrow();
-        let agency = rt.subscription.agency_id.as_str();
         while picks.len() < want && inner.cursor <= head {
             let events = self.store.events_from(inner.cursor, SCAN_CHUNK)?;
             if events.is_empty() {
@@ -293,41 +454,44 @@ impl Deliveries {
                 {
                     continue;
                 }
-                let shared = event.source_agency != agency
-                    && event.sequence >= rt.subscription.start_sequence
-                    && event.decisions.iter().any(|d| {
-                        d.agency_id == agency && d.decision == pb::Decision::Shared as i32
-                    });
-                if !shared {
+                let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                if !self.eligible(rt, &inner, &event, &decoded) {
                     continue;
                 }
-                let purpose = pb::CaseEvent::decode(event.event.as_slice())
-                    .ok()
-                    .and_then(|e| pb::Purpose::try_from(e.purpose).ok())
-                    .unwrap_or(pb::Purpose::Unspecified);
-                if !subscription_matches(&rt.subscription, &event.event_type, purpose) {
+                let nhs = decoded
+                    .child
+                    .as_ref()
+                    .map(|c| c.nhs_number.clone())
+                    .unwrap_or_default();
+                if ordered && (inner.child_busy(&nhs) || inner.deferred.values().any(|n| *n == nhs))
+                {
+                    inner.deferred.insert(event.sequence, nhs);
                     continue;
                 }
-                inner.pending.insert(
-                    event.sequence,
-                    Pending {
-                        attempts: 0,
-                        event_id: event.event_id.clone(),
-                        nhs_number: String::new(),
-                        delivered_at: Micros(0),
-                        delivery_id: String::new(),
-                        stream: Some(stream),
-                        deadline: None,
-                    },
-                );
+                inner
+                    .pending
+                    .insert(event.sequence, self.fresh_pending(&event, nhs, stream));
                 picks.push(Pick {
                     sequence: event.sequence,
                     attempt: 1,
                     event,
+                    decoded,
                 });
             }
         }
         Ok(picks)
+    }
+
+    fn fresh_pending(&self, event: &StoredEvent, nhs_number: String, stream: u64) -> Pending {
+        Pending {
+            attempts: 0,
+            event_id: event.event_id.clone(),
+            nhs_number,
+            delivered_at: Micros(0),
+            stream: Some(stream),
+            deadline: None,
+            not_before: Instant::now(),
+        }
     }
 
     /// Sends what the window allows; returns how many were sent.
@@ -343,14 +507,12 @@ impl Deliveries {
             return Ok(0);
         }
         let agency = rt.subscription.agency_id.clone();
-        let mut decoded = Vec::with_capacity(picks.len());
         let mut intents = Vec::with_capacity(picks.len());
-        for pick in picks {
-            let event = pb::CaseEvent::decode(pick.event.event.as_slice()).unwrap_or_default();
+        for pick in &picks {
             let context = EventContext::new(
                 &pick.event.source_agency,
                 &pick.event.event_type,
-                &event,
+                &pick.decoded,
                 pick.event.basis.as_ref(),
             );
             intents.push(DeliveryIntent {
@@ -362,10 +524,11 @@ impl Deliveries {
                 attempt: pick.attempt,
                 delivery_id: delivery_id(rt.id, pick.sequence, pick.attempt),
                 context,
+                notice: pick.event.notice.is_some(),
+                expires_at: pick.decoded.expires_at.as_ref().map(Micros::from_timestamp),
             });
-            decoded.push((pick, event));
         }
-        let outcomes = match self
+        let verdicts = match self
             .writer
             .call(|reply| Op::Deliver {
                 intents: intents.clone(),
@@ -373,7 +536,7 @@ impl Deliveries {
             })
             .await
         {
-            Ok(o) => o,
+            Ok(v) => v,
             Err(e) => {
                 // Nothing was recorded: put the picks back as owed.
                 let mut inner = rt.lock();
@@ -388,23 +551,36 @@ impl Deliveries {
         let mut sent = 0;
         let deadline = Instant::now() + rt.ack_deadline();
         let delivered_at = now();
-        for (((pick, event), intent), outcome) in decoded.into_iter().zip(intents).zip(outcomes) {
-            if !outcome.is_shared() {
-                rt.lock().pending.remove(&pick.sequence);
-                continue;
-            }
-            let minimised = minimise(&event, &outcome.fields).map_err(|e| {
-                tracing::error!(error = %e, "minimisation failed");
-                BrokerError::Unavailable("minimisation failed".into())
-            })?;
+        for ((pick, intent), verdict) in picks.into_iter().zip(intents).zip(verdicts) {
+            let (event, redacted, decision) = match verdict {
+                Verdict::Shared(outcome) => {
+                    let m = minimise(&pick.decoded, &outcome.fields).map_err(|e| {
+                        tracing::error!(error = %e, "minimisation failed");
+                        BrokerError::Unavailable("minimisation failed".into())
+                    })?;
+                    (m.event, m.redacted_fields, outcome.to_proto(&agency))
+                }
+                Verdict::Notice => {
+                    let decision = pick
+                        .event
+                        .decisions
+                        .iter()
+                        .find(|d| d.agency_id == agency)
+                        .cloned()
+                        .unwrap_or_default();
+                    (pick.decoded.clone(), Vec::new(), decision)
+                }
+                Verdict::Stopped(_) | Verdict::Expired => {
+                    let mut inner = rt.lock();
+                    inner.pending.remove(&pick.sequence);
+                    continue;
+                }
+            };
             {
                 let mut inner = rt.lock();
                 if let Some(p) = inner.pending.get_mut(&pick.sequence) {
                     p.attempts = pick.attempt;
-                    p.event_id = pick.event.event_id.clone();
-                    p.nhs_number = intent.context.nhs_number.clone();
                     p.delivered_at = delivered_at;
-                    p.delivery_id = intent.delivery_id.clone();
                     p.deadline = Some(deadline);
                 }
             }
@@ -412,13 +588,13 @@ impl Deliveries {
                 delivery_id: intent.delivery_id,
                 sequence: pick.sequence,
                 attempt: pick.attempt,
-                event: Some(minimised.event),
+                event: Some(event),
                 source_agency: pick.event.source_agency.clone(),
-                redacted_fields: minimised.redacted_fields,
-                decision: Some(outcome.to_proto(&agency)),
+                redacted_fields: redacted,
+                decision: Some(decision),
                 event_type: pick.event.event_type.clone(),
                 published_at: Some(Micros(pick.event.published_at_micros).to_timestamp()),
-                notice: None,
+                notice: pick.event.notice.clone(),
             };
             if tx.send(Ok(delivery)).await.is_err() {
                 break;
@@ -428,6 +604,31 @@ impl Deliveries {
         Ok(sent)
     }
 
+    fn parse_ids(rt: &SubRuntime, ids: &[String]) -> Result<Vec<u64>, BrokerError> {
+        ids.iter()
+            .map(|id| match parse_delivery_id(id) {
+                Some((sub, seq)) if sub == rt.id => Ok(seq),
+                _ => Err(BrokerError::invalid(
+                    "delivery_ids",
+                    format!("{id:?} is not a delivery id of this subscription"),
+                )),
+            })
+            .collect()
+    }
+
+    /// Fills in what a pending entry loaded at start does not know.
+    fn complete(&self, intent: &mut AckIntent) -> Result<(), BrokerError> {
+        if (intent.event_id.is_empty() || intent.nhs_number.is_empty())
+            && let Some(ev) = self.store.event(intent.sequence)?
+        {
+            intent.event_id = ev.event_id.clone();
+            if let Ok(e) = pb::CaseEvent::decode(ev.event.as_slice()) {
+                intent.nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
     /// Settles acknowledged deliveries and persists them with the new floor.
     async fn ack_ids(
         &self,
@@ -435,28 +636,13 @@ impl Deliveries {
         rt: &SubRuntime,
         ids: &[String],
     ) -> Result<u32, BrokerError> {
+        let seqs = Self::parse_ids(rt, ids)?;
         let mut acks = Vec::new();
-        let mut missing_info = Vec::new();
         let floor;
         {
             let mut inner = rt.lock();
-            for id in ids {
-                let Some((sub, seq)) = parse_delivery_id(id) else {
-                    return Err(BrokerError::invalid(
-                        "delivery_ids",
-                        format!("{id:?} is not a delivery id"),
-                    ));
-                };
-                if sub != rt.id {
-                    return Err(BrokerError::invalid(
-                        "delivery_ids",
-                        format!("{id:?} does not belong to this subscription"),
-                    ));
-                }
+            for (seq, id) in seqs.into_iter().zip(ids) {
                 if let Some(p) = inner.pending.remove(&seq) {
-                    if p.event_id.is_empty() {
-                        missing_info.push(acks.len());
-                    }
                     acks.push(AckIntent {
                         sequence: seq,
                         event_id: p.event_id,
@@ -467,19 +653,10 @@ impl Deliveries {
                     });
                 }
             }
-            let f = inner.floor();
-            floor = (f != inner.persisted_floor).then_some(f);
-            if let Some(f) = floor {
-                inner.persisted_floor = f;
-            }
+            floor = inner.take_floor();
         }
-        for i in missing_info {
-            if let Some(ev) = self.store.event(acks[i].sequence)? {
-                acks[i].event_id = ev.event_id.clone();
-                if let Ok(e) = pb::CaseEvent::decode(ev.event.as_slice()) {
-                    acks[i].nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
-                }
-            }
+        for a in &mut acks {
+            self.complete(a)?;
         }
         let n = u32::try_from(acks.len()).unwrap_or(u32::MAX);
         if acks.is_empty() && floor.is_none() {
@@ -499,24 +676,78 @@ impl Deliveries {
         Ok(n)
     }
 
-    fn nack_ids(&self, rt: &SubRuntime, ids: &[String]) -> Result<u32, BrokerError> {
-        let mut n = 0;
+    /// Makes deliveries owed again after backoff, or dead letters once they
+    /// have used their attempts. `which` selects the pending entries.
+    fn expire(&self, rt: &SubRuntime, mut which: impl FnMut(u64, &Pending) -> bool) -> Expired {
+        let max = rt.max_attempts();
+        let now_i = Instant::now();
+        let mut dead = Vec::new();
         let mut inner = rt.lock();
-        for id in ids {
-            let Some((_, seq)) = parse_delivery_id(id).filter(|(sub, _)| *sub == rt.id) else {
-                return Err(BrokerError::invalid(
-                    "delivery_ids",
-                    format!("{id:?} is not a delivery id of this subscription"),
-                ));
-            };
-            if let Some(p) = inner.pending.get_mut(&seq) {
+        let chosen: Vec<u64> = inner
+            .pending
+            .iter()
+            .filter(|(s, p)| p.stream.is_some() && which(**s, p))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in chosen {
+            let attempts = inner.pending.get(&seq).map_or(0, |p| p.attempts);
+            if attempts >= max {
+                if let Some(p) = inner.pending.remove(&seq) {
+                    dead.push(AckIntent {
+                        sequence: seq,
+                        event_id: p.event_id,
+                        delivery_id: delivery_id(rt.id, seq, p.attempts),
+                        attempts: p.attempts,
+                        delivered_at: p.delivered_at,
+                        nhs_number: p.nhs_number,
+                    });
+                }
+            } else if let Some(p) = inner.pending.get_mut(&seq) {
                 p.stream = None;
                 p.deadline = None;
-                n += 1;
+                p.not_before = now_i + self.backoff.delay(p.attempts);
             }
         }
+        let floor = if dead.is_empty() {
+            None
+        } else {
+            inner.take_floor()
+        };
         drop(inner);
         rt.notify.notify_waiters();
+        Expired { dead, floor }
+    }
+
+    async fn dead_letter(&self, rt: &SubRuntime, expired: Expired) -> Result<(), BrokerError> {
+        if expired.dead.is_empty() {
+            return Ok(());
+        }
+        let mut dead = expired.dead;
+        for d in &mut dead {
+            self.complete(d)?;
+        }
+        metrics::counter!("caseshare_dead_letters_total").increment(dead.len() as u64);
+        self.writer
+            .call(|reply| Op::DeadLetter {
+                subscription_id: rt.id,
+                subscription: rt.subscription.name.clone(),
+                recipient: rt.subscription.agency_id.clone(),
+                items: dead,
+                floor: expired.floor,
+                reply,
+            })
+            .await
+    }
+
+    async fn nack_ids(&self, rt: &SubRuntime, ids: &[String]) -> Result<u32, BrokerError> {
+        let seqs: BTreeSet<u64> = Self::parse_ids(rt, ids)?.into_iter().collect();
+        let mut n = 0;
+        let expired = self.expire(rt, |s, _| {
+            let hit = seqs.contains(&s);
+            n += u32::from(hit);
+            hit
+        });
+        self.dead_letter(rt, expired).await?;
         Ok(n)
     }
 
@@ -532,9 +763,141 @@ impl Deliveries {
     }
 
     /// Unary Nack.
-    pub fn nack(&self, actor: &Principal, name: &str, ids: &[String]) -> Result<u32, BrokerError> {
+    pub async fn nack(
+        &self,
+        actor: &Principal,
+        name: &str,
+        ids: &[String],
+    ) -> Result<u32, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
-        self.nack_ids(&rt, ids)
+        self.nack_ids(&rt, ids).await
+    }
+
+    /// Moves a subscription's cursor to `target` (a sequence); everything
+    /// from there is considered again, re-decided under today's rules.
+    pub async fn seek(
+        &self,
+        actor: &Arc<Principal>,
+        name: &str,
+        target: u64,
+    ) -> Result<u64, BrokerError> {
+        let rt = self.runtime(&actor.name, name)?;
+        let target = target.max(rt.subscription.start_sequence);
+        self.writer
+            .call(|reply| Op::Seek {
+                actor: actor.clone(),
+                subscription_id: rt.id,
+                subscription: rt.subscription.name.clone(),
+                target,
+                reply,
+            })
+            .await?;
+        {
+            let mut inner = rt.lock();
+            inner.replay_until = inner.replay_until.max(inner.cursor);
+            inner.cursor = target;
+            inner.pending.retain(|s, _| *s < target);
+            inner.deferred.retain(|s, _| *s < target);
+            inner.settled_ahead.clear();
+            inner.persisted_floor = inner.floor();
+        }
+        rt.notify.notify_waiters();
+        Ok(target)
+    }
+
+    /// Dead letters of one of `agency`'s subscriptions.
+    pub fn dead_letters(
+        &self,
+        agency: &str,
+        name: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<pb::DeadLetter>, BrokerError> {
+        let rt = self.runtime(agency, name)?;
+        let records =
+            self.store
+                .deliveries_in_state(rt.id, DeliveryState::DeadLettered, from, max)?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let event = self.store.event(r.sequence)?;
+            out.push(pb::DeadLetter {
+                delivery_id: delivery_id(rt.id, r.sequence, r.attempts),
+                sequence: r.sequence,
+                event_id: event
+                    .as_ref()
+                    .map(|e| e.event_id.clone())
+                    .unwrap_or_default(),
+                event_type: event
+                    .as_ref()
+                    .map(|e| e.event_type.clone())
+                    .unwrap_or_default(),
+                attempts: r.attempts,
+                dead_lettered_at: Some(Micros(r.settled_at_micros).to_timestamp()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Puts dead letters back for delivery (all of them when `ids` is empty).
+    pub async fn replay_dead_letters(
+        &self,
+        actor: &Arc<Principal>,
+        name: &str,
+        ids: &[String],
+    ) -> Result<u32, BrokerError> {
+        let rt = self.runtime(&actor.name, name)?;
+        let wanted: Option<BTreeSet<u64>> = if ids.is_empty() {
+            None
+        } else {
+            Some(Self::parse_ids(&rt, ids)?.into_iter().collect())
+        };
+        let seqs: Vec<u64> = self
+            .store
+            .deliveries_in_state(rt.id, DeliveryState::DeadLettered, 0, usize::MAX)?
+            .into_iter()
+            .map(|r| r.sequence)
+            .filter(|s| wanted.as_ref().is_none_or(|w| w.contains(s)))
+            .collect();
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let floor = {
+            let inner = rt.lock();
+            seqs.iter().copied().min().map(|m| m.min(inner.floor()))
+        };
+        self.writer
+            .call(|reply| Op::Replay {
+                actor: actor.clone(),
+                subscription_id: rt.id,
+                subscription: rt.subscription.name.clone(),
+                sequences: seqs.clone(),
+                floor,
+                reply,
+            })
+            .await?;
+        {
+            let mut inner = rt.lock();
+            let now_i = Instant::now();
+            for s in &seqs {
+                inner.pending.insert(
+                    *s,
+                    Pending {
+                        attempts: 0,
+                        event_id: String::new(),
+                        nhs_number: String::new(),
+                        delivered_at: Micros(0),
+                        stream: None,
+                        deadline: None,
+                        not_before: now_i,
+                    },
+                );
+            }
+            if let Some(f) = floor {
+                inner.persisted_floor = f;
+            }
+        }
+        rt.notify.notify_waiters();
+        Ok(u32::try_from(seqs.len()).unwrap_or(u32::MAX))
     }
 
     /// Starts a stream for `name`; the returned receiver yields deliveries.
@@ -567,9 +930,10 @@ impl Deliveries {
             let result = this
                 .run_stream(&actor, &rt, stream, window as usize, inbound, &tx)
                 .await;
-            // Whatever was out on this stream is owed again.
+            // Whatever was out on this stream is owed again, at once.
             {
                 let mut inner = rt.lock();
+                let now_i = Instant::now();
                 for p in inner
                     .pending
                     .values_mut()
@@ -577,6 +941,7 @@ impl Deliveries {
                 {
                     p.stream = None;
                     p.deadline = None;
+                    p.not_before = now_i;
                 }
             }
             rt.notify.notify_waiters();
@@ -604,21 +969,25 @@ impl Deliveries {
             tokio::pin!(notified);
             notified.as_mut().enable();
             head.borrow_and_update();
-            if rt.lock().deleted {
-                return Err(BrokerError::NotFound("the subscription was deleted".into()));
-            }
-            let (out, next_deadline) = {
+            let (out, wake) = {
                 let inner = rt.lock();
-                let mine = inner.pending.values().filter(|p| p.stream == Some(stream));
+                if inner.deleted {
+                    return Err(BrokerError::NotFound("the subscription was deleted".into()));
+                }
                 let mut count = 0;
-                let mut next: Option<Instant> = None;
-                for p in mine {
-                    count += 1;
-                    if let Some(d) = p.deadline {
-                        next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                let mut wake: Option<Instant> = None;
+                let mut earliest = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+                for p in inner.pending.values() {
+                    if p.stream == Some(stream) {
+                        count += 1;
+                        if let Some(d) = p.deadline {
+                            earliest(d);
+                        }
+                    } else if p.stream.is_none() {
+                        earliest(p.not_before);
                     }
                 }
-                (count, next)
+                (count, wake)
             };
             if out < window {
                 let sent = self.fill(rt, stream, window - out, tx).await?;
@@ -630,7 +999,7 @@ impl Deliveries {
                 }
             }
             let sleep = tokio::time::sleep_until(
-                next_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+                wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             );
             tokio::select! {
                 msg = inbound.message() => match msg {
@@ -639,7 +1008,7 @@ impl Deliveries {
                             self.ack_ids(actor, rt, &ack.delivery_ids).await?;
                         }
                         if let Some(nack) = req.nack {
-                            self.nack_ids(rt, &nack.delivery_ids)?;
+                            self.nack_ids(rt, &nack.delivery_ids).await?;
                         }
                     }
                     Ok(None) | Err(_) => return Ok(()),
@@ -647,15 +1016,11 @@ impl Deliveries {
                 _ = &mut notified => {},
                 _ = head.changed() => {},
                 _ = sleep => {
-                    // Deliveries past their ack deadline are owed again.
-                    let now = Instant::now();
-                    let mut inner = rt.lock();
-                    for p in inner.pending.values_mut() {
-                        if p.stream == Some(stream) && p.deadline.is_some_and(|d| d <= now) {
-                            p.stream = None;
-                            p.deadline = None;
-                        }
-                    }
+                    // Deliveries past their ack deadline are owed again
+                    // after backoff, or dead-lettered.
+                    let now_i = Instant::now();
+                    let expired = self.expire(rt, |_, p| p.stream == Some(stream) && p.deadline.is_some_and(|d| d <= now_i));
+                    self.dead_letter(rt, expired).await?;
                 },
                 _ = shutdown.changed() => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
                 _ = tx.closed() => return Ok(()),
@@ -674,5 +1039,16 @@ mod tests {
         for bad in ["", "1-2", "a-2-3", "1-2-3-4", "1--3"] {
             assert_eq!(parse_delivery_id(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let got: Vec<u128> = (1..=6).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1));
     }
 }

@@ -156,6 +156,39 @@ pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
     Ok(secret.to_vec())
 }
 
+/// Deletes events below `below` (settled for every subscription) published
+/// more than `retention_secs` ago, a thousand at a time.
+pub async fn expunge(
+    store: &dyn Storage,
+    writer: &writer::Writer,
+    below: u64,
+    retention_secs: i64,
+) -> Result<usize, errors::BrokerError> {
+    let cutoff = writer::now()
+        .0
+        .saturating_sub(retention_secs.saturating_mul(1_000_000));
+    let mut total = 0;
+    loop {
+        let events: Vec<(u64, String, String)> = store
+            .events_from(0, 1_000)?
+            .into_iter()
+            .take_while(|e| e.sequence < below && e.published_at_micros < cutoff)
+            .map(|e| (e.sequence, e.source_agency, e.event_id))
+            .collect();
+        if events.is_empty() {
+            return Ok(total);
+        }
+        let n = events.len();
+        writer
+            .call(|reply| writer::Op::Expunge { events, reply })
+            .await?;
+        total += n;
+        if n < 1_000 {
+            return Ok(total);
+        }
+    }
+}
+
 /// The addresses a started broker listens on.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -227,6 +260,10 @@ pub async fn serve(
         shutdown_rx.clone(),
         &snapshot.floors,
         config.limits.max_outstanding,
+        delivery::Backoff {
+            base: std::time::Duration::from_millis(config.delivery.backoff_base_ms),
+            cap: std::time::Duration::from_millis(config.delivery.backoff_cap_ms),
+        },
     )?;
     let shared = Shared {
         writer: writer.clone(),
@@ -239,6 +276,27 @@ pub async fn serve(
         },
         pseudonym_key: Arc::new(pseudonym_key),
         log: log.clone(),
+    };
+    // Retention: events settled everywhere and older than the retention are
+    // deleted (their salts with them); the audit log keeps its commitments.
+    let retention_task = {
+        let deliveries = shared.deliveries.clone();
+        let store = shared.store.clone();
+        let writer = writer.clone();
+        let retention = i64::try_from(config.delivery.retention_secs).unwrap_or(i64::MAX);
+        let every = std::time::Duration::from_secs(config.delivery.retention_sweep_secs);
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {},
+                    _ = stop.changed() => return,
+                }
+                if let Err(e) = expunge(&*store, &writer, deliveries.min_floor(), retention).await {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                }
+            }
+        })
     };
     // A fresh checkpoint at least every second while the log grows.
     let checkpoint_task = {
@@ -360,6 +418,7 @@ pub async fn serve(
     accept_task.abort();
     ops_task.abort();
     checkpoint_task.abort();
+    retention_task.abort();
     // Every request has finished; dropping the last writer handles lets the
     // writer drain its queue and stop.
     drop(shared);

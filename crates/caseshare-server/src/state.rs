@@ -26,6 +26,8 @@ pub struct BrokerState {
     pub subscriptions: BTreeMap<u64, SubscriptionRecord>,
     /// (agency, name) → internal id.
     pub subscription_ids: HashMap<(String, String), u64>,
+    /// Retracted or superseded events: sequence → reason.
+    pub retracted: HashMap<u64, String>,
 }
 
 /// The owned facts a (re-)decision needs about an event.
@@ -85,6 +87,7 @@ impl BrokerState {
         for sub in &snap.subscriptions {
             s.put_subscription(sub.clone());
         }
+        s.retracted = snap.retracted.iter().cloned().collect();
         s
     }
 

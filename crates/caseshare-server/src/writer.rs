@@ -63,6 +63,23 @@ pub struct DeliveryIntent {
     pub delivery_id: String,
     /// What the decision needs.
     pub context: EventContext,
+    /// A notice (retraction or correction): sent without a new decision.
+    pub notice: bool,
+    /// The event's expiry, if any.
+    pub expires_at: Option<Micros>,
+}
+
+/// The writer's verdict on one delivery about to be sent.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Send it, minimised to the outcome's fields.
+    Shared(Outcome),
+    /// Send the notice.
+    Notice,
+    /// Do not send it: withheld now (reason), or the event was retracted.
+    Stopped(String),
+    /// Do not send it: the event expired first.
+    Expired,
 }
 
 /// One acknowledged delivery.
@@ -162,8 +179,67 @@ pub enum Op {
     Deliver {
         /// The deliveries.
         intents: Vec<DeliveryIntent>,
-        /// Reply: per intent, the outcome (shared ones may be sent).
-        reply: Reply<Vec<Outcome>>,
+        /// Reply: per intent, the verdict.
+        reply: Reply<Vec<Verdict>>,
+    },
+    /// Record deliveries that used up their attempts.
+    DeadLetter {
+        /// The subscription's internal id.
+        subscription_id: u64,
+        /// Its name.
+        subscription: String,
+        /// Its agency.
+        recipient: String,
+        /// What was dead-lettered.
+        items: Vec<AckIntent>,
+        /// The new floor, if it moved.
+        floor: Option<u64>,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Put dead letters back for delivery.
+    Replay {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The subscription's internal id.
+        subscription_id: u64,
+        /// Its name.
+        subscription: String,
+        /// The sequences.
+        sequences: Vec<u64>,
+        /// The new floor.
+        floor: Option<u64>,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Move a subscription's cursor.
+    Seek {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The subscription's internal id.
+        subscription_id: u64,
+        /// Its name.
+        subscription: String,
+        /// The sequence to resume from.
+        target: u64,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Retract one of the caller's events.
+    Retract {
+        /// The caller.
+        actor: Arc<Principal>,
+        /// The request.
+        request: pb::RetractEventRequest,
+        /// Reply.
+        reply: Reply<pb::RetractEventResponse>,
+    },
+    /// Delete events at the end of their retention.
+    Expunge {
+        /// (sequence, agency, event id).
+        events: Vec<(u64, String, String)>,
+        /// Reply.
+        reply: Reply<()>,
     },
     /// Record acknowledgements.
     Ack {
@@ -453,6 +529,92 @@ impl WriterTask {
                 finish(reply, self.delete_subscription(&mut ctx, &actor, &name))
             }
             Op::Deliver { intents, reply } => finish(reply, Ok(self.deliver(&mut ctx, intents))),
+            Op::DeadLetter {
+                subscription_id,
+                subscription,
+                recipient,
+                items,
+                floor,
+                reply,
+            } => {
+                self.dead_letter(
+                    &mut ctx,
+                    subscription_id,
+                    &subscription,
+                    &recipient,
+                    items,
+                    floor,
+                );
+                finish(reply, Ok(()))
+            }
+            Op::Replay {
+                actor,
+                subscription_id,
+                subscription,
+                sequences,
+                floor,
+                reply,
+            } => {
+                for seq in &sequences {
+                    ctx.batch.deliveries.push(DeliveryRecord {
+                        subscription_id,
+                        sequence: *seq,
+                        state: DeliveryState::Delivered as i32,
+                        attempts: 0,
+                        ..Default::default()
+                    });
+                }
+                if let Some(f) = floor {
+                    ctx.batch.floors.push((subscription_id, f));
+                }
+                ctx.audit(pb::AuditEntry {
+                    kind: pb::EntryKind::SubscriptionChanged as i32,
+                    actor: actor.spiffe_id(),
+                    recipient_agency: actor.name.clone(),
+                    subscription,
+                    reason: format!("replayed {} dead letters", sequences.len()),
+                    ..Default::default()
+                });
+                finish(reply, Ok(()))
+            }
+            Op::Seek {
+                actor,
+                subscription_id,
+                subscription,
+                target,
+                reply,
+            } => {
+                ctx.batch
+                    .deleted_deliveries_from
+                    .push((subscription_id, target));
+                ctx.batch.floors.push((subscription_id, target));
+                ctx.audit(pb::AuditEntry {
+                    kind: pb::EntryKind::SubscriptionChanged as i32,
+                    actor: actor.spiffe_id(),
+                    recipient_agency: actor.name.clone(),
+                    subscription,
+                    sequence: target,
+                    reason: format!("seek to sequence {target}"),
+                    ..Default::default()
+                });
+                finish(reply, Ok(()))
+            }
+            Op::Retract {
+                actor,
+                request,
+                reply,
+            } => finish(reply, self.retract(&mut ctx, &actor, request)),
+            Op::Expunge { events, reply } => {
+                {
+                    let mut state = self.write();
+                    for (seq, _, _) in &events {
+                        state.retracted.remove(seq);
+                    }
+                }
+                metrics::counter!("caseshare_events_expunged_total").increment(events.len() as u64);
+                ctx.batch.deleted_events.extend(events);
+                finish(reply, Ok(()))
+            }
             Op::Ack {
                 actor,
                 subscription_id,
@@ -584,6 +746,7 @@ impl WriterTask {
             }
         }
         self.next_sequence += 1;
+        let corrects = event.corrects_event_id.clone();
         ctx.batch.events.push(StoredEvent {
             sequence,
             source_agency: provider.to_string(),
@@ -596,7 +759,31 @@ impl WriterTask {
             audit_index,
             event_id: event.event_id.clone(),
             to_agencies: request.to_agencies,
+            notice: None,
         });
+        if !corrects.is_empty() {
+            // A correction: recipients of the original are told, and those
+            // that have not received it yet never will.
+            if let Some(original) = self.own_event(ctx.batch, provider, &corrects)?
+                && original.notice.is_none()
+                && !self.read().retracted.contains_key(&original.sequence)
+            {
+                let notice = pb::EventNotice {
+                    kind: pb::NoticeKind::Corrected as i32,
+                    original_event_id: original.event_id.clone(),
+                    original_sequence: original.sequence,
+                    reason: String::new(),
+                    correcting_event_id: event.event_id.clone(),
+                };
+                self.supersede(
+                    ctx,
+                    &original,
+                    notice,
+                    format!("corrected by {}", event.event_id),
+                    audit_index,
+                )?;
+            }
+        }
         metrics::counter!("caseshare_events_published_total").increment(1);
         for d in &decisions {
             let label = if d.decision == pb::Decision::Shared as i32 {
@@ -870,69 +1057,352 @@ impl WriterTask {
             .ok_or_else(|| BrokerError::NotFound(format!("no subscription {name:?}")))
     }
 
-    fn deliver(&mut self, ctx: &mut Ctx<'_>, intents: Vec<DeliveryIntent>) -> Vec<Outcome> {
+    fn deliver(&mut self, ctx: &mut Ctx<'_>, intents: Vec<DeliveryIntent>) -> Vec<Verdict> {
         let state = self.read();
-        let mut outcomes = Vec::with_capacity(intents.len());
+        let mut verdicts = Vec::with_capacity(intents.len());
         for intent in intents {
-            let outcome = state.decide(&intent.context, &intent.recipient, ctx.now);
             let pseudonym =
                 child_pseudonym(&self.pseudonym_key, &intent.context.nhs_number).to_vec();
-            if outcome.is_shared() {
-                ctx.audit(pb::AuditEntry {
-                    kind: pb::EntryKind::EventDelivered as i32,
-                    actor: "system".into(),
-                    child_pseudonym: pseudonym,
-                    event_id: intent.event_id.clone(),
-                    event_type: intent.context.event_type.clone(),
-                    sequence: intent.sequence,
-                    source_agency: intent.context.provider.clone(),
-                    recipient_agency: intent.recipient.clone(),
-                    subscription: intent.subscription.clone(),
-                    delivery_id: intent.delivery_id.clone(),
-                    attempt: intent.attempt,
-                    agreement_id: outcome.agreement_id.clone(),
-                    consent_id: outcome.consent_id.clone(),
-                    lawful_basis: outcome.lawful_basis as i32,
-                    override_used: outcome.reason == caseshare_core::decision::Reason::Override,
-                    ..Default::default()
-                });
-                ctx.batch.deliveries.push(DeliveryRecord {
-                    subscription_id: intent.subscription_id,
-                    sequence: intent.sequence,
-                    state: DeliveryState::Delivered as i32,
-                    attempts: intent.attempt,
-                    delivered_at_micros: ctx.now.0,
-                    acked_at_micros: 0,
-                    reason: String::new(),
-                });
-                metrics::counter!("caseshare_deliveries_total").increment(1);
+            let now_us = ctx.now.0;
+            let record = |state: DeliveryState, attempts: u32, reason: &str| DeliveryRecord {
+                subscription_id: intent.subscription_id,
+                sequence: intent.sequence,
+                state: state as i32,
+                attempts,
+                delivered_at_micros: if state == DeliveryState::Delivered {
+                    now_us
+                } else {
+                    0
+                },
+                reason: reason.to_string(),
+                settled_at_micros: if state == DeliveryState::Delivered {
+                    0
+                } else {
+                    now_us
+                },
+                ..Default::default()
+            };
+            let base = pb::AuditEntry {
+                actor: "system".into(),
+                child_pseudonym: pseudonym,
+                event_id: intent.event_id.clone(),
+                event_type: intent.context.event_type.clone(),
+                sequence: intent.sequence,
+                source_agency: intent.context.provider.clone(),
+                recipient_agency: intent.recipient.clone(),
+                subscription: intent.subscription.clone(),
+                delivery_id: intent.delivery_id.clone(),
+                attempt: intent.attempt,
+                purpose: intent.context.purpose as i32,
+                ..Default::default()
+            };
+            let verdict = if intent.notice {
+                Verdict::Notice
+            } else if let Some(reason) = state.retracted.get(&intent.sequence) {
+                Verdict::Stopped(reason.clone())
+            } else if intent.expires_at.is_some_and(|t| t <= ctx.now) {
+                Verdict::Expired
             } else {
-                let decision = outcome.to_proto(&intent.recipient);
-                let mut e = decision_entry(
-                    "system",
-                    &pseudonym,
-                    &intent.context,
-                    &intent.event_id,
-                    intent.sequence,
-                    &decision,
-                );
-                e.subscription = intent.subscription.clone();
-                e.delivery_id = intent.delivery_id.clone();
-                ctx.audit(e);
-                ctx.batch.deliveries.push(DeliveryRecord {
-                    subscription_id: intent.subscription_id,
-                    sequence: intent.sequence,
-                    state: DeliveryState::Stopped as i32,
-                    attempts: intent.attempt.saturating_sub(1),
-                    delivered_at_micros: 0,
-                    acked_at_micros: 0,
-                    reason: outcome.reason.as_str().to_string(),
-                });
-                metrics::counter!("caseshare_deliveries_stopped_total").increment(1);
+                let outcome = state.decide(&intent.context, &intent.recipient, ctx.now);
+                if outcome.is_shared() {
+                    Verdict::Shared(outcome)
+                } else {
+                    let decision = outcome.to_proto(&intent.recipient);
+                    let mut e = decision_entry(
+                        "system",
+                        &base.child_pseudonym,
+                        &intent.context,
+                        &intent.event_id,
+                        intent.sequence,
+                        &decision,
+                    );
+                    e.subscription = intent.subscription.clone();
+                    e.delivery_id = intent.delivery_id.clone();
+                    ctx.audit(e);
+                    Verdict::Stopped(outcome.reason.as_str().to_string())
+                }
+            };
+            match &verdict {
+                Verdict::Shared(outcome) => {
+                    ctx.audit(pb::AuditEntry {
+                        kind: pb::EntryKind::EventDelivered as i32,
+                        agreement_id: outcome.agreement_id.clone(),
+                        consent_id: outcome.consent_id.clone(),
+                        lawful_basis: outcome.lawful_basis as i32,
+                        override_used: outcome.reason == caseshare_core::decision::Reason::Override,
+                        ..base
+                    });
+                    ctx.batch
+                        .deliveries
+                        .push(record(DeliveryState::Delivered, intent.attempt, ""));
+                    metrics::counter!("caseshare_deliveries_total").increment(1);
+                }
+                Verdict::Notice => {
+                    ctx.audit(pb::AuditEntry {
+                        kind: pb::EntryKind::EventDelivered as i32,
+                        reason: "notice".into(),
+                        ..base
+                    });
+                    ctx.batch.deliveries.push(record(
+                        DeliveryState::Delivered,
+                        intent.attempt,
+                        "notice",
+                    ));
+                    metrics::counter!("caseshare_deliveries_total").increment(1);
+                }
+                Verdict::Stopped(reason) => {
+                    if state.retracted.contains_key(&intent.sequence) {
+                        ctx.audit(pb::AuditEntry {
+                            kind: pb::EntryKind::ShareDecided as i32,
+                            decision: pb::Decision::Withheld as i32,
+                            reason: "event_retracted".into(),
+                            ..base
+                        });
+                    }
+                    ctx.batch.deliveries.push(record(
+                        DeliveryState::Stopped,
+                        intent.attempt.saturating_sub(1),
+                        reason,
+                    ));
+                    metrics::counter!("caseshare_deliveries_stopped_total").increment(1);
+                }
+                Verdict::Expired => {
+                    ctx.audit(pb::AuditEntry {
+                        kind: pb::EntryKind::EventExpired as i32,
+                        ..base
+                    });
+                    ctx.batch.deliveries.push(record(
+                        DeliveryState::Expired,
+                        intent.attempt.saturating_sub(1),
+                        "expired",
+                    ));
+                    metrics::counter!("caseshare_deliveries_expired_total").increment(1);
+                }
             }
-            outcomes.push(outcome);
+            verdicts.push(verdict);
         }
-        outcomes
+        verdicts
+    }
+
+    fn dead_letter(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        subscription_id: u64,
+        subscription: &str,
+        recipient: &str,
+        items: Vec<AckIntent>,
+        floor: Option<u64>,
+    ) {
+        for a in items {
+            ctx.audit(pb::AuditEntry {
+                kind: pb::EntryKind::DeadLettered as i32,
+                actor: "system".into(),
+                child_pseudonym: self.pseudonym(&a.nhs_number),
+                event_id: a.event_id.clone(),
+                sequence: a.sequence,
+                recipient_agency: recipient.to_string(),
+                subscription: subscription.to_string(),
+                delivery_id: a.delivery_id.clone(),
+                attempt: a.attempts,
+                ..Default::default()
+            });
+            ctx.batch.deliveries.push(DeliveryRecord {
+                subscription_id,
+                sequence: a.sequence,
+                state: DeliveryState::DeadLettered as i32,
+                attempts: a.attempts,
+                delivered_at_micros: a.delivered_at.0,
+                settled_at_micros: ctx.now.0,
+                ..Default::default()
+            });
+        }
+        if let Some(f) = floor {
+            ctx.batch.floors.push((subscription_id, f));
+        }
+    }
+
+    /// The stored event an agency published under `event_id`, looking in
+    /// the batch being built first.
+    fn own_event(
+        &self,
+        batch: &Batch,
+        agency: &str,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, BrokerError> {
+        if let Some(e) = batch
+            .events
+            .iter()
+            .find(|e| e.source_agency == agency && e.event_id == event_id)
+        {
+            return Ok(Some(e.clone()));
+        }
+        Ok(match self.store.sequence_of(agency, event_id)? {
+            Some(seq) => self.store.event(seq)?,
+            None => None,
+        })
+    }
+
+    /// Agencies that have been sent `original` (in the store or this batch).
+    fn received(&self, batch: &Batch, original: &StoredEvent) -> Result<Vec<String>, BrokerError> {
+        let state = self.read();
+        let mut out = Vec::new();
+        for d in original
+            .decisions
+            .iter()
+            .filter(|d| d.decision == pb::Decision::Shared as i32)
+        {
+            let subs: Vec<u64> = state
+                .subscriptions
+                .values()
+                .filter(|r| {
+                    r.subscription
+                        .as_ref()
+                        .is_some_and(|s| s.agency_id == d.agency_id)
+                })
+                .map(|r| r.id)
+                .collect();
+            let sent = |r: &DeliveryRecord| {
+                matches!(
+                    r.state(),
+                    DeliveryState::Delivered | DeliveryState::Acked | DeliveryState::DeadLettered
+                ) && r.reason != "notice"
+            };
+            let in_store = self
+                .store
+                .deliveries_of(&subs, original.sequence)?
+                .iter()
+                .any(sent);
+            let in_batch = batch.deliveries.iter().any(|r| {
+                r.sequence == original.sequence && subs.contains(&r.subscription_id) && sent(r)
+            });
+            if in_store || in_batch {
+                out.push(d.agency_id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks `original` as not to be delivered any more and queues a notice
+    /// event to every agency that received it. Returns (notices, stopped).
+    fn supersede(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        original: &StoredEvent,
+        notice: pb::EventNotice,
+        reason: String,
+        audit_index: u64,
+    ) -> Result<(u32, u32), BrokerError> {
+        let received = self.received(ctx.batch, original)?;
+        let shared = original
+            .decisions
+            .iter()
+            .filter(|d| d.decision == pb::Decision::Shared as i32)
+            .count();
+        ctx.batch
+            .retracted
+            .push((original.sequence, reason.clone()));
+        self.write().retracted.insert(original.sequence, reason);
+        if !received.is_empty() {
+            let decoded = pb::CaseEvent::decode(original.event.as_slice()).unwrap_or_default();
+            let minimal = pb::CaseEvent {
+                event_id: decoded.event_id.clone(),
+                child: decoded.child.clone(),
+                purpose: decoded.purpose,
+                occurred_at: decoded.occurred_at,
+                ..Default::default()
+            };
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            ctx.batch.events.push(StoredEvent {
+                sequence,
+                source_agency: original.source_agency.clone(),
+                event_type: original.event_type.clone(),
+                published_at_micros: ctx.now.0,
+                event: minimal.encode_to_vec(),
+                salt: Vec::new(),
+                decisions: received
+                    .iter()
+                    .map(|a| pb::SharingDecision {
+                        agency_id: a.clone(),
+                        decision: pb::Decision::Shared as i32,
+                        reason: "notice".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                basis: None,
+                audit_index,
+                event_id: format!("notice#{sequence}"),
+                to_agencies: Vec::new(),
+                notice: Some(notice),
+            });
+        }
+        let notices = u32::try_from(received.len()).unwrap_or(u32::MAX);
+        Ok((
+            notices,
+            u32::try_from(shared)
+                .unwrap_or(u32::MAX)
+                .saturating_sub(notices),
+        ))
+    }
+
+    fn retract(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        actor: &Principal,
+        request: pb::RetractEventRequest,
+    ) -> Result<pb::RetractEventResponse, BrokerError> {
+        let Some(original) = self.own_event(ctx.batch, &actor.name, &request.event_id)? else {
+            return Err(BrokerError::NotFound(format!(
+                "no event {:?} published by this agency",
+                request.event_id
+            )));
+        };
+        if original.notice.is_some() {
+            return Err(BrokerError::invalid(
+                "event_id",
+                "a notice cannot be retracted",
+            ));
+        }
+        if self.read().retracted.contains_key(&original.sequence) {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "event {:?} is already retracted",
+                request.event_id
+            )));
+        }
+        let nhs = pb::CaseEvent::decode(original.event.as_slice())
+            .ok()
+            .and_then(|e| e.child)
+            .map(|c| c.nhs_number)
+            .unwrap_or_default();
+        let index = ctx.audit(pb::AuditEntry {
+            kind: pb::EntryKind::EventRetracted as i32,
+            actor: actor.spiffe_id(),
+            child_pseudonym: self.pseudonym(&nhs),
+            event_id: original.event_id.clone(),
+            event_type: original.event_type.clone(),
+            sequence: original.sequence,
+            source_agency: original.source_agency.clone(),
+            reason: request.reason.clone(),
+            ..Default::default()
+        });
+        let notice = pb::EventNotice {
+            kind: pb::NoticeKind::Retracted as i32,
+            original_event_id: original.event_id.clone(),
+            original_sequence: original.sequence,
+            reason: request.reason.clone(),
+            correcting_event_id: String::new(),
+        };
+        let (notices_sent, deliveries_stopped) = self.supersede(
+            ctx,
+            &original,
+            notice,
+            format!("retracted: {}", request.reason),
+            index,
+        )?;
+        Ok(pb::RetractEventResponse {
+            notices_sent,
+            deliveries_stopped,
+        })
     }
 
     fn ack(
@@ -964,7 +1434,7 @@ impl WriterTask {
                 attempts: a.attempts,
                 delivered_at_micros: a.delivered_at.0,
                 acked_at_micros: ctx.now.0,
-                reason: String::new(),
+                ..Default::default()
             });
             metrics::counter!("caseshare_acks_total").increment(1);
         }

@@ -29,6 +29,13 @@ pub struct Batch {
     pub deleted_subscriptions: Vec<u64>,
     /// Delivery records written.
     pub deliveries: Vec<DeliveryRecord>,
+    /// Delivery records to delete: (subscription id, from sequence) — every
+    /// record of that subscription at or after the sequence (a seek).
+    pub deleted_deliveries_from: Vec<(u64, u64)>,
+    /// Events retracted or superseded by a correction: (sequence, reason).
+    pub retracted: Vec<(u64, String)>,
+    /// Events deleted at the end of their retention: (sequence, agency, event id).
+    pub deleted_events: Vec<(u64, String, String)>,
     /// New floors: (subscription id, lowest unsettled sequence).
     pub floors: Vec<(u64, u64)>,
     /// The next event sequence, when it changed.
@@ -49,6 +56,9 @@ impl Batch {
             && self.subscriptions.is_empty()
             && self.deleted_subscriptions.is_empty()
             && self.deliveries.is_empty()
+            && self.deleted_deliveries_from.is_empty()
+            && self.retracted.is_empty()
+            && self.deleted_events.is_empty()
             && self.floors.is_empty()
             && self.next_sequence.is_none()
             && self.next_subscription_id.is_none()

@@ -71,6 +71,10 @@ pub struct Snapshot {
     pub next_subscription_id: u64,
     /// The number of audit entries (the next index).
     pub audit_size: u64,
+    /// Retracted or superseded events: (sequence, reason).
+    pub retracted: Vec<(u64, String)>,
+    /// The lowest event sequence still stored (after retention).
+    pub first_sequence: u64,
 }
 
 /// Figures about one commit, for metrics.
@@ -113,6 +117,25 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Raw audit entries with index in `[start, end)`.
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Delivery records of one subscription in a state, from `from`, at most `max`.
+    fn deliveries_in_state(
+        &self,
+        subscription_id: u64,
+        state: records::DeliveryState,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut out = Vec::new();
+        for d in self.deliveries_from(subscription_id, from)? {
+            if d.state() == state {
+                out.push(d);
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
     /// One stored tile of Merkle hashes.
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
 }

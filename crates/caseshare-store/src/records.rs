@@ -39,6 +39,10 @@ pub struct StoredEvent {
     /// `to_agencies` of the request.
     #[prost(string, repeated, tag = "11")]
     pub to_agencies: Vec<String>,
+    /// Set on a notice (retraction or correction) about an earlier event;
+    /// `decisions` then name the agencies that had received the original.
+    #[prost(message, optional, tag = "12")]
+    pub notice: Option<pb::EventNotice>,
 }
 
 /// Where one delivery (one event, one subscription) stands.
@@ -83,6 +87,9 @@ pub struct DeliveryRecord {
     /// The reason for a stop.
     #[prost(string, tag = "7")]
     pub reason: String,
+    /// When it was settled (dead-lettered, stopped or expired), µs.
+    #[prost(int64, tag = "8")]
+    pub settled_at_micros: i64,
 }
 
 impl DeliveryRecord {

@@ -14,6 +14,7 @@
 //! - `S` ‖ subscription id → [`SubscriptionRecord`]
 //! - `F` ‖ subscription id → floor sequence
 //! - `D` ‖ subscription id ‖ sequence → [`DeliveryRecord`]
+//! - `X` ‖ sequence → reason (retracted or superseded events)
 //! - `M` ‖ name → counters (`seq`, `sub`)
 
 use std::collections::HashSet;
@@ -242,6 +243,14 @@ impl Storage for SledStore {
                 stats.records += 1;
             }
         }
+        for (sub, from) in &batch.deleted_deliveries_from {
+            let start = key(b'D', &[&be(*sub), &be(*from)]);
+            let end = key(b'D', &[&be(*sub), &be(u64::MAX)]);
+            for item in self.tree.range(start..=end).keys() {
+                b.remove(item?);
+                stats.records += 1;
+            }
+        }
         for d in &batch.deliveries {
             Self::put(
                 &mut b,
@@ -249,6 +258,20 @@ impl Storage for SledStore {
                 key(b'D', &[&be(d.subscription_id), &be(d.sequence)]),
                 d.encode_to_vec(),
             );
+        }
+        for (seq, reason) in &batch.retracted {
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'X', &[&be(*seq)]),
+                reason.as_bytes().to_vec(),
+            );
+        }
+        for (seq, agency, event_id) in &batch.deleted_events {
+            b.remove(key(b'E', &[&be(*seq)]));
+            b.remove(key(b'I', &[agency.as_bytes(), &[0], event_id.as_bytes()]));
+            b.remove(key(b'X', &[&be(*seq)]));
+            stats.records += 3;
         }
         for (sub, floor) in &batch.floors {
             Self::put(
@@ -297,6 +320,17 @@ impl Storage for SledStore {
             snap.floors
                 .push((read_be(&k[1..], "floor key")?, read_be(&v, "floor")?));
         }
+        for item in self.tree.scan_prefix([b'X']) {
+            let (k, v) = item?;
+            snap.retracted.push((
+                read_be(&k[1..], "retraction key")?,
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        }
+        snap.first_sequence = match self.tree.scan_prefix([b'E']).next() {
+            Some(item) => read_be(&item?.0[1..], "event key")?,
+            None => 0,
+        };
         if let Some(v) = self.tree.get(key(b'M', &[b"seq"]))? {
             snap.next_sequence = read_be(&v, "next sequence")?;
         }

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Shared;
 use crate::auth::caller;
 use crate::errors::BrokerError;
+use crate::state::subscription_matches;
 use crate::writer::{Op, now};
 
 /// How many publishes one stream may have in flight.
@@ -118,15 +119,121 @@ impl Publisher for PublisherService {
 
     async fn get_event_status(
         &self,
-        _req: Request<pb::GetEventStatusRequest>,
+        req: Request<pb::GetEventStatusRequest>,
     ) -> Result<Response<pb::EventStatus>, Status> {
-        Err(BrokerError::Unimplemented("sender-side tracking (GetEventStatus, issue #4)").into())
+        let actor = caller(&req)?;
+        let event_id = req.into_inner().event_id;
+        let store = &self.0.store;
+        let not_found =
+            || BrokerError::NotFound(format!("no event {event_id:?} published by this agency"));
+        let seq = store
+            .sequence_of(&actor.name, &event_id)
+            .map_err(BrokerError::from)?
+            .ok_or_else(not_found)?;
+        let event = store
+            .event(seq)
+            .map_err(BrokerError::from)?
+            .ok_or_else(not_found)?;
+        let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+        let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
+        let (subs, retracted) = {
+            let state = self.0.read();
+            let subs: Vec<(String, u64, String)> = state
+                .subscriptions
+                .values()
+                .filter_map(|r| r.subscription.as_ref().map(|s| (r.id, s)))
+                .filter(|(_, s)| {
+                    s.start_sequence <= seq && subscription_matches(s, &event.event_type, purpose)
+                })
+                .map(|(id, s)| (s.agency_id.clone(), id, s.name.clone()))
+                .collect();
+            (subs, state.retracted.contains_key(&seq))
+        };
+        use caseshare_store::DeliveryState as D;
+        use pb::recipient_status::State;
+        let mut recipients = Vec::new();
+        for decision in &event.decisions {
+            let shared = decision.decision == pb::Decision::Shared as i32;
+            let mine: Vec<&(String, u64, String)> = subs
+                .iter()
+                .filter(|(a, _, _)| *a == decision.agency_id)
+                .collect();
+            if mine.is_empty() {
+                recipients.push(pb::RecipientStatus {
+                    agency_id: decision.agency_id.clone(),
+                    decision: Some(decision.clone()),
+                    state: if shared && !retracted {
+                        State::Pending
+                    } else {
+                        State::Stopped
+                    } as i32,
+                    ..Default::default()
+                });
+            }
+            for (agency, sub_id, name) in mine {
+                let record = store
+                    .deliveries_of(&[*sub_id], seq)
+                    .map_err(BrokerError::from)?
+                    .into_iter()
+                    .next();
+                let state = match record.as_ref().map(|r| r.state()) {
+                    Some(D::Delivered) if record.as_ref().is_some_and(|r| r.attempts == 0) => {
+                        State::Pending
+                    }
+                    Some(D::Delivered) => State::Delivered,
+                    Some(D::Acked) => State::Acked,
+                    Some(D::DeadLettered) => State::DeadLettered,
+                    Some(D::Expired) => State::Expired,
+                    Some(D::Stopped) => State::Stopped,
+                    _ if !shared || retracted => State::Stopped,
+                    _ => State::Pending,
+                };
+                let time =
+                    |us: i64| (us > 0).then(|| caseshare_core::time::Micros(us).to_timestamp());
+                recipients.push(pb::RecipientStatus {
+                    agency_id: agency.clone(),
+                    subscription: name.clone(),
+                    decision: Some(decision.clone()),
+                    state: state as i32,
+                    delivered_at: record.as_ref().and_then(|r| time(r.delivered_at_micros)),
+                    acked_at: record.as_ref().and_then(|r| time(r.acked_at_micros)),
+                    attempts: record.as_ref().map_or(0, |r| r.attempts),
+                });
+            }
+        }
+        Ok(Response::new(pb::EventStatus {
+            event_id,
+            sequence: seq,
+            event_type: event.event_type,
+            published_at: Some(
+                caseshare_core::time::Micros(event.published_at_micros).to_timestamp(),
+            ),
+            retracted,
+            recipients,
+        }))
     }
 
     async fn retract_event(
         &self,
-        _req: Request<pb::RetractEventRequest>,
+        req: Request<pb::RetractEventRequest>,
     ) -> Result<Response<pb::RetractEventResponse>, Status> {
-        Err(BrokerError::Unimplemented("retraction notices (RetractEvent, issue #4)").into())
+        let actor = caller(&req)?;
+        let request = req.into_inner();
+        if request.event_id.is_empty() {
+            return Err(BrokerError::invalid("event_id", "required").into());
+        }
+        if request.reason.trim().is_empty() {
+            return Err(BrokerError::invalid("reason", "say why the event is retracted").into());
+        }
+        let r = self
+            .0
+            .writer
+            .call(|reply| Op::Retract {
+                actor,
+                request,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(r))
     }
 }

@@ -138,28 +138,104 @@ impl Subscriber for SubscriberService {
         let nacked = self
             .0
             .deliveries
-            .nack(&actor, &r.subscription, &r.delivery_ids)?;
+            .nack(&actor, &r.subscription, &r.delivery_ids)
+            .await?;
         Ok(Response::new(pb::NackResponse { nacked }))
     }
 
     async fn seek(
         &self,
-        _req: Request<pb::SeekRequest>,
+        req: Request<pb::SeekRequest>,
     ) -> Result<Response<pb::SeekResponse>, Status> {
-        Err(BrokerError::Unimplemented("replay (Seek, issue #4)").into())
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        let target = match r.target {
+            Some(pb::seek_request::Target::ToSequence(s)) => s,
+            Some(pb::seek_request::Target::ToTime(t)) => {
+                if !caseshare_core::time::timestamp_is_valid(&t) {
+                    return Err(BrokerError::invalid("to_time", "not a valid timestamp").into());
+                }
+                self.first_sequence_at(caseshare_core::time::Micros::from_timestamp(&t))?
+            }
+            None => {
+                return Err(BrokerError::invalid("target", "give to_sequence or to_time").into());
+            }
+        };
+        let next_sequence = self
+            .0
+            .deliveries
+            .seek(&actor, &r.subscription, target)
+            .await?;
+        Ok(Response::new(pb::SeekResponse { next_sequence }))
     }
 
     async fn list_dead_letters(
         &self,
-        _req: Request<pb::ListDeadLettersRequest>,
+        req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        Err(BrokerError::Unimplemented("dead letters (ListDeadLetters, issue #4)").into())
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        let from: u64 = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| {
+                BrokerError::invalid("page_token", "pass next_page_token from the previous page")
+            })?
+        };
+        let size = match r.page_size {
+            0 => 100,
+            n => n.min(1_000),
+        } as usize;
+        let dead_letters =
+            self.0
+                .deliveries
+                .dead_letters(&actor.name, &r.subscription, from, size)?;
+        let next_page_token = if dead_letters.len() == size {
+            dead_letters
+                .last()
+                .map(|d| (d.sequence + 1).to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters,
+            next_page_token,
+        }))
     }
 
     async fn replay_dead_letters(
         &self,
-        _req: Request<pb::ReplayDeadLettersRequest>,
+        req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
-        Err(BrokerError::Unimplemented("dead letters (ReplayDeadLetters, issue #4)").into())
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        let replayed = self
+            .0
+            .deliveries
+            .replay_dead_letters(&actor, &r.subscription, &r.delivery_ids)
+            .await?;
+        Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+    }
+}
+
+impl SubscriberService {
+    /// The first stored event published at or after `t` (binary search over
+    /// sequences; publish times follow sequence order).
+    fn first_sequence_at(&self, t: caseshare_core::time::Micros) -> Result<u64, BrokerError> {
+        let store = &self.0.store;
+        let first = match store.events_from(0, 1)?.first() {
+            Some(e) => e.sequence,
+            None => return Ok(1),
+        };
+        let (mut lo, mut hi) = (first, self.0.deliveries.head() + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match store.events_from(mid, 1)?.first() {
+                Some(e) if e.published_at_micros < t.0 => lo = e.sequence + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
     }
 }
