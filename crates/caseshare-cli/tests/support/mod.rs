@@ -40,6 +40,15 @@ impl Broker {
         b
     }
 
+    /// Starts a broker on a fresh temporary data directory with extra
+    /// environment variables (e.g. short backoffs).
+    pub fn start_with(env: &[(&str, &str)]) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = Broker::start_in(tmp.path(), env);
+        b._tmp = Some(tmp);
+        b
+    }
+
     /// Starts a broker on `dir` (an existing data directory is reused), with
     /// extra environment variables.
     pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Broker {
