@@ -284,13 +284,11 @@ async fn ordered_subscription_keeps_each_childs_order_without_blocking_others() 
             .map(|(_, v)| v.len())
             .sum::<usize>()
             == 40;
-        if others_done {
-            if let Some((child, id)) = held.take() {
-                // Every other child's events arrived while child 1 was blocked.
-                assert_eq!(received[&child].len(), 1);
-                in_flight.remove(&child);
-                s.ack(vec![id]).await;
-            }
+        if let (true, Some((child, id))) = (others_done, held.take_if(|_| others_done)) {
+            // Every other child's events arrived while child 1 was blocked.
+            assert_eq!(received[&child].len(), 1);
+            in_flight.remove(&child);
+            s.ack(vec![id]).await;
         }
     }
     assert_eq!(
@@ -487,7 +485,7 @@ async fn a_correction_sends_a_notice_to_recipients_of_the_original() {
         .publish(publish_request(fixed))
         .await
         .unwrap();
-    let mut got = vec![s.next().await, s.next().await];
+    let mut got = [s.next().await, s.next().await];
     got.sort_by_key(|d| d.sequence);
     assert_eq!(got[0].event.as_ref().unwrap().event_id, "v2");
     assert_eq!(got[0].event.as_ref().unwrap().corrects_event_id, "v1");
