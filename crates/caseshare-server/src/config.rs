@@ -47,6 +47,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// The server private key (PEM).
     pub key: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) checked for client certificates.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// Limits on what clients may send and hold.
@@ -59,6 +62,20 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// The highest `max_outstanding` a subscriber may ask for.
     pub max_outstanding: u32,
+    /// Publishes per second per principal (token bucket refill).
+    pub publish_rate_per_sec: f64,
+    /// Publishes a principal may burst above the rate.
+    pub publish_burst: f64,
+    /// Concurrent Subscribe and PublishStream streams per principal.
+    pub max_streams_per_principal: usize,
+    /// A stream with no message either way for this long is closed, seconds.
+    pub idle_stream_timeout_secs: u64,
+    /// HTTP/2 keepalive ping interval, seconds.
+    pub http2_keepalive_interval_secs: u64,
+    /// HTTP/2 keepalive ping timeout, seconds.
+    pub http2_keepalive_timeout_secs: u64,
+    /// HTTP/2 concurrent streams per connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for LimitsConfig {
@@ -67,6 +84,13 @@ impl Default for LimitsConfig {
             max_event_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             max_outstanding: 1_000,
+            publish_rate_per_sec: 20_000.0,
+            publish_burst: 40_000.0,
+            max_streams_per_principal: 32,
+            idle_stream_timeout_secs: 3_600,
+            http2_keepalive_interval_secs: 30,
+            http2_keepalive_timeout_secs: 20,
+            http2_max_concurrent_streams: 256,
         }
     }
 }
@@ -239,6 +263,13 @@ impl Config {
         if let Some(v) = get("CASESHARE_TLS_KEY") {
             self.tls.key = Some(v.into());
         }
+        if let Some(v) = get("CASESHARE_TLS_CRLS") {
+            self.tls.crls = v
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
         if let Some(v) = get("CASESHARE_AUDIT_ORIGIN") {
             self.audit.origin = v;
         }
@@ -259,6 +290,16 @@ impl Config {
         }
         if let Some(v) = get("CASESHARE_MAX_EVENT_BYTES") {
             self.limits.max_event_bytes = parse_env("CASESHARE_MAX_EVENT_BYTES", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_PUBLISH_RATE_PER_SEC") {
+            self.limits.publish_rate_per_sec = parse_env("CASESHARE_PUBLISH_RATE_PER_SEC", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_PUBLISH_BURST") {
+            self.limits.publish_burst = parse_env("CASESHARE_PUBLISH_BURST", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_MAX_STREAMS_PER_PRINCIPAL") {
+            self.limits.max_streams_per_principal =
+                parse_env("CASESHARE_MAX_STREAMS_PER_PRINCIPAL", &v)?;
         }
         if let Some(v) = get("CASESHARE_MAX_OUTSTANDING") {
             self.limits.max_outstanding = parse_env("CASESHARE_MAX_OUTSTANDING", &v)?;
@@ -295,6 +336,15 @@ impl Config {
                 "limits.max_event_bytes",
                 "between 1 and limits.max_message_bytes",
             );
+        }
+        if !(self.limits.publish_rate_per_sec > 0.0) || self.limits.publish_burst < 1.0 {
+            return bad(
+                "limits.publish_rate_per_sec",
+                "a positive rate, and publish_burst at least 1",
+            );
+        }
+        if self.limits.max_streams_per_principal == 0 {
+            return bad("limits.max_streams_per_principal", "at least 1");
         }
         if self.limits.max_outstanding == 0 {
             return bad("limits.max_outstanding", "at least 1");

@@ -907,6 +907,8 @@ impl Deliveries {
         name: &str,
         max_outstanding: u32,
         inbound: tonic::Streaming<pb::SubscribeRequest>,
+        slot: crate::limits::StreamSlot,
+        idle: Duration,
     ) -> Result<mpsc::Receiver<Result<pb::Delivery, Status>>, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
         let window = if max_outstanding == 0 {
@@ -923,12 +925,14 @@ impl Deliveries {
         let (tx, rx) = mpsc::channel(window as usize + 1);
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // Held for the stream's life: counts against the per-principal cap.
+            let _slot = slot;
             let stream = this
                 .next_stream
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("caseshare_subscribe_streams").increment(1.0);
             let result = this
-                .run_stream(&actor, &rt, stream, window as usize, inbound, &tx)
+                .run_stream(&actor, &rt, stream, window as usize, inbound, &tx, idle)
                 .await;
             // Whatever was out on this stream is owed again, at once.
             {
@@ -961,7 +965,9 @@ impl Deliveries {
         window: usize,
         mut inbound: tonic::Streaming<pb::SubscribeRequest>,
         tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        idle: Duration,
     ) -> Result<(), BrokerError> {
+        let mut last_activity = Instant::now();
         let mut head = self.head.clone();
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -995,15 +1001,24 @@ impl Deliveries {
                     return Ok(());
                 }
                 if sent > 0 {
+                    last_activity = Instant::now();
                     continue;
                 }
             }
             let sleep = tokio::time::sleep_until(
                 wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             );
+            let idle_at = tokio::time::sleep_until(last_activity + idle);
             tokio::select! {
+                _ = idle_at => {
+                    return Err(BrokerError::ResourceExhausted(format!(
+                        "the stream was idle for {} s (limits.idle_stream_timeout_secs)",
+                        idle.as_secs()
+                    )));
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
+                        last_activity = Instant::now();
                         if let Some(ack) = req.ack {
                             self.ack_ids(actor, rt, &ack.delivery_ids).await?;
                         }

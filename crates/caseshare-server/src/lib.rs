@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod errors;
+pub mod limits;
 pub mod ops;
 pub mod pki;
 pub mod services;
@@ -210,11 +211,12 @@ pub async fn serve(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
     let tls_files = resolve_tls(&config)?;
-    let tls_config = Arc::new(tls::server_config(
-        &tls_files.ca,
-        &tls_files.cert,
-        &tls_files.key,
-    )?);
+    let tls_reloader = Arc::new(tls::TlsReloader::new(tls::TlsSources {
+        ca: tls_files.ca.clone(),
+        cert: tls_files.cert.clone(),
+        key: tls_files.key.clone(),
+        crls: config.tls.crls.clone(),
+    })?);
     let pseudonym_key = load_secret(&config.data_dir.join("secrets").join("pseudonym.key"))?;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
@@ -276,6 +278,14 @@ pub async fn serve(
         },
         pseudonym_key: Arc::new(pseudonym_key),
         log: log.clone(),
+        publish_rate: Arc::new(limits::RateLimiter::new(
+            config.limits.publish_rate_per_sec,
+            config.limits.publish_burst,
+        )),
+        streams: Arc::new(limits::StreamLimiter::new(
+            config.limits.max_streams_per_principal,
+        )),
+        idle_timeout: std::time::Duration::from_secs(config.limits.idle_stream_timeout_secs),
     };
     // Retention: events settled everywhere and older than the retention are
     // deleted (their salts with them); the audit log keeps its commitments.
@@ -338,10 +348,42 @@ pub async fn serve(
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let accept_task = tokio::spawn(tls::accept_loop(
         listener,
-        tls_config,
+        tls_reloader.clone(),
         config.trust_domain.clone(),
         conn_tx,
     ));
+    // The certificate, CA bundle and CRLs are reloaded on SIGHUP and when the
+    // files change; established connections and streams are not touched.
+    let reload_task = {
+        let tls = tls_reloader.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                let hangup = async {
+                    match hup.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = hangup => {
+                        if let Err(e) = tls.reload() {
+                            tracing::error!(error = %e, "TLS reload on SIGHUP failed; keeping the previous configuration");
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if let Err(e) = tls.reload_if_changed() {
+                            tracing::error!(error = %e, "TLS files changed but do not load; keeping the previous configuration");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -372,8 +414,11 @@ pub async fn serve(
             .await;
     }
 
+    let secs = std::time::Duration::from_secs;
     let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(secs(config.limits.http2_keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(secs(config.limits.http2_keepalive_timeout_secs)))
+        .max_concurrent_streams(Some(config.limits.http2_max_concurrent_streams))
         .layer(auth::AuthLayer::new(writer.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -418,6 +463,7 @@ pub async fn serve(
     accept_task.abort();
     ops_task.abort();
     checkpoint_task.abort();
+    reload_task.abort();
     retention_task.abort();
     // Every request has finished; dropping the last writer handles lets the
     // writer drain its queue and stop.

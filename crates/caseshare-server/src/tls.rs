@@ -69,14 +69,140 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .ok_or_else(|| file_err(path, "no private key found"))
 }
 
-/// Builds the server's rustls configuration.
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+/// Reads every CRL in a PEM file.
+pub fn load_crls(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let crls: Vec<_> = rustls_pemfile::crls(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if crls.is_empty() {
+        return Err(file_err(path, "no certificate revocation list found"));
+    }
+    Ok(crls)
+}
+
+/// Refuses a private key file that other users can read.
+pub fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| file_err(path, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(file_err(
+            path,
+            format!(
+                "the private key is readable by other users (mode {:o}); run `chmod 600 {}`",
+                mode & 0o777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The files the TLS configuration is built from.
+#[derive(Debug, Clone)]
+pub struct TlsSources {
+    /// CA bundle.
+    pub ca: std::path::PathBuf,
+    /// Server certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Server key.
+    pub key: std::path::PathBuf,
+    /// CRLs.
+    pub crls: Vec<std::path::PathBuf>,
+}
+
+impl TlsSources {
+    /// Builds a configuration from the files as they are now.
+    pub fn build(&self) -> Result<rustls::ServerConfig, TlsError> {
+        server_config(&self.ca, &self.cert, &self.key, &self.crls)
+    }
+
+    /// The files' modification times, to notice changes.
+    pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        [&self.ca, &self.cert, &self.key]
+            .into_iter()
+            .chain(self.crls.iter())
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
+
+/// The current TLS configuration, replaced on reload. Established
+/// connections keep the configuration they were accepted with.
+#[derive(Debug)]
+pub struct TlsReloader {
+    sources: TlsSources,
+    current: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+    stamp: std::sync::Mutex<Vec<Option<std::time::SystemTime>>>,
+}
+
+impl TlsReloader {
+    /// Builds the first configuration.
+    pub fn new(sources: TlsSources) -> Result<Self, TlsError> {
+        let config = Arc::new(sources.build()?);
+        let stamp = sources.stamp();
+        Ok(TlsReloader {
+            sources,
+            current: std::sync::RwLock::new(config),
+            stamp: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    /// The configuration for new connections.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds from the files; on failure the old configuration stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamp = self.sources.stamp();
+        let config = Arc::new(self.sources.build()?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+        metrics::counter!("caseshare_tls_reloads_total").increment(1);
+        tracing::info!("TLS configuration reloaded (certificate, CA bundle, CRLs)");
+        Ok(())
+    }
+
+    /// Reloads if any file changed since the last load.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let changed = *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) != self.sources.stamp();
+        if changed {
+            self.reload()?;
+        }
+        Ok(changed)
+    }
+}
+
+/// Builds the server's rustls configuration: TLS 1.3 only, client
+/// certificates required, chained to `ca`, not revoked by any of `crls`,
+/// within their validity period.
+pub fn server_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    crls: &[std::path::PathBuf],
+) -> Result<rustls::ServerConfig, TlsError> {
+    check_key_permissions(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(ca)? {
         roots.add(c).map_err(|e| file_err(ca, e))?;
     }
+    let mut all_crls = Vec::new();
+    for p in crls {
+        all_crls.extend(load_crls(p)?);
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(all_crls)
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -170,11 +296,10 @@ impl AsyncWrite for TlsConn {
 /// caller; verified connections are sent to `out` for tonic to serve.
 pub async fn accept_loop(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    tls: Arc<TlsReloader>,
     trust_domain: String,
     out: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
-    let acceptor = TlsAcceptor::from(config);
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(pair) => pair,
@@ -188,7 +313,7 @@ pub async fn accept_loop(
             return;
         }
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.current());
         let out = out.clone();
         let trust_domain = trust_domain.clone();
         tokio::spawn(async move {

@@ -35,6 +35,12 @@ pub struct Shared {
     pub pseudonym_key: Arc<Vec<u8>>,
     /// The audit log's tree and checkpoints.
     pub log: Arc<crate::auditlog::AuditLog>,
+    /// Per-principal publish rate.
+    pub publish_rate: Arc<crate::limits::RateLimiter>,
+    /// Per-principal stream count.
+    pub streams: Arc<crate::limits::StreamLimiter>,
+    /// Streams idle this long are closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Shared {

@@ -76,6 +76,8 @@ impl Publisher for PublisherService {
         req: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let actor = caller(&req)?;
+        let slot = self.0.streams.acquire(&actor.name)?;
+        let idle = self.0.idle_timeout;
         let mut inbound = req.into_inner();
         let (order_tx, mut order_rx) =
             mpsc::channel::<Result<Pending, BrokerError>>(STREAM_PIPELINE);
@@ -84,8 +86,21 @@ impl Publisher for PublisherService {
         // Reader: validates and submits each request at once, without
         // waiting for earlier ones to commit (pipelining).
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
-                match inbound.message().await {
+                let next = match tokio::time::timeout(idle, inbound.message()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let _ = order_tx
+                            .send(Err(BrokerError::ResourceExhausted(format!(
+                                "the stream was idle for {} s (limits.idle_stream_timeout_secs)",
+                                idle.as_secs()
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                match next {
                     Ok(Some(request)) => {
                         let submitted = this.submit(actor.clone(), request).await;
                         let failed = submitted.is_err();

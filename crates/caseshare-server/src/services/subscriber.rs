@@ -95,6 +95,7 @@ impl Subscriber for SubscriberService {
         req: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let actor = caller(&req)?;
+        let slot = self.0.streams.acquire(&actor.name)?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             BrokerError::invalid(
@@ -114,6 +115,8 @@ impl Subscriber for SubscriberService {
             &first.subscription,
             first.max_outstanding,
             inbound,
+            slot,
+            self.0.idle_timeout,
         )?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
