@@ -84,8 +84,8 @@ impl Default for LimitsConfig {
             max_event_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             max_outstanding: 1_000,
-            publish_rate_per_sec: 20_000.0,
-            publish_burst: 40_000.0,
+            publish_rate_per_sec: 100_000.0,
+            publish_burst: 200_000.0,
             max_streams_per_principal: 32,
             idle_stream_timeout_secs: 3_600,
             http2_keepalive_interval_secs: 30,
@@ -337,7 +337,10 @@ impl Config {
                 "between 1 and limits.max_message_bytes",
             );
         }
-        if !(self.limits.publish_rate_per_sec > 0.0) || self.limits.publish_burst < 1.0 {
+        if !self.limits.publish_rate_per_sec.is_finite()
+            || self.limits.publish_rate_per_sec <= 0.0
+            || self.limits.publish_burst < 1.0
+        {
             return bad(
                 "limits.publish_rate_per_sec",
                 "a positive rate, and publish_burst at least 1",

@@ -957,6 +957,7 @@ impl Deliveries {
         Ok(rx)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_stream(
         &self,
         actor: &Arc<Principal>,

@@ -61,10 +61,9 @@ fn dn(cn: &str) -> DistinguishedName {
     dn
 }
 
-/// A CA able to issue certificates.
+/// A CA able to issue certificates and revocation lists.
 pub struct DevCa {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     /// The CA certificate, PEM.
     pub cert_pem: String,
 }
@@ -89,10 +88,28 @@ impl DevCa {
         let key = KeyPair::generate()?;
         let cert_pem = params.self_signed(&key)?.pem();
         Ok(DevCa {
-            params,
-            key,
+            issuer: Issuer::new(params, key),
             cert_pem,
         })
+    }
+
+    /// Loads the CA of a dev PKI directory (`ca.pem`, `ca.key`).
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
+        };
+        let cert_pem = read("ca.pem")?;
+        let key = KeyPair::from_pem(&read("ca.key")?)?;
+        Ok(DevCa {
+            issuer: Issuer::from_ca_cert_pem(&cert_pem, key)?,
+            cert_pem,
+        })
+    }
+
+    /// The CA's private key, PEM.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// Issues a server certificate for the given DNS names / IP addresses.
@@ -108,22 +125,54 @@ impl DevCa {
     pub fn issue_client(
         &self,
         spiffe_id: &str,
-        not_after: Option<time_offset::Offset>,
+        validity: Option<time_offset::Offset>,
+    ) -> Result<(String, String), PkiError> {
+        self.issue_client_with_serial(spiffe_id, validity, rand::random::<u64>() >> 1)
+    }
+
+    /// Issues a client certificate with a chosen serial number (to revoke it).
+    pub fn issue_client_with_serial(
+        &self,
+        spiffe_id: &str,
+        validity: Option<time_offset::Offset>,
+        serial: u64,
     ) -> Result<(String, String), PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(spiffe_id);
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if let Some(offset) = not_after {
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        if let Some(offset) = validity {
             offset.apply(&mut params);
         }
         self.sign(params)
     }
 
+    /// A CRL revoking the given serial numbers, PEM.
+    pub fn revocation_list(&self, serials: &[u64], crl_number: u64) -> Result<String, PkiError> {
+        let now = std::time::SystemTime::now();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: (now - std::time::Duration::from_secs(60)).into(),
+            next_update: (now + std::time::Duration::from_secs(30 * 86_400)).into(),
+            crl_number: rcgen::SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now.into(),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     fn sign(&self, params: CertificateParams) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 }
@@ -200,11 +249,7 @@ pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiE
     let paths = DevPkiPaths::in_dir(dir);
     let ca = DevCa::new("Caseshare dev CA")?;
     write_file(&paths.ca, ca.cert_pem.as_bytes(), 0o644)?;
-    write_file(
-        &dir.join("ca.key"),
-        ca.key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
     let (cert, key) = ca.issue_server(&["localhost", "127.0.0.1"])?;
     write_file(&paths.server_cert, cert.as_bytes(), 0o644)?;
     write_file(&paths.server_key, key.as_bytes(), 0o600)?;

@@ -168,6 +168,12 @@ impl Broker {
             .unwrap()
     }
 
+    /// SIGHUP: reload the TLS files.
+    pub fn hup(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -39,6 +39,7 @@ impl PublisherService {
         actor: Arc<Principal>,
         request: pb::PublishRequest,
     ) -> Result<Pending, BrokerError> {
+        self.0.publish_rate.acquire(&actor.name)?;
         let event_type = self.validate(&request)?;
         self.0
             .writer
