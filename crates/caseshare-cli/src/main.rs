@@ -76,6 +76,9 @@ enum Command {
         #[arg(long)]
         ops_listen: Option<std::net::SocketAddr>,
     },
+    /// Start a broker in a temporary directory and play a three-agency
+    /// scenario, printing every sharing decision.
+    Demo,
     /// Write a development PKI (CA, server and sample client certificates).
     DevPki {
         /// Output directory.
@@ -483,6 +486,9 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             })
             .await?;
+        }
+        Command::Demo => {
+            caseshare_cli::demo::run(&mut std::io::stdout()).await?;
         }
         Command::DevPki { out, trust_domain } => {
             let paths = caseshare_server::pki::write_dev_pki(&out, &trust_domain)?;
