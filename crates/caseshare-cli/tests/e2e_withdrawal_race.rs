@@ -196,12 +196,9 @@ fn audit(entries: &[pb::AuditEntry], child1: &BTreeMap<u64, String>) -> Audit {
             assert_eq!(e.reason, "consent_withdrawn", "entry {}", e.index);
             assert_eq!(e.agreement_id, AGREEMENT);
             assert!(e.consent_id.is_empty());
-            assert!(
-                e.delivery_id.starts_with(&format!(
-                    "{}-{}-",
-                    subscription_id(&e.delivery_id),
-                    e.sequence
-                )),
+            assert_eq!(
+                e.delivery_id.split('-').nth(1),
+                Some(e.sequence.to_string().as_str()),
                 "{}",
                 e.delivery_id
             );
@@ -215,8 +212,67 @@ fn audit(entries: &[pb::AuditEntry], child1: &BTreeMap<u64, String>) -> Audit {
     }
 }
 
-fn subscription_id(delivery_id: &str) -> &str {
-    delivery_id.split('-').next().unwrap()
+/// How long the subscriber waits for its next delivery before concluding
+/// that the stream has stalled.
+const STALL: Duration = Duration::from_secs(20);
+
+/// Reads (acking each) until the marker. `Err` if no delivery came for
+/// `STALL`; `received` then holds what was read.
+async fn read_until_marker(
+    sub: &mut Subscription,
+    received: &mut Vec<(pb::Delivery, bool)>,
+    after: impl Fn() -> bool,
+) -> Result<(), ()> {
+    loop {
+        let next = tokio::time::timeout(STALL, tokio_stream::StreamExt::next(&mut sub.rx)).await;
+        let Ok(next) = next else {
+            return Err(());
+        };
+        let d = next
+            .expect("stream open")
+            .expect("a delivery, not an error");
+        let is_marker = d.event.as_ref().unwrap().event_id == "marker";
+        sub.ack(vec![d.delivery_id.clone()]).await;
+        received.push((d, after()));
+        if is_marker {
+            return Ok(());
+        }
+    }
+}
+
+/// What the broker had done when the stream stalled, as a failure message.
+async fn stalled(
+    b: &Broker,
+    child1: &BTreeMap<u64, String>,
+    received: &[(pb::Delivery, bool)],
+    marker: &pb::PublishResponse,
+) -> String {
+    let entries = b.audit_entries().await;
+    let a = audit(&entries, child1);
+    let got: BTreeSet<u64> = received.iter().map(|(d, _)| d.sequence).collect();
+    let open: Vec<u64> = child1
+        .keys()
+        .filter(|s| !got.contains(s) && !a.stopped.contains_key(s))
+        .copied()
+        .collect();
+    format!(
+        "the marker (sequence {}) never arrived: no delivery for {} s after WithdrawConsent \
+         returned (CONSENT_WITHDRAWN at audit index {}). The subscriber had read {} deliveries \
+         ({} after the withdrawal); the broker had stopped {} deliveries of the withdrawn child \
+         (stop entries up to index {:?}) and had neither delivered nor stopped {} of its events \
+         (sequences {:?} to {:?}); the audit log has {} entries.",
+        marker.sequence,
+        STALL.as_secs(),
+        a.withdrawn_at,
+        received.len(),
+        received.iter().filter(|(_, after)| *after).count(),
+        a.stopped.len(),
+        a.stopped.values().flatten().max(),
+        open.len(),
+        open.first(),
+        open.last(),
+        entries.len()
+    )
 }
 
 /// The invariants both tests check once the marker has arrived.
@@ -363,17 +419,45 @@ async fn slow_subscriber_gets_nothing_covered_by_a_withdrawn_consent() {
         .await
         .unwrap();
 
-    loop {
-        let d = sub.next().await;
-        let is_marker = d.sequence == marker.sequence;
-        if !is_marker {
+    let before = received.len();
+    if read_until_marker(&mut sub, &mut received, || true)
+        .await
+        .is_err()
+    {
+        panic!("{}", stalled(&b, &child1, &received, &marker).await);
+    }
+    for (d, _) in &received[before..] {
+        if d.sequence != marker.sequence {
             acked.insert(d.sequence);
         }
-        sub.ack(vec![d.delivery_id.clone()]).await;
-        received.push((d, true));
-        if is_marker {
+    }
+    // The nacked delivery is retried after its backoff, which may come after
+    // the marker (retries do not hold back newer events): wait, bounded,
+    // until the broker reports it stopped.
+    let nacked_id = received[0].0.event.as_ref().unwrap().event_id.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = b
+            .client("school-b")
+            .publisher
+            .get_event_status(pb::GetEventStatusRequest {
+                event_id: nacked_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if st
+            .recipients
+            .iter()
+            .any(|r| r.state == pb::recipient_status::State::Stopped as i32)
+        {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nacked delivery was never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let entries = b.audit_entries().await;
@@ -419,37 +503,19 @@ async fn racing_subscriber_gets_nothing_covered_by_a_withdrawn_consent() {
     let mut sub = Subscription::open(&b, SOCIAL, SUBSCRIPTION, WINDOW).await;
     let withdrawn_flag = Arc::new(AtomicBool::new(false));
     let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
-    let (marker_tx, marker_rx) = tokio::sync::oneshot::channel::<u64>();
     let flag = withdrawn_flag.clone();
     let consumer = tokio::spawn(async move {
-        let mut reached_tx = Some(reached_tx);
-        let mut marker_rx = marker_rx;
-        let mut marker: Option<u64> = None;
         let mut received = Vec::new();
-        loop {
+        // The first deliveries; then the test withdraws the consent while
+        // the subscriber keeps consuming.
+        for _ in 0..WITHDRAW_AFTER {
             let d = sub.next().await;
-            let after = flag.load(Ordering::SeqCst);
             sub.ack(vec![d.delivery_id.clone()]).await;
-            if marker.is_none() {
-                marker = marker_rx.try_recv().ok();
-            }
-            let done = d.event.as_ref().unwrap().event_id == "marker";
-            if done {
-                assert_eq!(
-                    Some(d.sequence),
-                    marker.or_else(|| marker_rx.try_recv().ok())
-                );
-            }
-            received.push((d, after));
-            if received.len() == WITHDRAW_AFTER
-                && let Some(tx) = reached_tx.take()
-            {
-                let _ = tx.send(());
-            }
-            if done {
-                return received;
-            }
+            received.push((d, flag.load(Ordering::SeqCst)));
         }
+        let _ = reached_tx.send(());
+        let done = read_until_marker(&mut sub, &mut received, || flag.load(Ordering::SeqCst)).await;
+        (received, done)
     });
 
     tokio::time::timeout(Duration::from_secs(60), reached_rx)
@@ -460,11 +526,10 @@ async fn racing_subscriber_gets_nothing_covered_by_a_withdrawn_consent() {
     withdrawn_flag.store(true, Ordering::SeqCst);
     assert!(withdrawn.withdrawn_at.is_some());
     let marker = publish_marker(&b).await;
-    let _ = marker_tx.send(marker.sequence);
-    let received = tokio::time::timeout(Duration::from_secs(120), consumer)
-        .await
-        .expect("the marker arrives")
-        .unwrap();
+    let (received, done) = consumer.await.unwrap();
+    if done.is_err() {
+        panic!("{}", stalled(&b, &child1, &received, &marker).await);
+    }
 
     let acked: BTreeSet<u64> = received
         .iter()

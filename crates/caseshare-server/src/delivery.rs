@@ -173,6 +173,7 @@ pub struct Deliveries {
     next_stream: std::sync::atomic::AtomicU64,
     max_outstanding: u32,
     backoff: Backoff,
+    send_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -206,6 +207,7 @@ impl Deliveries {
         floors: &[(u64, u64)],
         max_outstanding: u32,
         backoff: Backoff,
+        send_gate: Arc<tokio::sync::RwLock<()>>,
     ) -> Result<Arc<Self>, BrokerError> {
         let d = Arc::new(Deliveries {
             store,
@@ -217,6 +219,7 @@ impl Deliveries {
             next_stream: std::sync::atomic::AtomicU64::new(1),
             max_outstanding,
             backoff,
+            send_gate,
         });
         let floors: HashMap<u64, u64> = floors.iter().copied().collect();
         let records: Vec<SubscriptionRecord> =
@@ -291,6 +294,12 @@ impl Deliveries {
             rt.lock().deleted = true;
             rt.notify.notify_waiters();
         }
+    }
+
+    /// Waits until every delivery decided before now has been handed to its
+    /// stream (see `fill`).
+    pub async fn drain_in_flight_sends(&self) {
+        drop(self.send_gate.write().await);
     }
 
     /// The last committed event sequence.
@@ -494,7 +503,8 @@ impl Deliveries {
         }
     }
 
-    /// Sends what the window allows; returns how many were sent.
+    /// Sends what the window allows; returns how many deliveries were
+    /// taken from the subscription's state (sent or settled).
     async fn fill(
         &self,
         rt: &SubRuntime,
@@ -502,10 +512,15 @@ impl Deliveries {
         want: usize,
         tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
     ) -> Result<usize, BrokerError> {
+        // Held until every delivery decided here is handed to the stream,
+        // so that a withdrawal or an ended agreement that waits for the
+        // write side knows nothing it covers is still on its way out.
+        let _gate = self.send_gate.read().await;
         let picks = self.pick(rt, stream, want)?;
         if picks.is_empty() {
             return Ok(0);
         }
+        let picked = picks.len();
         let agency = rt.subscription.agency_id.clone();
         let mut intents = Vec::with_capacity(picks.len());
         for pick in &picks {
@@ -601,7 +616,8 @@ impl Deliveries {
             }
             sent += 1;
         }
-        Ok(sent)
+        metrics::counter!("caseshare_deliveries_sent_total").increment(sent);
+        Ok(picked)
     }
 
     fn parse_ids(rt: &SubRuntime, ids: &[String]) -> Result<Vec<u64>, BrokerError> {
@@ -997,11 +1013,12 @@ impl Deliveries {
                 (count, wake)
             };
             if out < window {
-                let sent = self.fill(rt, stream, window - out, tx).await?;
+                let taken = self.fill(rt, stream, window - out, tx).await?;
                 if tx.is_closed() {
                     return Ok(());
                 }
-                if sent > 0 {
+                // Stopped or expired ones free the window too: go on reading.
+                if taken > 0 {
                     last_activity = Instant::now();
                     continue;
                 }

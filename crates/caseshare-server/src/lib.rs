@@ -266,6 +266,7 @@ pub async fn serve(
             base: std::time::Duration::from_millis(config.delivery.backoff_base_ms),
             cap: std::time::Duration::from_millis(config.delivery.backoff_cap_ms),
         },
+        Arc::new(tokio::sync::RwLock::new(())),
     )?;
     let shared = Shared {
         writer: writer.clone(),

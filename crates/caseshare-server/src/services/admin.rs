@@ -82,6 +82,9 @@ impl Admin for AdminService {
                 reply,
             })
             .await?;
+        // Deliveries decided before this change may still be on their way
+        // to a stream; answer only once they have left.
+        self.0.deliveries.drain_in_flight_sends().await;
         Ok(Response::new(agreement))
     }
 
