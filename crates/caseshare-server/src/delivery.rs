@@ -103,6 +103,17 @@ impl SubInner {
         self.cursor.min(p).min(d)
     }
 
+    /// Removes a settled delivery from `pending`. One at or after the
+    /// cursor (owed again after a restart, before the scan reached it) is
+    /// remembered so the scan does not take it for a new event.
+    fn settle(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.pending.remove(&seq)?;
+        if seq >= self.cursor {
+            self.settled_ahead.insert(seq);
+        }
+        Some(p)
+    }
+
     fn child_busy(&self, nhs: &str) -> bool {
         self.pending.values().any(|p| p.nhs_number == nhs)
     }
@@ -587,7 +598,7 @@ impl Deliveries {
                 }
                 Verdict::Stopped(_) | Verdict::Expired => {
                     let mut inner = rt.lock();
-                    inner.pending.remove(&pick.sequence);
+                    inner.settle(pick.sequence);
                     continue;
                 }
             };
@@ -658,7 +669,7 @@ impl Deliveries {
         {
             let mut inner = rt.lock();
             for (seq, id) in seqs.into_iter().zip(ids) {
-                if let Some(p) = inner.pending.remove(&seq) {
+                if let Some(p) = inner.settle(seq) {
                     acks.push(AckIntent {
                         sequence: seq,
                         event_id: p.event_id,
@@ -708,7 +719,7 @@ impl Deliveries {
         for seq in chosen {
             let attempts = inner.pending.get(&seq).map_or(0, |p| p.attempts);
             if attempts >= max {
-                if let Some(p) = inner.pending.remove(&seq) {
+                if let Some(p) = inner.settle(seq) {
                     dead.push(AckIntent {
                         sequence: seq,
                         event_id: p.event_id,
