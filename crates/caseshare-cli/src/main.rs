@@ -79,6 +79,11 @@ enum Command {
     /// Start a broker in a temporary directory and play a three-agency
     /// scenario, printing every sharing decision.
     Demo,
+    /// The schema guard: breaking-change check, baseline, generated docs.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Write a development PKI (CA, server and sample client certificates).
     DevPki {
         /// Output directory.
@@ -191,6 +196,37 @@ enum AgreementCommand {
     List {
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Fail on breaking changes against the committed baseline, and on lint problems.
+    Check {
+        /// The proto root.
+        #[arg(long, default_value = caseshare_cli::schema::PROTO_DIR)]
+        proto: PathBuf,
+        /// The baseline descriptor set.
+        #[arg(long, default_value = caseshare_cli::schema::BASELINE_PATH)]
+        baseline: PathBuf,
+    },
+    /// Rewrite the baseline deliberately (refuses breaking changes and lint problems).
+    Baseline {
+        /// The proto root.
+        #[arg(long, default_value = caseshare_cli::schema::PROTO_DIR)]
+        proto: PathBuf,
+        /// The baseline descriptor set.
+        #[arg(long, default_value = caseshare_cli::schema::BASELINE_PATH)]
+        baseline: PathBuf,
+    },
+    /// Print docs/SCHEMA.md generated from the proto comments and the examples.
+    Docs {
+        /// The proto root.
+        #[arg(long, default_value = caseshare_cli::schema::PROTO_DIR)]
+        proto: PathBuf,
+        /// The event examples.
+        #[arg(long, default_value = caseshare_cli::schema::EXAMPLES_DIR)]
+        examples: PathBuf,
     },
 }
 
@@ -487,6 +523,32 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await?;
         }
+        Command::Schema { command } => match command {
+            SchemaCommand::Check { proto, baseline } => {
+                let report = caseshare_cli::schema::check_report(&proto, &baseline)?;
+                for a in &report.additions {
+                    println!("compatible: {a}");
+                }
+                let problems = report.problems();
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                if !problems.is_empty() {
+                    bail!("{} schema problem(s)", problems.len());
+                }
+                println!("schema check passed");
+            }
+            SchemaCommand::Baseline { proto, baseline } => {
+                let r = caseshare_cli::schema::baseline(&proto, &baseline)?;
+                for a in &r.additions {
+                    println!("locked in: {a}");
+                }
+                println!("wrote {}", baseline.display());
+            }
+            SchemaCommand::Docs { proto, examples } => {
+                print!("{}", caseshare_cli::schema::docs(&proto, &examples)?);
+            }
+        },
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;
         }

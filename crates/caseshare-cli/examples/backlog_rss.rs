@@ -1,0 +1,146 @@
+//! Measures the broker's resident memory as a stalled subscriber's backlog
+//! grows: starts the real `caseshare serve` binary, opens a subscription
+//! that reads one window and never acknowledges, publishes events with
+//! PublishStream, and reads VmRSS from /proc at checkpoints.
+//!
+//! `cargo run --release -p caseshare-cli --example backlog_rss -- target/release/caseshare 1000000`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_proto::v1 as pb;
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn event(i: u64) -> pb::CaseEvent {
+    let nhs = caseshare_core::nhs::with_check_digit(&format!("{:09}", 100_000_000 + i % 50_000)).unwrap_or_else(|| "9434765919".into());
+    pb::CaseEvent {
+        event_id: format!("rss-{i}"),
+        child: Some(pb::ChildRef { nhs_number: nhs, local_ids: vec![] }),
+        purpose: pb::Purpose::EarlyHelp as i32,
+        occurred_at: Some(prost_types::Timestamp { seconds: 1_793_000_000, nanos: 0 }),
+        summary: "x".repeat(512),
+        payload: Some(pb::case_event::Payload::EducationAttendanceConcern(pb::AttendanceConcern {
+            period: "2026-autumn-1".into(),
+            attendance_percent: 80.0,
+            unauthorised_sessions: 4,
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().collect();
+    let bin = args.get(1).cloned().unwrap_or_else(|| "target/release/caseshare".into());
+    let total: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("CASESHARE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
+            break rest.split(' ').next().unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let pki = dir.path().join("data/pki");
+    let connect = |name: &str| Clients::connect(&ClientConfig::dev(format!("https://localhost:{port}"), &pki, name)).unwrap();
+    let mut admin = connect("admin");
+    for (id, kind) in [("school-b", pb::AgencyKind::Education), ("la-social-care-c", pb::AgencyKind::SocialCare)] {
+        admin.admin.register_agency(pb::RegisterAgencyRequest { agency_id: id.into(), kind: kind as i32, display_name: id.into() }).await.unwrap();
+    }
+    admin
+        .admin
+        .put_agreement(pb::Agreement {
+            agreement_id: "isa".into(),
+            provider: "school-b".into(),
+            recipient: "la-social-care-c".into(),
+            purposes: vec![pb::Purpose::EarlyHelp as i32],
+            event_types: vec!["*".into()],
+            lawful_basis: pb::LawfulBasis::PublicTask as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut social = connect("la-social-care-c");
+    social
+        .subscriber
+        .create_subscription(pb::Subscription {
+            name: "stalled".into(),
+            ack_deadline: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::SubscribeRequest { subscription: "stalled".into(), max_outstanding: 100, ..Default::default() }).await.unwrap();
+    let mut stream = social.subscriber.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok(Some(_)) = stream.message().await {
+            n += 1;
+        }
+        n
+    });
+    let empty = rss_mib(pid);
+    println!("events in backlog,RSS MiB");
+    println!("0,{empty:.1}");
+    let checkpoints = [total / 10, total / 4, total / 2, total];
+    let mut published = 0u64;
+    for &target in &checkpoints {
+        let mut tasks = Vec::new();
+        let per = (target - published) / 4;
+        for p in 0..4u64 {
+            let mut school = connect("school-b");
+            let start = published + p * per;
+            let end = if p == 3 { target } else { start + per };
+            tasks.push(tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let sender = tokio::spawn(async move {
+                    for i in start..end {
+                        if tx.send(pb::PublishRequest { event: Some(event(i)), ..Default::default() }).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut resp = school.publisher.publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+                let mut n = 0;
+                while let Some(r) = resp.message().await.unwrap() {
+                    let _ = r;
+                    n += 1;
+                }
+                sender.await.unwrap();
+                n
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        published = target;
+        println!("{published},{:.1}", rss_mib(pid));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.abort();
+}
