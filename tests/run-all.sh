@@ -27,6 +27,6 @@ cargo test --workspace --locked -- --test-threads="${CASESHARE_TEST_THREADS:-2}"
 
 if [ -f tests/interop/python/run.sh ]; then
   echo "== Python interoperability suite"
-  CASESHARE_BIN="$PWD/target/debug/caseshare" bash tests/interop/python/run.sh
+  CASESHARE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/caseshare" bash tests/interop/python/run.sh
 fi
 echo "== all tests passed"
