@@ -122,8 +122,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub publishers: u32,
     /// Subscribers (each its own subscription or consumer, and connection);
-    /// each receives every event.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// each receives every event. 0 measures publishing alone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=256))]
     pub subscribers: u32,
     /// Events to publish, across all publishers.
     #[arg(long, default_value_t = 100_000)]
@@ -152,6 +152,11 @@ pub struct BenchArgs {
     /// sent as soon as no further delivery is waiting, or at this many).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub ack_batch: u32,
+    /// Hold acks up to this long (ms) for more deliveries before sending
+    /// them, unless `--ack-batch` ids are waiting; 0 = send as soon as no
+    /// further delivery is waiting.
+    #[arg(long, default_value_t = 0.0)]
+    pub ack_linger_ms: f64,
     /// Distinct children the events are about.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub children: u32,
@@ -305,6 +310,12 @@ pub struct RunSummary {
     pub rate: f64,
     /// Pipelining window per publisher (`--stream`).
     pub window: u32,
+    /// Unacknowledged deliveries allowed per subscriber.
+    pub max_outstanding: u32,
+    /// Most ids per ack message (broker only).
+    pub ack_batch: u32,
+    /// How long acks were held for more (broker only), ms.
+    pub ack_linger_ms: f64,
     /// Wall time from the first send to the last delivery, seconds.
     pub elapsed_secs: f64,
     /// Publishing.
@@ -453,10 +464,24 @@ fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result<()> {
         PublishMode::Stream => format!("pipelined (window {})", r.window),
         PublishMode::Unary => "one at a time".into(),
     };
+    let acks = if r.target == "caseshare" {
+        format!("acks ≤{} ids, linger {} ms, ", r.ack_batch, r.ack_linger_ms)
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "== {} ({}): {} events of {} bytes, {} publisher(s) {}, {} subscriber(s), {}",
-        r.target, r.endpoint, r.events, r.event_bytes, r.publishers, mode, r.subscribers, rate
+        "== {} ({}): {} events of {} bytes, {} publisher(s) {}, {} subscriber(s) ({}max_outstanding {}), {}",
+        r.target,
+        r.endpoint,
+        r.events,
+        r.event_bytes,
+        r.publishers,
+        mode,
+        r.subscribers,
+        acks,
+        r.max_outstanding,
+        rate
     )?;
     writeln!(
         out,
@@ -710,6 +735,15 @@ struct PubResult {
     last_ns: u64,
 }
 
+/// When a subscriber sends its acks.
+#[derive(Debug, Clone, Copy)]
+struct AckPolicy {
+    /// Most ids per ack message.
+    batch: usize,
+    /// How long the first held id may wait for more.
+    linger: Duration,
+}
+
 /// What one subscriber measured.
 #[derive(Debug)]
 struct SubResult {
@@ -784,7 +818,11 @@ async fn collect(
             } else {
                 0.0
             },
-            events_per_sec: per_sec(delivered / u64::from(args.subscribers), del_last),
+            events_per_sec: if args.subscribers == 0 {
+                0.0
+            } else {
+                per_sec(delivered / u64::from(args.subscribers), del_last)
+            },
             latency: Latency::of(&del_latency),
         },
         elapsed_secs: secs(pub_last.max(del_last)),
@@ -1150,7 +1188,10 @@ async fn measure_caseshare(
             name.clone(),
             args.max_outstanding,
             args.events,
-            args.ack_batch as usize,
+            AckPolicy {
+                batch: args.ack_batch as usize,
+                linger: Duration::from_secs_f64(args.ack_linger_ms.max(0.0) / 1000.0),
+            },
             idle,
         )));
     }
@@ -1168,24 +1209,11 @@ async fn measure_caseshare(
     let start = tokio::time::Instant::now();
     let mut publishers = Vec::new();
     for p in 0..args.publishers {
-        let count = share(args.events, args.publishers, p);
-        let sched = Schedule::new(args, start, p);
-        let (conf, w) = (e.publisher.clone(), w.clone());
-        let window = args.window as usize;
+        let spec = PubSpec::new(args, &w, clock, start, p);
+        let conf = e.publisher.clone();
         publishers.push(match args.mode() {
-            PublishMode::Stream => tokio::spawn(cs_publish_stream(
-                conf,
-                w,
-                clock,
-                u64::from(p),
-                count,
-                sched,
-                window,
-                idle,
-            )),
-            PublishMode::Unary => {
-                tokio::spawn(cs_publish_unary(conf, w, clock, u64::from(p), count, sched))
-            }
+            PublishMode::Stream => tokio::spawn(cs_publish_stream(conf, spec)),
+            PublishMode::Unary => tokio::spawn(cs_publish_unary(conf, spec)),
         });
     }
     let collected = collect(args, publishers, subscribers, start_ns).await?;
@@ -1208,6 +1236,9 @@ async fn measure_caseshare(
         event_bytes: w.event_bytes,
         rate: args.rate,
         window: args.window,
+        max_outstanding: args.max_outstanding,
+        ack_batch: args.ack_batch,
+        ack_linger_ms: args.ack_linger_ms,
         elapsed_secs: collected.elapsed_secs,
         publish: collected.publish,
         delivery: collected.delivery,
@@ -1233,17 +1264,58 @@ fn check_shared(r: &pb::PublishResponse) -> Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn cs_publish_stream(
-    conf: ClientConfig,
+/// One publisher's part of the workload.
+#[derive(Debug, Clone)]
+struct PubSpec {
     w: Arc<Workload>,
     clock: Clock,
+    /// Its index.
     p: u64,
+    /// Events it publishes.
     count: u64,
     sched: Schedule,
+    mode: PublishMode,
+    /// Most publishes in flight (`--stream`).
     window: usize,
     idle: Duration,
-) -> Result<PubResult> {
+    /// Check the first response shares the event with the subscriber agency.
+    check: bool,
+}
+
+impl PubSpec {
+    fn new(
+        args: &BenchArgs,
+        w: &Arc<Workload>,
+        clock: Clock,
+        start: tokio::time::Instant,
+        p: u32,
+    ) -> Self {
+        PubSpec {
+            w: w.clone(),
+            clock,
+            p: u64::from(p),
+            count: share(args.events, args.publishers, p),
+            sched: Schedule::new(args, start, p),
+            mode: args.mode(),
+            window: args.window as usize,
+            idle: Duration::from_secs(args.idle_timeout_secs),
+            check: args.subscribers > 0,
+        }
+    }
+}
+
+async fn cs_publish_stream(conf: ClientConfig, spec: PubSpec) -> Result<PubResult> {
+    let PubSpec {
+        w,
+        clock,
+        p,
+        count,
+        sched,
+        window,
+        idle,
+        check,
+        ..
+    } = spec;
     let mut client = Clients::connect(&conf)?.publisher;
     let (tx, rx) = mpsc::channel::<pb::PublishRequest>(window.clamp(1, 4096));
     let permits = Arc::new(Semaphore::new(window));
@@ -1268,35 +1340,41 @@ async fn cs_publish_stream(
             Ok::<_, anyhow::Error>(lag)
         })
     };
-    let mut responses = client
-        .publish_stream(ReceiverStream::new(rx))
-        .await
-        .map_err(status)?
-        .into_inner();
     let mut latency = histogram()?;
     let mut got = 0;
     let mut last_ns = 0;
-    while got < count {
-        let r = tokio::time::timeout(idle, responses.message())
+    let received = async {
+        let mut responses = client
+            .publish_stream(ReceiverStream::new(rx))
             .await
-            .map_err(|_| anyhow!("no publish response for {idle:?} after {got} of {count}"))?
             .map_err(status)?
-            .with_context(|| {
-                format!("the broker ended the publish stream after {got} of {count}")
-            })?;
-        let now = clock.now_ns();
-        if got == 0 {
-            check_shared(&r)?;
+            .into_inner();
+        while got < count {
+            let r = tokio::time::timeout(idle, responses.message())
+                .await
+                .map_err(|_| anyhow!("no publish response for {idle:?} after {got} of {count}"))?
+                .map_err(status)?
+                .with_context(|| {
+                    format!("the broker ended the publish stream after {got} of {count}")
+                })?;
+            let now = clock.now_ns();
+            if got == 0 && check {
+                check_shared(&r)?;
+            }
+            let sent = w
+                .sent_ns(&r.event_id)
+                .with_context(|| format!("unexpected event id {:?} in a response", r.event_id))?;
+            record_ns(&mut latency, now.saturating_sub(sent));
+            permits.add_permits(1);
+            got += 1;
+            last_ns = now;
         }
-        let sent = w
-            .sent_ns(&r.event_id)
-            .with_context(|| format!("unexpected event id {:?} in a response", r.event_id))?;
-        record_ns(&mut latency, now.saturating_sub(sent));
-        permits.add_permits(1);
-        got += 1;
-        last_ns = now;
+        Ok::<_, anyhow::Error>(())
     }
-    drop(responses);
+    .await;
+    // Unblocks the sender if the stream failed.
+    permits.close();
+    received?;
     let lag = sender
         .await
         .map_err(|e| anyhow!("publish sender panicked: {e}"))??;
@@ -1308,14 +1386,16 @@ async fn cs_publish_stream(
     })
 }
 
-async fn cs_publish_unary(
-    conf: ClientConfig,
-    w: Arc<Workload>,
-    clock: Clock,
-    p: u64,
-    count: u64,
-    sched: Schedule,
-) -> Result<PubResult> {
+async fn cs_publish_unary(conf: ClientConfig, spec: PubSpec) -> Result<PubResult> {
+    let PubSpec {
+        w,
+        clock,
+        p,
+        count,
+        sched,
+        check,
+        ..
+    } = spec;
     let mut client = Clients::connect(&conf)?.publisher;
     let mut latency = histogram()?;
     let mut lag = histogram()?;
@@ -1334,7 +1414,7 @@ async fn cs_publish_unary(
             .map_err(status)?
             .into_inner();
         let now = clock.now_ns();
-        if i == 0 {
+        if i == 0 && check {
             check_shared(&r)?;
         }
         record_ns(&mut latency, now.saturating_sub(sent));
@@ -1356,9 +1436,10 @@ async fn cs_subscribe(
     name: String,
     max_outstanding: u32,
     total: u64,
-    ack_batch: usize,
+    ack: AckPolicy,
     idle: Duration,
 ) -> Result<SubResult> {
+    let ack_batch = ack.batch;
     let mut client = Clients::connect(&conf)?.subscriber;
     let (tx, rx) = mpsc::channel(1024);
     tx.send(pb::SubscribeRequest {
@@ -1376,6 +1457,7 @@ async fn cs_subscribe(
     let (mut delivered, mut redeliveries, mut foreign, mut last_ns) = (0, 0, 0, 0);
     let mut acks: Vec<String> = Vec::with_capacity(ack_batch);
     let mut ack_messages = 0;
+    let mut ack_due = tokio::time::Instant::now();
     while delivered < total {
         // Ack what has arrived as soon as nothing more is waiting.
         let next = if acks.is_empty() {
@@ -1384,10 +1466,18 @@ async fn cs_subscribe(
                 .map_err(|_| {
                     anyhow!("no delivery on {name} for {idle:?} after {delivered} of {total}")
                 })?
-        } else {
+        } else if ack.linger.is_zero() {
             match stream.message().now_or_never() {
                 Some(n) => n,
                 None => {
+                    send_acks(&tx, &mut acks, &mut ack_messages).await?;
+                    continue;
+                }
+            }
+        } else {
+            match tokio::time::timeout_at(ack_due, stream.message()).await {
+                Ok(n) => n,
+                Err(_) => {
                     send_acks(&tx, &mut acks, &mut ack_messages).await?;
                     continue;
                 }
@@ -1406,6 +1496,9 @@ async fn cs_subscribe(
                 last_ns = now;
             }
             None => foreign += 1,
+        }
+        if acks.is_empty() {
+            ack_due = tokio::time::Instant::now() + ack.linger;
         }
         acks.push(d.delivery_id);
         if acks.len() >= ack_batch {
@@ -1611,20 +1704,9 @@ async fn measure_nats(
         let js = jetstream::ContextBuilder::new()
             .max_ack_inflight(args.window as usize)
             .build(client);
-        let count = share(args.events, args.publishers, p);
-        let sched = Schedule::new(args, start, p);
         let subject = format!("{subject_root}.{p}");
-        publishers.push(tokio::spawn(nats_publish(
-            js,
-            subject,
-            w.clone(),
-            clock,
-            u64::from(p),
-            count,
-            sched,
-            args.mode(),
-            args.window as usize,
-        )));
+        let spec = PubSpec::new(args, &w, clock, start, p);
+        publishers.push(tokio::spawn(nats_publish(js, subject, spec)));
     }
     let collected = collect(args, publishers, subscribers, start_ns).await;
     let cpu = cpu_secs("self") + pid_cpu(server_pid) - cpu_before;
@@ -1641,6 +1723,9 @@ async fn measure_nats(
         event_bytes: w.event_bytes,
         rate: args.rate,
         window: args.window,
+        max_outstanding: args.max_outstanding,
+        ack_batch: args.ack_batch,
+        ack_linger_ms: args.ack_linger_ms,
         elapsed_secs: collected.elapsed_secs,
         publish: collected.publish,
         delivery: collected.delivery,
@@ -1650,18 +1735,21 @@ async fn measure_nats(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn nats_publish(
     js: async_nats::jetstream::Context,
     subject: String,
-    w: Arc<Workload>,
-    clock: Clock,
-    p: u64,
-    count: u64,
-    sched: Schedule,
-    mode: PublishMode,
-    window: usize,
+    spec: PubSpec,
 ) -> Result<PubResult> {
+    let PubSpec {
+        w,
+        clock,
+        p,
+        count,
+        sched,
+        mode,
+        window,
+        ..
+    } = spec;
     let mut lag = histogram()?;
     match mode {
         PublishMode::Unary => {

@@ -84,6 +84,8 @@ enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Load generator: caseshare (embedded or remote) or NATS JetStream.
+    Bench(Box<caseshare_cli::bench::BenchArgs>),
     /// Write a development PKI (CA, server and sample client certificates).
     DevPki {
         /// Output directory.
@@ -549,6 +551,9 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", caseshare_cli::schema::docs(&proto, &examples)?);
             }
         },
+        Command::Bench(args) => {
+            caseshare_cli::bench::run(*args, &mut std::io::stdout()).await?;
+        }
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;
         }
