@@ -24,18 +24,27 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 fn event(i: u64) -> pb::CaseEvent {
-    let nhs = caseshare_core::nhs::with_check_digit(&format!("{:09}", 100_000_000 + i % 50_000)).unwrap_or_else(|| "9434765919".into());
+    let nhs = caseshare_core::nhs::with_check_digit(&format!("{:09}", 100_000_000 + i % 50_000))
+        .unwrap_or_else(|| "9434765919".into());
     pb::CaseEvent {
         event_id: format!("rss-{i}"),
-        child: Some(pb::ChildRef { nhs_number: nhs, local_ids: vec![] }),
+        child: Some(pb::ChildRef {
+            nhs_number: nhs,
+            local_ids: vec![],
+        }),
         purpose: pb::Purpose::EarlyHelp as i32,
-        occurred_at: Some(prost_types::Timestamp { seconds: 1_793_000_000, nanos: 0 }),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_793_000_000,
+            nanos: 0,
+        }),
         summary: "x".repeat(512),
-        payload: Some(pb::case_event::Payload::EducationAttendanceConcern(pb::AttendanceConcern {
-            period: "2026-autumn-1".into(),
-            attendance_percent: 80.0,
-            unauthorised_sessions: 4,
-        })),
+        payload: Some(pb::case_event::Payload::EducationAttendanceConcern(
+            pb::AttendanceConcern {
+                period: "2026-autumn-1".into(),
+                attendance_percent: 80.0,
+                unauthorised_sessions: 4,
+            },
+        )),
         ..Default::default()
     }
 }
@@ -44,11 +53,24 @@ fn event(i: u64) -> pb::CaseEvent {
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
-    let bin = args.get(1).cloned().unwrap_or_else(|| "target/release/caseshare".into());
-    let total: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let bin = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "target/release/caseshare".into());
+    let total: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env("CASESHARE_LOG", "warn")
         .stdout(Stdio::piped())
@@ -60,15 +82,41 @@ async fn main() {
     let port = loop {
         let line = lines.next().unwrap().unwrap();
         if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
-            break rest.split(' ').next().unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+            break rest
+                .split(' ')
+                .next()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
         }
     };
     std::thread::spawn(move || for _ in lines {});
     let pki = dir.path().join("data/pki");
-    let connect = |name: &str| Clients::connect(&ClientConfig::dev(format!("https://localhost:{port}"), &pki, name)).unwrap();
+    let connect = |name: &str| {
+        Clients::connect(&ClientConfig::dev(
+            format!("https://localhost:{port}"),
+            &pki,
+            name,
+        ))
+        .unwrap()
+    };
     let mut admin = connect("admin");
-    for (id, kind) in [("school-b", pb::AgencyKind::Education), ("la-social-care-c", pb::AgencyKind::SocialCare)] {
-        admin.admin.register_agency(pb::RegisterAgencyRequest { agency_id: id.into(), kind: kind as i32, display_name: id.into() }).await.unwrap();
+    for (id, kind) in [
+        ("school-b", pb::AgencyKind::Education),
+        ("la-social-care-c", pb::AgencyKind::SocialCare),
+    ] {
+        admin
+            .admin
+            .register_agency(pb::RegisterAgencyRequest {
+                agency_id: id.into(),
+                kind: kind as i32,
+                display_name: id.into(),
+            })
+            .await
+            .unwrap();
     }
     admin
         .admin
@@ -88,14 +136,28 @@ async fn main() {
         .subscriber
         .create_subscription(pb::Subscription {
             name: "stalled".into(),
-            ack_deadline: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            ack_deadline: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::SubscribeRequest { subscription: "stalled".into(), max_outstanding: 100, ..Default::default() }).await.unwrap();
-    let mut stream = social.subscriber.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(pb::SubscribeRequest {
+        subscription: "stalled".into(),
+        max_outstanding: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = social
+        .subscriber
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let reader = tokio::spawn(async move {
         let mut n = 0u64;
         while let Ok(Some(_)) = stream.message().await {
@@ -119,12 +181,24 @@ async fn main() {
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
                 let sender = tokio::spawn(async move {
                     for i in start..end {
-                        if tx.send(pb::PublishRequest { event: Some(event(i)), ..Default::default() }).await.is_err() {
+                        if tx
+                            .send(pb::PublishRequest {
+                                event: Some(event(i)),
+                                ..Default::default()
+                            })
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
                 });
-                let mut resp = school.publisher.publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+                let mut resp = school
+                    .publisher
+                    .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
                 let mut n = 0;
                 while let Some(r) = resp.message().await.unwrap() {
                     let _ = r;

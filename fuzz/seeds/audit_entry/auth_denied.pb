@@ -1,0 +1,1 @@
+"(spiffe://caseshare.local/auditor/auditor‚!jjjjjjjjjjjjjjjjjjjjjjjjjtm’mainšd-1 ª/caseshare.v1.Publisher/PublishºxÀ
