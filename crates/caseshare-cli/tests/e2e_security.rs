@@ -542,3 +542,73 @@ async fn trace_logs_carry_no_nhs_number_or_payload_text() {
         );
     }
 }
+
+#[test]
+fn the_broker_refuses_to_start_with_a_world_readable_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("data/pki");
+    caseshare_server::pki::write_dev_pki(&pki, "caseshare.local").unwrap();
+    std::fs::set_permissions(
+        pki.join("server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caseshare"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by other users") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tls_1_2_clients_are_refused() {
+    let b = Broker::start();
+    let pki = b.pki();
+    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut read("ca.pem").as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read("school-b.pem").as_slice())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut read("school-b.key").as_slice())
+        .unwrap()
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls12 = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(certs.clone(), key.clone_key())
+        .unwrap();
+    let tls13 = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let handshake = |config: rustls::ClientConfig| async move {
+        let tcp = tokio::net::TcpStream::connect(b.grpc).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    assert!(handshake(tls12).await.is_err(), "TLS 1.2 must be refused");
+    assert!(handshake(tls13).await.is_ok(), "TLS 1.3 is accepted");
+}
