@@ -657,11 +657,16 @@ impl Deliveries {
     }
 
     /// Settles acknowledged deliveries and persists them with the new floor.
+    /// With `durable`, answers once the acknowledgements are committed (unary
+    /// Ack); without, queues them behind this stream's earlier writes and
+    /// goes on (inline acks are never confirmed to the client, and the
+    /// writer's queue keeps one stream's writes in order).
     async fn ack_ids(
         &self,
         actor: &Arc<Principal>,
         rt: &SubRuntime,
         ids: &[String],
+        durable: bool,
     ) -> Result<u32, BrokerError> {
         let seqs = Self::parse_ids(rt, ids)?;
         let mut acks = Vec::new();
@@ -689,8 +694,9 @@ impl Deliveries {
         if acks.is_empty() && floor.is_none() {
             return Ok(0);
         }
-        self.writer
-            .call(|reply| Op::Ack {
+        let pending = self
+            .writer
+            .submit(|reply| Op::Ack {
                 actor: actor.clone(),
                 subscription_id: rt.id,
                 subscription: rt.subscription.name.clone(),
@@ -699,6 +705,11 @@ impl Deliveries {
                 reply,
             })
             .await?;
+        if durable {
+            pending
+                .await
+                .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))??;
+        }
         rt.notify.notify_waiters();
         Ok(n)
     }
@@ -786,7 +797,7 @@ impl Deliveries {
         ids: &[String],
     ) -> Result<u32, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
-        self.ack_ids(actor, &rt, ids).await
+        self.ack_ids(actor, &rt, ids, true).await
     }
 
     /// Unary Nack.
@@ -1049,7 +1060,7 @@ impl Deliveries {
                     Ok(Some(req)) => {
                         last_activity = Instant::now();
                         if let Some(ack) = req.ack {
-                            self.ack_ids(actor, rt, &ack.delivery_ids).await?;
+                            self.ack_ids(actor, rt, &ack.delivery_ids, false).await?;
                         }
                         if let Some(nack) = req.nack {
                             self.nack_ids(rt, &nack.delivery_ids).await?;
