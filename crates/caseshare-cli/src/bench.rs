@@ -344,23 +344,23 @@ pub struct Machine {
     pub loadavg_at_start: String,
 }
 
-/// Caseshare ÷ NATS for the same workload.
+/// Caseshare ÷ NATS for the same workload (`None` where NATS measured 0).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
     /// Publish events/s.
-    pub publish_events_per_sec: f64,
+    pub publish_events_per_sec: Option<f64>,
     /// Delivered events/s per subscriber.
-    pub delivery_events_per_sec: f64,
+    pub delivery_events_per_sec: Option<f64>,
     /// Publish → response p50.
-    pub publish_p50: f64,
+    pub publish_p50: Option<f64>,
     /// Publish → response p99.
-    pub publish_p99: f64,
+    pub publish_p99: Option<f64>,
     /// Publish → delivery p50.
-    pub delivery_p50: f64,
+    pub delivery_p50: Option<f64>,
     /// Publish → delivery p99.
-    pub delivery_p99: f64,
+    pub delivery_p99: Option<f64>,
     /// CPU per event.
-    pub cpu_per_event: f64,
+    pub cpu_per_event: Option<f64>,
 }
 
 /// What `run` measured.
@@ -410,15 +410,21 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
     };
     if let Some(r) = &ratios {
         writeln!(out, "caseshare ÷ nats:")?;
+        let x = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}×"));
         writeln!(
             out,
-            "  publish events/s {:.2}×, delivered events/s {:.2}×, CPU per event {:.2}×",
-            r.publish_events_per_sec, r.delivery_events_per_sec, r.cpu_per_event
+            "  publish events/s {}, delivered events/s {}, CPU per event {}",
+            x(r.publish_events_per_sec),
+            x(r.delivery_events_per_sec),
+            x(r.cpu_per_event)
         )?;
         writeln!(
             out,
-            "  publish→response p50 {:.2}× p99 {:.2}×; publish→delivery p50 {:.2}× p99 {:.2}×",
-            r.publish_p50, r.publish_p99, r.delivery_p50, r.delivery_p99
+            "  publish→response p50 {} p99 {}; publish→delivery p50 {} p99 {}",
+            x(r.publish_p50),
+            x(r.publish_p99),
+            x(r.delivery_p50),
+            x(r.delivery_p99)
         )?;
     }
     let summary = Summary {
@@ -435,7 +441,7 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
 }
 
 fn ratios(c: &RunSummary, n: &RunSummary) -> Ratios {
-    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
     Ratios {
         publish_events_per_sec: div(c.publish.events_per_sec, n.publish.events_per_sec),
         delivery_events_per_sec: div(c.delivery.events_per_sec, n.delivery.events_per_sec),
