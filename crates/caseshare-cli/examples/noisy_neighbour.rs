@@ -1,0 +1,190 @@
+//! One abusive client must not slow the others: measures a well-behaved
+//! agency's publish latency at a steady 200 events/s, first alone, then
+//! while another agency floods the broker far beyond its publish rate limit
+//! on several streams. Starts the real `caseshare serve` binary with a
+//! per-principal limit of 1,000 publishes/s.
+//!
+//! `cargo run --release -p caseshare-cli --example noisy_neighbour -- target/release/caseshare`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_proto::v1 as pb;
+
+fn event(id: String) -> pb::CaseEvent {
+    pb::CaseEvent {
+        event_id: id,
+        child: Some(pb::ChildRef {
+            nhs_number: "9434765919".into(),
+            local_ids: vec![],
+        }),
+        purpose: pb::Purpose::EarlyHelp as i32,
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_793_000_000,
+            nanos: 0,
+        }),
+        summary: "x".repeat(512),
+        payload: Some(pb::case_event::Payload::HealthWasNotBrought(
+            pb::WasNotBrought {
+                appointment_kind: "dental".into(),
+                consecutive_missed: 1,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+async fn steady(c: &mut Clients, tag: &str, n: u32) -> Vec<f64> {
+    let mut lat = Vec::new();
+    let mut next = Instant::now();
+    for i in 0..n {
+        next += Duration::from_millis(5);
+        tokio::time::sleep_until(next.into()).await;
+        let t = Instant::now();
+        c.publisher
+            .publish(pb::PublishRequest {
+                event: Some(event(format!("{tag}-{i}"))),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lat
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/release/caseshare".into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("CASESHARE_LOG", "warn")
+        .env("CASESHARE_PUBLISH_RATE_PER_SEC", "1000")
+        .env("CASESHARE_PUBLISH_BURST", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
+            break rest
+                .split(' ')
+                .next()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let pki = dir.path().join("data/pki");
+    let connect = |name: &str| {
+        Clients::connect(&ClientConfig::dev(
+            format!("https://localhost:{port}"),
+            &pki,
+            name,
+        ))
+        .unwrap()
+    };
+    let mut admin = connect("admin");
+    for (id, kind) in [
+        ("school-b", pb::AgencyKind::Education),
+        ("nhs-trust-a", pb::AgencyKind::Health),
+    ] {
+        admin
+            .admin
+            .register_agency(pb::RegisterAgencyRequest {
+                agency_id: id.into(),
+                kind: kind as i32,
+                display_name: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut good = connect("nhs-trust-a");
+    let alone = steady(&mut good, "alone", 1000).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut floods = Vec::new();
+    for s in 0..4 {
+        let mut bad = connect("school-b");
+        let stop = stop.clone();
+        floods.push(tokio::spawn(async move {
+            let (mut ok, mut refused) = (0u64, 0u64);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                match bad
+                    .publisher
+                    .publish(pb::PublishRequest {
+                        event: Some(event(format!("flood-{s}-{i}"))),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let started = Instant::now();
+    let flooded = steady(&mut good, "flooded", 1000).await;
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused) = (0, 0);
+    for f in floods {
+        let (o, r) = f.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    println!(
+        "steady client: 200 publishes/s, 1000 publishes; flood: 4 concurrent unary loops from another agency"
+    );
+    println!("condition,p50 ms,p99 ms,max ms");
+    println!(
+        "alone,{:.2},{:.2},{:.2}",
+        pct(&alone, 0.5),
+        pct(&alone, 0.99),
+        pct(&alone, 1.0)
+    );
+    println!(
+        "with flood,{:.2},{:.2},{:.2}",
+        pct(&flooded, 0.5),
+        pct(&flooded, 0.99),
+        pct(&flooded, 1.0)
+    );
+    println!(
+        "flood: {ok} accepted ({:.0}/s), {refused} refused RESOURCE_EXHAUSTED ({:.0}/s)",
+        ok as f64 / secs,
+        refused as f64 / secs
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
