@@ -683,18 +683,7 @@ impl WriterTask {
         }
         // Idempotent publish: an earlier event with this id, in this batch or
         // in the store, answers for this one.
-        let earlier = match ctx
-            .batch
-            .events
-            .iter()
-            .find(|e| e.source_agency == provider && e.event_id == event.event_id)
-        {
-            Some(e) => Some(e.clone()),
-            None => match self.store.sequence_of(provider, &event.event_id)? {
-                Some(seq) => self.store.event(seq)?,
-                None => None,
-            },
-        };
+        let earlier = self.own_event(ctx.batch, provider, &event.event_id)?;
         if let Some(first) = earlier {
             metrics::counter!("caseshare_publish_duplicates_total").increment(1);
             return Ok(pb::PublishResponse {
