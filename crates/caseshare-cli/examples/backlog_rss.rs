@@ -6,11 +6,9 @@
 //! `cargo run --release -p caseshare-cli --example backlog_rss -- target/release/caseshare 1000000`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_proto::v1 as pb;
+
+mod support;
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -61,48 +59,9 @@ async fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env("CASESHARE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
-            break rest
-                .split(' ')
-                .next()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let pki = dir.path().join("data/pki");
-    let connect = |name: &str| {
-        Clients::connect(&ClientConfig::dev(
-            format!("https://localhost:{port}"),
-            &pki,
-            name,
-        ))
-        .unwrap()
-    };
+    let served = support::Served::start(&bin, &[]);
+    let pid = served.child.id();
+    let connect = |name: &str| served.connect(name);
     let mut admin = connect("admin");
     for (id, kind) in [
         ("school-b", pb::AgencyKind::Education),
@@ -214,7 +173,6 @@ async fn main() {
         published = target;
         println!("{published},{:.1}", rss_mib(pid));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    served.stop();
     reader.abort();
 }

@@ -7,12 +7,12 @@
 //! `cargo run --release -p caseshare-cli --example noisy_neighbour -- target/release/caseshare`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_cli::client::Clients;
 use caseshare_proto::v1 as pb;
+
+mod support;
 
 fn event(id: String) -> pb::CaseEvent {
     pb::CaseEvent {
@@ -68,49 +68,14 @@ async fn main() {
     let bin = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "target/release/caseshare".into());
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env("CASESHARE_LOG", "warn")
-        .env("CASESHARE_PUBLISH_RATE_PER_SEC", "1000")
-        .env("CASESHARE_PUBLISH_BURST", "1000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.strip_prefix("caseshare listening: grpc https://") {
-            break rest
-                .split(' ')
-                .next()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let pki = dir.path().join("data/pki");
-    let connect = |name: &str| {
-        Clients::connect(&ClientConfig::dev(
-            format!("https://localhost:{port}"),
-            &pki,
-            name,
-        ))
-        .unwrap()
-    };
+    let served = support::Served::start(
+        &bin,
+        &[
+            ("CASESHARE_PUBLISH_RATE_PER_SEC", "1000"),
+            ("CASESHARE_PUBLISH_BURST", "1000"),
+        ],
+    );
+    let connect = |name: &str| served.connect(name);
     let mut admin = connect("admin");
     for (id, kind) in [
         ("school-b", pb::AgencyKind::Education),
@@ -185,6 +150,5 @@ async fn main() {
         ok as f64 / secs,
         refused as f64 / secs
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    served.stop();
 }
