@@ -33,8 +33,9 @@ use caseshare_core::pb;
 use caseshare_core::principal::Principal;
 use caseshare_core::time::Micros;
 use caseshare_store::{DeliveryState, Storage, StoredEvent, SubscriptionRecord};
+use futures::FutureExt;
 use prost::Message;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -42,7 +43,7 @@ use crate::errors::BrokerError;
 use crate::state::{BrokerState, EventContext, subscription_matches};
 use crate::writer::{AckIntent, DeliveryIntent, Op, Verdict, Writer, now};
 
-/// How many events one scan of the log reads.
+/// The most events one read of the log takes.
 const SCAN_CHUNK: usize = 256;
 
 /// Redelivery backoff.
@@ -198,6 +199,14 @@ struct Pick {
     attempt: u32,
     event: StoredEvent,
     decoded: pb::CaseEvent,
+}
+
+/// One window submitted to the writer and not yet sent.
+struct InFlight {
+    /// The send gate, held until this window is handed to the stream.
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
+    picks: Vec<Pick>,
+    verdicts: oneshot::Receiver<Result<Vec<Verdict>, BrokerError>>,
 }
 
 /// What the stream loop must do after a timer or a nack.
@@ -458,8 +467,12 @@ impl Deliveries {
             }
         }
         let head = *self.head.borrow();
+        // Read only what the window needs, growing the read while events
+        // turn out not to be for this subscription.
+        let mut chunk = 0;
         while picks.len() < want && inner.cursor <= head {
-            let events = self.store.events_from(inner.cursor, SCAN_CHUNK)?;
+            chunk = (want - picks.len()).max(chunk * 2).min(SCAN_CHUNK);
+            let events = self.store.events_from(inner.cursor, chunk)?;
             if events.is_empty() {
                 inner.cursor = head + 1;
                 break;
@@ -514,19 +527,23 @@ impl Deliveries {
         }
     }
 
-    /// Sends what the window allows; returns how many deliveries were
-    /// taken from the subscription's state (sent or settled).
-    async fn fill(
+    /// Picks what the window allows and hands it to the writer to re-decide
+    /// and record, without waiting for the commit: the stream's sender task
+    /// (`send_in_flight`) waits for the verdicts and sends, in order, while
+    /// this stream goes on reading acks and submitting the next window.
+    /// Returns how many deliveries were taken from the subscription's state.
+    async fn submit_fill(
         &self,
         rt: &SubRuntime,
         stream: u64,
         want: usize,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        queue: &mpsc::UnboundedSender<InFlight>,
     ) -> Result<usize, BrokerError> {
-        // Held until every delivery decided here is handed to the stream,
-        // so that a withdrawal or an ended agreement that waits for the
-        // write side knows nothing it covers is still on its way out.
-        let _gate = self.send_gate.read().await;
+        // Held until every delivery decided here is handed to the stream
+        // (the sender task drops it), so that a withdrawal or an ended
+        // agreement that waits for the write side knows nothing it covers is
+        // still on its way out.
+        let gate = Arc::clone(&self.send_gate).read_owned().await;
         let picks = self.pick(rt, stream, want)?;
         if picks.is_empty() {
             return Ok(0);
@@ -556,42 +573,102 @@ impl Deliveries {
         }
         let verdicts = match self
             .writer
-            .call(|reply| Op::Deliver {
-                intents: intents.clone(),
-                reply,
-            })
+            .submit(|reply| Op::Deliver { intents, reply })
             .await
         {
-            Ok(v) => v,
+            Ok(rx) => rx,
             Err(e) => {
                 // Nothing was recorded: put the picks back as owed.
-                let mut inner = rt.lock();
-                for intent in &intents {
-                    if let Some(p) = inner.pending.get_mut(&intent.sequence) {
-                        p.stream = None;
-                    }
-                }
+                Self::put_back(rt, &picks);
                 return Err(e);
             }
         };
+        // If the sender task has ended the stream is ending too; what was
+        // picked is owed again when the stream's deliveries are released.
+        let _ = queue.send(InFlight {
+            _gate: gate,
+            picks,
+            verdicts,
+        });
+        Ok(picked)
+    }
+
+    /// Marks picked deliveries as owed again, at once.
+    fn put_back(rt: &SubRuntime, picks: &[Pick]) {
+        let mut inner = rt.lock();
+        for pick in picks {
+            if let Some(p) = inner.pending.get_mut(&pick.sequence) {
+                p.stream = None;
+                p.deadline = None;
+            }
+        }
+    }
+
+    /// A stream's sender task: takes each submitted window in order, waits
+    /// for the writer's verdicts (durable by then), minimises and sends what
+    /// is shared, and settles what was stopped or expired.
+    async fn send_in_flight(
+        self: Arc<Self>,
+        rt: Arc<SubRuntime>,
+        mut queue: mpsc::UnboundedReceiver<InFlight>,
+        tx: mpsc::Sender<Result<pb::Delivery, Status>>,
+    ) -> Result<(), BrokerError> {
+        while let Some(in_flight) = queue.recv().await {
+            let verdicts = match in_flight.verdicts.await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    Self::put_back(&rt, &in_flight.picks);
+                    return Err(e);
+                }
+                Err(_) => {
+                    Self::put_back(&rt, &in_flight.picks);
+                    return Err(BrokerError::Unavailable(
+                        "the broker's writer stopped".into(),
+                    ));
+                }
+            };
+            let open = self
+                .send_verdicts(&rt, in_flight.picks, verdicts, &tx)
+                .await?;
+            drop(in_flight._gate);
+            // Stopped or expired deliveries freed part of the window.
+            rt.notify.notify_waiters();
+            if !open {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one window's shared deliveries and notices; returns false once
+    /// the subscriber has gone.
+    async fn send_verdicts(
+        &self,
+        rt: &SubRuntime,
+        picks: Vec<Pick>,
+        verdicts: Vec<Verdict>,
+        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+    ) -> Result<bool, BrokerError> {
+        let agency = &rt.subscription.agency_id;
         let mut sent = 0;
         let deadline = Instant::now() + rt.ack_deadline();
         let delivered_at = now();
-        for ((pick, intent), verdict) in picks.into_iter().zip(intents).zip(verdicts) {
+        let mut open = true;
+        for (pick, verdict) in picks.into_iter().zip(verdicts) {
             let (event, redacted, decision) = match verdict {
                 Verdict::Shared(outcome) => {
                     let m = minimise(&pick.decoded, &outcome.fields).map_err(|e| {
                         tracing::error!(error = %e, "minimisation failed");
                         BrokerError::Unavailable("minimisation failed".into())
                     })?;
-                    (m.event, m.redacted_fields, outcome.to_proto(&agency))
+                    (m.event, m.redacted_fields, outcome.to_proto(agency))
                 }
                 Verdict::Notice => {
                     let decision = pick
                         .event
                         .decisions
                         .iter()
-                        .find(|d| d.agency_id == agency)
+                        .find(|d| &d.agency_id == agency)
                         .cloned()
                         .unwrap_or_default();
                     (pick.decoded.clone(), Vec::new(), decision)
@@ -602,6 +679,9 @@ impl Deliveries {
                     continue;
                 }
             };
+            if !open {
+                continue;
+            }
             {
                 let mut inner = rt.lock();
                 if let Some(p) = inner.pending.get_mut(&pick.sequence) {
@@ -611,24 +691,25 @@ impl Deliveries {
                 }
             }
             let delivery = pb::Delivery {
-                delivery_id: intent.delivery_id,
+                delivery_id: delivery_id(rt.id, pick.sequence, pick.attempt),
                 sequence: pick.sequence,
                 attempt: pick.attempt,
                 event: Some(event),
-                source_agency: pick.event.source_agency.clone(),
+                source_agency: pick.event.source_agency,
                 redacted_fields: redacted,
                 decision: Some(decision),
-                event_type: pick.event.event_type.clone(),
+                event_type: pick.event.event_type,
                 published_at: Some(Micros(pick.event.published_at_micros).to_timestamp()),
-                notice: pick.event.notice.clone(),
+                notice: pick.event.notice,
             };
             if tx.send(Ok(delivery)).await.is_err() {
-                break;
+                open = false;
+                continue;
             }
             sent += 1;
         }
         metrics::counter!("caseshare_deliveries_sent_total").increment(sent);
-        Ok(picked)
+        Ok(open)
     }
 
     fn parse_ids(rt: &SubRuntime, ids: &[String]) -> Result<Vec<u64>, BrokerError> {
@@ -995,8 +1076,54 @@ impl Deliveries {
         Ok(rx)
     }
 
+    /// Runs one stream: the loop that reads acks and submits windows, and
+    /// the sender task that sends them once durable. Returns when the
+    /// subscriber goes, the subscription is deleted, the stream idles out,
+    /// or the broker shuts down; by then every submitted window has been
+    /// sent or put back.
     #[allow(clippy::too_many_arguments)]
     async fn run_stream(
+        self: &Arc<Self>,
+        actor: &Arc<Principal>,
+        rt: &Arc<SubRuntime>,
+        stream: u64,
+        window: usize,
+        inbound: tonic::Streaming<pb::SubscribeRequest>,
+        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        idle: Duration,
+    ) -> Result<(), BrokerError> {
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        let mut sender =
+            tokio::spawn(Arc::clone(self).send_in_flight(Arc::clone(rt), queue_rx, tx.clone()));
+        let result = self
+            .stream_loop(
+                actor,
+                rt,
+                stream,
+                window,
+                inbound,
+                tx,
+                idle,
+                &queue,
+                &mut sender,
+            )
+            .await;
+        drop(queue);
+        match result {
+            StreamEnd::Sender(r) => r,
+            StreamEnd::Loop(r) => {
+                let sent = (&mut sender).await.unwrap_or_else(|e| {
+                    Err(BrokerError::Unavailable(format!(
+                        "a delivery stream's sender failed: {e}"
+                    )))
+                });
+                r.and(sent)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_loop(
         &self,
         actor: &Arc<Principal>,
         rt: &Arc<SubRuntime>,
@@ -1005,7 +1132,9 @@ impl Deliveries {
         mut inbound: tonic::Streaming<pb::SubscribeRequest>,
         tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
         idle: Duration,
-    ) -> Result<(), BrokerError> {
+        queue: &mpsc::UnboundedSender<InFlight>,
+        sender: &mut tokio::task::JoinHandle<Result<(), BrokerError>>,
+    ) -> StreamEnd {
         let mut last_activity = Instant::now();
         let mut head = self.head.clone();
         let mut shutdown = self.shutdown.clone();
@@ -1017,7 +1146,9 @@ impl Deliveries {
             let (out, wake) = {
                 let inner = rt.lock();
                 if inner.deleted {
-                    return Err(BrokerError::NotFound("the subscription was deleted".into()));
+                    return StreamEnd::Loop(Err(BrokerError::NotFound(
+                        "the subscription was deleted".into(),
+                    )));
                 }
                 let mut count = 0;
                 let mut wake: Option<Instant> = None;
@@ -1035,11 +1166,13 @@ impl Deliveries {
                 (count, wake)
             };
             if out < window {
-                let taken = self.fill(rt, stream, window - out, tx).await?;
+                let taken = match self.submit_fill(rt, stream, window - out, queue).await {
+                    Ok(n) => n,
+                    Err(e) => return StreamEnd::Loop(Err(e)),
+                };
                 if tx.is_closed() {
-                    return Ok(());
+                    return StreamEnd::Loop(Ok(()));
                 }
-                // Stopped or expired ones free the window too: go on reading.
                 if taken > 0 {
                     last_activity = Instant::now();
                     continue;
@@ -1049,39 +1182,89 @@ impl Deliveries {
                 wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             );
             let idle_at = tokio::time::sleep_until(last_activity + idle);
-            tokio::select! {
-                _ = idle_at => {
-                    return Err(BrokerError::ResourceExhausted(format!(
-                        "the stream was idle for {} s (limits.idle_stream_timeout_secs)",
-                        idle.as_secs()
-                    )));
-                }
+            let step: Result<bool, BrokerError> = tokio::select! {
+                _ = idle_at => Err(BrokerError::ResourceExhausted(format!(
+                    "the stream was idle for {} s (limits.idle_stream_timeout_secs)",
+                    idle.as_secs()
+                ))),
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
                         last_activity = Instant::now();
-                        if let Some(ack) = req.ack {
-                            self.ack_ids(actor, rt, &ack.delivery_ids, false).await?;
-                        }
-                        if let Some(nack) = req.nack {
-                            self.nack_ids(rt, &nack.delivery_ids).await?;
-                        }
+                        self.settle_inbound(actor, rt, req, &mut inbound).await
                     }
-                    Ok(None) | Err(_) => return Ok(()),
+                    Ok(None) | Err(_) => Ok(false),
                 },
-                _ = &mut notified => {},
-                _ = head.changed() => {},
+                _ = &mut notified => Ok(true),
+                _ = head.changed() => Ok(true),
                 _ = sleep => {
                     // Deliveries past their ack deadline are owed again
                     // after backoff, or dead-lettered.
                     let now_i = Instant::now();
                     let expired = self.expire(rt, |_, p| p.stream == Some(stream) && p.deadline.is_some_and(|d| d <= now_i));
-                    self.dead_letter(rt, expired).await?;
+                    self.dead_letter(rt, expired).await.map(|()| true)
                 },
-                _ = shutdown.changed() => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
-                _ = tx.closed() => return Ok(()),
+                _ = shutdown.changed() => Err(BrokerError::Unavailable("the broker is shutting down".into())),
+                _ = tx.closed() => Ok(false),
+                done = &mut *sender => {
+                    return StreamEnd::Sender(done.unwrap_or_else(|e| {
+                        Err(BrokerError::Unavailable(format!("a delivery stream's sender failed: {e}")))
+                    }));
+                }
+            };
+            match step {
+                Ok(true) => {}
+                Ok(false) => return StreamEnd::Loop(Ok(())),
+                Err(e) => return StreamEnd::Loop(Err(e)),
             }
         }
     }
+
+    /// Settles one inbound message and every further one already queued
+    /// (their acks go to the writer as one op). Returns false once the
+    /// subscriber has closed its side.
+    async fn settle_inbound(
+        &self,
+        actor: &Arc<Principal>,
+        rt: &SubRuntime,
+        first: pb::SubscribeRequest,
+        inbound: &mut tonic::Streaming<pb::SubscribeRequest>,
+    ) -> Result<bool, BrokerError> {
+        /// Acks gathered into one writer op at most.
+        const MAX_GATHERED_ACKS: usize = 8_192;
+        let mut acks: Vec<String> = Vec::new();
+        let mut next = Some(first);
+        let mut open = true;
+        while let Some(req) = next.take() {
+            if let Some(ack) = req.ack {
+                acks.extend(ack.delivery_ids);
+            }
+            if let Some(nack) = req.nack {
+                self.nack_ids(rt, &nack.delivery_ids).await?;
+            }
+            if acks.len() >= MAX_GATHERED_ACKS {
+                break;
+            }
+            // `message()` is cancel-safe: an unfinished message stays
+            // buffered in the stream.
+            match inbound.message().now_or_never() {
+                Some(Ok(Some(req))) => next = Some(req),
+                Some(Ok(None) | Err(_)) => open = false,
+                None => {}
+            }
+        }
+        if !acks.is_empty() {
+            self.ack_ids(actor, rt, &acks, false).await?;
+        }
+        Ok(open)
+    }
+}
+
+/// Why a stream's loop ended.
+enum StreamEnd {
+    /// The loop ended (the sender task is still to be waited for).
+    Loop(Result<(), BrokerError>),
+    /// The sender task ended first, with this result.
+    Sender(Result<(), BrokerError>),
 }
 
 #[cfg(test)]

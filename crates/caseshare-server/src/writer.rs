@@ -16,6 +16,7 @@
 //! Architecture Invariant: audit indexes are assigned here, in commit order,
 //! from the store's size at start, so the log has no gaps.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -335,6 +336,9 @@ pub struct WriterTask {
     max_batch: usize,
     head: watch::Sender<u64>,
     log: Arc<crate::auditlog::AuditLog>,
+    /// (agency, event id) → position in the batch being built, so that an
+    /// idempotency check against the batch is one lookup.
+    batch_event_ids: HashMap<(String, String), usize>,
 }
 
 /// Pending replies, sent after the commit.
@@ -391,6 +395,7 @@ impl WriterTask {
                 max_batch,
                 head,
                 log,
+                batch_event_ids: HashMap::new(),
             },
             head_rx,
         )
@@ -414,6 +419,7 @@ impl WriterTask {
                 ..Batch::default()
             };
             let mut finishers: Vec<Finisher> = Vec::new();
+            self.batch_event_ids.clear();
             let seq_before = self.next_sequence;
             let sub_before = self.next_subscription_id;
             self.apply(first, &mut batch, &mut finishers);
@@ -736,20 +742,23 @@ impl WriterTask {
         }
         self.next_sequence += 1;
         let corrects = event.corrects_event_id.clone();
-        ctx.batch.events.push(StoredEvent {
-            sequence,
-            source_agency: provider.to_string(),
-            event_type: event_type.to_string(),
-            published_at_micros: ctx.now.0,
-            event: event_bytes,
-            salt: salt.to_vec(),
-            decisions: decisions.clone(),
-            basis: request.basis,
-            audit_index,
-            event_id: event.event_id.clone(),
-            to_agencies: request.to_agencies,
-            notice: None,
-        });
+        self.push_event(
+            ctx.batch,
+            StoredEvent {
+                sequence,
+                source_agency: provider.to_string(),
+                event_type: event_type.to_string(),
+                published_at_micros: ctx.now.0,
+                event: event_bytes,
+                salt: salt.to_vec(),
+                decisions: decisions.clone(),
+                basis: request.basis,
+                audit_index,
+                event_id: event.event_id.clone(),
+                to_agencies: request.to_agencies,
+                notice: None,
+            },
+        );
         if !corrects.is_empty() {
             // A correction: recipients of the original are told, and those
             // that have not received it yet never will.
@@ -1210,6 +1219,15 @@ impl WriterTask {
         }
     }
 
+    /// Adds an event to the batch and to the batch's idempotency index.
+    fn push_event(&mut self, batch: &mut Batch, event: StoredEvent) {
+        self.batch_event_ids.insert(
+            (event.source_agency.clone(), event.event_id.clone()),
+            batch.events.len(),
+        );
+        batch.events.push(event);
+    }
+
     /// The stored event an agency published under `event_id`, looking in
     /// the batch being built first.
     fn own_event(
@@ -1218,10 +1236,10 @@ impl WriterTask {
         agency: &str,
         event_id: &str,
     ) -> Result<Option<StoredEvent>, BrokerError> {
-        if let Some(e) = batch
-            .events
-            .iter()
-            .find(|e| e.source_agency == agency && e.event_id == event_id)
+        if let Some(e) = self
+            .batch_event_ids
+            .get(&(agency.to_string(), event_id.to_string()))
+            .and_then(|i| batch.events.get(*i))
         {
             return Ok(Some(e.clone()));
         }
@@ -1302,28 +1320,31 @@ impl WriterTask {
             };
             let sequence = self.next_sequence;
             self.next_sequence += 1;
-            ctx.batch.events.push(StoredEvent {
-                sequence,
-                source_agency: original.source_agency.clone(),
-                event_type: original.event_type.clone(),
-                published_at_micros: ctx.now.0,
-                event: minimal.encode_to_vec(),
-                salt: Vec::new(),
-                decisions: received
-                    .iter()
-                    .map(|a| pb::SharingDecision {
-                        agency_id: a.clone(),
-                        decision: pb::Decision::Shared as i32,
-                        reason: "notice".into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                basis: None,
-                audit_index,
-                event_id: format!("notice#{sequence}"),
-                to_agencies: Vec::new(),
-                notice: Some(notice),
-            });
+            self.push_event(
+                ctx.batch,
+                StoredEvent {
+                    sequence,
+                    source_agency: original.source_agency.clone(),
+                    event_type: original.event_type.clone(),
+                    published_at_micros: ctx.now.0,
+                    event: minimal.encode_to_vec(),
+                    salt: Vec::new(),
+                    decisions: received
+                        .iter()
+                        .map(|a| pb::SharingDecision {
+                            agency_id: a.clone(),
+                            decision: pb::Decision::Shared as i32,
+                            reason: "notice".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    basis: None,
+                    audit_index,
+                    event_id: format!("notice#{sequence}"),
+                    to_agencies: Vec::new(),
+                    notice: Some(notice),
+                },
+            );
         }
         let notices = u32::try_from(received.len()).unwrap_or(u32::MAX);
         Ok((

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod records;
+pub mod segments;
 pub mod sled_backend;
 
 pub use batch::Batch;

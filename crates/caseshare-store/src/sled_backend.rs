@@ -1,13 +1,19 @@
-//! The embedded backend: one sled tree, one key prefix per record kind, so a
-//! whole [`Batch`] is one atomic `apply_batch`. Durability: `flush` (which
-//! sled implements with `sync_file_range`, enough for a killed process) then
-//! `fdatasync` of the data file and of any blob files sled wrote, so an
-//! acknowledged commit also survives a power loss.
+//! The embedded backend: events in the append-only [`EventLog`] beside the
+//! store, everything else in one sled tree with one key prefix per record
+//! kind, so the rest of a [`Batch`] is one atomic `apply_batch`.
+//!
+//! Durability, per batch: the batch's events are appended and
+//! `fdatasync`ed first; then sled's `apply_batch`, `flush` (which sled
+//! implements with `sync_file_range`, enough for a killed process) and
+//! `fdatasync` of its data file and of any blob files it wrote, so an
+//! acknowledged commit also survives a power loss. Sled's next-sequence
+//! counter decides, at open, which logged events were committed.
 //!
 //! Key layout (big-endian numbers, so keys sort numerically):
 //! - `A` ‖ first index → a chunk of audit entries (`u32` LE length ‖ bytes)*
 //! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes)
-//! - `E` ‖ sequence → [`StoredEvent`]
+//! - `E` ‖ sequence → [`StoredEvent`]: only in stores written before the
+//!   event log; moved into it at open
 //! - `I` ‖ agency ‖ 0 ‖ event id → sequence (idempotent publish)
 //! - `G` ‖ agency id → `Agency`;  `R` ‖ agreement id → `Agreement`
 //! - `C` ‖ consent id → `ConsentRecord`
@@ -15,7 +21,8 @@
 //! - `F` ‖ subscription id → floor sequence
 //! - `D` ‖ subscription id ‖ sequence → [`DeliveryRecord`]
 //! - `X` ‖ sequence → reason (retracted or superseded events)
-//! - `M` ‖ name → counters (`seq`, `sub`)
+//! - `M` ‖ name → counters (`seq`, `sub`) and `first`, the first sequence
+//!   retention kept
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -25,6 +32,7 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
+use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
@@ -86,6 +94,7 @@ pub struct SledStore {
     path: PathBuf,
     data_file: File,
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    events: EventLog,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -107,13 +116,62 @@ impl SledStore {
             .open()?;
         let tree = db.open_tree("caseshare")?;
         let data_file = File::open(dir.join("db"))?;
-        Ok(SledStore {
+        let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
+            match tree.get(key(b'M', &[name]))? {
+                Some(v) => read_be(&v, "counter"),
+                None => Ok(default),
+            }
+        };
+        let next_sequence = counter(b"seq", 1)?;
+        let first_retained = counter(b"first", 0)?;
+        let events = EventLog::open(
+            &dir.join("events"),
+            next_sequence,
+            first_retained,
+            DEFAULT_SEGMENT_BYTES,
+        )?;
+        let store = SledStore {
             db,
             tree,
             path: dir.to_path_buf(),
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
-        })
+            events,
+        };
+        store.move_legacy_events()?;
+        Ok(store)
+    }
+
+    /// Moves events a store written before the event log kept in sled
+    /// (`E` records) into the log, once.
+    fn move_legacy_events(&self) -> Result<(), StoreError> {
+        let mut legacy = Vec::new();
+        let mut keys = Vec::new();
+        for item in self.tree.scan_prefix([b'E']) {
+            let (k, v) = item?;
+            legacy.push(decode::<StoredEvent>(&k, &v)?);
+            keys.push(k);
+        }
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        let next = self.events.next_sequence().unwrap_or(0);
+        legacy.retain(|e| e.sequence >= next);
+        // Expunged events leave gaps only below the first retained one.
+        if let Some(first) = legacy.first().map(|e| e.sequence)
+            && self.events.next_sequence().is_none()
+        {
+            self.events.set_first(first)?;
+        }
+        self.events.append(&legacy)?;
+        let mut b = sled::Batch::default();
+        for k in keys {
+            b.remove(k);
+        }
+        self.tree.apply_batch(b)?;
+        self.sync()?;
+        tracing::info!(events = legacy.len(), "moved events into the event log");
+        Ok(())
     }
 
     /// Makes everything written so far stable: sled's flush, then
@@ -188,13 +246,10 @@ impl Storage for SledStore {
                 bytes.clone(),
             );
         }
+        // Events first, synced, so sled never commits a sequence the log
+        // does not hold.
+        stats.bytes += self.events.append(&batch.events)?;
         for e in &batch.events {
-            Self::put(
-                &mut b,
-                &mut stats,
-                key(b'E', &[&be(e.sequence)]),
-                e.encode_to_vec(),
-            );
             let id = key(
                 b'I',
                 &[e.source_agency.as_bytes(), &[0], e.event_id.as_bytes()],
@@ -267,11 +322,20 @@ impl Storage for SledStore {
                 reason.as_bytes().to_vec(),
             );
         }
+        // Retention deletes a prefix of the log.
+        let new_first = batch.deleted_events.iter().map(|(seq, _, _)| seq + 1).max();
         for (seq, agency, event_id) in &batch.deleted_events {
-            b.remove(key(b'E', &[&be(*seq)]));
             b.remove(key(b'I', &[agency.as_bytes(), &[0], event_id.as_bytes()]));
             b.remove(key(b'X', &[&be(*seq)]));
-            stats.records += 3;
+            stats.records += 2;
+        }
+        if let Some(first) = new_first {
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'M', &[b"first"]),
+                be(first).to_vec(),
+            );
         }
         for (sub, floor) in &batch.floors {
             Self::put(
@@ -289,6 +353,9 @@ impl Storage for SledStore {
         }
         self.tree.apply_batch(b)?;
         self.sync()?;
+        if let Some(first) = new_first {
+            self.events.set_first(first)?;
+        }
         Ok(stats)
     }
 
@@ -327,10 +394,7 @@ impl Storage for SledStore {
                 String::from_utf8_lossy(&v).into_owned(),
             ));
         }
-        snap.first_sequence = match self.tree.scan_prefix([b'E']).next() {
-            Some(item) => read_be(&item?.0[1..], "event key")?,
-            None => 0,
-        };
+        snap.first_sequence = self.events.first().unwrap_or(0);
         if let Some(v) = self.tree.get(key(b'M', &[b"seq"]))? {
             snap.next_sequence = read_be(&v, "next sequence")?;
         }
@@ -345,22 +409,11 @@ impl Storage for SledStore {
     }
 
     fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
-        let k = key(b'E', &[&be(sequence)]);
-        match self.tree.get(&k)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
-            None => Ok(None),
-        }
+        self.events.get(sequence)
     }
 
     fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = key(b'E', &[&be(from)]);
-        let end = key(b'E', &[&be(u64::MAX)]);
-        let mut out = Vec::new();
-        for item in self.tree.range(start..=end).take(max) {
-            let (k, v) = item?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
+        self.events.range(from, max)
     }
 
     fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
@@ -509,5 +562,50 @@ mod tests {
         assert_eq!(store.sequence_of("b", "e3").unwrap(), None);
         assert_eq!(store.deliveries_from(7, 0).unwrap().len(), 1);
         assert!(store.deliveries_from(8, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_kept_in_sled_by_an_older_version_move_into_the_event_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = |sequence: u64| StoredEvent {
+            sequence,
+            source_agency: "a".into(),
+            event_id: format!("e{sequence}"),
+            event: vec![7; 50],
+            ..StoredEvent::default()
+        };
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            // As the previous layout wrote them: `E` records, counter at 6.
+            let tree = store.raw_tree();
+            for seq in 3..6 {
+                tree.insert(key(b'E', &[&be(seq)]), event(seq).encode_to_vec())
+                    .unwrap();
+            }
+            tree.insert(key(b'M', &[b"seq"]), be(6).to_vec()).unwrap();
+            store.sync().unwrap();
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            assert_eq!(store.tree.scan_prefix([b'E']).count(), 0);
+            assert_eq!(store.event(4).unwrap(), Some(event(4)));
+            let got: Vec<u64> = store
+                .events_from(0, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.sequence)
+                .collect();
+            assert_eq!(got, [3, 4, 5]);
+            assert_eq!(store.load().unwrap().first_sequence, 3);
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        store
+            .commit(&Batch {
+                events: vec![event(6)],
+                next_sequence: Some(7),
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(store.event(6).unwrap(), Some(event(6)));
     }
 }

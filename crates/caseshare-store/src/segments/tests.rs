@@ -1,0 +1,168 @@
+//! Unit tests of the event log: appends and reads, reopening, cutting off
+//! uncommitted and torn tails, rollover and retention.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+fn event(sequence: u64) -> StoredEvent {
+    StoredEvent {
+        sequence,
+        source_agency: "nhs-trust-a".into(),
+        event_id: format!("e{sequence}"),
+        event: vec![u8::try_from(sequence % 251).unwrap_or(0); 100 + (sequence as usize % 50)],
+        ..Default::default()
+    }
+}
+
+fn events(range: std::ops::Range<u64>) -> Vec<StoredEvent> {
+    range.map(event).collect()
+}
+
+fn seqs(v: &[StoredEvent]) -> Vec<u64> {
+    v.iter().map(|e| e.sequence).collect()
+}
+
+#[test]
+fn appends_read_back_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(log.first(), None);
+        log.append(&events(1..4)).unwrap();
+        log.append(&events(4..10)).unwrap();
+        assert_eq!(log.get(5).unwrap(), Some(event(5)));
+        assert_eq!(log.get(10).unwrap(), None);
+        assert_eq!(seqs(&log.range(3, 4).unwrap()), [3, 4, 5, 6]);
+        assert_eq!(seqs(&log.range(8, 100).unwrap()), [8, 9]);
+    }
+    let log = EventLog::open(dir.path(), 10, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+    assert_eq!(log.first(), Some(1));
+    assert_eq!(log.get(9).unwrap(), Some(event(9)));
+    // Appends continue the same segment after a reopen.
+    log.append(&events(10..12)).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(
+        seqs(&log.range(0, 100).unwrap()),
+        (1..12).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn refuses_an_append_that_does_not_continue_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+    log.append(&events(1..3)).unwrap();
+    assert!(log.append(&events(4..5)).is_err());
+    assert!(log.append(&[event(3), event(5)]).is_err());
+    assert_eq!(seqs(&log.range(0, 10).unwrap()), [1, 2]);
+}
+
+#[test]
+fn reopening_cuts_records_whose_batch_never_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        log.append(&events(1..8)).unwrap();
+    }
+    // The store committed only up to 4 (its counter says the next is 5).
+    let log = EventLog::open(dir.path(), 5, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+    assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3, 4]);
+    log.append(&events(5..7)).unwrap();
+    assert_eq!(log.get(6).unwrap(), Some(event(6)));
+}
+
+#[test]
+fn reopening_cuts_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(segment_name(1));
+    {
+        let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        log.append(&events(1..4)).unwrap();
+    }
+    let whole = std::fs::metadata(&path).unwrap().len();
+    for cut in [1u64, 7, 9, 40] {
+        {
+            let log = EventLog::open(dir.path(), 4, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+            assert_eq!(log.first(), Some(1));
+        }
+        // Half a record after the committed ones: as if a crash tore the
+        // write of a batch that was never acknowledged.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut junk = event(4).encode_to_vec();
+        let mut rec = (junk.len() as u32).to_le_bytes().to_vec();
+        rec.extend_from_slice(&crc32fast::hash(&junk).to_le_bytes());
+        rec.append(&mut junk);
+        let cut = usize::try_from(cut).unwrap().min(rec.len() - 1);
+        f.write_all(&rec[..cut]).unwrap();
+        drop(f);
+        let log = EventLog::open(dir.path(), 4, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole, "cut {cut}");
+        assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3]);
+    }
+}
+
+#[test]
+fn a_corrupt_committed_record_is_an_error_not_a_silent_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(segment_name(1));
+    {
+        let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        log.append(&events(1..4)).unwrap();
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    // Sequences 1..=3 were committed: losing one is not a torn tail.
+    let err = EventLog::open(dir.path(), 4, 0, DEFAULT_SEGMENT_BYTES).unwrap_err();
+    assert!(err.to_string().contains("ends before sequence"), "{err}");
+}
+
+#[test]
+fn rolls_over_and_retention_deletes_whole_segments_below_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), 1, 0, 1_000).unwrap();
+    for start in (1..60).step_by(3) {
+        log.append(&events(start..start + 3)).unwrap();
+    }
+    let segments = log.segment_count();
+    assert!(segments > 5, "{segments} segments");
+    assert_eq!(
+        seqs(&log.range(0, 1000).unwrap()),
+        (1..61).collect::<Vec<_>>()
+    );
+    log.set_first(30).unwrap();
+    assert!(log.segment_count() < segments);
+    assert_eq!(log.get(29).unwrap(), None);
+    assert_eq!(log.first(), Some(30));
+    assert_eq!(seqs(&log.range(0, 3).unwrap()), [30, 31, 32]);
+    drop(log);
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    let log = EventLog::open(dir.path(), 61, 30, 1_000).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files);
+    assert_eq!(log.first(), Some(30));
+    assert_eq!(log.get(60).unwrap(), Some(event(60)));
+    // Everything expunged: the last segment stays, for appends to continue.
+    log.set_first(61).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.first(), None);
+    log.append(&events(61..62)).unwrap();
+    assert_eq!(log.first(), Some(61));
+}
+
+#[test]
+fn a_segment_of_a_batch_that_never_committed_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1, 0, 500).unwrap();
+        for start in (1..30).step_by(3) {
+            log.append(&events(start..start + 3)).unwrap();
+        }
+    }
+    let before = std::fs::read_dir(dir.path()).unwrap().count();
+    // Committed only up to 3: later segments go, the first is cut.
+    let log = EventLog::open(dir.path(), 4, 0, 500).unwrap();
+    assert!(std::fs::read_dir(dir.path()).unwrap().count() < before);
+    assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3]);
+    log.append(&events(4..5)).unwrap();
+}
