@@ -17,7 +17,7 @@
 //!
 //! Against the broker it also scrapes `/metrics` before and after the load
 //! to report flushes (group commits) per second, events and records per
-//! commit and the writer's busy time.
+//! commit and how busy the commit thread was.
 //!
 //! `--target nats` runs the same workload against a JetStream stream (file
 //! storage, one replica) with one durable pull consumer per subscriber
@@ -514,7 +514,7 @@ fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result<()> {
     if let Some(s) = &r.server {
         writeln!(
             out,
-            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, writer busy {:.0}%",
+            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, commit thread busy {:.0}%",
             s.flushes_per_sec,
             s.events_per_commit,
             s.records_per_commit,

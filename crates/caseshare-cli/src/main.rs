@@ -2,6 +2,13 @@
 //! agency, an administrator or an auditor. JSON in and out is proto3 JSON.
 
 use std::io::Read;
+
+/// mimalloc instead of glibc's allocator: the writer thread, sled and the
+/// gRPC stack allocate many small, short-lived buffers across threads, and
+/// under glibc malloc a quarter of the writer's time was `malloc`, `free`
+/// and `realloc` (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};

@@ -4,9 +4,12 @@
 //! [`Op`] and wait for its reply. The thread takes the first waiting op and
 //! then every op already queued (up to `max_batch`), applies them in order to
 //! the in-memory state and to one [`Batch`] (events, audit entries, delivery
-//! records), commits the batch once — one `apply_batch`, one flush, one
+//! records), and hands the batch to the commit thread, which commits it once
+//! — one event-log append and `fdatasync`, one sled `apply_batch`, flush and
 //! `fdatasync` — and only then replies to all of them. Concurrent publishers
-//! therefore share a flush instead of paying one each.
+//! therefore share a flush instead of paying one each, and the next batch is
+//! applied while the previous one is being committed (at most one batch is
+//! in commit; lookups during apply see it, see [`InCommit`]).
 //!
 //! Architecture Invariant: no reply that reports success is sent before the
 //! batch holding its writes is durable. If a commit fails the broker cannot
@@ -339,6 +342,24 @@ pub struct WriterTask {
     /// (agency, event id) → position in the batch being built, so that an
     /// idempotency check against the batch is one lookup.
     batch_event_ids: HashMap<(String, String), usize>,
+    /// The batch the commit thread is committing, if any.
+    in_commit: Option<Arc<InCommit>>,
+}
+
+/// A batch handed to the commit thread: what lookups made while the next
+/// batch is applied must see, since the store does not have it yet.
+pub struct InCommit {
+    batch: Batch,
+    event_ids: HashMap<(String, String), usize>,
+}
+
+/// What the commit thread needs besides the batch.
+struct ToCommit {
+    batch: Arc<InCommit>,
+    finishers: Vec<Finisher>,
+    new_head: Option<(u64, caseshare_audit::merkle::Hash)>,
+    audit_size: u64,
+    last_sequence: Option<u64>,
 }
 
 /// Pending replies, sent after the commit.
@@ -396,6 +417,7 @@ impl WriterTask {
                 head,
                 log,
                 batch_event_ids: HashMap::new(),
+                in_commit: None,
             },
             head_rx,
         )
@@ -412,8 +434,25 @@ impl WriterTask {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        // Rendezvous: a batch is handed over only once the commit thread has
+        // finished the previous one, so at most one batch is in commit.
+        let (to_commit, commits) = std::sync::mpsc::sync_channel::<ToCommit>(0);
+        let committer = {
+            let store = Arc::clone(&self.store);
+            let log = Arc::clone(&self.log);
+            let head = self.head.clone();
+            std::thread::Builder::new()
+                .name("caseshare-commit".into())
+                .spawn(move || commit_loop(&*store, &log, &head, &commits))
+        };
+        let committer = match committer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the commit thread");
+                std::process::exit(75);
+            }
+        };
         while let Some(first) = rx.blocking_recv() {
-            let started = Instant::now();
             let mut batch = Batch {
                 audit_first_index: self.audit_size,
                 ..Batch::default()
@@ -446,47 +485,29 @@ impl WriterTask {
                     .collect();
                 new_head = Some((size, root));
             }
-            let committed = if batch.is_empty() {
-                true
-            } else {
-                match self.store.commit(&batch) {
-                    Ok(stats) => {
-                        metrics::counter!("caseshare_store_commits_total").increment(1);
-                        metrics::counter!("caseshare_store_records_total")
-                            .increment(stats.records as u64);
-                        metrics::histogram!("caseshare_store_ops_per_commit")
-                            .record(finishers.len() as f64);
-                        metrics::histogram!("caseshare_store_commit_seconds")
-                            .record(started.elapsed().as_secs_f64());
-                        true
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
-                        false
-                    }
-                }
+            self.audit_size += batch.audit.len() as u64;
+            let in_commit = Arc::new(InCommit {
+                batch,
+                event_ids: std::mem::take(&mut self.batch_event_ids),
+            });
+            let job = ToCommit {
+                batch: Arc::clone(&in_commit),
+                finishers,
+                new_head,
+                audit_size: self.audit_size,
+                last_sequence: (self.next_sequence != seq_before).then(|| self.next_sequence - 1),
             };
-            let events = batch.events.len() as u64;
-            if committed {
-                if let Some((size, root)) = new_head {
-                    self.log.committed(size, root);
-                }
-                self.audit_size += batch.audit.len() as u64;
-                metrics::counter!("caseshare_audit_entries_total")
-                    .increment(batch.audit.len() as u64);
-                metrics::gauge!("caseshare_audit_size").set(self.audit_size as f64);
-                if events > 0 {
-                    metrics::histogram!("caseshare_store_events_per_commit").record(events as f64);
-                    let _ = self.head.send(self.next_sequence - 1);
-                }
+            if to_commit.send(job).is_err() {
+                // The commit thread stopped: it has already exited the
+                // process after a failed commit.
+                break;
             }
-            for f in finishers {
-                f(committed);
-            }
-            if !committed {
-                std::process::exit(75);
-            }
+            // The previous batch is committed (the commit thread took this
+            // one only after finishing it); lookups now see this one.
+            self.in_commit = Some(in_commit);
         }
+        drop(to_commit);
+        let _ = committer.join();
     }
 
     fn apply(&mut self, op: Op, batch: &mut Batch, finishers: &mut Vec<Finisher>) {
@@ -1236,10 +1257,16 @@ impl WriterTask {
         agency: &str,
         event_id: &str,
     ) -> Result<Option<StoredEvent>, BrokerError> {
+        let id = (agency.to_string(), event_id.to_string());
         if let Some(e) = self
             .batch_event_ids
-            .get(&(agency.to_string(), event_id.to_string()))
+            .get(&id)
             .and_then(|i| batch.events.get(*i))
+        {
+            return Ok(Some(e.clone()));
+        }
+        if let Some(c) = &self.in_commit
+            && let Some(e) = c.event_ids.get(&id).and_then(|i| c.batch.events.get(*i))
         {
             return Ok(Some(e.clone()));
         }
@@ -1279,9 +1306,14 @@ impl WriterTask {
                 .deliveries_of(&subs, original.sequence)?
                 .iter()
                 .any(sent);
-            let in_batch = batch.deliveries.iter().any(|r| {
-                r.sequence == original.sequence && subs.contains(&r.subscription_id) && sent(r)
-            });
+            let in_commit = self.in_commit.as_ref().map(|c| &c.batch.deliveries);
+            let in_batch = batch
+                .deliveries
+                .iter()
+                .chain(in_commit.into_iter().flatten())
+                .any(|r| {
+                    r.sequence == original.sequence && subs.contains(&r.subscription_id) && sent(r)
+                });
             if in_store || in_batch {
                 out.push(d.agency_id.clone());
             }
@@ -1450,6 +1482,60 @@ impl WriterTask {
         }
         if let Some(f) = floor {
             ctx.batch.floors.push((subscription_id, f));
+        }
+    }
+}
+
+/// The commit thread: commits each batch, publishes the new audit head and
+/// event head, then replies to the batch's ops. A failed commit answers
+/// every op with an error and exits the process (crash-only: a restart
+/// reloads the last durable state).
+fn commit_loop(
+    store: &dyn Storage,
+    log: &crate::auditlog::AuditLog,
+    head: &watch::Sender<u64>,
+    commits: &std::sync::mpsc::Receiver<ToCommit>,
+) {
+    while let Ok(job) = commits.recv() {
+        let batch = &job.batch.batch;
+        let started = Instant::now();
+        let committed = if batch.is_empty() {
+            true
+        } else {
+            match store.commit(batch) {
+                Ok(stats) => {
+                    metrics::counter!("caseshare_store_commits_total").increment(1);
+                    metrics::counter!("caseshare_store_records_total")
+                        .increment(stats.records as u64);
+                    metrics::histogram!("caseshare_store_ops_per_commit")
+                        .record(job.finishers.len() as f64);
+                    metrics::histogram!("caseshare_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
+                    false
+                }
+            }
+        };
+        if committed {
+            if let Some((size, root)) = job.new_head {
+                log.committed(size, root);
+            }
+            metrics::counter!("caseshare_audit_entries_total").increment(batch.audit.len() as u64);
+            metrics::gauge!("caseshare_audit_size").set(job.audit_size as f64);
+            if let Some(last) = job.last_sequence {
+                metrics::histogram!("caseshare_store_events_per_commit")
+                    .record(batch.events.len() as f64);
+                let _ = head.send(last);
+            }
+        }
+        for f in job.finishers {
+            f(committed);
+        }
+        if !committed {
+            std::process::exit(75);
         }
     }
 }
