@@ -14,6 +14,11 @@
 //! record is where is kept in memory (8 bytes per event), rebuilt by reading
 //! the segments at open.
 //!
+//! The log also answers idempotent publish: an in-memory map from a keyed
+//! 64-bit hash of (agency, event id) to the sequence, rebuilt at open
+//! (~24 bytes per retained event); a hit is confirmed against the event
+//! itself, so a hash collision can never make a new event a duplicate.
+//!
 //! Retention deletes a prefix of the log: [`EventLog::set_first`] moves the
 //! first retained sequence and removes segments wholly below it.
 //!
@@ -23,8 +28,9 @@
 //! their batch never committed) and a torn tail are cut off. So every event
 //! sled knows of is in the log, and nothing in the log was never committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -62,6 +68,31 @@ struct Index {
     segments: BTreeMap<u64, Segment>,
     /// Sequences below this were deleted by retention.
     first_retained: u64,
+    /// Keyed hash of (agency, event id) → sequences with that hash.
+    ids: HashMap<u64, IdSlot>,
+}
+
+/// The sequences whose (agency, event id) share one hash: almost always one.
+#[derive(Debug, Clone)]
+enum IdSlot {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl IdSlot {
+    fn push(&mut self, sequence: u64) {
+        match self {
+            IdSlot::One(s) => *self = IdSlot::Many(vec![*s, sequence]),
+            IdSlot::Many(v) => v.push(sequence),
+        }
+    }
+
+    fn sequences(&self) -> &[u64] {
+        match self {
+            IdSlot::One(s) => std::slice::from_ref(s),
+            IdSlot::Many(v) => v,
+        }
+    }
 }
 
 /// The append handle of the active segment (the writer's).
@@ -77,6 +108,8 @@ struct Active {
 pub struct EventLog {
     dir: PathBuf,
     segment_bytes: u64,
+    /// Per-process key of the id hash.
+    hasher: std::collections::hash_map::RandomState,
     index: RwLock<Index>,
     active: Mutex<Option<Active>>,
 }
@@ -97,12 +130,22 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Reads a segment's records; returns the offsets, the end of the last
-/// whole record, and the sequence of its first record.
-fn scan(path: &Path, first: u64) -> Result<(Vec<u64>, u64), StoreError> {
+/// What reading a segment found.
+struct Scanned {
+    /// Where each whole record starts.
+    offsets: Vec<u64>,
+    /// The end of the last whole record.
+    end: u64,
+    /// Each record's (agency, event id).
+    ids: Vec<(String, String)>,
+}
+
+/// Reads a segment's records, up to a torn tail.
+fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut offsets = Vec::new();
+    let mut ids = Vec::new();
     let mut at = 0usize;
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
@@ -127,9 +170,21 @@ fn scan(path: &Path, first: u64) -> Result<(Vec<u64>, u64), StoreError> {
             ));
         }
         offsets.push(at as u64);
+        ids.push((event.source_agency, event.event_id));
         at = start + len as usize;
     }
-    Ok((offsets, at as u64))
+    Ok(Scanned {
+        offsets,
+        end: at as u64,
+        ids,
+    })
+}
+
+fn id_hash(hasher: &impl BuildHasher, agency: &str, event_id: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    agency.hash(&mut h);
+    event_id.hash(&mut h);
+    h.finish()
 }
 
 impl EventLog {
@@ -157,6 +212,8 @@ impl EventLog {
         }
         names.sort();
         let mut segments = BTreeMap::new();
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut ids: HashMap<u64, IdSlot> = HashMap::new();
         let mut expected_first: Option<u64> = None;
         let mut changed_dir = false;
         for (first, path) in names {
@@ -174,12 +231,24 @@ impl EventLog {
                     format!("segment starts at {first}, expected {e}"),
                 ));
             }
-            let (mut offsets, mut end) = scan(&path, first)?;
+            let Scanned {
+                mut offsets,
+                mut end,
+                ids: segment_ids,
+            } = scan(&path, first)?;
             // Records of a batch that never committed.
             let keep = usize::try_from(next_sequence - first).unwrap_or(usize::MAX);
             if offsets.len() > keep {
                 end = offsets[keep];
                 offsets.truncate(keep);
+            }
+            for ((agency, event_id), seq) in segment_ids.iter().take(keep).zip(first..) {
+                if seq >= first_retained {
+                    let h = id_hash(&hasher, agency, event_id);
+                    ids.entry(h)
+                        .and_modify(|slot| slot.push(seq))
+                        .or_insert(IdSlot::One(seq));
+                }
             }
             let file_len = std::fs::metadata(&path)?.len();
             if file_len != end {
@@ -203,9 +272,11 @@ impl EventLog {
         let log = EventLog {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),
+            hasher,
             index: RwLock::new(Index {
                 segments,
                 first_retained,
+                ids,
             }),
             active: Mutex::new(None),
         };
@@ -262,6 +333,15 @@ impl EventLog {
         }
         let mut buf: Vec<u8> = Vec::with_capacity(events.len() * 700);
         let mut starts: Vec<u64> = Vec::with_capacity(events.len());
+        let hashes: Vec<(u64, u64)> = events
+            .iter()
+            .map(|e| {
+                (
+                    id_hash(&self.hasher, &e.source_agency, &e.event_id),
+                    e.sequence,
+                )
+            })
+            .collect();
         for (expected, e) in (first_new..).zip(events) {
             if e.sequence != expected {
                 return Err(StoreError::Engine(format!(
@@ -349,6 +429,13 @@ impl EventLog {
             .ok_or_else(|| StoreError::Engine("active segment not indexed".into()))?;
         seg.offsets.extend(starts.iter().map(|s| base + s));
         seg.end = end;
+        for (h, seq) in hashes {
+            index
+                .ids
+                .entry(h)
+                .and_modify(|slot| slot.push(seq))
+                .or_insert(IdSlot::One(seq));
+        }
         Ok(buf.len())
     }
 
@@ -379,6 +466,24 @@ impl EventLog {
                 key: format!("event {sequence}"),
                 detail: e.to_string(),
             })
+    }
+
+    /// The sequence of the retained event `agency` published as `event_id`.
+    pub fn sequence_of(&self, agency: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+        let h = id_hash(&self.hasher, agency, event_id);
+        let candidates: Vec<u64> = match self.read_index().ids.get(&h) {
+            Some(slot) => slot.sequences().to_vec(),
+            None => return Ok(None),
+        };
+        for seq in candidates {
+            if let Some(e) = self.get(seq)?
+                && e.source_agency == agency
+                && e.event_id == event_id
+            {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
     }
 
     /// Up to `max` events from `from` on, in sequence order.
@@ -425,6 +530,14 @@ impl EventLog {
         {
             let mut index = self.write_index();
             index.first_retained = index.first_retained.max(first);
+            let keep_from = index.first_retained;
+            index.ids.retain(|_, slot| match slot {
+                IdSlot::One(s) => *s >= keep_from,
+                IdSlot::Many(v) => {
+                    v.retain(|s| *s >= keep_from);
+                    !v.is_empty()
+                }
+            });
         }
         self.remove_below(first)
     }

@@ -14,7 +14,8 @@
 //! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes)
 //! - `E` ‖ sequence → [`StoredEvent`]: only in stores written before the
 //!   event log; moved into it at open
-//! - `I` ‖ agency ‖ 0 ‖ event id → sequence (idempotent publish)
+//! - `I` ‖ agency ‖ 0 ‖ event id → sequence: only in stores written before
+//!   the event log, which now answers idempotent publish; removed at open
 //! - `G` ‖ agency id → `Agency`;  `R` ‖ agreement id → `Agreement`
 //! - `C` ‖ consent id → `ConsentRecord`
 //! - `S` ‖ subscription id → [`SubscriptionRecord`]
@@ -168,6 +169,9 @@ impl SledStore {
         for k in keys {
             b.remove(k);
         }
+        for k in self.tree.scan_prefix([b'I']).keys() {
+            b.remove(k?);
+        }
         self.tree.apply_batch(b)?;
         self.sync()?;
         tracing::info!(events = legacy.len(), "moved events into the event log");
@@ -249,13 +253,6 @@ impl Storage for SledStore {
         // Events first, synced, so sled never commits a sequence the log
         // does not hold.
         stats.bytes += self.events.append(&batch.events)?;
-        for e in &batch.events {
-            let id = key(
-                b'I',
-                &[e.source_agency.as_bytes(), &[0], e.event_id.as_bytes()],
-            );
-            Self::put(&mut b, &mut stats, id, be(e.sequence).to_vec());
-        }
         for a in &batch.agencies {
             Self::put(
                 &mut b,
@@ -324,10 +321,9 @@ impl Storage for SledStore {
         }
         // Retention deletes a prefix of the log.
         let new_first = batch.deleted_events.iter().map(|(seq, _, _)| seq + 1).max();
-        for (seq, agency, event_id) in &batch.deleted_events {
-            b.remove(key(b'I', &[agency.as_bytes(), &[0], event_id.as_bytes()]));
+        for (seq, _, _) in &batch.deleted_events {
             b.remove(key(b'X', &[&be(*seq)]));
-            stats.records += 2;
+            stats.records += 1;
         }
         if let Some(first) = new_first {
             Self::put(
@@ -417,11 +413,7 @@ impl Storage for SledStore {
     }
 
     fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let k = key(b'I', &[agency_id.as_bytes(), &[0], event_id.as_bytes()]);
-        match self.tree.get(k)? {
-            Some(v) => Ok(Some(read_be(&v, "event id index")?)),
-            None => Ok(None),
-        }
+        self.events.sequence_of(agency_id, event_id)
     }
 
     fn deliveries_from(

@@ -166,3 +166,35 @@ fn a_segment_of_a_batch_that_never_committed_is_removed() {
     assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3]);
     log.append(&events(4..5)).unwrap();
 }
+
+#[test]
+fn finds_an_agencys_event_by_id_across_reopen_until_retention_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = |sequence: u64| StoredEvent {
+        source_agency: "school-b".into(),
+        ..event(sequence)
+    };
+    {
+        let log = EventLog::open(dir.path(), 1, 0, 600).unwrap();
+        log.append(&events(1..5)).unwrap();
+        log.append(&[other(5), event(6)]).unwrap();
+        log.append(&events(7..9)).unwrap();
+        assert_eq!(log.sequence_of("nhs-trust-a", "e3").unwrap(), Some(3));
+        assert_eq!(log.sequence_of("school-b", "e5").unwrap(), Some(5));
+        // The same id from another agency is another event.
+        assert_eq!(log.sequence_of("nhs-trust-a", "e5").unwrap(), None);
+        assert_eq!(log.sequence_of("school-b", "e3").unwrap(), None);
+    }
+    // Reopened with 8 never committed: its id is free again.
+    let log = EventLog::open(dir.path(), 8, 0, 600).unwrap();
+    assert_eq!(log.sequence_of("nhs-trust-a", "e7").unwrap(), Some(7));
+    assert_eq!(log.sequence_of("nhs-trust-a", "e8").unwrap(), None);
+    assert_eq!(log.sequence_of("school-b", "e5").unwrap(), Some(5));
+    log.set_first(4).unwrap();
+    assert_eq!(log.sequence_of("nhs-trust-a", "e3").unwrap(), None);
+    assert_eq!(log.sequence_of("nhs-trust-a", "e4").unwrap(), Some(4));
+    drop(log);
+    let log = EventLog::open(dir.path(), 8, 4, 600).unwrap();
+    assert_eq!(log.sequence_of("nhs-trust-a", "e2").unwrap(), None);
+    assert_eq!(log.sequence_of("nhs-trust-a", "e6").unwrap(), Some(6));
+}
