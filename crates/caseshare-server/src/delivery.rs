@@ -783,6 +783,7 @@ impl Deliveries {
                 subscription: rt.subscription.name.clone(),
                 acks,
                 floor,
+                lazy: !durable,
                 reply,
             })
             .await?;

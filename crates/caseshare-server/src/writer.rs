@@ -48,6 +48,12 @@ pub fn now() -> Micros {
 
 type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
 
+/// How long a batch holding only ops nobody waits for (inline acks) may
+/// wait for other ops to share its commit. At a few thousand events per
+/// second this halves the commits (acks ride with the next publish or
+/// delivery); an unacknowledged ack lost in a crash only means a redelivery.
+pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// One delivery about to be sent, for the writer to re-decide and record.
 #[derive(Debug, Clone)]
 pub struct DeliveryIntent {
@@ -257,6 +263,10 @@ pub enum Op {
         acks: Vec<AckIntent>,
         /// The subscription's new floor, if it moved.
         floor: Option<u64>,
+        /// Nobody waits for this commit (acks inline on a stream): a batch
+        /// of only such ops may wait up to [`LAZY_COMMIT_DELAY`] for other
+        /// ops to share its commit.
+        lazy: bool,
         /// Reply.
         reply: Reply<()>,
     },
@@ -276,6 +286,13 @@ pub enum Op {
         /// Reply.
         reply: Reply<()>,
     },
+}
+
+impl Op {
+    /// Whether nobody waits for this op's commit.
+    fn is_lazy(&self) -> bool {
+        matches!(self, Op::Ack { lazy: true, .. })
+    }
 }
 
 /// A handle for sending ops to the writer.
@@ -344,6 +361,8 @@ pub struct WriterTask {
     batch_event_ids: HashMap<(String, String), usize>,
     /// The batch the commit thread is committing, if any.
     in_commit: Option<Arc<InCommit>>,
+    /// The runtime, for waiting on the queue with a timeout.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A batch handed to the commit thread: what lookups made while the next
@@ -418,6 +437,7 @@ impl WriterTask {
                 log,
                 batch_event_ids: HashMap::new(),
                 in_commit: None,
+                runtime: tokio::runtime::Handle::try_current().ok(),
             },
             head_rx,
         )
@@ -461,10 +481,40 @@ impl WriterTask {
             self.batch_event_ids.clear();
             let seq_before = self.next_sequence;
             let sub_before = self.next_subscription_id;
+            let mut all_lazy = first.is_lazy();
+            let opened = Instant::now();
             self.apply(first, &mut batch, &mut finishers);
+            let mut open = true;
             while finishers.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(op) => self.apply(op, &mut batch, &mut finishers),
+                    Ok(op) => {
+                        all_lazy &= op.is_lazy();
+                        self.apply(op, &mut batch, &mut finishers);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) if all_lazy => {
+                        // Only inline acks so far: wait a little for an op
+                        // whose caller is waiting, and share its commit.
+                        let left = LAZY_COMMIT_DELAY.saturating_sub(opened.elapsed());
+                        let Some(handle) = &self.runtime else { break };
+                        if left.is_zero() {
+                            break;
+                        }
+                        // The timer is made inside `block_on`, in the runtime's
+                        // context.
+                        let waited =
+                            handle.block_on(async { tokio::time::timeout(left, rx.recv()).await });
+                        match waited {
+                            Ok(Some(op)) => {
+                                all_lazy &= op.is_lazy();
+                                self.apply(op, &mut batch, &mut finishers);
+                            }
+                            Ok(None) => {
+                                open = false;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -505,6 +555,9 @@ impl WriterTask {
             // The previous batch is committed (the commit thread took this
             // one only after finishing it); lookups now see this one.
             self.in_commit = Some(in_commit);
+            if !open {
+                break;
+            }
         }
         drop(to_commit);
         let _ = committer.join();
@@ -648,6 +701,7 @@ impl WriterTask {
                 subscription,
                 acks,
                 floor,
+                lazy: _,
                 reply,
             } => {
                 self.ack(
