@@ -1,8 +1,12 @@
 //! One abusive client must not slow the others: measures a well-behaved
 //! agency's publish latency at a steady 200 events/s, first alone, then
-//! while another agency floods the broker far beyond its publish rate limit
-//! on several streams. Starts the real `caseshare serve` binary with a
-//! per-principal limit of 1,000 publishes/s.
+//! while a busy neighbour publishes at its limit (paced, nothing refused),
+//! then while another agency floods the broker far beyond its publish rate
+//! limit on four concurrent loops. The flood should cost the well-behaved
+//! client no more than the busy neighbour does: what the flooder sends
+//! beyond its limit is refused early and cheaply. Starts the real
+//! `caseshare serve` binary with a per-principal limit of 1,000
+//! publishes/s.
 //!
 //! `cargo run --release -p caseshare-cli --example noisy_neighbour -- target/release/caseshare`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -80,6 +84,7 @@ async fn main() {
     for (id, kind) in [
         ("school-b", pb::AgencyKind::Education),
         ("nhs-trust-a", pb::AgencyKind::Health),
+        ("la-social-care-c", pb::AgencyKind::SocialCare),
     ] {
         admin
             .admin
@@ -94,20 +99,100 @@ async fn main() {
     let mut good = connect("nhs-trust-a");
     let alone = steady(&mut good, "alone", 1000).await;
 
+    // A busy neighbour at its limit: 4 loops paced at 250/s each.
+    let (busy, busy_ok, busy_refused, busy_secs) = {
+        let loops = neighbour(&connect, "la-social-care-c", Some(Duration::from_millis(4)));
+        let started = Instant::now();
+        let lat = steady(&mut good, "busy", 1000).await;
+        let secs = started.elapsed().as_secs_f64();
+        let (ok, refused) = loops.finish().await;
+        (lat, ok, refused, secs)
+    };
+    let loops = neighbour(&connect, "school-b", None);
+    let started = Instant::now();
+    let flooded = steady(&mut good, "flooded", 1000).await;
+    let secs = started.elapsed().as_secs_f64();
+    let (ok, refused) = loops.finish().await;
+    println!(
+        "steady client: 200 publishes/s, 1000 publishes; neighbours: 4 concurrent unary loops from another agency"
+    );
+    println!("condition,p50 ms,p99 ms,max ms");
+    println!(
+        "alone,{:.2},{:.2},{:.2}",
+        pct(&alone, 0.5),
+        pct(&alone, 0.99),
+        pct(&alone, 1.0)
+    );
+    println!(
+        "busy neighbour at its limit,{:.2},{:.2},{:.2}",
+        pct(&busy, 0.5),
+        pct(&busy, 0.99),
+        pct(&busy, 1.0)
+    );
+    println!(
+        "with flood,{:.2},{:.2},{:.2}",
+        pct(&flooded, 0.5),
+        pct(&flooded, 0.99),
+        pct(&flooded, 1.0)
+    );
+    println!(
+        "busy neighbour: {busy_ok} accepted ({:.0}/s), {busy_refused} refused ({:.0}/s)",
+        busy_ok as f64 / busy_secs,
+        busy_refused as f64 / busy_secs
+    );
+    println!(
+        "flood: {ok} accepted ({:.0}/s), {refused} refused RESOURCE_EXHAUSTED ({:.0}/s)",
+        ok as f64 / secs,
+        refused as f64 / secs
+    );
+    served.stop();
+}
+
+/// Four publishing loops of one agency, each waiting `pace` between sends
+/// (`None`: as fast as the broker answers).
+struct Neighbour {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+}
+
+impl Neighbour {
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut refused) = (0, 0);
+        for l in self.loops {
+            let (o, r) = l.await.unwrap();
+            ok += o;
+            refused += r;
+        }
+        (ok, refused)
+    }
+}
+
+fn neighbour(
+    connect: &impl Fn(&str) -> Clients,
+    agency: &str,
+    pace: Option<Duration>,
+) -> Neighbour {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut floods = Vec::new();
+    let mut loops = Vec::new();
     for s in 0..4 {
-        let mut bad = connect("school-b");
+        let mut c = connect(agency);
         let stop = stop.clone();
-        floods.push(tokio::spawn(async move {
+        let tag = format!("{agency}-{s}");
+        loops.push(tokio::spawn(async move {
             let (mut ok, mut refused) = (0u64, 0u64);
             let mut i = 0u64;
+            let mut next = Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
-                match bad
+                if let Some(p) = pace {
+                    next += p;
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                match c
                     .publisher
                     .publish(pb::PublishRequest {
-                        event: Some(event(format!("flood-{s}-{i}"))),
+                        event: Some(event(format!("{tag}-{i}"))),
                         ..Default::default()
                     })
                     .await
@@ -119,36 +204,5 @@ async fn main() {
             (ok, refused)
         }));
     }
-    let started = Instant::now();
-    let flooded = steady(&mut good, "flooded", 1000).await;
-    let secs = started.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut refused) = (0, 0);
-    for f in floods {
-        let (o, r) = f.await.unwrap();
-        ok += o;
-        refused += r;
-    }
-    println!(
-        "steady client: 200 publishes/s, 1000 publishes; flood: 4 concurrent unary loops from another agency"
-    );
-    println!("condition,p50 ms,p99 ms,max ms");
-    println!(
-        "alone,{:.2},{:.2},{:.2}",
-        pct(&alone, 0.5),
-        pct(&alone, 0.99),
-        pct(&alone, 1.0)
-    );
-    println!(
-        "with flood,{:.2},{:.2},{:.2}",
-        pct(&flooded, 0.5),
-        pct(&flooded, 0.99),
-        pct(&flooded, 1.0)
-    );
-    println!(
-        "flood: {ok} accepted ({:.0}/s), {refused} refused RESOURCE_EXHAUSTED ({:.0}/s)",
-        ok as f64 / secs,
-        refused as f64 / secs
-    );
-    served.stop();
+    Neighbour { stop, loops }
 }

@@ -2,12 +2,14 @@
 //! compiled schema for every role, ownership between agencies, refused
 //! certificates (expired, not yet valid, revoked, wrong trust domain),
 //! rotation of the server certificate and CA bundle under an open stream,
-//! per-principal rate limits, and logs free of NHS numbers and payloads.
+//! per-principal limits (publish rate, streams, window, idle streams), and
+//! logs free of NHS numbers and payloads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use caseshare_core::authz::TABLE;
 use caseshare_core::principal::Role;
@@ -15,6 +17,7 @@ use caseshare_proto::v1 as pb;
 use caseshare_server::pki::{DevCa, time_offset::Offset};
 use support::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_types::StatusExt;
 
 /// Calls any method with an empty request and returns the status code.
 async fn call_raw(channel: Channel, method: &'static str) -> tonic::Code {
@@ -227,10 +230,23 @@ async fn an_agency_cannot_touch_another_agencys_resources() {
         consent_id: id.into(),
         reason: "asked".into(),
     };
+    let denied_before = auth_denied(&b).await;
     assert_eq!(
         code(other.consent.withdraw_consent(w(&consent.consent_id)).await),
         tonic::Code::PermissionDenied
     );
+    // The refusal is on the record, naming the consent and the caller.
+    let denied: Vec<pb::AuditEntry> = b
+        .audit_entries()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
+        .collect();
+    assert_eq!(denied.len(), denied_before + 1);
+    let last = denied.last().unwrap();
+    assert_eq!(last.consent_id, consent.consent_id);
+    assert!(last.actor.ends_with("/nhs-trust-a"), "{}", last.actor);
+    assert_eq!(last.rpc, "/caseshare.v1.Consent/WithdrawConsent");
     assert!(
         b.client("la-social-care-c")
             .consent
@@ -240,6 +256,14 @@ async fn an_agency_cannot_touch_another_agencys_resources() {
     );
     // The owner still sees its delivery settle normally.
     social.ack(vec![d.delivery_id]).await;
+}
+
+async fn auth_denied(b: &Broker) -> usize {
+    b.audit_entries()
+        .await
+        .iter()
+        .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
+        .count()
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
@@ -460,11 +484,13 @@ async fn one_client_over_its_rate_is_refused_while_others_publish() {
     let b = Broker::start_with(&[
         ("CASESHARE_PUBLISH_RATE_PER_SEC", "1"),
         ("CASESHARE_PUBLISH_BURST", "5"),
+        ("CASESHARE_REFUSAL_DELAY_MS", "300"),
     ]);
     b.register_sample_agencies().await;
     let mut school = b.client("school-b");
     let mut refused = 0;
     for i in 0..10 {
+        let sent = Instant::now();
         match school
             .publisher
             .publish(publish_request(attendance_event(
@@ -480,6 +506,21 @@ async fn one_client_over_its_rate_is_refused_while_others_publish() {
                     s.message().contains("limits.publish_rate_per_sec"),
                     "{}",
                     s.message()
+                );
+                // Held before it is answered, so a flood gets few of them.
+                assert!(
+                    sent.elapsed() >= Duration::from_millis(300),
+                    "refused after {:?}",
+                    sent.elapsed()
+                );
+                // It says when a token comes: at 1 per second, within 1 s.
+                let retry = s
+                    .get_details_retry_info()
+                    .and_then(|r| r.retry_delay)
+                    .expect("a rate refusal carries google.rpc.RetryInfo");
+                assert!(
+                    retry > Duration::ZERO && retry <= Duration::from_secs(1),
+                    "{retry:?}"
                 );
                 refused += 1;
             }
@@ -611,4 +652,119 @@ async fn tls_1_2_clients_are_refused() {
     };
     assert!(handshake(tls12).await.is_err(), "TLS 1.2 must be refused");
     assert!(handshake(tls13).await.is_ok(), "TLS 1.3 is accepted");
+}
+
+/// Opens a Subscribe stream and returns the broker's first answer: the
+/// stream, or the status it was refused with.
+async fn try_subscribe(
+    b: &Broker,
+    agency: &str,
+    max_outstanding: u32,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+        tonic::Streaming<pb::Delivery>,
+    ),
+    tonic::Status,
+> {
+    let mut c = b.client(agency);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::SubscribeRequest {
+        subscription: "main".into(),
+        max_outstanding,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stream = c
+        .subscriber
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, stream))
+}
+
+#[tokio::test]
+async fn stream_and_window_caps_are_enforced_per_principal() {
+    let b = Broker::start_with(&[
+        ("CASESHARE_MAX_STREAMS_PER_PRINCIPAL", "2"),
+        ("CASESHARE_MAX_OUTSTANDING", "50"),
+    ]);
+    b.register_sample_agencies().await;
+    create_subscription(&b, "la-social-care-c", "main").await;
+    create_subscription(&b, "school-b", "main").await;
+
+    // A window above the broker's cap is refused, naming the limit.
+    let too_wide = try_subscribe(&b, "la-social-care-c", 51).await;
+    let status = too_wide.expect_err("a window of 51 is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("limits.max_outstanding"),
+        "{}",
+        status.message()
+    );
+
+    let first = try_subscribe(&b, "la-social-care-c", 50).await.unwrap();
+    let second = try_subscribe(&b, "la-social-care-c", 10).await.unwrap();
+    let third = try_subscribe(&b, "la-social-care-c", 10).await;
+    let status = third.expect_err("a third stream is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("limits.max_streams_per_principal"),
+        "{}",
+        status.message()
+    );
+    // A PublishStream counts against the same cap.
+    let (_ptx, prx) = tokio::sync::mpsc::channel::<pb::PublishRequest>(1);
+    let publish_stream = b
+        .client("la-social-care-c")
+        .publisher
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(prx))
+        .await;
+    assert_eq!(code(publish_stream), tonic::Code::ResourceExhausted);
+    // Another agency is not affected.
+    let other = try_subscribe(&b, "school-b", 10).await;
+    assert!(other.is_ok(), "{:?}", other.err());
+    // Closing a stream frees its slot.
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        match try_subscribe(&b, "la-social-care-c", 10).await {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            // The broker notices the closed stream when its task ends.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("unexpected refusal: {s}"),
+        }
+    }
+    assert!(reopened.is_some(), "a slot is freed when a stream closes");
+    drop(second);
+}
+
+#[tokio::test]
+async fn an_idle_subscribe_stream_is_closed_naming_the_limit() {
+    let b = Broker::start_with(&[("CASESHARE_IDLE_STREAM_TIMEOUT_SECS", "1")]);
+    b.register_sample_agencies().await;
+    create_subscription(&b, "la-social-care-c", "main").await;
+    let opened = Instant::now();
+    let (_tx, mut stream) = try_subscribe(&b, "la-social-care-c", 10).await.unwrap();
+    // Nothing to deliver and nothing sent: the broker ends the stream.
+    let end = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("the broker ends an idle stream");
+    let status = end.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("limits.idle_stream_timeout_secs"),
+        "{}",
+        status.message()
+    );
+    assert!(opened.elapsed() >= Duration::from_secs(1));
 }

@@ -4,6 +4,12 @@
 //! `AUTH_DENIED` audit entry, and never reaches a service. Services then
 //! apply ownership (an agency acts only on its own resources) using
 //! [`caller`].
+//!
+//! The same layer applies the per-principal publish rate to unary
+//! `Publish` before the request body is read or decoded, and answers a
+//! refusal only after `limits.refusal_delay_ms`: a flooding client costs
+//! the broker little per refused call and, since each of its calls is held
+//! that long, gets few refusals per second per connection.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,8 +19,13 @@ use caseshare_core::principal::Principal;
 use futures::future::BoxFuture;
 use tonic::Status;
 
+use crate::limits::RateLimiter;
 use crate::tls::PeerInfo;
 use crate::writer::{Op, Writer};
+
+/// The unary method the publish rate applies to in the layer
+/// (`PublishStream` applies it per message, in the service).
+const UNARY_PUBLISH: &str = "/caseshare.v1.Publisher/Publish";
 
 /// The authenticated caller of a request.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
@@ -28,12 +39,24 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     writer: Writer,
+    publish_rate: Arc<RateLimiter>,
+    refusal_delay: std::time::Duration,
 }
 
 impl AuthLayer {
-    /// A layer that records refusals through `writer`.
-    pub fn new(writer: Writer) -> Self {
-        AuthLayer { writer }
+    /// A layer that records refusals through `writer` and applies
+    /// `publish_rate` to unary publishes, holding each rate refusal for
+    /// `refusal_delay`.
+    pub fn new(
+        writer: Writer,
+        publish_rate: Arc<RateLimiter>,
+        refusal_delay: std::time::Duration,
+    ) -> Self {
+        AuthLayer {
+            writer,
+            publish_rate,
+            refusal_delay,
+        }
     }
 }
 
@@ -43,6 +66,8 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             writer: self.writer.clone(),
+            publish_rate: self.publish_rate.clone(),
+            refusal_delay: self.refusal_delay,
         }
     }
 }
@@ -52,6 +77,8 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     writer: Writer,
+    publish_rate: Arc<RateLimiter>,
+    refusal_delay: std::time::Duration,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -79,6 +106,24 @@ where
             .map(|p| p.principal.clone());
         let verdict = principal.as_ref().map(|p| authz::check(p.role, &method));
         match (principal, verdict) {
+            (Some(principal), Some(Verdict::Allowed(_))) if method == UNARY_PUBLISH => {
+                match self.publish_rate.acquire(&principal.name) {
+                    Ok(()) => {
+                        let clone = self.inner.clone();
+                        let mut inner = std::mem::replace(&mut self.inner, clone);
+                        Box::pin(inner.call(req))
+                    }
+                    Err(refused) => {
+                        let delay = self.refusal_delay;
+                        // The body is dropped unread with the request.
+                        drop(req);
+                        Box::pin(async move {
+                            tokio::time::sleep(delay).await;
+                            Ok(Status::from(refused).into_http())
+                        })
+                    }
+                }
+            }
             (Some(_), Some(Verdict::Allowed(_))) => {
                 // Take the ready service, leave a fresh clone in its place.
                 let clone = self.inner.clone();

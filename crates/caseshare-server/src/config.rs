@@ -76,6 +76,10 @@ pub struct LimitsConfig {
     pub http2_keepalive_timeout_secs: u64,
     /// HTTP/2 concurrent streams per connection.
     pub http2_max_concurrent_streams: u32,
+    /// A publish refused by the rate limit is answered after this long, ms:
+    /// a client that ignores refusals then gets at most
+    /// `http2_max_concurrent_streams` of them per connection per delay.
+    pub refusal_delay_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -91,6 +95,7 @@ impl Default for LimitsConfig {
             http2_keepalive_interval_secs: 30,
             http2_keepalive_timeout_secs: 20,
             http2_max_concurrent_streams: 256,
+            refusal_delay_ms: 250,
         }
     }
 }
@@ -300,6 +305,13 @@ impl Config {
         if let Some(v) = get("CASESHARE_MAX_STREAMS_PER_PRINCIPAL") {
             self.limits.max_streams_per_principal =
                 parse_env("CASESHARE_MAX_STREAMS_PER_PRINCIPAL", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_REFUSAL_DELAY_MS") {
+            self.limits.refusal_delay_ms = parse_env("CASESHARE_REFUSAL_DELAY_MS", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_IDLE_STREAM_TIMEOUT_SECS") {
+            self.limits.idle_stream_timeout_secs =
+                parse_env("CASESHARE_IDLE_STREAM_TIMEOUT_SECS", &v)?;
         }
         if let Some(v) = get("CASESHARE_MAX_OUTSTANDING") {
             self.limits.max_outstanding = parse_env("CASESHARE_MAX_OUTSTANDING", &v)?;

@@ -28,6 +28,14 @@ pub enum BrokerError {
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate limit was hit; the caller may try again after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        /// Names the limit.
+        message: String,
+        /// When a token will be available.
+        retry_after: std::time::Duration,
+    },
     /// The capability is not built yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -73,6 +81,14 @@ impl From<BrokerError> for Status {
             BrokerError::PermissionDenied(m) => Status::permission_denied(m),
             BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
             BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            BrokerError::RateLimited {
+                message,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             e @ BrokerError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             BrokerError::Unavailable(m) => Status::unavailable(m),
             BrokerError::Store(e) => {

@@ -287,6 +287,7 @@ pub async fn serve(
             config.limits.max_streams_per_principal,
         )),
         idle_timeout: std::time::Duration::from_secs(config.limits.idle_stream_timeout_secs),
+        refusal_delay: std::time::Duration::from_millis(config.limits.refusal_delay_ms),
     };
     // Retention: events settled everywhere and older than the retention are
     // deleted (their salts with them); the audit log keeps its commitments.
@@ -420,7 +421,11 @@ pub async fn serve(
         .http2_keepalive_interval(Some(secs(config.limits.http2_keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(secs(config.limits.http2_keepalive_timeout_secs)))
         .max_concurrent_streams(Some(config.limits.http2_max_concurrent_streams))
-        .layer(auth::AuthLayer::new(writer.clone()))
+        .layer(auth::AuthLayer::new(
+            writer.clone(),
+            shared.publish_rate.clone(),
+            shared.refusal_delay,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

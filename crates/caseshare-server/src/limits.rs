@@ -1,6 +1,9 @@
 //! Per-principal limits: a token bucket on publishes and a cap on
 //! concurrent streams, so that one abusive client cannot starve the others.
-//! Both answer `RESOURCE_EXHAUSTED` with a message naming the limit.
+//! Both answer `RESOURCE_EXHAUSTED` with a message naming the limit; a rate
+//! refusal also carries `google.rpc.RetryInfo` saying when to try again, and
+//! is answered only after `limits.refusal_delay_ms` (see `auth`), so a
+//! client that ignores refusals gets few of them per second.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,10 +50,18 @@ impl RateLimiter {
             Ok(())
         } else {
             metrics::counter!("caseshare_rate_limited_total").increment(1);
-            Err(BrokerError::ResourceExhausted(format!(
-                "publish rate limit exceeded (limits.publish_rate_per_sec = {}, limits.publish_burst = {})",
-                self.rate, self.burst
-            )))
+            let wait = if self.rate > 0.0 {
+                (1.0 - b.tokens) / self.rate
+            } else {
+                3_600.0
+            };
+            Err(BrokerError::RateLimited {
+                message: format!(
+                    "publish rate limit exceeded (limits.publish_rate_per_sec = {}, limits.publish_burst = {})",
+                    self.rate, self.burst
+                ),
+                retry_after: std::time::Duration::from_secs_f64(wait.clamp(0.0, 3_600.0)),
+            })
         }
     }
 }
@@ -125,6 +136,19 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("limits.publish_rate_per_sec"), "{e}");
         assert!(r.acquire("b").is_ok(), "other principals are unaffected");
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_next_token_comes() {
+        let r = RateLimiter::new(10.0, 1.0);
+        assert!(r.acquire("a").is_ok());
+        match r.acquire("a") {
+            Err(BrokerError::RateLimited { retry_after, .. }) => {
+                assert!(retry_after > std::time::Duration::ZERO);
+                assert!(retry_after <= std::time::Duration::from_millis(100));
+            }
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
     }
 
     #[test]

@@ -1037,6 +1037,15 @@ impl WriterTask {
         let may = consent.recorded_by == actor.name
             || consent.recipients.iter().any(|r| r == &actor.name);
         if !may {
+            // A refusal on standing, like one by role, is on the record.
+            ctx.audit(pb::AuditEntry {
+                kind: pb::EntryKind::AuthDenied as i32,
+                actor: actor.spiffe_id(),
+                rpc: "/caseshare.v1.Consent/WithdrawConsent".into(),
+                consent_id: consent.consent_id.clone(),
+                reason: "not the recording agency and not named by the consent".into(),
+                ..Default::default()
+            });
             return Err(BrokerError::PermissionDenied(
                 "a consent may be withdrawn by the agency that recorded it or an agency it names"
                     .into(),

@@ -41,6 +41,8 @@ pub struct Shared {
     pub streams: Arc<crate::limits::StreamLimiter>,
     /// Streams idle this long are closed.
     pub idle_timeout: std::time::Duration,
+    /// How long a rate refusal is held before it is answered.
+    pub refusal_delay: std::time::Duration,
 }
 
 impl std::fmt::Debug for Shared {

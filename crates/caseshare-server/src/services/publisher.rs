@@ -34,12 +34,14 @@ impl PublisherService {
         Ok(valid.event_type)
     }
 
+    /// Validates and hands a publish to the writer. The publish rate has
+    /// been applied already (by the auth layer for unary `Publish`, by the
+    /// stream reader for `PublishStream`).
     async fn submit(
         &self,
         actor: Arc<Principal>,
         request: pb::PublishRequest,
     ) -> Result<Pending, BrokerError> {
-        self.0.publish_rate.acquire(&actor.name)?;
         let event_type = self.validate(&request)?;
         self.0
             .writer
@@ -103,6 +105,12 @@ impl Publisher for PublisherService {
                 };
                 match next {
                     Ok(Some(request)) => {
+                        if let Err(refused) = this.0.publish_rate.acquire(&actor.name) {
+                            // Held like a unary refusal, then the stream ends.
+                            tokio::time::sleep(this.0.refusal_delay).await;
+                            let _ = order_tx.send(Err(refused)).await;
+                            return;
+                        }
                         let submitted = this.submit(actor.clone(), request).await;
                         let failed = submitted.is_err();
                         if order_tx.send(submitted).await.is_err() || failed {
