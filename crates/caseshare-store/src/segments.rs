@@ -16,7 +16,8 @@
 //!
 //! The log also answers idempotent publish: an in-memory map from a keyed
 //! 64-bit hash of (agency, event id) to the sequence, rebuilt at open
-//! (~24 bytes per retained event); a hit is confirmed against the event
+//! (16 bytes a bucket: ~18–36 bytes per retained event with the table's
+//! spare capacity); a hit is confirmed against the event
 //! itself, so a hash collision can never make a new event a duplicate.
 //!
 //! Retention deletes a prefix of the log: [`EventLog::set_first`] moves the
@@ -68,30 +69,30 @@ struct Index {
     segments: BTreeMap<u64, Segment>,
     /// Sequences below this were deleted by retention.
     first_retained: u64,
-    /// Keyed hash of (agency, event id) → sequences with that hash.
-    ids: HashMap<u64, IdSlot>,
+    /// Keyed hash of (agency, event id) → sequence (16 bytes a bucket).
+    ids: HashMap<u64, u64>,
+    /// Further sequences whose ids share a hash with the one in `ids`
+    /// (a 64-bit collision: practically never).
+    collided: HashMap<u64, Vec<u64>>,
 }
 
-/// The sequences whose (agency, event id) share one hash: almost always one.
-#[derive(Debug, Clone)]
-enum IdSlot {
-    One(u64),
-    Many(Vec<u64>),
-}
-
-impl IdSlot {
-    fn push(&mut self, sequence: u64) {
-        match self {
-            IdSlot::One(s) => *self = IdSlot::Many(vec![*s, sequence]),
-            IdSlot::Many(v) => v.push(sequence),
+impl Index {
+    fn add_id(&mut self, hash: u64, sequence: u64) {
+        if let Some(first) = self.ids.get(&hash) {
+            if *first != sequence {
+                self.collided.entry(hash).or_default().push(sequence);
+            }
+        } else {
+            self.ids.insert(hash, sequence);
         }
     }
 
-    fn sequences(&self) -> &[u64] {
-        match self {
-            IdSlot::One(s) => std::slice::from_ref(s),
-            IdSlot::Many(v) => v,
+    fn sequences_for(&self, hash: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = self.ids.get(&hash).copied().into_iter().collect();
+        if let Some(more) = self.collided.get(&hash) {
+            out.extend(more);
         }
+        out
     }
 }
 
@@ -213,7 +214,7 @@ impl EventLog {
         names.sort();
         let mut segments = BTreeMap::new();
         let hasher = std::collections::hash_map::RandomState::new();
-        let mut ids: HashMap<u64, IdSlot> = HashMap::new();
+        let mut id_list: Vec<(u64, u64)> = Vec::new();
         let mut expected_first: Option<u64> = None;
         let mut changed_dir = false;
         for (first, path) in names {
@@ -244,10 +245,7 @@ impl EventLog {
             }
             for ((agency, event_id), seq) in segment_ids.iter().take(keep).zip(first..) {
                 if seq >= first_retained {
-                    let h = id_hash(&hasher, agency, event_id);
-                    ids.entry(h)
-                        .and_modify(|slot| slot.push(seq))
-                        .or_insert(IdSlot::One(seq));
+                    id_list.push((id_hash(&hasher, agency, event_id), seq));
                 }
             }
             let file_len = std::fs::metadata(&path)?.len();
@@ -269,17 +267,24 @@ impl EventLog {
         if changed_dir {
             sync_dir(dir)?;
         }
-        let log = EventLog {
+        let mut log = EventLog {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),
             hasher,
             index: RwLock::new(Index {
                 segments,
                 first_retained,
-                ids,
+                ids: HashMap::with_capacity(id_list.len()),
+                collided: HashMap::new(),
             }),
             active: Mutex::new(None),
         };
+        {
+            let index = log.index.get_mut().unwrap_or_else(|p| p.into_inner());
+            for (h, seq) in id_list {
+                index.add_id(h, seq);
+            }
+        }
         if let Some(last) = log.read_index().segments.values().next_back()
             && last.next() != next_sequence
             && next_sequence > first_retained
@@ -430,11 +435,7 @@ impl EventLog {
         seg.offsets.extend(starts.iter().map(|s| base + s));
         seg.end = end;
         for (h, seq) in hashes {
-            index
-                .ids
-                .entry(h)
-                .and_modify(|slot| slot.push(seq))
-                .or_insert(IdSlot::One(seq));
+            index.add_id(h, seq);
         }
         Ok(buf.len())
     }
@@ -471,10 +472,7 @@ impl EventLog {
     /// The sequence of the retained event `agency` published as `event_id`.
     pub fn sequence_of(&self, agency: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
         let h = id_hash(&self.hasher, agency, event_id);
-        let candidates: Vec<u64> = match self.read_index().ids.get(&h) {
-            Some(slot) => slot.sequences().to_vec(),
-            None => return Ok(None),
-        };
+        let candidates = self.read_index().sequences_for(h);
         for seq in candidates {
             if let Some(e) = self.get(seq)?
                 && e.source_agency == agency
@@ -531,12 +529,10 @@ impl EventLog {
             let mut index = self.write_index();
             index.first_retained = index.first_retained.max(first);
             let keep_from = index.first_retained;
-            index.ids.retain(|_, slot| match slot {
-                IdSlot::One(s) => *s >= keep_from,
-                IdSlot::Many(v) => {
-                    v.retain(|s| *s >= keep_from);
-                    !v.is_empty()
-                }
+            index.ids.retain(|_, s| *s >= keep_from);
+            index.collided.retain(|_, v| {
+                v.retain(|s| *s >= keep_from);
+                !v.is_empty()
             });
         }
         self.remove_below(first)

@@ -198,3 +198,20 @@ fn finds_an_agencys_event_by_id_across_reopen_until_retention_drops_it() {
     assert_eq!(log.sequence_of("nhs-trust-a", "e2").unwrap(), None);
     assert_eq!(log.sequence_of("nhs-trust-a", "e6").unwrap(), Some(6));
 }
+
+#[test]
+fn ids_sharing_a_hash_are_all_kept_and_all_checked() {
+    let mut index = Index {
+        segments: BTreeMap::new(),
+        first_retained: 0,
+        ids: HashMap::new(),
+        collided: HashMap::new(),
+    };
+    index.add_id(7, 10);
+    index.add_id(7, 12);
+    index.add_id(7, 10);
+    index.add_id(8, 11);
+    assert_eq!(index.sequences_for(7), [10, 12]);
+    assert_eq!(index.sequences_for(8), [11]);
+    assert!(index.sequences_for(9).is_empty());
+}
