@@ -215,3 +215,55 @@ fn ids_sharing_a_hash_are_all_kept_and_all_checked() {
     assert_eq!(index.sequences_for(8), [11]);
     assert!(index.sequences_for(9).is_empty());
 }
+
+mod damaged_files {
+    //! Whatever bytes a segment holds, opening the log does not panic: it
+    //! cuts a torn tail or refuses with an error, and what it keeps reads
+    //! back as the events that were written.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_damage_is_cut_or_refused(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(segment_name(1));
+            {
+                let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+                log.append(&events(1..9)).unwrap();
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, x) in &flips {
+                let i = at % bytes.len();
+                bytes[i] ^= x | 1;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            bytes.extend_from_slice(&junk);
+            std::fs::write(&path, &bytes).unwrap();
+            // The store believes 1..=8 were committed.
+            match EventLog::open(dir.path(), 9, 0, DEFAULT_SEGMENT_BYTES) {
+                Ok(log) => {
+                    // Accepted only if every committed event is intact.
+                    for seq in 1..9 {
+                        prop_assert_eq!(log.get(seq).unwrap(), Some(event(seq)));
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    prop_assert!(text.contains("corrupt") || text.contains("ends before"), "{}", text);
+                }
+            }
+            // Opened as if nothing was committed, it never fails on a torn
+            // tail and keeps nothing.
+            if let Ok(log) = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES) {
+                prop_assert_eq!(log.first(), None);
+            }
+        }
+    }
+}
