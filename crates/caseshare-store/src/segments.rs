@@ -14,11 +14,10 @@
 //! record is where is kept in memory (8 bytes per event), rebuilt by reading
 //! the segments at open.
 //!
-//! The log also answers idempotent publish: an in-memory map from a keyed
-//! 64-bit hash of (agency, event id) to the sequence, rebuilt at open
-//! (16 bytes a bucket: ~18–36 bytes per retained event with the table's
-//! spare capacity); a hit is confirmed against the event
-//! itself, so a hash collision can never make a new event a duplicate.
+//! The log also answers idempotent publish ([`ids`]): a map in memory for
+//! the last segment, a sorted `.ids` file and a Bloom filter for each sealed
+//! one; a hit is confirmed against the event itself, so a hash collision can
+//! never make a new event a duplicate.
 //!
 //! Retention deletes a prefix of the log: [`EventLog::set_first`] moves the
 //! first retained sequence and removes segments wholly below it.
@@ -29,9 +28,8 @@
 //! their batch never committed) and a torn tail are cut off. So every event
 //! sled knows of is in the log, and nothing in the log was never committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +38,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use prost::Message;
 
 use crate::{StoreError, StoredEvent};
+
+mod ids;
+use ids::{IdHasher, IdIndex};
 
 /// Default size at which a new segment starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -69,31 +70,8 @@ struct Index {
     segments: BTreeMap<u64, Segment>,
     /// Sequences below this were deleted by retention.
     first_retained: u64,
-    /// Keyed hash of (agency, event id) → sequence (16 bytes a bucket).
-    ids: HashMap<u64, u64>,
-    /// Further sequences whose ids share a hash with the one in `ids`
-    /// (a 64-bit collision: practically never).
-    collided: HashMap<u64, Vec<u64>>,
-}
-
-impl Index {
-    fn add_id(&mut self, hash: u64, sequence: u64) {
-        if let Some(first) = self.ids.get(&hash) {
-            if *first != sequence {
-                self.collided.entry(hash).or_default().push(sequence);
-            }
-        } else {
-            self.ids.insert(hash, sequence);
-        }
-    }
-
-    fn sequences_for(&self, hash: u64) -> Vec<u64> {
-        let mut out: Vec<u64> = self.ids.get(&hash).copied().into_iter().collect();
-        if let Some(more) = self.collided.get(&hash) {
-            out.extend(more);
-        }
-        out
-    }
+    /// Which sequence each retained (agency, event id) was published as.
+    ids: IdIndex,
 }
 
 /// The append handle of the active segment (the writer's).
@@ -109,8 +87,8 @@ struct Active {
 pub struct EventLog {
     dir: PathBuf,
     segment_bytes: u64,
-    /// Per-process key of the id hash.
-    hasher: std::collections::hash_map::RandomState,
+    /// The store's key of the id hash.
+    hasher: IdHasher,
     index: RwLock<Index>,
     active: Mutex<Option<Active>>,
 }
@@ -181,13 +159,6 @@ fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
     })
 }
 
-fn id_hash(hasher: &impl BuildHasher, agency: &str, event_id: &str) -> u64 {
-    let mut h = hasher.build_hasher();
-    agency.hash(&mut h);
-    event_id.hash(&mut h);
-    h.finish()
-}
-
 impl EventLog {
     /// Opens the log in `dir`, keeping only sequences below
     /// `next_sequence` (the committed ones) and from `first_retained`.
@@ -213,8 +184,15 @@ impl EventLog {
         }
         names.sort();
         let mut segments = BTreeMap::new();
-        let hasher = std::collections::hash_map::RandomState::new();
-        let mut id_list: Vec<(u64, u64)> = Vec::new();
+        let hasher = IdHasher::load(dir)?;
+        let mut ids = IdIndex::new(dir);
+        // The last segment that holds committed events keeps its ids in
+        // memory; the ones before it are sealed.
+        let last_first = names
+            .iter()
+            .map(|(f, _)| *f)
+            .filter(|f| *f < next_sequence)
+            .max();
         let mut expected_first: Option<u64> = None;
         let mut changed_dir = false;
         for (first, path) in names {
@@ -243,10 +221,25 @@ impl EventLog {
                 end = offsets[keep];
                 offsets.truncate(keep);
             }
-            for ((agency, event_id), seq) in segment_ids.iter().take(keep).zip(first..) {
-                if seq >= first_retained {
-                    id_list.push((id_hash(&hasher, agency, event_id), seq));
+            let count = offsets.len() as u64;
+            let hashed = |ids: &[(String, String)]| -> Vec<(u64, u64)> {
+                ids.iter()
+                    .take(keep)
+                    .zip(first..)
+                    .map(|((agency, event_id), seq)| (hasher.hash(agency, event_id), seq))
+                    .collect()
+            };
+            if Some(first) == last_first {
+                for (h, seq) in hashed(&segment_ids) {
+                    if seq >= first_retained {
+                        ids.add(h, seq);
+                    }
                 }
+            } else if !ids.load_sealed(first, count)? {
+                // Sealed before its ids file was written (a crash), or the
+                // file is damaged: write it again from the segment.
+                let sealed = ids::write_sealed(dir, first, hashed(&segment_ids))?;
+                ids.install(first, first + count, sealed);
             }
             let file_len = std::fs::metadata(&path)?.len();
             if file_len != end {
@@ -267,23 +260,21 @@ impl EventLog {
         if changed_dir {
             sync_dir(dir)?;
         }
-        let mut log = EventLog {
+        let log = EventLog {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),
             hasher,
             index: RwLock::new(Index {
                 segments,
                 first_retained,
-                ids: HashMap::with_capacity(id_list.len()),
-                collided: HashMap::new(),
+                ids,
             }),
             active: Mutex::new(None),
         };
         {
-            let index = log.index.get_mut().unwrap_or_else(|p| p.into_inner());
-            for (h, seq) in id_list {
-                index.add_id(h, seq);
-            }
+            let index = log.read_index();
+            let firsts: Vec<u64> = index.segments.keys().copied().collect();
+            index.ids.remove_orphans(&firsts)?;
         }
         if let Some(last) = log.read_index().segments.values().next_back()
             && last.next() != next_sequence
@@ -340,12 +331,7 @@ impl EventLog {
         let mut starts: Vec<u64> = Vec::with_capacity(events.len());
         let hashes: Vec<(u64, u64)> = events
             .iter()
-            .map(|e| {
-                (
-                    id_hash(&self.hasher, &e.source_agency, &e.event_id),
-                    e.sequence,
-                )
-            })
+            .map(|e| (self.hasher.hash(&e.source_agency, &e.event_id), e.sequence))
             .collect();
         for (expected, e) in (first_new..).zip(events) {
             if e.sequence != expected {
@@ -375,9 +361,9 @@ impl EventLog {
                 .segments
                 .values()
                 .next_back()
-                .map(|s| (s.first, s.path.clone(), s.end));
+                .map(|s| (s.first, s.path.clone(), s.end, s.next()));
             match existing {
-                Some((first, path, end)) if active.is_none() && end < self.segment_bytes => {
+                Some((first, path, end, _)) if active.is_none() && end < self.segment_bytes => {
                     // Reopened after a restart: continue the last segment.
                     let file = OpenOptions::new().append(true).open(&path)?;
                     *active = Some(Active {
@@ -387,6 +373,14 @@ impl EventLog {
                     });
                 }
                 _ => {
+                    if let Some((first, _, _, next)) = existing {
+                        // The last segment is full: seal its ids (written
+                        // outside the lock; until installed they stay in the
+                        // map, so no lookup misses them).
+                        let entries = self.read_index().ids.entries_in(first, next);
+                        let sealed = ids::write_sealed(&self.dir, first, entries)?;
+                        self.write_index().ids.install(first, next, sealed);
+                    }
                     let path = self.dir.join(segment_name(first_new));
                     let file = OpenOptions::new()
                         .create_new(true)
@@ -435,7 +429,7 @@ impl EventLog {
         seg.offsets.extend(starts.iter().map(|s| base + s));
         seg.end = end;
         for (h, seq) in hashes {
-            index.add_id(h, seq);
+            index.ids.add(h, seq);
         }
         Ok(buf.len())
     }
@@ -471,8 +465,8 @@ impl EventLog {
 
     /// The sequence of the retained event `agency` published as `event_id`.
     pub fn sequence_of(&self, agency: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let h = id_hash(&self.hasher, agency, event_id);
-        let candidates = self.read_index().sequences_for(h);
+        let h = self.hasher.hash(agency, event_id);
+        let candidates = self.read_index().ids.sequences_for(h)?;
         for seq in candidates {
             if let Some(e) = self.get(seq)?
                 && e.source_agency == agency
@@ -529,11 +523,7 @@ impl EventLog {
             let mut index = self.write_index();
             index.first_retained = index.first_retained.max(first);
             let keep_from = index.first_retained;
-            index.ids.retain(|_, s| *s >= keep_from);
-            index.collided.retain(|_, v| {
-                v.retain(|s| *s >= keep_from);
-                !v.is_empty()
-            });
+            index.ids.forget_below(keep_from, &[])?;
         }
         self.remove_below(first)
     }
@@ -555,9 +545,11 @@ impl EventLog {
                 .collect();
             // Keep the last segment: appends continue it.
             let last = index.segments.keys().next_back().copied();
-            gone.into_iter()
-                .filter(|f| Some(*f) != last)
-                .filter_map(|f| index.segments.remove(&f).map(|s| s.path))
+            let gone: Vec<u64> = gone.into_iter().filter(|f| Some(*f) != last).collect();
+            let keep_from = index.first_retained;
+            index.ids.forget_below(keep_from, &gone)?;
+            gone.iter()
+                .filter_map(|f| index.segments.remove(f).map(|s| s.path))
                 .collect()
         };
         for path in &doomed {
@@ -572,6 +564,11 @@ impl EventLog {
     /// Segment files on disk (for tests and diagnostics).
     pub fn segment_count(&self) -> usize {
         self.read_index().segments.len()
+    }
+
+    /// Segments whose ids are in a sealed file (for tests and diagnostics).
+    pub fn sealed_id_files(&self) -> usize {
+        self.read_index().ids.sealed_count()
     }
 }
 

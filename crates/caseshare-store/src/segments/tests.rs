@@ -200,20 +200,54 @@ fn finds_an_agencys_event_by_id_across_reopen_until_retention_drops_it() {
 }
 
 #[test]
-fn ids_sharing_a_hash_are_all_kept_and_all_checked() {
-    let mut index = Index {
-        segments: BTreeMap::new(),
-        first_retained: 0,
-        ids: HashMap::new(),
-        collided: HashMap::new(),
-    };
-    index.add_id(7, 10);
-    index.add_id(7, 12);
-    index.add_id(7, 10);
-    index.add_id(8, 11);
-    assert_eq!(index.sequences_for(7), [10, 12]);
-    assert_eq!(index.sequences_for(8), [11]);
-    assert!(index.sequences_for(9).is_empty());
+fn sealed_segments_answer_ids_from_their_files_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1, 0, 1_000).unwrap();
+        for start in (1..60).step_by(3) {
+            log.append(&events(start..start + 3)).unwrap();
+        }
+        assert!(log.sealed_id_files() >= 4, "{}", log.sealed_id_files());
+        assert_eq!(log.sealed_id_files(), log.segment_count() - 1);
+        for seq in 1..61 {
+            assert_eq!(
+                log.sequence_of("nhs-trust-a", &format!("e{seq}")).unwrap(),
+                Some(seq)
+            );
+        }
+        assert_eq!(log.sequence_of("nhs-trust-a", "e61").unwrap(), None);
+    }
+    // A crash between sealing a segment and writing its ids file: the file
+    // is written again at open.
+    let first_ids = dir.path().join(ids::ids_name(1));
+    std::fs::remove_file(&first_ids).unwrap();
+    std::fs::write(dir.path().join(ids::ids_name(999)), b"orphan").unwrap();
+    let log = EventLog::open(dir.path(), 61, 0, 1_000).unwrap();
+    assert!(first_ids.exists());
+    assert!(!dir.path().join(ids::ids_name(999)).exists());
+    for seq in [1, 2, 30, 59, 60] {
+        assert_eq!(
+            log.sequence_of("nhs-trust-a", &format!("e{seq}")).unwrap(),
+            Some(seq)
+        );
+    }
+    // Retention drops sealed ids with their segments.
+    let files_before = log.sealed_id_files();
+    log.set_first(40).unwrap();
+    assert!(log.sealed_id_files() < files_before);
+    assert_eq!(log.sequence_of("nhs-trust-a", "e30").unwrap(), None);
+    assert_eq!(log.sequence_of("nhs-trust-a", "e45").unwrap(), Some(45));
+    let ids_files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "ids")
+        })
+        .count();
+    assert_eq!(ids_files, log.sealed_id_files());
 }
 
 mod damaged_files {

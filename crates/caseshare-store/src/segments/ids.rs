@@ -1,0 +1,407 @@
+//! The event log's idempotency index: which sequence an agency's
+//! `event_id` was published as, for every retained event.
+//!
+//! - Ids of the last (active) segment are in a hash map in memory.
+//! - When a segment is sealed its ids are written, sorted, to
+//!   `<first sequence>.ids` beside it (16 bytes an event: keyed hash, then
+//!   sequence, little-endian), made durable, and dropped from the map; in
+//!   memory stays only a Bloom filter per sealed segment (10 bits an event).
+//!   A lookup asks each sealed segment's filter and binary-searches the file
+//!   of the few that say "maybe".
+//!
+//! So memory grows by ~1.25 bytes per retained event, not ~30. The hash is
+//! keyed (SHA-256 of a per-store secret in `ids.key`, the agency and the id,
+//! truncated to 64 bits) so an agency cannot choose ids that collide; a hit
+//! is always confirmed against the stored event by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+const ENTRY: usize = 16;
+const KEY_FILE: &str = "ids.key";
+
+/// The keyed hash of an (agency, event id).
+#[derive(Debug, Clone)]
+pub(super) struct IdHasher {
+    key: [u8; 32],
+}
+
+impl IdHasher {
+    /// Loads the store's key from `dir`, creating it (mode 0600) if absent.
+    pub(super) fn load(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(KEY_FILE);
+        let key = match std::fs::read(&path) {
+            Ok(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    key: path.display().to_string(),
+                    detail: format!("expected 32 bytes, found {}", bytes.len()),
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&key)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                File::open(dir)?.sync_all()?;
+                key
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(IdHasher { key })
+    }
+
+    pub(super) fn hash(&self, agency: &str, event_id: &str) -> u64 {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update((agency.len() as u64).to_le_bytes());
+        h.update(agency.as_bytes());
+        h.update(event_id.as_bytes());
+        let d = h.finalize();
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+}
+
+/// A Bloom filter over 64-bit hashes (10 bits and 7 probes an entry: ~1 %
+/// false positives).
+#[derive(Debug, Clone)]
+pub(super) struct Bloom {
+    bits: Vec<u64>,
+}
+
+impl Bloom {
+    const PROBES: u64 = 7;
+
+    fn new(entries: usize) -> Self {
+        let words = (entries * 10).div_ceil(64).max(1);
+        Bloom {
+            bits: vec![0; words],
+        }
+    }
+
+    fn positions(&self, h: u64) -> impl Iterator<Item = u64> {
+        let m = self.bits.len() as u64 * 64;
+        let (a, b) = (h, h.rotate_left(32) | 1);
+        (0..Self::PROBES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % m)
+    }
+
+    fn insert(&mut self, h: u64) {
+        let positions: Vec<u64> = self.positions(h).collect();
+        for p in positions {
+            if let Some(w) = self.bits.get_mut((p / 64) as usize) {
+                *w |= 1 << (p % 64);
+            }
+        }
+    }
+
+    fn may_contain(&self, h: u64) -> bool {
+        self.positions(h).all(|p| {
+            self.bits
+                .get((p / 64) as usize)
+                .is_some_and(|w| w & (1 << (p % 64)) != 0)
+        })
+    }
+}
+
+/// A sealed segment's ids: the filter in memory, the sorted file on disk.
+#[derive(Debug)]
+pub(super) struct Sealed {
+    path: PathBuf,
+    file: Arc<File>,
+    entries: u64,
+    bloom: Bloom,
+}
+
+impl Sealed {
+    fn entry(&self, i: u64) -> Result<(u64, u64), StoreError> {
+        let mut buf = [0u8; ENTRY];
+        self.file.read_exact_at(&mut buf, i * ENTRY as u64)?;
+        let (h, s) = buf.split_at(8);
+        let word = |b: &[u8]| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        };
+        Ok((word(h), word(s)))
+    }
+
+    /// Every sequence stored under `h` (binary search, then the run).
+    fn lookup(&self, h: u64) -> Result<Vec<u64>, StoreError> {
+        let (mut lo, mut hi) = (0u64, self.entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid)?.0 < h {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out = Vec::new();
+        let mut i = lo;
+        while i < self.entries {
+            let (eh, seq) = self.entry(i)?;
+            if eh != h {
+                break;
+            }
+            out.push(seq);
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// The index.
+#[derive(Debug)]
+pub(super) struct IdIndex {
+    dir: PathBuf,
+    /// Ids not yet in a sealed file: hash → sequence.
+    open: HashMap<u64, u64>,
+    /// Further sequences sharing a hash with one in `open`.
+    collided: HashMap<u64, Vec<u64>>,
+    /// Sealed segments by first sequence.
+    sealed: BTreeMap<u64, Sealed>,
+}
+
+pub(super) fn ids_name(first: u64) -> String {
+    format!("{first:020}.ids")
+}
+
+/// Writes a sealed segment's ids, sorted, to `<first>.ids` (durably, by
+/// rename) and builds its filter.
+pub(super) fn write_sealed(
+    dir: &Path,
+    first: u64,
+    mut entries: Vec<(u64, u64)>,
+) -> Result<Sealed, StoreError> {
+    entries.sort_unstable();
+    let mut bytes = Vec::with_capacity(entries.len() * ENTRY);
+    let mut bloom = Bloom::new(entries.len());
+    for (h, s) in &entries {
+        bytes.extend_from_slice(&h.to_le_bytes());
+        bytes.extend_from_slice(&s.to_le_bytes());
+        bloom.insert(*h);
+    }
+    let path = dir.join(ids_name(first));
+    let tmp = dir.join(format!("{}.tmp", ids_name(first)));
+    let mut f = File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(Sealed {
+        file: Arc::new(File::open(&path)?),
+        path,
+        entries: entries.len() as u64,
+        bloom,
+    })
+}
+
+impl IdIndex {
+    pub(super) fn new(dir: &Path) -> Self {
+        IdIndex {
+            dir: dir.to_path_buf(),
+            open: HashMap::new(),
+            collided: HashMap::new(),
+            sealed: BTreeMap::new(),
+        }
+    }
+
+    /// Adds an id of the open (last) segment.
+    pub(super) fn add(&mut self, h: u64, sequence: u64) {
+        match self.open.get(&h) {
+            Some(first) if *first != sequence => {
+                self.collided.entry(h).or_default().push(sequence);
+            }
+            Some(_) => {}
+            None => {
+                self.open.insert(h, sequence);
+            }
+        }
+    }
+
+    /// Every sequence stored under `h`; the caller confirms each.
+    pub(super) fn sequences_for(&self, h: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out: Vec<u64> = self.open.get(&h).copied().into_iter().collect();
+        if let Some(more) = self.collided.get(&h) {
+            out.extend(more);
+        }
+        for s in self.sealed.values().rev() {
+            if s.bloom.may_contain(h) {
+                out.extend(s.lookup(h)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of `[first, next)` held in memory (to seal that segment).
+    pub(super) fn entries_in(&self, first: u64, next: u64) -> Vec<(u64, u64)> {
+        let inside = |s: &u64| (first..next).contains(s);
+        let mut out: Vec<(u64, u64)> = self
+            .open
+            .iter()
+            .filter(|(_, s)| inside(s))
+            .map(|(h, s)| (*h, *s))
+            .collect();
+        for (h, v) in &self.collided {
+            out.extend(v.iter().filter(|s| inside(s)).map(|s| (*h, *s)));
+        }
+        out
+    }
+
+    /// Installs a sealed segment's ids and drops them from memory.
+    pub(super) fn install(&mut self, first: u64, next: u64, sealed: Sealed) {
+        let inside = |s: &u64| (first..next).contains(s);
+        self.open.retain(|_, s| !inside(s));
+        self.collided.retain(|_, v| {
+            v.retain(|s| !inside(s));
+            !v.is_empty()
+        });
+        self.sealed.insert(first, sealed);
+    }
+
+    /// Seals `[first, next)` with the ids held in memory (for tests; the
+    /// log writes the file outside its lock with [`write_sealed`]).
+    #[cfg(test)]
+    fn seal(&mut self, first: u64, next: u64) -> Result<(), StoreError> {
+        let sealed = write_sealed(&self.dir, first, self.entries_in(first, next))?;
+        self.install(first, next, sealed);
+        Ok(())
+    }
+
+    /// Loads a sealed segment's ids file written earlier, if it holds
+    /// exactly `count` entries; returns whether it did.
+    pub(super) fn load_sealed(&mut self, first: u64, count: u64) -> Result<bool, StoreError> {
+        let path = self.dir.join(ids_name(first));
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if bytes.len() as u64 != count * ENTRY as u64 {
+            return Ok(false);
+        }
+        let mut bloom = Bloom::new(usize::try_from(count).unwrap_or(0));
+        for chunk in bytes.chunks_exact(ENTRY) {
+            let mut h = [0u8; 8];
+            h.copy_from_slice(&chunk[..8]);
+            bloom.insert(u64::from_le_bytes(h));
+        }
+        self.sealed.insert(
+            first,
+            Sealed {
+                file: Arc::new(File::open(&path)?),
+                path,
+                entries: count,
+                bloom,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Retention: forgets ids below `first` held in memory, and deletes
+    /// the ids files of the segments `removed` (by first sequence).
+    pub(super) fn forget_below(&mut self, first: u64, removed: &[u64]) -> Result<(), StoreError> {
+        self.open.retain(|_, s| *s >= first);
+        self.collided.retain(|_, v| {
+            v.retain(|s| *s >= first);
+            !v.is_empty()
+        });
+        for f in removed {
+            if let Some(s) = self.sealed.remove(f) {
+                std::fs::remove_file(&s.path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes ids files whose segment is gone (e.g. cut at open).
+    pub(super) fn remove_orphans(&self, segments: &[u64]) -> Result<(), StoreError> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let first = name
+                .strip_suffix(".ids")
+                .or_else(|| name.strip_suffix(".ids.tmp"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(f) = first
+                && (name.ends_with(".tmp") || !segments.contains(&f))
+            {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sealed segments (for tests).
+    pub(super) fn sealed_count(&self) -> usize {
+        self.sealed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bloom_has_no_false_negatives_and_few_false_positives() {
+        let mut b = Bloom::new(10_000);
+        let hasher = IdHasher { key: [7; 32] };
+        for i in 0..10_000 {
+            b.insert(hasher.hash("a", &i.to_string()));
+        }
+        for i in 0..10_000 {
+            assert!(b.may_contain(hasher.hash("a", &i.to_string())));
+        }
+        let false_positives = (10_000..30_000)
+            .filter(|i| b.may_contain(hasher.hash("a", &i.to_string())))
+            .count();
+        assert!(false_positives < 600, "{false_positives} of 20,000");
+    }
+
+    #[test]
+    fn the_hash_is_keyed_and_separates_agency_from_id() {
+        let a = IdHasher { key: [1; 32] };
+        let b = IdHasher { key: [2; 32] };
+        assert_ne!(a.hash("x", "1"), b.hash("x", "1"));
+        assert_eq!(a.hash("x", "1"), a.hash("x", "1"));
+        assert_ne!(a.hash("ab", "c"), a.hash("a", "bc"));
+    }
+
+    #[test]
+    fn sealed_ids_are_found_through_the_file_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = IdIndex::new(dir.path());
+        for s in 1..=100u64 {
+            ix.add(s * 7919 % 1000, s);
+        }
+        // Two ids sharing a hash.
+        ix.add(7919 % 1000, 101);
+        ix.seal(1, 102).unwrap();
+        assert!(ix.open.is_empty() && ix.collided.is_empty());
+        assert_eq!(ix.sequences_for(7919 % 1000).unwrap(), [1, 101]);
+        assert_eq!(ix.sequences_for(2 * 7919 % 1000).unwrap(), [2]);
+        let mut again = IdIndex::new(dir.path());
+        assert!(again.load_sealed(1, 101).unwrap());
+        assert!(!IdIndex::new(dir.path()).load_sealed(1, 100).unwrap());
+        assert_eq!(again.sequences_for(50 * 7919 % 1000).unwrap(), [50]);
+        again.forget_below(200, &[1]).unwrap();
+        assert_eq!(again.sealed_count(), 0);
+        assert!(!dir.path().join(ids_name(1)).exists());
+    }
+}
