@@ -190,6 +190,27 @@ pub async fn expunge(
     }
 }
 
+/// Removes the delivery records of deleted subscriptions, one bounded
+/// writer op at a time (each its own commit, between other traffic), until
+/// none remain.
+pub async fn purge_deleted_subscriptions(
+    store: &dyn Storage,
+    writer: &writer::Writer,
+) -> Result<(), errors::BrokerError> {
+    loop {
+        let ids = store.subscriptions_being_purged()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        writer
+            .call(|reply| writer::Op::PurgeDeliveries {
+                subscription_ids: ids,
+                reply,
+            })
+            .await?;
+    }
+}
+
 /// The addresses a started broker listens on.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -306,6 +327,9 @@ pub async fn serve(
                 }
                 if let Err(e) = expunge(&*store, &writer, deliveries.min_floor(), retention).await {
                     tracing::warn!(error = %e, "retention sweep failed");
+                }
+                if let Err(e) = purge_deleted_subscriptions(&*store, &writer).await {
+                    tracing::warn!(error = %e, "purging deleted subscriptions failed");
                 }
             }
         })

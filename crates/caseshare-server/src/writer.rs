@@ -277,6 +277,13 @@ pub enum Op {
         /// Reply: the index assigned.
         reply: Reply<u64>,
     },
+    /// Remove the next delivery records of deleted subscriptions.
+    PurgeDeliveries {
+        /// The deleted subscriptions' ids.
+        subscription_ids: Vec<u64>,
+        /// Reply.
+        reply: Reply<()>,
+    },
     /// Record a refused call.
     AuthDenied {
         /// The caller.
@@ -712,6 +719,13 @@ impl WriterTask {
                     acks,
                     floor,
                 );
+                finish(reply, Ok(()))
+            }
+            Op::PurgeDeliveries {
+                subscription_ids,
+                reply,
+            } => {
+                ctx.batch.purge_deliveries.extend(subscription_ids);
                 finish(reply, Ok(()))
             }
             Op::Record { entry, reply } => {

@@ -27,6 +27,9 @@ pub struct Batch {
     pub subscriptions: Vec<SubscriptionRecord>,
     /// Subscriptions deleted, by id.
     pub deleted_subscriptions: Vec<u64>,
+    /// Deleted subscriptions whose delivery records are still being removed
+    /// (a bounded number per commit, see the backend).
+    pub purge_deliveries: Vec<u64>,
     /// Delivery records written.
     pub deliveries: Vec<DeliveryRecord>,
     /// Delivery records to delete: (subscription id, from sequence) — every
@@ -55,6 +58,7 @@ impl Batch {
             && self.consents.is_empty()
             && self.subscriptions.is_empty()
             && self.deleted_subscriptions.is_empty()
+            && self.purge_deliveries.is_empty()
             && self.deliveries.is_empty()
             && self.deleted_deliveries_from.is_empty()
             && self.retracted.is_empty()

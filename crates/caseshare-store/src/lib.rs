@@ -139,4 +139,8 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// One stored tile of Merkle hashes.
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deleted subscriptions whose delivery records are not all removed yet.
+    fn subscriptions_being_purged(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(Vec::new())
+    }
 }

@@ -22,6 +22,8 @@
 //! - `F` ‖ subscription id → floor sequence
 //! - `D` ‖ subscription id ‖ sequence → [`DeliveryRecord`]
 //! - `X` ‖ sequence → reason (retracted or superseded events)
+//! - `P` ‖ subscription id → (empty): a deleted subscription whose `D`
+//!   records are still being removed, [`PURGE_CHUNK`] per commit
 //! - `M` ‖ name → counters (`seq`, `sub`) and `first`, the first sequence
 //!   retention kept
 
@@ -38,6 +40,10 @@ use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
 };
+
+/// Most delivery records of a deleted subscription removed in one commit,
+/// so that deleting a long-lived subscription never stalls the writer.
+pub const PURGE_CHUNK: usize = 1_000;
 
 /// Largest audit chunk record; a batch with more is split into several.
 const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
@@ -289,10 +295,29 @@ impl Storage for SledStore {
             b.remove(key(b'S', &[&be(*id)]));
             b.remove(key(b'F', &[&be(*id)]));
             stats.records += 2;
-            // Delivery records of a deleted subscription are removed with it.
-            for item in self.tree.scan_prefix(key(b'D', &[&be(*id)])).keys() {
+        }
+        // Delivery records of a deleted subscription go with it, a bounded
+        // number per commit; a `P` marker says more remain.
+        for id in batch
+            .deleted_subscriptions
+            .iter()
+            .chain(&batch.purge_deliveries)
+        {
+            let mut removed = 0;
+            for item in self
+                .tree
+                .scan_prefix(key(b'D', &[&be(*id)]))
+                .keys()
+                .take(PURGE_CHUNK)
+            {
                 b.remove(item?);
-                stats.records += 1;
+                removed += 1;
+            }
+            stats.records += removed;
+            if removed == PURGE_CHUNK {
+                Self::put(&mut b, &mut stats, key(b'P', &[&be(*id)]), Vec::new());
+            } else {
+                b.remove(key(b'P', &[&be(*id)]));
             }
         }
         for (sub, from) in &batch.deleted_deliveries_from {
@@ -472,6 +497,14 @@ impl Storage for SledStore {
         Ok(out)
     }
 
+    fn subscriptions_being_purged(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.tree.scan_prefix([b'P']).keys() {
+            out.push(read_be(&k?[1..], "purge key")?);
+        }
+        Ok(out)
+    }
+
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .tree
@@ -599,5 +632,51 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.event(6).unwrap(), Some(event(6)));
+    }
+
+    #[test]
+    fn a_deleted_subscriptions_deliveries_go_a_bounded_number_per_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let records = |sub: u64, n: u64| -> Vec<DeliveryRecord> {
+            (1..=n)
+                .map(|sequence| DeliveryRecord {
+                    subscription_id: sub,
+                    sequence,
+                    ..DeliveryRecord::default()
+                })
+                .collect()
+        };
+        let mut deliveries = records(7, 2_500);
+        deliveries.extend(records(8, 3));
+        store
+            .commit(&Batch {
+                deliveries,
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .commit(&Batch {
+                deleted_subscriptions: vec![7],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(store.deliveries_from(7, 0).unwrap().len(), 1_500);
+        assert_eq!(store.subscriptions_being_purged().unwrap(), [7]);
+        for left in [500, 0] {
+            store
+                .commit(&Batch {
+                    purge_deliveries: store.subscriptions_being_purged().unwrap(),
+                    ..Batch::default()
+                })
+                .unwrap();
+            assert_eq!(store.deliveries_from(7, 0).unwrap().len(), left);
+        }
+        assert!(store.subscriptions_being_purged().unwrap().is_empty());
+        assert_eq!(
+            store.deliveries_from(8, 0).unwrap().len(),
+            3,
+            "others untouched"
+        );
     }
 }

@@ -85,6 +85,14 @@ impl Subscriber for SubscriberService {
             .call(|reply| Op::DeleteSubscription { actor, name, reply })
             .await?;
         self.0.deliveries.remove(record.id);
+        // What the delete left of its delivery records goes in the
+        // background, a thousand per commit.
+        let (store, writer) = (self.0.store.clone(), self.0.writer.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::purge_deleted_subscriptions(&*store, &writer).await {
+                tracing::warn!(error = %e, "purging a deleted subscription failed");
+            }
+        });
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
 
