@@ -518,6 +518,27 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    /// Opens the store in `dir`. Reopening in the same process right after
+    /// dropping a store can find sled's file lock still held by its
+    /// background I/O threads, which let go of it shortly after; a new
+    /// process (a restart) never sees this. So: retry while the lock is
+    /// busy, for up to 10 s.
+    fn open_store(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir, 8 << 20) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn audit_chunks_round_trip_across_batches_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -525,7 +546,7 @@ mod tests {
             .map(|i| vec![u8::try_from(i % 251).unwrap(); 100 + (i as usize % 300)])
             .collect();
         {
-            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let store = open_store(dir.path());
             let mut next = 0u64;
             for chunk in entries.chunks(170) {
                 let batch = Batch {
@@ -537,7 +558,7 @@ mod tests {
                 next += chunk.len() as u64;
             }
         }
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let store = open_store(dir.path());
         assert_eq!(store.load().unwrap().audit_size, 500);
         assert_eq!(store.audit_entries(0, 500).unwrap(), entries);
         assert_eq!(
@@ -555,7 +576,7 @@ mod tests {
     fn events_deliveries_and_counters_persist() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let store = open_store(dir.path());
             let batch = Batch {
                 events: (1..=3)
                     .map(|s| StoredEvent {
@@ -578,7 +599,7 @@ mod tests {
             };
             store.commit(&batch).unwrap();
         }
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let store = open_store(dir.path());
         let snap = store.load().unwrap();
         assert_eq!(snap.next_sequence, 4);
         assert_eq!(snap.floors, vec![(7, 3)]);
@@ -600,7 +621,7 @@ mod tests {
             ..StoredEvent::default()
         };
         {
-            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let store = open_store(dir.path());
             // As the previous layout wrote them: `E` records, counter at 6.
             let tree = store.raw_tree();
             for seq in 3..6 {
@@ -611,7 +632,7 @@ mod tests {
             store.sync().unwrap();
         }
         for _ in 0..2 {
-            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            let store = open_store(dir.path());
             assert_eq!(store.tree.scan_prefix([b'E']).count(), 0);
             assert_eq!(store.event(4).unwrap(), Some(event(4)));
             let got: Vec<u64> = store
@@ -623,7 +644,7 @@ mod tests {
             assert_eq!(got, [3, 4, 5]);
             assert_eq!(store.load().unwrap().first_sequence, 3);
         }
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let store = open_store(dir.path());
         store
             .commit(&Batch {
                 events: vec![event(6)],
@@ -637,7 +658,7 @@ mod tests {
     #[test]
     fn a_deleted_subscriptions_deliveries_go_a_bounded_number_per_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let store = open_store(dir.path());
         let records = |sub: u64, n: u64| -> Vec<DeliveryRecord> {
             (1..=n)
                 .map(|sequence| DeliveryRecord {
