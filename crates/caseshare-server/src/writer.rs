@@ -1289,26 +1289,48 @@ impl WriterTask {
         items: Vec<AckIntent>,
         floor: Option<u64>,
     ) {
+        let how = Settled {
+            kind: pb::EntryKind::DeadLettered,
+            state: DeliveryState::DeadLettered,
+            actor: "system".into(),
+            recipient: recipient.to_string(),
+        };
+        self.settle(ctx, &how, subscription_id, subscription, items, floor);
+    }
+
+    /// Records settled deliveries (acknowledged or dead-lettered): one
+    /// audit entry and one delivery record each, and the new floor.
+    fn settle(
+        &self,
+        ctx: &mut Ctx<'_>,
+        how: &Settled,
+        subscription_id: u64,
+        subscription: &str,
+        items: Vec<AckIntent>,
+        floor: Option<u64>,
+    ) {
+        let acked = how.state == DeliveryState::Acked;
         for a in items {
             ctx.audit(pb::AuditEntry {
-                kind: pb::EntryKind::DeadLettered as i32,
-                actor: "system".into(),
+                kind: how.kind as i32,
+                actor: how.actor.clone(),
                 child_pseudonym: self.pseudonym(&a.nhs_number),
-                event_id: a.event_id.clone(),
+                event_id: a.event_id,
                 sequence: a.sequence,
-                recipient_agency: recipient.to_string(),
+                recipient_agency: how.recipient.clone(),
                 subscription: subscription.to_string(),
-                delivery_id: a.delivery_id.clone(),
+                delivery_id: a.delivery_id,
                 attempt: a.attempts,
                 ..Default::default()
             });
             ctx.batch.deliveries.push(DeliveryRecord {
                 subscription_id,
                 sequence: a.sequence,
-                state: DeliveryState::DeadLettered as i32,
+                state: how.state as i32,
                 attempts: a.attempts,
                 delivered_at_micros: a.delivered_at.0,
-                settled_at_micros: ctx.now.0,
+                acked_at_micros: if acked { ctx.now.0 } else { 0 },
+                settled_at_micros: if acked { 0 } else { ctx.now.0 },
                 ..Default::default()
             });
         }
@@ -1533,34 +1555,23 @@ impl WriterTask {
         acks: Vec<AckIntent>,
         floor: Option<u64>,
     ) {
-        for a in acks {
-            ctx.audit(pb::AuditEntry {
-                kind: pb::EntryKind::EventAcked as i32,
-                actor: actor.spiffe_id(),
-                child_pseudonym: self.pseudonym(&a.nhs_number),
-                event_id: a.event_id.clone(),
-                sequence: a.sequence,
-                recipient_agency: actor.name.clone(),
-                subscription: subscription.to_string(),
-                delivery_id: a.delivery_id.clone(),
-                attempt: a.attempts,
-                ..Default::default()
-            });
-            ctx.batch.deliveries.push(DeliveryRecord {
-                subscription_id,
-                sequence: a.sequence,
-                state: DeliveryState::Acked as i32,
-                attempts: a.attempts,
-                delivered_at_micros: a.delivered_at.0,
-                acked_at_micros: ctx.now.0,
-                ..Default::default()
-            });
-            metrics::counter!("caseshare_acks_total").increment(1);
-        }
-        if let Some(f) = floor {
-            ctx.batch.floors.push((subscription_id, f));
-        }
+        metrics::counter!("caseshare_acks_total").increment(acks.len() as u64);
+        let how = Settled {
+            kind: pb::EntryKind::EventAcked,
+            state: DeliveryState::Acked,
+            actor: actor.spiffe_id(),
+            recipient: actor.name.clone(),
+        };
+        self.settle(ctx, &how, subscription_id, subscription, acks, floor);
     }
+}
+
+/// How a delivery was settled, for [`WriterTask::settle`].
+struct Settled {
+    kind: pb::EntryKind,
+    state: DeliveryState,
+    actor: String,
+    recipient: String,
 }
 
 /// The commit thread: commits each batch, publishes the new audit head and
