@@ -1369,10 +1369,7 @@ impl WriterTask {
         {
             return Ok(Some(e.clone()));
         }
-        Ok(match self.store.sequence_of(agency, event_id)? {
-            Some(seq) => self.store.event(seq)?,
-            None => None,
-        })
+        Ok(self.store.event_by_id(agency, event_id)?)
     }
 
     /// Agencies that have been sent `original` (in the store or this batch).

@@ -104,6 +104,17 @@ pub trait Storage: Send + Sync + 'static {
     fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError>;
     /// The sequence an agency's event id was stored under.
     fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError>;
+    /// The retained event `agency_id` published as `event_id` (one lookup).
+    fn event_by_id(
+        &self,
+        agency_id: &str,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        match self.sequence_of(agency_id, event_id)? {
+            Some(seq) => self.event(seq),
+            None => Ok(None),
+        }
+    }
     /// Delivery records of one subscription with sequence >= `from`.
     fn deliveries_from(
         &self,

@@ -463,8 +463,8 @@ impl EventLog {
             })
     }
 
-    /// The sequence of the retained event `agency` published as `event_id`.
-    pub fn sequence_of(&self, agency: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+    /// The retained event `agency` published as `event_id`.
+    pub fn by_id(&self, agency: &str, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let h = self.hasher.hash(agency, event_id);
         let candidates = self.read_index().ids.sequences_for(h)?;
         for seq in candidates {
@@ -472,10 +472,15 @@ impl EventLog {
                 && e.source_agency == agency
                 && e.event_id == event_id
             {
-                return Ok(Some(seq));
+                return Ok(Some(e));
             }
         }
         Ok(None)
+    }
+
+    /// The sequence of the retained event `agency` published as `event_id`.
+    pub fn sequence_of(&self, agency: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.by_id(agency, event_id)?.map(|e| e.sequence))
     }
 
     /// Up to `max` events from `from` on, in sequence order.

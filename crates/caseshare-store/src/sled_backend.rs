@@ -441,6 +441,14 @@ impl Storage for SledStore {
         self.events.sequence_of(agency_id, event_id)
     }
 
+    fn event_by_id(
+        &self,
+        agency_id: &str,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.events.by_id(agency_id, event_id)
+    }
+
     fn deliveries_from(
         &self,
         subscription_id: u64,

@@ -150,14 +150,11 @@ impl Publisher for PublisherService {
         let store = &self.0.store;
         let not_found =
             || BrokerError::NotFound(format!("no event {event_id:?} published by this agency"));
-        let seq = store
-            .sequence_of(&actor.name, &event_id)
-            .map_err(BrokerError::from)?
-            .ok_or_else(not_found)?;
         let event = store
-            .event(seq)
+            .event_by_id(&actor.name, &event_id)
             .map_err(BrokerError::from)?
             .ok_or_else(not_found)?;
+        let seq = event.sequence;
         let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
         let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
         let (subs, retracted) = {
