@@ -1,7 +1,8 @@
 //! Delivery guarantees end to end: redelivery after the ack deadline with
 //! backoff, dead letters and their replay, nacks, ordering per child on
 //! ordered subscriptions, idempotent publish across a restart, Seek,
-//! sender-side status, retraction and correction notices, and expiry.
+//! sender-side status, retraction and correction notices, expiry, and the
+//! background removal of a deleted subscription's delivery records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -593,5 +594,73 @@ async fn retention_deletes_settled_events_and_keeps_owed_ones() {
         entries
             .iter()
             .any(|e| e.kind == pb::EntryKind::EventAcked as i32 && e.event_id == "ret-1")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_subscription_removes_its_delivery_records_in_the_background() {
+    let mut b = Broker::start();
+    setup(&b, sub("bulk")).await;
+    // More delivery records than one commit removes (1,000).
+    const N: usize = 1_200;
+    let (tx, rx) = tokio::sync::mpsc::channel(N);
+    for i in 0..N {
+        tx.send(publish_request(attendance_event(
+            &format!("bulk-{i}"),
+            CHILD_1,
+        )))
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let mut answers = b
+        .client("school-b")
+        .publisher
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = 0;
+    while answers.message().await.unwrap().is_some() {
+        answered += 1;
+    }
+    assert_eq!(answered, N);
+    let mut s = Subscription::open(&b, "la-social-care-c", "bulk", 500).await;
+    for _ in 0..N {
+        let d = s.next().await;
+        s.ack(vec![d.delivery_id]).await;
+    }
+    b.client("la-social-care-c")
+        .subscriber
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            name: "bulk".into(),
+        })
+        .await
+        .unwrap();
+    drop(s);
+    // The rest goes in the background; the broker says when it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while b.metric("caseshare_subscription_purges_finished_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge finishes within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(b.stop().await.success());
+    let store = caseshare_store::SledStore::open(&b.data().join("store"), 8 << 20).unwrap();
+    let tree = store.raw_tree();
+    assert_eq!(
+        tree.scan_prefix([b'D']).count(),
+        0,
+        "no delivery record of the deleted subscription is left"
+    );
+    assert_eq!(tree.scan_prefix([b'P']).count(), 0, "no purge is pending");
+    // The events themselves are still there for other subscribers.
+    assert_eq!(
+        caseshare_store::Storage::events_from(&store, 0, N + 10)
+            .unwrap()
+            .len(),
+        N
     );
 }

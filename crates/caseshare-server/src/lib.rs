@@ -197,11 +197,16 @@ pub async fn purge_deleted_subscriptions(
     store: &dyn Storage,
     writer: &writer::Writer,
 ) -> Result<(), errors::BrokerError> {
+    let mut purged = false;
     loop {
         let ids = store.subscriptions_being_purged()?;
         if ids.is_empty() {
+            if purged {
+                metrics::counter!("caseshare_subscription_purges_finished_total").increment(1);
+            }
             return Ok(());
         }
+        purged = true;
         writer
             .call(|reply| writer::Op::PurgeDeliveries {
                 subscription_ids: ids,

@@ -1157,6 +1157,13 @@ impl WriterTask {
         let state = self.read();
         let mut verdicts = Vec::with_capacity(intents.len());
         for intent in intents {
+            // A window picked just before its subscription was deleted:
+            // nothing is sent and nothing recorded for a subscription that
+            // no longer exists.
+            if !state.subscriptions.contains_key(&intent.subscription_id) {
+                verdicts.push(Verdict::Stopped("the subscription was deleted".into()));
+                continue;
+            }
             let pseudonym =
                 child_pseudonym(&self.pseudonym_key, &intent.context.nhs_number).to_vec();
             let now_us = ctx.now.0;
@@ -1310,6 +1317,11 @@ impl WriterTask {
         floor: Option<u64>,
     ) {
         let acked = how.state == DeliveryState::Acked;
+        // Acks that reach the writer after their subscription was deleted
+        // would leave delivery records nobody removes.
+        if !self.read().subscriptions.contains_key(&subscription_id) {
+            return;
+        }
         for a in items {
             ctx.audit(pb::AuditEntry {
                 kind: how.kind as i32,
