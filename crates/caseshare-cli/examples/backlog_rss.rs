@@ -62,21 +62,8 @@ async fn main() {
     let served = support::Served::start(&bin, &[]);
     let pid = served.child.id();
     let connect = |name: &str| served.connect(name);
+    served.register_agencies().await;
     let mut admin = connect("admin");
-    for (id, kind) in [
-        ("school-b", pb::AgencyKind::Education),
-        ("la-social-care-c", pb::AgencyKind::SocialCare),
-    ] {
-        admin
-            .admin
-            .register_agency(pb::RegisterAgencyRequest {
-                agency_id: id.into(),
-                kind: kind as i32,
-                display_name: id.into(),
-            })
-            .await
-            .unwrap();
-    }
     admin
         .admin
         .put_agreement(pb::Agreement {

@@ -80,22 +80,7 @@ async fn main() {
         ],
     );
     let connect = |name: &str| served.connect(name);
-    let mut admin = connect("admin");
-    for (id, kind) in [
-        ("school-b", pb::AgencyKind::Education),
-        ("nhs-trust-a", pb::AgencyKind::Health),
-        ("la-social-care-c", pb::AgencyKind::SocialCare),
-    ] {
-        admin
-            .admin
-            .register_agency(pb::RegisterAgencyRequest {
-                agency_id: id.into(),
-                kind: kind as i32,
-                display_name: id.into(),
-            })
-            .await
-            .unwrap();
-    }
+    served.register_agencies().await;
     let mut good = connect("nhs-trust-a");
     let alone = steady(&mut good, "alone", 1000).await;
 

@@ -654,34 +654,12 @@ async fn tls_1_2_clients_are_refused() {
     assert!(handshake(tls13).await.is_ok(), "TLS 1.3 is accepted");
 }
 
-/// Opens a Subscribe stream and returns the broker's first answer: the
-/// stream, or the status it was refused with.
 async fn try_subscribe(
     b: &Broker,
     agency: &str,
     max_outstanding: u32,
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
-        tonic::Streaming<pb::Delivery>,
-    ),
-    tonic::Status,
-> {
-    let mut c = b.client(agency);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::SubscribeRequest {
-        subscription: "main".into(),
-        max_outstanding,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let stream = c
-        .subscriber
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    Ok((tx, stream))
+) -> Result<Subscription, tonic::Status> {
+    Subscription::try_open(b, agency, "main", max_outstanding).await
 }
 
 #[tokio::test]
@@ -754,9 +732,10 @@ async fn an_idle_subscribe_stream_is_closed_naming_the_limit() {
     b.register_sample_agencies().await;
     create_subscription(&b, "la-social-care-c", "main").await;
     let opened = Instant::now();
-    let (_tx, mut stream) = try_subscribe(&b, "la-social-care-c", 10).await.unwrap();
+    // Held whole: dropping its sender would end the stream from this side.
+    let mut stream = try_subscribe(&b, "la-social-care-c", 10).await.unwrap();
     // Nothing to deliver and nothing sent: the broker ends the stream.
-    let end = tokio::time::timeout(Duration::from_secs(30), stream.message())
+    let end = tokio::time::timeout(Duration::from_secs(30), stream.rx.message())
         .await
         .expect("the broker ends an idle stream");
     let status = end.expect_err("the stream ends with a status");

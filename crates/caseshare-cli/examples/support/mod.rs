@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_proto::v1 as pb;
 
 /// A broker process and where to reach it.
 pub struct Served {
@@ -68,6 +69,26 @@ impl Served {
             name,
         ))
         .unwrap()
+    }
+
+    /// Registers the dev PKI's three agencies, as the administrator.
+    pub async fn register_agencies(&self) {
+        let mut admin = self.connect("admin");
+        for (id, kind) in [
+            ("school-b", pb::AgencyKind::Education),
+            ("nhs-trust-a", pb::AgencyKind::Health),
+            ("la-social-care-c", pb::AgencyKind::SocialCare),
+        ] {
+            admin
+                .admin
+                .register_agency(pb::RegisterAgencyRequest {
+                    agency_id: id.into(),
+                    kind: kind as i32,
+                    display_name: id.into(),
+                })
+                .await
+                .unwrap();
+        }
     }
 
     /// SIGKILL and reap.

@@ -357,6 +357,7 @@ pub fn publish_request(event: pb::CaseEvent) -> pb::PublishRequest {
 }
 
 /// An open Subscribe stream.
+#[derive(Debug)]
 pub struct Subscription {
     pub tx: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
     pub rx: tonic::Streaming<pb::Delivery>,
@@ -364,6 +365,18 @@ pub struct Subscription {
 
 impl Subscription {
     pub async fn open(b: &Broker, agency: &str, name: &str, max_outstanding: u32) -> Subscription {
+        Self::try_open(b, agency, name, max_outstanding)
+            .await
+            .unwrap()
+    }
+
+    /// Opens a stream, or returns the status the broker refused it with.
+    pub async fn try_open(
+        b: &Broker,
+        agency: &str,
+        name: &str,
+        max_outstanding: u32,
+    ) -> Result<Subscription, tonic::Status> {
         let mut c = b.client(agency);
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tx.send(pb::SubscribeRequest {
@@ -376,10 +389,9 @@ impl Subscription {
         let rx = c
             .subscriber
             .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
+            .await?
             .into_inner();
-        Subscription { tx, rx }
+        Ok(Subscription { tx, rx })
     }
 
     /// The next delivery (fails the test after 30 s).
