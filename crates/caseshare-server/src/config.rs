@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod keys;
+
 /// A configuration problem an operator can fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,7 +40,7 @@ pub enum ConfigError {
 
 /// TLS files. All three or none: with none, a dev PKI is created in
 /// `<data_dir>/pki/`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The CA bundle that client certificates must chain to (PEM).
@@ -53,7 +55,7 @@ pub struct TlsConfig {
 }
 
 /// Limits on what clients may send and hold.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest encoded event, bytes.
@@ -101,7 +103,7 @@ impl Default for LimitsConfig {
 }
 
 /// Storage tuning.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// sled page cache, MiB.
@@ -120,7 +122,7 @@ impl Default for StoreConfig {
 }
 
 /// Delivery and retention.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Delay before the first redelivery, ms (doubling per attempt).
@@ -145,7 +147,7 @@ impl Default for DeliveryConfig {
 }
 
 /// The audit log.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// The checkpoint origin line (and signing key name).
@@ -165,7 +167,7 @@ impl Default for AuditConfig {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the store, secrets and dev PKI live.
@@ -281,117 +283,146 @@ impl Config {
         if let Some(v) = get("CASESHARE_AUDIT_SIGNING_KEY") {
             self.audit.signing_key = Some(v.into());
         }
-        if let Some(v) = get("CASESHARE_BACKOFF_BASE_MS") {
-            self.delivery.backoff_base_ms = parse_env("CASESHARE_BACKOFF_BASE_MS", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_BACKOFF_CAP_MS") {
-            self.delivery.backoff_cap_ms = parse_env("CASESHARE_BACKOFF_CAP_MS", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_RETENTION_SECS") {
-            self.delivery.retention_secs = parse_env("CASESHARE_RETENTION_SECS", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_RETENTION_SWEEP_SECS") {
-            self.delivery.retention_sweep_secs = parse_env("CASESHARE_RETENTION_SWEEP_SECS", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_MAX_EVENT_BYTES") {
-            self.limits.max_event_bytes = parse_env("CASESHARE_MAX_EVENT_BYTES", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_PUBLISH_RATE_PER_SEC") {
-            self.limits.publish_rate_per_sec = parse_env("CASESHARE_PUBLISH_RATE_PER_SEC", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_PUBLISH_BURST") {
-            self.limits.publish_burst = parse_env("CASESHARE_PUBLISH_BURST", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_MAX_STREAMS_PER_PRINCIPAL") {
-            self.limits.max_streams_per_principal =
-                parse_env("CASESHARE_MAX_STREAMS_PER_PRINCIPAL", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_REFUSAL_DELAY_MS") {
-            self.limits.refusal_delay_ms = parse_env("CASESHARE_REFUSAL_DELAY_MS", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_IDLE_STREAM_TIMEOUT_SECS") {
-            self.limits.idle_stream_timeout_secs =
-                parse_env("CASESHARE_IDLE_STREAM_TIMEOUT_SECS", &v)?;
-        }
-        if let Some(v) = get("CASESHARE_MAX_OUTSTANDING") {
-            self.limits.max_outstanding = parse_env("CASESHARE_MAX_OUTSTANDING", &v)?;
+        for key in keys::KEYS {
+            if let Some(v) = get(key.env) {
+                keys::set_from_str(key, self, &v).map_err(|message| ConfigError::Value {
+                    key: format!("{} ({})", key.name, key.env),
+                    message,
+                })?;
+            }
         }
         Ok(())
     }
 
-    /// Checks values that parse but make no sense.
+    /// Checks every value: each numeric key against its range (see
+    /// [`keys::KEYS`]), then the rules that tie keys together. The error
+    /// names the key, the value and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| {
+        let bad = |key: &str, message: String| {
             Err(ConfigError::Value {
                 key: key.into(),
-                message: message.into(),
+                message,
             })
         };
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return bad("log_format", "must be \"text\" or \"json\"");
+        for key in keys::KEYS {
+            keys::check(key, self).map_err(|message| ConfigError::Value {
+                key: key.name.into(),
+                message,
+            })?;
         }
-        if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
-            return bad("trust_domain", "a DNS-like name such as caseshare.local");
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(
+                "log_format",
+                format!("{:?}: must be \"text\" or \"json\"", self.log_format),
+            );
+        }
+        if !is_dns_name(&self.trust_domain) {
+            return bad(
+                "trust_domain",
+                format!(
+                    "{:?}: a DNS-like name of at most 253 characters (letters, digits, '-', '.'), such as caseshare.local",
+                    self.trust_domain
+                ),
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty".into());
         }
         let t = &self.tls;
         let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
         if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
             return bad(
                 "tls",
-                "set all of tls.ca, tls.cert and tls.key, or none (for a dev PKI)",
+                "set all of tls.ca, tls.cert and tls.key, or none (for a dev PKI)".into(),
             );
         }
-        if self.limits.max_event_bytes == 0
-            || self.limits.max_event_bytes > self.limits.max_message_bytes
-        {
+        if self.limits.max_event_bytes > self.limits.max_message_bytes {
             return bad(
                 "limits.max_event_bytes",
-                "between 1 and limits.max_message_bytes",
+                format!(
+                    "{} is larger than limits.max_message_bytes ({}): an event must fit in a message",
+                    self.limits.max_event_bytes, self.limits.max_message_bytes
+                ),
             );
         }
-        if !self.limits.publish_rate_per_sec.is_finite()
-            || self.limits.publish_rate_per_sec <= 0.0
-            || self.limits.publish_burst < 1.0
-        {
-            return bad(
-                "limits.publish_rate_per_sec",
-                "a positive rate, and publish_burst at least 1",
-            );
-        }
-        if self.limits.max_streams_per_principal == 0 {
-            return bad("limits.max_streams_per_principal", "at least 1");
-        }
-        if self.limits.max_outstanding == 0 {
-            return bad("limits.max_outstanding", "at least 1");
-        }
-        if caseshare_audit::note::is_valid_key_name(&self.audit.origin)
-            .then_some(())
-            .is_none()
+        if self.audit.origin.len() > 256
+            || !caseshare_audit::note::is_valid_key_name(&self.audit.origin)
         {
             return bad(
                 "audit.origin",
-                "a key name without spaces or '+', such as caseshare.local/audit",
+                format!(
+                    "{:?}: a key name of at most 256 characters without spaces or '+', such as caseshare.local/audit",
+                    self.audit.origin
+                ),
             );
         }
-        if self.delivery.backoff_base_ms == 0
-            || self.delivery.backoff_cap_ms < self.delivery.backoff_base_ms
-        {
+        if self.delivery.backoff_cap_ms < self.delivery.backoff_base_ms {
             return bad(
                 "delivery.backoff_cap_ms",
-                "backoff_base_ms must be at least 1 and backoff_cap_ms at least backoff_base_ms",
+                format!(
+                    "{} is below delivery.backoff_base_ms ({}): the cap must be at least the base",
+                    self.delivery.backoff_cap_ms, self.delivery.backoff_base_ms
+                ),
             );
         }
-        if self.delivery.retention_sweep_secs == 0 {
-            return bad("delivery.retention_sweep_secs", "at least 1");
-        }
-        if self.store.max_batch == 0 {
-            return bad("store.max_batch", "at least 1");
-        }
         if self.listen == self.ops_listen && self.listen.port() != 0 {
-            return bad("ops_listen", "must differ from listen");
+            return bad(
+                "ops_listen",
+                format!("{} must differ from listen", self.ops_listen),
+            );
         }
         Ok(())
     }
+}
+
+/// One numeric key and its allowed range, as an operator would write it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRange {
+    /// The key in the TOML file, e.g. `limits.max_outstanding`.
+    pub name: &'static str,
+    /// Its environment variable.
+    pub env: &'static str,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The smallest value accepted.
+    pub min: String,
+    /// The largest value accepted.
+    pub max: String,
+}
+
+/// Every numeric key with its range (for documentation and tests).
+pub fn key_ranges() -> Vec<KeyRange> {
+    keys::KEYS
+        .iter()
+        .map(|k| {
+            let (min, max) = match k.access {
+                keys::Access::Int { min, max, .. } => (min.to_string(), max.to_string()),
+                keys::Access::Float { min, max, .. } => (min.to_string(), max.to_string()),
+            };
+            KeyRange {
+                name: k.name,
+                env: k.env,
+                unit: k.unit,
+                min,
+                max,
+            }
+        })
+        .collect()
+}
+
+/// A DNS-like name: labels of letters, digits and '-', separated by '.'.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[cfg(test)]
@@ -437,5 +468,180 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("tls"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod key_table_tests {
+    //! Every numeric key at its bounds and one past them, through the
+    //! environment and through the TOML file.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::keys::{Access, KEYS};
+    use super::*;
+
+    /// Keeps the rules that tie keys together satisfied while one key moves.
+    fn companions(name: &str, cfg: &mut Config) {
+        match name {
+            "limits.max_event_bytes" => cfg.limits.max_message_bytes = 64 << 20,
+            "limits.max_message_bytes" => {
+                cfg.limits.max_event_bytes = cfg
+                    .limits
+                    .max_event_bytes
+                    .min(cfg.limits.max_message_bytes)
+                    .max(1024)
+            }
+            "delivery.backoff_base_ms" => cfg.delivery.backoff_cap_ms = 86_400_000,
+            "delivery.backoff_cap_ms" => {
+                cfg.delivery.backoff_base_ms = cfg
+                    .delivery
+                    .backoff_base_ms
+                    .min(cfg.delivery.backoff_cap_ms)
+                    .max(1)
+            }
+            _ => {}
+        }
+    }
+
+    /// Loads the defaults with one environment variable set, then fixes up
+    /// companion keys and validates, as `caseshare serve` does.
+    fn with_env(env: &'static str, value: String) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == env).then(|| value.clone()))?;
+        Ok(cfg)
+    }
+
+    fn bounds(access: Access) -> (String, String, Option<String>, String) {
+        match access {
+            Access::Int { min, max, .. } => (
+                min.to_string(),
+                max.to_string(),
+                min.checked_sub(1).map(|v| v.to_string()),
+                (max + 1).to_string(),
+            ),
+            Access::Float { min, max, .. } => (
+                min.to_string(),
+                max.to_string(),
+                Some((min / 2.0).to_string()),
+                (max * 2.0).to_string(),
+            ),
+        }
+    }
+
+    #[test]
+    fn every_numeric_key_is_in_the_table() {
+        // Walk the defaults as TOML: every number must have a row.
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let mut numeric = Vec::new();
+        for (section, table) in value.as_table().unwrap() {
+            if let Some(t) = table.as_table() {
+                for (k, v) in t {
+                    if v.is_integer() || v.is_float() {
+                        numeric.push(format!("{section}.{k}"));
+                    }
+                }
+            } else if table.is_integer() || table.is_float() {
+                numeric.push(section.clone());
+            }
+        }
+        let mut names: Vec<String> = KEYS.iter().map(|k| k.name.to_string()).collect();
+        numeric.sort();
+        names.sort();
+        assert_eq!(
+            numeric, names,
+            "config keys without a range, or rows without a key"
+        );
+        let mut envs: Vec<&str> = KEYS.iter().map(|k| k.env).collect();
+        envs.sort();
+        envs.dedup();
+        assert_eq!(
+            envs.len(),
+            KEYS.len(),
+            "two keys share an environment variable"
+        );
+    }
+
+    #[test]
+    fn defaults_are_inside_every_range() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_key_at_its_bounds_and_one_past() {
+        for key in KEYS {
+            let (min, max, below, above) = bounds(key.access);
+            for ok in [&min, &max] {
+                let mut cfg = with_env(key.env, ok.clone())
+                    .unwrap_or_else(|e| panic!("{} = {ok}: {e}", key.name));
+                companions(key.name, &mut cfg);
+                cfg.validate()
+                    .unwrap_or_else(|e| panic!("{} = {ok} should be accepted: {e}", key.name));
+            }
+            for past in below.iter().chain([&above]) {
+                let err = with_env(key.env, past.clone()).and_then(|mut cfg| {
+                    companions(key.name, &mut cfg);
+                    cfg.validate().map(|()| cfg)
+                });
+                let msg = match err {
+                    Ok(_) => panic!("{} = {past} should be refused", key.name),
+                    Err(e) => e.to_string(),
+                };
+                assert!(msg.contains(key.name), "{msg}");
+                assert!(msg.contains("out of range"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_file_is_range_checked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        for (text, key) in [
+            ("[store]\ncache_mib = 0\n", "store.cache_mib"),
+            (
+                "[limits]\nhttp2_max_concurrent_streams = 0\n",
+                "limits.http2_max_concurrent_streams",
+            ),
+            (
+                "[limits]\nhttp2_keepalive_interval_secs = 18446744073709551615\n",
+                "limits.http2_keepalive_interval_secs",
+            ),
+            (
+                "[limits]\nidle_stream_timeout_secs = 99999999999\n",
+                "limits.idle_stream_timeout_secs",
+            ),
+            (
+                "[limits]\npublish_rate_per_sec = nan\n",
+                "limits.publish_rate_per_sec",
+            ),
+            ("[limits]\npublish_burst = inf\n", "limits.publish_burst"),
+            (
+                "[delivery]\nbackoff_base_ms = 10\nbackoff_cap_ms = 5\n",
+                "delivery.backoff_cap_ms",
+            ),
+            (
+                "[limits]\nmax_event_bytes = 2000000\nmax_message_bytes = 1000000\n",
+                "limits.max_event_bytes",
+            ),
+            ("trust_domain = \"bad domain\"\n", "trust_domain"),
+            ("log_format = \"xml\"\n", "log_format"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = Config::load(Some(&f), |_| None)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} should be refused"))
+                .to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn non_numbers_in_the_environment_name_the_key() {
+        for key in KEYS {
+            let e = with_env(key.env, "lots".into())
+                .err()
+                .map(|e| e.to_string());
+            let e = e.unwrap_or_else(|| panic!("{} accepted \"lots\"", key.env));
+            assert!(e.contains(key.env) && e.contains(key.name), "{e}");
+        }
     }
 }
