@@ -16,6 +16,7 @@
 pub mod auditlog;
 pub mod auth;
 pub mod config;
+pub mod datadir;
 pub mod delivery;
 pub mod errors;
 pub mod limits;
@@ -72,7 +73,8 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// A secret file is unsafe.
+    /// A key, secret or dev PKI file is missing or unsafe (the message
+    /// names the file and what to do).
     #[error("{0}")]
     Secret(String),
 }
@@ -96,7 +98,9 @@ pub struct TlsFiles {
 }
 
 /// Resolves the TLS files, creating a dev PKI in `<data_dir>/pki/` when none
-/// is configured and none exists yet.
+/// is configured, none exists yet and the data directory holds no data
+/// (`datadir`). Temporaries of an interrupted creation are removed; a
+/// `pki/` that lacks a file is a refusal naming it.
 pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     if let (Some(ca), Some(cert), Some(key)) = (&config.tls.ca, &config.tls.cert, &config.tls.key) {
         return Ok(TlsFiles {
@@ -107,8 +111,33 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
         });
     }
     let dir = config.data_dir.join("pki");
+    datadir::remove_leftover_temporaries(&dir)?;
     let paths = pki::DevPkiPaths::in_dir(&dir);
-    if !paths.exists() {
+    if dir.exists() {
+        for (file, _) in pki::dev_pki_files() {
+            let path = dir.join(&file);
+            if !path.exists() {
+                return Err(ServeError::Secret(datadir::missing_file(
+                    &path,
+                    "development CA would not be trusted by the clients holding the \
+                     certificates it issued",
+                    datadir::existing_data(&config.data_dir)?.as_deref(),
+                    &config.data_dir,
+                )));
+            }
+        }
+    } else if let Some(data) = datadir::existing_data(&config.data_dir)? {
+        return Err(ServeError::Secret(format!(
+            "{} is missing, but the data directory already holds data ({} exists); \
+             a new development CA would not be trusted by the clients holding the \
+             certificates of the old one, so the broker will not make one. Restore {} \
+             from a backup of this data directory; or configure tls.ca, tls.cert and \
+             tls.key (CASESHARE_TLS_CA, _CERT, _KEY) to use your own PKI",
+            dir.display(),
+            data.display(),
+            dir.display()
+        )));
+    } else {
         pki::write_dev_pki(&dir, &config.trust_domain)?;
         println!(
             "Created a development PKI in {} (not for production).",
@@ -128,33 +157,116 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     })
 }
 
-/// Loads (or creates, 0600) a 32-byte secret.
+/// The broker's keys.
+pub struct Keys {
+    /// The pseudonym key (`secrets/pseudonym.key`).
+    pub pseudonym: Vec<u8>,
+    /// The checkpoint signer (`secrets/checkpoint.skey` or
+    /// `audit.signing_key`).
+    pub signer: caseshare_audit::note::NoteSigner,
+}
+
+const PSEUDONYM_KEY: &str = "pseudonym.key";
+const CHECKPOINT_KEY: &str = "checkpoint.skey";
+const PSEUDONYM_WHAT: &str = "pseudonym key would make every stored pseudonym unmatchable \
+     (a subject access request would find no records)";
+const SIGNER_WHAT: &str = "signing key would change the audit log's identity (its \
+     verifier key), so no earlier checkpoint would verify against it";
+
+/// Loads the keys, creating them only when the data directory holds no data
+/// yet (`datadir`): `secrets/` is made whole or not at all, and a configured
+/// `audit.signing_key` is written atomically. Next to existing data, a
+/// missing key is a refusal naming the file and what to do.
+pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
+    let secrets = config.data_dir.join("secrets");
+    let signer_path = match &config.audit.signing_key {
+        Some(p) => p.clone(),
+        None => secrets.join(CHECKPOINT_KEY),
+    };
+    let signer_in_secrets = config.audit.signing_key.is_none();
+    datadir::remove_leftover_temporaries(&secrets)?;
+    let data = datadir::existing_data(&config.data_dir)?;
+    if !secrets.exists() {
+        if data.is_some() {
+            return Err(ServeError::Secret(datadir::missing_file(
+                &secrets.join(PSEUDONYM_KEY),
+                PSEUDONYM_WHAT,
+                data.as_deref(),
+                &config.data_dir,
+            )));
+        }
+        datadir::create_dir_atomically(&secrets, 0o700, |tmp| {
+            let key: [u8; 32] = rand::random();
+            pki::write_file(&tmp.join(PSEUDONYM_KEY), &key, 0o600)?;
+            if signer_in_secrets {
+                let text =
+                    new_signer_text(&config.audit.origin).map_err(|e| pki::PkiError::Io {
+                        path: tmp.join(CHECKPOINT_KEY),
+                        source: std::io::Error::other(e),
+                    })?;
+                pki::write_file(&tmp.join(CHECKPOINT_KEY), text.as_bytes(), 0o600)?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(dir = %secrets.display(), "created the broker's keys");
+    }
+    if !signer_in_secrets {
+        datadir::remove_leftover_temporaries(&signer_path)?;
+        if !signer_path.exists() && data.is_none() {
+            let text = new_signer_text(&config.audit.origin).map_err(ServeError::Secret)?;
+            datadir::write_file_atomically(&signer_path, text.as_bytes(), 0o600)?;
+            tracing::info!(path = %signer_path.display(), "created the checkpoint signing key");
+        }
+    }
+    let missing = |path: &Path, what: &str| {
+        ServeError::Secret(datadir::missing_file(
+            path,
+            what,
+            data.as_deref(),
+            &config.data_dir,
+        ))
+    };
+    let pseudonym_path = secrets.join(PSEUDONYM_KEY);
+    if !pseudonym_path.exists() {
+        return Err(missing(&pseudonym_path, PSEUDONYM_WHAT));
+    }
+    if !signer_path.exists() {
+        return Err(missing(&signer_path, SIGNER_WHAT));
+    }
+    Ok(Keys {
+        pseudonym: load_secret(&pseudonym_path)?,
+        signer: auditlog::load_signer(&signer_path).map_err(ServeError::Secret)?,
+    })
+}
+
+fn new_signer_text(origin: &str) -> Result<String, String> {
+    let signer = caseshare_audit::note::NoteSigner::generate(origin, &mut rand::rngs::OsRng)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{}\n", signer.to_skey()))
+}
+
+/// Loads a 32-byte secret (mode 0600, exactly 32 bytes). It is never
+/// created here: `load_keys` creates keys, and only for a new broker.
 pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ServeError::Secret(format!(
-                "{} is readable by other users; run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
-        if bytes.len() != 32 {
-            return Err(ServeError::Secret(format!(
-                "{} must hold exactly 32 bytes",
-                path.display()
-            )));
-        }
-        return Ok(bytes);
+    let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ServeError::Secret(format!(
+            "{} is readable by other users; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+    if bytes.len() != 32 {
+        return Err(ServeError::Secret(format!(
+            "{} must hold exactly 32 bytes, but holds {}; restore it from a backup of \
+             this data directory",
+            path.display(),
+            bytes.len()
+        )));
     }
-    let secret: [u8; 32] = rand::random();
-    pki::write_file(path, &secret, 0o600)?;
-    Ok(secret.to_vec())
+    Ok(bytes)
 }
 
 /// Deletes events below `below` (settled for every subscription) published
@@ -243,7 +355,8 @@ pub async fn serve(
         key: tls_files.key.clone(),
         crls: config.tls.crls.clone(),
     })?);
-    let pseudonym_key = load_secret(&config.data_dir.join("secrets").join("pseudonym.key"))?;
+    let keys = load_keys(&config)?;
+    let pseudonym_key = keys.pseudonym;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
     let store: Arc<dyn Storage> = Arc::new(SledStore::open(&config.data_dir.join("store"), cache)?);
@@ -254,16 +367,10 @@ pub async fn serve(
         subscriptions = snapshot.subscriptions.len(),
         "store loaded"
     );
-    let signer_path = match &config.audit.signing_key {
-        Some(p) => p.clone(),
-        None => config.data_dir.join("secrets").join("checkpoint.skey"),
-    };
-    let signer =
-        auditlog::load_signer(&signer_path, &config.audit.origin).map_err(ServeError::Secret)?;
     let log = auditlog::AuditLog::open(
         store.clone(),
         snapshot.audit_size,
-        signer,
+        keys.signer,
         config.audit.origin.clone(),
     )?;
     println!("audit log verifier key: {}", log.vkey());
