@@ -192,6 +192,66 @@ pub fn missing_file(
     }
 }
 
+/// What the pseudonym key file holds after the key: a check value, so that
+/// a damaged key is refused rather than used (a changed key would make
+/// every stored pseudonym unmatchable).
+pub fn pseudonym_key_check(key: &[u8]) -> [u8; 32] {
+    caseshare_core::pseudonym::child_pseudonym(key, "caseshare pseudonym key check v1")
+}
+
+/// The contents of a new pseudonym key file: 32 random bytes, then their
+/// check value.
+pub fn new_pseudonym_key_file() -> Vec<u8> {
+    let key: [u8; 32] = rand::random();
+    let mut out = key.to_vec();
+    out.extend_from_slice(&pseudonym_key_check(&key));
+    out
+}
+
+/// Checks a dev PKI the broker is about to use: the server certificate
+/// chains to `ca.pem` for `localhost` and `server.key` is its key, so a
+/// damaged file is a refusal naming it rather than a broker no client can
+/// reach.
+pub fn verify_dev_pki(paths: &crate::pki::DevPkiPaths) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let ca = &paths.ca;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    let certs = crate::tls::load_certs(&paths.server_cert).map_err(|e| e.to_string())?;
+    let key = crate::tls::load_key(&paths.server_key).map_err(|e| e.to_string())?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    let (end_entity, intermediates) = certs.split_first().ok_or_else(|| {
+        format!("{}: holds no certificate", paths.server_cert.display())
+    })?;
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
+        .map_err(|e| {
+            format!(
+                "{} does not verify against {} ({e}): one of them is damaged",
+                paths.server_cert.display(),
+                ca.display()
+            )
+        })?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+        format!(
+            "{} is not the key of {} ({e}): one of them is damaged",
+            paths.server_key.display(),
+            paths.server_cert.display()
+        )
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -149,6 +149,12 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
             println!("  {name:<18} --cert {} --key {}", c.display(), k.display());
         }
     }
+    datadir::verify_dev_pki(&paths).map_err(|e| {
+        ServeError::Secret(format!(
+            "{e}. Restore {} from a backup of this data directory",
+            dir.display()
+        ))
+    })?;
     Ok(TlsFiles {
         ca: paths.ca.clone(),
         cert: paths.server_cert.clone(),
@@ -196,7 +202,7 @@ pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
             )));
         }
         datadir::create_dir_atomically(&secrets, 0o700, |tmp| {
-            let key: [u8; 32] = rand::random();
+            let key = datadir::new_pseudonym_key_file();
             pki::write_file(&tmp.join(PSEUDONYM_KEY), &key, 0o600)?;
             if signer_in_secrets {
                 let text =
@@ -245,7 +251,9 @@ fn new_signer_text(origin: &str) -> Result<String, String> {
     Ok(format!("{}\n", signer.to_skey()))
 }
 
-/// Loads a 32-byte secret (mode 0600, exactly 32 bytes). It is never
+/// Loads the pseudonym key (mode 0600): 32 bytes then their check value
+/// (`datadir::pseudonym_key_check`), or 32 bytes alone as written before
+/// the check existed. A damaged key is refused, never used. It is never
 /// created here: `load_keys` creates keys, and only for a new broker.
 pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
     use std::os::unix::fs::PermissionsExt;
@@ -258,15 +266,26 @@ pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
         )));
     }
     let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
-    if bytes.len() != 32 {
-        return Err(ServeError::Secret(format!(
-            "{} must hold exactly 32 bytes, but holds {}; restore it from a backup of \
-             this data directory",
-            path.display(),
-            bytes.len()
-        )));
+    let damaged = |why: String| {
+        ServeError::Secret(format!(
+            "{} is damaged: {why}; the broker will not use a changed key (stored \
+             pseudonyms would stop matching). Restore it from a backup of this data directory",
+            path.display()
+        ))
+    };
+    match bytes.len() {
+        32 => Ok(bytes),
+        64 => {
+            let (key, check) = bytes.split_at(32);
+            if datadir::pseudonym_key_check(key).as_slice() != check {
+                return Err(damaged("its check value does not match the key".into()));
+            }
+            Ok(key.to_vec())
+        }
+        n => Err(damaged(format!(
+            "it must hold 64 bytes (a 32-byte key and its check value), but holds {n}"
+        ))),
     }
-    Ok(bytes)
 }
 
 /// Deletes events below `below` (settled for every subscription) published
