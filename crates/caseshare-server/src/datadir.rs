@@ -229,9 +229,9 @@ pub fn verify_dev_pki(paths: &crate::pki::DevPkiPaths) -> Result<(), String> {
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
             .build()
             .map_err(|e| format!("{}: {e}", ca.display()))?;
-    let (end_entity, intermediates) = certs.split_first().ok_or_else(|| {
-        format!("{}: holds no certificate", paths.server_cert.display())
-    })?;
+    let (end_entity, intermediates) = certs
+        .split_first()
+        .ok_or_else(|| format!("{}: holds no certificate", paths.server_cert.display()))?;
     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     verifier
         .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())

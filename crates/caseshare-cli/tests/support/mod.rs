@@ -413,3 +413,102 @@ impl Subscription {
             .unwrap();
     }
 }
+
+/// A start that ended before the broker listened: its exit status and what
+/// it wrote to stderr during that start.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl Broker {
+    /// Starts the broker on `dir` like [`Broker::start_in`], but a broker
+    /// that exits before it listens (it refused to start) is returned as
+    /// [`Refused`] instead of failing the test. `wrap` is a command line
+    /// the broker is run under (e.g. `prlimit --fsize=N`), empty for none.
+    pub fn try_start_in(
+        dir: &Path,
+        env: &[(&str, &str)],
+        wrap: &[String],
+    ) -> Result<Broker, Refused> {
+        install_crypto();
+        let log_path = dir.join("broker.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let log_start = log.metadata().unwrap().len();
+        let bin = env!("CARGO_BIN_EXE_caseshare");
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .env("CASESHARE_LOG", "info")
+        .env_remove("CASESHARE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start caseshare serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let (false, Some(rest)) = (
+                    sent,
+                    line.strip_prefix("caseshare listening: grpc https://"),
+                ) {
+                    let mut parts = rest.split(" ops http://");
+                    let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
+                    let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
+                    let _ = tx.send((grpc, ops));
+                    sent = true;
+                }
+            }
+            // stdout closed without the line: the sender drops and the
+            // receiver sees the broker go.
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((grpc, ops)) => Ok(Broker {
+                child: Some(child),
+                dir: dir.to_path_buf(),
+                _tmp: None,
+                grpc,
+                ops,
+            }),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                let all = std::fs::read(&log_path).unwrap_or_default();
+                let from = usize::try_from(log_start).unwrap().min(all.len());
+                Err(Refused {
+                    status,
+                    stderr: String::from_utf8_lossy(&all[from..]).into_owned(),
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("broker neither started nor exited within 60 s; log:\n{log}");
+            }
+        }
+    }
+}
