@@ -31,7 +31,6 @@ use caseshare_audit::merkle::{leaf_hash, verify_inclusion};
 use caseshare_audit::note::{NoteVerifier, verify_checkpoint};
 use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 use support::*;
 use tokio_stream::StreamExt;
 
@@ -98,37 +97,6 @@ fn walk(root: &Path) -> Vec<String> {
     go(root, root, &mut out);
     out.sort();
     out
-}
-
-/// A digest of every file (and directory) under `root`, with its mode.
-fn digest(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = BTreeMap::new();
-    fn go(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            let mode = meta.permissions().mode();
-            if meta.is_dir() {
-                out.insert(format!("{rel}/"), format!("dir {mode:o}"));
-                go(root, &p, out);
-            } else {
-                let bytes = std::fs::read(&p).unwrap();
-                out.insert(
-                    rel,
-                    format!("{mode:o} {} {}", bytes.len(), hex(&Sha256::digest(&bytes))),
-                );
-            }
-        }
-    }
-    go(root, root, &mut out);
-    out
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -562,7 +530,7 @@ fn check_refusal(
     {
         return Err(format!("the refusal does not name {rel}: {message}"));
     }
-    let after = digest(data);
+    let after = digest_tree(data);
     if &after != before {
         let changed: Vec<String> = before
             .keys()
@@ -592,7 +560,7 @@ async fn run_case(g: &Golden, case: &Case, rng: &mut Rng) -> Result<String, Stri
     if let Some(rel) = &case.rel {
         apply(&data.join(rel), &case.fault, rng);
     }
-    let before = digest(&data);
+    let before = digest_tree(&data);
     let wrap: Vec<String> = match case.fault {
         Fault::DiskFull(limit) => vec![
             "sh".into(),

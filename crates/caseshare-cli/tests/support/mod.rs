@@ -512,3 +512,50 @@ impl Broker {
         }
     }
 }
+
+/// A digest of every file and directory under `root` (mode, length,
+/// SHA-256), by relative path: two equal digests mean byte-for-byte equal
+/// trees.
+pub fn digest_tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    fn go(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), format!("dir {mode:o}"));
+                go(root, &p, out);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                let hash: String = Sha256::digest(&bytes)
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect();
+                out.insert(rel, format!("{mode:o} {} {hash}", bytes.len()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    go(root, root, &mut out);
+    out
+}
+
+/// The single `error:` line a refused start printed.
+pub fn refusal_message(r: &Refused) -> String {
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one error line expected; stderr:\n{}",
+        r.stderr
+    );
+    assert!(!r.status.success(), "{}", r.status);
+    lines[0].to_string()
+}
