@@ -223,3 +223,64 @@ async fn a_configured_signing_key_is_made_atomically_once_and_never_again() {
     assert_refused_untouched(tmp.path(), &env, &skey_str);
     assert!(!skey.exists());
 }
+
+#[tokio::test]
+async fn a_first_start_on_a_full_disk_leaves_nothing_half_written() {
+    // RLIMIT_FSIZE (SIGXFSZ ignored, so writes fail with EFBIG) at sizes
+    // that stop the first start inside the PKI, inside the keys, and in
+    // the store.
+    for limit in [0u64, 300, 700, 1_100, 4_096] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let wrap: Vec<String> = ["sh", "-c", "trap '' XFSZ; exec \"$@\"", "sh", "prlimit"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--fsize={limit}")])
+            .collect();
+        match Broker::try_start_in(tmp.path(), &[], &wrap) {
+            Ok(mut b) => {
+                println!("limit {limit}: started");
+                b.stop().await;
+            }
+            Err(r) => {
+                let msg = refusal_message(&r);
+                println!("limit {limit}: refused: {msg}");
+                assert!(msg.contains("File too large"), "limit {limit}: {msg}");
+            }
+        }
+        assert!(
+            leftovers(&data).is_empty(),
+            "limit {limit}: {:?}",
+            leftovers(&data)
+        );
+        // A directory is there whole or not at all.
+        if data.join("pki").exists() {
+            for (file, _) in caseshare_server::pki::dev_pki_files() {
+                assert!(
+                    data.join("pki").join(&file).exists(),
+                    "limit {limit}: {file}"
+                );
+            }
+        }
+        if data.join("secrets").exists() {
+            assert_eq!(
+                std::fs::read(data.join("secrets/pseudonym.key"))
+                    .unwrap()
+                    .len(),
+                64,
+                "limit {limit}"
+            );
+            assert!(
+                data.join("secrets/checkpoint.skey").exists(),
+                "limit {limit}"
+            );
+        }
+        // With room, the broker starts and serves.
+        let mut b = match Broker::try_start_in(tmp.path(), &[], &[]) {
+            Ok(b) => b,
+            Err(r) => panic!("limit {limit}: with room, refused: {}", r.stderr),
+        };
+        b.register_sample_agencies().await;
+        assert!(b.stop().await.success(), "limit {limit}");
+    }
+}

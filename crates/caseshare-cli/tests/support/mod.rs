@@ -434,12 +434,11 @@ impl Broker {
     ) -> Result<Broker, Refused> {
         install_crypto();
         let log_path = dir.join("broker.log");
-        let log = std::fs::OpenOptions::new()
+        let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
-        let log_start = log.metadata().unwrap().len();
         let bin = env!("CARGO_BIN_EXE_caseshare");
         let mut cmd = match wrap.split_first() {
             Some((first, rest)) => {
@@ -461,11 +460,27 @@ impl Broker {
         .env("CASESHARE_LOG", "info")
         .env_remove("CASESHARE_CONFIG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
+        // Through a pipe, not the log file: a limit on file size (a full
+        // disk) must not swallow the broker's refusal.
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start caseshare serve");
+        let stderr = child.stderr.take().unwrap();
+        let stderr_copy = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut seen = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if seen.len() < 1 << 20 {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+            }
+            seen
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -496,11 +511,9 @@ impl Broker {
             }),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let status = child.wait().unwrap();
-                let all = std::fs::read(&log_path).unwrap_or_default();
-                let from = usize::try_from(log_start).unwrap().min(all.len());
                 Err(Refused {
                     status,
-                    stderr: String::from_utf8_lossy(&all[from..]).into_owned(),
+                    stderr: stderr_copy.join().unwrap(),
                 })
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
