@@ -19,6 +19,7 @@ pub mod config;
 pub mod datadir;
 pub mod delivery;
 pub mod errors;
+pub mod keys;
 pub mod limits;
 pub mod ops;
 pub mod pki;
@@ -114,18 +115,7 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     datadir::remove_leftover_temporaries(&dir)?;
     let paths = pki::DevPkiPaths::in_dir(&dir);
     if dir.exists() {
-        for (file, _) in pki::dev_pki_files() {
-            let path = dir.join(&file);
-            if !path.exists() {
-                return Err(ServeError::Secret(datadir::missing_file(
-                    &path,
-                    "development CA would not be trusted by the clients holding the \
-                     certificates it issued",
-                    datadir::existing_data(&config.data_dir)?.as_deref(),
-                    &config.data_dir,
-                )));
-            }
-        }
+        keys::check_dev_pki(config)?;
     } else if let Some(data) = datadir::existing_data(&config.data_dir)? {
         return Err(ServeError::Secret(format!(
             "{} is missing, but the data directory already holds data ({} exists); \
@@ -139,6 +129,7 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
         )));
     } else {
         pki::write_dev_pki(&dir, &config.trust_domain)?;
+        keys::check_dev_pki(config)?;
         println!(
             "Created a development PKI in {} (not for production).",
             dir.display()
@@ -149,12 +140,6 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
             println!("  {name:<18} --cert {} --key {}", c.display(), k.display());
         }
     }
-    datadir::verify_dev_pki(&paths).map_err(|e| {
-        ServeError::Secret(format!(
-            "{e}. Restore {} from a backup of this data directory",
-            dir.display()
-        ))
-    })?;
     Ok(TlsFiles {
         ca: paths.ca.clone(),
         cert: paths.server_cert.clone(),
@@ -163,98 +148,10 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     })
 }
 
-/// The broker's keys.
-pub struct Keys {
-    /// The pseudonym key (`secrets/pseudonym.key`).
-    pub pseudonym: Vec<u8>,
-    /// The checkpoint signer (`secrets/checkpoint.skey` or
-    /// `audit.signing_key`).
-    pub signer: caseshare_audit::note::NoteSigner,
-}
-
-const PSEUDONYM_KEY: &str = "pseudonym.key";
-const CHECKPOINT_KEY: &str = "checkpoint.skey";
-const PSEUDONYM_WHAT: &str = "pseudonym key would make every stored pseudonym unmatchable \
-     (a subject access request would find no records)";
-const SIGNER_WHAT: &str = "signing key would change the audit log's identity (its \
-     verifier key), so no earlier checkpoint would verify against it";
-
-/// Loads the keys, creating them only when the data directory holds no data
-/// yet (`datadir`): `secrets/` is made whole or not at all, and a configured
-/// `audit.signing_key` is written atomically. Next to existing data, a
-/// missing key is a refusal naming the file and what to do.
-pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
-    let secrets = config.data_dir.join("secrets");
-    let signer_path = match &config.audit.signing_key {
-        Some(p) => p.clone(),
-        None => secrets.join(CHECKPOINT_KEY),
-    };
-    let signer_in_secrets = config.audit.signing_key.is_none();
-    datadir::remove_leftover_temporaries(&secrets)?;
-    let data = datadir::existing_data(&config.data_dir)?;
-    if !secrets.exists() {
-        if data.is_some() {
-            return Err(ServeError::Secret(datadir::missing_file(
-                &secrets.join(PSEUDONYM_KEY),
-                PSEUDONYM_WHAT,
-                data.as_deref(),
-                &config.data_dir,
-            )));
-        }
-        datadir::create_dir_atomically(&secrets, 0o700, |tmp| {
-            let key = datadir::new_pseudonym_key_file();
-            pki::write_file(&tmp.join(PSEUDONYM_KEY), &key, 0o600)?;
-            if signer_in_secrets {
-                let text =
-                    new_signer_text(&config.audit.origin).map_err(|e| pki::PkiError::Io {
-                        path: tmp.join(CHECKPOINT_KEY),
-                        source: std::io::Error::other(e),
-                    })?;
-                pki::write_file(&tmp.join(CHECKPOINT_KEY), text.as_bytes(), 0o600)?;
-            }
-            Ok(())
-        })?;
-        tracing::info!(dir = %secrets.display(), "created the broker's keys");
-    }
-    if !signer_in_secrets {
-        datadir::remove_leftover_temporaries(&signer_path)?;
-        if !signer_path.exists() && data.is_none() {
-            let text = new_signer_text(&config.audit.origin).map_err(ServeError::Secret)?;
-            datadir::write_file_atomically(&signer_path, text.as_bytes(), 0o600)?;
-            tracing::info!(path = %signer_path.display(), "created the checkpoint signing key");
-        }
-    }
-    let missing = |path: &Path, what: &str| {
-        ServeError::Secret(datadir::missing_file(
-            path,
-            what,
-            data.as_deref(),
-            &config.data_dir,
-        ))
-    };
-    let pseudonym_path = secrets.join(PSEUDONYM_KEY);
-    if !pseudonym_path.exists() {
-        return Err(missing(&pseudonym_path, PSEUDONYM_WHAT));
-    }
-    if !signer_path.exists() {
-        return Err(missing(&signer_path, SIGNER_WHAT));
-    }
-    Ok(Keys {
-        pseudonym: load_secret(&pseudonym_path)?,
-        signer: auditlog::load_signer(&signer_path).map_err(ServeError::Secret)?,
-    })
-}
-
-fn new_signer_text(origin: &str) -> Result<String, String> {
-    let signer = caseshare_audit::note::NoteSigner::generate(origin, &mut rand::rngs::OsRng)
-        .map_err(|e| e.to_string())?;
-    Ok(format!("{}\n", signer.to_skey()))
-}
-
 /// Loads the pseudonym key (mode 0600): 32 bytes then their check value
 /// (`datadir::pseudonym_key_check`), or 32 bytes alone as written before
 /// the check existed. A damaged key is refused, never used. It is never
-/// created here: `load_keys` creates keys, and only for a new broker.
+/// created here: `keys::load_keys` creates keys, and only for a new broker.
 pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
@@ -374,7 +271,7 @@ pub async fn serve(
         key: tls_files.key.clone(),
         crls: config.tls.crls.clone(),
     })?);
-    let keys = load_keys(&config)?;
+    let keys = keys::load_keys(&config)?;
     let pseudonym_key = keys.pseudonym;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
