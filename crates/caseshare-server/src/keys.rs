@@ -153,10 +153,10 @@ pub fn check_keys_and_pki(config: &Config) -> Vec<String> {
         }
     }
     let secrets = config.data_dir.join("secrets");
-    if secrets.exists() || data.is_some() {
-        if let Err(e) = read_keys(config, data.as_deref()) {
-            problems.push(e.to_string());
-        }
+    if (secrets.exists() || data.is_some())
+        && let Err(e) = read_keys(config, data.as_deref())
+    {
+        problems.push(e.to_string());
     }
     problems
 }
