@@ -110,6 +110,8 @@ pub fn remove_leftover_temporaries(target: &Path) -> Result<Vec<PathBuf>, PkiErr
     }
     if !removed.is_empty() {
         sync_dir(parent)?;
+        metrics::counter!("caseshare_start_temporaries_removed_total")
+            .increment(removed.len() as u64);
     }
     Ok(removed)
 }
