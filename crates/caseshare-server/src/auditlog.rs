@@ -47,32 +47,29 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// Loads the checkpoint signing key (C2SP `PRIVATE+KEY+…` text), creating
-/// one named after the origin, mode 0600, if the file does not exist.
-pub fn load_signer(path: &Path, origin: &str) -> Result<NoteSigner, String> {
+/// Loads the checkpoint signing key (C2SP `PRIVATE+KEY+…` text), mode
+/// 0600. It is never created here: `crate::load_keys` creates it, and only
+/// for a new broker.
+pub fn load_signer(path: &Path) -> Result<NoteSigner, String> {
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        let mode = std::fs::metadata(path)
-            .map_err(|e| e.to_string())?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "{} is readable by other users; run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        return NoteSigner::from_skey(text.trim()).map_err(|e| format!("{}: {e}", path.display()));
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by other users; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    let signer = NoteSigner::generate(origin, &mut rand::rngs::OsRng).map_err(|e| e.to_string())?;
-    crate::pki::write_file(path, format!("{}\n", signer.to_skey()).as_bytes(), 0o600)
-        .map_err(|e| e.to_string())?;
-    Ok(signer)
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    NoteSigner::from_skey(text.trim()).map_err(|e| {
+        format!(
+            "{}: {e}; restore it from a backup of this data directory",
+            path.display()
+        )
+    })
 }
 
 impl AuditLog {

@@ -16,8 +16,10 @@
 pub mod auditlog;
 pub mod auth;
 pub mod config;
+pub mod datadir;
 pub mod delivery;
 pub mod errors;
+pub mod keys;
 pub mod limits;
 pub mod ops;
 pub mod pki;
@@ -72,7 +74,8 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// A secret file is unsafe.
+    /// A key, secret or dev PKI file is missing or unsafe (the message
+    /// names the file and what to do).
     #[error("{0}")]
     Secret(String),
 }
@@ -96,7 +99,9 @@ pub struct TlsFiles {
 }
 
 /// Resolves the TLS files, creating a dev PKI in `<data_dir>/pki/` when none
-/// is configured and none exists yet.
+/// is configured, none exists yet and the data directory holds no data
+/// (`datadir`). Temporaries of an interrupted creation are removed; a
+/// `pki/` that lacks a file is a refusal naming it.
 pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     if let (Some(ca), Some(cert), Some(key)) = (&config.tls.ca, &config.tls.cert, &config.tls.key) {
         return Ok(TlsFiles {
@@ -107,9 +112,24 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
         });
     }
     let dir = config.data_dir.join("pki");
+    datadir::remove_leftover_temporaries(&dir)?;
     let paths = pki::DevPkiPaths::in_dir(&dir);
-    if !paths.exists() {
+    if dir.exists() {
+        keys::check_dev_pki(config)?;
+    } else if let Some(data) = datadir::existing_data(&config.data_dir)? {
+        return Err(ServeError::Secret(format!(
+            "{} is missing, but the data directory already holds data ({} exists); \
+             a new development CA would not be trusted by the clients holding the \
+             certificates of the old one, so the broker will not make one. Restore {} \
+             from a backup of this data directory; or configure tls.ca, tls.cert and \
+             tls.key (CASESHARE_TLS_CA, _CERT, _KEY) to use your own PKI",
+            dir.display(),
+            data.display(),
+            dir.display()
+        )));
+    } else {
         pki::write_dev_pki(&dir, &config.trust_domain)?;
+        keys::check_dev_pki(config)?;
         println!(
             "Created a development PKI in {} (not for production).",
             dir.display()
@@ -128,33 +148,41 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     })
 }
 
-/// Loads (or creates, 0600) a 32-byte secret.
+/// Loads the pseudonym key (mode 0600): 32 bytes then their check value
+/// (`datadir::pseudonym_key_check`), or 32 bytes alone as written before
+/// the check existed. A damaged key is refused, never used. It is never
+/// created here: `keys::load_keys` creates keys, and only for a new broker.
 pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ServeError::Secret(format!(
-                "{} is readable by other users; run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
-        if bytes.len() != 32 {
-            return Err(ServeError::Secret(format!(
-                "{} must hold exactly 32 bytes",
-                path.display()
-            )));
-        }
-        return Ok(bytes);
+    let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ServeError::Secret(format!(
+            "{} is readable by other users; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+    let damaged = |why: String| {
+        ServeError::Secret(format!(
+            "{} is damaged: {why}; the broker will not use a changed key (stored \
+             pseudonyms would stop matching). Restore it from a backup of this data directory",
+            path.display()
+        ))
+    };
+    match bytes.len() {
+        32 => Ok(bytes),
+        64 => {
+            let (key, check) = bytes.split_at(32);
+            if datadir::pseudonym_key_check(key).as_slice() != check {
+                return Err(damaged("its check value does not match the key".into()));
+            }
+            Ok(key.to_vec())
+        }
+        n => Err(damaged(format!(
+            "it must hold 64 bytes (a 32-byte key and its check value), but holds {n}"
+        ))),
     }
-    let secret: [u8; 32] = rand::random();
-    pki::write_file(path, &secret, 0o600)?;
-    Ok(secret.to_vec())
 }
 
 /// Deletes events below `below` (settled for every subscription) published
@@ -243,7 +271,8 @@ pub async fn serve(
         key: tls_files.key.clone(),
         crls: config.tls.crls.clone(),
     })?);
-    let pseudonym_key = load_secret(&config.data_dir.join("secrets").join("pseudonym.key"))?;
+    let keys = keys::load_keys(&config)?;
+    let pseudonym_key = keys.pseudonym;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
     let store: Arc<dyn Storage> = Arc::new(SledStore::open(&config.data_dir.join("store"), cache)?);
@@ -254,16 +283,10 @@ pub async fn serve(
         subscriptions = snapshot.subscriptions.len(),
         "store loaded"
     );
-    let signer_path = match &config.audit.signing_key {
-        Some(p) => p.clone(),
-        None => config.data_dir.join("secrets").join("checkpoint.skey"),
-    };
-    let signer =
-        auditlog::load_signer(&signer_path, &config.audit.origin).map_err(ServeError::Secret)?;
     let log = auditlog::AuditLog::open(
         store.clone(),
         snapshot.audit_size,
-        signer,
+        keys.signer,
         config.audit.origin.clone(),
     )?;
     println!("audit log verifier key: {}", log.vkey());

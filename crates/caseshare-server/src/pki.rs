@@ -240,24 +240,51 @@ impl DevPkiPaths {
     }
 }
 
-/// Writes a complete dev PKI into `dir` for `trust_domain`.
-pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let paths = DevPkiPaths::in_dir(dir);
-    let ca = DevCa::new("Caseshare dev CA")?;
-    write_file(&paths.ca, ca.cert_pem.as_bytes(), 0o644)?;
-    write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
-    let (cert, key) = ca.issue_server(&["localhost", "127.0.0.1"])?;
-    write_file(&paths.server_cert, cert.as_bytes(), 0o644)?;
-    write_file(&paths.server_key, key.as_bytes(), 0o600)?;
-    for (name, path) in DEV_CLIENTS {
-        let (cert, key) = ca.issue_client(&format!("spiffe://{trust_domain}/{path}"), None)?;
-        let (c, k) = paths.client(name);
-        write_file(&c, cert.as_bytes(), 0o644)?;
-        write_file(&k, key.as_bytes(), 0o600)?;
+/// Every file of a dev PKI, by name: (file, mode).
+pub fn dev_pki_files() -> Vec<(String, u32)> {
+    let mut files = vec![
+        ("ca.pem".to_string(), 0o644),
+        ("ca.key".to_string(), 0o600),
+        ("server.pem".to_string(), 0o644),
+        ("server.key".to_string(), 0o600),
+    ];
+    for (name, _) in DEV_CLIENTS {
+        files.push((format!("{name}.pem"), 0o644));
+        files.push((format!("{name}.key"), 0o600));
     }
-    Ok(paths)
+    files
+}
+
+/// Writes a complete dev PKI into `dir` for `trust_domain`, or nothing: it
+/// is built in a temporary sibling directory, every file synced, then
+/// renamed into place and the parent synced (`crate::datadir`). `dir` must
+/// not exist or be empty: a CA is never made next to issued certificates.
+pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiError> {
+    let has_files = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if has_files {
+        return Err(PkiError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already holds files; a new CA is never made next to issued certificates \
+                 (choose an empty or new directory)",
+            ),
+        });
+    }
+    let ca = DevCa::new("Caseshare dev CA")?;
+    let (server_cert, server_key) = ca.issue_server(&["localhost", "127.0.0.1"])?;
+    let mut contents = vec![ca.cert_pem.clone(), ca.key_pem(), server_cert, server_key];
+    for (_, path) in DEV_CLIENTS {
+        let (cert, key) = ca.issue_client(&format!("spiffe://{trust_domain}/{path}"), None)?;
+        contents.push(cert);
+        contents.push(key);
+    }
+    // `contents` is in the order of `dev_pki_files()`.
+    crate::datadir::create_dir_atomically(dir, 0o755, |tmp| {
+        for (text, (file, mode)) in contents.iter().zip(dev_pki_files()) {
+            write_file(&tmp.join(file), text.as_bytes(), mode)?;
+        }
+        Ok(())
+    })?;
+    Ok(DevPkiPaths::in_dir(dir))
 }

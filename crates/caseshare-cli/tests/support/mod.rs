@@ -413,3 +413,162 @@ impl Subscription {
             .unwrap();
     }
 }
+
+/// A start that ended before the broker listened: its exit status and what
+/// it wrote to stderr during that start.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl Broker {
+    /// Starts the broker on `dir` like [`Broker::start_in`], but a broker
+    /// that exits before it listens (it refused to start) is returned as
+    /// [`Refused`] instead of failing the test. `wrap` is a command line
+    /// the broker is run under (e.g. `prlimit --fsize=N`), empty for none.
+    pub fn try_start_in(
+        dir: &Path,
+        env: &[(&str, &str)],
+        wrap: &[String],
+    ) -> Result<Broker, Refused> {
+        install_crypto();
+        let log_path = dir.join("broker.log");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let bin = env!("CARGO_BIN_EXE_caseshare");
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .env("CASESHARE_LOG", "info")
+        .env_remove("CASESHARE_CONFIG")
+        .stdout(Stdio::piped())
+        // Through a pipe, not the log file: a limit on file size (a full
+        // disk) must not swallow the broker's refusal.
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start caseshare serve");
+        let stderr = child.stderr.take().unwrap();
+        let stderr_copy = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut seen = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if seen.len() < 1 << 20 {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+            }
+            seen
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let (false, Some(rest)) = (
+                    sent,
+                    line.strip_prefix("caseshare listening: grpc https://"),
+                ) {
+                    let mut parts = rest.split(" ops http://");
+                    let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
+                    let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
+                    let _ = tx.send((grpc, ops));
+                    sent = true;
+                }
+            }
+            // stdout closed without the line: the sender drops and the
+            // receiver sees the broker go.
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((grpc, ops)) => Ok(Broker {
+                child: Some(child),
+                dir: dir.to_path_buf(),
+                _tmp: None,
+                grpc,
+                ops,
+            }),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                Err(Refused {
+                    status,
+                    stderr: stderr_copy.join().unwrap(),
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("broker neither started nor exited within 60 s; log:\n{log}");
+            }
+        }
+    }
+}
+
+/// A digest of every file and directory under `root` (mode, length,
+/// SHA-256), by relative path: two equal digests mean byte-for-byte equal
+/// trees.
+pub fn digest_tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    fn go(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), format!("dir {mode:o}"));
+                go(root, &p, out);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                let hash: String = Sha256::digest(&bytes)
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect();
+                out.insert(rel, format!("{mode:o} {} {hash}", bytes.len()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    go(root, root, &mut out);
+    out
+}
+
+/// The single `error:` line a refused start printed.
+pub fn refusal_message(r: &Refused) -> String {
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one error line expected; stderr:\n{}",
+        r.stderr
+    );
+    assert!(!r.status.success(), "{}", r.status);
+    lines[0].to_string()
+}

@@ -47,6 +47,26 @@ impl IdHasher {
                     detail: format!("expected 32 bytes, found {}", bytes.len()),
                 })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Sealed `.ids` files were hashed with the lost key: a new
+                // key would make every id in them unfindable (a retried
+                // publish accepted as new). They are derived from the
+                // segments, so moving them away lets them be rebuilt.
+                let sealed = std::fs::read_dir(dir)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .find(|p| p.extension().is_some_and(|x| x == "ids"));
+                if let Some(sealed) = sealed {
+                    return Err(StoreError::Corrupt {
+                        key: path.display().to_string(),
+                        detail: format!(
+                            "the key is missing, but {} and any other `.ids` files were \
+                             hashed with it; restore {KEY_FILE} from a backup of this data \
+                             directory, or move every `*.ids` file out of {} and the broker \
+                             rebuilds them from the segments with a new key",
+                            sealed.display(),
+                            dir.display()
+                        ),
+                    });
+                }
                 let key: [u8; 32] = rand::random();
                 let tmp = dir.join(format!("{KEY_FILE}.tmp"));
                 let mut f = OpenOptions::new()

@@ -250,6 +250,56 @@ fn sealed_segments_answer_ids_from_their_files_across_reopen() {
     assert_eq!(ids_files, log.sealed_id_files());
 }
 
+#[test]
+fn a_missing_ids_key_beside_sealed_ids_files_is_a_refusal_never_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1, 0, 1_000).unwrap();
+        for start in (1..60).step_by(3) {
+            log.append(&events(start..start + 3)).unwrap();
+        }
+        assert!(log.sealed_id_files() >= 4);
+    }
+    let key = dir.path().join("ids.key");
+    std::fs::remove_file(&key).unwrap();
+    let listing = |d: &std::path::Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(dir.path());
+    let err = EventLog::open(dir.path(), 61, 0, 1_000)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ids.key") && err.contains(".ids"), "{err}");
+    assert!(!key.exists());
+    assert_eq!(listing(dir.path()), before, "a refusal changes nothing");
+
+    // The documented repair: move the `.ids` files away; they are rebuilt
+    // from the segments with a new key, and every id is found again.
+    let aside = tempfile::tempdir().unwrap();
+    for (path, _) in &before {
+        let path = std::path::Path::new(path);
+        if path.extension().is_some_and(|x| x == "ids") {
+            std::fs::rename(path, aside.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let log = EventLog::open(dir.path(), 61, 0, 1_000).unwrap();
+    assert!(key.exists());
+    for seq in 1..61 {
+        assert_eq!(
+            log.sequence_of("nhs-trust-a", &format!("e{seq}")).unwrap(),
+            Some(seq)
+        );
+    }
+}
+
 mod damaged_files {
     //! Whatever bytes a segment holds, opening the log does not panic: it
     //! cuts a torn tail or refuses with an error, and what it keeps reads

@@ -1,0 +1,286 @@
+//! Keys and the dev PKI with the real process (issue 13): they are made only
+//! for a data directory with no data, whole or not at all; what a start
+//! killed half-way leaves is removed by the next; a missing or damaged key
+//! or PKI file next to data is a refusal naming the file that changes
+//! nothing, never a new key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+
+use caseshare_proto::v1 as pb;
+use support::*;
+
+fn leftovers(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect()
+}
+
+async fn vkey(b: &Broker) -> String {
+    b.client("auditor")
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vkey
+}
+
+async fn sar(b: &Broker) -> usize {
+    b.client("auditor")
+        .audit
+        .subject_access_report(pb::SubjectAccessReportRequest {
+            nhs_number: CHILD_1.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shares
+        .len()
+}
+
+/// A broker holding data: agencies, an agreement, a subscription, three
+/// events about CHILD_1 (so a subject access report has records).
+async fn broker_with_data(dir: &Path, env: &[(&str, &str)]) -> (String, usize) {
+    let mut b = Broker::start_in(dir, env);
+    b.register_sample_agencies().await;
+    put_agreement(
+        &b,
+        agreement(
+            "isa-edu-sc",
+            "school-b",
+            "la-social-care-c",
+            &["education.*"],
+        ),
+    )
+    .await;
+    create_subscription(&b, "la-social-care-c", "main").await;
+    let mut school = b.client("school-b");
+    for i in 0..3 {
+        school
+            .publisher
+            .publish(publish_request(attendance_event(
+                &format!("k-{i}"),
+                CHILD_1,
+            )))
+            .await
+            .unwrap();
+    }
+    let out = (vkey(&b).await, sar(&b).await);
+    assert!(out.1 > 0);
+    assert!(b.stop().await.success());
+    out
+}
+
+/// Refused, naming `names`, with every file as it was.
+fn assert_refused_untouched(dir: &Path, env: &[(&str, &str)], names: &str) -> String {
+    let before = digest_tree(&dir.join("data"));
+    let refused = match Broker::try_start_in(dir, env, &[]) {
+        Ok(_) => panic!("the broker started; it must refuse ({names})"),
+        Err(r) => r,
+    };
+    let msg = refusal_message(&refused);
+    assert!(msg.contains(names), "the refusal must name {names}: {msg}");
+    assert_eq!(
+        digest_tree(&dir.join("data")),
+        before,
+        "a refusal changes nothing"
+    );
+    msg
+}
+
+#[tokio::test]
+async fn a_new_broker_makes_its_keys_and_pki_whole_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = Broker::try_start_in(tmp.path(), &[], &[]).unwrap();
+    let data = b.data();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("secrets")), 0o700);
+    for key in [
+        "secrets/pseudonym.key",
+        "secrets/checkpoint.skey",
+        "pki/ca.key",
+        "pki/server.key",
+    ] {
+        assert_eq!(mode(&data.join(key)), 0o600, "{key}");
+    }
+    for (file, _) in caseshare_server::pki::dev_pki_files() {
+        assert!(data.join("pki").join(&file).exists(), "{file}");
+    }
+    // The key and its check value.
+    assert_eq!(
+        std::fs::read(data.join("secrets/pseudonym.key"))
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(leftovers(&data).is_empty());
+    b.register_sample_agencies().await;
+    assert!(b.stop().await.success());
+}
+
+#[tokio::test]
+async fn what_a_start_killed_while_making_the_pki_and_keys_leaves_is_removed_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A first start killed while writing: half-built temporaries, nothing
+    // in place yet.
+    let pki_tmp = data.join(".pki.tmp-4242-0badf00d");
+    std::fs::create_dir_all(&pki_tmp).unwrap();
+    std::fs::write(pki_tmp.join("ca.pem"), b"-----BEGIN CERT").unwrap();
+    let secrets_tmp = data.join(".secrets.tmp-4242-0badf00d");
+    std::fs::create_dir_all(&secrets_tmp).unwrap();
+    std::fs::write(secrets_tmp.join("pseudonym.key"), b"").unwrap();
+    let mut b = Broker::try_start_in(tmp.path(), &[], &[]).unwrap();
+    assert!(leftovers(&data).is_empty(), "{:?}", leftovers(&data));
+    b.register_sample_agencies().await;
+    assert!(b.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_dev_pki_missing_a_file_is_refused_by_name_never_regenerated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("data/pki");
+    caseshare_server::pki::write_dev_pki(&pki, "caseshare.local").unwrap();
+    // What a start killed while issuing the client certificates left
+    // before: the CA and server files, not every client's.
+    std::fs::remove_file(pki.join("admin.pem")).unwrap();
+    std::fs::remove_file(pki.join("admin.key")).unwrap();
+    assert_refused_untouched(tmp.path(), &[], "pki/admin.");
+    // A server certificate from another CA: refused, not served.
+    let other = tempfile::tempdir().unwrap();
+    caseshare_server::pki::write_dev_pki(other.path(), "caseshare.local").unwrap();
+    for f in ["admin.pem", "admin.key"] {
+        std::fs::copy(other.path().join(f), pki.join(f)).unwrap();
+    }
+    std::fs::copy(other.path().join("server.pem"), pki.join("server.pem")).unwrap();
+    assert_refused_untouched(tmp.path(), &[], "pki/server.pem");
+    // `dev-pki` never writes over an existing PKI either.
+    assert!(caseshare_server::pki::write_dev_pki(&pki, "caseshare.local").is_err());
+}
+
+#[tokio::test]
+async fn missing_keys_next_to_data_are_refused_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vkey_before, sar_before) = broker_with_data(tmp.path(), &[]).await;
+    let data = tmp.path().join("data");
+    let aside = tmp.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+
+    // The whole secrets/ directory, then each key alone.
+    std::fs::rename(data.join("secrets"), aside.join("secrets")).unwrap();
+    assert_refused_untouched(tmp.path(), &[], "secrets/pseudonym.key");
+    std::fs::rename(aside.join("secrets"), data.join("secrets")).unwrap();
+    for key in ["pseudonym.key", "checkpoint.skey"] {
+        std::fs::rename(data.join("secrets").join(key), aside.join(key)).unwrap();
+        let msg = assert_refused_untouched(tmp.path(), &[], &format!("secrets/{key}"));
+        assert!(msg.contains("backup"), "{msg}");
+        std::fs::rename(aside.join(key), data.join("secrets").join(key)).unwrap();
+    }
+    // The whole dev PKI: no new CA next to data.
+    std::fs::rename(data.join("pki"), aside.join("pki")).unwrap();
+    assert_refused_untouched(tmp.path(), &[], "pki");
+    std::fs::rename(aside.join("pki"), data.join("pki")).unwrap();
+
+    // A key written before the check value existed (32 bytes) is the same
+    // key: the log keeps its identity and the reports their records.
+    let key_path = data.join("secrets/pseudonym.key");
+    let full = std::fs::read(&key_path).unwrap();
+    caseshare_server::pki::write_file(&key_path, &full[..32], 0o600).unwrap();
+    let mut b = Broker::try_start_in(tmp.path(), &[], &[]).unwrap();
+    assert_eq!(vkey(&b).await, vkey_before);
+    assert_eq!(sar(&b).await, sar_before);
+    assert!(b.stop().await.success());
+    // A wrong length is refused.
+    caseshare_server::pki::write_file(&key_path, &full[..31], 0o600).unwrap();
+    assert_refused_untouched(tmp.path(), &[], "secrets/pseudonym.key");
+}
+
+#[tokio::test]
+async fn a_configured_signing_key_is_made_atomically_once_and_never_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let skey = keys.join("log.skey");
+    let skey_str = skey.display().to_string();
+    let env = [("CASESHARE_AUDIT_SIGNING_KEY", skey_str.as_str())];
+    std::fs::create_dir(&keys).unwrap();
+    // A temporary a killed start left beside it.
+    std::fs::write(keys.join(".log.skey.tmp-1-00000000"), b"PRIVATE").unwrap();
+    broker_with_data(tmp.path(), &env).await;
+    let names: Vec<String> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["log.skey"]);
+    // secrets/ then holds only the pseudonym key.
+    assert!(!tmp.path().join("data/secrets/checkpoint.skey").exists());
+    std::fs::remove_file(&skey).unwrap();
+    assert_refused_untouched(tmp.path(), &env, &skey_str);
+    assert!(!skey.exists());
+}
+
+#[tokio::test]
+async fn a_first_start_on_a_full_disk_leaves_nothing_half_written() {
+    // RLIMIT_FSIZE (SIGXFSZ ignored, so writes fail with EFBIG) at sizes
+    // that stop the first start inside the PKI, inside the keys, and in
+    // the store.
+    for limit in [0u64, 300, 700, 1_100, 4_096] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let wrap: Vec<String> = ["sh", "-c", "trap '' XFSZ; exec \"$@\"", "sh", "prlimit"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--fsize={limit}")])
+            .collect();
+        match Broker::try_start_in(tmp.path(), &[], &wrap) {
+            Ok(mut b) => {
+                println!("limit {limit}: started");
+                b.stop().await;
+            }
+            Err(r) => {
+                let msg = refusal_message(&r);
+                println!("limit {limit}: refused: {msg}");
+                assert!(msg.contains("File too large"), "limit {limit}: {msg}");
+            }
+        }
+        assert!(
+            leftovers(&data).is_empty(),
+            "limit {limit}: {:?}",
+            leftovers(&data)
+        );
+        // A directory is there whole or not at all.
+        if data.join("pki").exists() {
+            for (file, _) in caseshare_server::pki::dev_pki_files() {
+                assert!(
+                    data.join("pki").join(&file).exists(),
+                    "limit {limit}: {file}"
+                );
+            }
+        }
+        if data.join("secrets").exists() {
+            assert_eq!(
+                std::fs::read(data.join("secrets/pseudonym.key"))
+                    .unwrap()
+                    .len(),
+                64,
+                "limit {limit}"
+            );
+            assert!(
+                data.join("secrets/checkpoint.skey").exists(),
+                "limit {limit}"
+            );
+        }
+        // With room, the broker starts and serves.
+        let mut b = match Broker::try_start_in(tmp.path(), &[], &[]) {
+            Ok(b) => b,
+            Err(r) => panic!("limit {limit}: with room, refused: {}", r.stderr),
+        };
+        b.register_sample_agencies().await;
+        assert!(b.stop().await.success(), "limit {limit}");
+    }
+}

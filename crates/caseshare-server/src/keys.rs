@@ -1,0 +1,270 @@
+//! The broker's keys — `secrets/pseudonym.key` and the checkpoint signer
+//! (`secrets/checkpoint.skey` or `audit.signing_key`) — and the checks of
+//! an existing dev PKI: made only for a data directory with no data, whole
+//! or not at all; next to data a missing or damaged one is a refusal naming
+//! the file (rules in `crate::datadir` and `docs/OPERATIONS.md`). Also the
+//! same checks read-only, for `caseshare check`.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::{ServeError, datadir, pki};
+
+/// The broker's keys.
+pub struct Keys {
+    /// The pseudonym key (`secrets/pseudonym.key`).
+    pub pseudonym: Vec<u8>,
+    /// The checkpoint signer (`secrets/checkpoint.skey` or
+    /// `audit.signing_key`).
+    pub signer: caseshare_audit::note::NoteSigner,
+}
+
+const PSEUDONYM_KEY: &str = "pseudonym.key";
+const CHECKPOINT_KEY: &str = "checkpoint.skey";
+const PSEUDONYM_WHAT: &str = "pseudonym key would make every stored pseudonym unmatchable \
+     (a subject access request would find no records)";
+const SIGNER_WHAT: &str = "signing key would change the audit log's identity (its \
+     verifier key), so no earlier checkpoint would verify against it";
+
+/// Loads the keys, creating them only when the data directory holds no data
+/// yet (`datadir`): `secrets/` is made whole or not at all, and a configured
+/// `audit.signing_key` is written atomically. Next to existing data, a
+/// missing key is a refusal naming the file and what to do.
+pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
+    let secrets = config.data_dir.join("secrets");
+    let signer_path = match &config.audit.signing_key {
+        Some(p) => p.clone(),
+        None => secrets.join(CHECKPOINT_KEY),
+    };
+    let signer_in_secrets = config.audit.signing_key.is_none();
+    datadir::remove_leftover_temporaries(&secrets)?;
+    let data = datadir::existing_data(&config.data_dir)?;
+    if !secrets.exists() {
+        if data.is_some() {
+            return Err(ServeError::Secret(datadir::missing_file(
+                &secrets.join(PSEUDONYM_KEY),
+                PSEUDONYM_WHAT,
+                data.as_deref(),
+                &config.data_dir,
+            )));
+        }
+        datadir::create_dir_atomically(&secrets, 0o700, |tmp| {
+            let key = datadir::new_pseudonym_key_file();
+            pki::write_file(&tmp.join(PSEUDONYM_KEY), &key, 0o600)?;
+            if signer_in_secrets {
+                let text =
+                    new_signer_text(&config.audit.origin).map_err(|e| pki::PkiError::Io {
+                        path: tmp.join(CHECKPOINT_KEY),
+                        source: std::io::Error::other(e),
+                    })?;
+                pki::write_file(&tmp.join(CHECKPOINT_KEY), text.as_bytes(), 0o600)?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(dir = %secrets.display(), "created the broker's keys");
+    }
+    if !signer_in_secrets {
+        datadir::remove_leftover_temporaries(&signer_path)?;
+        if !signer_path.exists() && data.is_none() {
+            let text = new_signer_text(&config.audit.origin).map_err(ServeError::Secret)?;
+            datadir::write_file_atomically(&signer_path, text.as_bytes(), 0o600)?;
+            tracing::info!(path = %signer_path.display(), "created the checkpoint signing key");
+        }
+    }
+    read_keys(config, data.as_deref())
+}
+
+fn new_signer_text(origin: &str) -> Result<String, String> {
+    let signer = caseshare_audit::note::NoteSigner::generate(origin, &mut rand::rngs::OsRng)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{}\n", signer.to_skey()))
+}
+
+/// Loads the keys that must exist: a missing one is a refusal naming it.
+fn read_keys(config: &Config, data: Option<&Path>) -> Result<Keys, ServeError> {
+    let secrets = config.data_dir.join("secrets");
+    let signer_path = match &config.audit.signing_key {
+        Some(p) => p.clone(),
+        None => secrets.join(CHECKPOINT_KEY),
+    };
+    let missing = |path: &Path, what: &str| {
+        ServeError::Secret(datadir::missing_file(path, what, data, &config.data_dir))
+    };
+    let pseudonym_path = secrets.join(PSEUDONYM_KEY);
+    if !pseudonym_path.exists() {
+        return Err(missing(&pseudonym_path, PSEUDONYM_WHAT));
+    }
+    if !signer_path.exists() {
+        return Err(missing(&signer_path, SIGNER_WHAT));
+    }
+    check_ids_key(&config.data_dir)?;
+    Ok(Keys {
+        pseudonym: crate::load_secret(&pseudonym_path)?,
+        signer: crate::auditlog::load_signer(&signer_path).map_err(ServeError::Secret)?,
+    })
+}
+
+/// Checks the event log's `ids.key` before the store is opened (opening
+/// sled writes, and a refusal must change nothing): it holds 32 bytes, and
+/// it is not missing while sealed `.ids` files hashed with it exist. The
+/// store checks the same again (`IdHasher::load`) and creates it.
+fn check_ids_key(data_dir: &Path) -> Result<(), ServeError> {
+    let events = data_dir.join(datadir::STORE_DIR).join("events");
+    let path = events.join("ids.key");
+    let repair = format!(
+        "restore it from a backup of this data directory, or move every `*.ids` file out \
+         of {} (and delete {}): they are rebuilt from the segments with a new key",
+        events.display(),
+        path.display()
+    );
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.len() == 32 => Ok(()),
+        Ok(meta) => Err(ServeError::Secret(format!(
+            "{} must hold exactly 32 bytes, but holds {}; {repair}",
+            path.display(),
+            meta.len()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let sealed = std::fs::read_dir(&events)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "ids"));
+            match sealed {
+                Some(sealed) => Err(ServeError::Secret(format!(
+                    "{} is missing, but {} was hashed with it; {repair}",
+                    path.display(),
+                    sealed.display()
+                ))),
+                None => Ok(()),
+            }
+        }
+        Err(e) => Err(ServeError::Io {
+            context: format!("reading {}", path.display()),
+            source: e,
+        }),
+    }
+}
+
+/// Checks an existing dev PKI in `<data_dir>/pki/`: every file present,
+/// the server certificate verifying against the CA, the key matching it.
+pub fn check_dev_pki(config: &Config) -> Result<(), ServeError> {
+    let dir = config.data_dir.join("pki");
+    for (file, _) in pki::dev_pki_files() {
+        let path = dir.join(&file);
+        if !path.exists() {
+            return Err(ServeError::Secret(datadir::missing_file(
+                &path,
+                "development CA would not be trusted by the clients holding the \
+                 certificates it issued",
+                datadir::existing_data(&config.data_dir)?.as_deref(),
+                &config.data_dir,
+            )));
+        }
+    }
+    datadir::verify_dev_pki(&pki::DevPkiPaths::in_dir(&dir)).map_err(|e| {
+        ServeError::Secret(format!(
+            "{e}. Restore {} from a backup of this data directory",
+            dir.display()
+        ))
+    })
+}
+
+/// The read-only check of the keys and the dev PKI (for `caseshare
+/// check --data-dir`): each problem as the refusal the broker would give at
+/// start. Nothing is created, removed or changed; a brand-new data
+/// directory (no data, nothing made yet) has no problems.
+pub fn check_keys_and_pki(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let data = match datadir::existing_data(&config.data_dir) {
+        Ok(d) => d,
+        Err(e) => return vec![e.to_string()],
+    };
+    let pki = config.data_dir.join("pki");
+    let dev_pki = config.tls.ca.is_none() || config.tls.cert.is_none() || config.tls.key.is_none();
+    if dev_pki {
+        if pki.exists() {
+            if let Err(e) = check_dev_pki(config) {
+                problems.push(e.to_string());
+            }
+        } else if let Some(d) = &data {
+            problems.push(format!(
+                "{} is missing, but the data directory already holds data ({} exists)",
+                pki.display(),
+                d.display()
+            ));
+        }
+    }
+    let secrets = config.data_dir.join("secrets");
+    if (secrets.exists() || data.is_some())
+        && let Err(e) = read_keys(config, data.as_deref())
+    {
+        problems.push(e.to_string());
+    }
+    problems
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_check_is_read_only_and_names_what_the_start_would_refuse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        // Brand new: nothing to complain about, nothing made.
+        assert!(check_keys_and_pki(&cfg).is_empty());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        crate::resolve_tls(&cfg).unwrap();
+        let made = load_keys(&cfg).unwrap();
+        assert_eq!(made.pseudonym.len(), 32);
+        std::fs::create_dir(tmp.path().join("store")).unwrap();
+        std::fs::write(tmp.path().join("store/db"), b"data").unwrap();
+        assert!(check_keys_and_pki(&cfg).is_empty());
+        // Loading again gives the same keys.
+        let again = load_keys(&cfg).unwrap();
+        assert_eq!(again.pseudonym, made.pseudonym);
+        assert_eq!(again.signer.to_skey(), made.signer.to_skey());
+
+        let key = tmp.path().join("secrets/pseudonym.key");
+        std::fs::remove_file(&key).unwrap();
+        std::fs::remove_file(tmp.path().join("pki/ca.key")).unwrap();
+        let problems = check_keys_and_pki(&cfg);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("pki/ca.key"), "{problems:?}");
+        assert!(
+            problems[1].contains("secrets/pseudonym.key"),
+            "{problems:?}"
+        );
+        assert!(!key.exists());
+        assert!(load_keys(&cfg).is_err());
+        assert!(!key.exists(), "never a new key next to data");
+    }
+
+    #[test]
+    fn a_short_ids_key_or_one_missing_beside_ids_files_is_refused_before_the_store_opens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = tmp.path().join("store/events");
+        std::fs::create_dir_all(&events).unwrap();
+        assert!(check_ids_key(tmp.path()).is_ok());
+        std::fs::write(events.join("00000000000000000001.ids"), [0u8; 16]).unwrap();
+        let err = check_ids_key(tmp.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("ids.key is missing") && err.contains(".ids"),
+            "{err}"
+        );
+        std::fs::write(events.join("ids.key"), [7u8; 31]).unwrap();
+        let err = check_ids_key(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("32 bytes, but holds 31"), "{err}");
+        std::fs::write(events.join("ids.key"), [7u8; 32]).unwrap();
+        assert!(check_ids_key(tmp.path()).is_ok());
+    }
+}
