@@ -52,6 +52,9 @@ pub struct TlsConfig {
     pub crls: Vec<PathBuf>,
 }
 
+/// The highest `limits.max_subscriptions_per_agency` allowed.
+pub const MAX_SUBSCRIPTIONS_PER_AGENCY: usize = 10_000;
+
 /// Limits on what clients may send and hold.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +83,11 @@ pub struct LimitsConfig {
     /// a client that ignores refusals then gets at most
     /// `http2_max_concurrent_streams` of them per connection per delay.
     pub refusal_delay_ms: u64,
+    /// Most subscriptions one agency may hold (a quota: over it,
+    /// `RESOURCE_EXHAUSTED`).
+    pub max_subscriptions_per_agency: usize,
+    /// Most event types (or patterns) in one subscription.
+    pub max_event_types_per_subscription: usize,
 }
 
 impl Default for LimitsConfig {
@@ -96,6 +104,8 @@ impl Default for LimitsConfig {
             http2_keepalive_timeout_secs: 20,
             http2_max_concurrent_streams: 256,
             refusal_delay_ms: 250,
+            max_subscriptions_per_agency: 100,
+            max_event_types_per_subscription: 64,
         }
     }
 }
@@ -316,6 +326,14 @@ impl Config {
         if let Some(v) = get("CASESHARE_MAX_OUTSTANDING") {
             self.limits.max_outstanding = parse_env("CASESHARE_MAX_OUTSTANDING", &v)?;
         }
+        if let Some(v) = get("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY") {
+            self.limits.max_subscriptions_per_agency =
+                parse_env("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", &v)?;
+        }
+        if let Some(v) = get("CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION") {
+            self.limits.max_event_types_per_subscription =
+                parse_env("CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION", &v)?;
+        }
         Ok(())
     }
 
@@ -363,6 +381,21 @@ impl Config {
         }
         if self.limits.max_outstanding == 0 {
             return bad("limits.max_outstanding", "at least 1");
+        }
+        let subs = self.limits.max_subscriptions_per_agency;
+        if !(1..=MAX_SUBSCRIPTIONS_PER_AGENCY).contains(&subs) {
+            return bad(
+                "limits.max_subscriptions_per_agency",
+                &format!("{subs} is out of range: between 1 and {MAX_SUBSCRIPTIONS_PER_AGENCY}"),
+            );
+        }
+        let types = self.limits.max_event_types_per_subscription;
+        let most = caseshare_core::validate::limits::MAX_SUBSCRIPTION_EVENT_TYPES;
+        if !(1..=most).contains(&types) {
+            return bad(
+                "limits.max_event_types_per_subscription",
+                &format!("{types} is out of range: between 1 and {most}"),
+            );
         }
         if caseshare_audit::note::is_valid_key_name(&self.audit.origin)
             .then_some(())
@@ -416,6 +449,46 @@ mod tests {
         assert_eq!(cfg.ops_listen.port(), 9001);
         assert_eq!(cfg.limits.max_outstanding, 50);
         assert_eq!(cfg.limits.max_event_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn subscription_caps_at_their_bounds() {
+        let most = caseshare_core::validate::limits::MAX_SUBSCRIPTION_EVENT_TYPES;
+        let cases: &[(&str, &str, bool)] = &[
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "1", true),
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "10000", true),
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "0", false),
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "10001", false),
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "-1", false),
+            ("CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION", "1", true),
+            (
+                "CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION",
+                &most.to_string(),
+                true,
+            ),
+            ("CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION", "0", false),
+            (
+                "CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION",
+                &(most + 1).to_string(),
+                false,
+            ),
+        ];
+        for (key, value, ok) in cases {
+            let got = Config::load(None, |k| (k == *key).then(|| value.to_string()));
+            assert_eq!(got.is_ok(), *ok, "{key}={value}: {got:?}");
+            if let Err(e) = got {
+                let e = e.to_string();
+                let named = e.contains(key)
+                    || e.contains(&format!(
+                        "limits.{}",
+                        key["CASESHARE_".len()..].to_lowercase()
+                    ));
+                assert!(named, "{key}={value}: {e}");
+            }
+        }
+        let d = Config::load(None, |_| None).unwrap();
+        assert_eq!(d.limits.max_subscriptions_per_agency, 100);
+        assert_eq!(d.limits.max_event_types_per_subscription, 64);
     }
 
     #[test]

@@ -34,7 +34,6 @@ use caseshare_core::principal::Principal;
 use caseshare_core::time::Micros;
 use caseshare_store::{DeliveryState, Storage, StoredEvent, SubscriptionRecord};
 use futures::FutureExt;
-use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -411,7 +410,7 @@ impl Deliveries {
         for seq in owed {
             match self.store.event(seq)? {
                 Some(event) => {
-                    let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                    let decoded = crate::errors::stored_case_event(&event)?;
                     if let Some(p) = inner.pending.get_mut(&seq) {
                         p.stream = Some(stream);
                         p.deadline = None;
@@ -453,7 +452,7 @@ impl Deliveries {
                 }
                 inner.deferred.remove(&seq);
                 if let Some(event) = self.store.event(seq)? {
-                    let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                    let decoded = crate::errors::stored_case_event(&event)?;
                     inner
                         .pending
                         .insert(seq, self.fresh_pending(&event, nhs, stream));
@@ -487,7 +486,7 @@ impl Deliveries {
                 {
                     continue;
                 }
-                let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                let decoded = crate::errors::stored_case_event(&event)?;
                 if !self.eligible(rt, &inner, &event, &decoded) {
                     continue;
                 }
@@ -659,7 +658,7 @@ impl Deliveries {
                 Verdict::Shared(outcome) => {
                     let m = minimise(&pick.decoded, &outcome.fields).map_err(|e| {
                         tracing::error!(error = %e, "minimisation failed");
-                        BrokerError::Unavailable("minimisation failed".into())
+                        BrokerError::Internal(format!("minimisation failed: {e}"))
                     })?;
                     (m.event, m.redacted_fields, outcome.to_proto(agency))
                 }
@@ -730,9 +729,8 @@ impl Deliveries {
             && let Some(ev) = self.store.event(intent.sequence)?
         {
             intent.event_id = ev.event_id.clone();
-            if let Ok(e) = pb::CaseEvent::decode(ev.event.as_slice()) {
-                intent.nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
-            }
+            let e = crate::errors::stored_case_event(&ev)?;
+            intent.nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
         }
         Ok(())
     }
@@ -1236,6 +1234,7 @@ impl Deliveries {
         let mut next = Some(first);
         let mut open = true;
         while let Some(req) = next.take() {
+            crate::services::bounded(&req)?;
             if let Some(ack) = req.ack {
                 acks.extend(ack.delivery_ids);
             }
