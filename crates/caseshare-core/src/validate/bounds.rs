@@ -69,6 +69,7 @@ const FALLBACK: FieldLimit = FieldLimit {
     max_bytes: ID_BYTES,
     max_items: 64,
     text: Text::Id,
+    note: "",
 };
 
 /// Checks every bound of a request.

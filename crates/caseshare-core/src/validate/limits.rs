@@ -32,6 +32,8 @@ pub struct FieldLimit {
     pub max_items: usize,
     /// What the text may contain.
     pub text: Text,
+    /// More about the bound (e.g. the config key that tightens it).
+    pub note: &'static str,
 }
 
 impl FieldLimit {
@@ -50,6 +52,9 @@ impl FieldLimit {
                 Text::None => "",
             };
             parts.push(format!("{each}at most {} bytes, {what}", self.max_bytes));
+        }
+        if !self.note.is_empty() {
+            parts.push(self.note.to_string());
         }
         parts.join("; ")
     }
@@ -98,6 +103,7 @@ const fn s(message: &'static str, field: &'static str, max_bytes: usize, text: T
         max_bytes,
         max_items: 0,
         text,
+        note: "",
     }
 }
 
@@ -130,6 +136,7 @@ const fn list(
         max_bytes,
         max_items,
         text,
+        note: "",
     }
 }
 
@@ -216,14 +223,22 @@ pub const FIELD_LIMITS: &[FieldLimit] = &[
     id("RetractEventRequest", "event_id"),
     reason("RetractEventRequest", "reason"),
     // subscriber.proto
-    s("Subscription", "name", 64, Id),
-    list(
-        "Subscription",
-        "event_types",
-        MAX_SUBSCRIPTION_EVENT_TYPES,
-        ID_BYTES,
-        Id,
-    ),
+    FieldLimit {
+        note: "one agency holds at most `limits.max_subscriptions_per_agency` \
+               subscriptions (default 100; RESOURCE_EXHAUSTED past it)",
+        ..s("Subscription", "name", 64, Id)
+    },
+    FieldLimit {
+        note: "the broker's `limits.max_event_types_per_subscription` (default 64) \
+               is the working limit; this is its ceiling",
+        ..list(
+            "Subscription",
+            "event_types",
+            MAX_SUBSCRIPTION_EVENT_TYPES,
+            ID_BYTES,
+            Id,
+        )
+    },
     list("Subscription", "purposes", MAX_PURPOSES, 0, NotText),
     agency("Subscription", "agency_id"),
     s("GetSubscriptionRequest", "name", 64, Id),
