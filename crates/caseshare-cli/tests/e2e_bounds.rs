@@ -377,6 +377,38 @@ async fn raw_unary(b: &Broker, who: &str, method: &'static str, bytes: Vec<u8>) 
     }
 }
 
+/// Sends `messages` on a streaming `method` and returns the status the
+/// response stream ends with (its messages are skipped).
+async fn raw_stream(
+    b: &Broker,
+    who: &str,
+    method: &'static str,
+    messages: Vec<Vec<u8>>,
+) -> tonic::Status {
+    let channel = b.client_config(who).connect_lazy().unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(method);
+    // Keep the request stream open so that only the broker ends the call.
+    let requests =
+        tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
+    let mut stream = match grpc
+        .streaming(tonic::Request::new(requests), path, RawCodec)
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return s,
+    };
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+        match next.expect("the broker answers within 30 s") {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{method}: the stream ended without a status"),
+            Err(s) => return s,
+        }
+    }
+}
+
 /// Field `tag` as a length-delimited value.
 fn ld(tag: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -438,6 +470,30 @@ async fn malformed_protobuf_and_non_utf8_at_depth_are_invalid_argument() {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert_eq!(fields(&s), vec!["reason".to_string()]);
     assert_eq!(audit_count(&b).await, before);
+    // Streams: a malformed message ends PublishStream and Subscribe with
+    // INVALID_ARGUMENT naming the field (not a silent end).
+    let mut bad_event = good.clone();
+    bad_event.extend(ld(5, &[0xff]));
+    for (who, method, first, bad, field) in [
+        (
+            "school-b",
+            "/caseshare.v1.Publisher/PublishStream",
+            ld(1, &attendance_event("stream-ok", CHILD_1).encode_to_vec()),
+            ld(1, &bad_event),
+            "event.summary",
+        ),
+        (
+            "la-social-care-c",
+            "/caseshare.v1.Subscriber/Subscribe",
+            ld(1, b"main"),
+            ld(3, &ld(1, &[0xff, 0xff])),
+            "ack.delivery_ids",
+        ),
+    ] {
+        let s = raw_stream(&b, who, method, vec![first, bad]).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{method}: {s:?}");
+        assert_eq!(fields(&s), vec![field.to_string()], "{method}");
+    }
     // The same bytes, well formed, are accepted (the harness is honest).
     let s = {
         let channel = b.client_config("school-b").connect_lazy().unwrap();

@@ -245,14 +245,7 @@ pub fn validate_publish(
             pb::Sensitivity::Standard
         }
     };
-    for (path, ts) in nested_timestamps(event) {
-        if !timestamp_is_valid(&ts) {
-            c.add(
-                format!("event.{path}"),
-                "not a valid timestamp (years 1-9999, nanos 0-999999999)",
-            );
-        }
-    }
+    // Timestamps inside the payload were checked by the bounds walk.
     let event_type = match event.payload.as_ref() {
         Some(p) => event_type(p),
         None => {
@@ -306,59 +299,6 @@ pub fn validate_publish(
         event_type,
         sensitivity,
     })
-}
-
-/// Every `google.protobuf.Timestamp` set inside an event's payload, with its
-/// path, found through the schema's descriptors (so a new payload's
-/// timestamps are checked without new code).
-fn nested_timestamps(event: &pb::CaseEvent) -> Vec<(String, prost_types::Timestamp)> {
-    use prost::Message;
-    use prost_reflect::{DynamicMessage, ReflectMessage, Value};
-    fn walk(msg: &DynamicMessage, prefix: &str, out: &mut Vec<(String, prost_types::Timestamp)>) {
-        for (field, value) in msg.fields() {
-            let path = if prefix.is_empty() {
-                field.name().to_string()
-            } else {
-                format!("{prefix}.{}", field.name())
-            };
-            let mut visit = |m: &DynamicMessage, path: String| {
-                if m.descriptor().full_name() == "google.protobuf.Timestamp" {
-                    if let Ok(ts) = m.transcode_to::<prost_types::Timestamp>() {
-                        out.push((path, ts));
-                    }
-                } else {
-                    walk(m, &path, out);
-                }
-            };
-            match value {
-                Value::Message(m) => visit(m, path),
-                Value::List(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        if let Value::Message(m) = item {
-                            visit(m, format!("{path}[{i}]"));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let Some(desc) = crate::minimise::case_event_descriptor() else {
-        return out;
-    };
-    let Some(payload) = event.payload.as_ref() else {
-        return out;
-    };
-    // Only the payload: the event's own timestamps are checked above.
-    let only_payload = pb::CaseEvent {
-        payload: Some(payload.clone()),
-        ..Default::default()
-    };
-    if let Ok(dynamic) = DynamicMessage::decode(desc, only_payload.encode_to_vec().as_slice()) {
-        walk(&dynamic, "", &mut out);
-    }
-    out
 }
 
 /// Validates an agency registration.

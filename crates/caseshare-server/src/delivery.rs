@@ -1191,7 +1191,8 @@ impl Deliveries {
                         last_activity = Instant::now();
                         self.settle_inbound(actor, rt, req, &mut inbound).await
                     }
-                    Ok(None) | Err(_) => Ok(false),
+                    Err(status) => BrokerError::from_decode_status(&status).map_or(Ok(false), Err),
+                    Ok(None) => Ok(false),
                 },
                 _ = &mut notified => Ok(true),
                 _ = head.changed() => Ok(true),
@@ -1248,7 +1249,13 @@ impl Deliveries {
             // buffered in the stream.
             match inbound.message().now_or_never() {
                 Some(Ok(Some(req))) => next = Some(req),
-                Some(Ok(None) | Err(_)) => open = false,
+                Some(Err(status)) => {
+                    if let Some(invalid) = BrokerError::from_decode_status(&status) {
+                        return Err(invalid);
+                    }
+                    open = false;
+                }
+                Some(Ok(None)) => open = false,
                 None => {}
             }
         }

@@ -54,6 +54,31 @@ pub enum BrokerError {
     Internal(String),
 }
 
+impl BrokerError {
+    /// The refusal of a streamed request message that did not decode (the
+    /// codec's `INVALID_ARGUMENT`, with its field violations), so that a
+    /// stream ends with it instead of silently; `None` for other statuses
+    /// (the client went away).
+    pub fn from_decode_status(status: &Status) -> Option<BrokerError> {
+        if status.code() != Code::InvalidArgument {
+            return None;
+        }
+        let violations = status
+            .get_details_bad_request()
+            .map(|b| {
+                b.field_violations
+                    .into_iter()
+                    .map(|v| caseshare_core::validate::FieldViolation {
+                        field: v.field,
+                        description: v.description,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(BrokerError::Invalid(Violations(violations)))
+    }
+}
+
 /// Set once a stored record is found damaged; never cleared (a restart,
 /// after the operator has looked, clears it).
 static STORAGE_DAMAGED: AtomicBool = AtomicBool::new(false);

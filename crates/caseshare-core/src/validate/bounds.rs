@@ -3,9 +3,14 @@
 //! schema's descriptors (so a field added to the schema without a bound is
 //! caught by a test, not forgotten). Strings are bounded in bytes and
 //! checked for control characters ([`super::text`]); lists are bounded in
-//! items; floating-point numbers must be finite.
+//! items; floating-point numbers must be finite; timestamps must be real
+//! instants (years 1-9999).
+
+use std::fmt::Write as _;
 
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+use crate::time::timestamp_is_valid;
 
 use super::limits::{FieldLimit, ID_BYTES, Text, field_limit};
 use super::text::text_problem;
@@ -100,23 +105,25 @@ fn collect_encoded(c: &mut Collector, message: &str, encoded: &[u8]) {
         return;
     };
     match DynamicMessage::decode(desc, encoded) {
-        Ok(dynamic) => walk(c, &dynamic, ""),
+        Ok(dynamic) => walk(c, &dynamic, &mut String::new()),
         Err(e) => c.add("", format!("the request could not be read: {e}")),
     }
 }
 
-fn walk(c: &mut Collector, msg: &DynamicMessage, prefix: &str) {
+/// Walks `msg`; `path` is its path from the request, extended and restored
+/// in place (a path string is made only for a violation).
+fn walk(c: &mut Collector, msg: &DynamicMessage, path: &mut String) {
     let desc = msg.descriptor();
     let own = desc.package_name() == PACKAGE;
     for field in desc.fields() {
         if !msg.has_field(&field) {
             continue;
         }
-        let path = if prefix.is_empty() {
-            field.name().to_string()
-        } else {
-            format!("{prefix}.{}", field.name())
-        };
+        let restore = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(field.name());
         let limit = if own {
             field_limit(desc.name(), field.name()).unwrap_or(&FALLBACK)
         } else {
@@ -124,33 +131,36 @@ fn walk(c: &mut Collector, msg: &DynamicMessage, prefix: &str) {
         };
         let value = msg.get_field(&field);
         match value.as_ref() {
+            Value::List(items) if limit.max_items > 0 && items.len() > limit.max_items => {
+                c.add(
+                    path.as_str(),
+                    format!(
+                        "at most {} items are allowed; found {}",
+                        limit.max_items,
+                        items.len()
+                    ),
+                );
+            }
             Value::List(items) => {
-                if limit.max_items > 0 && items.len() > limit.max_items {
-                    c.add(
-                        path,
-                        format!(
-                            "at most {} items are allowed; found {}",
-                            limit.max_items,
-                            items.len()
-                        ),
-                    );
-                    continue;
-                }
                 for (i, item) in items.iter().enumerate() {
-                    check_value(c, item, &format!("{path}[{i}]"), limit);
+                    let item_restore = path.len();
+                    let _ = write!(path, "[{i}]");
+                    check_value(c, item, path, limit);
+                    path.truncate(item_restore);
                 }
             }
-            v => check_value(c, v, &path, limit),
+            v => check_value(c, v, path, limit),
         }
+        path.truncate(restore);
     }
 }
 
-fn check_value(c: &mut Collector, value: &Value, path: &str, limit: &FieldLimit) {
+fn check_value(c: &mut Collector, value: &Value, path: &mut String, limit: &FieldLimit) {
     match value {
         Value::String(s) => {
             if s.len() > limit.max_bytes {
                 c.add(
-                    path,
+                    path.as_str(),
                     format!(
                         "at most {} bytes are allowed; found {}",
                         limit.max_bytes,
@@ -158,25 +168,40 @@ fn check_value(c: &mut Collector, value: &Value, path: &str, limit: &FieldLimit)
                     ),
                 );
             } else if let Some(problem) = text_problem(s, limit.text) {
-                c.add(path, problem);
+                c.add(path.as_str(), problem);
             }
         }
         Value::Bytes(b) if b.len() > limit.max_bytes => c.add(
-            path,
+            path.as_str(),
             format!(
                 "at most {} bytes are allowed; found {}",
                 limit.max_bytes,
                 b.len()
             ),
         ),
-        Value::F64(x) if !x.is_finite() => {
-            c.add(path, "must be a finite number (not NaN or infinity)")
-        }
-        Value::F32(x) if !x.is_finite() => {
-            c.add(path, "must be a finite number (not NaN or infinity)")
-        }
+        Value::F64(x) if !x.is_finite() => c.add(
+            path.as_str(),
+            "must be a finite number (not NaN or infinity)",
+        ),
+        Value::F32(x) if !x.is_finite() => c.add(
+            path.as_str(),
+            "must be a finite number (not NaN or infinity)",
+        ),
         // Timestamps and durations have no strings or lists: their ranges
         // are checked where they are used.
+        // Every timestamp at any depth (a payload's included) is a real
+        // instant; the event's own are checked further where they are used.
+        Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Timestamp" => {
+            let valid = m
+                .transcode_to::<prost_types::Timestamp>()
+                .is_ok_and(|ts| timestamp_is_valid(&ts));
+            if !valid {
+                c.add(
+                    path.as_str(),
+                    "not a valid timestamp (years 1-9999, nanos 0-999999999)",
+                );
+            }
+        }
         Value::Message(m) if m.descriptor().package_name() != PACKAGE => {}
         Value::Message(m) => walk(c, m, path),
         _ => {}

@@ -5,6 +5,9 @@
 //! prints it next to each field in `docs/SCHEMA.md`, and a test checks that
 //! no string or repeated field reachable from a request is missing.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 /// What a string field may contain besides its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Text {
@@ -319,7 +322,17 @@ pub const FIELD_LIMITS: &[FieldLimit] = &[
 
 /// The bound of `message.field` (`message` without the package), if any.
 pub fn field_limit(message: &str, field: &str) -> Option<&'static FieldLimit> {
-    FIELD_LIMITS
-        .iter()
-        .find(|l| l.message == message && l.field == field)
+    type ByName = HashMap<&'static str, HashMap<&'static str, &'static FieldLimit>>;
+    static INDEX: OnceLock<ByName> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            let mut index: ByName = HashMap::new();
+            for l in FIELD_LIMITS {
+                index.entry(l.message).or_default().insert(l.field, l);
+            }
+            index
+        })
+        .get(message)?
+        .get(field)
+        .copied()
 }

@@ -120,6 +120,9 @@ impl Publisher for PublisherService {
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(%status, "publish stream ended by the client");
+                        if let Some(invalid) = BrokerError::from_decode_status(&status) {
+                            let _ = order_tx.send(Err(invalid)).await;
+                        }
                         return;
                     }
                 }
