@@ -53,7 +53,7 @@ pub struct TlsConfig {
 }
 
 /// The highest `limits.max_subscriptions_per_agency` allowed.
-pub const MAX_SUBSCRIPTIONS_PER_AGENCY: usize = 10_000;
+pub const MAX_SUBSCRIPTIONS_PER_AGENCY: usize = 1_000;
 
 /// Limits on what clients may send and hold.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -456,9 +456,9 @@ mod tests {
         let most = caseshare_core::validate::limits::MAX_SUBSCRIPTION_EVENT_TYPES;
         let cases: &[(&str, &str, bool)] = &[
             ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "1", true),
-            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "10000", true),
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "1000", true),
             ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "0", false),
-            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "10001", false),
+            ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "1001", false),
             ("CASESHARE_MAX_SUBSCRIPTIONS_PER_AGENCY", "-1", false),
             ("CASESHARE_MAX_EVENT_TYPES_PER_SUBSCRIPTION", "1", true),
             (
