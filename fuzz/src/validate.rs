@@ -41,6 +41,8 @@ pub fn limits() -> [Limits; 2] {
             max_event_bytes: 40,
             max_summary_chars: 3,
             max_future_skew_secs: 0,
+            max_event_types_per_subscription: 1,
+            max_subscriptions_per_agency: 1,
         },
     ]
 }
@@ -433,7 +435,7 @@ pub fn check_consent(c: &pb::ConsentRecord) -> bool {
 /// Validates a subscription; checks what passes and that the defaults it
 /// fills in validate again unchanged.
 pub fn check_subscription(s: &pb::Subscription) -> bool {
-    let Ok(out) = validate::validate_subscription(s) else {
+    let Ok(out) = validate::validate_subscription(s, &Limits::default()) else {
         return false;
     };
     let ctx = format!("{s:?}");
@@ -467,7 +469,7 @@ pub fn check_subscription(s: &pb::Subscription) -> bool {
         "bad max_attempts validated: {ctx}"
     );
     assert_eq!(
-        validate::validate_subscription(&out),
+        validate::validate_subscription(&out, &Limits::default()),
         Ok(out.clone()),
         "defaults are not a fixed point: {ctx}"
     );

@@ -1423,6 +1423,11 @@ fn write_message(d: &Docs<'_>, m: &Msg<'_>, md: &mut String) {
         for (i, f) in m.desc.field.iter().enumerate() {
             let mut p = m.path.clone();
             p.extend([MESSAGE_FIELD, idx(i)]);
+            let about = [cell(&d.comment(m.file, &p)), cell(&field_bound(m, f))]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
             let _ = writeln!(
                 md,
                 "| `{}` | {} | {} | {} | {} |",
@@ -1430,7 +1435,7 @@ fn write_message(d: &Docs<'_>, m: &Msg<'_>, md: &mut String) {
                 f.number(),
                 d.field_type(f),
                 d.field_label(m, f),
-                cell(&d.comment(m.file, &p))
+                about
             );
         }
         md.push('\n');
@@ -1460,6 +1465,22 @@ fn write_message(d: &Docs<'_>, m: &Msg<'_>, md: &mut String) {
         .map(|r| (r.start(), r.end()))
         .collect();
     write_reserved(&ranges, &m.desc.reserved_name, md);
+}
+
+/// The bound the broker enforces on a field of a request, from the one
+/// table in `caseshare-core` (`validate::limits`), as a sentence to append
+/// to its description; empty when there is none.
+fn field_bound(m: &Msg<'_>, f: &FieldDescriptorProto) -> String {
+    if !m.full.starts_with("caseshare.v1.") {
+        return String::new();
+    }
+    if matches!(f.r#type(), Type::Double | Type::Float) {
+        return "**Limit:** a finite number (not NaN or infinity).".to_string();
+    }
+    match caseshare_core::validate::limits::field_limit(m.desc.name(), f.name()) {
+        Some(limit) => format!("**Limit:** {}.", limit.describe()),
+        None => String::new(),
+    }
 }
 
 fn write_event_types(

@@ -10,6 +10,12 @@ use crate::principal::is_valid_name;
 use crate::time::{Micros, timestamp_is_valid};
 use crate::upn::validate_upn;
 
+mod bounds;
+pub mod limits;
+pub mod text;
+
+pub use bounds::{Bounded, REQUEST_MESSAGES, check_bounds, check_encoded};
+
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -31,15 +37,27 @@ impl Violations {
     }
 }
 
+/// The most violations one answer lists.
+pub const MAX_VIOLATIONS: usize = 50;
+
 #[derive(Default)]
 struct Collector(Vec<FieldViolation>);
 
 impl Collector {
     fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        // A request with thousands of bad items gets a bounded answer.
+        if self.0.len() >= MAX_VIOLATIONS {
+            return;
+        }
         self.0.push(FieldViolation {
             field: field.into(),
             description: description.into(),
         });
+    }
+    /// Runs the bounds walk; true if every bound held.
+    fn bounded<M: Bounded>(&mut self, request: &M) -> bool {
+        bounds::collect(self, request);
+        self.0.is_empty()
     }
     fn finish<T>(self, value: T) -> Result<T, Violations> {
         if self.0.is_empty() {
@@ -59,6 +77,10 @@ pub struct Limits {
     pub max_summary_chars: usize,
     /// How far in the future `occurred_at` may be.
     pub max_future_skew_secs: i64,
+    /// Most event types (or patterns) in one subscription.
+    pub max_event_types_per_subscription: usize,
+    /// Most subscriptions one agency may hold.
+    pub max_subscriptions_per_agency: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +89,8 @@ impl Default for Limits {
             max_event_bytes: 64 * 1024,
             max_summary_chars: 4_000,
             max_future_skew_secs: 24 * 3600,
+            max_event_types_per_subscription: 64,
+            max_subscriptions_per_agency: 100,
         }
     }
 }
@@ -119,6 +143,9 @@ pub fn validate_publish(
     limits: &Limits,
 ) -> Result<ValidPublish, Violations> {
     let mut c = Collector::default();
+    if !c.bounded(req) {
+        return Err(Violations(c.0));
+    }
     let Some(event) = req.event.as_ref() else {
         c.add("event", "an event is required");
         return c.finish(ValidPublish {
@@ -218,14 +245,7 @@ pub fn validate_publish(
             pb::Sensitivity::Standard
         }
     };
-    for (path, ts) in nested_timestamps(event) {
-        if !timestamp_is_valid(&ts) {
-            c.add(
-                format!("event.{path}"),
-                "not a valid timestamp (years 1-9999, nanos 0-999999999)",
-            );
-        }
-    }
+    // Timestamps inside the payload were checked by the bounds walk.
     let event_type = match event.payload.as_ref() {
         Some(p) => event_type(p),
         None => {
@@ -281,62 +301,12 @@ pub fn validate_publish(
     })
 }
 
-/// Every `google.protobuf.Timestamp` set inside an event's payload, with its
-/// path, found through the schema's descriptors (so a new payload's
-/// timestamps are checked without new code).
-fn nested_timestamps(event: &pb::CaseEvent) -> Vec<(String, prost_types::Timestamp)> {
-    use prost::Message;
-    use prost_reflect::{DynamicMessage, ReflectMessage, Value};
-    fn walk(msg: &DynamicMessage, prefix: &str, out: &mut Vec<(String, prost_types::Timestamp)>) {
-        for (field, value) in msg.fields() {
-            let path = if prefix.is_empty() {
-                field.name().to_string()
-            } else {
-                format!("{prefix}.{}", field.name())
-            };
-            let mut visit = |m: &DynamicMessage, path: String| {
-                if m.descriptor().full_name() == "google.protobuf.Timestamp" {
-                    if let Ok(ts) = m.transcode_to::<prost_types::Timestamp>() {
-                        out.push((path, ts));
-                    }
-                } else {
-                    walk(m, &path, out);
-                }
-            };
-            match value {
-                Value::Message(m) => visit(m, path),
-                Value::List(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        if let Value::Message(m) = item {
-                            visit(m, format!("{path}[{i}]"));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let Some(desc) = crate::minimise::case_event_descriptor() else {
-        return out;
-    };
-    let Some(payload) = event.payload.as_ref() else {
-        return out;
-    };
-    // Only the payload: the event's own timestamps are checked above.
-    let only_payload = pb::CaseEvent {
-        payload: Some(payload.clone()),
-        ..Default::default()
-    };
-    if let Ok(dynamic) = DynamicMessage::decode(desc, only_payload.encode_to_vec().as_slice()) {
-        walk(&dynamic, "", &mut out);
-    }
-    out
-}
-
 /// Validates an agency registration.
 pub fn validate_register_agency(req: &pb::RegisterAgencyRequest) -> Result<(), Violations> {
     let mut c = Collector::default();
+    if !c.bounded(req) {
+        return c.finish(());
+    }
     if !is_valid_name(&req.agency_id) {
         c.add(
             "agency_id",
@@ -421,6 +391,9 @@ fn check_window(
 /// Validates an agreement, field by field.
 pub fn validate_agreement(a: &pb::Agreement) -> Result<(), Violations> {
     let mut c = Collector::default();
+    if !c.bounded(a) {
+        return c.finish(());
+    }
     if !is_identifier(&a.agreement_id) {
         c.add(
             "agreement_id",
@@ -466,9 +439,26 @@ pub mod subscription_defaults {
 }
 
 /// Validates a subscription and fills in defaults.
-pub fn validate_subscription(s: &pb::Subscription) -> Result<pb::Subscription, Violations> {
+pub fn validate_subscription(
+    s: &pb::Subscription,
+    limits: &Limits,
+) -> Result<pb::Subscription, Violations> {
     use subscription_defaults as d;
     let mut c = Collector::default();
+    if !c.bounded(s) {
+        return Err(Violations(c.0));
+    }
+    if s.event_types.len() > limits.max_event_types_per_subscription {
+        c.add(
+            "event_types",
+            format!(
+                "at most {} event types (or patterns such as `education.*`) in one subscription; found {}",
+                limits.max_event_types_per_subscription,
+                s.event_types.len()
+            ),
+        );
+        return Err(Violations(c.0));
+    }
     let name_ok = (1..=64).contains(&s.name.len())
         && s.name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
@@ -511,6 +501,9 @@ pub fn validate_subscription(s: &pb::Subscription) -> Result<pb::Subscription, V
 /// Validates a consent to be recorded.
 pub fn validate_consent(k: &pb::ConsentRecord) -> Result<(), Violations> {
     let mut c = Collector::default();
+    if !c.bounded(k) {
+        return c.finish(());
+    }
     if !k.consent_id.is_empty() && !is_identifier(&k.consent_id) {
         c.add("consent_id", "1 to 64 characters of letters, digits, '.', '_' or '-' (or empty to have one assigned)");
     }
@@ -540,256 +533,4 @@ pub fn validate_consent(k: &pb::ConsentRecord) -> Result<(), Violations> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event() -> pb::CaseEvent {
-        pb::CaseEvent {
-            event_id: "e-1".into(),
-            child: Some(pb::ChildRef {
-                nhs_number: "9434765919".into(),
-                local_ids: vec![],
-            }),
-            purpose: pb::Purpose::EarlyHelp as i32,
-            occurred_at: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 0,
-            }),
-            payload: Some(pb::case_event::Payload::EducationAttendanceConcern(
-                pb::AttendanceConcern {
-                    period: "p".into(),
-                    attendance_percent: 80.0,
-                    unauthorised_sessions: 3,
-                },
-            )),
-            ..Default::default()
-        }
-    }
-
-    fn check(req: pb::PublishRequest) -> Result<ValidPublish, Violations> {
-        validate_publish(
-            &req,
-            100,
-            Micros(1_700_000_000 * Micros::SECOND),
-            &Limits::default(),
-        )
-    }
-
-    fn with(f: impl FnOnce(&mut pb::PublishRequest)) -> Result<ValidPublish, Violations> {
-        let mut r = pb::PublishRequest {
-            event: Some(event()),
-            ..Default::default()
-        };
-        f(&mut r);
-        check(r)
-    }
-
-    fn ev(r: &mut pb::PublishRequest) -> &mut pb::CaseEvent {
-        r.event.get_or_insert_with(Default::default)
-    }
-
-    #[test]
-    fn valid_event_has_its_type() {
-        assert_eq!(
-            with(|_| {}).map(|v| v.event_type),
-            Ok("education.attendance_concern")
-        );
-    }
-
-    #[test]
-    fn each_bad_field_is_named() {
-        type Edit = Box<dyn Fn(&mut pb::PublishRequest)>;
-        let cases: Vec<(&str, Edit)> = vec![
-            ("event", Box::new(|r| r.event = None)),
-            (
-                "event.child.nhs_number",
-                Box::new(|r| {
-                    ev(r)
-                        .child
-                        .as_mut()
-                        .map(|c| c.nhs_number = "9434765918".into())
-                        .unwrap_or(())
-                }),
-            ),
-            ("event.child", Box::new(|r| ev(r).child = None)),
-            (
-                "event.event_id",
-                Box::new(|r| ev(r).event_id = String::new()),
-            ),
-            (
-                "event.event_id",
-                Box::new(|r| ev(r).event_id = "has space".into()),
-            ),
-            ("event.purpose", Box::new(|r| ev(r).purpose = 0)),
-            ("event.purpose", Box::new(|r| ev(r).purpose = 99)),
-            ("event.occurred_at", Box::new(|r| ev(r).occurred_at = None)),
-            (
-                "event.occurred_at",
-                Box::new(|r| {
-                    ev(r).occurred_at = Some(prost_types::Timestamp {
-                        seconds: 1_700_000_000 + 3 * 86_400,
-                        nanos: 0,
-                    })
-                }),
-            ),
-            ("event.payload", Box::new(|r| ev(r).payload = None)),
-            (
-                "event.summary",
-                Box::new(|r| ev(r).summary = "x".repeat(4_001)),
-            ),
-            (
-                "event.child.local_ids[0].value",
-                Box::new(|r| {
-                    ev(r)
-                        .child
-                        .as_mut()
-                        .map(|c| {
-                            c.local_ids.push(pb::LocalId {
-                                scheme: "upn".into(),
-                                value: "A801200005001".into(),
-                            })
-                        })
-                        .unwrap_or(())
-                }),
-            ),
-            (
-                "basis.safeguarding_override",
-                Box::new(|r| {
-                    r.basis = Some(pb::SharingBasis {
-                        safeguarding_override: Some(pb::SafeguardingOverride {
-                            legal_basis: 1,
-                            justification: "x".repeat(30),
-                            authorised_by: "Team manager".into(),
-                        }),
-                    })
-                }),
-            ),
-            (
-                "to_agencies[0]",
-                Box::new(|r| r.to_agencies.push("Not Valid".into())),
-            ),
-        ];
-        for (field, edit) in cases {
-            let got = with(|r| edit(r));
-            match got {
-                Err(v) => assert!(v.has(field), "expected a violation on {field}, got {v}"),
-                Ok(_) => panic!("expected a violation on {field}"),
-            }
-        }
-    }
-
-    #[test]
-    fn override_needs_justification_and_authoriser() {
-        let got = with(|r| {
-            ev(r).purpose = pb::Purpose::Safeguarding as i32;
-            r.basis = Some(pb::SharingBasis {
-                safeguarding_override: Some(pb::SafeguardingOverride {
-                    legal_basis: 0,
-                    justification: "too short".into(),
-                    authorised_by: String::new(),
-                }),
-            });
-        });
-        let v = got.err().unwrap_or(Violations(vec![]));
-        for f in [
-            "basis.safeguarding_override.legal_basis",
-            "basis.safeguarding_override.justification",
-            "basis.safeguarding_override.authorised_by",
-        ] {
-            assert!(v.has(f), "{f}: {v}");
-        }
-    }
-
-    #[test]
-    fn payload_timestamps_are_checked_and_named() {
-        let got = with(|r| {
-            ev(r).payload = Some(pb::case_event::Payload::HealthWasNotBrought(
-                pb::WasNotBrought {
-                    appointment_at: Some(prost_types::Timestamp {
-                        seconds: 253_402_300_800,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                },
-            ))
-        });
-        assert!(
-            got.err()
-                .is_some_and(|v| v.has("event.health_was_not_brought.appointment_at"))
-        );
-        let got = with(|r| {
-            ev(r).payload = Some(pb::case_event::Payload::HealthWasNotBrought(
-                pb::WasNotBrought {
-                    appointment_at: Some(prost_types::Timestamp {
-                        seconds: 1,
-                        nanos: -1,
-                    }),
-                    ..Default::default()
-                },
-            ))
-        });
-        assert!(got.is_err());
-    }
-
-    #[test]
-    fn oversize_event_is_rejected() {
-        let r = pb::PublishRequest {
-            event: Some(event()),
-            ..Default::default()
-        };
-        let got = validate_publish(
-            &r,
-            70_000,
-            Micros(1_700_000_000 * Micros::SECOND),
-            &Limits::default(),
-        );
-        assert!(got.err().is_some_and(|v| v.has("event")));
-    }
-
-    #[test]
-    fn agreement_rules() {
-        let good = pb::Agreement {
-            agreement_id: "isa-1".into(),
-            provider: "school-b".into(),
-            recipient: "kind:social_care".into(),
-            purposes: vec![pb::Purpose::EarlyHelp as i32],
-            event_types: vec!["education.*".into()],
-            lawful_basis: pb::LawfulBasis::PublicTask as i32,
-            ..Default::default()
-        };
-        assert_eq!(validate_agreement(&good), Ok(()));
-        let mut bad = good.clone();
-        bad.recipient = "kind:police".into();
-        bad.purposes.clear();
-        bad.valid_from = Some(prost_types::Timestamp {
-            seconds: 10,
-            nanos: 0,
-        });
-        bad.valid_until = Some(prost_types::Timestamp {
-            seconds: 10,
-            nanos: 0,
-        });
-        let v = validate_agreement(&bad).err().unwrap_or(Violations(vec![]));
-        for f in ["recipient", "purposes", "valid_until"] {
-            assert!(v.has(f), "{f}: {v}");
-        }
-    }
-
-    #[test]
-    fn subscription_defaults_fill_in() {
-        let s = validate_subscription(&pb::Subscription {
-            name: "main".into(),
-            ..Default::default()
-        });
-        let s = s.unwrap_or_default();
-        assert_eq!(s.max_attempts, subscription_defaults::MAX_ATTEMPTS);
-        assert_eq!(s.ack_deadline.map(|d| d.seconds), Some(30));
-        assert!(
-            validate_subscription(&pb::Subscription {
-                name: "Bad Name".into(),
-                ..Default::default()
-            })
-            .is_err()
-        );
-    }
-}
+mod tests;

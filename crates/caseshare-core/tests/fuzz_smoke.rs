@@ -163,7 +163,8 @@ fn payload() -> impl Strategy<Value = Payload> {
     (
         0..15u8,
         option::weighted(0.6, timestamp()),
-        any::<f64>(),
+        // Mostly finite (NaN and infinities are refused), some of any.
+        prop_oneof![9 => -1e9..1e9f64, 1 => any::<f64>()],
         any::<u32>(),
     )
         .prop_map(|(kind, ts, percent, n)| match kind {
@@ -259,7 +260,12 @@ fn case_event() -> impl Strategy<Value = pb::CaseEvent> {
             nhs_number,
             local_ids,
         });
-    let summary = prop_oneof![10 => ".{0,40}", 1 => Just("é".repeat(4_001))];
+    // Mostly printable text (control characters are refused), some of any.
+    let summary = prop_oneof![
+        8 => "\\PC{0,40}",
+        2 => ".{0,40}",
+        1 => Just("é".repeat(4_001))
+    ];
     let corrects = prop_oneof![8 => Just(String::new()), 1 => event_id()];
     (
         event_id(),
@@ -373,7 +379,7 @@ fn consent() -> impl Strategy<Value = pb::ConsentRecord> {
         vec(party(), 0..3),
         vec(pattern(), 0..2),
         window(),
-        prop_oneof![10 => ".{0,20}", 1 => Just("x".repeat(257))],
+        prop_oneof![8 => "\\PC{0,20}", 2 => ".{0,20}", 1 => Just("x".repeat(257))],
     )
         .prop_map(
             |(

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+pub mod codec;
+
 /// Package `caseshare.v1`.
 pub mod v1 {
     tonic::include_proto!("caseshare.v1");

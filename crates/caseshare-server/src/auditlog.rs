@@ -81,7 +81,7 @@ impl AuditLog {
         origin: String,
     ) -> Result<Arc<Self>, BrokerError> {
         let tree = TiledTree::open(size, &StoreTiles(store.as_ref()))
-            .map_err(|e| BrokerError::Unavailable(format!("audit tree: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("audit tree: {e}")))?;
         let root = tree.current_root();
         let (committed, _) = watch::channel((size, root));
         Ok(Arc::new(AuditLog {
@@ -137,7 +137,7 @@ impl AuditLog {
             return Ok(cp.clone());
         }
         let note = sign_note(&checkpoint_text(&self.origin, size, &root), &self.signer)
-            .map_err(|e| BrokerError::Unavailable(format!("signing the checkpoint: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("signing the checkpoint: {e}")))?;
         let cp = pb::Checkpoint {
             tree_size: size,
             root_hash: root.to_vec(),
@@ -171,7 +171,7 @@ impl AuditLog {
         }
         let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
         tree.inclusion_proof(index, size, &StoreTiles(self.store.as_ref()))
-            .map_err(|e| BrokerError::Unavailable(format!("inclusion proof: {e}")))
+            .map_err(|e| BrokerError::Internal(format!("inclusion proof: {e}")))
     }
 
     /// The consistency proof from `from` to `to`.
@@ -185,6 +185,6 @@ impl AuditLog {
         }
         let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
         tree.consistency_proof(from, to, &StoreTiles(self.store.as_ref()))
-            .map_err(|e| BrokerError::Unavailable(format!("consistency proof: {e}")))
+            .map_err(|e| BrokerError::Internal(format!("consistency proof: {e}")))
     }
 }

@@ -54,6 +54,9 @@ pub struct TlsConfig {
     pub crls: Vec<PathBuf>,
 }
 
+/// The highest `limits.max_subscriptions_per_agency` allowed.
+pub const MAX_SUBSCRIPTIONS_PER_AGENCY: usize = 1_000;
+
 /// Limits on what clients may send and hold.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +85,11 @@ pub struct LimitsConfig {
     /// a client that ignores refusals then gets at most
     /// `http2_max_concurrent_streams` of them per connection per delay.
     pub refusal_delay_ms: u64,
+    /// Most subscriptions one agency may hold (a quota: over it,
+    /// `RESOURCE_EXHAUSTED`).
+    pub max_subscriptions_per_agency: usize,
+    /// Most event types (or patterns) in one subscription.
+    pub max_event_types_per_subscription: usize,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +106,8 @@ impl Default for LimitsConfig {
             http2_keepalive_timeout_secs: 20,
             http2_max_concurrent_streams: 256,
             refusal_delay_ms: 250,
+            max_subscriptions_per_agency: 100,
+            max_event_types_per_subscription: 64,
         }
     }
 }

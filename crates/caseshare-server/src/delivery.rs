@@ -34,7 +34,6 @@ use caseshare_core::principal::Principal;
 use caseshare_core::time::Micros;
 use caseshare_store::{DeliveryState, Storage, StoredEvent, SubscriptionRecord};
 use futures::FutureExt;
-use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -411,7 +410,7 @@ impl Deliveries {
         for seq in owed {
             match self.store.event(seq)? {
                 Some(event) => {
-                    let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                    let decoded = crate::errors::stored_case_event(&event)?;
                     if let Some(p) = inner.pending.get_mut(&seq) {
                         p.stream = Some(stream);
                         p.deadline = None;
@@ -453,7 +452,7 @@ impl Deliveries {
                 }
                 inner.deferred.remove(&seq);
                 if let Some(event) = self.store.event(seq)? {
-                    let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                    let decoded = crate::errors::stored_case_event(&event)?;
                     inner
                         .pending
                         .insert(seq, self.fresh_pending(&event, nhs, stream));
@@ -487,7 +486,7 @@ impl Deliveries {
                 {
                     continue;
                 }
-                let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+                let decoded = crate::errors::stored_case_event(&event)?;
                 if !self.eligible(rt, &inner, &event, &decoded) {
                     continue;
                 }
@@ -659,7 +658,7 @@ impl Deliveries {
                 Verdict::Shared(outcome) => {
                     let m = minimise(&pick.decoded, &outcome.fields).map_err(|e| {
                         tracing::error!(error = %e, "minimisation failed");
-                        BrokerError::Unavailable("minimisation failed".into())
+                        BrokerError::Internal(format!("minimisation failed: {e}"))
                     })?;
                     (m.event, m.redacted_fields, outcome.to_proto(agency))
                 }
@@ -730,9 +729,8 @@ impl Deliveries {
             && let Some(ev) = self.store.event(intent.sequence)?
         {
             intent.event_id = ev.event_id.clone();
-            if let Ok(e) = pb::CaseEvent::decode(ev.event.as_slice()) {
-                intent.nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
-            }
+            let e = crate::errors::stored_case_event(&ev)?;
+            intent.nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
         }
         Ok(())
     }
@@ -1193,7 +1191,8 @@ impl Deliveries {
                         last_activity = Instant::now();
                         self.settle_inbound(actor, rt, req, &mut inbound).await
                     }
-                    Ok(None) | Err(_) => Ok(false),
+                    Err(status) => BrokerError::from_decode_status(&status).map_or(Ok(false), Err),
+                    Ok(None) => Ok(false),
                 },
                 _ = &mut notified => Ok(true),
                 _ = head.changed() => Ok(true),
@@ -1236,6 +1235,7 @@ impl Deliveries {
         let mut next = Some(first);
         let mut open = true;
         while let Some(req) = next.take() {
+            crate::services::bounded(&req)?;
             if let Some(ack) = req.ack {
                 acks.extend(ack.delivery_ids);
             }
@@ -1249,7 +1249,13 @@ impl Deliveries {
             // buffered in the stream.
             match inbound.message().now_or_never() {
                 Some(Ok(Some(req))) => next = Some(req),
-                Some(Ok(None) | Err(_)) => open = false,
+                Some(Err(status)) => {
+                    if let Some(invalid) = BrokerError::from_decode_status(&status) {
+                        return Err(invalid);
+                    }
+                    open = false;
+                }
+                Some(Ok(None)) => open = false,
                 None => {}
             }
         }

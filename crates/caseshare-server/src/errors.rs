@@ -1,5 +1,9 @@
 //! The broker's error type and its one mapping to gRPC statuses, including
-//! `google.rpc.BadRequest` field violations for invalid input.
+//! `google.rpc.BadRequest` field violations for invalid input. Damaged
+//! storage is `DATA_LOSS` and marks the broker not ready
+//! ([`storage_damaged`], read by `/readyz`); other faults are `INTERNAL`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use caseshare_core::validate::Violations;
 use caseshare_store::StoreError;
@@ -45,6 +49,58 @@ pub enum BrokerError {
     /// Storage failed; the operation did not happen.
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
+    /// A fault of the broker itself (not of the request or of storage).
+    #[error("internal fault: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    /// The refusal of a streamed request message that did not decode (the
+    /// codec's `INVALID_ARGUMENT`, with its field violations), so that a
+    /// stream ends with it instead of silently; `None` for other statuses
+    /// (the client went away).
+    pub fn from_decode_status(status: &Status) -> Option<BrokerError> {
+        if status.code() != Code::InvalidArgument {
+            return None;
+        }
+        let violations = status
+            .get_details_bad_request()
+            .map(|b| {
+                b.field_violations
+                    .into_iter()
+                    .map(|v| caseshare_core::validate::FieldViolation {
+                        field: v.field,
+                        description: v.description,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(BrokerError::Invalid(Violations(violations)))
+    }
+}
+
+/// Set once a stored record is found damaged; never cleared (a restart,
+/// after the operator has looked, clears it).
+static STORAGE_DAMAGED: AtomicBool = AtomicBool::new(false);
+
+/// True once a request found a damaged stored record: the broker then
+/// answers `/readyz` with 503 so that it is taken out of service.
+pub fn storage_damaged() -> bool {
+    STORAGE_DAMAGED.load(Ordering::SeqCst)
+}
+
+/// The `CaseEvent` of a stored event; bytes that do not decode are damaged
+/// storage (never read as an empty event).
+pub fn stored_case_event(
+    stored: &caseshare_store::StoredEvent,
+) -> Result<caseshare_core::pb::CaseEvent, BrokerError> {
+    use prost::Message;
+    caseshare_core::pb::CaseEvent::decode(stored.event.as_slice()).map_err(|e| {
+        BrokerError::Store(StoreError::Corrupt {
+            key: format!("event {}", stored.sequence),
+            detail: format!("the stored CaseEvent does not decode: {e}"),
+        })
+    })
 }
 
 impl BrokerError {
@@ -91,9 +147,20 @@ impl From<BrokerError> for Status {
             ),
             e @ BrokerError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             BrokerError::Unavailable(m) => Status::unavailable(m),
+            BrokerError::Store(e @ StoreError::Corrupt { .. }) => {
+                STORAGE_DAMAGED.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "damaged storage: the broker is now not ready");
+                Status::data_loss(
+                    "a stored record is damaged; the operation was not applied and the broker is marked not ready",
+                )
+            }
             BrokerError::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::internal("storage failure; the operation was not applied")
+            }
+            BrokerError::Internal(m) => {
+                tracing::error!(error = %m, "internal fault");
+                Status::internal("internal fault; the operation was not applied")
             }
         }
     }

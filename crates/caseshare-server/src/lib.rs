@@ -324,6 +324,8 @@ pub async fn serve(
         deliveries,
         limits: Limits {
             max_event_bytes: config.limits.max_event_bytes,
+            max_subscriptions_per_agency: config.limits.max_subscriptions_per_agency,
+            max_event_types_per_subscription: config.limits.max_event_types_per_subscription,
             ..Limits::default()
         },
         pseudonym_key: Arc::new(pseudonym_key),

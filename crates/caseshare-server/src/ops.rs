@@ -1,5 +1,5 @@
 //! The plain-HTTP ops port: `/healthz` (the process is up), `/readyz` (the
-//! broker is serving and not shutting down) and `/metrics` (Prometheus text).
+//! broker is serving, not shutting down and has found no damaged record) and `/metrics` (Prometheus text).
 //! It carries no case data.
 
 use std::convert::Infallible;
@@ -60,7 +60,10 @@ pub async fn serve(
                 async move {
                     let resp = match req.uri().path() {
                         "/healthz" => respond(200, "ok\n".into(), "text/plain"),
-                        "/readyz" if ready.load(Ordering::SeqCst) => {
+                        "/readyz"
+                            if ready.load(Ordering::SeqCst)
+                                && !crate::errors::storage_damaged() =>
+                        {
                             respond(200, "ready\n".into(), "text/plain")
                         }
                         "/readyz" => respond(503, "not ready\n".into(), "text/plain"),

@@ -173,6 +173,8 @@ pub enum Op {
         actor: Arc<Principal>,
         /// The validated subscription.
         subscription: pb::Subscription,
+        /// Most subscriptions the agency may hold (`limits.max_subscriptions_per_agency`).
+        quota: usize,
         /// Reply.
         reply: Reply<SubscriptionRecord>,
     },
@@ -607,10 +609,11 @@ impl WriterTask {
             Op::CreateSubscription {
                 actor,
                 subscription,
+                quota,
                 reply,
             } => finish(
                 reply,
-                self.create_subscription(&mut ctx, &actor, subscription),
+                self.create_subscription(&mut ctx, &actor, subscription, quota),
             ),
             Op::DeleteSubscription { actor, name, reply } => {
                 finish(reply, self.delete_subscription(&mut ctx, &actor, &name))
@@ -1088,6 +1091,7 @@ impl WriterTask {
         ctx: &mut Ctx<'_>,
         actor: &Principal,
         mut subscription: pb::Subscription,
+        quota: usize,
     ) -> Result<SubscriptionRecord, BrokerError> {
         let agency = actor.name.clone();
         {
@@ -1101,6 +1105,17 @@ impl WriterTask {
                 return Err(BrokerError::AlreadyExists(format!(
                     "subscription {:?} already exists",
                     subscription.name
+                )));
+            }
+            let held = state
+                .subscription_ids
+                .keys()
+                .filter(|(a, _)| *a == agency)
+                .count();
+            if held >= quota {
+                return Err(BrokerError::ResourceExhausted(format!(
+                    "agency {agency:?} holds {held} subscriptions, the most allowed \
+                     (limits.max_subscriptions_per_agency); delete one first"
                 )));
             }
         }
@@ -1439,6 +1454,8 @@ impl WriterTask {
         reason: String,
         audit_index: u64,
     ) -> Result<(u32, u32), BrokerError> {
+        // Decoded before anything changes: a damaged event changes nothing.
+        let decoded = crate::errors::stored_case_event(original)?;
         let received = self.received(ctx.batch, original)?;
         let shared = original
             .decisions
@@ -1450,7 +1467,6 @@ impl WriterTask {
             .push((original.sequence, reason.clone()));
         self.write().retracted.insert(original.sequence, reason);
         if !received.is_empty() {
-            let decoded = pb::CaseEvent::decode(original.event.as_slice()).unwrap_or_default();
             let minimal = pb::CaseEvent {
                 event_id: decoded.event_id.clone(),
                 child: decoded.child.clone(),
@@ -1519,9 +1535,8 @@ impl WriterTask {
                 request.event_id
             )));
         }
-        let nhs = pb::CaseEvent::decode(original.event.as_slice())
-            .ok()
-            .and_then(|e| e.child)
+        let nhs = crate::errors::stored_case_event(&original)?
+            .child
             .map(|c| c.nhs_number)
             .unwrap_or_default();
         let index = ctx.audit(pb::AuditEntry {

@@ -66,6 +66,7 @@ impl Admin for AdminService {
         req: Request<pb::EndAgreementRequest>,
     ) -> Result<Response<pb::Agreement>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let request = req.into_inner();
         if request.agreement_id.is_empty() {
             return Err(BrokerError::invalid("agreement_id", "required").into());
@@ -92,6 +93,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListAgreementsRequest>,
     ) -> Result<Response<pb::ListAgreementsResponse>, Status> {
+        super::bounded(req.get_ref())?;
         let filter = req.into_inner();
         let mut agreements: Vec<pb::Agreement> = self
             .0

@@ -75,8 +75,12 @@ impl AuditService {
         while from < end {
             let to = (from + SCAN_CHUNK).min(end);
             for leaf in self.0.store.audit_entries(from, to)? {
-                let e = entry::decode(&leaf)
-                    .map_err(|e| BrokerError::Unavailable(format!("corrupt audit entry: {e}")))?;
+                let e = entry::decode(&leaf).map_err(|e| {
+                    BrokerError::Store(caseshare_store::StoreError::Corrupt {
+                        key: "audit entry".into(),
+                        detail: e.to_string(),
+                    })
+                })?;
                 if !visit(e) {
                     return Ok(());
                 }
@@ -100,6 +104,7 @@ impl Audit for AuditService {
         req: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let q = req.into_inner();
         let pseudonym = if q.nhs_number.is_empty() {
             Vec::new()
@@ -266,6 +271,7 @@ impl Audit for AuditService {
         req: Request<pb::SubjectAccessReportRequest>,
     ) -> Result<Response<pb::SubjectAccessReportResponse>, Status> {
         let actor: Arc<Principal> = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let r = req.into_inner();
         let pseudonym = self.pseudonym("nhs_number", &r.nhs_number)?;
         self.record(

@@ -40,6 +40,7 @@ impl Consent for ConsentService {
         req: Request<pb::WithdrawConsentRequest>,
     ) -> Result<Response<pb::ConsentRecord>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let request = req.into_inner();
         if request.consent_id.is_empty() {
             return Err(BrokerError::invalid("consent_id", "required").into());
@@ -66,6 +67,7 @@ impl Consent for ConsentService {
         &self,
         req: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
+        super::bounded(req.get_ref())?;
         let request = req.into_inner();
         if let Err(e) = validate_nhs_number(&request.nhs_number) {
             return Err(BrokerError::invalid("nhs_number", e.to_string()).into());

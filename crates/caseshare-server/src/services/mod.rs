@@ -11,10 +11,11 @@ pub mod subscriber;
 
 use std::sync::{Arc, RwLock};
 
-use caseshare_core::validate::Limits;
+use caseshare_core::validate::{Bounded, Limits, check_bounds};
 use caseshare_store::Storage;
 
 use crate::delivery::Deliveries;
+use crate::errors::BrokerError;
 use crate::state::BrokerState;
 use crate::writer::Writer;
 
@@ -56,4 +57,11 @@ impl Shared {
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, BrokerState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Checks a request against the bounds of `caseshare-core` (every string's
+/// length and text, every list's count, every number finite) before
+/// anything else reads it.
+pub fn bounded<M: Bounded>(request: &M) -> Result<(), BrokerError> {
+    check_bounds(request).map_err(BrokerError::from)
 }

@@ -120,6 +120,9 @@ impl Publisher for PublisherService {
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(%status, "publish stream ended by the client");
+                        if let Some(invalid) = BrokerError::from_decode_status(&status) {
+                            let _ = order_tx.send(Err(invalid)).await;
+                        }
                         return;
                     }
                 }
@@ -146,6 +149,7 @@ impl Publisher for PublisherService {
         req: Request<pb::GetEventStatusRequest>,
     ) -> Result<Response<pb::EventStatus>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let event_id = req.into_inner().event_id;
         let store = &self.0.store;
         let not_found =
@@ -155,7 +159,7 @@ impl Publisher for PublisherService {
             .map_err(BrokerError::from)?
             .ok_or_else(not_found)?;
         let seq = event.sequence;
-        let decoded = pb::CaseEvent::decode(event.event.as_slice()).unwrap_or_default();
+        let decoded = crate::errors::stored_case_event(&event)?;
         let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
         let (subs, retracted) = {
             let state = self.0.read();
@@ -239,6 +243,7 @@ impl Publisher for PublisherService {
         req: Request<pb::RetractEventRequest>,
     ) -> Result<Response<pb::RetractEventResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let request = req.into_inner();
         if request.event_id.is_empty() {
             return Err(BrokerError::invalid("event_id", "required").into());

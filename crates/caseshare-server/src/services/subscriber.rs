@@ -25,13 +25,16 @@ impl Subscriber for SubscriberService {
         req: Request<pb::Subscription>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let actor = caller(&req)?;
-        let subscription = validate_subscription(&req.into_inner()).map_err(BrokerError::from)?;
+        let subscription =
+            validate_subscription(&req.into_inner(), &self.0.limits).map_err(BrokerError::from)?;
+        let quota = self.0.limits.max_subscriptions_per_agency;
         let record = self
             .0
             .writer
             .call(|reply| Op::CreateSubscription {
                 actor,
                 subscription,
+                quota,
                 reply,
             })
             .await?;
@@ -45,6 +48,7 @@ impl Subscriber for SubscriberService {
         req: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let name = req.into_inner().name;
         self.0
             .read()
@@ -78,6 +82,7 @@ impl Subscriber for SubscriberService {
         req: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let name = req.into_inner().name;
         let record = self
             .0
@@ -111,6 +116,7 @@ impl Subscriber for SubscriberService {
                 "the first request must name the subscription",
             )
         })?;
+        super::bounded(&first)?;
         if first.subscription.is_empty() {
             return Err(BrokerError::invalid(
                 "subscription",
@@ -131,6 +137,7 @@ impl Subscriber for SubscriberService {
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let r = req.into_inner();
         let acked = self
             .0
@@ -145,6 +152,7 @@ impl Subscriber for SubscriberService {
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let r = req.into_inner();
         let nacked = self
             .0
@@ -159,6 +167,7 @@ impl Subscriber for SubscriberService {
         req: Request<pb::SeekRequest>,
     ) -> Result<Response<pb::SeekResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let r = req.into_inner();
         let target = match r.target {
             Some(pb::seek_request::Target::ToSequence(s)) => s,
@@ -185,6 +194,7 @@ impl Subscriber for SubscriberService {
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let r = req.into_inner();
         let from: u64 = if r.page_token.is_empty() {
             0
@@ -220,6 +230,7 @@ impl Subscriber for SubscriberService {
         req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         let actor = caller(&req)?;
+        super::bounded(req.get_ref())?;
         let r = req.into_inner();
         let replayed = self
             .0

@@ -1,0 +1,52 @@
+//! What text may contain: no NUL, no C0 or C1 control characters (which a
+//! terminal or log viewer may act on), except newline and tab in multi-line
+//! free text.
+
+use super::limits::Text;
+
+/// Why a string was refused, in words for a field violation; `None` when
+/// it is acceptable.
+pub fn text_problem(s: &str, text: Text) -> Option<String> {
+    let allowed = |c: char| text == Text::Lines && matches!(c, '\n' | '\t');
+    let (at, c) = s
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !allowed(*c))?;
+    let which = if c == '\0' {
+        "a NUL character".to_string()
+    } else {
+        format!("control character U+{:04X}", u32::from(c))
+    };
+    let hint = if text == Text::Lines {
+        "only newline and tab are allowed"
+    } else {
+        "control characters (newlines included) are not allowed"
+    };
+    Some(format!("{which} at character {at}: {hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_by_kind() {
+        let cases: &[(&str, Text, bool)] = &[
+            ("plain text, café", Text::Line, true),
+            ("two\nlines", Text::Lines, true),
+            ("tab\there", Text::Lines, true),
+            ("two\nlines", Text::Line, false),
+            ("two\nlines", Text::Id, false),
+            ("nul\0", Text::Lines, false),
+            ("esc\u{1b}[2J", Text::Lines, false),
+            ("cr\r", Text::Lines, false),
+            ("del\u{7f}", Text::Line, false),
+            ("c1\u{85}", Text::Lines, false),
+            ("c1\u{9b}31m", Text::Line, false),
+            ("", Text::Id, true),
+        ];
+        for (s, kind, ok) in cases {
+            assert_eq!(text_problem(s, *kind).is_none(), *ok, "{s:?} as {kind:?}");
+        }
+    }
+}
