@@ -35,6 +35,9 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
+use caseshare_audit::tiles::{TileStore, TiledTree};
+
+use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
@@ -102,6 +105,97 @@ pub struct SledStore {
     data_file: File,
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     events: EventLog,
+    /// The size of the last checkpoint persisted.
+    persisted_checkpoint: Mutex<u64>,
+}
+
+/// Sled's tiles, for checking the audit log at open.
+struct Tiles<'a>(&'a sled::Tree);
+
+impl TileStore for Tiles<'_> {
+    type Error = StoreError;
+    fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .get(key(b'T', &[&[level], &be(index)]))?
+            .map(|v| v.to_vec()))
+    }
+}
+
+/// The number of audit entries in sled (from its last chunk).
+fn audit_size(tree: &sled::Tree) -> Result<u64, StoreError> {
+    match tree.scan_prefix([b'A']).next_back().transpose()? {
+        Some((k, v)) => Ok(read_be(&k[1..], "audit chunk key")? + split_chunk(&v)?.len() as u64),
+        None => Ok(0),
+    }
+}
+
+/// Checks sled's audit log against the persisted checkpoint (read-only):
+/// it must hold at least as many entries, with the same root at that size.
+pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
+    let Some(cp) = crate::checkpoint::read(dir)? else {
+        return Ok(());
+    };
+    let db = dir.join("db");
+    let size = audit_size(tree)?;
+    if size < cp.size {
+        return Err(damaged(
+            &db,
+            None,
+            format!(
+                "sled holds {size} audit entries, but a checkpoint of {} entries was already \
+                 signed and handed out ({}): sled lost committed writes",
+                cp.size,
+                crate::checkpoint::path(dir).display()
+            ),
+            ADVICE_SLED_BEHIND,
+        ));
+    }
+    if cp.size == 0 {
+        return Ok(());
+    }
+    let tiles = Tiles(tree);
+    let root = TiledTree::open(size, &tiles)
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.root(cp.size, &tiles).map_err(|e| e.to_string()));
+    match root {
+        Ok(r) if r == cp.root => Ok(()),
+        Ok(_) => Err(damaged(
+            &db,
+            None,
+            format!(
+                "sled's audit log has another root at size {} than the checkpoint signed at \
+                 that size ({})",
+                cp.size,
+                crate::checkpoint::path(dir).display()
+            ),
+            ADVICE_RESTORE,
+        )),
+        Err(e) => Err(damaged(
+            &db,
+            None,
+            format!("sled's audit tree cannot be read: {e}"),
+            ADVICE_RESTORE,
+        )),
+    }
+}
+
+/// Opens sled on `dir` (after [`crate::recovery::prepare_sled_dir`]).
+pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Corruption { .. } => damaged(
+                &dir.join("db"),
+                None,
+                format!("sled cannot read its database: {e}"),
+                ADVICE_RESTORE,
+            ),
+            other => other.into(),
+        })
 }
 
 impl std::fmt::Debug for SledStore {
@@ -115,12 +209,17 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with `cache_bytes` of page
     /// cache.
+    ///
+    /// Follows [`crate::recovery`]: sled's snapshot temporaries are removed
+    /// and a damaged snapshot set aside before sled opens; then sled's audit
+    /// log is checked against the persisted checkpoint and the event log
+    /// against sled's counters, read-only; only then is anything changed.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()?;
+        std::fs::create_dir_all(dir)?;
+        for done in crate::recovery::prepare_sled_dir(dir)? {
+            tracing::warn!("{done}");
+        }
+        let db = open_sled(dir, cache_bytes)?;
         let tree = db.open_tree("caseshare")?;
         let data_file = File::open(dir.join("db"))?;
         let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
@@ -131,12 +230,27 @@ impl SledStore {
         };
         let next_sequence = counter(b"seq", 1)?;
         let first_retained = counter(b"first", 0)?;
-        let events = EventLog::open(
-            &dir.join("events"),
-            next_sequence,
-            first_retained,
-            DEFAULT_SEGMENT_BYTES,
-        )?;
+        // Decide first (read-only)...
+        verify_audit_checkpoint(dir, &tree)?;
+        let events_dir = dir.join("events");
+        std::fs::create_dir_all(&events_dir)?;
+        // A store written before the event log keeps events in sled (`E`
+        // records), moved into the log below: the log holds none of them yet.
+        let (log_next, log_first) = match tree.scan_prefix([b'E']).next().transpose()? {
+            Some((k, _)) => {
+                let legacy_first = read_be(&k[1..], "event key")?;
+                (legacy_first, first_retained.max(legacy_first))
+            }
+            None => (next_sequence, first_retained),
+        };
+        let plan = crate::segments::open::verify(&events_dir, log_next, log_first)?;
+        // ...change after.
+        let tmp = dir.join(format!("{}.tmp", crate::checkpoint::FILE));
+        if tmp.exists() {
+            std::fs::remove_file(&tmp)?;
+            tracing::info!(file = %tmp.display(), "removed a temporary left by an interrupted write");
+        }
+        let events = plan.apply(DEFAULT_SEGMENT_BYTES)?;
         let store = SledStore {
             db,
             tree,
@@ -144,6 +258,7 @@ impl SledStore {
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
             events,
+            persisted_checkpoint: Mutex::new(0),
         };
         store.move_legacy_events()?;
         Ok(store)
@@ -165,13 +280,14 @@ impl SledStore {
         let next = self.events.next_sequence().unwrap_or(0);
         legacy.retain(|e| e.sequence >= next);
         // Expunged events leave gaps only below the first retained one.
+        let mut b = sled::Batch::default();
         if let Some(first) = legacy.first().map(|e| e.sequence)
             && self.events.next_sequence().is_none()
         {
             self.events.set_first(first)?;
+            b.insert(key(b'M', &[b"first"]), be(first).to_vec());
         }
         self.events.append(&legacy)?;
-        let mut b = sled::Batch::default();
         for k in keys {
             b.remove(k);
         }
@@ -422,10 +538,7 @@ impl Storage for SledStore {
         if let Some(v) = self.tree.get(key(b'M', &[b"sub"]))? {
             snap.next_subscription_id = read_be(&v, "next subscription id")?;
         }
-        if let Some((k, v)) = self.tree.scan_prefix([b'A']).next_back().transpose()? {
-            let first = read_be(&k[1..], "audit chunk key")?;
-            snap.audit_size = first + split_chunk(&v)?.len() as u64;
-        }
+        snap.audit_size = audit_size(&self.tree)?;
         Ok(snap)
     }
 
@@ -514,10 +627,27 @@ impl Storage for SledStore {
     }
 
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .get(key(b'T', &[&[level], &be(index)]))?
-            .map(|v| v.to_vec()))
+        Tiles(&self.tree).get_tile(level, index)
+    }
+
+    fn persist_checkpoint(&self, size: u64, root: [u8; 32], note: &str) -> Result<(), StoreError> {
+        let mut last = self
+            .persisted_checkpoint
+            .lock()
+            .map_err(|_| StoreError::Engine("checkpoint lock poisoned".into()))?;
+        if size <= *last {
+            return Ok(());
+        }
+        crate::checkpoint::write(
+            &self.path,
+            &crate::checkpoint::Persisted {
+                size,
+                root,
+                note: note.to_string(),
+            },
+        )?;
+        *last = size;
+        Ok(())
     }
 }
 
