@@ -108,6 +108,9 @@ pub struct StoreConfig {
     pub cache_mib: u64,
     /// Most operations in one group commit.
     pub max_batch: usize,
+    /// Size at which the event log starts a new segment file, KiB
+    /// (64 ..= 1,048,576; env `CASESHARE_STORE_SEGMENT_KIB`).
+    pub segment_kib: u64,
 }
 
 impl Default for StoreConfig {
@@ -115,6 +118,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_mib: 64,
             max_batch: 2_048,
+            segment_kib: 64 * 1024,
         }
     }
 }
@@ -281,6 +285,9 @@ impl Config {
         if let Some(v) = get("CASESHARE_AUDIT_SIGNING_KEY") {
             self.audit.signing_key = Some(v.into());
         }
+        if let Some(v) = get("CASESHARE_STORE_SEGMENT_KIB") {
+            self.store.segment_kib = parse_env("CASESHARE_STORE_SEGMENT_KIB", &v)?;
+        }
         if let Some(v) = get("CASESHARE_BACKOFF_BASE_MS") {
             self.delivery.backoff_base_ms = parse_env("CASESHARE_BACKOFF_BASE_MS", &v)?;
         }
@@ -386,6 +393,12 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return bad("store.max_batch", "at least 1");
+        }
+        if !(64..=1_048_576).contains(&self.store.segment_kib) {
+            return bad(
+                "store.segment_kib",
+                &format!("{} is outside 64 ..= 1048576", self.store.segment_kib),
+            );
         }
         if self.listen == self.ops_listen && self.listen.port() != 0 {
             return bad("ops_listen", "must differ from listen");

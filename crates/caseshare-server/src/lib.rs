@@ -246,7 +246,11 @@ pub async fn serve(
     let pseudonym_key = load_secret(&config.data_dir.join("secrets").join("pseudonym.key"))?;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
-    let store: Arc<dyn Storage> = Arc::new(SledStore::open(&config.data_dir.join("store"), cache)?);
+    let store: Arc<dyn Storage> = Arc::new(SledStore::open_with_segments(
+        &config.data_dir.join("store"),
+        cache,
+        config.store.segment_kib.saturating_mul(1024),
+    )?);
     let snapshot = store.load()?;
     tracing::info!(
         events = snapshot.next_sequence - 1,

@@ -20,9 +20,10 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod check;
 pub mod checkpoint;
-pub mod recovery;
 pub mod records;
+pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
 

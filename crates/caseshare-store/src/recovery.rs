@@ -202,8 +202,7 @@ pub fn sled_snapshots(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snap.") && !name.ends_with(".in___motion") && entry.path().is_file()
-        {
+        if name.starts_with("snap.") && !name.ends_with(".in___motion") && entry.path().is_file() {
             out.push(entry.path());
         }
     }
@@ -287,4 +286,110 @@ pub fn temporaries(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Sled's snapshot files as they were before sled opened, to put back if
+/// the store then refuses to start (sled writes a snapshot at open).
+#[derive(Debug)]
+pub struct SnapshotGuard {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl SnapshotGuard {
+    /// Reads every `snap.*` file in `dir`.
+    pub fn capture(dir: &Path) -> Result<Self, StoreError> {
+        let mut files = Vec::new();
+        for p in sled_snapshots(dir)? {
+            let bytes = std::fs::read(&p)?;
+            files.push((p, bytes));
+        }
+        Ok(SnapshotGuard {
+            dir: dir.to_path_buf(),
+            files,
+        })
+    }
+
+    /// Puts the snapshots back: removes ones sled wrote, restores ones it
+    /// removed or changed. Best effort (the store is refusing anyway).
+    pub fn restore(&self) {
+        let Ok(now) = sled_snapshots(&self.dir) else {
+            return;
+        };
+        for p in now {
+            if !self.files.iter().any(|(q, _)| *q == p) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        for (p, bytes) in &self.files {
+            if std::fs::read(p).ok().as_deref() != Some(bytes.as_slice()) {
+                let _ = write_atomic(p, bytes, 0o644);
+            }
+        }
+        let _ = sync_dir(&self.dir);
+    }
+}
+
+/// The name of the copy of sled's `db` taken before sled opens it.
+pub const DB_GUARD: &str = "db.open-guard.tmp";
+
+/// A copy of sled's `db` file taken before sled opens it: sled's recovery
+/// writes into the file as it opens (it extends it, and after damage it
+/// writes from where its recovery stopped, over what follows), so if the
+/// store then refuses to start the copy is put back and the file is as it
+/// was. Discarded once the store has opened.
+#[derive(Debug)]
+pub struct DbGuard {
+    db: PathBuf,
+    copy: Option<PathBuf>,
+}
+
+impl DbGuard {
+    /// Copies `<dir>/db` to `<dir>/db.open-guard.tmp` (a leftover copy from
+    /// an interrupted start is a temporary and is replaced). Without a `db`
+    /// (a new store) or when the copy cannot be made (a full disk) there is
+    /// no guard, and a refusal may leave sled's own writes behind (logged).
+    pub fn capture(dir: &Path) -> Result<Self, StoreError> {
+        let db = dir.join("db");
+        let copy = dir.join(DB_GUARD);
+        if copy.exists() {
+            std::fs::remove_file(&copy)?;
+            tracing::info!(file = %copy.display(), "removed a temporary left by an interrupted start");
+        }
+        if !db.exists() {
+            return Ok(DbGuard { db, copy: None });
+        }
+        match std::fs::copy(&db, &copy) {
+            Ok(_) => Ok(DbGuard {
+                db,
+                copy: Some(copy),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&copy);
+                tracing::warn!(error = %e, "could not copy sled's db before opening it; a refusal to start may leave sled's own recovery writes in it");
+                Ok(DbGuard { db, copy: None })
+            }
+        }
+    }
+
+    /// The store opened: the copy is not needed.
+    pub fn discard(self) {
+        if let Some(c) = &self.copy {
+            let _ = std::fs::remove_file(c);
+        }
+    }
+
+    /// The store refused: puts the copy back over `db`.
+    pub fn restore(self) {
+        if let Some(c) = &self.copy {
+            if std::fs::read(c).ok() == std::fs::read(&self.db).ok() {
+                let _ = std::fs::remove_file(c);
+            } else if std::fs::rename(c, &self.db).is_err() {
+                let _ = std::fs::remove_file(c);
+            }
+            if let Some(dir) = self.db.parent() {
+                let _ = sync_dir(dir);
+            }
+        }
+    }
 }

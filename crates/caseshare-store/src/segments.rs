@@ -117,6 +117,38 @@ pub struct EventLog {
     fresh_segment: Mutex<bool>,
 }
 
+/// The fingerprint of the ids key in `dir`: `Ok(None)` if there is none,
+/// `Err(why)` if it is not a key (for `caseshare check`).
+pub(crate) fn key_fingerprint(dir: &Path) -> Result<Option<u64>, String> {
+    match IdHasher::read(dir) {
+        Ok(Ok(h)) => Ok(h.map(|h| h.fingerprint())),
+        Ok(Err(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The `.ids` file name of segment `first`.
+pub(crate) fn ids_file_name(first: u64) -> String {
+    ids::ids_name(first)
+}
+
+/// Checks an `.ids` file read-only: `None` if whole, else (damaged?,
+/// offset, why) — not damaged meaning missing or stale (for `caseshare
+/// check`).
+pub(crate) fn check_ids_file(
+    dir: &Path,
+    first: u64,
+    count: u64,
+    fingerprint: u64,
+) -> Result<Option<(bool, Option<u64>, String)>, StoreError> {
+    Ok(match ids::check_sealed(dir, first, count, fingerprint)? {
+        ids::IdsFile::Good(_) => None,
+        ids::IdsFile::Missing => Some((false, None, "missing".into())),
+        ids::IdsFile::Stale(why) => Some((false, None, why)),
+        ids::IdsFile::Damaged { offset, why } => Some((true, Some(offset), why)),
+    })
+}
+
 fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }

@@ -110,7 +110,50 @@ pub struct SledStore {
 }
 
 /// Sled's tiles, for checking the audit log at open.
-struct Tiles<'a>(&'a sled::Tree);
+pub(crate) struct Tiles<'a>(&'a sled::Tree);
+
+/// The tiles stored in `tree`.
+pub(crate) fn tiles(tree: &sled::Tree) -> Tiles<'_> {
+    Tiles(tree)
+}
+
+/// Every audit entry in `tree`, in order.
+pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix([b'A']) {
+        let (k, v) = item?;
+        let first = read_be(&k[1..], "audit chunk key")?;
+        if first != out.len() as u64 {
+            return Err(StoreError::Corrupt {
+                key: format!("audit chunk {first}"),
+                detail: format!("expected a chunk starting at {}", out.len()),
+            });
+        }
+        out.extend(split_chunk(&v)?);
+    }
+    Ok(out)
+}
+
+/// Sled's counters: next event sequence, first retained sequence, audit
+/// size, and the first event still kept in sled by an older version.
+pub(crate) fn counters(tree: &sled::Tree) -> Result<(u64, u64, u64, Option<u64>), StoreError> {
+    let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
+        match tree.get(key(b'M', &[name]))? {
+            Some(v) => read_be(&v, "counter"),
+            None => Ok(default),
+        }
+    };
+    let legacy_first = match tree.scan_prefix([b'E']).next().transpose()? {
+        Some((k, _)) => Some(read_be(&k[1..], "event key")?),
+        None => None,
+    };
+    Ok((
+        counter(b"seq", 1)?,
+        counter(b"first", 0)?,
+        audit_size(tree)?,
+        legacy_first,
+    ))
+}
 
 impl TileStore for Tiles<'_> {
     type Error = StoreError;
@@ -182,11 +225,14 @@ pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), Stor
 
 /// Opens sled on `dir` (after [`crate::recovery::prepare_sled_dir`]).
 pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(cache_bytes)
-        .flush_every_ms(None)
-        .open()
+        .flush_every_ms(None);
+    // Sled 0.34 can panic on some damaged files ("tried to serialize
+    // Uninitialized"): that is a damaged database, not a crash.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+        .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }))
         .map_err(|e| match e {
             sled::Error::Corruption { .. } => damaged(
                 &dir.join("db"),
@@ -215,32 +261,59 @@ impl SledStore {
     /// log is checked against the persisted checkpoint and the event log
     /// against sled's counters, read-only; only then is anything changed.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with_segments(dir, cache_bytes, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// [`SledStore::open`], with event-log segments of `segment_bytes`.
+    pub fn open_with_segments(
+        dir: &Path,
+        cache_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         for done in crate::recovery::prepare_sled_dir(dir)? {
             tracing::warn!("{done}");
         }
-        let db = open_sled(dir, cache_bytes)?;
-        let tree = db.open_tree("caseshare")?;
-        let data_file = File::open(dir.join("db"))?;
-        let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
-            match tree.get(key(b'M', &[name]))? {
-                Some(v) => read_be(&v, "counter"),
-                None => Ok(default),
+        // Sled writes a new snapshot (and deletes older ones) as it opens;
+        // if the store then refuses, they are put back as they were, so a
+        // refusal leaves every byte of the directory as it found it.
+        // The same for its `db` file, which sled's recovery writes into.
+        let snapshots = crate::recovery::SnapshotGuard::capture(dir)?;
+        let db_guard = crate::recovery::DbGuard::capture(dir)?;
+        let opened = open_sled(dir, cache_bytes).and_then(|db| {
+            let tree = db.open_tree("caseshare")?;
+            Self::verify_and_open(dir, db, tree, segment_bytes)
+        });
+        match opened {
+            Ok(store) => {
+                db_guard.discard();
+                Ok(store)
             }
-        };
-        let next_sequence = counter(b"seq", 1)?;
-        let first_retained = counter(b"first", 0)?;
+            Err(e) => {
+                snapshots.restore();
+                db_guard.restore();
+                Err(e)
+            }
+        }
+    }
+
+    /// The rest of [`SledStore::open_with_segments`], once sled is open.
+    fn verify_and_open(
+        dir: &Path,
+        db: sled::Db,
+        tree: sled::Tree,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let data_file = File::open(dir.join("db"))?;
+        let (next_sequence, first_retained, _, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
         verify_audit_checkpoint(dir, &tree)?;
         let events_dir = dir.join("events");
         std::fs::create_dir_all(&events_dir)?;
         // A store written before the event log keeps events in sled (`E`
         // records), moved into the log below: the log holds none of them yet.
-        let (log_next, log_first) = match tree.scan_prefix([b'E']).next().transpose()? {
-            Some((k, _)) => {
-                let legacy_first = read_be(&k[1..], "event key")?;
-                (legacy_first, first_retained.max(legacy_first))
-            }
+        let (log_next, log_first) = match legacy_first {
+            Some(l) => (l, first_retained.max(l)),
             None => (next_sequence, first_retained),
         };
         let plan = crate::segments::open::verify(&events_dir, log_next, log_first)?;
@@ -250,7 +323,7 @@ impl SledStore {
             std::fs::remove_file(&tmp)?;
             tracing::info!(file = %tmp.display(), "removed a temporary left by an interrupted write");
         }
-        let events = plan.apply(DEFAULT_SEGMENT_BYTES)?;
+        let events = plan.apply(segment_bytes)?;
         let store = SledStore {
             db,
             tree,

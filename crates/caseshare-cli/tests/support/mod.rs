@@ -52,7 +52,17 @@ impl Broker {
     /// Starts a broker on `dir` (an existing data directory is reused), with
     /// extra environment variables.
     pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Broker {
+        match Broker::try_start_in(dir, env) {
+            Ok(b) => b,
+            Err((status, log)) => panic!("broker did not start ({status}); log:\n{log}"),
+        }
+    }
+
+    /// Starts a broker on `dir`, or returns its exit status and log (stderr)
+    /// when it exits instead of listening (it refused to start).
+    pub fn try_start_in(dir: &Path, env: &[(&str, &str)]) -> Result<Broker, (ExitStatus, String)> {
         install_crypto();
+        let log_start = std::fs::metadata(dir.join("broker.log")).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,26 +99,36 @@ impl Broker {
                     let mut parts = rest.split(" ops http://");
                     let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
                     let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
-                    let _ = tx.send((grpc, ops));
+                    let _ = tx.send(Some((grpc, ops)));
                     sent = true;
                 }
             }
+            // stdout closed: the process exited.
+            let _ = tx.send(None);
         });
+        let log_since = || {
+            let bytes = std::fs::read(dir.join("broker.log")).unwrap_or_default();
+            let from = usize::try_from(log_start).unwrap().min(bytes.len());
+            String::from_utf8_lossy(&bytes[from..]).into_owned()
+        };
         let (grpc, ops) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addrs) => addrs,
+            Ok(Some(addrs)) => addrs,
+            Ok(None) => {
+                let status = child.wait().unwrap();
+                return Err((status, log_since()));
+            }
             Err(_) => {
                 let _ = child.kill();
-                let log = std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default();
-                panic!("broker did not start; log:\n{log}");
+                panic!("broker neither started nor exited; log:\n{}", log_since());
             }
         };
-        Broker {
+        Ok(Broker {
             child: Some(child),
             dir: dir.to_path_buf(),
             _tmp: None,
             grpc,
             ops,
-        }
+        })
     }
 
     /// Restarts on the same data directory (after a kill or a stop).
@@ -411,5 +431,52 @@ impl Subscription {
             })
             .await
             .unwrap();
+    }
+}
+
+/// Runs `caseshare check --data-dir <data>` (with `--json` if asked):
+/// its exit code and stdout.
+pub fn caseshare_check(data: &Path, json: bool) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_caseshare"));
+    cmd.arg("check").arg("--data-dir").arg(data);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("run caseshare check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Every file under `dir` with its bytes (to show a refusal changed
+/// nothing).
+pub fn dir_contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }

@@ -290,10 +290,16 @@ pub(super) fn check_sealed(
     }
     let entries = word(8);
     if (bytes.len() - IDS_HEADER) as u64 != entries * ENTRY as u64 {
-        return damaged(8, format!("it says {entries} entries but holds {} bytes", bytes.len()));
+        return damaged(
+            8,
+            format!("it says {entries} entries but holds {} bytes", bytes.len()),
+        );
     }
     if entries != count {
-        return damaged(8, format!("{entries} entries for a segment of {count} events"));
+        return damaged(
+            8,
+            format!("{entries} entries for a segment of {count} events"),
+        );
     }
     if word(16) != key_fingerprint {
         return Ok(IdsFile::Stale("hashed with another ids.key".into()));
@@ -305,7 +311,10 @@ pub(super) fn check_sealed(
         h.copy_from_slice(&chunk[..8]);
         let h = u64::from_le_bytes(h);
         if h < last {
-            return damaged((IDS_HEADER + i * ENTRY) as u64, "entries out of order".into());
+            return damaged(
+                (IDS_HEADER + i * ENTRY) as u64,
+                "entries out of order".into(),
+            );
         }
         last = h;
         bloom.insert(h);

@@ -109,7 +109,10 @@ pub(crate) fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
         if event.sequence != expected {
             s.stop = Stop::Invalid(
                 off,
-                format!("a frame of sequence {}, expected {expected}", event.sequence),
+                format!(
+                    "a frame of sequence {}, expected {expected}",
+                    event.sequence
+                ),
             );
             break;
         }
@@ -230,7 +233,12 @@ pub(crate) fn verify(
         if let Some(i) = s.batch_end.iter().position(|b| *b)
             && i + 1 < s.offsets.len()
         {
-            return Err(sled_behind(&sled_db, next_sequence, &path, s.offsets[i + 1]));
+            return Err(sled_behind(
+                &sled_db,
+                next_sequence,
+                &path,
+                s.offsets[i + 1],
+            ));
         }
         if let Stop::Invalid(off, why) = &s.stop {
             return Err(damaged(&path, Some(*off), why.clone(), ADVICE_RESTORE));
@@ -320,7 +328,12 @@ pub(crate) fn verify(
         let ids_file = if last {
             None
         } else {
-            Some(ids::check_sealed(dir, first, committed as u64, fingerprint)?)
+            Some(ids::check_sealed(
+                dir,
+                first,
+                committed as u64,
+                fingerprint,
+            )?)
         };
         let mut offsets = s.offsets;
         offsets.truncate(committed);

@@ -178,11 +178,17 @@ fn more_than_one_batch_beyond_sleds_counter_is_refused() {
     assert!(err.to_string().contains("more than one batch"), "{err}");
     // Sled says 5 is next: not a batch boundary.
     let err = EventLog::open(dir.path(), 5, 0, DEFAULT_SEGMENT_BYTES).unwrap_err();
-    assert!(err.to_string().contains("sled lost committed events"), "{err}");
+    assert!(
+        err.to_string().contains("sled lost committed events"),
+        "{err}"
+    );
     assert_eq!(files(dir.path()), before, "nothing changed");
     // And as sled knows it, all is well.
     let log = EventLog::open(dir.path(), 9, 0, DEFAULT_SEGMENT_BYTES).unwrap();
-    assert_eq!(seqs(&log.range(0, 100).unwrap()), (1..9).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&log.range(0, 100).unwrap()),
+        (1..9).collect::<Vec<_>>()
+    );
 }
 
 #[test]
