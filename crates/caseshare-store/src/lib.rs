@@ -22,6 +22,8 @@
 pub mod batch;
 pub mod check;
 pub mod checkpoint;
+#[cfg(test)]
+mod fault_tests;
 pub mod records;
 pub mod recovery;
 pub mod segments;

@@ -342,6 +342,9 @@ pub const DB_GUARD: &str = "db.open-guard.tmp";
 pub struct DbGuard {
     db: PathBuf,
     copy: Option<PathBuf>,
+    /// Sled's files that did not exist before it opened (it creates `db`
+    /// and `conf` when missing): removed again on a refusal.
+    absent: Vec<PathBuf>,
 }
 
 impl DbGuard {
@@ -356,18 +359,32 @@ impl DbGuard {
             std::fs::remove_file(&copy)?;
             tracing::info!(file = %copy.display(), "removed a temporary left by an interrupted start");
         }
+        let absent: Vec<PathBuf> = ["db", "conf", "blobs"]
+            .iter()
+            .map(|n| dir.join(n))
+            .filter(|p| !p.exists())
+            .collect();
         if !db.exists() {
-            return Ok(DbGuard { db, copy: None });
+            return Ok(DbGuard {
+                db,
+                copy: None,
+                absent,
+            });
         }
         match std::fs::copy(&db, &copy) {
             Ok(_) => Ok(DbGuard {
                 db,
                 copy: Some(copy),
+                absent,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&copy);
                 tracing::warn!(error = %e, "could not copy sled's db before opening it; a refusal to start may leave sled's own recovery writes in it");
-                Ok(DbGuard { db, copy: None })
+                Ok(DbGuard {
+                    db,
+                    copy: None,
+                    absent,
+                })
             }
         }
     }
@@ -381,6 +398,13 @@ impl DbGuard {
 
     /// The store refused: puts the copy back over `db`.
     pub fn restore(self) {
+        for p in &self.absent {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         if let Some(c) = &self.copy {
             if std::fs::read(c).ok() == std::fs::read(&self.db).ok() {
                 let _ = std::fs::remove_file(c);

@@ -475,4 +475,4 @@ impl EventLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -234,7 +234,9 @@ pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
         .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }))
         .map_err(|e| match e {
-            sled::Error::Corruption { .. } => damaged(
+            sled::Error::Corruption { .. }
+            | sled::Error::Unsupported(_)
+            | sled::Error::ReportableBug(_) => damaged(
                 &dir.join("db"),
                 None,
                 format!("sled cannot read its database: {e}"),

@@ -364,18 +364,20 @@ pub(crate) fn verify(
         }
         _ => {}
     }
-    if first_retained > 0
-        && let Some(k) = plan.kept.first()
-        && k.first > first_retained
-        && next_sequence > first_retained
+    // Sequences start at 1; retention moves the first retained one (and
+    // records it in sled), so the first segment may not start later.
+    if let Some(k) = plan.kept.first()
+        && k.first > first_retained.max(1)
+        && next_sequence > first_retained.max(1)
     {
         return Err(damaged(
             &k.path,
             Some(0),
             format!(
-                "the first segment starts at sequence {}, but events from {first_retained} are \
-                 retained: a segment is missing",
-                k.first
+                "the first segment starts at sequence {}, but events from {} are retained: a \
+                 segment is missing",
+                k.first,
+                first_retained.max(1)
             ),
             ADVICE_RESTORE,
         ));
