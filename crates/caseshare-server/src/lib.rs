@@ -63,8 +63,9 @@ pub enum ServeError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The store could not be opened or loaded.
-    #[error("store: {0}")]
+    /// The store could not be opened or loaded (its message names the file;
+    /// transparent, so the CLI prints it once).
+    #[error(transparent)]
     Store(#[from] caseshare_store::StoreError),
     /// The broker state could not be rebuilt.
     #[error("startup: {0}")]
