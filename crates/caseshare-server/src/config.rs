@@ -451,4 +451,23 @@ mod tests {
         .to_string();
         assert!(e.contains("tls"), "{e}");
     }
+
+    #[test]
+    fn store_segment_kib_is_checked_at_its_bounds() {
+        let with = |v: &str| {
+            let v = v.to_string();
+            Config::load(None, move |k| {
+                (k == "CASESHARE_STORE_SEGMENT_KIB").then(|| v.clone())
+            })
+            .and_then(|c| c.validate().map(|()| c))
+        };
+        assert_eq!(Config::default().store.segment_kib, 65_536);
+        for ok in ["64", "1048576"] {
+            assert_eq!(with(ok).unwrap().store.segment_kib.to_string(), ok);
+        }
+        for bad in ["63", "1048577", "0"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("store.segment_kib") && e.contains(bad), "{e}");
+        }
+    }
 }

@@ -406,9 +406,9 @@ impl DbGuard {
             }
         }
         if let Some(c) = &self.copy {
-            if std::fs::read(c).ok() == std::fs::read(&self.db).ok() {
-                let _ = std::fs::remove_file(c);
-            } else if std::fs::rename(c, &self.db).is_err() {
+            // Unchanged: drop the copy; changed: the copy replaces it.
+            let unchanged = std::fs::read(c).ok() == std::fs::read(&self.db).ok();
+            if unchanged || std::fs::rename(c, &self.db).is_err() {
                 let _ = std::fs::remove_file(c);
             }
             if let Some(dir) = self.db.parent() {
