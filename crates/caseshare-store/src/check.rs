@@ -155,7 +155,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
         out.push(Finding::from_error("sled database", &db_path, e));
         return out;
     }
-    let db = match crate::sled_backend::open_sled(&copy, 16 << 20) {
+    let db = match crate::sled_open::open_sled(&copy, 16 << 20) {
         Ok(db) => db,
         Err(e) => {
             let mut f = Finding::from_error("sled database", &db_path, e);
@@ -176,7 +176,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
             return out;
         }
     };
-    let counters = crate::sled_backend::counters(&tree);
+    let counters = crate::sled_open::counters(&tree);
     let (next_sequence, first_retained, audit_size, legacy_first) = match counters {
         Ok(c) => c,
         Err(e) => {
@@ -191,7 +191,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
     ));
     // The persisted checkpoint.
     let cp_path = crate::checkpoint::path(store_dir);
-    match crate::sled_backend::verify_audit_checkpoint(store_dir, &tree) {
+    match crate::sled_open::verify_audit_checkpoint(store_dir, &tree) {
         Ok(()) => match crate::checkpoint::read(store_dir) {
             Ok(Some(cp)) => out.push(Finding::ok(
                 "audit checkpoint",
@@ -317,9 +317,9 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
 }
 
 fn check_audit_tree(db_path: &Path, tree: &sled::Tree, size: u64) -> Finding {
-    let tiles = crate::sled_backend::tiles(tree);
+    let tiles = crate::sled_open::tiles(tree);
     let mut hashes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    match crate::sled_backend::all_audit_entries(tree) {
+    match crate::sled_open::all_audit_entries(tree) {
         Ok(entries) => hashes.extend(entries.iter().map(|e| leaf_hash(e))),
         Err(e) => return Finding::from_error("audit log", db_path, e),
     }

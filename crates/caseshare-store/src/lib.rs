@@ -28,6 +28,7 @@ pub mod records;
 pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
+pub mod sled_open;
 
 pub use batch::Batch;
 pub use records::{DeliveryRecord, DeliveryState, StoredEvent, SubscriptionRecord};

@@ -35,10 +35,11 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
-use caseshare_audit::tiles::{TileStore, TiledTree};
+use caseshare_audit::tiles::TileStore;
 
-use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
+use crate::sled_open::{Tiles, audit_size, counters};
+pub use crate::sled_open::{open_sled, verify_audit_checkpoint};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
@@ -51,7 +52,7 @@ pub const PURGE_CHUNK: usize = 1_000;
 /// Largest audit chunk record; a batch with more is split into several.
 const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
 
-fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
     k.push(prefix);
     for p in parts {
@@ -60,11 +61,11 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
-fn be(n: u64) -> [u8; 8] {
+pub(crate) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+pub(crate) fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         key: what.to_string(),
         detail: format!("expected 8 bytes, found {}", bytes.len()),
@@ -80,7 +81,7 @@ fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, StoreError> {
 }
 
 /// Splits a chunk record into its entries.
-fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+pub(crate) fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::new();
     let mut rest = v;
     while !rest.is_empty() {
@@ -107,143 +108,6 @@ pub struct SledStore {
     events: EventLog,
     /// The size of the last checkpoint persisted.
     persisted_checkpoint: Mutex<u64>,
-}
-
-/// Sled's tiles, for checking the audit log at open.
-pub(crate) struct Tiles<'a>(&'a sled::Tree);
-
-/// The tiles stored in `tree`.
-pub(crate) fn tiles(tree: &sled::Tree) -> Tiles<'_> {
-    Tiles(tree)
-}
-
-/// Every audit entry in `tree`, in order.
-pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut out = Vec::new();
-    for item in tree.scan_prefix([b'A']) {
-        let (k, v) = item?;
-        let first = read_be(&k[1..], "audit chunk key")?;
-        if first != out.len() as u64 {
-            return Err(StoreError::Corrupt {
-                key: format!("audit chunk {first}"),
-                detail: format!("expected a chunk starting at {}", out.len()),
-            });
-        }
-        out.extend(split_chunk(&v)?);
-    }
-    Ok(out)
-}
-
-/// Sled's counters: next event sequence, first retained sequence, audit
-/// size, and the first event still kept in sled by an older version.
-pub(crate) fn counters(tree: &sled::Tree) -> Result<(u64, u64, u64, Option<u64>), StoreError> {
-    let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
-        match tree.get(key(b'M', &[name]))? {
-            Some(v) => read_be(&v, "counter"),
-            None => Ok(default),
-        }
-    };
-    let legacy_first = match tree.scan_prefix([b'E']).next().transpose()? {
-        Some((k, _)) => Some(read_be(&k[1..], "event key")?),
-        None => None,
-    };
-    Ok((
-        counter(b"seq", 1)?,
-        counter(b"first", 0)?,
-        audit_size(tree)?,
-        legacy_first,
-    ))
-}
-
-impl TileStore for Tiles<'_> {
-    type Error = StoreError;
-    fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .0
-            .get(key(b'T', &[&[level], &be(index)]))?
-            .map(|v| v.to_vec()))
-    }
-}
-
-/// The number of audit entries in sled (from its last chunk).
-fn audit_size(tree: &sled::Tree) -> Result<u64, StoreError> {
-    match tree.scan_prefix([b'A']).next_back().transpose()? {
-        Some((k, v)) => Ok(read_be(&k[1..], "audit chunk key")? + split_chunk(&v)?.len() as u64),
-        None => Ok(0),
-    }
-}
-
-/// Checks sled's audit log against the persisted checkpoint (read-only):
-/// it must hold at least as many entries, with the same root at that size.
-pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
-    let Some(cp) = crate::checkpoint::read(dir)? else {
-        return Ok(());
-    };
-    let db = dir.join("db");
-    let size = audit_size(tree)?;
-    if size < cp.size {
-        return Err(damaged(
-            &db,
-            None,
-            format!(
-                "sled holds {size} audit entries, but a checkpoint of {} entries was already \
-                 signed and handed out ({}): sled lost committed writes",
-                cp.size,
-                crate::checkpoint::path(dir).display()
-            ),
-            ADVICE_SLED_BEHIND,
-        ));
-    }
-    if cp.size == 0 {
-        return Ok(());
-    }
-    let tiles = Tiles(tree);
-    let root = TiledTree::open(size, &tiles)
-        .map_err(|e| e.to_string())
-        .and_then(|t| t.root(cp.size, &tiles).map_err(|e| e.to_string()));
-    match root {
-        Ok(r) if r == cp.root => Ok(()),
-        Ok(_) => Err(damaged(
-            &db,
-            None,
-            format!(
-                "sled's audit log has another root at size {} than the checkpoint signed at \
-                 that size ({})",
-                cp.size,
-                crate::checkpoint::path(dir).display()
-            ),
-            ADVICE_RESTORE,
-        )),
-        Err(e) => Err(damaged(
-            &db,
-            None,
-            format!("sled's audit tree cannot be read: {e}"),
-            ADVICE_RESTORE,
-        )),
-    }
-}
-
-/// Opens sled on `dir` (after [`crate::recovery::prepare_sled_dir`]).
-pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_bytes)
-        .flush_every_ms(None);
-    // Sled 0.34 can panic on some damaged files ("tried to serialize
-    // Uninitialized"): that is a damaged database, not a crash.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-        .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }))
-        .map_err(|e| match e {
-            sled::Error::Corruption { .. }
-            | sled::Error::Unsupported(_)
-            | sled::Error::ReportableBug(_) => damaged(
-                &dir.join("db"),
-                None,
-                format!("sled cannot read its database: {e}"),
-                ADVICE_RESTORE,
-            ),
-            other => other.into(),
-        })
 }
 
 impl std::fmt::Debug for SledStore {
