@@ -91,7 +91,7 @@ enum Command {
     /// check; exits 1 if anything is damaged.
     Check {
         /// Data directory [default: ./caseshare-data].
-        #[arg(long)]
+        #[arg(long, env = "CASESHARE_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]

@@ -8,10 +8,14 @@
 //!    read-only: every event-log frame's checksum and sequence, every `.ids`
 //!    file, sled's counters against the event log, sled's audit log against
 //!    the persisted checkpoint ([`crate::checkpoint`]). Only when the whole
-//!    store is consistent is anything changed. (Two exceptions, both before
-//!    sled can be opened at all: sled's own snapshot temporaries are removed
-//!    and a damaged sled snapshot is set aside, see rule 4; and sled's own
-//!    recovery, which runs inside `sled::open`, is sled's.)
+//!    store is consistent is anything changed. Sled cannot be opened without
+//!    writing (its recovery extends `db`, writes from where it stopped
+//!    reading, writes a new `snap.*` and deletes older ones), so before it
+//!    opens, `db` is copied to `db.open-guard.tmp` and the snapshots are
+//!    read ([`DbGuard`], [`SnapshotGuard`]); if the store then refuses, they
+//!    are put back and a refusal leaves every byte as it was. The one change
+//!    made before sled opens: its snapshot temporaries are removed and a
+//!    damaged snapshot is set aside (rule 5), without which sled cannot open.
 //! 2. **A damaged file is never truncated, rewritten or deleted.** Either
 //!    the store recovers with every acknowledged event intact, rebuilding
 //!    only *derived* data (the `.ids` id index, sled snapshots) from the
@@ -43,9 +47,12 @@
 //!    directory synced** ([`write_atomic`]). Temporaries left by an
 //!    interrupted start or a full disk are recognised and removed (they are
 //!    not evidence): `*.tmp` in the event-log directory (`<first>.ids.tmp`,
-//!    `ids.key.tmp`), `checkpoint.tmp` in the store directory, and sled's
-//!    own `snap.<lsn>.generating` (sled reads those as snapshots and then
-//!    fails with "Read corrupted data" forever, see [`prepare_sled_dir`]).
+//!    `ids.key.tmp`), `checkpoint.tmp` and `db.open-guard.tmp` in the store
+//!    directory, and sled's own `snap.<lsn>.generating` (sled reads those as
+//!    snapshots and then fails with "Read corrupted data" forever, see
+//!    [`prepare_sled_dir`]). A damaged finished sled snapshot is moved to
+//!    `<store>/damaged/snap.<lsn>.damaged-<n>` (not beside it: sled reads
+//!    every `snap.*` in its directory).
 //! 6. Every refusal is one typed [`StoreError::Damaged`]; `caseshare serve`
 //!    prints it once and exits non-zero.
 

@@ -145,6 +145,9 @@ pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
                 format!("sled cannot read its database: {e}"),
                 ADVICE_RESTORE,
             ),
-            other => other.into(),
+            other => StoreError::Engine(format!(
+                "could not open the sled database in {}: {other}",
+                dir.display()
+            )),
         })
 }
