@@ -13,6 +13,8 @@ use std::io::Read;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
+mod check;
+
 use anyhow::{Context, Result, bail};
 use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_cli::json::{from_json, to_json};
@@ -84,6 +86,16 @@ enum Command {
         /// Ops (HTTP) listen address [default: 127.0.0.1:7444].
         #[arg(long)]
         ops_listen: Option<std::net::SocketAddr>,
+    },
+    /// Verify a stopped broker's data directory, read-only: one line per
+    /// check; exits 1 if anything is damaged.
+    Check {
+        /// Data directory [default: ./caseshare-data].
+        #[arg(long, env = "CASESHARE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Start a broker in a temporary directory and play a three-agency
     /// scenario, printing every sharing decision.
@@ -508,6 +520,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Check { data_dir, json } => {
+            let findings = check::run(&check::data_dir(data_dir))?;
+            if !check::report(&findings, json) {
+                // Damage found: exit 1 (a failure to run at all also exits 1,
+                // with an `error:` line on stderr).
+                std::process::exit(1);
+            }
+        }
         Command::Serve {
             config,
             data_dir,

@@ -5,7 +5,9 @@
 //! The writer appends each batch's leaf hashes before committing and puts
 //! the resulting tile writes in the same batch; once the batch is durable
 //! it publishes the new size and root. Proofs are only served for sizes at
-//! or below the published one.
+//! or below the published one. Every checkpoint signed is also persisted
+//! outside sled (`Storage::persist_checkpoint`), so that a sled that lost
+//! committed audit entries is refused at the next start.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -146,7 +148,24 @@ impl AuditLog {
         };
         *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(cp.clone());
         metrics::counter!("caseshare_checkpoints_signed_total").increment(1);
+        self.persist(size, root, cp.note.clone());
         Ok(cp)
+    }
+
+    /// Persists a checkpoint outside sled (see `caseshare_store::checkpoint`)
+    /// on a blocking thread; a failure is logged (the checkpoint only guards
+    /// the next start against sled going back).
+    fn persist(&self, size: u64, root: Hash, note: String) {
+        let store = self.store.clone();
+        let write = move || {
+            if let Err(e) = store.persist_checkpoint(size, root, &note) {
+                tracing::error!(error = %e, size, "could not persist the audit checkpoint");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(write)),
+            Err(_) => write(),
+        }
     }
 
     fn check_size(&self, size: u64, field: &str) -> Result<(), BrokerError> {

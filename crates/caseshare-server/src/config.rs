@@ -120,6 +120,9 @@ pub struct StoreConfig {
     pub cache_mib: u64,
     /// Most operations in one group commit.
     pub max_batch: usize,
+    /// Size at which the event log starts a new segment file, KiB
+    /// (64 ..= 1,048,576; env `CASESHARE_STORE_SEGMENT_KIB`).
+    pub segment_kib: u64,
 }
 
 impl Default for StoreConfig {
@@ -127,6 +130,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_mib: 64,
             max_batch: 2_048,
+            segment_kib: 64 * 1024,
         }
     }
 }

@@ -97,53 +97,10 @@ fn read_keys(config: &Config, data: Option<&Path>) -> Result<Keys, ServeError> {
     if !signer_path.exists() {
         return Err(missing(&signer_path, SIGNER_WHAT));
     }
-    check_ids_key(&config.data_dir)?;
     Ok(Keys {
         pseudonym: crate::load_secret(&pseudonym_path)?,
         signer: crate::auditlog::load_signer(&signer_path).map_err(ServeError::Secret)?,
     })
-}
-
-/// Checks the event log's `ids.key` before the store is opened (opening
-/// sled writes, and a refusal must change nothing): it holds 32 bytes, and
-/// it is not missing while sealed `.ids` files hashed with it exist. The
-/// store checks the same again (`IdHasher::load`) and creates it.
-fn check_ids_key(data_dir: &Path) -> Result<(), ServeError> {
-    let events = data_dir.join(datadir::STORE_DIR).join("events");
-    let path = events.join("ids.key");
-    let repair = format!(
-        "restore it from a backup of this data directory, or move every `*.ids` file out \
-         of {} (and delete {}): they are rebuilt from the segments with a new key",
-        events.display(),
-        path.display()
-    );
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.len() == 32 => Ok(()),
-        Ok(meta) => Err(ServeError::Secret(format!(
-            "{} must hold exactly 32 bytes, but holds {}; {repair}",
-            path.display(),
-            meta.len()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let sealed = std::fs::read_dir(&events)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|x| x == "ids"));
-            match sealed {
-                Some(sealed) => Err(ServeError::Secret(format!(
-                    "{} is missing, but {} was hashed with it; {repair}",
-                    path.display(),
-                    sealed.display()
-                ))),
-                None => Ok(()),
-            }
-        }
-        Err(e) => Err(ServeError::Io {
-            context: format!("reading {}", path.display()),
-            source: e,
-        }),
-    }
 }
 
 /// Checks an existing dev PKI in `<data_dir>/pki/`: every file present,
@@ -249,22 +206,4 @@ mod tests {
         assert!(!key.exists(), "never a new key next to data");
     }
 
-    #[test]
-    fn a_short_ids_key_or_one_missing_beside_ids_files_is_refused_before_the_store_opens() {
-        let tmp = tempfile::tempdir().unwrap();
-        let events = tmp.path().join("store/events");
-        std::fs::create_dir_all(&events).unwrap();
-        assert!(check_ids_key(tmp.path()).is_ok());
-        std::fs::write(events.join("00000000000000000001.ids"), [0u8; 16]).unwrap();
-        let err = check_ids_key(tmp.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("ids.key is missing") && err.contains(".ids"),
-            "{err}"
-        );
-        std::fs::write(events.join("ids.key"), [7u8; 31]).unwrap();
-        let err = check_ids_key(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("32 bytes, but holds 31"), "{err}");
-        std::fs::write(events.join("ids.key"), [7u8; 32]).unwrap();
-        assert!(check_ids_key(tmp.path()).is_ok());
-    }
 }

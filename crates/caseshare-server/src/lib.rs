@@ -65,8 +65,9 @@ pub enum ServeError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The store could not be opened or loaded.
-    #[error("store: {0}")]
+    /// The store could not be opened or loaded (its message names the file;
+    /// transparent, so the CLI prints it once).
+    #[error(transparent)]
     Store(#[from] caseshare_store::StoreError),
     /// The broker state could not be rebuilt.
     #[error("startup: {0}")]
@@ -275,7 +276,11 @@ pub async fn serve(
     let pseudonym_key = keys.pseudonym;
 
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
-    let store: Arc<dyn Storage> = Arc::new(SledStore::open(&config.data_dir.join("store"), cache)?);
+    let store: Arc<dyn Storage> = Arc::new(SledStore::open_with_segments(
+        &config.data_dir.join("store"),
+        cache,
+        config.store.segment_kib.saturating_mul(1024),
+    )?);
     let snapshot = store.load()?;
     tracing::info!(
         events = snapshot.next_sequence - 1,

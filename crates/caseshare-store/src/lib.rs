@@ -9,14 +9,26 @@
 //! - [`sled_backend`]: the embedded default, one sled tree with key
 //!   prefixes, `fdatasync`ed once per batch.
 //!
+//! - [`recovery`]: the rules the store follows when it opens damaged or
+//!   half-written files (verify everything first, change only afterwards,
+//!   never destroy a damaged file), and the read-only `check`.
+//! - [`checkpoint`]: the latest signed audit checkpoint, kept outside sled
+//!   so that sled going back is caught at open.
+//!
 //! API Boundary: the server only sees [`Storage`]; a NATS JetStream backend
 //! (spec §6) implements the same trait.
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod check;
+pub mod checkpoint;
+#[cfg(test)]
+mod fault_tests;
 pub mod records;
+pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
+pub mod sled_open;
 
 pub use batch::Batch;
 pub use records::{DeliveryRecord, DeliveryState, StoredEvent, SubscriptionRecord};
@@ -45,6 +57,19 @@ pub enum StoreError {
     /// A write exceeded a record-size limit.
     #[error("record too large: {0}")]
     TooLarge(String),
+    /// A file of the store is damaged or inconsistent with the rest, found
+    /// at open: the store refuses to start and has changed nothing.
+    #[error("{} is damaged{}: {detail}. {advice}", .path.display(), recovery::at_offset(*.offset))]
+    Damaged {
+        /// The damaged file.
+        path: std::path::PathBuf,
+        /// Where in it, when known (bytes from the start).
+        offset: Option<u64>,
+        /// What is wrong.
+        detail: String,
+        /// What the operator can do.
+        advice: &'static str,
+    },
 }
 
 impl From<sled::Error> for StoreError {
@@ -150,6 +175,17 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// One stored tile of Merkle hashes.
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Persists the latest signed audit checkpoint outside the engine, so
+    /// that an engine that went back is caught at open (see
+    /// [`checkpoint`]). Blocking I/O: call it on a blocking thread.
+    fn persist_checkpoint(
+        &self,
+        _size: u64,
+        _root: [u8; 32],
+        _note: &str,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Deleted subscriptions whose delivery records are not all removed yet.
     fn subscriptions_being_purged(&self) -> Result<Vec<u64>, StoreError> {
         Ok(Vec::new())

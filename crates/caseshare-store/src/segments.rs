@@ -7,10 +7,15 @@
 //! the writer's time per event. Here an event costs one `memcpy` into the
 //! batch's buffer; the batch is one `write` and one `fdatasync`.
 //!
-//! Layout: `<dir>/<first sequence, 20 digits>.seg`, each a run of records
-//! `len: u32 LE ‖ crc32(payload): u32 LE ‖ payload` where the payload is the
-//! [`StoredEvent`] encoding. Sequences inside a segment are consecutive; a
-//! new segment starts once the active one passes `segment_bytes`. Which
+//! Layout: `<dir>/<first sequence, 20 digits>.seg`, each a run of frames
+//! `len: u32 LE ‖ crc: u32 LE ‖ payload` where the payload is the
+//! [`StoredEvent`] encoding. The top bit of `len` ([`BATCH_END`]) marks the
+//! last frame of a batch (one commit); `crc` is the CRC-32 of the payload,
+//! XORed with [`BATCH_END_CRC`] on a batch's last frame so that a flipped
+//! flag is caught (frames written before batches were marked have no flag
+//! and a plain CRC). Sequences inside a segment are consecutive; a
+//! new segment starts once the active one passes `segment_bytes`, or after a
+//! restart that found bytes after the committed events. Which
 //! record is where is kept in memory (8 bytes per event), rebuilt by reading
 //! the segments at open.
 //!
@@ -23,14 +28,16 @@
 //! first retained sequence and removes segments wholly below it.
 //!
 //! Architecture Invariant: the store appends and syncs a batch's events
-//! before it commits the batch's sled records, and sled's next-sequence
-//! counter is the authority: at open, records at or after it (written, but
-//! their batch never committed) and a torn tail are cut off. So every event
-//! sled knows of is in the log, and nothing in the log was never committed.
+//! before it commits the batch's sled records, and appends batch N+1 only
+//! after batch N's sled commit; sled's next-sequence counter is the
+//! authority. At open ([`open`]) every frame is verified before anything
+//! changes; frames at or after the counter (at most the one batch whose
+//! commit never happened) and a torn tail are ignored, never cut, and any
+//! other damage is a refusal ([`crate::recovery`] has the rules).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,12 +47,26 @@ use prost::Message;
 use crate::{StoreError, StoredEvent};
 
 mod ids;
+pub(crate) mod open;
 use ids::{IdHasher, IdIndex};
 
 /// Default size at which a new segment starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
 const HEADER: usize = 8;
+
+/// The flag in a frame's length word that marks the last frame of a batch.
+pub const BATCH_END: u32 = 1 << 31;
+/// The length bits of a frame's length word.
+pub const LEN_MASK: u32 = BATCH_END - 1;
+/// XORed into the CRC of a batch's last frame.
+pub const BATCH_END_CRC: u32 = 0x5bd1_e995;
+
+/// The CRC stored in a frame's header.
+pub fn frame_crc(payload: &[u8], batch_end: bool) -> u32 {
+    let crc = crc32fast::hash(payload);
+    if batch_end { crc ^ BATCH_END_CRC } else { crc }
+}
 
 /// One segment: its read handle and where each record starts.
 #[derive(Debug)]
@@ -91,13 +112,41 @@ pub struct EventLog {
     hasher: IdHasher,
     index: RwLock<Index>,
     active: Mutex<Option<Active>>,
+    /// The last segment has bytes after its committed events (a torn or
+    /// uncommitted tail, left on disk): the next append starts a new one.
+    fresh_segment: Mutex<bool>,
 }
 
-fn corrupt(path: &Path, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        key: path.display().to_string(),
-        detail: detail.into(),
+/// The fingerprint of the ids key in `dir`: `Ok(None)` if there is none,
+/// `Err(why)` if it is not a key (for `caseshare check`).
+pub(crate) fn key_fingerprint(dir: &Path) -> Result<Option<u64>, String> {
+    match IdHasher::read(dir) {
+        Ok(Ok(h)) => Ok(h.map(|h| h.fingerprint())),
+        Ok(Err(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// The `.ids` file name of segment `first`.
+pub(crate) fn ids_file_name(first: u64) -> String {
+    ids::ids_name(first)
+}
+
+/// Checks an `.ids` file read-only: `None` if whole, else (damaged?,
+/// offset, why) — not damaged meaning missing or stale (for `caseshare
+/// check`).
+pub(crate) fn check_ids_file(
+    dir: &Path,
+    first: u64,
+    count: u64,
+    fingerprint: u64,
+) -> Result<Option<(bool, Option<u64>, String)>, StoreError> {
+    Ok(match ids::check_sealed(dir, first, count, fingerprint)? {
+        ids::IdsFile::Good(_) => None,
+        ids::IdsFile::Missing => Some((false, None, "missing".into())),
+        ids::IdsFile::Stale(why) => Some((false, None, why)),
+        ids::IdsFile::Damaged { offset, why } => Some((true, Some(offset), why)),
+    })
 }
 
 fn segment_name(first: u64) -> String {
@@ -109,59 +158,11 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What reading a segment found.
-struct Scanned {
-    /// Where each whole record starts.
-    offsets: Vec<u64>,
-    /// The end of the last whole record.
-    end: u64,
-    /// Each record's (agency, event id).
-    ids: Vec<(String, String)>,
-}
-
-/// Reads a segment's records, up to a torn tail.
-fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let mut offsets = Vec::new();
-    let mut ids = Vec::new();
-    let mut at = 0usize;
-    while bytes.len() - at >= HEADER {
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        let start = at + HEADER;
-        let Some(payload) = bytes.get(start..start + len as usize) else {
-            break; // torn tail
-        };
-        if crc32fast::hash(payload) != crc {
-            break; // torn or never-synced tail
-        }
-        let expected = first + offsets.len() as u64;
-        let event = StoredEvent::decode(payload)
-            .map_err(|e| corrupt(path, format!("record at {at}: {e}")))?;
-        if event.sequence != expected {
-            return Err(corrupt(
-                path,
-                format!(
-                    "record at {at} has sequence {}, expected {expected}",
-                    event.sequence
-                ),
-            ));
-        }
-        offsets.push(at as u64);
-        ids.push((event.source_agency, event.event_id));
-        at = start + len as usize;
-    }
-    Ok(Scanned {
-        offsets,
-        end: at as u64,
-        ids,
-    })
-}
-
 impl EventLog {
-    /// Opens the log in `dir`, keeping only sequences below
-    /// `next_sequence` (the committed ones) and from `first_retained`.
+    /// Opens the log in `dir` for a store whose next sequence is
+    /// `next_sequence` and whose first retained one is `first_retained`:
+    /// verifies every segment and id file, then (only if all is well) makes
+    /// the changes allowed ([`open::verify`], [`open::Plan::apply`]).
     pub fn open(
         dir: &Path,
         next_sequence: u64,
@@ -169,128 +170,7 @@ impl EventLog {
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            let Some(first) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            names.push((first, path));
-        }
-        names.sort();
-        let mut segments = BTreeMap::new();
-        let hasher = IdHasher::load(dir)?;
-        let mut ids = IdIndex::new(dir);
-        // The last segment that holds committed events keeps its ids in
-        // memory; the ones before it are sealed.
-        let last_first = names
-            .iter()
-            .map(|(f, _)| *f)
-            .filter(|f| *f < next_sequence)
-            .max();
-        let mut expected_first: Option<u64> = None;
-        let mut changed_dir = false;
-        for (first, path) in names {
-            if first >= next_sequence {
-                // Started by a batch that never committed.
-                std::fs::remove_file(&path)?;
-                changed_dir = true;
-                continue;
-            }
-            if let Some(e) = expected_first
-                && e != first
-            {
-                return Err(corrupt(
-                    &path,
-                    format!("segment starts at {first}, expected {e}"),
-                ));
-            }
-            let Scanned {
-                mut offsets,
-                mut end,
-                ids: segment_ids,
-            } = scan(&path, first)?;
-            // Records of a batch that never committed.
-            let keep = usize::try_from(next_sequence - first).unwrap_or(usize::MAX);
-            if offsets.len() > keep {
-                end = offsets[keep];
-                offsets.truncate(keep);
-            }
-            let count = offsets.len() as u64;
-            let hashed = |ids: &[(String, String)]| -> Vec<(u64, u64)> {
-                ids.iter()
-                    .take(keep)
-                    .zip(first..)
-                    .map(|((agency, event_id), seq)| (hasher.hash(agency, event_id), seq))
-                    .collect()
-            };
-            if Some(first) == last_first {
-                for (h, seq) in hashed(&segment_ids) {
-                    if seq >= first_retained {
-                        ids.add(h, seq);
-                    }
-                }
-            } else if !ids.load_sealed(first, count)? {
-                // Sealed before its ids file was written (a crash), or the
-                // file is damaged: write it again from the segment.
-                let sealed = ids::write_sealed(dir, first, hashed(&segment_ids))?;
-                ids.install(first, first + count, sealed);
-            }
-            let file_len = std::fs::metadata(&path)?.len();
-            if file_len != end {
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(end)?;
-                f.sync_all()?;
-            }
-            let seg = Segment {
-                first,
-                path: path.clone(),
-                file: Arc::new(File::open(&path)?),
-                offsets,
-                end,
-            };
-            expected_first = Some(seg.next());
-            segments.insert(first, seg);
-        }
-        if changed_dir {
-            sync_dir(dir)?;
-        }
-        let log = EventLog {
-            dir: dir.to_path_buf(),
-            segment_bytes: segment_bytes.max(1),
-            hasher,
-            index: RwLock::new(Index {
-                segments,
-                first_retained,
-                ids,
-            }),
-            active: Mutex::new(None),
-        };
-        {
-            let index = log.read_index();
-            let firsts: Vec<u64> = index.segments.keys().copied().collect();
-            index.ids.remove_orphans(&firsts)?;
-        }
-        if let Some(last) = log.read_index().segments.values().next_back()
-            && last.next() != next_sequence
-            && next_sequence > first_retained
-        {
-            return Err(corrupt(
-                &last.path,
-                format!(
-                    "the log ends before sequence {}, but the store has committed up to {}",
-                    last.next(),
-                    next_sequence - 1
-                ),
-            ));
-        }
-        log.remove_below(first_retained)?;
-        Ok(log)
+        open::verify(dir, next_sequence, first_retained)?.apply(segment_bytes)
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -333,7 +213,8 @@ impl EventLog {
             .iter()
             .map(|e| (self.hasher.hash(&e.source_agency, &e.event_id), e.sequence))
             .collect();
-        for (expected, e) in (first_new..).zip(events) {
+        let last = events.len() - 1;
+        for (i, (expected, e)) in (first_new..).zip(events).enumerate() {
             if e.sequence != expected {
                 return Err(StoreError::Engine(format!(
                     "event log batch not consecutive at {}",
@@ -342,10 +223,14 @@ impl EventLog {
             }
             let payload = e.encode_to_vec();
             let len = u32::try_from(payload.len())
-                .map_err(|_| StoreError::TooLarge(format!("event {}", e.sequence)))?;
+                .ok()
+                .filter(|l| l & BATCH_END == 0)
+                .ok_or_else(|| StoreError::TooLarge(format!("event {}", e.sequence)))?;
+            let batch_end = i == last;
+            let word = if batch_end { len | BATCH_END } else { len };
             starts.push(buf.len() as u64);
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            buf.extend_from_slice(&word.to_le_bytes());
+            buf.extend_from_slice(&frame_crc(&payload, batch_end).to_le_bytes());
             buf.extend_from_slice(&payload);
         }
         // Roll over to a new segment when the active one is full (or none
@@ -355,6 +240,10 @@ impl EventLog {
             Some(a) => a.len >= self.segment_bytes,
             None => true,
         };
+        let mut fresh = self
+            .fresh_segment
+            .lock()
+            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
         if need_new {
             let existing = self
                 .read_index()
@@ -363,7 +252,9 @@ impl EventLog {
                 .next_back()
                 .map(|s| (s.first, s.path.clone(), s.end, s.next()));
             match existing {
-                Some((first, path, end, _)) if active.is_none() && end < self.segment_bytes => {
+                Some((first, path, end, _))
+                    if active.is_none() && end < self.segment_bytes && !*fresh =>
+                {
                     // Reopened after a restart: continue the last segment.
                     let file = OpenOptions::new().append(true).open(&path)?;
                     *active = Some(Active {
@@ -378,7 +269,12 @@ impl EventLog {
                         // outside the lock; until installed they stay in the
                         // map, so no lookup misses them).
                         let entries = self.read_index().ids.entries_in(first, next);
-                        let sealed = ids::write_sealed(&self.dir, first, entries)?;
+                        let sealed = ids::write_sealed(
+                            &self.dir,
+                            first,
+                            entries,
+                            self.hasher.fingerprint(),
+                        )?;
                         self.write_index().ids.install(first, next, sealed);
                     }
                     let path = self.dir.join(segment_name(first_new));
@@ -388,6 +284,7 @@ impl EventLog {
                         .read(true)
                         .open(&path)?;
                     new_segment = Some((path.clone(), Arc::new(File::open(&path)?)));
+                    *fresh = false;
                     *active = Some(Active {
                         first: first_new,
                         file,
@@ -578,4 +475,4 @@ impl EventLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -35,7 +35,11 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
+use caseshare_audit::tiles::TileStore;
+
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
+use crate::sled_open::{Tiles, audit_size, counters};
+pub use crate::sled_open::{open_sled, verify_audit_checkpoint};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
@@ -48,7 +52,7 @@ pub const PURGE_CHUNK: usize = 1_000;
 /// Largest audit chunk record; a batch with more is split into several.
 const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
 
-fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
     k.push(prefix);
     for p in parts {
@@ -57,11 +61,11 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
-fn be(n: u64) -> [u8; 8] {
+pub(crate) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+pub(crate) fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         key: what.to_string(),
         detail: format!("expected 8 bytes, found {}", bytes.len()),
@@ -77,7 +81,7 @@ fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, StoreError> {
 }
 
 /// Splits a chunk record into its entries.
-fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+pub(crate) fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::new();
     let mut rest = v;
     while !rest.is_empty() {
@@ -102,6 +106,8 @@ pub struct SledStore {
     data_file: File,
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     events: EventLog,
+    /// The size of the last checkpoint persisted.
+    persisted_checkpoint: Mutex<u64>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -115,28 +121,75 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the store in `dir`, with `cache_bytes` of page
     /// cache.
+    ///
+    /// Follows [`crate::recovery`]: sled's snapshot temporaries are removed
+    /// and a damaged snapshot set aside before sled opens; then sled's audit
+    /// log is checked against the persisted checkpoint and the event log
+    /// against sled's counters, read-only; only then is anything changed.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()?;
-        let tree = db.open_tree("caseshare")?;
-        let data_file = File::open(dir.join("db"))?;
-        let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
-            match tree.get(key(b'M', &[name]))? {
-                Some(v) => read_be(&v, "counter"),
-                None => Ok(default),
+        Self::open_with_segments(dir, cache_bytes, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// [`SledStore::open`], with event-log segments of `segment_bytes`.
+    pub fn open_with_segments(
+        dir: &Path,
+        cache_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        for done in crate::recovery::prepare_sled_dir(dir)? {
+            tracing::warn!("{done}");
+        }
+        // Sled writes a new snapshot (and deletes older ones) as it opens;
+        // if the store then refuses, they are put back as they were, so a
+        // refusal leaves every byte of the directory as it found it.
+        // The same for its `db` file, which sled's recovery writes into.
+        let snapshots = crate::recovery::SnapshotGuard::capture(dir)?;
+        let db_guard = crate::recovery::DbGuard::capture(dir)?;
+        let opened = open_sled(dir, cache_bytes).and_then(|db| {
+            let tree = db.open_tree("caseshare")?;
+            Self::verify_and_open(dir, db, tree, segment_bytes)
+        });
+        match opened {
+            Ok(store) => {
+                db_guard.discard();
+                Ok(store)
             }
+            Err(e) => {
+                snapshots.restore();
+                db_guard.restore();
+                Err(e)
+            }
+        }
+    }
+
+    /// The rest of [`SledStore::open_with_segments`], once sled is open.
+    fn verify_and_open(
+        dir: &Path,
+        db: sled::Db,
+        tree: sled::Tree,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let data_file = File::open(dir.join("db"))?;
+        let (next_sequence, first_retained, _, legacy_first) = counters(&tree)?;
+        // Decide first (read-only)...
+        verify_audit_checkpoint(dir, &tree)?;
+        let events_dir = dir.join("events");
+        std::fs::create_dir_all(&events_dir)?;
+        // A store written before the event log keeps events in sled (`E`
+        // records), moved into the log below: the log holds none of them yet.
+        let (log_next, log_first) = match legacy_first {
+            Some(l) => (l, first_retained.max(l)),
+            None => (next_sequence, first_retained),
         };
-        let next_sequence = counter(b"seq", 1)?;
-        let first_retained = counter(b"first", 0)?;
-        let events = EventLog::open(
-            &dir.join("events"),
-            next_sequence,
-            first_retained,
-            DEFAULT_SEGMENT_BYTES,
-        )?;
+        let plan = crate::segments::open::verify(&events_dir, log_next, log_first)?;
+        // ...change after.
+        let tmp = dir.join(format!("{}.tmp", crate::checkpoint::FILE));
+        if tmp.exists() {
+            std::fs::remove_file(&tmp)?;
+            tracing::info!(file = %tmp.display(), "removed a temporary left by an interrupted write");
+        }
+        let events = plan.apply(segment_bytes)?;
         let store = SledStore {
             db,
             tree,
@@ -144,6 +197,7 @@ impl SledStore {
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
             events,
+            persisted_checkpoint: Mutex::new(0),
         };
         store.move_legacy_events()?;
         Ok(store)
@@ -165,13 +219,14 @@ impl SledStore {
         let next = self.events.next_sequence().unwrap_or(0);
         legacy.retain(|e| e.sequence >= next);
         // Expunged events leave gaps only below the first retained one.
+        let mut b = sled::Batch::default();
         if let Some(first) = legacy.first().map(|e| e.sequence)
             && self.events.next_sequence().is_none()
         {
             self.events.set_first(first)?;
+            b.insert(key(b'M', &[b"first"]), be(first).to_vec());
         }
         self.events.append(&legacy)?;
-        let mut b = sled::Batch::default();
         for k in keys {
             b.remove(k);
         }
@@ -422,10 +477,7 @@ impl Storage for SledStore {
         if let Some(v) = self.tree.get(key(b'M', &[b"sub"]))? {
             snap.next_subscription_id = read_be(&v, "next subscription id")?;
         }
-        if let Some((k, v)) = self.tree.scan_prefix([b'A']).next_back().transpose()? {
-            let first = read_be(&k[1..], "audit chunk key")?;
-            snap.audit_size = first + split_chunk(&v)?.len() as u64;
-        }
+        snap.audit_size = audit_size(&self.tree)?;
         Ok(snap)
     }
 
@@ -514,10 +566,27 @@ impl Storage for SledStore {
     }
 
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .get(key(b'T', &[&[level], &be(index)]))?
-            .map(|v| v.to_vec()))
+        Tiles(&self.tree).get_tile(level, index)
+    }
+
+    fn persist_checkpoint(&self, size: u64, root: [u8; 32], note: &str) -> Result<(), StoreError> {
+        let mut last = self
+            .persisted_checkpoint
+            .lock()
+            .map_err(|_| StoreError::Engine("checkpoint lock poisoned".into()))?;
+        if size <= *last {
+            return Ok(());
+        }
+        crate::checkpoint::write(
+            &self.path,
+            &crate::checkpoint::Persisted {
+                size,
+                root,
+                note: note.to_string(),
+            },
+        )?;
+        *last = size;
+        Ok(())
     }
 }
 

@@ -52,62 +52,9 @@ impl Broker {
     /// Starts a broker on `dir` (an existing data directory is reused), with
     /// extra environment variables.
     pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Broker {
-        install_crypto();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("broker.log"))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caseshare"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .env("CASESHARE_LOG", "info")
-        .env_remove("CASESHARE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start caseshare serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let (false, Some(rest)) = (
-                    sent,
-                    line.strip_prefix("caseshare listening: grpc https://"),
-                ) {
-                    let mut parts = rest.split(" ops http://");
-                    let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
-                    let ops: SocketAddr = parts.next().unwrap().parse().unwrap();
-                    let _ = tx.send((grpc, ops));
-                    sent = true;
-                }
-            }
-        });
-        let (grpc, ops) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addrs) => addrs,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default();
-                panic!("broker did not start; log:\n{log}");
-            }
-        };
-        Broker {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            _tmp: None,
-            grpc,
-            ops,
+        match Broker::try_start_in(dir, env, &[]) {
+            Ok(b) => b,
+            Err(r) => panic!("broker did not start ({}); stderr:\n{}", r.status, r.stderr),
         }
     }
 
@@ -571,4 +518,51 @@ pub fn refusal_message(r: &Refused) -> String {
     );
     assert!(!r.status.success(), "{}", r.status);
     lines[0].to_string()
+}
+
+/// Runs `caseshare check --data-dir <data>` (with `--json` if asked):
+/// its exit code and stdout.
+pub fn caseshare_check(data: &Path, json: bool) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_caseshare"));
+    cmd.arg("check").arg("--data-dir").arg(data);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("run caseshare check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Every file under `dir` with its bytes (to show a refusal changed
+/// nothing).
+pub fn dir_contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -135,6 +135,8 @@ pub(crate) const KEYS: &[Key] = &[
         store.cache_mib: u64, 1, 1024 * 1024),
     int!("store.max_batch", "CASESHARE_STORE_MAX_BATCH", "operations",
         store.max_batch: usize, 1, 65_536),
+    int!("store.segment_kib", "CASESHARE_STORE_SEGMENT_KIB", "KiB",
+        store.segment_kib: u64, 64, 1_048_576),
     int!("delivery.backoff_base_ms", "CASESHARE_BACKOFF_BASE_MS", "ms",
         delivery.backoff_base_ms: u64, 1, 3_600_000),
     int!("delivery.backoff_cap_ms", "CASESHARE_BACKOFF_CAP_MS", "ms",

@@ -9,15 +9,22 @@
 //!   A lookup asks each sealed segment's filter and binary-searches the file
 //!   of the few that say "maybe".
 //!
+//! An `.ids` file starts with a 32-byte header: `CSIDS\0\0\x02`, the
+//! entry count (u64 LE), a fingerprint of the key it was hashed with (u64
+//! LE), the CRC-32 of the header's first 24 bytes and of every entry (u32
+//! LE), 4 zero bytes. A file that is missing, of the older headerless
+//! format, hashed with another key, or damaged is derived data: it is
+//! rebuilt from its segment at open (a damaged one set aside first), so a
+//! miss is never wrong.
+//!
 //! So memory grows by ~1.25 bytes per retained event, not ~30. The hash is
 //! keyed (SHA-256 of a per-store secret in `ids.key`, the agency and the id,
 //! truncated to 64 bits) so an agency cannot choose ids that collide; a hit
 //! is always confirmed against the stored event by the caller.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,7 +33,10 @@ use sha2::{Digest, Sha256};
 use crate::StoreError;
 
 const ENTRY: usize = 16;
-const KEY_FILE: &str = "ids.key";
+/// The header of an `.ids` file.
+const IDS_HEADER: usize = 32;
+const IDS_MAGIC: &[u8; 8] = b"CSIDS\0\0\x02";
+pub(super) const KEY_FILE: &str = "ids.key";
 
 /// The keyed hash of an (agency, event id).
 #[derive(Debug, Clone)]
@@ -35,55 +45,36 @@ pub(super) struct IdHasher {
 }
 
 impl IdHasher {
-    /// Loads the store's key from `dir`, creating it (mode 0600) if absent.
-    pub(super) fn load(dir: &Path) -> Result<Self, StoreError> {
+    /// Reads the store's key from `dir`: `Ok(None)` if there is none,
+    /// `Err(why)` if the file is not a key.
+    pub(super) fn read(dir: &Path) -> Result<Result<Option<Self>, String>, StoreError> {
         let path = dir.join(KEY_FILE);
-        let key = match std::fs::read(&path) {
-            Ok(bytes) => bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt {
-                    key: path.display().to_string(),
-                    detail: format!("expected 32 bytes, found {}", bytes.len()),
-                })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Sealed `.ids` files were hashed with the lost key: a new
-                // key would make every id in them unfindable (a retried
-                // publish accepted as new). They are derived from the
-                // segments, so moving them away lets them be rebuilt.
-                let sealed = std::fs::read_dir(dir)?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .find(|p| p.extension().is_some_and(|x| x == "ids"));
-                if let Some(sealed) = sealed {
-                    return Err(StoreError::Corrupt {
-                        key: path.display().to_string(),
-                        detail: format!(
-                            "the key is missing, but {} and any other `.ids` files were \
-                             hashed with it; restore {KEY_FILE} from a backup of this data \
-                             directory, or move every `*.ids` file out of {} and the broker \
-                             rebuilds them from the segments with a new key",
-                            sealed.display(),
-                            dir.display()
-                        ),
-                    });
-                }
-                let key: [u8; 32] = rand::random();
-                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&key)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                File::open(dir)?.sync_all()?;
-                key
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(IdHasher { key })
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(match <[u8; 32]>::try_from(bytes.as_slice()) {
+                Ok(key) => Ok(Some(IdHasher { key })),
+                Err(_) => Err(format!("expected 32 bytes, found {}", bytes.len())),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ok(None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new random key (not yet written).
+    pub(super) fn generate() -> Self {
+        IdHasher {
+            key: rand::random(),
+        }
+    }
+
+    /// Writes the key to `dir` (mode 0600, by rename).
+    pub(super) fn write(&self, dir: &Path) -> Result<(), StoreError> {
+        crate::recovery::write_atomic(&dir.join(KEY_FILE), &self.key, 0o600)
+    }
+
+    /// Which key an `.ids` file was hashed with.
+    pub(super) fn fingerprint(&self) -> u64 {
+        let d = Sha256::digest([b"caseshare ids key fingerprint".as_slice(), &self.key].concat());
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
     }
 
     pub(super) fn hash(&self, agency: &str, event_id: &str) -> u64 {
@@ -150,7 +141,8 @@ pub(super) struct Sealed {
 impl Sealed {
     fn entry(&self, i: u64) -> Result<(u64, u64), StoreError> {
         let mut buf = [0u8; ENTRY];
-        self.file.read_exact_at(&mut buf, i * ENTRY as u64)?;
+        self.file
+            .read_exact_at(&mut buf, (IDS_HEADER + i as usize * ENTRY) as u64)?;
         let (h, s) = buf.split_at(8);
         let word = |b: &[u8]| {
             let mut a = [0u8; 8];
@@ -201,34 +193,138 @@ pub(super) fn ids_name(first: u64) -> String {
     format!("{first:020}.ids")
 }
 
+/// The bytes of an `.ids` file holding `entries` (sorted).
+fn ids_file_bytes(entries: &[(u64, u64)], key_fingerprint: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(IDS_HEADER + entries.len() * ENTRY);
+    bytes.extend_from_slice(IDS_MAGIC);
+    bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&key_fingerprint.to_le_bytes());
+    bytes.extend_from_slice(&[0; 8]);
+    for (h, s) in entries {
+        bytes.extend_from_slice(&h.to_le_bytes());
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    let crc = ids_crc(&bytes);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn ids_crc(bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[..24]);
+    h.update(&bytes[IDS_HEADER..]);
+    h.finalize()
+}
+
 /// Writes a sealed segment's ids, sorted, to `<first>.ids` (durably, by
 /// rename) and builds its filter.
 pub(super) fn write_sealed(
     dir: &Path,
     first: u64,
     mut entries: Vec<(u64, u64)>,
+    key_fingerprint: u64,
 ) -> Result<Sealed, StoreError> {
     entries.sort_unstable();
-    let mut bytes = Vec::with_capacity(entries.len() * ENTRY);
     let mut bloom = Bloom::new(entries.len());
-    for (h, s) in &entries {
-        bytes.extend_from_slice(&h.to_le_bytes());
-        bytes.extend_from_slice(&s.to_le_bytes());
+    for (h, _) in &entries {
         bloom.insert(*h);
     }
     let path = dir.join(ids_name(first));
-    let tmp = dir.join(format!("{}.tmp", ids_name(first)));
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
+    crate::recovery::write_atomic(&path, &ids_file_bytes(&entries, key_fingerprint), 0o644)?;
     Ok(Sealed {
         file: Arc::new(File::open(&path)?),
         path,
         entries: entries.len() as u64,
         bloom,
     })
+}
+
+/// What an `.ids` file on disk holds.
+#[derive(Debug)]
+pub(super) enum IdsFile {
+    /// Whole, for the expected count and key: loaded.
+    Good(Sealed),
+    /// Absent (a crash between sealing and writing it).
+    Missing,
+    /// Whole but not usable as is: the older headerless format, or hashed
+    /// with another key. Rebuilt in place.
+    Stale(String),
+    /// Damaged: set aside and rebuilt.
+    Damaged {
+        /// Where the first problem is.
+        offset: u64,
+        /// What it is.
+        why: String,
+    },
+}
+
+/// Checks (read-only) the `.ids` file of the sealed segment `first` that
+/// holds `count` events, and loads it if it is whole.
+pub(super) fn check_sealed(
+    dir: &Path,
+    first: u64,
+    count: u64,
+    key_fingerprint: u64,
+) -> Result<IdsFile, StoreError> {
+    let path = dir.join(ids_name(first));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(IdsFile::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let damaged = |offset: u64, why: String| Ok(IdsFile::Damaged { offset, why });
+    if bytes.len() < IDS_HEADER || &bytes[..8] != IDS_MAGIC {
+        if bytes.len() as u64 == count * ENTRY as u64 && bytes.len() >= ENTRY {
+            return Ok(IdsFile::Stale("the older format without a checksum".into()));
+        }
+        return damaged(0, "no valid header".into());
+    }
+    let word = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    let stored_crc = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    if ids_crc(&bytes) != stored_crc {
+        return damaged(24, "its checksum does not match its contents".into());
+    }
+    let entries = word(8);
+    if (bytes.len() - IDS_HEADER) as u64 != entries * ENTRY as u64 {
+        return damaged(
+            8,
+            format!("it says {entries} entries but holds {} bytes", bytes.len()),
+        );
+    }
+    if entries != count {
+        return damaged(
+            8,
+            format!("{entries} entries for a segment of {count} events"),
+        );
+    }
+    if word(16) != key_fingerprint {
+        return Ok(IdsFile::Stale("hashed with another ids.key".into()));
+    }
+    let mut bloom = Bloom::new(usize::try_from(count).unwrap_or(0));
+    let mut last = 0u64;
+    for (i, chunk) in bytes[IDS_HEADER..].chunks_exact(ENTRY).enumerate() {
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&chunk[..8]);
+        let h = u64::from_le_bytes(h);
+        if h < last {
+            return damaged(
+                (IDS_HEADER + i * ENTRY) as u64,
+                "entries out of order".into(),
+            );
+        }
+        last = h;
+        bloom.insert(h);
+    }
+    Ok(IdsFile::Good(Sealed {
+        file: Arc::new(File::open(&path)?),
+        path,
+        entries: count,
+        bloom,
+    }))
 }
 
 impl IdIndex {
@@ -298,39 +394,9 @@ impl IdIndex {
     /// log writes the file outside its lock with [`write_sealed`]).
     #[cfg(test)]
     fn seal(&mut self, first: u64, next: u64) -> Result<(), StoreError> {
-        let sealed = write_sealed(&self.dir, first, self.entries_in(first, next))?;
+        let sealed = write_sealed(&self.dir, first, self.entries_in(first, next), 7)?;
         self.install(first, next, sealed);
         Ok(())
-    }
-
-    /// Loads a sealed segment's ids file written earlier, if it holds
-    /// exactly `count` entries; returns whether it did.
-    pub(super) fn load_sealed(&mut self, first: u64, count: u64) -> Result<bool, StoreError> {
-        let path = self.dir.join(ids_name(first));
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        if bytes.len() as u64 != count * ENTRY as u64 {
-            return Ok(false);
-        }
-        let mut bloom = Bloom::new(usize::try_from(count).unwrap_or(0));
-        for chunk in bytes.chunks_exact(ENTRY) {
-            let mut h = [0u8; 8];
-            h.copy_from_slice(&chunk[..8]);
-            bloom.insert(u64::from_le_bytes(h));
-        }
-        self.sealed.insert(
-            first,
-            Sealed {
-                file: Arc::new(File::open(&path)?),
-                path,
-                entries: count,
-                bloom,
-            },
-        );
-        Ok(true)
     }
 
     /// Retention: forgets ids below `first` held in memory, and deletes
@@ -417,8 +483,18 @@ mod tests {
         assert_eq!(ix.sequences_for(7919 % 1000).unwrap(), [1, 101]);
         assert_eq!(ix.sequences_for(2 * 7919 % 1000).unwrap(), [2]);
         let mut again = IdIndex::new(dir.path());
-        assert!(again.load_sealed(1, 101).unwrap());
-        assert!(!IdIndex::new(dir.path()).load_sealed(1, 100).unwrap());
+        let IdsFile::Good(sealed) = check_sealed(dir.path(), 1, 101, 7).unwrap() else {
+            panic!("not loaded")
+        };
+        again.install(1, 102, sealed);
+        assert!(matches!(
+            check_sealed(dir.path(), 1, 100, 7).unwrap(),
+            IdsFile::Damaged { .. }
+        ));
+        assert!(matches!(
+            check_sealed(dir.path(), 1, 101, 8).unwrap(),
+            IdsFile::Stale(_)
+        ));
         assert_eq!(again.sequences_for(50 * 7919 % 1000).unwrap(), [50]);
         again.forget_below(200, &[1]).unwrap();
         assert_eq!(again.sealed_count(), 0);

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use std::collections::BTreeMap;
 
 fn event(sequence: u64) -> StoredEvent {
     StoredEvent {
@@ -71,8 +72,25 @@ fn reopening_cuts_records_whose_batch_never_committed() {
     assert_eq!(log.get(6).unwrap(), Some(event(6)));
 }
 
+/// Every file in `dir` (recursively) with its bytes.
+pub(crate) fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
 #[test]
-fn reopening_cuts_a_torn_tail() {
+fn reopening_ignores_a_torn_tail_without_cutting_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(segment_name(1));
     {
@@ -95,9 +113,27 @@ fn reopening_cuts_a_torn_tail() {
         let cut = usize::try_from(cut).unwrap().min(rec.len() - 1);
         f.write_all(&rec[..cut]).unwrap();
         drop(f);
+        let torn = std::fs::metadata(&path).unwrap().len();
         let log = EventLog::open(dir.path(), 4, 0, DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole, "cut {cut}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), torn, "cut {cut}");
+        assert_eq!(torn, whole + cut as u64);
         assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3]);
+        // The next batch goes into a new segment; the torn bytes stay.
+        log.append(&events(4..6)).unwrap();
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), torn);
+        drop(log);
+        let log = EventLog::open(dir.path(), 6, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3, 4, 5]);
+        assert_eq!(log.sequence_of("nhs-trust-a", "e2").unwrap(), Some(2));
+        assert_eq!(log.sequence_of("nhs-trust-a", "e5").unwrap(), Some(5));
+        drop(log);
+        // Start over for the next cut.
+        std::fs::remove_file(dir.path().join(segment_name(4))).unwrap();
+        let _ = std::fs::remove_file(dir.path().join(ids::ids_name(1)));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(usize::try_from(whole).unwrap());
+        std::fs::write(&path, bytes).unwrap();
     }
 }
 
@@ -114,8 +150,45 @@ fn a_corrupt_committed_record_is_an_error_not_a_silent_cut() {
     bytes[at] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
     // Sequences 1..=3 were committed: losing one is not a torn tail.
+    let before = files(dir.path());
     let err = EventLog::open(dir.path(), 4, 0, DEFAULT_SEGMENT_BYTES).unwrap_err();
-    assert!(err.to_string().contains("ends before sequence"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("is damaged at byte"), "{text}");
+    assert!(text.contains(&segment_name(1)), "{text}");
+    assert_eq!(files(dir.path()), before, "nothing changed");
+}
+
+#[test]
+fn more_than_one_batch_beyond_sleds_counter_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+        log.append(&events(1..4)).unwrap();
+        log.append(&events(4..6)).unwrap();
+        log.append(&events(6..9)).unwrap();
+    }
+    let before = files(dir.path());
+    // Sled says 6 is next: 6..=8 is the one batch that may not have
+    // committed.
+    drop(EventLog::open(dir.path(), 6, 0, DEFAULT_SEGMENT_BYTES).unwrap());
+    assert_eq!(files(dir.path()), before);
+    // Sled says 4 is next: batch 4..=5 was followed by another, so it
+    // committed and sled lost it.
+    let err = EventLog::open(dir.path(), 4, 0, DEFAULT_SEGMENT_BYTES).unwrap_err();
+    assert!(err.to_string().contains("more than one batch"), "{err}");
+    // Sled says 5 is next: not a batch boundary.
+    let err = EventLog::open(dir.path(), 5, 0, DEFAULT_SEGMENT_BYTES).unwrap_err();
+    assert!(
+        err.to_string().contains("sled lost committed events"),
+        "{err}"
+    );
+    assert_eq!(files(dir.path()), before, "nothing changed");
+    // And as sled knows it, all is well.
+    let log = EventLog::open(dir.path(), 9, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+    assert_eq!(
+        seqs(&log.range(0, 100).unwrap()),
+        (1..9).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -151,20 +224,32 @@ fn rolls_over_and_retention_deletes_whole_segments_below_the_first() {
 }
 
 #[test]
-fn a_segment_of_a_batch_that_never_committed_is_removed() {
+fn a_segment_holding_only_a_batch_that_never_committed_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let next = {
         let log = EventLog::open(dir.path(), 1, 0, 500).unwrap();
-        for start in (1..30).step_by(3) {
+        let mut start = 1;
+        while log.segment_count() < 2 {
             log.append(&events(start..start + 3)).unwrap();
+            start += 3;
         }
-    }
-    let before = std::fs::read_dir(dir.path()).unwrap().count();
-    // Committed only up to 3: later segments go, the first is cut.
-    let log = EventLog::open(dir.path(), 4, 0, 500).unwrap();
-    assert!(std::fs::read_dir(dir.path()).unwrap().count() < before);
-    assert_eq!(seqs(&log.range(0, 100).unwrap()), [1, 2, 3]);
-    log.append(&events(4..5)).unwrap();
+        start - 3
+    };
+    let uncommitted = dir.path().join(segment_name(next));
+    let bytes = std::fs::read(&uncommitted).unwrap();
+    // The batch that started segment `next` never committed.
+    let log = EventLog::open(dir.path(), next, 0, 500).unwrap();
+    assert!(!uncommitted.exists());
+    let aside = dir
+        .path()
+        .join(format!("{}.uncommitted-1", segment_name(next)));
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept, not deleted");
+    assert_eq!(
+        seqs(&log.range(0, 100).unwrap()),
+        (1..next).collect::<Vec<_>>()
+    );
+    log.append(&events(next..next + 1)).unwrap();
+    assert_eq!(log.get(next).unwrap(), Some(event(next)));
 }
 
 #[test]
@@ -250,56 +335,6 @@ fn sealed_segments_answer_ids_from_their_files_across_reopen() {
     assert_eq!(ids_files, log.sealed_id_files());
 }
 
-#[test]
-fn a_missing_ids_key_beside_sealed_ids_files_is_a_refusal_never_a_new_key() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let log = EventLog::open(dir.path(), 1, 0, 1_000).unwrap();
-        for start in (1..60).step_by(3) {
-            log.append(&events(start..start + 3)).unwrap();
-        }
-        assert!(log.sealed_id_files() >= 4);
-    }
-    let key = dir.path().join("ids.key");
-    std::fs::remove_file(&key).unwrap();
-    let listing = |d: &std::path::Path| {
-        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                (p.display().to_string(), std::fs::read(&p).unwrap())
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let before = listing(dir.path());
-    let err = EventLog::open(dir.path(), 61, 0, 1_000)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("ids.key") && err.contains(".ids"), "{err}");
-    assert!(!key.exists());
-    assert_eq!(listing(dir.path()), before, "a refusal changes nothing");
-
-    // The documented repair: move the `.ids` files away; they are rebuilt
-    // from the segments with a new key, and every id is found again.
-    let aside = tempfile::tempdir().unwrap();
-    for (path, _) in &before {
-        let path = std::path::Path::new(path);
-        if path.extension().is_some_and(|x| x == "ids") {
-            std::fs::rename(path, aside.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    let log = EventLog::open(dir.path(), 61, 0, 1_000).unwrap();
-    assert!(key.exists());
-    for seq in 1..61 {
-        assert_eq!(
-            log.sequence_of("nhs-trust-a", &format!("e{seq}")).unwrap(),
-            Some(seq)
-        );
-    }
-}
-
 mod damaged_files {
     //! Whatever bytes a segment holds, opening the log does not panic: it
     //! cuts a torn tail or refuses with an error, and what it keeps reads
@@ -340,7 +375,8 @@ mod damaged_files {
                 }
                 Err(e) => {
                     let text = e.to_string();
-                    prop_assert!(text.contains("corrupt") || text.contains("ends before"), "{}", text);
+                    prop_assert!(text.contains("is damaged"), "{}", text);
+                    prop_assert_eq!(std::fs::read(&path).unwrap(), bytes, "refused, and unchanged");
                 }
             }
             // Opened as if nothing was committed, it never fails on a torn

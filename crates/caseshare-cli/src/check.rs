@@ -1,0 +1,151 @@
+//! `caseshare check --data-dir DIR`: read-only verification of a stopped
+//! broker's data directory (spec §5), one line per check, OK or DAMAGED with
+//! the file and offset; exit 0 when all is well, 1 when anything is damaged.
+//!
+//! The store's checks are `caseshare_store::check` (sled is opened on a copy
+//! in a temporary directory, since sled writes when it opens); here are the
+//! key files and the dev PKI: present, and secret ones not readable by other
+//! users.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use caseshare_store::check::Finding;
+
+/// Runs every check on `data_dir`.
+pub fn run(data_dir: &Path) -> anyhow::Result<Vec<Finding>> {
+    if !data_dir.is_dir() {
+        anyhow::bail!("{} is not a directory", data_dir.display());
+    }
+    let scratch = tempfile::tempdir()?;
+    let store = data_dir.join("store");
+    let has_store = store.join("db").exists();
+    let mut out = Vec::new();
+    if has_store {
+        out.extend(caseshare_store::check::check_store(&store, scratch.path()));
+    } else {
+        out.push(finding(
+            "store",
+            &store,
+            false,
+            "no store here (store/db missing)",
+        ));
+    }
+    // Secrets: present next to existing data, and private.
+    let secrets = data_dir.join("secrets");
+    out.push(secret(&secrets.join("pseudonym.key"), Some(32)));
+    out.push(secret(&secrets.join("checkpoint.skey"), None));
+    // The dev PKI, if this directory has one.
+    let pki = data_dir.join("pki");
+    if pki.is_dir() {
+        for name in ["ca.pem", "server.pem"] {
+            out.push(public(&pki.join(name)));
+        }
+        out.push(secret(&pki.join("server.key"), None));
+        for (name, _) in caseshare_server::pki::DEV_CLIENTS {
+            out.push(public(&pki.join(format!("{name}.pem"))));
+            out.push(secret(&pki.join(format!("{name}.key")), None));
+        }
+        if pki.join("ca.key").exists() {
+            out.push(secret(&pki.join("ca.key"), None));
+        }
+    }
+    Ok(out)
+}
+
+fn finding(check: &str, file: &Path, ok: bool, detail: impl Into<String>) -> Finding {
+    Finding {
+        check: check.into(),
+        file: file.to_path_buf(),
+        ok,
+        offset: None,
+        detail: detail.into(),
+    }
+}
+
+fn secret(path: &Path, len: Option<u64>) -> Finding {
+    match std::fs::metadata(path) {
+        Err(_) => finding(
+            "secret",
+            path,
+            false,
+            "missing (the broker refuses to start rather than make a new one next to data)",
+        ),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => finding(
+            "secret",
+            path,
+            false,
+            format!(
+                "mode {:o}: readable by other users (chmod 600)",
+                m.permissions().mode() & 0o777
+            ),
+        ),
+        Ok(m) if len.is_some_and(|l| l != m.len()) => finding(
+            "secret",
+            path,
+            false,
+            format!("{} bytes, expected {}", m.len(), len.unwrap_or(0)),
+        ),
+        Ok(m) => finding(
+            "secret",
+            path,
+            true,
+            format!("present, mode {:o}", m.permissions().mode() & 0o777),
+        ),
+    }
+}
+
+fn public(path: &Path) -> Finding {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > 0 => finding("pki", path, true, "present"),
+        Ok(_) => finding("pki", path, false, "empty"),
+        Err(_) => finding("pki", path, false, "missing"),
+    }
+}
+
+/// Prints the report (text or JSON); returns whether all is well.
+pub fn report(findings: &[Finding], json: bool) -> bool {
+    let ok = findings.iter().all(|f| f.ok);
+    if json {
+        let items: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "check": f.check,
+                    "file": f.file.display().to_string(),
+                    "status": if f.ok { "OK" } else { "DAMAGED" },
+                    "offset": f.offset,
+                    "detail": f.detail,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "ok": ok, "checks": items });
+        println!("{doc:#}");
+    } else {
+        for f in findings {
+            let at = f.offset.map(|o| format!(" @{o}")).unwrap_or_default();
+            println!(
+                "{:<8} {:<24} {}{at}: {}",
+                if f.ok { "OK" } else { "DAMAGED" },
+                f.check,
+                f.file.display(),
+                f.detail
+            );
+        }
+        let damaged = findings.iter().filter(|f| !f.ok).count();
+        if damaged == 0 {
+            println!("all {} checks passed", findings.len());
+        } else {
+            println!(
+                "{damaged} of {} checks found damage; see `caseshare check` in docs/OPERATIONS.md",
+                findings.len()
+            );
+        }
+    }
+    ok
+}
+
+/// Where the data directory is, as `serve` would pick it.
+pub fn data_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| PathBuf::from("caseshare-data"))
+}

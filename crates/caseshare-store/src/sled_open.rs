@@ -1,0 +1,153 @@
+//! Opening sled under the recovery rules ([`crate::recovery`]): sled's
+//! open itself (its errors and panics on a damaged file are damage), its
+//! counters, and the check of its audit log against the persisted
+//! checkpoint — all read-only, shared by the store's open and `caseshare
+//! check`.
+
+use std::path::Path;
+
+use caseshare_audit::tiles::{TileStore, TiledTree};
+
+use crate::StoreError;
+use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
+use crate::sled_backend::{be, key, read_be, split_chunk};
+
+/// Sled's tiles, for checking the audit log at open.
+pub(crate) struct Tiles<'a>(pub(crate) &'a sled::Tree);
+
+/// The tiles stored in `tree`.
+pub(crate) fn tiles(tree: &sled::Tree) -> Tiles<'_> {
+    Tiles(tree)
+}
+
+/// Every audit entry in `tree`, in order.
+pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix([b'A']) {
+        let (k, v) = item?;
+        let first = read_be(&k[1..], "audit chunk key")?;
+        if first != out.len() as u64 {
+            return Err(StoreError::Corrupt {
+                key: format!("audit chunk {first}"),
+                detail: format!("expected a chunk starting at {}", out.len()),
+            });
+        }
+        out.extend(split_chunk(&v)?);
+    }
+    Ok(out)
+}
+
+/// Sled's counters: next event sequence, first retained sequence, audit
+/// size, and the first event still kept in sled by an older version.
+pub(crate) fn counters(tree: &sled::Tree) -> Result<(u64, u64, u64, Option<u64>), StoreError> {
+    let counter = |name: &[u8], default: u64| -> Result<u64, StoreError> {
+        match tree.get(key(b'M', &[name]))? {
+            Some(v) => read_be(&v, "counter"),
+            None => Ok(default),
+        }
+    };
+    let legacy_first = match tree.scan_prefix([b'E']).next().transpose()? {
+        Some((k, _)) => Some(read_be(&k[1..], "event key")?),
+        None => None,
+    };
+    Ok((
+        counter(b"seq", 1)?,
+        counter(b"first", 0)?,
+        audit_size(tree)?,
+        legacy_first,
+    ))
+}
+
+impl TileStore for Tiles<'_> {
+    type Error = StoreError;
+    fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .get(key(b'T', &[&[level], &be(index)]))?
+            .map(|v| v.to_vec()))
+    }
+}
+
+/// The number of audit entries in sled (from its last chunk).
+pub(crate) fn audit_size(tree: &sled::Tree) -> Result<u64, StoreError> {
+    match tree.scan_prefix([b'A']).next_back().transpose()? {
+        Some((k, v)) => Ok(read_be(&k[1..], "audit chunk key")? + split_chunk(&v)?.len() as u64),
+        None => Ok(0),
+    }
+}
+
+/// Checks sled's audit log against the persisted checkpoint (read-only):
+/// it must hold at least as many entries, with the same root at that size.
+pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
+    let Some(cp) = crate::checkpoint::read(dir)? else {
+        return Ok(());
+    };
+    let db = dir.join("db");
+    let size = audit_size(tree)?;
+    if size < cp.size {
+        return Err(damaged(
+            &db,
+            None,
+            format!(
+                "sled holds {size} audit entries, but a checkpoint of {} entries was already \
+                 signed and handed out ({}): sled lost committed writes",
+                cp.size,
+                crate::checkpoint::path(dir).display()
+            ),
+            ADVICE_SLED_BEHIND,
+        ));
+    }
+    if cp.size == 0 {
+        return Ok(());
+    }
+    let tiles = Tiles(tree);
+    let root = TiledTree::open(size, &tiles)
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.root(cp.size, &tiles).map_err(|e| e.to_string()));
+    match root {
+        Ok(r) if r == cp.root => Ok(()),
+        Ok(_) => Err(damaged(
+            &db,
+            None,
+            format!(
+                "sled's audit log has another root at size {} than the checkpoint signed at \
+                 that size ({})",
+                cp.size,
+                crate::checkpoint::path(dir).display()
+            ),
+            ADVICE_RESTORE,
+        )),
+        Err(e) => Err(damaged(
+            &db,
+            None,
+            format!("sled's audit tree cannot be read: {e}"),
+            ADVICE_RESTORE,
+        )),
+    }
+}
+
+/// Opens sled on `dir` (after [`crate::recovery::prepare_sled_dir`]).
+pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None);
+    // Sled 0.34 can panic on some damaged files ("tried to serialize
+    // Uninitialized"): that is a damaged database, not a crash.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+        .unwrap_or_else(|_| Err(sled::Error::Corruption { at: None, bt: () }))
+        .map_err(|e| match e {
+            sled::Error::Corruption { .. }
+            | sled::Error::Unsupported(_)
+            | sled::Error::ReportableBug(_) => damaged(
+                &dir.join("db"),
+                None,
+                format!("sled cannot read its database: {e}"),
+                ADVICE_RESTORE,
+            ),
+            other => StoreError::Engine(format!(
+                "could not open the sled database in {}: {other}",
+                dir.display()
+            )),
+        })
+}
