@@ -205,5 +205,4 @@ mod tests {
         assert!(load_keys(&cfg).is_err());
         assert!(!key.exists(), "never a new key next to data");
     }
-
 }

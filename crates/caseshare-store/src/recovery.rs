@@ -69,8 +69,9 @@ pub const ADVICE_RESTORE: &str = "Nothing was changed. Keep the data directory a
      directory from the last backup";
 
 /// Advice when sled and the event log disagree.
-pub const ADVICE_SLED_BEHIND: &str = "Nothing was changed. The sled database lost committed \
-     writes (acknowledged events or audit entries would be lost); run `caseshare check \
+pub const ADVICE_SLED_BEHIND: &str = "Nothing was changed. The sled database (db, conf, snap.* \
+     and blobs/ in the store directory; sled does not say which of them is damaged) lost \
+     committed writes (acknowledged events or audit entries would be lost); run `caseshare check \
      --data-dir <data dir>` and restore the data directory from the last backup";
 
 /// Formats an optional offset for [`StoreError::Damaged`].
@@ -340,6 +341,10 @@ impl SnapshotGuard {
 /// The name of the copy of sled's `db` taken before sled opens it.
 pub const DB_GUARD: &str = "db.open-guard.tmp";
 
+/// The directory of hard links to sled's blob files taken before sled opens
+/// them (sled's recovery deletes blobs it no longer finds referenced).
+pub const BLOBS_GUARD: &str = "blobs.open-guard.tmp";
+
 /// A copy of sled's `db` file taken before sled opens it: sled's recovery
 /// writes into the file as it opens (it extends it, and after damage it
 /// writes from where its recovery stopped, over what follows), so if the
@@ -352,6 +357,66 @@ pub struct DbGuard {
     /// Sled's files that did not exist before it opened (it creates `db`
     /// and `conf` when missing): removed again on a refusal.
     absent: Vec<PathBuf>,
+    /// Hard links to every blob file (blobs are written once and never
+    /// changed in place, so a link keeps the bytes if sled deletes one).
+    blobs: Option<BlobsGuard>,
+}
+
+/// Sled's `blobs/` directory as it was before sled opened.
+#[derive(Debug)]
+struct BlobsGuard {
+    blobs: PathBuf,
+    links: PathBuf,
+    names: Vec<std::ffi::OsString>,
+}
+
+impl BlobsGuard {
+    fn capture(dir: &Path) -> Result<Option<Self>, StoreError> {
+        let blobs = dir.join("blobs");
+        let links = dir.join(BLOBS_GUARD);
+        if links.exists() {
+            std::fs::remove_dir_all(&links)?;
+            tracing::info!(dir = %links.display(), "removed a temporary left by an interrupted start");
+        }
+        if !blobs.is_dir() {
+            return Ok(None);
+        }
+        std::fs::create_dir(&links)?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&blobs)? {
+            let entry = entry?;
+            std::fs::hard_link(entry.path(), links.join(entry.file_name()))?;
+            names.push(entry.file_name());
+        }
+        Ok(Some(BlobsGuard {
+            blobs,
+            links,
+            names,
+        }))
+    }
+
+    /// Puts back every blob sled removed and removes every blob it added.
+    fn restore(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.blobs) {
+            for entry in entries.flatten() {
+                if !self.names.contains(&entry.file_name()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        for name in &self.names {
+            let target = self.blobs.join(name);
+            if !target.exists() {
+                let _ = std::fs::hard_link(self.links.join(name), &target);
+            }
+        }
+        let _ = sync_dir(&self.blobs);
+        self.discard();
+    }
+
+    fn discard(&self) {
+        let _ = std::fs::remove_dir_all(&self.links);
+    }
 }
 
 impl DbGuard {
@@ -371,11 +436,13 @@ impl DbGuard {
             .map(|n| dir.join(n))
             .filter(|p| !p.exists())
             .collect();
+        let blobs = BlobsGuard::capture(dir)?;
         if !db.exists() {
             return Ok(DbGuard {
                 db,
                 copy: None,
                 absent,
+                blobs,
             });
         }
         match std::fs::copy(&db, &copy) {
@@ -383,6 +450,7 @@ impl DbGuard {
                 db,
                 copy: Some(copy),
                 absent,
+                blobs,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&copy);
@@ -391,6 +459,7 @@ impl DbGuard {
                     db,
                     copy: None,
                     absent,
+                    blobs,
                 })
             }
         }
@@ -401,10 +470,17 @@ impl DbGuard {
         if let Some(c) = &self.copy {
             let _ = std::fs::remove_file(c);
         }
+        if let Some(b) = &self.blobs {
+            b.discard();
+        }
     }
 
-    /// The store refused: puts the copy back over `db`.
+    /// The store refused: puts the copy back over `db` and sled's blobs
+    /// back as they were.
     pub fn restore(self) {
+        if let Some(b) = &self.blobs {
+            b.restore();
+        }
         for p in &self.absent {
             if p.is_dir() {
                 let _ = std::fs::remove_dir(p);

@@ -149,7 +149,7 @@ pub(crate) fn check_ids_file(
     })
 }
 
-fn segment_name(first: u64) -> String {
+pub(super) fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
 

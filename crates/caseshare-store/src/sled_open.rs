@@ -12,6 +12,10 @@ use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::sled_backend::{be, key, read_be, split_chunk};
 
+/// Said of every refusal about sled: it reports damage for its database as
+/// a whole, so the operator is told which files that covers.
+pub const SLED_FILES: &str = "sled keeps its database in db, conf, snap.* and blobs/ of this directory and does not say which of them is damaged";
+
 /// Sled's tiles, for checking the audit log at open.
 pub(crate) struct Tiles<'a>(pub(crate) &'a sled::Tree);
 
@@ -111,7 +115,7 @@ pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), Stor
             None,
             format!(
                 "sled's audit log has another root at size {} than the checkpoint signed at \
-                 that size ({})",
+                 that size ({}; {SLED_FILES})",
                 cp.size,
                 crate::checkpoint::path(dir).display()
             ),
@@ -120,7 +124,7 @@ pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), Stor
         Err(e) => Err(damaged(
             &db,
             None,
-            format!("sled's audit tree cannot be read: {e}"),
+            format!("sled's audit tree cannot be read: {e} ({SLED_FILES})"),
             ADVICE_RESTORE,
         )),
     }
@@ -142,7 +146,7 @@ pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
             | sled::Error::ReportableBug(_) => damaged(
                 &dir.join("db"),
                 None,
-                format!("sled cannot read its database: {e}"),
+                format!("sled cannot read its database: {e} ({SLED_FILES})"),
                 ADVICE_RESTORE,
             ),
             other => StoreError::Engine(format!(

@@ -264,6 +264,21 @@ pub(crate) fn verify(
                 Stop::Torn(o, w) | Stop::Invalid(o, w) => (*o, w.clone()),
                 Stop::Eof => (s.file_len, "the end of the file".into()),
             };
+            // A segment ending cleanly at a record boundary short of what
+            // was committed: most likely the next segment, whose name is
+            // known, is missing.
+            if matches!(s.stop, Stop::Eof) {
+                let missing = plan.dir.join(super::segment_name(have));
+                let detail = format!(
+                    "{} ends whole at sequence {}, but the store has committed sequences up to \
+                     {}: the segment holding sequences from {have} is missing (or this one was \
+                     cut at a record boundary)",
+                    path.display(),
+                    have.saturating_sub(1),
+                    needed - 1
+                );
+                return Err(damaged(&missing, None, detail, ADVICE_RESTORE));
+            }
             let detail = format!(
                 "the events stop at sequence {have} ({why} there), but the store has committed \
                  sequences up to {}",
@@ -351,12 +366,20 @@ pub(crate) fn verify(
     }
     match plan.kept.last() {
         None if next_sequence > first_retained.max(1) => {
+            // Nothing retained was deleted yet: the first segment's name is
+            // known.
+            let expected = if first_retained <= 1 {
+                dir.join(super::segment_name(1))
+            } else {
+                dir.to_path_buf()
+            };
             return Err(damaged(
-                dir,
+                &expected,
                 None,
                 format!(
-                    "the event log holds no segment, but the store has committed events up to \
-                     sequence {}",
+                    "the event log holds no segment, but the store has committed events from \
+                     sequence {} up to {} (the segment is missing)",
+                    first_retained.max(1),
                     next_sequence - 1
                 ),
                 ADVICE_RESTORE,
@@ -370,12 +393,20 @@ pub(crate) fn verify(
         && k.first > first_retained.max(1)
         && next_sequence > first_retained.max(1)
     {
+        // Nothing retained was deleted yet: the missing segment's name is
+        // known; otherwise name the first one present.
+        let (missing, offset) = if first_retained <= 1 {
+            (plan.dir.join(super::segment_name(1)), None)
+        } else {
+            (k.path.clone(), Some(0))
+        };
         return Err(damaged(
-            &k.path,
-            Some(0),
+            &missing,
+            offset,
             format!(
-                "the first segment starts at sequence {}, but events from {} are retained: a \
-                 segment is missing",
+                "the first segment present ({}) starts at sequence {}, but events from {} are \
+                 retained: a segment is missing",
+                k.path.display(),
                 k.first,
                 first_retained.max(1)
             ),
