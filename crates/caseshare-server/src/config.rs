@@ -80,6 +80,43 @@ pub struct LimitsConfig {
     /// a client that ignores refusals then gets at most
     /// `http2_max_concurrent_streams` of them per connection per delay.
     pub refusal_delay_ms: u64,
+    /// Subscriber RPCs (management, stream opens, acks) per second per
+    /// principal, and the burst above it; likewise consent, admin and audit.
+    pub subscribe_rate_per_sec: f64,
+    /// Subscriber burst.
+    pub subscribe_burst: f64,
+    /// Consent RPCs per second per principal.
+    pub consent_rate_per_sec: f64,
+    /// Consent burst.
+    pub consent_burst: f64,
+    /// Admin RPCs per second per principal.
+    pub admin_rate_per_sec: f64,
+    /// Admin burst.
+    pub admin_burst: f64,
+    /// Audit RPCs per second per principal.
+    pub audit_rate_per_sec: f64,
+    /// Audit burst.
+    pub audit_burst: f64,
+    /// Bytes of deliveries queued for sending on one Subscribe stream; a
+    /// stream that stays over it for `slow_reader_grace_ms` is ended.
+    pub max_stream_queued_bytes: usize,
+    /// Bytes queued for sending over all of one principal's streams.
+    pub max_principal_queued_bytes: usize,
+    /// How long a stream may stay at its bound before it is ended, ms.
+    pub slow_reader_grace_ms: u64,
+}
+
+impl LimitsConfig {
+    /// (family, rate, burst) for every RPC family.
+    pub fn family_rates(&self) -> [(&'static str, f64, f64); 5] {
+        [
+            ("publish", self.publish_rate_per_sec, self.publish_burst),
+            ("subscribe", self.subscribe_rate_per_sec, self.subscribe_burst),
+            ("consent", self.consent_rate_per_sec, self.consent_burst),
+            ("admin", self.admin_rate_per_sec, self.admin_burst),
+            ("audit", self.audit_rate_per_sec, self.audit_burst),
+        ]
+    }
 }
 
 impl Default for LimitsConfig {
@@ -96,6 +133,17 @@ impl Default for LimitsConfig {
             http2_keepalive_timeout_secs: 20,
             http2_max_concurrent_streams: 256,
             refusal_delay_ms: 250,
+            subscribe_rate_per_sec: 100_000.0,
+            subscribe_burst: 200_000.0,
+            consent_rate_per_sec: 10_000.0,
+            consent_burst: 20_000.0,
+            admin_rate_per_sec: 10_000.0,
+            admin_burst: 20_000.0,
+            audit_rate_per_sec: 10_000.0,
+            audit_burst: 20_000.0,
+            max_stream_queued_bytes: 8 * 1024 * 1024,
+            max_principal_queued_bytes: 64 * 1024 * 1024,
+            slow_reader_grace_ms: 10_000,
         }
     }
 }
@@ -153,6 +201,12 @@ pub struct AuditConfig {
     /// The checkpoint signing key (C2SP `PRIVATE+KEY+…`); default
     /// `<data_dir>/secrets/checkpoint.skey`, created on first start.
     pub signing_key: Option<PathBuf>,
+    /// Refusals are written as one `AUTH_DENIED` entry per (caller, method,
+    /// reason) per this interval, with a count, ms.
+    pub refusal_interval_ms: u64,
+    /// Most distinct (caller, method, reason) keys per interval; refusals
+    /// past it are counted in one overflow entry.
+    pub refusal_max_keys: usize,
 }
 
 impl Default for AuditConfig {
@@ -160,6 +214,45 @@ impl Default for AuditConfig {
         AuditConfig {
             origin: "caseshare.local/audit".into(),
             signing_key: None,
+            refusal_interval_ms: 60_000,
+            refusal_max_keys: 10_000,
+        }
+    }
+}
+
+/// Connections: caps, timeouts and the file-descriptor reserve.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Verified connections open at once, all principals.
+    pub max_connections: usize,
+    /// Verified connections open at once per principal.
+    pub max_per_principal: usize,
+    /// TLS handshakes in progress at once (unauthenticated sockets).
+    pub max_handshakes: usize,
+    /// A TLS handshake not finished in this long is closed, ms.
+    pub handshake_timeout_ms: u64,
+    /// A verified connection that sends no byte within this long after the
+    /// handshake (no HTTP/2 preface) is closed, ms.
+    pub preface_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, ms
+    /// (the server's keepalive pings and their acks do not count).
+    pub idle_timeout_ms: u64,
+    /// New sockets are closed at once when fewer than this many file
+    /// descriptors are left below RLIMIT_NOFILE.
+    pub fd_reserve: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_connections: 10_000,
+            max_per_principal: 256,
+            max_handshakes: 512,
+            handshake_timeout_ms: 10_000,
+            preface_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            fd_reserve: 128,
         }
     }
 }
@@ -188,6 +281,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Delivery and retention.
     pub delivery: DeliveryConfig,
+    /// Connections.
+    pub connections: ConnectionsConfig,
 }
 
 impl Default for Config {
@@ -203,6 +298,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -316,6 +412,35 @@ impl Config {
         if let Some(v) = get("CASESHARE_MAX_OUTSTANDING") {
             self.limits.max_outstanding = parse_env("CASESHARE_MAX_OUTSTANDING", &v)?;
         }
+        // Hardening (issue 13): rates per family, slow readers, refusal
+        // auditing, connections.
+        macro_rules! env_keys {
+            ($($var:literal => $($field:ident).+;)*) => {
+                $( if let Some(v) = get($var) { self.$($field).+ = parse_env($var, &v)?; } )*
+            };
+        }
+        env_keys! {
+            "CASESHARE_SUBSCRIBE_RATE_PER_SEC" => limits.subscribe_rate_per_sec;
+            "CASESHARE_SUBSCRIBE_BURST" => limits.subscribe_burst;
+            "CASESHARE_CONSENT_RATE_PER_SEC" => limits.consent_rate_per_sec;
+            "CASESHARE_CONSENT_BURST" => limits.consent_burst;
+            "CASESHARE_ADMIN_RATE_PER_SEC" => limits.admin_rate_per_sec;
+            "CASESHARE_ADMIN_BURST" => limits.admin_burst;
+            "CASESHARE_AUDIT_RATE_PER_SEC" => limits.audit_rate_per_sec;
+            "CASESHARE_AUDIT_BURST" => limits.audit_burst;
+            "CASESHARE_MAX_STREAM_QUEUED_BYTES" => limits.max_stream_queued_bytes;
+            "CASESHARE_MAX_PRINCIPAL_QUEUED_BYTES" => limits.max_principal_queued_bytes;
+            "CASESHARE_SLOW_READER_GRACE_MS" => limits.slow_reader_grace_ms;
+            "CASESHARE_AUDIT_REFUSAL_INTERVAL_MS" => audit.refusal_interval_ms;
+            "CASESHARE_AUDIT_REFUSAL_MAX_KEYS" => audit.refusal_max_keys;
+            "CASESHARE_CONN_MAX" => connections.max_connections;
+            "CASESHARE_CONN_MAX_PER_PRINCIPAL" => connections.max_per_principal;
+            "CASESHARE_CONN_MAX_HANDSHAKES" => connections.max_handshakes;
+            "CASESHARE_CONN_HANDSHAKE_TIMEOUT_MS" => connections.handshake_timeout_ms;
+            "CASESHARE_CONN_PREFACE_TIMEOUT_MS" => connections.preface_timeout_ms;
+            "CASESHARE_CONN_IDLE_TIMEOUT_MS" => connections.idle_timeout_ms;
+            "CASESHARE_CONN_FD_RESERVE" => connections.fd_reserve;
+        }
         Ok(())
     }
 
@@ -387,9 +512,82 @@ impl Config {
         if self.store.max_batch == 0 {
             return bad("store.max_batch", "at least 1");
         }
+        self.validate_hardening()?;
         if self.listen == self.ops_listen && self.listen.port() != 0 {
             return bad("ops_listen", "must differ from listen");
         }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Range checks of the hardening keys (issue 13): each error names the
+    /// key, the value and the allowed range.
+    fn validate_hardening(&self) -> Result<(), ConfigError> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), ConfigError> {
+            if v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(ConfigError::Value {
+                    key: key.into(),
+                    message: format!("{v} is out of range; allowed {lo}..={hi}"),
+                })
+            }
+        }
+        let l = &self.limits;
+        for (family, rate, burst) in l.family_rates().into_iter().skip(1) {
+            range(&format!("limits.{family}_rate_per_sec"), rate, 0.001, 1e9)?;
+            range(&format!("limits.{family}_burst"), burst, 1.0, 1e9)?;
+        }
+        range(
+            "limits.max_stream_queued_bytes",
+            l.max_stream_queued_bytes,
+            l.max_event_bytes,
+            1 << 34,
+        )?;
+        range(
+            "limits.max_principal_queued_bytes",
+            l.max_principal_queued_bytes,
+            l.max_stream_queued_bytes,
+            1 << 36,
+        )?;
+        range("limits.slow_reader_grace_ms", l.slow_reader_grace_ms, 10, 3_600_000)?;
+        let a = &self.audit;
+        range("audit.refusal_interval_ms", a.refusal_interval_ms, 10, 86_400_000)?;
+        range("audit.refusal_max_keys", a.refusal_max_keys, 1, 10_000_000)?;
+        let c = &self.connections;
+        range("connections.max_connections", c.max_connections, 1, 10_000_000)?;
+        range(
+            "connections.max_per_principal",
+            c.max_per_principal,
+            1,
+            c.max_connections,
+        )?;
+        range("connections.max_handshakes", c.max_handshakes, 1, 10_000_000)?;
+        range(
+            "connections.handshake_timeout_ms",
+            c.handshake_timeout_ms,
+            10,
+            600_000,
+        )?;
+        range(
+            "connections.preface_timeout_ms",
+            c.preface_timeout_ms,
+            10,
+            600_000,
+        )?;
+        range(
+            "connections.idle_timeout_ms",
+            c.idle_timeout_ms,
+            10,
+            86_400_000,
+        )?;
+        range("connections.fd_reserve", c.fd_reserve, 0, 1_000_000)?;
         Ok(())
     }
 }
@@ -416,6 +614,52 @@ mod tests {
         assert_eq!(cfg.ops_listen.port(), 9001);
         assert_eq!(cfg.limits.max_outstanding, 50);
         assert_eq!(cfg.limits.max_event_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn hardening_keys_are_range_checked_at_their_bounds() {
+        // Per-principal connections at 1 so the global cap can be tested
+        // down to its own lower bound.
+        let load = |k: &'static str, v: &'static str| {
+            Config::load(None, move |key| {
+                if key == k {
+                    Some(v.to_string())
+                } else {
+                    (key == "CASESHARE_CONN_MAX_PER_PRINCIPAL").then(|| "1".to_string())
+                }
+            })
+        };
+        for (var, key, ok, bad) in [
+            ("CASESHARE_CONN_MAX", "connections.max_connections", "1", "0"),
+            ("CASESHARE_CONN_MAX_HANDSHAKES", "connections.max_handshakes", "1", "0"),
+            ("CASESHARE_CONN_MAX_PER_PRINCIPAL", "connections.max_per_principal", "10000", "0"),
+            ("CASESHARE_CONN_HANDSHAKE_TIMEOUT_MS", "connections.handshake_timeout_ms", "600000", "600001"),
+            ("CASESHARE_CONN_PREFACE_TIMEOUT_MS", "connections.preface_timeout_ms", "10", "9"),
+            ("CASESHARE_CONN_IDLE_TIMEOUT_MS", "connections.idle_timeout_ms", "86400000", "86400001"),
+            ("CASESHARE_CONN_FD_RESERVE", "connections.fd_reserve", "1000000", "1000001"),
+            ("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "audit.refusal_interval_ms", "10", "9"),
+            ("CASESHARE_AUDIT_REFUSAL_MAX_KEYS", "audit.refusal_max_keys", "1", "0"),
+            ("CASESHARE_ADMIN_RATE_PER_SEC", "limits.admin_rate_per_sec", "0.001", "0"),
+            ("CASESHARE_AUDIT_RATE_PER_SEC", "limits.audit_rate_per_sec", "1000000000", "NaN"),
+            ("CASESHARE_CONSENT_BURST", "limits.consent_burst", "1", "0.5"),
+            ("CASESHARE_SUBSCRIBE_BURST", "limits.subscribe_burst", "1", "inf"),
+            ("CASESHARE_SLOW_READER_GRACE_MS", "limits.slow_reader_grace_ms", "10", "9"),
+            ("CASESHARE_MAX_STREAM_QUEUED_BYTES", "limits.max_stream_queued_bytes", "65536", "65535"),
+            ("CASESHARE_MAX_PRINCIPAL_QUEUED_BYTES", "limits.max_principal_queued_bytes", "8388608", "8388607"),
+        ] {
+            assert!(load(var, ok).is_ok(), "{var}={ok} should load");
+            let e = load(var, bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{var}={bad}: {e}");
+        }
+        // A connection cap per principal above the global cap.
+        let e = Config::load(None, |k| match k {
+            "CASESHARE_CONN_MAX" => Some("5".into()),
+            "CASESHARE_CONN_MAX_PER_PRINCIPAL" => Some("6".into()),
+            _ => None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("connections.max_per_principal") && e.contains("1..=5"), "{e}");
     }
 
     #[test]

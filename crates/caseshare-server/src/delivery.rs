@@ -37,7 +37,6 @@ use futures::FutureExt;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::errors::BrokerError;
 use crate::state::{BrokerState, EventContext, subscription_matches};
@@ -611,7 +610,7 @@ impl Deliveries {
         self: Arc<Self>,
         rt: Arc<SubRuntime>,
         mut queue: mpsc::UnboundedReceiver<InFlight>,
-        tx: mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: crate::sendq::StreamTx,
     ) -> Result<(), BrokerError> {
         while let Some(in_flight) = queue.recv().await {
             let verdicts = match in_flight.verdicts.await {
@@ -647,7 +646,7 @@ impl Deliveries {
         rt: &SubRuntime,
         picks: Vec<Pick>,
         verdicts: Vec<Verdict>,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: &crate::sendq::StreamTx,
     ) -> Result<bool, BrokerError> {
         let agency = &rt.subscription.agency_id;
         let mut sent = 0;
@@ -1029,7 +1028,8 @@ impl Deliveries {
         inbound: tonic::Streaming<pb::SubscribeRequest>,
         slot: crate::limits::StreamSlot,
         idle: Duration,
-    ) -> Result<mpsc::Receiver<Result<pb::Delivery, Status>>, BrokerError> {
+        budget: &Arc<crate::sendq::QueueBudget>,
+    ) -> Result<crate::sendq::StreamRx, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
         let window = if max_outstanding == 0 {
             100
@@ -1042,7 +1042,7 @@ impl Deliveries {
                 self.max_outstanding
             )));
         }
-        let (tx, rx) = mpsc::channel(window as usize + 1);
+        let (tx, rx) = budget.channel(&actor.name, window as usize + 1);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             // Held for the stream's life: counts against the per-principal cap.
@@ -1090,7 +1090,7 @@ impl Deliveries {
         stream: u64,
         window: usize,
         inbound: tonic::Streaming<pb::SubscribeRequest>,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: &crate::sendq::StreamTx,
         idle: Duration,
     ) -> Result<(), BrokerError> {
         let (queue, queue_rx) = mpsc::unbounded_channel();
@@ -1131,7 +1131,7 @@ impl Deliveries {
         stream: u64,
         window: usize,
         mut inbound: tonic::Streaming<pb::SubscribeRequest>,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: &crate::sendq::StreamTx,
         idle: Duration,
         queue: &mpsc::UnboundedSender<InFlight>,
         sender: &mut tokio::task::JoinHandle<Result<(), BrokerError>>,

@@ -69,6 +69,8 @@ impl Broker {
         ])
         .arg(dir.join("data"))
         .env("CASESHARE_LOG", "info")
+        // Refusals are audited in aggregate per interval: short in tests.
+        .env("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "100")
         .env_remove("CASESHARE_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
@@ -204,6 +206,26 @@ impl Broker {
                 })
                 .await
                 .unwrap();
+        }
+    }
+
+    /// The `AUTH_DENIED` entries once they account for at least `calls`
+    /// refused calls (refusals are written in aggregate per interval), or
+    /// after 10 s, whatever they then are.
+    pub async fn auth_denied(&self, calls: u64) -> Vec<pb::AuditEntry> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let denied: Vec<_> = self
+                .audit_entries()
+                .await
+                .into_iter()
+                .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
+                .collect();
+            let counted: u64 = denied.iter().map(|e| e.count).sum();
+            if counted >= calls || std::time::Instant::now() > deadline {
+                return denied;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
