@@ -228,7 +228,8 @@ pub struct ConnectionsConfig {
     pub max_connections: usize,
     /// Verified connections open at once per principal.
     pub max_per_principal: usize,
-    /// TLS handshakes in progress at once (unauthenticated sockets).
+    /// TLS handshakes in progress at once (unauthenticated sockets); at the
+    /// cap the oldest is ended to admit the new one.
     pub max_handshakes: usize,
     /// A TLS handshake not finished in this long is closed, ms.
     pub handshake_timeout_ms: u64,
@@ -587,7 +588,7 @@ impl Config {
             10,
             86_400_000,
         )?;
-        range("connections.fd_reserve", c.fd_reserve, 0, 1_000_000)?;
+        range("connections.fd_reserve", c.fd_reserve, 0, 1 << 32)?;
         Ok(())
     }
 }
@@ -636,7 +637,7 @@ mod tests {
             ("CASESHARE_CONN_HANDSHAKE_TIMEOUT_MS", "connections.handshake_timeout_ms", "600000", "600001"),
             ("CASESHARE_CONN_PREFACE_TIMEOUT_MS", "connections.preface_timeout_ms", "10", "9"),
             ("CASESHARE_CONN_IDLE_TIMEOUT_MS", "connections.idle_timeout_ms", "86400000", "86400001"),
-            ("CASESHARE_CONN_FD_RESERVE", "connections.fd_reserve", "1000000", "1000001"),
+            ("CASESHARE_CONN_FD_RESERVE", "connections.fd_reserve", "4294967296", "4294967297"),
             ("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "audit.refusal_interval_ms", "10", "9"),
             ("CASESHARE_AUDIT_REFUSAL_MAX_KEYS", "audit.refusal_max_keys", "1", "0"),
             ("CASESHARE_ADMIN_RATE_PER_SEC", "limits.admin_rate_per_sec", "0.001", "0"),

@@ -56,6 +56,11 @@ pub struct ConnLimits {
     /// …), sampled by [`ConnLimits::sample_fds`].
     other_fds: AtomicU64,
     per_principal: Arc<Mutex<HashMap<String, usize>>>,
+    /// Handshakes in progress, oldest first: when the cap is reached the
+    /// oldest is ended to make room, so silent sockets cannot hold every
+    /// slot against a client that completes its handshake promptly.
+    in_progress: Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
+    next_id: AtomicU64,
     started: Instant,
 }
 
@@ -99,6 +104,8 @@ impl ConnLimits {
             sockets: AtomicU64::new(0),
             other_fds: AtomicU64::new(0),
             per_principal: Arc::new(Mutex::new(HashMap::new())),
+            in_progress: Mutex::new(std::collections::VecDeque::new()),
+            next_id: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -133,6 +140,8 @@ impl ConnLimits {
         let mut slot = HandshakeSlot {
             limits: Arc::clone(self),
             counted: false,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            evicted: Arc::new(tokio::sync::Notify::new()),
         };
         let refuse = |r: Refusal| {
             r.count();
@@ -144,11 +153,17 @@ impl ConnLimits {
         if self.established.load(Ordering::Relaxed) >= self.cfg.max_connections {
             return refuse(Refusal::Global);
         }
-        let prev = self.handshakes.fetch_add(1, Ordering::AcqRel);
-        slot.counted = true;
-        if prev >= self.cfg.max_handshakes {
-            return refuse(Refusal::Handshakes);
+        let mut queue = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() >= self.cfg.max_handshakes {
+            // End the oldest handshake in progress; its task closes it.
+            if let Some((_, oldest)) = queue.pop_front() {
+                oldest.notify_one();
+                Refusal::Handshakes.count();
+            }
         }
+        queue.push_back((slot.id, slot.evicted.clone()));
+        self.handshakes.fetch_add(1, Ordering::AcqRel);
+        slot.counted = true;
         Ok(slot)
     }
 
@@ -208,14 +223,33 @@ impl ConnLimits {
 pub struct HandshakeSlot {
     limits: Arc<ConnLimits>,
     counted: bool,
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
 }
 
 impl HandshakeSlot {
-    fn release_handshake_only(mut self) {
+    /// Resolves when this handshake was ended to make room for a newer one.
+    pub async fn evicted(&self) {
+        self.evicted.notified().await
+    }
+
+    fn leave_queue(&mut self) {
         if self.counted {
             self.limits.handshakes.fetch_sub(1, Ordering::AcqRel);
             self.counted = false;
+            let mut queue = self
+                .limits
+                .in_progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = queue.iter().position(|(id, _)| *id == self.id) {
+                queue.remove(i);
+            }
         }
+    }
+
+    fn release_handshake_only(mut self) {
+        self.leave_queue();
         // The socket goes on to the connection slot: keep it counted.
         self.limits.sockets.fetch_add(1, Ordering::Relaxed);
     }
@@ -223,9 +257,7 @@ impl HandshakeSlot {
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        if self.counted {
-            self.limits.handshakes.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.leave_queue();
         self.limits.sockets.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -321,15 +353,25 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn handshakes_are_capped_at_their_limit() {
+    #[tokio::test]
+    async fn handshakes_are_capped_at_their_limit_by_ending_the_oldest() {
         let l = limits(10, 10, 2, 0, 1_000);
-        let a = l.admit_handshake();
-        let b = l.admit_handshake();
-        assert!(a.is_ok() && b.is_ok());
-        assert_eq!(l.admit_handshake().err(), Some(Refusal::Handshakes));
+        let a = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
+        let b = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(l.handshakes.load(Ordering::Relaxed), 2);
+        // One past the cap: the oldest (a) is told to end, b is not.
+        let c = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
+        let ended = |s: &HandshakeSlot| {
+            futures::FutureExt::now_or_never(s.evicted()).is_some()
+        };
+        assert!(ended(&a));
+        assert!(!ended(&b));
+        assert!(!ended(&c));
         drop(a);
-        assert!(l.admit_handshake().is_ok(), "a finished handshake frees its slot");
+        assert_eq!(l.handshakes.load(Ordering::Relaxed), 2);
+        drop((b, c));
+        assert_eq!(l.handshakes.load(Ordering::Relaxed), 0);
+        assert!(l.in_progress.lock().map(|q| q.is_empty()).unwrap_or(false));
     }
 
     #[test]

@@ -444,8 +444,15 @@ pub async fn accept_loop(
         let out = out.clone();
         let trust_domain = trust_domain.clone();
         tokio::spawn(async move {
+            let finished = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
+                () = handshake.evicted() => {
+                    tracing::debug!(%remote, "TLS handshake ended to admit a newer one (connections.max_handshakes)");
+                    return;
+                }
+            };
             let tls =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                match finished {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
