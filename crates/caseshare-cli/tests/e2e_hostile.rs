@@ -125,7 +125,10 @@ async fn a_refusal_flood_leaves_a_bounded_audit_trail_without_client_text() {
         new_entries.len(),
         bytes as f64 / (forbidden + unknown) as f64
     );
-    assert!(bytes < 64 * 1024, "{bytes} bytes of audit log for the flood");
+    assert!(
+        bytes < 64 * 1024,
+        "{bytes} bytes of audit log for the flood"
+    );
 }
 
 #[tokio::test]
@@ -331,7 +334,10 @@ async fn a_connection_flood_does_not_lock_out_a_good_agency() {
             closed += 1;
         }
     }
-    assert!(closed >= 90, "only {closed} of the first 100 silent sockets were closed");
+    assert!(
+        closed >= 90,
+        "only {closed} of the first 100 silent sockets were closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +389,10 @@ async fn the_descriptor_reserve_keeps_connected_agencies_working() {
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "no new connection after the flood");
+        assert!(
+            Instant::now() < deadline,
+            "no new connection after the flood"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         n += 1;
     }
@@ -487,10 +496,10 @@ async fn connection_caps_hold_globally_and_per_principal() {
     held.truncate(4);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Ok(s) = raw_tls(&b, "auditor").await {
-            if still_open(s).await.0 {
-                break;
-            }
+        if let Ok(s) = raw_tls(&b, "auditor").await
+            && still_open(s).await.0
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "the freed place was not reused");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -586,7 +595,11 @@ async fn a_slow_reader_is_dropped_and_its_events_are_redelivered() {
         }
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    assert!(status.message().starts_with("slow reader:"), "{}", status.message());
+    assert!(
+        status.message().starts_with("slow reader:"),
+        "{}",
+        status.message()
+    );
     assert!(got_before < events, "it cannot have had everything");
     drop(tx);
     // A fresh stream gets every event (those sent and never acked too).

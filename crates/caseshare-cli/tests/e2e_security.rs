@@ -99,7 +99,10 @@ async fn every_rpc_for_every_role_follows_the_table() {
         })
         .sum::<u64>();
     let entries = b.auth_denied(expected_calls).await;
-    assert!(entries.iter().all(|e| e.count == 1), "one refusal per key here");
+    assert!(
+        entries.iter().all(|e| e.count == 1),
+        "one refusal per key here"
+    );
     let denied = entries.len();
     let expected: usize = TABLE
         .iter()
@@ -248,11 +251,18 @@ async fn an_agency_cannot_touch_another_agencys_resources() {
     // caller, the method and the reason, counting the three calls.
     let denied = b.auth_denied(denied_before + 3).await;
     let last = denied.last().unwrap();
-    assert_eq!(denied.iter().map(|e| e.count).sum::<u64>(), denied_before + 3);
+    assert_eq!(
+        denied.iter().map(|e| e.count).sum::<u64>(),
+        denied_before + 3
+    );
     assert_eq!(last.count, 3);
     assert!(last.actor.ends_with("/nhs-trust-a"), "{}", last.actor);
     assert_eq!(last.rpc, "/caseshare.v1.Consent/WithdrawConsent");
-    assert!(last.reason.contains("not named by the consent"), "{}", last.reason);
+    assert!(
+        last.reason.contains("not named by the consent"),
+        "{}",
+        last.reason
+    );
     assert!(
         b.client("la-social-care-c")
             .consent
@@ -710,7 +720,11 @@ async fn only_registered_agencies_may_act_as_agencies() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(refused.message().contains("not registered"), "{}", refused.message());
+    assert!(
+        refused.message().contains("not registered"),
+        "{}",
+        refused.message()
+    );
     assert_eq!(
         code(never_registered.consent.list_consents(list()).await),
         tonic::Code::FailedPrecondition

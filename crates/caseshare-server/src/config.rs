@@ -111,7 +111,11 @@ impl LimitsConfig {
     pub fn family_rates(&self) -> [(&'static str, f64, f64); 5] {
         [
             ("publish", self.publish_rate_per_sec, self.publish_burst),
-            ("subscribe", self.subscribe_rate_per_sec, self.subscribe_burst),
+            (
+                "subscribe",
+                self.subscribe_rate_per_sec,
+                self.subscribe_burst,
+            ),
             ("consent", self.consent_rate_per_sec, self.consent_burst),
             ("admin", self.admin_rate_per_sec, self.admin_burst),
             ("audit", self.audit_rate_per_sec, self.audit_burst),
@@ -557,19 +561,39 @@ impl Config {
             l.max_stream_queued_bytes,
             1 << 36,
         )?;
-        range("limits.slow_reader_grace_ms", l.slow_reader_grace_ms, 10, 3_600_000)?;
+        range(
+            "limits.slow_reader_grace_ms",
+            l.slow_reader_grace_ms,
+            10,
+            3_600_000,
+        )?;
         let a = &self.audit;
-        range("audit.refusal_interval_ms", a.refusal_interval_ms, 10, 86_400_000)?;
+        range(
+            "audit.refusal_interval_ms",
+            a.refusal_interval_ms,
+            10,
+            86_400_000,
+        )?;
         range("audit.refusal_max_keys", a.refusal_max_keys, 1, 10_000_000)?;
         let c = &self.connections;
-        range("connections.max_connections", c.max_connections, 1, 10_000_000)?;
+        range(
+            "connections.max_connections",
+            c.max_connections,
+            1,
+            10_000_000,
+        )?;
         range(
             "connections.max_per_principal",
             c.max_per_principal,
             1,
             c.max_connections,
         )?;
-        range("connections.max_handshakes", c.max_handshakes, 1, 10_000_000)?;
+        range(
+            "connections.max_handshakes",
+            c.max_handshakes,
+            1,
+            10_000_000,
+        )?;
         range(
             "connections.handshake_timeout_ms",
             c.handshake_timeout_ms,
@@ -631,22 +655,102 @@ mod tests {
             })
         };
         for (var, key, ok, bad) in [
-            ("CASESHARE_CONN_MAX", "connections.max_connections", "1", "0"),
-            ("CASESHARE_CONN_MAX_HANDSHAKES", "connections.max_handshakes", "1", "0"),
-            ("CASESHARE_CONN_MAX_PER_PRINCIPAL", "connections.max_per_principal", "10000", "0"),
-            ("CASESHARE_CONN_HANDSHAKE_TIMEOUT_MS", "connections.handshake_timeout_ms", "600000", "600001"),
-            ("CASESHARE_CONN_PREFACE_TIMEOUT_MS", "connections.preface_timeout_ms", "10", "9"),
-            ("CASESHARE_CONN_IDLE_TIMEOUT_MS", "connections.idle_timeout_ms", "86400000", "86400001"),
-            ("CASESHARE_CONN_FD_RESERVE", "connections.fd_reserve", "4294967296", "4294967297"),
-            ("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "audit.refusal_interval_ms", "10", "9"),
-            ("CASESHARE_AUDIT_REFUSAL_MAX_KEYS", "audit.refusal_max_keys", "1", "0"),
-            ("CASESHARE_ADMIN_RATE_PER_SEC", "limits.admin_rate_per_sec", "0.001", "0"),
-            ("CASESHARE_AUDIT_RATE_PER_SEC", "limits.audit_rate_per_sec", "1000000000", "NaN"),
-            ("CASESHARE_CONSENT_BURST", "limits.consent_burst", "1", "0.5"),
-            ("CASESHARE_SUBSCRIBE_BURST", "limits.subscribe_burst", "1", "inf"),
-            ("CASESHARE_SLOW_READER_GRACE_MS", "limits.slow_reader_grace_ms", "10", "9"),
-            ("CASESHARE_MAX_STREAM_QUEUED_BYTES", "limits.max_stream_queued_bytes", "65536", "65535"),
-            ("CASESHARE_MAX_PRINCIPAL_QUEUED_BYTES", "limits.max_principal_queued_bytes", "8388608", "8388607"),
+            (
+                "CASESHARE_CONN_MAX",
+                "connections.max_connections",
+                "1",
+                "0",
+            ),
+            (
+                "CASESHARE_CONN_MAX_HANDSHAKES",
+                "connections.max_handshakes",
+                "1",
+                "0",
+            ),
+            (
+                "CASESHARE_CONN_MAX_PER_PRINCIPAL",
+                "connections.max_per_principal",
+                "10000",
+                "0",
+            ),
+            (
+                "CASESHARE_CONN_HANDSHAKE_TIMEOUT_MS",
+                "connections.handshake_timeout_ms",
+                "600000",
+                "600001",
+            ),
+            (
+                "CASESHARE_CONN_PREFACE_TIMEOUT_MS",
+                "connections.preface_timeout_ms",
+                "10",
+                "9",
+            ),
+            (
+                "CASESHARE_CONN_IDLE_TIMEOUT_MS",
+                "connections.idle_timeout_ms",
+                "86400000",
+                "86400001",
+            ),
+            (
+                "CASESHARE_CONN_FD_RESERVE",
+                "connections.fd_reserve",
+                "4294967296",
+                "4294967297",
+            ),
+            (
+                "CASESHARE_AUDIT_REFUSAL_INTERVAL_MS",
+                "audit.refusal_interval_ms",
+                "10",
+                "9",
+            ),
+            (
+                "CASESHARE_AUDIT_REFUSAL_MAX_KEYS",
+                "audit.refusal_max_keys",
+                "1",
+                "0",
+            ),
+            (
+                "CASESHARE_ADMIN_RATE_PER_SEC",
+                "limits.admin_rate_per_sec",
+                "0.001",
+                "0",
+            ),
+            (
+                "CASESHARE_AUDIT_RATE_PER_SEC",
+                "limits.audit_rate_per_sec",
+                "1000000000",
+                "NaN",
+            ),
+            (
+                "CASESHARE_CONSENT_BURST",
+                "limits.consent_burst",
+                "1",
+                "0.5",
+            ),
+            (
+                "CASESHARE_SUBSCRIBE_BURST",
+                "limits.subscribe_burst",
+                "1",
+                "inf",
+            ),
+            (
+                "CASESHARE_SLOW_READER_GRACE_MS",
+                "limits.slow_reader_grace_ms",
+                "10",
+                "9",
+            ),
+            (
+                "CASESHARE_MAX_STREAM_QUEUED_BYTES",
+                "limits.max_stream_queued_bytes",
+                "65536",
+                "65535",
+            ),
+            (
+                "CASESHARE_MAX_PRINCIPAL_QUEUED_BYTES",
+                "limits.max_principal_queued_bytes",
+                "8388608",
+                "8388607",
+            ),
         ] {
             assert!(load(var, ok).is_ok(), "{var}={ok} should load");
             let e = load(var, bad).unwrap_err().to_string();
@@ -660,7 +764,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.contains("connections.max_per_principal") && e.contains("1..=5"), "{e}");
+        assert!(
+            e.contains("connections.max_per_principal") && e.contains("1..=5"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,11 +70,11 @@ pub fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) => {
-            if soft < hard {
-                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                    tracing::warn!(error = %e, soft, hard, "could not raise RLIMIT_NOFILE");
-                    return soft;
-                }
+            if soft < hard
+                && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            {
+                tracing::warn!(error = %e, soft, hard, "could not raise RLIMIT_NOFILE");
+                return soft;
             }
             hard.max(soft)
         }
@@ -340,7 +340,13 @@ impl Drop for RequestGuard {
 mod tests {
     use super::*;
 
-    fn limits(max_conn: usize, per: usize, hs: usize, reserve: u64, fd_limit: u64) -> Arc<ConnLimits> {
+    fn limits(
+        max_conn: usize,
+        per: usize,
+        hs: usize,
+        reserve: u64,
+        fd_limit: u64,
+    ) -> Arc<ConnLimits> {
         Arc::new(ConnLimits::new(
             ConnectionsConfig {
                 max_connections: max_conn,
@@ -361,9 +367,7 @@ mod tests {
         assert_eq!(l.handshakes.load(Ordering::Relaxed), 2);
         // One past the cap: the oldest (a) is told to end, b is not.
         let c = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
-        let ended = |s: &HandshakeSlot| {
-            futures::FutureExt::now_or_never(s.evicted()).is_some()
-        };
+        let ended = |s: &HandshakeSlot| futures::FutureExt::now_or_never(s.evicted()).is_some();
         assert!(ended(&a));
         assert!(!ended(&b));
         assert!(!ended(&c));
@@ -380,12 +384,21 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..2 {
             let h = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
-            held.push(l.admit_connection(h, "a").unwrap_or_else(|e| panic!("{e:?}")));
+            held.push(
+                l.admit_connection(h, "a")
+                    .unwrap_or_else(|e| panic!("{e:?}")),
+            );
         }
         let h = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(l.admit_connection(h, "a").err(), Some(Refusal::PerPrincipal));
+        assert_eq!(
+            l.admit_connection(h, "a").err(),
+            Some(Refusal::PerPrincipal)
+        );
         let h = l.admit_handshake().unwrap_or_else(|e| panic!("{e:?}"));
-        held.push(l.admit_connection(h, "b").unwrap_or_else(|e| panic!("{e:?}")));
+        held.push(
+            l.admit_connection(h, "b")
+                .unwrap_or_else(|e| panic!("{e:?}")),
+        );
         assert_eq!(l.established(), 3);
         // At the global cap, a new socket is refused before its handshake.
         assert_eq!(l.admit_handshake().err(), Some(Refusal::Global));

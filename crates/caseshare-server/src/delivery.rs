@@ -1020,6 +1020,7 @@ impl Deliveries {
     }
 
     /// Starts a stream for `name`; the returned receiver yields deliveries.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_stream(
         self: &Arc<Self>,
         actor: Arc<Principal>,

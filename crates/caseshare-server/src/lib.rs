@@ -338,10 +338,7 @@ pub async fn serve(
             config.connections.fd_reserve
         )));
     }
-    let conn_limits = Arc::new(conns::ConnLimits::new(
-        config.connections.clone(),
-        fd_limit,
-    ));
+    let conn_limits = Arc::new(conns::ConnLimits::new(config.connections.clone(), fd_limit));
     let fd_task = {
         let limits = conn_limits.clone();
         tokio::spawn(async move {

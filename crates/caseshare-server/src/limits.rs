@@ -194,7 +194,11 @@ mod tests {
         assert!(r.acquire("a").is_ok());
         assert!(r.acquire("b").is_ok());
         // Both buckets are partly spent: a third principal is refused.
-        let e = r.acquire("c").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = r
+            .acquire("c")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("admin rate limit"), "{e}");
         assert_eq!(r.tracked(), 2);
         // A full bucket is forgotten to make room.

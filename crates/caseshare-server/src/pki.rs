@@ -159,16 +159,23 @@ impl DevCa {
         client_auth: bool,
         server_auth: bool,
     ) -> Result<(String, String), PkiError> {
-        let mut params = CertificateParams::new(dns_sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let mut params =
+            CertificateParams::new(dns_sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name = dn(uri_sans.first().copied().unwrap_or("caseshare leaf"));
         for uri in uri_sans {
-            params.subject_alt_names.push(SanType::URI((*uri).try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into()?));
         }
         if client_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         if server_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         self.sign(params)
     }

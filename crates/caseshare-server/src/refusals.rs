@@ -106,10 +106,7 @@ impl Refusals {
             return;
         }
         let n = entries.len();
-        if let Err(e) = writer
-            .call(|reply| Op::AuthDenied { entries, reply })
-            .await
-        {
+        if let Err(e) = writer.call(|reply| Op::AuthDenied { entries, reply }).await {
             tracing::error!(error = %e, entries = n, "could not record AUTH_DENIED entries");
         }
     }

@@ -339,6 +339,9 @@ mod tests {
         // Within its own stream's bound, but over the principal's.
         assert!(b.send(delivery(900)).await.is_err());
         let (c, _rc) = budget.channel("q", 100);
-        assert!(c.send(delivery(900)).await.is_ok(), "other principals are unaffected");
+        assert!(
+            c.send(delivery(900)).await.is_ok(),
+            "other principals are unaffected"
+        );
     }
 }

@@ -275,7 +275,11 @@ pub fn principal_from_cert(der: &[u8], trust_domain: &str) -> Result<Principal, 
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.get(..9).is_some_and(|s| s.eq_ignore_ascii_case("spiffe://")) => {
+            GeneralName::URI(uri)
+                if uri
+                    .get(..9)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://")) =>
+            {
                 Some(*uri)
             }
             _ => None,
@@ -451,20 +455,20 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            let tls =
-                match finished {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
-                        tracing::info!(%remote, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics::counter!("caseshare_conn_closed_total", "reason" => "handshake").increment(1);
-                        tracing::info!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let tls = match finished {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("caseshare_conn_closed_total", "reason" => "handshake")
+                        .increment(1);
+                    tracing::info!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
             let principal = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 Some(cert) => principal_from_cert(cert.as_ref(), &trust_domain),
                 None => Err("no client certificate".to_string()),

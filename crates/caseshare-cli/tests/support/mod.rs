@@ -488,7 +488,8 @@ pub async fn raw_tls(
 }
 
 /// The HTTP/2 client preface and an empty SETTINGS frame.
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+pub const H2_PREFACE: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 /// Reads (and discards) until the peer closes the socket; returns how long
 /// that took, or `None` if it was still open after `limit`.
