@@ -117,7 +117,7 @@ async fn refusal_flood(bin: &str) {
             );
             let mut calls = 0u64;
             while start.elapsed() < Duration::from_secs(5) {
-                let path = if (calls + i) % 2 == 0 {
+                let path = if (calls + i).is_multiple_of(2) {
                     long.clone()
                 } else {
                     "/caseshare.v1.Admin/RegisterAgency".to_string()
