@@ -5,8 +5,8 @@
 //!    calls and calls to unknown methods with 4 KiB paths (four clients,
 //!    five seconds);
 //! 2. the broker's resident memory (VmRSS) with one Subscribe stream that
-//!    opened a window of 1,000 and reads nothing while 3,000 events of
-//!    ~4 KiB are published to it;
+//!    opened a window of 1,000 and reads nothing while 1,500 events of
+//!    ~55 KiB (a long summary and 750 local ids) are published to it;
 //! 3. connect latency (mTLS handshake + first publish, fresh connection)
 //!    for a well-behaved agency, calm and then during a flood of 6,000 TCP
 //!    connections that never start a handshake, with the broker's
@@ -46,6 +46,20 @@ fn event(id: String, summary_chars: usize) -> pb::CaseEvent {
     }
 }
 
+/// An event of about 55 KiB: a long summary and 750 local ids.
+fn big_event(id: String) -> pb::CaseEvent {
+    let mut e = event(id, 3_900);
+    if let Some(child) = e.child.as_mut() {
+        child.local_ids = (0..750)
+            .map(|i| pb::LocalId {
+                scheme: "local".into(),
+                value: format!("{i:06}-{}", "7".repeat(57)),
+            })
+            .collect();
+    }
+    e
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
@@ -67,18 +81,20 @@ async fn audit_size(s: &Served) -> (u64, u64) {
         .unwrap()
         .into_inner()
         .tree_size;
-    let mut stream = auditor
-        .audit
-        .get_entries(pb::GetEntriesRequest {
-            start: 0,
-            end: size,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let mut bytes = 0;
-    while let Some(leaf) = stream.message().await.unwrap() {
-        bytes += leaf.leaf.len() as u64;
+    let mut start = 0;
+    while start < size {
+        let end = size.min(start + 10_000);
+        let mut stream = auditor
+            .audit
+            .get_entries(pb::GetEntriesRequest { start, end })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(leaf) = stream.message().await.unwrap() {
+            bytes += leaf.leaf.len() as u64;
+        }
+        start = end;
     }
     (size, bytes)
 }
@@ -185,11 +201,11 @@ async fn slow_reader(bin: &str) {
         .unwrap()
         .into_inner();
     let mut publisher = s.connect("school-b");
-    for i in 0..3_000 {
+    for i in 0..1_500 {
         publisher
             .publisher
             .publish(pb::PublishRequest {
-                event: Some(event(format!("slow-{i}"), 3_900)),
+                event: Some(big_event(format!("slow-{i}"))),
                 ..Default::default()
             })
             .await
@@ -208,7 +224,7 @@ async fn slow_reader(bin: &str) {
         }
     };
     println!(
-        "slow reader: VmRSS {rss0:.1} MiB before, {rss1:.1} MiB with one stalled stream (window 1,000, 3,000 events of ~4 KiB published): +{:.1} MiB; the stream then gave {read} deliveries and {ending}",
+        "slow reader: VmRSS {rss0:.1} MiB before, {rss1:.1} MiB with one stalled stream (window 1,000, 1,500 events of ~55 KiB published): +{:.1} MiB; the stream then gave {read} deliveries and {ending}",
         rss1 - rss0
     );
     drop(tx);

@@ -1145,30 +1145,34 @@ impl Deliveries {
             tokio::pin!(notified);
             notified.as_mut().enable();
             head.borrow_and_update();
-            let (out, wake) = {
+            let (out, unsent, wake) = {
                 let inner = rt.lock();
                 if inner.deleted {
                     return StreamEnd::Loop(Err(BrokerError::NotFound(
                         "the subscription was deleted".into(),
                     )));
                 }
-                let mut count = 0;
+                let (mut count, mut unsent) = (0, 0);
                 let mut wake: Option<Instant> = None;
                 let mut earliest = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
                 for p in inner.pending.values() {
                     if p.stream == Some(stream) {
                         count += 1;
-                        if let Some(d) = p.deadline {
-                            earliest(d);
+                        match p.deadline {
+                            Some(d) => earliest(d),
+                            None => unsent += 1,
                         }
                     } else if p.stream.is_none() {
                         earliest(p.not_before);
                     }
                 }
-                (count, wake)
+                (count, unsent, wake)
             };
-            if out < window {
-                let taken = match self.submit_fill(rt, stream, window - out, queue).await {
+            // The send queue's byte bound limits what is picked (`sendq`).
+            let want = window.saturating_sub(out).min(tx.room(unsent));
+            let queue_full = want < window.saturating_sub(out) && tx.above_half();
+            if want > 0 {
+                let taken = match self.submit_fill(rt, stream, want, queue).await {
                     Ok(n) => n,
                     Err(e) => return StreamEnd::Loop(Err(e)),
                 };
@@ -1207,6 +1211,7 @@ impl Deliveries {
                 },
                 _ = shutdown.changed() => Err(BrokerError::Unavailable("the broker is shutting down".into())),
                 _ = tx.closed() => Ok(false),
+                _ = tx.wait_for_room(), if queue_full => Ok(true),
                 done = &mut *sender => {
                     return StreamEnd::Sender(done.unwrap_or_else(|e| {
                         Err(BrokerError::Unavailable(format!("a delivery stream's sender failed: {e}")))

@@ -1,12 +1,16 @@
 //! Bounded memory per Subscribe stream and per principal: the queue between
 //! a stream's sender task and the gRPC response. It counts the encoded bytes
-//! of the deliveries waiting to be taken by the transport; a sender that
-//! would put the stream over `limits.max_stream_queued_bytes`, or the
-//! principal over `limits.max_principal_queued_bytes`, waits for the reader,
-//! and if the reader has not made room within `limits.slow_reader_grace_ms`
-//! the stream is ended: the queue is freed at once, the reader is answered
-//! `RESOURCE_EXHAUSTED` "slow reader: …", and the sender sees the stream as
-//! closed, so its deliveries are owed again (redelivered later).
+//! of the deliveries waiting to be taken by the transport, and
+//! [`StreamTx::room`] tells the stream how many more deliveries it may pick
+//! (the bytes free below `limits.max_stream_queued_bytes` over the average
+//! delivery size), so a stream does not pick a whole window of large events
+//! for a reader that is not reading. A sender that would put the stream over
+//! its bound, or the principal over `limits.max_principal_queued_bytes`,
+//! waits for the reader; a stream whose queue stays at its bound (over half
+//! of it, with more owed) for `limits.slow_reader_grace_ms` is ended: the
+//! queue is freed at once, the reader is answered `RESOURCE_EXHAUSTED`
+//! "slow reader: …", and the sender sees the stream as closed, so its
+//! deliveries are owed again (redelivered later).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -92,6 +96,9 @@ impl QueueBudget {
             drained: Notify::new(),
             closed: closed_tx,
             senders: AtomicUsize::new(1),
+            low_water: Notify::new(),
+            sent_bytes: AtomicUsize::new(0),
+            sent_items: AtomicUsize::new(0),
         });
         (
             StreamTx {
@@ -121,9 +128,30 @@ struct Queue {
     drained: Notify,
     closed: watch::Sender<bool>,
     senders: AtomicUsize,
+    /// Woken when the queue falls below half its bound.
+    low_water: Notify,
+    sent_bytes: AtomicUsize,
+    sent_items: AtomicUsize,
 }
 
 impl Queue {
+    fn slow(&self, why: &str) {
+        let (queued, items) = {
+            let s = self.lock();
+            (s.bytes, s.items.len())
+        };
+        metrics::counter!("caseshare_slow_readers_dropped_total").increment(1);
+        tracing::info!(principal = %self.principal, queued, items, "ending a slow reader's stream");
+        self.end(Some(Status::resource_exhausted(format!(
+            "slow reader: {queued} bytes in {items} deliveries {why} for {} ms \
+             (limits.max_stream_queued_bytes = {}, limits.max_principal_queued_bytes = {}, \
+             limits.slow_reader_grace_ms); they will be redelivered",
+            self.budget.grace.as_millis(),
+            self.budget.per_stream,
+            self.budget.per_principal,
+        ))));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -143,6 +171,7 @@ impl Queue {
         self.budget.sub(&self.principal, freed);
         self.closed.send_replace(true);
         self.drained.notify_waiters();
+        self.low_water.notify_waiters();
         self.reader.wake();
     }
 }
@@ -188,6 +217,46 @@ impl StreamTx {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// How many more deliveries the stream may pick, `unsent` being picked
+    /// and not yet queued: the bytes free below the stream's bound over the
+    /// average delivery size so far (a sixteenth of the bound before any).
+    pub fn room(&self, unsent: usize) -> usize {
+        let per_stream = self.q.budget.per_stream;
+        let items = self.q.sent_items.load(Ordering::Relaxed);
+        let avg = if items == 0 {
+            per_stream / 16
+        } else {
+            self.q.sent_bytes.load(Ordering::Relaxed) / items
+        }
+        .max(1);
+        let queued = self.q.lock().bytes;
+        (per_stream.saturating_sub(queued) / avg).saturating_sub(unsent)
+    }
+
+    /// Whether the queue holds more than half its bound.
+    pub fn above_half(&self) -> bool {
+        self.q.lock().bytes > self.q.budget.per_stream / 2
+    }
+
+    /// Resolves when the queue falls to half its bound or the stream
+    /// closes; if it stays above half for the grace period, the stream is
+    /// ended as a slow reader.
+    pub async fn wait_for_room(&self) {
+        let deadline = tokio::time::Instant::now() + self.q.budget.grace;
+        loop {
+            let low = self.q.low_water.notified();
+            if self.is_closed() || !self.above_half() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, low).await.is_err() {
+                if !self.is_closed() && self.above_half() {
+                    self.q.slow("stayed unread above half the stream's bound");
+                }
+                return;
+            }
+        }
+    }
+
     /// Queues one item, waiting while the stream or principal is at its
     /// bound; ends the stream as a slow reader if no room is made within
     /// the grace period. An error status is always queued at once.
@@ -209,25 +278,16 @@ impl StreamTx {
                     s.bytes += if is_err { 0 } else { n };
                     s.items.push_back((item, if is_err { 0 } else { n }));
                     drop(s);
+                    if !is_err {
+                        self.q.sent_bytes.fetch_add(n, Ordering::Relaxed);
+                        self.q.sent_items.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.q.reader.wake();
                     return Ok(());
                 }
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
-                let (queued, items) = {
-                    let s = self.q.lock();
-                    (s.bytes, s.items.len())
-                };
-                metrics::counter!("caseshare_slow_readers_dropped_total").increment(1);
-                tracing::info!(principal = %self.q.principal, queued, items, "ending a slow reader's stream");
-                self.q.end(Some(Status::resource_exhausted(format!(
-                    "slow reader: {queued} bytes in {items} deliveries were not read within {} ms \
-                     (limits.max_stream_queued_bytes = {}, limits.max_principal_queued_bytes = {}, \
-                     limits.slow_reader_grace_ms); they will be redelivered",
-                    self.q.budget.grace.as_millis(),
-                    self.q.budget.per_stream,
-                    self.q.budget.per_principal,
-                ))));
+                self.q.slow("were not read");
                 return Err(Closed);
             }
         }
@@ -256,10 +316,15 @@ impl Stream for StreamRx {
             return Poll::Ready(Some(Err(status)));
         }
         if let Some((item, n)) = s.items.pop_front() {
+            let half = self.q.budget.per_stream / 2;
+            let crossed = s.bytes > half && s.bytes - n <= half;
             s.bytes -= n;
             drop(s);
             self.q.budget.sub(&self.q.principal, n);
             self.q.drained.notify_waiters();
+            if crossed {
+                self.q.low_water.notify_waiters();
+            }
             return Poll::Ready(Some(item));
         }
         if self.q.senders.load(Ordering::Acquire) == 0 {
@@ -328,6 +393,36 @@ mod tests {
         drop(tx);
         assert_eq!(reader.await.unwrap_or(0), 50);
         assert_eq!(budget.queued("a"), 0);
+    }
+
+    #[tokio::test]
+    async fn room_follows_the_byte_bound_and_a_full_unread_queue_is_ended() {
+        let budget = Arc::new(QueueBudget::new(16_000, 100_000, Duration::from_millis(50)));
+        let (tx, mut rx) = budget.channel("a", 1_000);
+        // Before any delivery: a sixteenth of the bound each.
+        assert_eq!(tx.room(0), 16);
+        assert_eq!(tx.room(10), 6);
+        for _ in 0..4 {
+            assert!(tx.send(delivery(1_995)).await.is_ok());
+        }
+        // ~2,000 bytes each now, ~8,000 queued: room for four more.
+        assert_eq!(tx.room(0), 4);
+        assert!(!tx.above_half());
+        assert!(tx.send(delivery(1_995)).await.is_ok());
+        assert!(tx.above_half());
+        // The reader takes one: below half again, the wait ends at once.
+        assert!(matches!(rx.next().await, Some(Ok(_))));
+        assert!(!tx.above_half());
+        tx.wait_for_room().await;
+        assert!(!tx.is_closed());
+        // Above half and unread for the grace period: ended as slow.
+        assert!(tx.send(delivery(1_995)).await.is_ok());
+        tx.wait_for_room().await;
+        assert!(tx.is_closed());
+        match rx.next().await {
+            Some(Err(s)) => assert!(s.message().starts_with("slow reader:"), "{}", s.message()),
+            other => panic!("expected the slow-reader status, got {other:?}"),
+        }
     }
 
     #[tokio::test]
