@@ -160,7 +160,9 @@ async fn refusal_flood(bin: &str) {
     s.stop();
 }
 
-async fn slow_reader(bin: &str) {
+/// Publishes 1,500 ~55 KiB events and returns the broker's VmRSS growth;
+/// with `stall`, one Subscribe stream (window 1,000) reads nothing.
+async fn slow_reader(bin: &str, stall: bool) -> f64 {
     let s = Served::start(bin, &[]);
     s.register_agencies().await;
     s.connect("admin")
@@ -194,12 +196,17 @@ async fn slow_reader(bin: &str) {
     })
     .await
     .unwrap();
-    let mut stalled = sub
-        .subscriber
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stalled = if stall {
+        Some(
+            sub.subscriber
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+    } else {
+        None
+    };
     let mut publisher = s.connect("school-b");
     for i in 0..1_500 {
         publisher
@@ -213,6 +220,14 @@ async fn slow_reader(bin: &str) {
     }
     tokio::time::sleep(Duration::from_secs(15)).await;
     let rss1 = rss_mib(pid);
+    let Some(stalled) = stalled.as_mut() else {
+        println!(
+            "no subscriber stream: VmRSS {rss0:.1} MiB before, {rss1:.1} MiB after publishing the same events: +{:.1} MiB",
+            rss1 - rss0
+        );
+        s.stop();
+        return rss1 - rss0;
+    };
     // What the stalled stream now says, if it was ended.
     let mut read = 0;
     let ending = loop {
@@ -229,6 +244,7 @@ async fn slow_reader(bin: &str) {
     );
     drop(tx);
     s.stop();
+    rss1 - rss0
 }
 
 async fn publish_fresh(s: &Served, id: String) -> Option<Duration> {
@@ -300,6 +316,11 @@ async fn main() {
         .nth(1)
         .unwrap_or_else(|| "target/release/caseshare".into());
     refusal_flood(&bin).await;
-    slow_reader(&bin).await;
+    let base = slow_reader(&bin, false).await;
+    let stalled = slow_reader(&bin, true).await;
+    println!(
+        "slow reader: the stalled stream itself holds about {:.1} MiB",
+        stalled - base
+    );
     connection_flood(&bin).await;
 }
