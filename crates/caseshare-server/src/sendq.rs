@@ -223,12 +223,13 @@ impl StreamTx {
     pub fn room(&self, unsent: usize) -> usize {
         let per_stream = self.q.budget.per_stream;
         let items = self.q.sent_items.load(Ordering::Relaxed);
-        let avg = if items == 0 {
-            per_stream / 16
-        } else {
-            self.q.sent_bytes.load(Ordering::Relaxed) / items
-        }
-        .max(1);
+        let avg = self
+            .q
+            .sent_bytes
+            .load(Ordering::Relaxed)
+            .checked_div(items)
+            .unwrap_or(per_stream / 16)
+            .max(1);
         let queued = self.q.lock().bytes;
         (per_stream.saturating_sub(queued) / avg).saturating_sub(unsent)
     }
