@@ -100,6 +100,7 @@ fn audit_entry() -> impl Strategy<Value = pb::AuditEntry> {
             -1..6i32,
             ".{0,20}",
             any::<bool>(),
+            any::<u64>(),
         ),
     )
         .prop_map(
@@ -114,7 +115,7 @@ fn audit_entry() -> impl Strategy<Value = pb::AuditEntry> {
                     safeguarding_override,
                     payload_commitment,
                 ),
-                (subscription, delivery_id, attempt, rpc, purpose, subject, override_used),
+                (subscription, delivery_id, attempt, rpc, purpose, subject, override_used, count),
             )| pb::AuditEntry {
                 index,
                 kind,
@@ -140,6 +141,7 @@ fn audit_entry() -> impl Strategy<Value = pb::AuditEntry> {
                 purpose,
                 subject,
                 override_used,
+                count,
             },
         )
 }

@@ -8,6 +8,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
+use caseshare_proto::v1 as pb;
 use caseshare_server::config::key_ranges;
 use support::*;
 
@@ -48,14 +49,67 @@ async fn shares_one_event(env: &[(String, String)]) {
     assert_eq!(d.event.unwrap().event_id, "evt-limits");
 }
 
+/// At the bottom of every range the broker is as strict as it can be: one
+/// connection in all, one call per family before its bucket is empty,
+/// 10 ms to finish a handshake. It must still start, be ready and answer
+/// the one call each bound leaves room for (retrying a connection the
+/// 10 ms handshake bound may cut on a loaded machine), then refuse the next.
 #[tokio::test]
 async fn every_key_at_the_bottom_of_its_range_serves() {
-    shares_one_event(&all_at(true)).await;
+    let env = all_at(true);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let b = Broker::start_with(&env);
+    assert_eq!(http_get(b.ops, "/readyz").0, 200);
+    let mut answered = None;
+    for _ in 0..50 {
+        let Ok(mut admin) = caseshare_cli::client::Clients::connect(&b.client_config("admin"))
+        else {
+            continue;
+        };
+        match admin.admin.list_agencies(pb::ListAgenciesRequest {}).await {
+            Ok(_) => {
+                answered = Some(admin);
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => continue,
+            Err(s) => panic!("the first admin call was refused: {s:?}"),
+        }
+    }
+    let mut admin = answered.expect("one admin call answered within 50 connection attempts");
+    let second = admin
+        .admin
+        .list_agencies(pb::ListAgenciesRequest {})
+        .await
+        .expect_err("the admin bucket holds one call");
+    assert_eq!(second.code(), tonic::Code::ResourceExhausted, "{second:?}");
 }
 
+/// Every key at the top of its range, except the descriptor reserve: its
+/// top is checked against the process's RLIMIT_NOFILE at start, and a
+/// reserve that leaves no room is refused naming the key (asserted here).
 #[tokio::test]
 async fn every_key_at_the_top_of_its_range_serves() {
-    shares_one_event(&all_at(false)).await;
+    let mut env = all_at(false);
+    let refused = Broker::try_start_in(
+        tempfile::tempdir().unwrap().path(),
+        &env.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        &[],
+    )
+    .err()
+    .expect("a reserve of 2^32 descriptors is refused");
+    assert!(
+        refusal_message(&refused).contains("connections.fd_reserve"),
+        "{}",
+        refused.stderr
+    );
+    for (k, v) in &mut env {
+        if k == "CASESHARE_CONN_FD_RESERVE" {
+            *v = "128".into();
+        }
+    }
+    shares_one_event(&env).await;
 }
 
 #[test]

@@ -87,13 +87,23 @@ async fn every_rpc_for_every_role_follows_the_table() {
         }
     }
     assert!(checked >= 28 * 4);
-    // Every refusal is in the log.
-    let denied = b
-        .audit_entries()
-        .await
+    // Every refusal is in the log (counted in aggregated entries).
+    let expected_calls = TABLE
         .iter()
-        .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
-        .count();
+        .filter(|r| r.method.starts_with("/caseshare.v1."))
+        .map(|r| {
+            ["school-b", "la-social-care-c", "auditor", "admin"]
+                .iter()
+                .filter(|i| !r.roles.contains(&role_of(i)))
+                .count() as u64
+        })
+        .sum::<u64>();
+    let entries = b.auth_denied(expected_calls).await;
+    assert!(
+        entries.iter().all(|e| e.count == 1),
+        "one refusal per key here"
+    );
+    let denied = entries.len();
     let expected: usize = TABLE
         .iter()
         .filter(|r| r.method.starts_with("/caseshare.v1."))
@@ -231,22 +241,34 @@ async fn an_agency_cannot_touch_another_agencys_resources() {
         reason: "asked".into(),
     };
     let denied_before = auth_denied(&b).await;
+    for _ in 0..3 {
+        assert_eq!(
+            code(other.consent.withdraw_consent(w(&consent.consent_id)).await),
+            tonic::Code::PermissionDenied
+        );
+    }
+    // The refusals are on the record, in aggregate: entries naming the
+    // caller, the method and the reason, counting the three calls (one
+    // entry, or two if the calls straddled an interval).
+    let denied = b.auth_denied(denied_before + 3).await;
     assert_eq!(
-        code(other.consent.withdraw_consent(w(&consent.consent_id)).await),
-        tonic::Code::PermissionDenied
+        denied.iter().map(|e| e.count).sum::<u64>(),
+        denied_before + 3
     );
-    // The refusal is on the record, naming the consent and the caller.
-    let denied: Vec<pb::AuditEntry> = b
-        .audit_entries()
-        .await
-        .into_iter()
-        .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
+    let withdrawals: Vec<_> = denied
+        .iter()
+        .filter(|e| e.rpc == "/caseshare.v1.Consent/WithdrawConsent")
         .collect();
-    assert_eq!(denied.len(), denied_before + 1);
-    let last = denied.last().unwrap();
-    assert_eq!(last.consent_id, consent.consent_id);
-    assert!(last.actor.ends_with("/nhs-trust-a"), "{}", last.actor);
-    assert_eq!(last.rpc, "/caseshare.v1.Consent/WithdrawConsent");
+    assert!(!withdrawals.is_empty() && withdrawals.len() <= 2);
+    assert_eq!(withdrawals.iter().map(|e| e.count).sum::<u64>(), 3);
+    for e in withdrawals {
+        assert!(e.actor.ends_with("/nhs-trust-a"), "{}", e.actor);
+        assert!(
+            e.reason.contains("not named by the consent"),
+            "{}",
+            e.reason
+        );
+    }
     assert!(
         b.client("la-social-care-c")
             .consent
@@ -258,12 +280,9 @@ async fn an_agency_cannot_touch_another_agencys_resources() {
     social.ack(vec![d.delivery_id]).await;
 }
 
-async fn auth_denied(b: &Broker) -> usize {
-    b.audit_entries()
-        .await
-        .iter()
-        .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
-        .count()
+/// Refused calls on the record so far (sum of the aggregated counts).
+async fn auth_denied(b: &Broker) -> u64 {
+    b.auth_denied(0).await.iter().map(|e| e.count).sum()
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
@@ -359,6 +378,40 @@ async fn expired_early_revoked_and_foreign_domain_certificates_are_refused() {
     assert!(
         first_call(&b, &ca.cert_pem, &c, &k).await.is_err(),
         "not a known role"
+    );
+    // Identity is exactly one SPIFFE URI SAN, on a clientAuth certificate.
+    let other = "spiffe://caseshare.local/agency/nhs-trust-a";
+    let (c, k) = ca.issue_leaf(&[id], &[], true, false).unwrap();
+    assert!(
+        first_call(&b, &ca.cert_pem, &c, &k).await.is_ok(),
+        "one SPIFFE id and clientAuth"
+    );
+    let (c, k) = ca
+        .issue_leaf(&[id, "https://agency.example/school-b"], &[], true, false)
+        .unwrap();
+    assert!(
+        first_call(&b, &ca.cert_pem, &c, &k).await.is_ok(),
+        "one SPIFFE id beside a URI of another scheme"
+    );
+    let (c, k) = ca.issue_leaf(&[id, other], &[], true, false).unwrap();
+    assert!(
+        first_call(&b, &ca.cert_pem, &c, &k).await.is_err(),
+        "two SPIFFE URI SANs"
+    );
+    let (c, k) = ca.issue_leaf(&[other, id], &[], true, false).unwrap();
+    assert!(
+        first_call(&b, &ca.cert_pem, &c, &k).await.is_err(),
+        "two SPIFFE URI SANs, either order"
+    );
+    let (c, k) = ca.issue_leaf(&[id], &[], false, true).unwrap();
+    assert!(
+        first_call(&b, &ca.cert_pem, &c, &k).await.is_err(),
+        "serverAuth but no clientAuth"
+    );
+    let (c, k) = ca.issue_leaf(&[id], &[], false, false).unwrap();
+    assert!(
+        first_call(&b, &ca.cert_pem, &c, &k).await.is_err(),
+        "no extended key usage at all"
     );
 
     // Revoke serial 4242 and reload with SIGHUP: its next connection fails.
@@ -612,6 +665,116 @@ fn the_broker_refuses_to_start_with_a_world_readable_key() {
     assert!(
         err.contains("readable by other users") && err.contains("chmod 600"),
         "{err}"
+    );
+}
+
+#[test]
+fn the_broker_refuses_a_server_certificate_without_server_auth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("data/pki");
+    caseshare_server::pki::write_dev_pki(&pki, "caseshare.local").unwrap();
+    let ca = DevCa::load(&pki).unwrap();
+    let (cert, key) = ca
+        .issue_leaf(&[], &["localhost", "127.0.0.1"], true, false)
+        .unwrap();
+    caseshare_server::pki::write_file(&pki.join("server.key"), key.as_bytes(), 0o600).unwrap();
+    caseshare_server::pki::write_file(&pki.join("server.pem"), cert.as_bytes(), 0o644).unwrap();
+    caseshare_server::pki::write_file(
+        &pki.join("revoked.pem"),
+        ca.revocation_list(&[], 1).unwrap().as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caseshare"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .envs(pki_env(tmp.path()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.pem") && err.contains("serverAuth"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn only_registered_agencies_may_act_as_agencies() {
+    let b = Broker::start();
+    let consent = || pb::ConsentRecord {
+        nhs_number: CHILD_1.into(),
+        given_by: pb::GivenBy::Parent as i32,
+        purposes: vec![pb::Purpose::EarlyHelp as i32],
+        recipients: vec!["school-b".into()],
+        ..Default::default()
+    };
+    let list = || pb::ListConsentsRequest {
+        nhs_number: CHILD_1.into(),
+    };
+    let mut never_registered = b.client("la-social-care-c");
+    let refused = never_registered
+        .consent
+        .record_consent(consent())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("not registered"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        code(never_registered.consent.list_consents(list()).await),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            never_registered
+                .subscriber
+                .list_subscriptions(pb::ListSubscriptionsRequest {})
+                .await
+        ),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            never_registered
+                .publisher
+                .publish(publish_request(attendance_event("u-1", CHILD_1)))
+                .await
+        ),
+        tonic::Code::FailedPrecondition
+    );
+    // Nothing was recorded, and the refusals are on the record.
+    let denied = b.auth_denied(4).await;
+    assert_eq!(denied.iter().map(|e| e.count).sum::<u64>(), 4);
+    assert!(denied.iter().all(|e| e.reason.contains("not registered")));
+    b.register_sample_agencies().await;
+    assert!(
+        never_registered
+            .consent
+            .list_consents(list())
+            .await
+            .unwrap()
+            .into_inner()
+            .consents
+            .is_empty()
+    );
+    assert!(
+        never_registered
+            .consent
+            .record_consent(consent())
+            .await
+            .is_ok(),
+        "once registered it may"
     );
 }
 

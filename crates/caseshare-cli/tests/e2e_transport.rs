@@ -111,15 +111,17 @@ async fn agency_calling_admin_rpc_is_denied_and_audited() {
         "auditors never publish"
     );
 
-    let entries = b.audit_entries().await;
-    let denied: Vec<_> = entries
-        .iter()
-        .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
-        .collect();
+    // Refusals are written in aggregate: one entry per caller, method and
+    // reason, with a count.
+    let mut denied = b.auth_denied(2).await;
+    denied.sort_by(|a, b| a.actor.cmp(&b.actor));
     assert_eq!(denied.len(), 2);
     assert_eq!(denied[0].actor, "spiffe://caseshare.local/agency/school-b");
     assert_eq!(denied[0].rpc, "/caseshare.v1.Admin/RegisterAgency");
+    assert_eq!(denied[0].count, 1);
+    assert_eq!(denied[1].actor, "spiffe://caseshare.local/auditor/auditor");
     assert_eq!(denied[1].rpc, "/caseshare.v1.Publisher/Publish");
+    assert_eq!(denied[1].count, 1);
     // Nothing else happened: no agency was registered.
     let list = b
         .client("admin")

@@ -83,6 +83,64 @@ pub enum Verdict {
     UnknownMethod,
 }
 
+/// The table's row for a method path, if it is one the broker serves.
+/// Callers that record a refusal use `rule.method` (a `&'static str`), never
+/// the client's text.
+pub fn rule(method: &str) -> Option<&'static Rule> {
+    TABLE.iter().find(|r| r.method == method)
+}
+
+/// The rate-limit family of a method: each has its own per-principal token
+/// bucket. Health and reflection have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `caseshare.v1.Publisher`.
+    Publish,
+    /// `caseshare.v1.Subscriber` (subscription management, streams, acks).
+    Subscribe,
+    /// `caseshare.v1.Consent`.
+    Consent,
+    /// `caseshare.v1.Admin`.
+    Admin,
+    /// `caseshare.v1.Audit`.
+    Audit,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 5] = [
+        Family::Publish,
+        Family::Subscribe,
+        Family::Consent,
+        Family::Admin,
+        Family::Audit,
+    ];
+
+    /// The family's name, as used in config keys (`limits.<name>_rate_per_sec`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Publish => "publish",
+            Family::Subscribe => "subscribe",
+            Family::Consent => "consent",
+            Family::Admin => "admin",
+            Family::Audit => "audit",
+        }
+    }
+}
+
+/// The family a method path belongs to.
+pub fn family(method: &str) -> Option<Family> {
+    let service = method.strip_prefix('/')?.split('/').next()?;
+    match service {
+        "caseshare.v1.Publisher" => Some(Family::Publish),
+        "caseshare.v1.Subscriber" => Some(Family::Subscribe),
+        "caseshare.v1.Consent" => Some(Family::Consent),
+        "caseshare.v1.Admin" => Some(Family::Admin),
+        "caseshare.v1.Audit" => Some(Family::Audit),
+        _ => None,
+    }
+}
+
 /// Looks a method path up for a role.
 pub fn check(role: Role, method: &str) -> Verdict {
     match TABLE.iter().find(|r| r.method == method) {
@@ -127,6 +185,22 @@ mod tests {
             Verdict::Allowed(Ownership::None)
         );
         assert_eq!(check(Role::Admin, "/x.Y/Z"), Verdict::UnknownMethod);
+    }
+
+    #[test]
+    fn every_caseshare_method_has_a_family() {
+        for r in TABLE {
+            let f = family(r.method);
+            assert_eq!(
+                f.is_some(),
+                r.method.starts_with("/caseshare.v1."),
+                "{}",
+                r.method
+            );
+            assert_eq!(rule(r.method).map(|x| x.method), Some(r.method));
+        }
+        assert_eq!(family("/x.Y/Z"), None);
+        assert!(rule("/caseshare.v1.Publisher/Publish2").is_none());
     }
 
     #[test]

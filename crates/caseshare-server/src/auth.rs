@@ -1,31 +1,71 @@
 //! Authorisation, in one place: a tower layer in front of every gRPC
-//! service that looks the method up in `caseshare_core::authz::TABLE` for
-//! the caller's role. A refused call gets `PERMISSION_DENIED` and an
-//! `AUTH_DENIED` audit entry, and never reaches a service. Services then
-//! apply ownership (an agency acts only on its own resources) using
-//! [`caller`].
+//! service. In order, before the request body is read:
+//! - a method not in `caseshare_core::authz::TABLE` gets `UNIMPLEMENTED`
+//!   (counted in `caseshare_unknown_method_total`; nothing audited, nothing
+//!   of the client's path logged);
+//! - a role the table does not allow gets `PERMISSION_DENIED`, and the
+//!   refusal is counted in `refusals` (aggregated `AUTH_DENIED` entries);
+//! - an agency certificate naming an agency that was never registered gets
+//!   `FAILED_PRECONDITION` for every `caseshare.v1` method (also counted);
+//! - each RPC family has a per-principal token bucket (`PublishStream`
+//!   applies the publish rate per message, in the service); a refusal is
+//!   `RESOURCE_EXHAUSTED` with RetryInfo, answered only after
+//!   `limits.refusal_delay_ms`, so a flooding client costs little and gets
+//!   few refusals per second per connection.
 //!
-//! The same layer applies the per-principal publish rate to unary
-//! `Publish` before the request body is read or decoded, and answers a
-//! refusal only after `limits.refusal_delay_ms`: a flooding client costs
-//! the broker little per refused call and, since each of its calls is held
-//! that long, gets few refusals per second per connection.
+//! Services then apply ownership (an agency acts only on its own
+//! resources) using [`caller`]. Every request is also recorded as in
+//! flight on its connection until its response body ends (the idle
+//! timeout, `conns`).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use caseshare_core::authz::{self, Verdict};
-use caseshare_core::principal::Principal;
+use caseshare_core::authz::{self, Family};
+use caseshare_core::principal::{Principal, Role};
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use tonic::Status;
 
 use crate::limits::RateLimiter;
+use crate::refusals::{Refusals, reason};
+use crate::state::BrokerState;
 use crate::tls::PeerInfo;
-use crate::writer::{Op, Writer};
 
-/// The unary method the publish rate applies to in the layer
-/// (`PublishStream` applies it per message, in the service).
-const UNARY_PUBLISH: &str = "/caseshare.v1.Publisher/Publish";
+/// The streaming method whose messages the publish rate applies to in the
+/// service rather than here.
+const PUBLISH_STREAM: &str = "/caseshare.v1.Publisher/PublishStream";
+
+/// One token bucket per RPC family.
+#[derive(Debug)]
+pub struct FamilyRates {
+    limiters: [Arc<RateLimiter>; 5],
+}
+
+impl FamilyRates {
+    /// From `(family, rate, burst)` in `Family::ALL` order; the publish
+    /// limiter is `publish` (shared with `PublishStream`).
+    pub fn new(publish: Arc<RateLimiter>, rates: &[(&'static str, f64, f64); 5]) -> Self {
+        let make = |i: usize| {
+            let (name, rate, burst) = rates[i];
+            Arc::new(RateLimiter::for_family(
+                name,
+                rate,
+                burst,
+                crate::limits::DEFAULT_MAX_PRINCIPALS,
+            ))
+        };
+        FamilyRates {
+            limiters: [publish, make(1), make(2), make(3), make(4)],
+        }
+    }
+
+    /// The limiter of a family.
+    pub fn get(&self, family: Family) -> &RateLimiter {
+        let i = Family::ALL.iter().position(|f| *f == family).unwrap_or(0);
+        &self.limiters[i]
+    }
+}
 
 /// The authenticated caller of a request.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
@@ -35,28 +75,29 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
         .ok_or_else(|| Status::unauthenticated("no verified client certificate on this connection"))
 }
 
+/// What the layer needs, shared by every clone.
+#[derive(Debug)]
+pub struct AuthConfig {
+    /// Aggregated refusal auditing.
+    pub refusals: Arc<Refusals>,
+    /// Per-family rates.
+    pub rates: FamilyRates,
+    /// How long a rate refusal is held.
+    pub refusal_delay: std::time::Duration,
+    /// Registered agencies live here.
+    pub state: Arc<RwLock<BrokerState>>,
+}
+
 /// The layer.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
-    writer: Writer,
-    publish_rate: Arc<RateLimiter>,
-    refusal_delay: std::time::Duration,
+    cfg: Arc<AuthConfig>,
 }
 
 impl AuthLayer {
-    /// A layer that records refusals through `writer` and applies
-    /// `publish_rate` to unary publishes, holding each rate refusal for
-    /// `refusal_delay`.
-    pub fn new(
-        writer: Writer,
-        publish_rate: Arc<RateLimiter>,
-        refusal_delay: std::time::Duration,
-    ) -> Self {
-        AuthLayer {
-            writer,
-            publish_rate,
-            refusal_delay,
-        }
+    /// A layer applying `cfg`.
+    pub fn new(cfg: AuthConfig) -> Self {
+        AuthLayer { cfg: Arc::new(cfg) }
     }
 }
 
@@ -65,9 +106,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            writer: self.writer.clone(),
-            publish_rate: self.publish_rate.clone(),
-            refusal_delay: self.refusal_delay,
+            cfg: self.cfg.clone(),
         }
     }
 }
@@ -76,9 +115,76 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
-    writer: Writer,
-    publish_rate: Arc<RateLimiter>,
-    refusal_delay: std::time::Duration,
+    cfg: Arc<AuthConfig>,
+}
+
+/// Why the layer answers a call itself.
+enum Refused {
+    Unauthenticated,
+    Unknown,
+    Role(Arc<Principal>, &'static str),
+    Unregistered(Arc<Principal>, &'static str),
+    Rate(crate::errors::BrokerError),
+}
+
+impl AuthConfig {
+    fn admit(&self, principal: Option<&Arc<Principal>>, path: &str) -> Result<(), Refused> {
+        let principal = principal.ok_or(Refused::Unauthenticated)?;
+        let rule = authz::rule(path).ok_or(Refused::Unknown)?;
+        if !rule.roles.contains(&principal.role) {
+            return Err(Refused::Role(principal.clone(), rule.method));
+        }
+        let Some(family) = authz::family(rule.method) else {
+            return Ok(());
+        };
+        if principal.role == Role::Agency
+            && !self
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .agencies
+                .contains_key(&principal.name)
+        {
+            return Err(Refused::Unregistered(principal.clone(), rule.method));
+        }
+        if rule.method == PUBLISH_STREAM {
+            return Ok(());
+        }
+        self.rates
+            .get(family)
+            .acquire(&principal.name)
+            .map_err(Refused::Rate)
+    }
+
+    /// The status for a refusal; counts and records it.
+    async fn answer(&self, refused: Refused) -> Status {
+        match refused {
+            Refused::Unauthenticated => {
+                Status::unauthenticated("no verified client certificate on this connection")
+            }
+            Refused::Unknown => {
+                metrics::counter!("caseshare_unknown_method_total").increment(1);
+                Status::unimplemented("no such method")
+            }
+            Refused::Role(principal, method) => {
+                self.refusals.note(&principal, method, reason::ROLE);
+                tracing::info!(principal = %principal, method, "permission denied");
+                let role = principal.role.as_str();
+                Status::permission_denied(format!("role {role} may not call {method}"))
+            }
+            Refused::Unregistered(principal, method) => {
+                self.refusals.note(&principal, method, reason::UNREGISTERED);
+                Status::failed_precondition(format!(
+                    "agency {:?} is not registered; an administrator must register it before it can act as an agency",
+                    principal.name
+                ))
+            }
+            Refused::Rate(e) => {
+                tokio::time::sleep(self.refusal_delay).await;
+                Status::from(e)
+            }
+        }
+    }
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -99,65 +205,36 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
-        let principal = req
-            .extensions()
-            .get::<PeerInfo>()
-            .map(|p| p.principal.clone());
-        let verdict = principal.as_ref().map(|p| authz::check(p.role, &method));
-        match (principal, verdict) {
-            (Some(principal), Some(Verdict::Allowed(_))) if method == UNARY_PUBLISH => {
-                match self.publish_rate.acquire(&principal.name) {
-                    Ok(()) => {
-                        let clone = self.inner.clone();
-                        let mut inner = std::mem::replace(&mut self.inner, clone);
-                        Box::pin(inner.call(req))
-                    }
-                    Err(refused) => {
-                        let delay = self.refusal_delay;
-                        // The body is dropped unread with the request.
-                        drop(req);
-                        Box::pin(async move {
-                            tokio::time::sleep(delay).await;
-                            Ok(Status::from(refused).into_http())
-                        })
-                    }
-                }
-            }
-            (Some(_), Some(Verdict::Allowed(_))) => {
+        let peer = req.extensions().get::<PeerInfo>();
+        let guard = peer.map(|p| p.activity.begin());
+        let principal = peer.map(|p| p.principal.clone());
+        match self.cfg.admit(principal.as_ref(), req.uri().path()) {
+            Ok(()) => {
                 // Take the ready service, leave a fresh clone in its place.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(req))
-            }
-            (Some(principal), _) => {
-                let writer = self.writer.clone();
+                let fut = inner.call(req);
                 Box::pin(async move {
-                    metrics::counter!("caseshare_auth_denied_total").increment(1);
-                    tracing::info!(principal = %principal, %method, "permission denied");
-                    let role = principal.role.as_str();
-                    let recorded = writer
-                        .call(|reply| Op::AuthDenied {
-                            actor: principal.clone(),
-                            method: method.clone(),
-                            reply,
-                        })
-                        .await;
-                    if let Err(e) = recorded {
-                        tracing::error!(error = %e, "could not record AUTH_DENIED");
-                    }
-                    Ok(
-                        Status::permission_denied(format!("role {role} may not call {method}"))
-                            .into_http(),
-                    )
+                    let response = fut.await?;
+                    // In flight until the response body ends or is dropped.
+                    Ok(response.map(|body| {
+                        tonic::body::Body::new(body.map_frame(move |f| {
+                            let _in_flight = &guard;
+                            f
+                        }))
+                    }))
                 })
             }
-            (None, _) => Box::pin(async move {
-                Ok(
-                    Status::unauthenticated("no verified client certificate on this connection")
-                        .into_http(),
-                )
-            }),
+            Err(refused) => {
+                // The body is dropped unread with the request.
+                drop(req);
+                let cfg = self.cfg.clone();
+                Box::pin(async move {
+                    let status = cfg.answer(refused).await;
+                    drop(guard);
+                    Ok(status.into_http())
+                })
+            }
         }
     }
 }

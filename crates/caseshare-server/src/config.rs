@@ -90,6 +90,47 @@ pub struct LimitsConfig {
     pub max_subscriptions_per_agency: usize,
     /// Most event types (or patterns) in one subscription.
     pub max_event_types_per_subscription: usize,
+    /// Subscriber RPCs (management, stream opens, acks) per second per
+    /// principal, and the burst above it; likewise consent, admin and audit.
+    pub subscribe_rate_per_sec: f64,
+    /// Subscriber burst.
+    pub subscribe_burst: f64,
+    /// Consent RPCs per second per principal.
+    pub consent_rate_per_sec: f64,
+    /// Consent burst.
+    pub consent_burst: f64,
+    /// Admin RPCs per second per principal.
+    pub admin_rate_per_sec: f64,
+    /// Admin burst.
+    pub admin_burst: f64,
+    /// Audit RPCs per second per principal.
+    pub audit_rate_per_sec: f64,
+    /// Audit burst.
+    pub audit_burst: f64,
+    /// Bytes of deliveries queued for sending on one Subscribe stream; a
+    /// stream that stays over it for `slow_reader_grace_ms` is ended.
+    pub max_stream_queued_bytes: usize,
+    /// Bytes queued for sending over all of one principal's streams.
+    pub max_principal_queued_bytes: usize,
+    /// How long a stream may stay at its bound before it is ended, ms.
+    pub slow_reader_grace_ms: u64,
+}
+
+impl LimitsConfig {
+    /// (family, rate, burst) for every RPC family.
+    pub fn family_rates(&self) -> [(&'static str, f64, f64); 5] {
+        [
+            ("publish", self.publish_rate_per_sec, self.publish_burst),
+            (
+                "subscribe",
+                self.subscribe_rate_per_sec,
+                self.subscribe_burst,
+            ),
+            ("consent", self.consent_rate_per_sec, self.consent_burst),
+            ("admin", self.admin_rate_per_sec, self.admin_burst),
+            ("audit", self.audit_rate_per_sec, self.audit_burst),
+        ]
+    }
 }
 
 impl Default for LimitsConfig {
@@ -108,6 +149,17 @@ impl Default for LimitsConfig {
             refusal_delay_ms: 250,
             max_subscriptions_per_agency: 100,
             max_event_types_per_subscription: 64,
+            subscribe_rate_per_sec: 100_000.0,
+            subscribe_burst: 200_000.0,
+            consent_rate_per_sec: 10_000.0,
+            consent_burst: 20_000.0,
+            admin_rate_per_sec: 10_000.0,
+            admin_burst: 20_000.0,
+            audit_rate_per_sec: 10_000.0,
+            audit_burst: 20_000.0,
+            max_stream_queued_bytes: 8 * 1024 * 1024,
+            max_principal_queued_bytes: 64 * 1024 * 1024,
+            slow_reader_grace_ms: 10_000,
         }
     }
 }
@@ -169,6 +221,12 @@ pub struct AuditConfig {
     /// The checkpoint signing key (C2SP `PRIVATE+KEY+…`); default
     /// `<data_dir>/secrets/checkpoint.skey`, created on first start.
     pub signing_key: Option<PathBuf>,
+    /// Refusals are written as one `AUTH_DENIED` entry per (caller, method,
+    /// reason) per this interval, with a count, ms.
+    pub refusal_interval_ms: u64,
+    /// Most distinct (caller, method, reason) keys per interval; refusals
+    /// past it are counted in one overflow entry.
+    pub refusal_max_keys: usize,
 }
 
 impl Default for AuditConfig {
@@ -176,6 +234,46 @@ impl Default for AuditConfig {
         AuditConfig {
             origin: "caseshare.local/audit".into(),
             signing_key: None,
+            refusal_interval_ms: 60_000,
+            refusal_max_keys: 10_000,
+        }
+    }
+}
+
+/// Connections: caps, timeouts and the file-descriptor reserve.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Verified connections open at once, all principals.
+    pub max_connections: usize,
+    /// Verified connections open at once per principal.
+    pub max_per_principal: usize,
+    /// TLS handshakes in progress at once (unauthenticated sockets); at the
+    /// cap the oldest is ended to admit the new one.
+    pub max_handshakes: usize,
+    /// A TLS handshake not finished in this long is closed, ms.
+    pub handshake_timeout_ms: u64,
+    /// A verified connection that sends no byte within this long after the
+    /// handshake (no HTTP/2 preface) is closed, ms.
+    pub preface_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, ms
+    /// (the server's keepalive pings and their acks do not count).
+    pub idle_timeout_ms: u64,
+    /// New sockets are closed at once when fewer than this many file
+    /// descriptors are left below RLIMIT_NOFILE.
+    pub fd_reserve: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_connections: 10_000,
+            max_per_principal: 256,
+            max_handshakes: 512,
+            handshake_timeout_ms: 10_000,
+            preface_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            fd_reserve: 128,
         }
     }
 }
@@ -204,6 +302,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Delivery and retention.
     pub delivery: DeliveryConfig,
+    /// Connections.
+    pub connections: ConnectionsConfig,
 }
 
 impl Default for Config {
@@ -219,6 +319,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -379,6 +480,35 @@ impl Config {
                 ),
             );
         }
+        let l = &self.limits;
+        if l.max_stream_queued_bytes < l.max_event_bytes {
+            return bad(
+                "limits.max_stream_queued_bytes",
+                format!(
+                    "{} is below limits.max_event_bytes ({}): a stream must be able to queue one event",
+                    l.max_stream_queued_bytes, l.max_event_bytes
+                ),
+            );
+        }
+        if l.max_principal_queued_bytes < l.max_stream_queued_bytes {
+            return bad(
+                "limits.max_principal_queued_bytes",
+                format!(
+                    "{} is below limits.max_stream_queued_bytes ({}): a principal must be able to fill one stream",
+                    l.max_principal_queued_bytes, l.max_stream_queued_bytes
+                ),
+            );
+        }
+        let c = &self.connections;
+        if c.max_per_principal > c.max_connections {
+            return bad(
+                "connections.max_per_principal",
+                format!(
+                    "{} is above connections.max_connections ({})",
+                    c.max_per_principal, c.max_connections
+                ),
+            );
+        }
         if self.listen == self.ops_listen && self.listen.port() != 0 {
             return bad(
                 "ops_listen",
@@ -496,7 +626,11 @@ mod key_table_tests {
     /// Keeps the rules that tie keys together satisfied while one key moves.
     fn companions(name: &str, cfg: &mut Config) {
         match name {
-            "limits.max_event_bytes" => cfg.limits.max_message_bytes = 64 << 20,
+            "limits.max_event_bytes" => {
+                cfg.limits.max_message_bytes = 64 << 20;
+                cfg.limits.max_stream_queued_bytes = 1 << 34;
+                cfg.limits.max_principal_queued_bytes = 1 << 36;
+            }
             "limits.max_message_bytes" => {
                 cfg.limits.max_event_bytes = cfg
                     .limits
@@ -505,6 +639,16 @@ mod key_table_tests {
                     .max(1024)
             }
             "delivery.backoff_base_ms" => cfg.delivery.backoff_cap_ms = 86_400_000,
+            "limits.max_stream_queued_bytes" => {
+                cfg.limits.max_event_bytes = 1024;
+                cfg.limits.max_principal_queued_bytes = 1 << 36;
+            }
+            "limits.max_principal_queued_bytes" => {
+                cfg.limits.max_event_bytes = 1024;
+                cfg.limits.max_stream_queued_bytes = 1024;
+            }
+            "connections.max_per_principal" => cfg.connections.max_connections = 10_000_000,
+            "connections.max_connections" => cfg.connections.max_per_principal = 1,
             "delivery.backoff_cap_ms" => {
                 cfg.delivery.backoff_base_ms = cfg
                     .delivery

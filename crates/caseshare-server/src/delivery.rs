@@ -36,7 +36,6 @@ use caseshare_store::{DeliveryState, Storage, StoredEvent, SubscriptionRecord};
 use futures::FutureExt;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::errors::BrokerError;
 use crate::state::{BrokerState, EventContext, subscription_matches};
@@ -610,7 +609,7 @@ impl Deliveries {
         self: Arc<Self>,
         rt: Arc<SubRuntime>,
         mut queue: mpsc::UnboundedReceiver<InFlight>,
-        tx: mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: crate::sendq::StreamTx,
     ) -> Result<(), BrokerError> {
         while let Some(in_flight) = queue.recv().await {
             let verdicts = match in_flight.verdicts.await {
@@ -646,7 +645,7 @@ impl Deliveries {
         rt: &SubRuntime,
         picks: Vec<Pick>,
         verdicts: Vec<Verdict>,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: &crate::sendq::StreamTx,
     ) -> Result<bool, BrokerError> {
         let agency = &rt.subscription.agency_id;
         let mut sent = 0;
@@ -1019,6 +1018,7 @@ impl Deliveries {
     }
 
     /// Starts a stream for `name`; the returned receiver yields deliveries.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_stream(
         self: &Arc<Self>,
         actor: Arc<Principal>,
@@ -1027,7 +1027,8 @@ impl Deliveries {
         inbound: tonic::Streaming<pb::SubscribeRequest>,
         slot: crate::limits::StreamSlot,
         idle: Duration,
-    ) -> Result<mpsc::Receiver<Result<pb::Delivery, Status>>, BrokerError> {
+        budget: &Arc<crate::sendq::QueueBudget>,
+    ) -> Result<crate::sendq::StreamRx, BrokerError> {
         let rt = self.runtime(&actor.name, name)?;
         let window = if max_outstanding == 0 {
             100
@@ -1040,7 +1041,7 @@ impl Deliveries {
                 self.max_outstanding
             )));
         }
-        let (tx, rx) = mpsc::channel(window as usize + 1);
+        let (tx, rx) = budget.channel(&actor.name, window as usize + 1);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             // Held for the stream's life: counts against the per-principal cap.
@@ -1088,7 +1089,7 @@ impl Deliveries {
         stream: u64,
         window: usize,
         inbound: tonic::Streaming<pb::SubscribeRequest>,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: &crate::sendq::StreamTx,
         idle: Duration,
     ) -> Result<(), BrokerError> {
         let (queue, queue_rx) = mpsc::unbounded_channel();
@@ -1129,7 +1130,7 @@ impl Deliveries {
         stream: u64,
         window: usize,
         mut inbound: tonic::Streaming<pb::SubscribeRequest>,
-        tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+        tx: &crate::sendq::StreamTx,
         idle: Duration,
         queue: &mpsc::UnboundedSender<InFlight>,
         sender: &mut tokio::task::JoinHandle<Result<(), BrokerError>>,
@@ -1142,30 +1143,34 @@ impl Deliveries {
             tokio::pin!(notified);
             notified.as_mut().enable();
             head.borrow_and_update();
-            let (out, wake) = {
+            let (out, unsent, wake) = {
                 let inner = rt.lock();
                 if inner.deleted {
                     return StreamEnd::Loop(Err(BrokerError::NotFound(
                         "the subscription was deleted".into(),
                     )));
                 }
-                let mut count = 0;
+                let (mut count, mut unsent) = (0, 0);
                 let mut wake: Option<Instant> = None;
                 let mut earliest = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
                 for p in inner.pending.values() {
                     if p.stream == Some(stream) {
                         count += 1;
-                        if let Some(d) = p.deadline {
-                            earliest(d);
+                        match p.deadline {
+                            Some(d) => earliest(d),
+                            None => unsent += 1,
                         }
                     } else if p.stream.is_none() {
                         earliest(p.not_before);
                     }
                 }
-                (count, wake)
+                (count, unsent, wake)
             };
-            if out < window {
-                let taken = match self.submit_fill(rt, stream, window - out, queue).await {
+            // The send queue's byte bound limits what is picked (`sendq`).
+            let want = window.saturating_sub(out).min(tx.room(unsent));
+            let queue_full = want < window.saturating_sub(out) && tx.above_half();
+            if want > 0 {
+                let taken = match self.submit_fill(rt, stream, want, queue).await {
                     Ok(n) => n,
                     Err(e) => return StreamEnd::Loop(Err(e)),
                 };
@@ -1205,6 +1210,7 @@ impl Deliveries {
                 },
                 _ = shutdown.changed() => Err(BrokerError::Unavailable("the broker is shutting down".into())),
                 _ = tx.closed() => Ok(false),
+                _ = tx.wait_for_room(), if queue_full => Ok(true),
                 done = &mut *sender => {
                     return StreamEnd::Sender(done.unwrap_or_else(|e| {
                         Err(BrokerError::Unavailable(format!("a delivery stream's sender failed: {e}")))

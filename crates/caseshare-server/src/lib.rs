@@ -16,6 +16,7 @@
 pub mod auditlog;
 pub mod auth;
 pub mod config;
+pub mod conns;
 pub mod datadir;
 pub mod delivery;
 pub mod errors;
@@ -23,6 +24,8 @@ pub mod keys;
 pub mod limits;
 pub mod ops;
 pub mod pki;
+pub mod refusals;
+pub mod sendq;
 pub mod services;
 pub mod state;
 pub mod telemetry;
@@ -344,6 +347,37 @@ pub async fn serve(
         )),
         idle_timeout: std::time::Duration::from_secs(config.limits.idle_stream_timeout_secs),
         refusal_delay: std::time::Duration::from_millis(config.limits.refusal_delay_ms),
+        refusals: Arc::new(refusals::Refusals::new(config.audit.refusal_max_keys)),
+        send_budget: Arc::new(sendq::QueueBudget::new(
+            config.limits.max_stream_queued_bytes,
+            config.limits.max_principal_queued_bytes,
+            std::time::Duration::from_millis(config.limits.slow_reader_grace_ms),
+        )),
+    };
+    // Hardening (issue 13): refusals flushed as aggregated AUTH_DENIED
+    // entries; connections bounded (caps, timeouts, descriptor reserve).
+    let refusal_task = tokio::spawn(shared.refusals.clone().run(
+        writer.clone(),
+        std::time::Duration::from_millis(config.audit.refusal_interval_ms),
+        shutdown_rx.clone(),
+    ));
+    let fd_limit = conns::raise_nofile_limit();
+    if fd_limit <= config.connections.fd_reserve + 16 {
+        return Err(ServeError::Secret(format!(
+            "config key connections.fd_reserve: {} leaves no room below RLIMIT_NOFILE {fd_limit}; lower it or raise the limit",
+            config.connections.fd_reserve
+        )));
+    }
+    let conn_limits = Arc::new(conns::ConnLimits::new(config.connections.clone(), fd_limit));
+    let fd_task = {
+        let limits = conn_limits.clone();
+        tokio::spawn(async move {
+            loop {
+                let l = limits.clone();
+                let _ = tokio::task::spawn_blocking(move || l.sample_fds()).await;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        })
     };
     // Retention: events settled everywhere and older than the retention are
     // deleted (their salts with them); the audit log keeps its commitments.
@@ -412,6 +446,7 @@ pub async fn serve(
         tls_reloader.clone(),
         config.trust_domain.clone(),
         conn_tx,
+        conn_limits,
     ));
     // The certificate, CA bundle and CRLs are reloaded on SIGHUP and when the
     // files change; established connections and streams are not touched.
@@ -480,11 +515,15 @@ pub async fn serve(
         .http2_keepalive_interval(Some(secs(config.limits.http2_keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(secs(config.limits.http2_keepalive_timeout_secs)))
         .max_concurrent_streams(Some(config.limits.http2_max_concurrent_streams))
-        .layer(auth::AuthLayer::new(
-            writer.clone(),
-            shared.publish_rate.clone(),
-            shared.refusal_delay,
-        ))
+        .layer(auth::AuthLayer::new(auth::AuthConfig {
+            refusals: shared.refusals.clone(),
+            rates: auth::FamilyRates::new(
+                shared.publish_rate.clone(),
+                &config.limits.family_rates(),
+            ),
+            refusal_delay: shared.refusal_delay,
+            state: shared.state.clone(),
+        }))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -530,6 +569,10 @@ pub async fn serve(
     checkpoint_task.abort();
     reload_task.abort();
     retention_task.abort();
+    fd_task.abort();
+    // Refusals counted since the last interval are written before the
+    // writer stops.
+    let _ = refusal_task.await;
     // Every request has finished; dropping the last writer handles lets the
     // writer drain its queue and stop.
     drop(shared);

@@ -17,28 +17,63 @@ struct Bucket {
     at: Instant,
 }
 
-/// A token bucket per principal.
+/// A token bucket per principal, for one RPC family.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
+    family: &'static str,
+    max_principals: usize,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
+/// The most principals a limiter tracks at once, by default. Buckets that
+/// have refilled to their burst are dropped first (forgetting them changes
+/// nothing); if every tracked bucket is still partly spent, a new principal
+/// is refused rather than let the map grow.
+pub const DEFAULT_MAX_PRINCIPALS: usize = 100_000;
+
 impl RateLimiter {
-    /// `rate` tokens per second, at most `burst` saved up.
+    /// The publish family: `rate` tokens per second, at most `burst` saved up.
     pub fn new(rate: f64, burst: f64) -> Self {
+        Self::for_family("publish", rate, burst, DEFAULT_MAX_PRINCIPALS)
+    }
+
+    /// The limiter of `family` (named in refusals as
+    /// `limits.<family>_rate_per_sec`), tracking at most `max_principals`.
+    pub fn for_family(family: &'static str, rate: f64, burst: f64, max_principals: usize) -> Self {
         RateLimiter {
             rate,
             burst: burst.max(1.0),
+            family,
+            max_principals: max_principals.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How many principals are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Takes one token for `principal`, or refuses.
     pub fn acquire(&self, principal: &str) -> Result<(), BrokerError> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if !buckets.contains_key(principal) && buckets.len() >= self.max_principals {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            if buckets.len() >= self.max_principals {
+                metrics::counter!("caseshare_rate_limited_total", "family" => self.family, "reason" => "table_full").increment(1);
+                return Err(BrokerError::RateLimited {
+                    message: format!(
+                        "{} rate limit: too many clients are being limited at once ({} tracked)",
+                        self.family, self.max_principals
+                    ),
+                    retry_after: std::time::Duration::from_secs(1),
+                });
+            }
+        }
         let b = buckets.entry(principal.to_string()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
@@ -49,7 +84,7 @@ impl RateLimiter {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            metrics::counter!("caseshare_rate_limited_total").increment(1);
+            metrics::counter!("caseshare_rate_limited_total", "family" => self.family, "reason" => "rate").increment(1);
             let wait = if self.rate > 0.0 {
                 (1.0 - b.tokens) / self.rate
             } else {
@@ -57,8 +92,10 @@ impl RateLimiter {
             };
             Err(BrokerError::RateLimited {
                 message: format!(
-                    "publish rate limit exceeded (limits.publish_rate_per_sec = {}, limits.publish_burst = {})",
-                    self.rate, self.burst
+                    "{f} rate limit exceeded (limits.{f}_rate_per_sec = {}, limits.{f}_burst = {})",
+                    self.rate,
+                    self.burst,
+                    f = self.family
                 ),
                 retry_after: std::time::Duration::from_secs_f64(wait.clamp(0.0, 3_600.0)),
             })
@@ -149,6 +186,28 @@ mod tests {
             }
             other => panic!("expected a rate refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_bucket_table_is_bounded() {
+        let r = RateLimiter::for_family("admin", 0.001, 2.0, 2);
+        assert!(r.acquire("a").is_ok());
+        assert!(r.acquire("b").is_ok());
+        // Both buckets are partly spent: a third principal is refused.
+        let e = r
+            .acquire("c")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("admin rate limit"), "{e}");
+        assert_eq!(r.tracked(), 2);
+        // A full bucket is forgotten to make room.
+        let r = RateLimiter::for_family("admin", 1_000_000.0, 2.0, 2);
+        assert!(r.acquire("a").is_ok());
+        assert!(r.acquire("b").is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(r.acquire("c").is_ok());
+        assert!(r.tracked() <= 2);
     }
 
     #[test]

@@ -148,6 +148,38 @@ impl DevCa {
         self.sign(params)
     }
 
+    /// Issues a leaf with exactly the given URI and DNS SANs and extended
+    /// key usages (none when both flags are false), for tests of the
+    /// certificates the broker refuses (two SPIFFE ids, no clientAuth, a
+    /// server certificate without serverAuth).
+    pub fn issue_leaf(
+        &self,
+        uri_sans: &[&str],
+        dns_sans: &[&str],
+        client_auth: bool,
+        server_auth: bool,
+    ) -> Result<(String, String), PkiError> {
+        let mut params =
+            CertificateParams::new(dns_sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name = dn(uri_sans.first().copied().unwrap_or("caseshare leaf"));
+        for uri in uri_sans {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into()?));
+        }
+        if client_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        if server_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        self.sign(params)
+    }
+
     /// A CRL revoking the given serial numbers, PEM.
     pub fn revocation_list(&self, serials: &[u64], crl_number: u64) -> Result<String, PkiError> {
         let now = std::time::SystemTime::now();

@@ -5,6 +5,7 @@
 //! Connections whose certificate names no principal of this trust domain
 //! are closed before any RPC is read.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +23,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
+
+use crate::conns::{Activity, ConnLimits, ConnSlot};
 
 /// A TLS setup failure.
 #[derive(Debug, thiserror::Error)]
@@ -205,33 +208,91 @@ pub fn server_config(
         .with_crls(all_crls)
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let chain = load_certs(cert)?;
+    if let Some(leaf) = chain.first() {
+        check_eku(leaf.as_ref(), Usage::Server).map_err(|m| {
+            file_err(
+                cert,
+                format!("{m}; issue the server certificate with extendedKeyUsage = serverAuth"),
+            )
+        })?;
+    }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+        .with_single_cert(chain, load_key(key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 
-/// Reads the principal from a verified client certificate's URI SANs.
+/// Which extended key usage a certificate must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// TLS client authentication (id-kp-clientAuth).
+    Client,
+    /// TLS server authentication (id-kp-serverAuth).
+    Server,
+}
+
+/// Checks that a certificate carries the extended key usage for `usage`;
+/// one without the extension at all is refused too.
+pub fn check_eku(der: &[u8], usage: Usage) -> Result<(), String> {
+    use x509_parser::prelude::*;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("unparseable certificate: {e}"))?;
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| format!("bad extended key usage extension: {e}"))?;
+    let (ok, name) = match (usage, eku) {
+        (Usage::Client, Some(e)) => (e.value.client_auth, "clientAuth"),
+        (Usage::Server, Some(e)) => (e.value.server_auth, "serverAuth"),
+        (Usage::Client, None) => (false, "clientAuth"),
+        (Usage::Server, None) => (false, "serverAuth"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the certificate lacks the {name} extended key usage (it must list {name})"
+        ))
+    }
+}
+
+/// Reads the principal from a verified client certificate: it must carry
+/// the clientAuth extended key usage and exactly one SPIFFE URI SAN, naming
+/// a principal of `trust_domain`.
 pub fn principal_from_cert(der: &[u8], trust_domain: &str) -> Result<Principal, String> {
     use x509_parser::prelude::*;
+    check_eku(der, Usage::Client)?;
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| format!("unparseable certificate: {e}"))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| format!("bad SAN extension: {e}"))?
         .ok_or("the certificate has no subject alternative name")?;
-    let mut last_err = "the certificate has no URI SAN".to_string();
-    for name in &san.value.general_names {
-        if let GeneralName::URI(uri) = name {
-            match parse_spiffe_id(uri, trust_domain) {
-                Ok(p) => return Ok(p),
-                Err(e) => last_err = e.to_string(),
+    let spiffe: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri)
+                if uri
+                    .get(..9)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://")) =>
+            {
+                Some(*uri)
             }
-        }
+            _ => None,
+        })
+        .collect();
+    match spiffe.as_slice() {
+        [] => Err("the certificate has no SPIFFE URI SAN".to_string()),
+        [one] => parse_spiffe_id(one, trust_domain).map_err(|e| e.to_string()),
+        many => Err(format!(
+            "the certificate has {} SPIFFE URI SANs; exactly one is required",
+            many.len()
+        )),
     }
-    Err(last_err)
 }
 
 /// What every request on a connection knows about its caller.
@@ -241,12 +302,45 @@ pub struct PeerInfo {
     pub principal: Arc<Principal>,
     /// The remote address.
     pub remote: SocketAddr,
+    /// The connection's requests in flight (for the idle timeout).
+    pub activity: Arc<Activity>,
 }
 
-/// A verified mutual-TLS connection.
+/// A verified mutual-TLS connection. Reading from it ends with an error
+/// (and hyper closes the connection) when the client sent no byte within
+/// `connections.preface_timeout_ms` of the handshake, or had no request in
+/// flight for `connections.idle_timeout_ms`.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    _slot: ConnSlot,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    got_bytes: bool,
+    idle: Duration,
+}
+
+impl TlsConn {
+    /// Called when the timer fires: `Some(reason)` to close now, else the
+    /// timer is re-armed for the next possible idle moment.
+    fn expired(&mut self) -> Option<&'static str> {
+        if !self.got_bytes {
+            return Some("preface");
+        }
+        let now = tokio::time::Instant::now();
+        match self.info.activity.idle_deadline(self.idle) {
+            Some(at) if at <= now.into_std() => Some("idle"),
+            Some(at) => {
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(at));
+                None
+            }
+            None => {
+                self.timer.as_mut().reset(now + self.idle);
+                None
+            }
+        }
+    }
 }
 
 impl Connected for TlsConn {
@@ -262,7 +356,28 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.got_bytes = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if let Some(why) = self.expired() {
+                metrics::counter!("caseshare_conn_closed_total", "reason" => why).increment(1);
+                tracing::info!(remote = %self.info.remote, principal = %self.info.principal, reason = why, "closing connection");
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connection closed: {why} timeout"),
+                )));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -294,12 +409,19 @@ impl AsyncWrite for TlsConn {
 
 /// Accepts TCP connections, completes the TLS handshake and identifies the
 /// caller; verified connections are sent to `out` for tonic to serve.
+/// `limits` bounds handshakes, connections and descriptors; a refused
+/// socket is closed at once.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsReloader>,
     trust_domain: String,
     out: mpsc::Sender<Result<TlsConn, io::Error>>,
+    limits: Arc<ConnLimits>,
 ) {
+    let cfg = limits.config().clone();
+    let handshake_timeout = Duration::from_millis(cfg.handshake_timeout_ms);
+    let preface_timeout = Duration::from_millis(cfg.preface_timeout_ms);
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(pair) => pair,
@@ -312,35 +434,68 @@ pub async fn accept_loop(
         if out.is_closed() {
             return;
         }
+        let handshake = match limits.admit_handshake() {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(%remote, reason = why.as_str(), "socket refused");
+                drop(tcp);
+                continue;
+            }
+        };
+        let limits = limits.clone();
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
         let out = out.clone();
         let trust_domain = trust_domain.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
-                        tracing::info!(%remote, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let finished = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
+                () = handshake.evicted() => {
+                    tracing::debug!(%remote, "TLS handshake ended to admit a newer one (connections.max_handshakes)");
+                    return;
+                }
+            };
+            let tls = match finished {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("caseshare_conn_closed_total", "reason" => "handshake")
+                        .increment(1);
+                    tracing::info!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
             let principal = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 Some(cert) => principal_from_cert(cert.as_ref(), &trust_domain),
                 None => Err("no client certificate".to_string()),
             };
             match principal {
                 Ok(principal) => {
+                    let slot = match limits.admit_connection(handshake, &principal.spiffe_id()) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            tracing::info!(%remote, %principal, reason = why.as_str(), "connection refused");
+                            return;
+                        }
+                    };
                     let info = PeerInfo {
                         principal: Arc::new(principal),
                         remote,
+                        activity: limits.activity(),
                     };
-                    let _ = out.send(Ok(TlsConn { inner: tls, info })).await;
+                    let conn = TlsConn {
+                        inner: tls,
+                        info,
+                        _slot: slot,
+                        timer: Box::pin(tokio::time::sleep(preface_timeout)),
+                        got_bytes: false,
+                        idle,
+                    };
+                    let _ = out.send(Ok(conn)).await;
                 }
                 Err(reason) => {
                     metrics::counter!("caseshare_tls_handshake_failures_total").increment(1);

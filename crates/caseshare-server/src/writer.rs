@@ -286,12 +286,10 @@ pub enum Op {
         /// Reply.
         reply: Reply<()>,
     },
-    /// Record a refused call.
+    /// Record aggregated refusals (see `refusals`): `AUTH_DENIED` entries.
     AuthDenied {
-        /// The caller.
-        actor: Arc<Principal>,
-        /// The method.
-        method: String,
+        /// The entries, each with its count.
+        entries: Vec<pb::AuditEntry>,
         /// Reply.
         reply: Reply<()>,
     },
@@ -735,18 +733,13 @@ impl WriterTask {
                 let index = ctx.audit(entry);
                 finish(reply, Ok(index))
             }
-            Op::AuthDenied {
-                actor,
-                method,
-                reply,
-            } => {
-                ctx.audit(pb::AuditEntry {
-                    kind: pb::EntryKind::AuthDenied as i32,
-                    actor: actor.spiffe_id(),
-                    rpc: method,
-                    reason: format!("role {} may not call this method", actor.role.as_str()),
-                    ..Default::default()
-                });
+            Op::AuthDenied { entries, reply } => {
+                for entry in entries {
+                    ctx.audit(pb::AuditEntry {
+                        kind: pb::EntryKind::AuthDenied as i32,
+                        ..entry
+                    });
+                }
                 finish(reply, Ok(()))
             }
         };
@@ -1054,15 +1047,8 @@ impl WriterTask {
         let may = consent.recorded_by == actor.name
             || consent.recipients.iter().any(|r| r == &actor.name);
         if !may {
-            // A refusal on standing, like one by role, is on the record.
-            ctx.audit(pb::AuditEntry {
-                kind: pb::EntryKind::AuthDenied as i32,
-                actor: actor.spiffe_id(),
-                rpc: "/caseshare.v1.Consent/WithdrawConsent".into(),
-                consent_id: consent.consent_id.clone(),
-                reason: "not the recording agency and not named by the consent".into(),
-                ..Default::default()
-            });
+            // A refusal on standing, like one by role, is on the record:
+            // the service counts it in `refusals` (aggregated).
             return Err(BrokerError::PermissionDenied(
                 "a consent may be withdrawn by the agency that recorded it or an agency it names"
                     .into(),

@@ -23,8 +23,21 @@ impl Served {
     /// Starts `bin serve` on port 0 with extra environment variables and
     /// waits for its listening line.
     pub fn start(bin: &str, env: &[(&str, &str)]) -> Served {
+        Self::start_limited(bin, env, None)
+    }
+
+    /// As [`Served::start`], with RLIMIT_NOFILE (soft and hard) set to
+    /// `nofile` for the broker process when given (through `sh -c ulimit`).
+    pub fn start_limited(bin: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(bin);
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args([
             "serve",
             "--listen",

@@ -154,6 +154,26 @@ impl Broker {
         }
     }
 
+    /// The `AUTH_DENIED` entries once they account for at least `calls`
+    /// refused calls (refusals are written in aggregate per interval), or
+    /// after 10 s, whatever they then are.
+    pub async fn auth_denied(&self, calls: u64) -> Vec<pb::AuditEntry> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let denied: Vec<_> = self
+                .audit_entries()
+                .await
+                .into_iter()
+                .filter(|e| e.kind == pb::EntryKind::AuthDenied as i32)
+                .collect();
+            let counted: u64 = denied.iter().map(|e| e.count).sum();
+            if counted >= calls || std::time::Instant::now() > deadline {
+                return denied;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every audit entry, via the Audit service as the auditor. The size
     /// comes from a checkpoint, which is answered only after every earlier
     /// commit, so nothing already written is missed.
@@ -405,6 +425,8 @@ impl Broker {
         ])
         .arg(dir.join("data"))
         .env("CASESHARE_LOG", "info")
+        // Refusals are audited in aggregate per interval: short in tests.
+        .env("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "100")
         .env_remove("CASESHARE_CONFIG")
         .stdout(Stdio::piped())
         // Through a pipe, not the log file: a limit on file size (a full
@@ -563,6 +585,80 @@ pub fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Calls any method path (known or not) with an empty unary request on
+/// `channel` and returns the status code.
+pub async fn call_path(channel: tonic::transport::Channel, path: &str) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if grpc.ready().await.is_err() {
+        return tonic::Code::Unavailable;
+    }
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let Ok(path) = http::uri::PathAndQuery::try_from(path.to_string()) else {
+        return tonic::Code::InvalidArgument;
+    };
+    match grpc.unary(tonic::Request::new(()), path, codec).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// A raw mutual-TLS socket (ALPN h2) to the broker as one of the dev PKI's
+/// identities, with nothing sent yet: for tests of what the broker does to
+/// sockets that stall.
+pub async fn raw_tls(
+    b: &Broker,
+    identity: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let pki = b.pki();
+    let read = |n: String| std::fs::read(pki.join(n)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut read("ca.pem".into()).as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read(format!("{identity}.pem")).as_slice())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut read(format!("{identity}.key")).as_slice())
+        .unwrap()
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(b.grpc).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+pub const H2_PREFACE: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Reads (and discards) until the peer closes the socket; returns how long
+/// that took, or `None` if it was still open after `limit`.
+pub async fn closed_within(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(start.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
         }
     }
 }

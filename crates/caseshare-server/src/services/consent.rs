@@ -52,11 +52,20 @@ impl Consent for ConsentService {
             .0
             .writer
             .call(|reply| Op::WithdrawConsent {
-                actor,
+                actor: actor.clone(),
                 request,
                 reply,
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if matches!(e, BrokerError::PermissionDenied(_)) {
+                    self.0.refusals.note(
+                        &actor,
+                        "/caseshare.v1.Consent/WithdrawConsent",
+                        crate::refusals::reason::CONSENT_STANDING,
+                    );
+                }
+            })?;
         // Deliveries decided before this change may still be on their way
         // to a stream; answer only once they have left.
         self.0.deliveries.drain_in_flight_sends().await;

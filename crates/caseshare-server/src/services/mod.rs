@@ -44,6 +44,10 @@ pub struct Shared {
     pub idle_timeout: std::time::Duration,
     /// How long a rate refusal is held before it is answered.
     pub refusal_delay: std::time::Duration,
+    /// Refusals, aggregated for the audit log.
+    pub refusals: Arc<crate::refusals::Refusals>,
+    /// Bytes queued for sending per stream and per principal.
+    pub send_budget: Arc<crate::sendq::QueueBudget>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -6,7 +6,6 @@ use std::pin::Pin;
 use caseshare_core::pb::{self, subscriber_server::Subscriber};
 use caseshare_core::validate::validate_subscription;
 use futures::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
@@ -131,8 +130,9 @@ impl Subscriber for SubscriberService {
             inbound,
             slot,
             self.0.idle_timeout,
+            &self.0.send_budget,
         )?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
