@@ -4,8 +4,9 @@
 //!
 //! The store's checks are `caseshare_store::check` (sled is opened on a copy
 //! in a temporary directory, since sled writes when it opens); here are the
-//! key files and the dev PKI: present, and secret ones not readable by other
-//! users.
+//! key files and the dev PKI: present, secret ones not readable by other
+//! users, and their contents checked as the broker checks them at start
+//! (`caseshare_server::keys::check_keys_and_pki`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,27 @@ pub fn run(data_dir: &Path) -> anyhow::Result<Vec<Finding>> {
     }
     // Secrets: present next to existing data, and private.
     let secrets = data_dir.join("secrets");
-    out.push(secret(&secrets.join("pseudonym.key"), Some(32)));
+    out.push(secret(&secrets.join("pseudonym.key"), None));
     out.push(secret(&secrets.join("checkpoint.skey"), None));
+    // The keys' contents and the dev PKI, exactly as `serve` would check
+    // them at start (check values, key ids, the server certificate
+    // against the CA), without creating anything.
+    let config = caseshare_server::config::Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
+    let problems = caseshare_server::keys::check_keys_and_pki(&config);
+    if problems.is_empty() {
+        out.push(finding(
+            "keys and pki",
+            data_dir,
+            true,
+            "the keys pass their checks and the dev PKI (if any) is whole",
+        ));
+    }
+    for p in problems {
+        out.push(finding("keys and pki", data_dir, false, p));
+    }
     // The dev PKI, if this directory has one.
     let pki = data_dir.join("pki");
     if pki.is_dir() {

@@ -482,6 +482,16 @@ async fn verify_catches_a_rolled_back_log() {
         }
         store.commit(&caseshare_store::Batch::default()).unwrap();
     }
+    // The broker itself notices: the last checkpoint it signed is saved
+    // beside sled, and sled now holds fewer entries.
+    let refused = Broker::try_start_in(&b.dir, &[], &[])
+        .err()
+        .expect("a rolled-back audit log is refused at start");
+    let message = refusal_message(&refused);
+    assert!(message.contains("sled lost committed writes"), "{message}");
+    // An operator who hides the rollback (removes the saved checkpoint) gets
+    // a broker that starts, and the independent verifier still catches it.
+    std::fs::remove_file(b.data().join("store").join("checkpoint")).unwrap();
     b.restart();
     let out = verify_cli(&b, &vkey, &state);
     assert!(!out.status.success());

@@ -587,7 +587,9 @@ fn damage_event(data: &std::path::Path, event_id: &str) {
         let mut bytes = std::fs::read(&seg).unwrap();
         let mut at = 0;
         while at + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let batch_end = word & caseshare_store::segments::BATCH_END != 0;
+            let len = (word & caseshare_store::segments::LEN_MASK) as usize;
             let start = at + 8;
             let Some(payload) = bytes.get(start..start + len) else {
                 break;
@@ -597,7 +599,8 @@ fn damage_event(data: &std::path::Path, event_id: &str) {
                 stored.event = vec![0xff; stored.event.len()];
                 let new = stored.encode_to_vec();
                 assert_eq!(new.len(), len, "the damage keeps the record's length");
-                bytes[at + 4..start].copy_from_slice(&crc32(&new).to_le_bytes());
+                let crc = caseshare_store::segments::frame_crc(&new, batch_end);
+                bytes[at + 4..start].copy_from_slice(&crc.to_le_bytes());
                 bytes[start..start + len].copy_from_slice(&new);
                 std::fs::write(&seg, &bytes).unwrap();
                 return;
@@ -606,22 +609,6 @@ fn damage_event(data: &std::path::Path, event_id: &str) {
         }
     }
     panic!("event {event_id} not found in the event log");
-}
-
-/// CRC-32 (IEEE), as the event log frames records.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[tokio::test]

@@ -164,3 +164,29 @@ fn a_value_past_its_bound_is_refused_at_start_naming_the_key() {
         );
     }
 }
+
+/// docs/OPERATIONS.md lists every key with the range the broker enforces
+/// (a failure prints the rows to paste).
+#[test]
+fn the_operations_guide_lists_every_key_with_its_range() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/OPERATIONS.md"
+    ))
+    .unwrap();
+    let missing: Vec<String> = key_ranges()
+        .into_iter()
+        .map(|k| {
+            format!(
+                "| `{}` | `{}` | {} | {} | {} |",
+                k.name, k.env, k.min, k.max, k.unit
+            )
+        })
+        .filter(|row| !doc.contains(row.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rows missing from docs/OPERATIONS.md:\n{}",
+        missing.join("\n")
+    );
+}

@@ -293,4 +293,17 @@ async fn check_passes_on_a_healthy_directory_and_changes_nothing() {
     let (code, report) = caseshare_check(&data, false);
     assert_eq!(code, 1, "{report}");
     assert!(report.contains("pseudonym.key"), "{report}");
+    // So is a changed byte in it (its check value no longer matches), as
+    // the broker would refuse it at start.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(caseshare_check(&data, false).0, 0);
+    let mut bytes = std::fs::read(&key).unwrap();
+    bytes[3] ^= 0x01;
+    std::fs::write(&key, &bytes).unwrap();
+    let (code, report) = caseshare_check(&data, false);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains("pseudonym.key is damaged: its check value does not match"),
+        "{report}"
+    );
 }
