@@ -54,18 +54,7 @@ async fn audit_count(b: &Broker) -> usize {
 /// The school → social care setup every test here uses.
 async fn sharing_broker(env: &[(&str, &str)]) -> Broker {
     let b = Broker::start_with(env);
-    b.register_sample_agencies().await;
-    put_agreement(
-        &b,
-        agreement(
-            "isa-edu-sc",
-            "school-b",
-            "la-social-care-c",
-            &["education.*"],
-        ),
-    )
-    .await;
-    create_subscription(&b, "la-social-care-c", "main").await;
+    b.school_shares_with_social_care().await;
     b
 }
 

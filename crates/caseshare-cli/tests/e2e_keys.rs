@@ -47,18 +47,7 @@ async fn sar(b: &Broker) -> usize {
 /// events about CHILD_1 (so a subject access report has records).
 async fn broker_with_data(dir: &Path, env: &[(&str, &str)]) -> (String, usize) {
     let mut b = Broker::start_in(dir, env);
-    b.register_sample_agencies().await;
-    put_agreement(
-        &b,
-        agreement(
-            "isa-edu-sc",
-            "school-b",
-            "la-social-care-c",
-            &["education.*"],
-        ),
-    )
-    .await;
-    create_subscription(&b, "la-social-care-c", "main").await;
+    b.school_shares_with_social_care().await;
     let mut school = b.client("school-b");
     for i in 0..3 {
         school

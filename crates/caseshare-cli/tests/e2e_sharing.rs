@@ -134,18 +134,7 @@ async fn covered_agency_receives_and_acks_uncovered_agency_receives_nothing() {
 #[tokio::test]
 async fn publish_stream_answers_in_order_and_duplicates_are_not_redelivered() {
     let b = Broker::start();
-    b.register_sample_agencies().await;
-    put_agreement(
-        &b,
-        agreement(
-            "isa-edu-sc",
-            "school-b",
-            "la-social-care-c",
-            &["education.*"],
-        ),
-    )
-    .await;
-    create_subscription(&b, "la-social-care-c", "main").await;
+    b.school_shares_with_social_care().await;
     let mut school = b.client("school-b");
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let mut responses = school

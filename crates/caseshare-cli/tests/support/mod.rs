@@ -174,6 +174,24 @@ impl Broker {
         }
     }
 
+    /// The common sharing set-up: the sample agencies registered, an
+    /// agreement `isa-edu-sc` from `school-b` to `la-social-care-c` for
+    /// `education.*`, and social care's subscription `main`.
+    pub async fn school_shares_with_social_care(&self) {
+        self.register_sample_agencies().await;
+        put_agreement(
+            self,
+            agreement(
+                "isa-edu-sc",
+                "school-b",
+                "la-social-care-c",
+                &["education.*"],
+            ),
+        )
+        .await;
+        create_subscription(self, "la-social-care-c", "main").await;
+    }
+
     /// Every audit entry, via the Audit service as the auditor. The size
     /// comes from a checkpoint, which is answered only after every earlier
     /// commit, so nothing already written is missed.
