@@ -153,11 +153,6 @@ pub(super) fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 impl EventLog {
     /// Opens the log in `dir` for a store whose next sequence is
     /// `next_sequence` and whose first retained one is `first_retained`:
@@ -299,7 +294,7 @@ impl EventLog {
         a.file.write_all(&buf)?;
         a.file.sync_data()?;
         if new_segment.is_some() {
-            sync_dir(&self.dir)?;
+            crate::recovery::sync_dir(&self.dir)?;
         }
         let base = a.len;
         a.len += buf.len() as u64;
@@ -458,7 +453,7 @@ impl EventLog {
             std::fs::remove_file(path)?;
         }
         if !doomed.is_empty() {
-            sync_dir(&self.dir)?;
+            crate::recovery::sync_dir(&self.dir)?;
         }
         Ok(())
     }
