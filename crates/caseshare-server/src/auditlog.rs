@@ -152,6 +152,23 @@ impl AuditLog {
         Ok(cp)
     }
 
+    /// Signs the checkpoint of the committed head and saves it before
+    /// returning (at shutdown, once the writer has drained): a clean stop
+    /// leaves the guard covering every committed audit entry, so the next
+    /// start notices if sled lost any of them.
+    pub fn persist_final(&self) -> Result<u64, BrokerError> {
+        let cp = self.checkpoint()?;
+        let root: Hash = cp
+            .root_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| BrokerError::Internal("checkpoint root is not 32 bytes".into()))?;
+        self.store
+            .persist_checkpoint(cp.tree_size, root, &cp.note)
+            .map_err(BrokerError::from)?;
+        Ok(cp.tree_size)
+    }
+
     /// Persists a checkpoint outside sled (see `caseshare_store::checkpoint`)
     /// on a blocking thread; a failure is logged (the checkpoint only guards
     /// the next start against sled going back).

@@ -578,6 +578,12 @@ pub async fn serve(
     drop(shared);
     drop(writer);
     let _ = tokio::task::spawn_blocking(move || writer_join.join()).await;
+    // Everything is committed: the last checkpoint covers all of it.
+    match tokio::task::spawn_blocking(move || log.persist_final()).await {
+        Ok(Ok(size)) => tracing::info!(tree_size = size, "final audit checkpoint saved"),
+        Ok(Err(e)) => tracing::error!(error = %e, "could not save the final audit checkpoint"),
+        Err(e) => tracing::error!(error = %e, "could not save the final audit checkpoint"),
+    }
     tracing::info!("caseshare broker stopped");
     result.map_err(ServeError::from)
 }

@@ -341,8 +341,9 @@ impl SnapshotGuard {
 /// The name of the copy of sled's `db` taken before sled opens it.
 pub const DB_GUARD: &str = "db.open-guard.tmp";
 
-/// The directory of hard links to sled's blob files taken before sled opens
-/// them (sled's recovery deletes blobs it no longer finds referenced).
+/// The directory of copies of sled's blob files taken before sled opens
+/// them (sled's recovery deletes blobs it no longer finds referenced, and
+/// may write a new blob under an old one's name).
 pub const BLOBS_GUARD: &str = "blobs.open-guard.tmp";
 
 /// A copy of sled's `db` file taken before sled opens it: sled's recovery
@@ -357,8 +358,7 @@ pub struct DbGuard {
     /// Sled's files that did not exist before it opened (it creates `db`
     /// and `conf` when missing): removed again on a refusal.
     absent: Vec<PathBuf>,
-    /// Hard links to every blob file (blobs are written once and never
-    /// changed in place, so a link keeps the bytes if sled deletes one).
+    /// Copies of every blob file.
     blobs: Option<BlobsGuard>,
 }
 
@@ -381,21 +381,33 @@ impl BlobsGuard {
         if !blobs.is_dir() {
             return Ok(None);
         }
-        std::fs::create_dir(&links)?;
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&blobs)? {
-            let entry = entry?;
-            std::fs::hard_link(entry.path(), links.join(entry.file_name()))?;
-            names.push(entry.file_name());
+        let copied = (|| -> std::io::Result<Vec<std::ffi::OsString>> {
+            std::fs::create_dir(&links)?;
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&blobs)? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), links.join(entry.file_name()))?;
+                names.push(entry.file_name());
+            }
+            Ok(names)
+        })();
+        match copied {
+            Ok(names) => Ok(Some(BlobsGuard {
+                blobs,
+                links,
+                names,
+            })),
+            Err(e) => {
+                // A full disk: start without the guard, as for `db`.
+                let _ = std::fs::remove_dir_all(&links);
+                tracing::warn!(error = %e, "could not copy sled's blobs before opening it; a refusal to start may leave sled's own recovery writes in them");
+                Ok(None)
+            }
         }
-        Ok(Some(BlobsGuard {
-            blobs,
-            links,
-            names,
-        }))
     }
 
-    /// Puts back every blob sled removed and removes every blob it added.
+    /// Puts back every blob sled removed or rewrote, and removes every blob
+    /// it added.
     fn restore(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.blobs) {
             for entry in entries.flatten() {
@@ -406,8 +418,9 @@ impl BlobsGuard {
         }
         for name in &self.names {
             let target = self.blobs.join(name);
-            if !target.exists() {
-                let _ = std::fs::hard_link(self.links.join(name), &target);
+            let copy = self.links.join(name);
+            if std::fs::read(&target).ok() != std::fs::read(&copy).ok() {
+                let _ = std::fs::rename(&copy, &target);
             }
         }
         let _ = sync_dir(&self.blobs);

@@ -80,6 +80,32 @@ pub(crate) fn audit_size(tree: &sled::Tree) -> Result<u64, StoreError> {
     }
 }
 
+/// Checks that sled's audit chunks are contiguous from index 0 (read-only,
+/// one pass, constant memory): a node of the tree that sled lost (a blob
+/// file gone) removes a run of chunks while the last one, and so the size,
+/// stays.
+pub fn verify_audit_chunks(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut expected = 0u64;
+    for item in tree.scan_prefix([b'A']) {
+        let (k, v) = item?;
+        let first = read_be(&k[1..], "audit chunk key")?;
+        if first != expected {
+            return Err(damaged(
+                &dir.join("db"),
+                None,
+                format!(
+                    "sled's audit log has no entries {expected} to {} (the chunk after them \
+                     starts at {first}): sled lost committed writes",
+                    first.saturating_sub(1)
+                ),
+                ADVICE_SLED_BEHIND,
+            ));
+        }
+        expected += split_chunk(&v)?.len() as u64;
+    }
+    Ok(())
+}
+
 /// Checks sled's audit log against the persisted checkpoint (read-only):
 /// it must hold at least as many entries, with the same root at that size.
 pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
@@ -154,4 +180,14 @@ pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
                 dir.display()
             )),
         })
+}
+
+/// The refusal when sled panics reading its own files.
+pub(crate) fn sled_panicked(dir: &Path, when: &str) -> StoreError {
+    damaged(
+        &dir.join("db"),
+        None,
+        format!("sled panicked reading its database {when} ({})", SLED_FILES),
+        ADVICE_RESTORE,
+    )
 }

@@ -1,0 +1,186 @@
+//! Tests of the sled backend: commits, reopening, the event log beside it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::*;
+
+/// Opens the store in `dir`. Reopening in the same process right after
+/// dropping a store can find sled's file lock still held by its
+/// background I/O threads, which let go of it shortly after; a new
+/// process (a restart) never sees this. So: retry while the lock is
+/// busy, for up to 10 s.
+fn open_store(dir: &Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir, 8 << 20) {
+            Ok(s) => return s,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+}
+
+#[test]
+fn audit_chunks_round_trip_across_batches_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Vec<u8>> = (0..500u32)
+        .map(|i| vec![u8::try_from(i % 251).unwrap(); 100 + (i as usize % 300)])
+        .collect();
+    {
+        let store = open_store(dir.path());
+        let mut next = 0u64;
+        for chunk in entries.chunks(170) {
+            let batch = Batch {
+                audit: chunk.to_vec(),
+                audit_first_index: next,
+                ..Batch::default()
+            };
+            store.commit(&batch).unwrap();
+            next += chunk.len() as u64;
+        }
+    }
+    let store = open_store(dir.path());
+    assert_eq!(store.load().unwrap().audit_size, 500);
+    assert_eq!(store.audit_entries(0, 500).unwrap(), entries);
+    assert_eq!(
+        store.audit_entries(123, 377).unwrap(),
+        entries[123..377].to_vec()
+    );
+    assert_eq!(
+        store.audit_entries(499, 600).unwrap(),
+        entries[499..].to_vec()
+    );
+    assert!(store.audit_entries(10, 10).unwrap().is_empty());
+}
+
+#[test]
+fn events_deliveries_and_counters_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_store(dir.path());
+        let batch = Batch {
+            events: (1..=3)
+                .map(|s| StoredEvent {
+                    sequence: s,
+                    source_agency: "a".into(),
+                    event_id: format!("e{s}"),
+                    ..Default::default()
+                })
+                .collect(),
+            deliveries: vec![DeliveryRecord {
+                subscription_id: 7,
+                sequence: 2,
+                state: 2,
+                attempts: 1,
+                ..Default::default()
+            }],
+            floors: vec![(7, 3)],
+            next_sequence: Some(4),
+            ..Batch::default()
+        };
+        store.commit(&batch).unwrap();
+    }
+    let store = open_store(dir.path());
+    let snap = store.load().unwrap();
+    assert_eq!(snap.next_sequence, 4);
+    assert_eq!(snap.floors, vec![(7, 3)]);
+    assert_eq!(store.events_from(2, 10).unwrap().len(), 2);
+    assert_eq!(store.sequence_of("a", "e3").unwrap(), Some(3));
+    assert_eq!(store.sequence_of("b", "e3").unwrap(), None);
+    assert_eq!(store.deliveries_from(7, 0).unwrap().len(), 1);
+    assert!(store.deliveries_from(8, 0).unwrap().is_empty());
+}
+
+#[test]
+fn events_kept_in_sled_by_an_older_version_move_into_the_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = |sequence: u64| StoredEvent {
+        sequence,
+        source_agency: "a".into(),
+        event_id: format!("e{sequence}"),
+        event: vec![7; 50],
+        ..StoredEvent::default()
+    };
+    {
+        let store = open_store(dir.path());
+        // As the previous layout wrote them: `E` records, counter at 6.
+        let tree = store.raw_tree();
+        for seq in 3..6 {
+            tree.insert(key(b'E', &[&be(seq)]), event(seq).encode_to_vec())
+                .unwrap();
+        }
+        tree.insert(key(b'M', &[b"seq"]), be(6).to_vec()).unwrap();
+        store.sync().unwrap();
+    }
+    for _ in 0..2 {
+        let store = open_store(dir.path());
+        assert_eq!(store.tree.scan_prefix([b'E']).count(), 0);
+        assert_eq!(store.event(4).unwrap(), Some(event(4)));
+        let got: Vec<u64> = store
+            .events_from(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(got, [3, 4, 5]);
+        assert_eq!(store.load().unwrap().first_sequence, 3);
+    }
+    let store = open_store(dir.path());
+    store
+        .commit(&Batch {
+            events: vec![event(6)],
+            next_sequence: Some(7),
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.event(6).unwrap(), Some(event(6)));
+}
+
+#[test]
+fn a_deleted_subscriptions_deliveries_go_a_bounded_number_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let records = |sub: u64, n: u64| -> Vec<DeliveryRecord> {
+        (1..=n)
+            .map(|sequence| DeliveryRecord {
+                subscription_id: sub,
+                sequence,
+                ..DeliveryRecord::default()
+            })
+            .collect()
+    };
+    let mut deliveries = records(7, 2_500);
+    deliveries.extend(records(8, 3));
+    store
+        .commit(&Batch {
+            deliveries,
+            ..Batch::default()
+        })
+        .unwrap();
+    store
+        .commit(&Batch {
+            deleted_subscriptions: vec![7],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.deliveries_from(7, 0).unwrap().len(), 1_500);
+    assert_eq!(store.subscriptions_being_purged().unwrap(), [7]);
+    for left in [500, 0] {
+        store
+            .commit(&Batch {
+                purge_deliveries: store.subscriptions_being_purged().unwrap(),
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(store.deliveries_from(7, 0).unwrap().len(), left);
+    }
+    assert!(store.subscriptions_being_purged().unwrap().is_empty());
+    assert_eq!(
+        store.deliveries_from(8, 0).unwrap().len(),
+        3,
+        "others untouched"
+    );
+}
