@@ -3,8 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod json;
-pub mod schema;

@@ -100,13 +100,6 @@ enum Command {
     /// Start a broker in a temporary directory and play a three-agency
     /// scenario, printing every sharing decision.
     Demo,
-    /// The schema guard: breaking-change check, baseline, generated docs.
-    Schema {
-        #[command(subcommand)]
-        command: SchemaCommand,
-    },
-    /// Load generator: caseshare (embedded or remote) or NATS JetStream.
-    Bench(Box<caseshare_cli::bench::BenchArgs>),
     /// Write a development PKI (CA, server and sample client certificates).
     DevPki {
         /// Output directory.
@@ -219,37 +212,6 @@ enum AgreementCommand {
     List {
         #[command(flatten)]
         conn: Conn,
-    },
-}
-
-#[derive(Subcommand)]
-enum SchemaCommand {
-    /// Fail on breaking changes against the committed baseline, and on lint problems.
-    Check {
-        /// The proto root.
-        #[arg(long, default_value = caseshare_cli::schema::PROTO_DIR)]
-        proto: PathBuf,
-        /// The baseline descriptor set.
-        #[arg(long, default_value = caseshare_cli::schema::BASELINE_PATH)]
-        baseline: PathBuf,
-    },
-    /// Rewrite the baseline deliberately (refuses breaking changes and lint problems).
-    Baseline {
-        /// The proto root.
-        #[arg(long, default_value = caseshare_cli::schema::PROTO_DIR)]
-        proto: PathBuf,
-        /// The baseline descriptor set.
-        #[arg(long, default_value = caseshare_cli::schema::BASELINE_PATH)]
-        baseline: PathBuf,
-    },
-    /// Print docs/SCHEMA.md generated from the proto comments and the examples.
-    Docs {
-        /// The proto root.
-        #[arg(long, default_value = caseshare_cli::schema::PROTO_DIR)]
-        proto: PathBuf,
-        /// The event examples.
-        #[arg(long, default_value = caseshare_cli::schema::EXAMPLES_DIR)]
-        examples: PathBuf,
     },
 }
 
@@ -546,42 +508,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
             cfg.validate()?;
             caseshare_server::telemetry::init(&cfg.log_format);
+            // The library reports through tracing only; the lines the test
+            // harness and operators read from stdout are printed here.
             caseshare_server::serve(cfg, shutdown_signal(), |bound| {
+                if let Some(pki) = &bound.dev_pki_created {
+                    println!(
+                        "Created a development PKI in {} (not for production).",
+                        pki.dir.display()
+                    );
+                    println!("  CA:                {}", pki.ca.display());
+                    for (name, cert, key) in &pki.clients {
+                        println!(
+                            "  {name:<18} --cert {} --key {}",
+                            cert.display(),
+                            key.display()
+                        );
+                    }
+                }
+                println!("audit log verifier key: {}", bound.vkey);
                 println!(
                     "caseshare listening: grpc https://{} ops http://{}",
                     bound.grpc, bound.ops
                 );
             })
             .await?;
-        }
-        Command::Schema { command } => match command {
-            SchemaCommand::Check { proto, baseline } => {
-                let report = caseshare_cli::schema::check_report(&proto, &baseline)?;
-                for a in &report.additions {
-                    println!("compatible: {a}");
-                }
-                let problems = report.problems();
-                for p in &problems {
-                    eprintln!("{p}");
-                }
-                if !problems.is_empty() {
-                    bail!("{} schema problem(s)", problems.len());
-                }
-                println!("schema check passed");
-            }
-            SchemaCommand::Baseline { proto, baseline } => {
-                let r = caseshare_cli::schema::baseline(&proto, &baseline)?;
-                for a in &r.additions {
-                    println!("locked in: {a}");
-                }
-                println!("wrote {}", baseline.display());
-            }
-            SchemaCommand::Docs { proto, examples } => {
-                print!("{}", caseshare_cli::schema::docs(&proto, &examples)?);
-            }
-        },
-        Command::Bench(args) => {
-            caseshare_cli::bench::run(*args, &mut std::io::stdout()).await?;
         }
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;

@@ -67,3 +67,25 @@ fn deploy_config_parses() {
     assert_eq!(cfg.listen.port(), 7443);
     assert!(cfg.tls.ca.is_some());
 }
+
+#[test]
+fn server_library_reports_through_tracing_only() {
+    // `serve()` and everything under it log through `tracing`; the lines read
+    // from stdout (dev PKI, verifier key, `caseshare listening: …`) are the
+    // `caseshare` binary's, printed from the `Bound` handed to `on_bound`.
+    let mut files = Vec::new();
+    rust_files(&repo().join("crates/caseshare-server/src"), &mut files);
+    assert!(files.len() > 10);
+    let needles = [["print", "ln!("].concat(), ["print", "!("].concat()];
+    let offenders: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            needles.iter().any(|n| text.contains(n.as_str()))
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "stdout printing in the server library: {offenders:?}"
+    );
+}

@@ -100,6 +100,20 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Set when a dev PKI is in use: its directory.
     pub dev_pki: Option<PathBuf>,
+    /// Set when that dev PKI was created by this call (a new data directory).
+    pub dev_pki_created: Option<DevPkiCreated>,
+}
+
+/// A development PKI created on this start, for the caller to announce (the
+/// `caseshare` binary prints it; the library only logs it).
+#[derive(Debug, Clone)]
+pub struct DevPkiCreated {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The CA certificate clients trust.
+    pub ca: PathBuf,
+    /// Each sample client: its name, certificate and key.
+    pub clients: Vec<(String, PathBuf, PathBuf)>,
 }
 
 /// Resolves the TLS files, creating a dev PKI in `<data_dir>/pki/` when none
@@ -113,11 +127,13 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
             cert: cert.clone(),
             key: key.clone(),
             dev_pki: None,
+            dev_pki_created: None,
         });
     }
     let dir = config.data_dir.join("pki");
     datadir::remove_leftover_temporaries(&dir)?;
     let paths = pki::DevPkiPaths::in_dir(&dir);
+    let mut created = None;
     if dir.exists() {
         keys::check_dev_pki(config)?;
     } else if let Some(data) = datadir::existing_data(&config.data_dir)? {
@@ -134,21 +150,25 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     } else {
         pki::write_dev_pki(&dir, &config.trust_domain)?;
         keys::check_dev_pki(config)?;
-        println!(
-            "Created a development PKI in {} (not for production).",
-            dir.display()
-        );
-        println!("  CA:                {}", paths.ca.display());
-        for (name, _) in pki::DEV_CLIENTS {
-            let (c, k) = paths.client(name);
-            println!("  {name:<18} --cert {} --key {}", c.display(), k.display());
-        }
+        tracing::warn!(dir = %dir.display(), "created a development PKI (not for production)");
+        created = Some(DevPkiCreated {
+            dir: dir.clone(),
+            ca: paths.ca.clone(),
+            clients: pki::DEV_CLIENTS
+                .iter()
+                .map(|(name, _)| {
+                    let (c, k) = paths.client(name);
+                    (name.to_string(), c, k)
+                })
+                .collect(),
+        });
     }
     Ok(TlsFiles {
         ca: paths.ca.clone(),
         cert: paths.server_cert.clone(),
         key: paths.server_key.clone(),
         dev_pki: Some(dir),
+        dev_pki_created: created,
     })
 }
 
@@ -248,13 +268,19 @@ pub async fn purge_deleted_subscriptions(
     }
 }
 
-/// The addresses a started broker listens on.
-#[derive(Debug, Clone, Copy)]
+/// What a started broker reports to its caller: the addresses it listens
+/// on, the audit log's verifier key, and the dev PKI it created, if any.
+/// `serve` itself only logs (through `tracing`); printing is the caller's.
+#[derive(Debug, Clone)]
 pub struct Bound {
     /// gRPC.
     pub grpc: SocketAddr,
     /// Ops HTTP.
     pub ops: SocketAddr,
+    /// The verifier key auditors pin (`<name>+<id>+<key>`).
+    pub vkey: String,
+    /// The development PKI created on this start (a new data directory).
+    pub dev_pki_created: Option<DevPkiCreated>,
 }
 
 /// Runs the broker until `shutdown` resolves, then shuts down gracefully:
@@ -297,7 +323,7 @@ pub async fn serve(
         keys.signer,
         config.audit.origin.clone(),
     )?;
-    println!("audit log verifier key: {}", log.vkey());
+    tracing::info!(vkey = %log.vkey(), "audit log opened");
     let state = Arc::new(RwLock::new(BrokerState::from_snapshot(&snapshot)));
     let (writer_task, head) = WriterTask::new(
         store.clone(),
@@ -436,6 +462,8 @@ pub async fn serve(
         ops: ops_listener
             .local_addr()
             .map_err(io("ops listener address"))?,
+        vkey: log.vkey(),
+        dev_pki_created: tls_files.dev_pki_created.clone(),
     };
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -48,23 +48,186 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// True if there is nothing to write.
+    /// True if there is nothing to write. Every field is named (the
+    /// destructuring has no `..`), so a field added to `Batch` does not
+    /// compile until it is handled here.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-            && self.audit.is_empty()
-            && self.tiles.is_empty()
-            && self.agencies.is_empty()
-            && self.agreements.is_empty()
-            && self.consents.is_empty()
-            && self.subscriptions.is_empty()
-            && self.deleted_subscriptions.is_empty()
-            && self.purge_deliveries.is_empty()
-            && self.deliveries.is_empty()
-            && self.deleted_deliveries_from.is_empty()
-            && self.retracted.is_empty()
-            && self.deleted_events.is_empty()
-            && self.floors.is_empty()
-            && self.next_sequence.is_none()
-            && self.next_subscription_id.is_none()
+        let Batch {
+            events,
+            audit,
+            // Only says where `audit` starts: nothing to write by itself.
+            audit_first_index: _,
+            tiles,
+            agencies,
+            agreements,
+            consents,
+            subscriptions,
+            deleted_subscriptions,
+            purge_deliveries,
+            deliveries,
+            deleted_deliveries_from,
+            retracted,
+            deleted_events,
+            floors,
+            next_sequence,
+            next_subscription_id,
+        } = self;
+        events.is_empty()
+            && audit.is_empty()
+            && tiles.is_empty()
+            && agencies.is_empty()
+            && agreements.is_empty()
+            && consents.is_empty()
+            && subscriptions.is_empty()
+            && deleted_subscriptions.is_empty()
+            && purge_deliveries.is_empty()
+            && deliveries.is_empty()
+            && deleted_deliveries_from.is_empty()
+            && retracted.is_empty()
+            && deleted_events.is_empty()
+            && floors.is_empty()
+            && next_sequence.is_none()
+            && next_subscription_id.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One batch per field that carries a write, each with only that field
+    /// set: every one of them is not empty.
+    #[test]
+    fn any_one_write_makes_a_batch_non_empty() {
+        let d = Batch::default;
+        let cases: Vec<(&str, Batch)> = vec![
+            (
+                "events",
+                Batch {
+                    events: vec![StoredEvent::default()],
+                    ..d()
+                },
+            ),
+            (
+                "audit",
+                Batch {
+                    audit: vec![vec![1]],
+                    ..d()
+                },
+            ),
+            (
+                "tiles",
+                Batch {
+                    tiles: vec![(0, 0, vec![])],
+                    ..d()
+                },
+            ),
+            (
+                "agencies",
+                Batch {
+                    agencies: vec![pb::Agency::default()],
+                    ..d()
+                },
+            ),
+            (
+                "agreements",
+                Batch {
+                    agreements: vec![pb::Agreement::default()],
+                    ..d()
+                },
+            ),
+            (
+                "consents",
+                Batch {
+                    consents: vec![pb::ConsentRecord::default()],
+                    ..d()
+                },
+            ),
+            (
+                "subscriptions",
+                Batch {
+                    subscriptions: vec![SubscriptionRecord::default()],
+                    ..d()
+                },
+            ),
+            (
+                "deleted_subscriptions",
+                Batch {
+                    deleted_subscriptions: vec![1],
+                    ..d()
+                },
+            ),
+            (
+                "purge_deliveries",
+                Batch {
+                    purge_deliveries: vec![1],
+                    ..d()
+                },
+            ),
+            (
+                "deliveries",
+                Batch {
+                    deliveries: vec![DeliveryRecord::default()],
+                    ..d()
+                },
+            ),
+            (
+                "deleted_deliveries_from",
+                Batch {
+                    deleted_deliveries_from: vec![(1, 1)],
+                    ..d()
+                },
+            ),
+            (
+                "retracted",
+                Batch {
+                    retracted: vec![(1, String::new())],
+                    ..d()
+                },
+            ),
+            (
+                "deleted_events",
+                Batch {
+                    deleted_events: vec![(1, String::new(), String::new())],
+                    ..d()
+                },
+            ),
+            (
+                "floors",
+                Batch {
+                    floors: vec![(1, 1)],
+                    ..d()
+                },
+            ),
+            (
+                "next_sequence",
+                Batch {
+                    next_sequence: Some(1),
+                    ..d()
+                },
+            ),
+            (
+                "next_subscription_id",
+                Batch {
+                    next_subscription_id: Some(1),
+                    ..d()
+                },
+            ),
+        ];
+        assert_eq!(cases.len(), 16);
+        for (field, batch) in cases {
+            assert!(
+                !batch.is_empty(),
+                "a batch with only `{field}` set is empty"
+            );
+        }
+        assert!(d().is_empty());
+        assert!(
+            Batch {
+                audit_first_index: 7,
+                ..d()
+            }
+            .is_empty()
+        );
     }
 }

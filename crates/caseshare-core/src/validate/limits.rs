@@ -1,7 +1,7 @@
 //! The one table of input bounds: for every string and repeated field of
 //! every request message (and every message nested in one), its longest
 //! value in bytes, its most items, and what kind of text it holds. The
-//! bounds walk ([`super::bounds`]) enforces it, `caseshare schema docs`
+//! bounds walk ([`super::bounds`]) enforces it, `caseshare-schema docs`
 //! prints it next to each field in `docs/SCHEMA.md`, and a test checks that
 //! no string or repeated field reachable from a request is missing.
 

@@ -1,4 +1,4 @@
-//! The schema guard (`caseshare schema check | baseline | docs`): the
+//! The schema guard (`caseshare-schema check | baseline | docs`): the
 //! committed baseline and docs/SCHEMA.md match the current protos, known
 //! breaking edits to a copy of `proto/` are each rejected with a message
 //! naming the element, compatible edits pass, and every lint rule fires.
@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use caseshare_cli::schema::{self, SchemaError};
+use caseshare_schema::{self as schema, SchemaError};
 use prost::Message as _;
 
 fn repo() -> PathBuf {
@@ -91,7 +91,7 @@ fn committed_baseline_matches_the_schema_and_lints_are_clean() {
     let problems = schema::check(&repo().join(schema::PROTO_DIR), &real_baseline()).unwrap();
     assert!(
         problems.is_empty(),
-        "`caseshare schema check` fails on the repository:\n{}",
+        "`caseshare-schema check` fails on the repository:\n{}",
         problems.join("\n")
     );
 
@@ -127,7 +127,7 @@ fn docs_schema_md_is_up_to_date() {
             );
         panic!(
             "docs/SCHEMA.md is out of date (first difference at {first_diff}): \
-             run `caseshare schema docs > docs/SCHEMA.md`"
+             run `caseshare-schema docs > docs/SCHEMA.md`"
         );
     }
 }

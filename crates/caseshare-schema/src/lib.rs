@@ -1,5 +1,5 @@
 //! The schema guard and the schema reference generator behind
-//! `caseshare schema check | baseline | docs`.
+//! `caseshare-schema check | baseline | docs`.
 //!
 //! The protobuf files in `proto/caseshare/v1/*.proto` are the contract with
 //! every agency, so they must only ever change compatibly. This module
@@ -25,22 +25,23 @@
 //!   event type with its JSON example from `examples/events/`, messages with
 //!   field tables, and enums. The output is deterministic.
 //!
-//! How the CLI uses it (paths relative to the repository root, the defaults
-//! being [`PROTO_DIR`], [`BASELINE_PATH`], [`EXAMPLES_DIR`]):
+//! How the `caseshare-schema` binary (`src/main.rs`) uses it (paths
+//! relative to the repository root, the defaults being [`PROTO_DIR`],
+//! [`BASELINE_PATH`], [`EXAMPLES_DIR`]):
 //!
-//! - `caseshare schema check`: `check_report(proto, baseline)`; print every
+//! - `caseshare-schema check`: `check_report(proto, baseline)`; print every
 //!   entry of [`CheckReport::problems`] to stderr and exit 1 if there are
-//!   any (an `Err` also exits 1); otherwise print `schema ok`, and, if
-//!   [`CheckReport::additions`] is not empty, note that those compatible
-//!   additions are not yet in the baseline. [`check`] is the same returning
+//!   any (an `Err` also exits 1); otherwise print each of
+//!   [`CheckReport::additions`] (compatible additions not yet in the
+//!   baseline) as `compatible: …`, then `schema check passed`. [`check`] is the same returning
 //!   just the problems.
-//! - `caseshare schema baseline`: `baseline(proto, baseline)`; print the
+//! - `caseshare-schema baseline`: `baseline(proto, baseline)`; print the
 //!   additions it locked in. An `Err(SchemaError::Breaking(..))` or
 //!   `Err(SchemaError::Lint(..))` lists what must be fixed first. An
 //!   `--allow-breaking` flag, if offered, calls
 //!   [`baseline_allowing_breaking`] and prints the accepted breaking changes.
-//! - `caseshare schema docs`: print `docs(proto, examples)` to stdout, as in
-//!   `caseshare schema docs > docs/SCHEMA.md`.
+//! - `caseshare-schema docs`: print `docs(proto, examples)` to stdout, as in
+//!   `caseshare-schema docs > docs/SCHEMA.md`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -131,7 +132,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SchemaError + '_ {
     }
 }
 
-/// What `caseshare schema check` found.
+/// What `caseshare-schema check` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
     /// Breaking changes against the baseline, each prefixed `breaking:`.
@@ -150,7 +151,7 @@ impl CheckReport {
     }
 }
 
-/// What `caseshare schema baseline` wrote.
+/// What `caseshare-schema baseline` wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BaselineReport {
     /// Compatible additions newly locked in by the baseline.
@@ -244,7 +245,7 @@ pub fn strip_source_info(set: &FileDescriptorSet) -> FileDescriptorSet {
 // ---------------------------------------------------------------------------
 // The commands
 
-/// `caseshare schema check`: the breaking changes against the baseline, the
+/// `caseshare-schema check`: the breaking changes against the baseline, the
 /// lint problems, and (informational) the additions not yet in the baseline.
 ///
 /// A schema that protox rejects only because a field or enum value uses a
@@ -275,20 +276,20 @@ pub fn check_report(proto_dir: &Path, baseline_path: &Path) -> Result<CheckRepor
     })
 }
 
-/// `caseshare schema check`: every problem (breaking changes, then lint
+/// `caseshare-schema check`: every problem (breaking changes, then lint
 /// problems), one line each; empty means the schema passes.
 pub fn check(proto_dir: &Path, baseline_path: &Path) -> Result<Vec<String>, SchemaError> {
     check_report(proto_dir, baseline_path).map(|r| r.problems())
 }
 
-/// `caseshare schema baseline`: writes the current schema as the new
+/// `caseshare-schema baseline`: writes the current schema as the new
 /// baseline. Refuses while the schema fails its lint rules or breaks the
 /// existing baseline (if there is one).
 pub fn baseline(proto_dir: &Path, baseline_path: &Path) -> Result<BaselineReport, SchemaError> {
     write_baseline(proto_dir, baseline_path, false)
 }
 
-/// `caseshare schema baseline --allow-breaking`: as [`baseline`], but
+/// `caseshare-schema baseline --allow-breaking`: as [`baseline`], but
 /// accepts breaking changes against the existing baseline and lists them.
 /// Only for a schema no agency has built against yet.
 pub fn baseline_allowing_breaking(
@@ -1232,7 +1233,7 @@ fn rpc_signature(short: &dyn Fn(&str) -> String, m: &MethodDescriptorProto) -> S
     )
 }
 
-/// `caseshare schema docs`: the Markdown of `docs/SCHEMA.md`, generated
+/// `caseshare-schema docs`: the Markdown of `docs/SCHEMA.md`, generated
 /// from the proto comments and the event examples in `examples_dir`
 /// (`<event type>.json`, each checked to parse as a `CaseEvent` carrying
 /// that event type).
@@ -1256,14 +1257,14 @@ pub fn docs(proto_dir: &Path, examples_dir: &Path) -> Result<String, SchemaError
     md.push('\n');
     let _ = writeln!(
         md,
-        "<!-- Generated by `caseshare schema docs > docs/SCHEMA.md` from proto/{V1_DIR}/*.proto and {EXAMPLES_DIR}/*.json. Do not edit by hand: the test suite fails when this file is out of date. -->"
+        "<!-- Generated by `caseshare-schema docs > docs/SCHEMA.md` from proto/{V1_DIR}/*.proto and {EXAMPLES_DIR}/*.json. Do not edit by hand: the test suite fails when this file is out of date. -->"
     );
     md.push('\n');
     md.push_str(
         "The protobuf files in `proto/` are the contract between agencies: generate a client in any \
          language from them. This page is generated from their comments. Within `caseshare.v1` \
          the schema only changes compatibly (fields, messages, enum values and RPCs are added, \
-         never removed, renumbered or retyped); `caseshare schema check` enforces this against \
+         never removed, renumbered or retyped); `caseshare-schema check` enforces this against \
          the committed baseline `proto/baseline/caseshare_v1.binpb`.\n\n",
     );
 

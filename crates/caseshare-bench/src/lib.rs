@@ -1,4 +1,4 @@
-//! `caseshare bench`: a load generator that measures the broker, or NATS
+//! `caseshare-bench`: a load generator that measures the broker, or NATS
 //! JetStream with the same workload, on one machine.
 //!
 //! The workload: `--publishers` tasks publish `--events` attendance-concern
@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::{ClientConfig, Clients};
+use caseshare_cli::client::{ClientConfig, Clients};
 
 /// The agency that publishes.
 pub const PUBLISHER_AGENCY: &str = "school-b";
@@ -81,7 +81,7 @@ pub enum PublishMode {
     Unary,
 }
 
-/// `caseshare bench` options.
+/// `caseshare-bench` options.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Start what is measured on this machine: the broker in-process on a
