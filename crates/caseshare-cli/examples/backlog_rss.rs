@@ -10,16 +10,7 @@ use caseshare_proto::v1 as pb;
 
 mod support;
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
+use support::rss_mib;
 
 fn event(i: u64) -> pb::CaseEvent {
     let nhs = caseshare_core::nhs::with_check_digit(&format!("{:09}", 100_000_000 + i % 50_000))

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use caseshare_proto::v1 as pb;
-use support::Served;
+use support::{Served, rss_mib};
 
 mod support;
 
@@ -58,17 +58,6 @@ fn big_event(id: String) -> pb::CaseEvent {
             .collect();
     }
     e
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
 }
 
 /// (entries, bytes) of the audit log so far.
