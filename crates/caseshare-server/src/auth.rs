@@ -29,8 +29,8 @@ use tonic::Status;
 
 use crate::limits::RateLimiter;
 use crate::refusals::{Refusals, reason};
-use crate::state::BrokerState;
 use crate::tls::PeerInfo;
+use caseshare_state::BrokerState;
 
 /// The streaming method whose messages the publish rate applies to in the
 /// service rather than here.

@@ -38,8 +38,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::errors::BrokerError;
-use crate::state::{BrokerState, EventContext, subscription_matches};
 use crate::writer::{AckIntent, DeliveryIntent, Op, Verdict, Writer, now};
+use caseshare_state::{BrokerState, EventContext, subscription_matches};
 
 /// The most events one read of the log takes.
 const SCAN_CHUNK: usize = 256;

@@ -27,7 +27,6 @@ pub mod pki;
 pub mod refusals;
 pub mod sendq;
 pub mod services;
-pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod writer;
@@ -48,8 +47,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::config::Config;
 use crate::delivery::Deliveries;
 use crate::services::Shared;
-use crate::state::BrokerState;
 use crate::writer::WriterTask;
+use caseshare_state::BrokerState;
 
 /// Why the broker could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::errors::BrokerError;
-use crate::state::{BrokerState, EventContext};
+use caseshare_state::{BrokerState, EventContext};
 
 /// The current time.
 pub fn now() -> Micros {

@@ -19,22 +19,20 @@
 //! (spec §6) implements the same trait.
 #![forbid(unsafe_code)]
 
-pub mod batch;
 pub mod check;
 pub mod checkpoint;
 #[cfg(test)]
 mod fault_tests;
-pub mod records;
 pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
 pub mod sled_open;
 
-pub use batch::Batch;
-pub use records::{DeliveryRecord, DeliveryState, StoredEvent, SubscriptionRecord};
+/// The record types live with the state machine that produces them.
+pub use caseshare_state::{
+    Batch, DeliveryRecord, DeliveryState, Snapshot, StoredEvent, SubscriptionRecord, batch, records,
+};
 pub use sled_backend::SledStore;
-
-use caseshare_proto::v1 as pb;
 
 /// A storage failure. Every variant means the operation did not happen
 /// (a failed commit is not acknowledged to anyone).
@@ -76,31 +74,6 @@ impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Engine(e.to_string())
     }
-}
-
-/// What the broker loads into memory at start.
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    /// Registered agencies.
-    pub agencies: Vec<pb::Agency>,
-    /// All agreements, ended ones included.
-    pub agreements: Vec<pb::Agreement>,
-    /// All consents, withdrawn ones included.
-    pub consents: Vec<pb::ConsentRecord>,
-    /// Subscriptions.
-    pub subscriptions: Vec<SubscriptionRecord>,
-    /// Per subscription id, the lowest sequence not yet settled.
-    pub floors: Vec<(u64, u64)>,
-    /// The next event sequence to assign (sequences start at 1).
-    pub next_sequence: u64,
-    /// The next subscription id to assign.
-    pub next_subscription_id: u64,
-    /// The number of audit entries (the next index).
-    pub audit_size: u64,
-    /// Retracted or superseded events: (sequence, reason).
-    pub retracted: Vec<(u64, String)>,
-    /// The lowest event sequence still stored (after retention).
-    pub first_sequence: u64,
 }
 
 /// Figures about one commit, for metrics.

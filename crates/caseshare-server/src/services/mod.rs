@@ -16,8 +16,8 @@ use caseshare_store::Storage;
 
 use crate::delivery::Deliveries;
 use crate::errors::BrokerError;
-use crate::state::BrokerState;
 use crate::writer::Writer;
+use caseshare_state::BrokerState;
 
 /// What every service shares.
 #[derive(Clone)]

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Shared;
 use crate::auth::caller;
 use crate::errors::BrokerError;
-use crate::state::subscription_matches;
 use crate::writer::{Op, now};
+use caseshare_state::subscription_matches;
 
 /// How many publishes one stream may have in flight.
 const STREAM_PIPELINE: usize = 4_096;

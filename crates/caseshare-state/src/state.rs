@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::{Snapshot, SubscriptionRecord};
 use caseshare_core::decision::{AgreementIndex, EventFacts, Outcome, Recipient, decide};
 use caseshare_core::event_type::any_matches;
 use caseshare_core::pb;
 use caseshare_core::time::Micros;
-use caseshare_store::{Snapshot, SubscriptionRecord};
 
 /// Configuration state.
 #[derive(Debug, Default)]
