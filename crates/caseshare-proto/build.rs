@@ -23,9 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("caseshare_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(grpc)
+        .build_server(grpc)
         // Malformed requests are INVALID_ARGUMENT, not prost's INTERNAL.
         .codec_path("crate::codec::Codec")
         .compile_fds(fds)?;

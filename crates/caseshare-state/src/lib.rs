@@ -14,6 +14,12 @@
 //!   group commit's writes, and what a store hands back at start.
 //! - [`state`]: the in-memory configuration state (agencies, agreements,
 //!   consents, subscriptions, retractions) and the sharing decision on it.
+//! - [`Machine`] (machine.rs): the state, its counters and `apply`;
+//!   [`Command`]/[`Reply`] (command.rs); [`Refusal`] (refusal.rs); the
+//!   operations, one module per family under `ops/` (config, consent,
+//!   events, subscriptions, delivery), each tested with a table.
+//! - `testing` (feature `testing`): an in-memory [`Lookup`] and a recorded
+//!   scenario of commands, for replay tests here and in the store.
 //!
 //! Architecture Invariant: the normal dependencies of this crate include no
 //! tokio, sled, tonic or random-number crate (checked by a test).
@@ -22,11 +28,20 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+mod command;
+mod machine;
+mod ops;
 pub mod records;
+mod refusal;
 pub mod snapshot;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use batch::Batch;
+pub use command::{AckIntent, Command, DeliveryIntent, Reply, SubscriptionRef, Verdict};
+pub use machine::{Counters, Draft, Lookup, Machine, Sealed};
 pub use records::{DeliveryRecord, DeliveryState, StoredEvent, SubscriptionRecord};
+pub use refusal::{LookupError, Refusal};
 pub use snapshot::Snapshot;
 pub use state::{BrokerState, EventContext, subscription_matches};

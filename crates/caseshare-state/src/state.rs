@@ -5,6 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use prost::Message;
+use sha2::{Digest, Sha256};
+
 use crate::{Snapshot, SubscriptionRecord};
 use caseshare_core::decision::{AgreementIndex, EventFacts, Outcome, Recipient, decide};
 use caseshare_core::event_type::any_matches;
@@ -31,7 +34,7 @@ pub struct BrokerState {
 }
 
 /// The owned facts a (re-)decision needs about an event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventContext {
     /// The publishing agency.
     pub provider: String,
@@ -89,6 +92,42 @@ impl BrokerState {
         }
         s.retracted = snap.retracted.iter().cloned().collect();
         s
+    }
+
+    /// A digest of the whole state in a canonical order (maps sorted by
+    /// key, lists by id), so that the same state has the same digest however
+    /// it was built: by applying operations or by loading a snapshot.
+    pub fn digest(&self) -> [u8; 32] {
+        fn field(h: &mut Sha256, tag: &[u8], bytes: &[u8]) {
+            h.update(tag);
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        let mut h = Sha256::new();
+        for a in self.agencies.values() {
+            field(&mut h, b"agency", &a.encode_to_vec());
+        }
+        let mut agreements: Vec<&pb::Agreement> = self.agreements.all().collect();
+        agreements.sort_by(|a, b| a.agreement_id.cmp(&b.agreement_id));
+        for a in agreements {
+            field(&mut h, b"agreement", &a.encode_to_vec());
+        }
+        let mut consents: Vec<&pb::ConsentRecord> =
+            self.consents_by_child.values().flatten().collect();
+        consents.sort_by(|a, b| a.consent_id.cmp(&b.consent_id));
+        for c in consents {
+            field(&mut h, b"consent", &c.encode_to_vec());
+        }
+        for s in self.subscriptions.values() {
+            field(&mut h, b"subscription", &s.encode_to_vec());
+        }
+        let mut retracted: Vec<(&u64, &String)> = self.retracted.iter().collect();
+        retracted.sort();
+        for (seq, reason) in retracted {
+            field(&mut h, b"retracted", &seq.to_be_bytes());
+            field(&mut h, b"reason", reason.as_bytes());
+        }
+        h.finalize().into()
     }
 
     /// Adds or replaces a consent.
