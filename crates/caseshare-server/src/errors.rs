@@ -113,6 +113,25 @@ impl BrokerError {
     }
 }
 
+impl From<caseshare_state::Refusal> for BrokerError {
+    fn from(r: caseshare_state::Refusal) -> Self {
+        use caseshare_state::Refusal as R;
+        match r {
+            R::Invalid(v) => BrokerError::Invalid(v),
+            R::NotFound(m) => BrokerError::NotFound(m),
+            R::AlreadyExists(m) => BrokerError::AlreadyExists(m),
+            R::PermissionDenied(m) => BrokerError::PermissionDenied(m),
+            R::FailedPrecondition(m) => BrokerError::FailedPrecondition(m),
+            R::ResourceExhausted(m) => BrokerError::ResourceExhausted(m),
+            R::Corrupt { key, detail } => BrokerError::Store(StoreError::Corrupt { key, detail }),
+            R::Lookup(e) => match e.0.downcast::<StoreError>() {
+                Ok(store) => BrokerError::Store(*store),
+                Err(other) => BrokerError::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
 impl From<Violations> for BrokerError {
     fn from(v: Violations) -> Self {
         BrokerError::Invalid(v)

@@ -34,8 +34,8 @@ pub mod writer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 
 use caseshare_core::pb;
 use caseshare_core::validate::Limits;
@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::delivery::Deliveries;
 use crate::services::Shared;
 use crate::writer::WriterTask;
-use caseshare_state::BrokerState;
+use caseshare_state::Machine;
 
 /// Why the broker could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -323,15 +323,10 @@ pub async fn serve(
         config.audit.origin.clone(),
     )?;
     tracing::info!(vkey = %log.vkey(), "audit log opened");
-    let state = Arc::new(RwLock::new(BrokerState::from_snapshot(&snapshot)));
-    let (writer_task, head) = WriterTask::new(
-        store.clone(),
-        state.clone(),
-        &snapshot,
-        pseudonym_key.clone(),
-        config.store.max_batch,
-        log.clone(),
-    );
+    let machine = Machine::from_snapshot(&snapshot, pseudonym_key.clone());
+    let (writer_task, head) =
+        WriterTask::new(store.clone(), machine, config.store.max_batch, log.clone());
+    let state = writer_task.shared_state();
     let (writer, writer_join) = writer_task
         .spawn()
         .map_err(io("starting the writer thread"))?;

@@ -1,0 +1,126 @@
+//! The commit thread and what lookups see meanwhile.
+//!
+//! The commit thread commits each sealed batch, publishes the new audit
+//! head and event head, then answers the batch's ops. A failed commit
+//! answers every op with an error and exits the process (crash-only: a
+//! restart reloads the last durable state). While a batch is in commit, the
+//! next one is applied: [`Durable`] answers the state machine's lookups from
+//! the batch in commit first, then from the store.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use caseshare_state::{DeliveryRecord, Lookup, LookupError, Reply, Sealed, StoredEvent};
+use caseshare_store::Storage;
+use tokio::sync::watch;
+
+use super::ops::Finisher;
+use crate::errors::BrokerError;
+
+/// A sealed batch handed to the commit thread, with its answers.
+pub(super) struct ToCommit {
+    pub(super) batch: Arc<Sealed>,
+    pub(super) finishers: Vec<(Finisher, Result<Reply, BrokerError>)>,
+    pub(super) new_head: Option<(u64, caseshare_audit::merkle::Hash)>,
+    pub(super) audit_size: u64,
+    pub(super) last_sequence: Option<u64>,
+}
+
+/// What earlier commits wrote: the batch in commit (if any), then the store.
+pub(super) struct Durable<'a> {
+    pub(super) store: &'a dyn Storage,
+    pub(super) in_commit: Option<&'a Sealed>,
+}
+
+fn lookup_error(e: caseshare_store::StoreError) -> LookupError {
+    LookupError(Box::new(e))
+}
+
+impl Lookup for Durable<'_> {
+    fn event_by_id(
+        &self,
+        agency: &str,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, LookupError> {
+        if let Some(e) = self.in_commit.and_then(|c| c.event(agency, event_id)) {
+            return Ok(Some(e.clone()));
+        }
+        self.store
+            .event_by_id(agency, event_id)
+            .map_err(lookup_error)
+    }
+
+    fn deliveries_of(
+        &self,
+        subscription_ids: &[u64],
+        sequence: u64,
+    ) -> Result<Vec<DeliveryRecord>, LookupError> {
+        let mut out = self
+            .store
+            .deliveries_of(subscription_ids, sequence)
+            .map_err(lookup_error)?;
+        if let Some(c) = self.in_commit {
+            out.extend(
+                c.batch
+                    .deliveries
+                    .iter()
+                    .filter(|r| {
+                        r.sequence == sequence && subscription_ids.contains(&r.subscription_id)
+                    })
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The commit thread's loop.
+pub(super) fn commit_loop(
+    store: &dyn Storage,
+    log: &crate::auditlog::AuditLog,
+    head: &watch::Sender<u64>,
+    commits: &std::sync::mpsc::Receiver<ToCommit>,
+) {
+    while let Ok(job) = commits.recv() {
+        let batch = &job.batch.batch;
+        let started = Instant::now();
+        let committed = if batch.is_empty() {
+            true
+        } else {
+            match store.commit(batch) {
+                Ok(stats) => {
+                    metrics::counter!("caseshare_store_commits_total").increment(1);
+                    metrics::counter!("caseshare_store_records_total")
+                        .increment(stats.records as u64);
+                    metrics::histogram!("caseshare_store_ops_per_commit")
+                        .record(job.finishers.len() as f64);
+                    metrics::histogram!("caseshare_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
+                    false
+                }
+            }
+        };
+        if committed {
+            if let Some((size, root)) = job.new_head {
+                log.committed(size, root);
+            }
+            metrics::counter!("caseshare_audit_entries_total").increment(batch.audit.len() as u64);
+            metrics::gauge!("caseshare_audit_size").set(job.audit_size as f64);
+            if let Some(last) = job.last_sequence {
+                metrics::histogram!("caseshare_store_events_per_commit")
+                    .record(batch.events.len() as f64);
+                let _ = head.send(last);
+            }
+        }
+        for (finish, result) in job.finishers {
+            finish(committed, result);
+        }
+        if !committed {
+            std::process::exit(75);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The single writer and its group commit.
+//!
+//! Every change to durable state goes through one thread: requests send an
+//! [`Op`] and wait for its reply. The thread takes the first waiting op and
+//! then every op already queued (up to `max_batch`), and for each calls the
+//! state machine ([`caseshare_state::Machine::apply`]), which changes the
+//! in-memory state and adds the op's writes to one draft batch. The sealed
+//! batch goes to the commit thread ([`commit`]), which commits it once —
+//! one event-log append and `fdatasync`, one sled `apply_batch`, flush and
+//! `fdatasync` — and only then replies to all of them. Concurrent
+//! publishers therefore share a flush instead of paying one each, and the
+//! next batch is applied while the previous one is being committed (at most
+//! one batch is in commit; lookups during apply see it).
+//!
+//! The writer itself decides nothing: it batches, reads the clock, draws
+//! salts and ids ([`ops`]), calls the machine, extends the Merkle tree,
+//! hands the batch over, and counts metrics from the replies.
+//!
+//! Architecture Invariant: no reply that reports success is sent before the
+//! batch holding its writes is durable. If a commit fails the broker cannot
+//! keep that promise, so it answers every op in the batch with an error and
+//! exits (crash-only: a restart reloads the last durable state).
+//!
+//! Architecture Invariant: audit indexes are assigned by the machine, in
+//! commit order, from the store's size at start, so the log has no gaps.
+
+mod commit;
+mod ops;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use caseshare_core::pb;
+use caseshare_core::time::Micros;
+use caseshare_state::{BrokerState, Command, Machine, Reply, Sealed};
+use caseshare_store::Storage;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use ops::{AckIntent, DeliveryIntent, Op, ReplyTx, Verdict};
+
+use crate::errors::BrokerError;
+use commit::{Durable, ToCommit, commit_loop};
+use ops::{Finisher, intake};
+
+/// The current time.
+pub fn now() -> Micros {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// How long a batch holding only ops nobody waits for (inline acks) may
+/// wait for other ops to share its commit. At a few thousand events per
+/// second this halves the commits (acks ride with the next publish or
+/// delivery); an unacknowledged ack lost in a crash only means a redelivery.
+pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A handle for sending ops to the writer.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Sends an op and waits for its durable reply.
+    pub async fn call<T>(&self, make: impl FnOnce(ReplyTx<T>) -> Op) -> Result<T, BrokerError> {
+        self.submit(make)
+            .await?
+            .await
+            .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))?
+    }
+
+    /// Sends an op without waiting for its reply (for pipelining); the
+    /// returned receiver yields the durable reply.
+    pub async fn submit<T>(
+        &self,
+        make: impl FnOnce(ReplyTx<T>) -> Op,
+    ) -> Result<oneshot::Receiver<Result<T, BrokerError>>, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
+        Ok(rx)
+    }
+}
+
+/// The writer's state.
+pub struct WriterTask {
+    store: Arc<dyn Storage>,
+    machine: Machine,
+    max_batch: usize,
+    head: watch::Sender<u64>,
+    log: Arc<crate::auditlog::AuditLog>,
+    /// The batch the commit thread is committing, if any.
+    in_commit: Option<Arc<Sealed>>,
+    /// The runtime, for waiting on the queue with a timeout.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// The ops of one batch being built, with their answers.
+type Answers = Vec<(Finisher, Result<Reply, BrokerError>)>;
+
+impl WriterTask {
+    /// Prepares the writer around the state machine loaded from the store.
+    /// Returns the task and a receiver of the last committed event sequence.
+    pub fn new(
+        store: Arc<dyn Storage>,
+        machine: Machine,
+        max_batch: usize,
+        log: Arc<crate::auditlog::AuditLog>,
+    ) -> (Self, watch::Receiver<u64>) {
+        let counters = machine.counters();
+        let (head, head_rx) = watch::channel(counters.next_sequence.saturating_sub(1));
+        metrics::gauge!("caseshare_audit_size").set(counters.audit_size as f64);
+        (
+            WriterTask {
+                store,
+                machine,
+                max_batch,
+                head,
+                log,
+                in_commit: None,
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            },
+            head_rx,
+        )
+    }
+
+    /// The configuration state, for readers.
+    pub fn shared_state(&self) -> Arc<RwLock<BrokerState>> {
+        self.machine.shared()
+    }
+
+    /// Starts the writer thread; returns the handle and a join handle that
+    /// finishes once every handle is dropped and the queue is drained.
+    pub fn spawn(self) -> std::io::Result<(Writer, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(16_384);
+        let join = std::thread::Builder::new()
+            .name("caseshare-writer".into())
+            .spawn(move || self.run(rx))?;
+        Ok((Writer { tx }, join))
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        // Rendezvous: a batch is handed over only once the commit thread has
+        // finished the previous one, so at most one batch is in commit.
+        let (to_commit, commits) = std::sync::mpsc::sync_channel::<ToCommit>(0);
+        let committer = {
+            let store = Arc::clone(&self.store);
+            let log = Arc::clone(&self.log);
+            let head = self.head.clone();
+            std::thread::Builder::new()
+                .name("caseshare-commit".into())
+                .spawn(move || commit_loop(&*store, &log, &head, &commits))
+        };
+        let committer = match committer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the commit thread");
+                std::process::exit(75);
+            }
+        };
+        while let Some(first) = rx.blocking_recv() {
+            let mut draft = self.machine.begin();
+            let mut answers: Answers = Vec::new();
+            let seq_before = self.machine.counters().next_sequence;
+            let mut all_lazy = first.is_lazy();
+            let opened = Instant::now();
+            self.apply(first, &mut draft, &mut answers);
+            let mut open = true;
+            while answers.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        all_lazy &= op.is_lazy();
+                        self.apply(op, &mut draft, &mut answers);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) if all_lazy => {
+                        // Only inline acks so far: wait a little for an op
+                        // whose caller is waiting, and share its commit.
+                        let left = LAZY_COMMIT_DELAY.saturating_sub(opened.elapsed());
+                        let Some(handle) = &self.runtime else { break };
+                        if left.is_zero() {
+                            break;
+                        }
+                        // The timer is made inside `block_on`, in the runtime's
+                        // context.
+                        let waited =
+                            handle.block_on(async { tokio::time::timeout(left, rx.recv()).await });
+                        match waited {
+                            Ok(Some(op)) => {
+                                all_lazy &= op.is_lazy();
+                                self.apply(op, &mut draft, &mut answers);
+                            }
+                            Ok(None) => {
+                                open = false;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut sealed = self.machine.seal(draft);
+            // The batch's leaves join the Merkle tree; the changed tiles are
+            // written in the same atomic batch.
+            let mut new_head = None;
+            if !sealed.batch.audit.is_empty() {
+                let (tiles, size, root) = self.log.append(&sealed.batch.audit);
+                sealed.batch.tiles = tiles
+                    .into_iter()
+                    .map(|t| (t.level, t.index, t.data))
+                    .collect();
+                new_head = Some((size, root));
+            }
+            let counters = self.machine.counters();
+            let in_commit = Arc::new(sealed);
+            let job = ToCommit {
+                batch: Arc::clone(&in_commit),
+                finishers: answers,
+                new_head,
+                audit_size: counters.audit_size,
+                last_sequence: (counters.next_sequence != seq_before)
+                    .then(|| counters.next_sequence - 1),
+            };
+            if to_commit.send(job).is_err() {
+                // The commit thread stopped: it has already exited the
+                // process after a failed commit.
+                break;
+            }
+            // The previous batch is committed (the commit thread took this
+            // one only after finishing it); lookups now see this one.
+            self.in_commit = Some(in_commit);
+            if !open {
+                break;
+            }
+        }
+        drop(to_commit);
+        let _ = committer.join();
+    }
+
+    /// Applies one op to the machine; its answer waits for the commit.
+    fn apply(&mut self, op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+        let (command, finish) = intake(op);
+        let settled = settled_count(&command);
+        let lookup = Durable {
+            store: &*self.store,
+            in_commit: self.in_commit.as_deref(),
+        };
+        let result = self
+            .machine
+            .apply(draft, now(), command, &lookup)
+            .map_err(BrokerError::from);
+        count(settled, &result);
+        answers.push((finish, result));
+    }
+}
+
+/// What metrics need from a command before the machine consumes it.
+enum Settled {
+    Acks(usize),
+    Expunged(usize),
+    Other,
+}
+
+fn settled_count(command: &Command) -> Settled {
+    match command {
+        Command::Ack { acks, .. } => Settled::Acks(acks.len()),
+        Command::Expunge { events } => Settled::Expunged(events.len()),
+        _ => Settled::Other,
+    }
+}
+
+/// Counts what an applied op did, from its reply.
+fn count(settled: Settled, result: &Result<Reply, BrokerError>) {
+    match settled {
+        Settled::Acks(n) => metrics::counter!("caseshare_acks_total").increment(n as u64),
+        Settled::Expunged(n) => {
+            metrics::counter!("caseshare_events_expunged_total").increment(n as u64)
+        }
+        Settled::Other => {}
+    }
+    match result {
+        Ok(Reply::Published(p)) if p.duplicate => {
+            metrics::counter!("caseshare_publish_duplicates_total").increment(1);
+        }
+        Ok(Reply::Published(p)) => {
+            metrics::counter!("caseshare_events_published_total").increment(1);
+            for d in &p.decisions {
+                let label = if d.decision == pb::Decision::Shared as i32 {
+                    "shared"
+                } else {
+                    "withheld"
+                };
+                metrics::counter!("caseshare_share_decisions_total", "decision" => label)
+                    .increment(1);
+            }
+        }
+        Ok(Reply::Verdicts(verdicts)) => {
+            for v in verdicts {
+                match v {
+                    Verdict::Shared(_) | Verdict::Notice => {
+                        metrics::counter!("caseshare_deliveries_total").increment(1)
+                    }
+                    Verdict::Stopped(_) => {
+                        metrics::counter!("caseshare_deliveries_stopped_total").increment(1)
+                    }
+                    Verdict::Expired => {
+                        metrics::counter!("caseshare_deliveries_expired_total").increment(1)
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
