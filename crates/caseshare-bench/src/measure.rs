@@ -208,7 +208,9 @@ pub(crate) async fn collect(
 /// One publisher's part of the workload.
 #[derive(Debug, Clone)]
 pub(crate) struct PubSpec {
+    /// The run's events.
     pub(crate) w: Arc<Workload>,
+    /// The run's clock, for send and receive times.
     pub(crate) clock: Clock,
     /// Its index.
     pub(crate) p: u64,
@@ -218,6 +220,7 @@ pub(crate) struct PubSpec {
     pub(crate) mode: PublishMode,
     /// Most publishes in flight (`--stream`).
     pub(crate) window: usize,
+    /// Give up after waiting this long for anything (`--idle-timeout-secs`).
     pub(crate) idle: Duration,
     /// Check the first response shares the event with the subscriber agency.
     pub(crate) check: bool,
@@ -249,7 +252,9 @@ impl PubSpec {
 /// One subscriber's part of the workload.
 #[derive(Debug, Clone)]
 pub(crate) struct SubSpec {
+    /// The run's events.
     pub(crate) w: Arc<Workload>,
+    /// The run's clock, for send and receive times.
     pub(crate) clock: Clock,
     /// Its subscription (broker) or durable consumer (NATS).
     pub(crate) name: String,
@@ -258,6 +263,7 @@ pub(crate) struct SubSpec {
     pub(crate) max_outstanding: u32,
     /// Events it receives before it stops.
     pub(crate) total: u64,
+    /// Give up after waiting this long for anything (`--idle-timeout-secs`).
     pub(crate) idle: Duration,
 }
 
