@@ -1,0 +1,192 @@
+//! The `caseshare-bench` flags ([`BenchArgs`]) and the choices they make:
+//! which system is measured ([`Target`]) and how publishers send
+//! ([`PublishMode`]). Scripts pass these flags; they must not change.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+/// Which system the bench measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The Caseshare broker.
+    Caseshare,
+    /// NATS JetStream.
+    Nats,
+    /// The broker, then NATS JetStream, with ratios.
+    Both,
+}
+
+/// How publishers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Pipelined: `PublishStream`, or JetStream publishes whose acks are
+    /// awaited in order while later ones are sent (at most `--window` in
+    /// flight per publisher).
+    Stream,
+    /// One at a time: unary `Publish`, or a JetStream publish whose ack is
+    /// awaited before the next.
+    Unary,
+}
+
+/// `caseshare-bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Start what is measured on this machine: the broker in-process on a
+    /// temporary data directory (its dev PKI under `<data_dir>/pki`) and, for
+    /// `--target nats|both`, `nats-server -js` on loopback.
+    #[arg(long, conflicts_with = "server")]
+    pub embedded: bool,
+    /// A running broker's gRPC address, e.g. `https://localhost:7443`.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The running broker's ops address, for `/metrics` (flush figures),
+    /// e.g. `http://127.0.0.1:7444`.
+    #[arg(long, value_name = "URL", requires = "server")]
+    pub ops: Option<String>,
+    /// A dev PKI directory (`caseshare dev-pki --out DIR`, or a broker's
+    /// `<data_dir>/pki`): `ca.pem`, `admin.pem`/`admin.key` and
+    /// `<agency>.pem`/`<agency>.key`. `--ca`, `--cert`, `--key` and
+    /// `--agency-certs` override its parts.
+    #[arg(long, value_name = "DIR")]
+    pub pki: Option<PathBuf>,
+    /// CA bundle the server certificate chains to.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// An admin client certificate (registers the agencies, puts the
+    /// agreement).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// The admin client key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Directory with `school-b.pem`/`.key` and `la-social-care-c.pem`/`.key`.
+    #[arg(long, value_name = "DIR")]
+    pub agency_certs: Option<PathBuf>,
+    /// Name to verify in the server certificate (default: the URL's host).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Publisher tasks (each with its own connection).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub publishers: u32,
+    /// Subscribers (each its own subscription or consumer, and connection);
+    /// each receives every event. 0 measures publishing alone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub subscribers: u32,
+    /// Events to publish, across all publishers.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Size of each encoded event, bytes (the `summary` is padded to reach
+    /// it).
+    #[arg(long, default_value_t = 512)]
+    pub payload_bytes: usize,
+    /// Events per second across all publishers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Pipelined publishing (`PublishStream`) [default].
+    #[arg(long, conflicts_with = "unary")]
+    pub stream: bool,
+    /// One-at-a-time publishing (unary `Publish`).
+    #[arg(long)]
+    pub unary: bool,
+    /// With `--stream`: most publishes in flight per publisher.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub window: u32,
+    /// Most unacknowledged deliveries per subscriber (`max_outstanding`;
+    /// JetStream `max_ack_pending`).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_outstanding: u32,
+    /// Most delivery ids per ack message on the Subscribe stream (acks are
+    /// sent as soon as no further delivery is waiting, or at this many).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ack_batch: u32,
+    /// Hold acks up to this long (ms) for more deliveries before sending
+    /// them, unless `--ack-batch` ids are waiting; 0 = send as soon as no
+    /// further delivery is waiting.
+    #[arg(long, default_value_t = 0.0)]
+    pub ack_linger_ms: f64,
+    /// Distinct children the events are about.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub children: u32,
+    /// Write the JSON summary here.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Target::Caseshare)]
+    pub target: Target,
+    /// A running NATS server with JetStream (used without `--embedded`).
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// With `--embedded`: the `nats-server` binary.
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server_bin: PathBuf,
+    /// With `--embedded`: where the temporary data directories go (default:
+    /// the system temp dir). Put it on the disk you want to measure.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Give up when a subscriber or publisher waits this long for anything.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+}
+
+impl BenchArgs {
+    /// How publishers send: `--unary`, else pipelined.
+    pub(crate) fn mode(&self) -> PublishMode {
+        if self.unary {
+            PublishMode::Unary
+        } else {
+            PublishMode::Stream
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Parsing flags as the binary does, for the unit tests.
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::BenchArgs;
+
+    /// The flags alone, as the binary flattens them.
+    #[derive(Parser)]
+    pub(crate) struct Cli {
+        #[command(flatten)]
+        pub(crate) args: BenchArgs,
+    }
+
+    /// Parses `extra` after a program name; panics on an error.
+    pub(crate) fn parse(extra: &[&str]) -> BenchArgs {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::testing::{Cli, parse};
+    use super::*;
+
+    #[test]
+    fn flags() {
+        let a = parse(&[
+            "--embedded",
+            "--unary",
+            "--target",
+            "both",
+            "--rate",
+            "2000",
+        ]);
+        assert_eq!(a.mode(), PublishMode::Unary);
+        assert_eq!(a.target, Target::Both);
+        assert_eq!(parse(&["--embedded"]).mode(), PublishMode::Stream);
+        assert!(Cli::try_parse_from(["bench", "--stream", "--unary"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--embedded", "--server", "https://x"]).is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! Reaching the broker: one started in-process ([`EmbeddedBroker`]) or a
+//! running one, the client identities for each role ([`Endpoints`]),
+//! registering the agencies, the agreement and the subscriptions, and the
+//! broker's own figures from `/metrics`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use caseshare_cli::client::{ClientConfig, Clients};
+use caseshare_proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::summary::ServerFigures;
+use crate::workload::Workload;
+use crate::{AGREEMENT_ID, BenchArgs, EVENT_TYPE, PUBLISHER_AGENCY, SUBSCRIBER_AGENCY};
+
+/// A broker started in-process.
+pub(crate) struct EmbeddedBroker {
+    _dir: tempfile::TempDir,
+    grpc: std::net::SocketAddr,
+    ops: std::net::SocketAddr,
+    pki: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), caseshare_server::ServeError>>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker on loopback in a temporary directory under
+    /// `--data-dir`, and waits until it listens.
+    pub(crate) async fn start(args: &BenchArgs) -> Result<Self> {
+        let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("caseshare-bench-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+        let mut config = caseshare_server::config::Config {
+            data_dir: dir.path().join("data"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Default::default()
+        };
+        config.limits.max_outstanding = config.limits.max_outstanding.max(args.max_outstanding);
+        config.validate()?;
+        let pki = config.data_dir.join("pki");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = oneshot::channel();
+        let mut task = tokio::spawn(caseshare_server::serve(
+            config,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |b| {
+                let _ = bound_tx.send(b);
+            },
+        ));
+        let bound = tokio::select! {
+            b = bound_rx => b.map_err(|_| anyhow!("the embedded broker stopped before listening"))?,
+            r = &mut task => {
+                return match r {
+                    Ok(Ok(())) => Err(anyhow!("the embedded broker stopped before listening")),
+                    Ok(Err(e)) => Err(anyhow!("the embedded broker did not start: {e}")),
+                    Err(e) => Err(anyhow!("the embedded broker panicked: {e}")),
+                };
+            }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => bail!("the embedded broker did not start within 60 s"),
+        };
+        Ok(EmbeddedBroker {
+            _dir: dir,
+            grpc: bound.grpc,
+            ops: bound.ops,
+            pki,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// Stops the broker and waits (up to 30 s) for it to finish.
+    pub(crate) async fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            match tokio::time::timeout(Duration::from_secs(30), t).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => bail!("the embedded broker failed: {e}"),
+                Ok(Err(e)) => bail!("the embedded broker panicked: {e}"),
+                Err(_) => bail!("the embedded broker did not stop within 30 s"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to reach the broker as each identity.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoints {
+    pub(crate) admin: ClientConfig,
+    pub(crate) publisher: ClientConfig,
+    pub(crate) subscriber: ClientConfig,
+    pub(crate) ops: Option<String>,
+    pub(crate) label: String,
+}
+
+/// The identities for a running broker, from `--pki` or the explicit
+/// certificate flags.
+pub(crate) fn endpoints_remote(args: &BenchArgs, server: &str) -> Result<Endpoints> {
+    let pki = args.pki.as_deref();
+    let pick = |explicit: &Option<PathBuf>, file: &str, flag: &str| -> Result<PathBuf> {
+        explicit
+            .clone()
+            .or_else(|| pki.map(|d| d.join(file)))
+            .with_context(|| format!("--server needs {flag} (or --pki DIR)"))
+    };
+    let ca = pick(&args.ca, "ca.pem", "--ca")?;
+    let admin_cert = pick(&args.cert, "admin.pem", "--cert")?;
+    let admin_key = pick(&args.key, "admin.key", "--key")?;
+    let agencies = args
+        .agency_certs
+        .clone()
+        .or_else(|| args.pki.clone())
+        .context("--server needs --agency-certs DIR (or --pki DIR)")?;
+    let conf = |cert: PathBuf, key: PathBuf| ClientConfig {
+        server: server.to_string(),
+        ca: ca.clone(),
+        cert,
+        key,
+        domain: args.domain.clone(),
+    };
+    let agency = |name: &str| {
+        conf(
+            agencies.join(format!("{name}.pem")),
+            agencies.join(format!("{name}.key")),
+        )
+    };
+    let ops = args.ops.as_ref().map(|u| {
+        u.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    });
+    Ok(Endpoints {
+        admin: conf(admin_cert, admin_key),
+        publisher: agency(PUBLISHER_AGENCY),
+        subscriber: agency(SUBSCRIBER_AGENCY),
+        ops,
+        label: server.to_string(),
+    })
+}
+
+/// The identities for an embedded broker (its dev PKI).
+pub(crate) fn endpoints_embedded(b: &EmbeddedBroker) -> Endpoints {
+    let server = format!("https://127.0.0.1:{}", b.grpc.port());
+    let conf = |name: &str| ClientConfig {
+        domain: Some("localhost".into()),
+        ..ClientConfig::dev(server.clone(), &b.pki, name)
+    };
+    Endpoints {
+        admin: conf("admin"),
+        publisher: conf(PUBLISHER_AGENCY),
+        subscriber: conf(SUBSCRIBER_AGENCY),
+        ops: Some(b.ops.to_string()),
+        label: "embedded".into(),
+    }
+}
+
+/// A gRPC status as an error: its code and message.
+pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// Registers the two agencies (if new), puts the bench agreement and
+/// creates one subscription per subscriber; returns their names.
+pub(crate) async fn setup_broker(
+    e: &Endpoints,
+    args: &BenchArgs,
+    w: &Workload,
+) -> Result<Vec<String>> {
+    let mut admin = Clients::connect(&e.admin)?;
+    for (id, kind) in [
+        (PUBLISHER_AGENCY, pb::AgencyKind::Education),
+        (SUBSCRIBER_AGENCY, pb::AgencyKind::SocialCare),
+    ] {
+        match admin
+            .admin
+            .register_agency(pb::RegisterAgencyRequest {
+                agency_id: id.into(),
+                kind: kind as i32,
+                display_name: id.into(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => return Err(status(s)).context(format!("registering agency {id}")),
+        }
+    }
+    admin
+        .admin
+        .put_agreement(pb::Agreement {
+            agreement_id: AGREEMENT_ID.into(),
+            provider: PUBLISHER_AGENCY.into(),
+            recipient: SUBSCRIBER_AGENCY.into(),
+            purposes: vec![pb::Purpose::EarlyHelp as i32],
+            event_types: vec![EVENT_TYPE.into()],
+            // Empty = the whole payload: nothing is minimised away.
+            fields: vec![],
+            lawful_basis: pb::LawfulBasis::PublicTask as i32,
+            requires_consent: false,
+            ..Default::default()
+        })
+        .await
+        .map_err(status)
+        .context("putting the bench agreement")?;
+    let mut sub = Clients::connect(&e.subscriber)?;
+    let mut names = Vec::new();
+    for i in 0..args.subscribers {
+        let name = format!("{}-{i}", w.prefix);
+        sub.subscriber
+            .create_subscription(pb::Subscription {
+                name: name.clone(),
+                event_types: vec![EVENT_TYPE.into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("creating subscription {name}"))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Deletes the subscriptions `setup_broker` created.
+pub(crate) async fn teardown_broker(e: &Endpoints, names: &[String]) -> Result<()> {
+    let mut sub = Clients::connect(&e.subscriber)?;
+    for name in names {
+        sub.subscriber
+            .delete_subscription(pb::DeleteSubscriptionRequest { name: name.clone() })
+            .await
+            .map_err(status)
+            .with_context(|| format!("deleting subscription {name}"))?;
+    }
+    Ok(())
+}
+
+/// Prometheus text from the ops port, as name (with labels) → value.
+pub(crate) async fn scrape(addr: &str) -> Result<HashMap<String, f64>> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the ops port {addr}"))?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let body = buf.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// The broker's figures from two `/metrics` scrapes `elapsed_secs` apart.
+pub(crate) fn server_figures(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    elapsed_secs: f64,
+) -> ServerFigures {
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let commits = d("caseshare_store_commits_total");
+    let records = d("caseshare_store_records_total");
+    let published = d("caseshare_events_published_total");
+    let commit_secs = d("caseshare_store_commit_seconds_sum");
+    ServerFigures {
+        commits,
+        flushes_per_sec: per(commits, elapsed_secs),
+        events_per_commit: per(published, commits),
+        records_per_commit: per(records, commits),
+        ops_per_commit: per(
+            d("caseshare_store_ops_per_commit_sum"),
+            d("caseshare_store_ops_per_commit_count"),
+        ),
+        mean_commit_ms: per(
+            commit_secs * 1000.0,
+            d("caseshare_store_commit_seconds_count"),
+        ),
+        writer_busy_fraction: per(commit_secs, elapsed_secs),
+        records_per_event: per(records, published),
+        deliveries: d("caseshare_deliveries_total"),
+        acks: d("caseshare_acks_total"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_deltas() {
+        let before: HashMap<String, f64> = [
+            ("caseshare_store_commits_total".to_string(), 10.0),
+            ("caseshare_events_published_total".to_string(), 100.0),
+        ]
+        .into();
+        let after: HashMap<String, f64> = [
+            ("caseshare_store_commits_total".to_string(), 110.0),
+            ("caseshare_events_published_total".to_string(), 2100.0),
+            ("caseshare_store_records_total".to_string(), 8000.0),
+            ("caseshare_store_commit_seconds_sum".to_string(), 0.5),
+            ("caseshare_store_commit_seconds_count".to_string(), 100.0),
+        ]
+        .into();
+        let s = server_figures(&before, &after, 2.0);
+        assert_eq!(s.commits, 100.0);
+        assert_eq!(s.flushes_per_sec, 50.0);
+        assert_eq!(s.events_per_commit, 20.0);
+        assert_eq!(s.records_per_event, 4.0);
+        assert!((s.mean_commit_ms - 5.0).abs() < 1e-9);
+        assert!((s.writer_busy_fraction - 0.25).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,357 @@
+//! Measuring NATS JetStream with the same workload: a `nats-server -js`
+//! started for the bench ([`EmbeddedNats`]) or a running one, a file-backed
+//! stream with one durable pull consumer per subscriber (explicit acks),
+//! and the run's summary.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use caseshare_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::machine::cpu_secs;
+use crate::measure::{
+    Clock, PubResult, PubSpec, SubResult, SubSpec, collect, histogram, record_ns,
+};
+use crate::summary::RunSummary;
+use crate::workload::Workload;
+use crate::{BenchArgs, PublishMode};
+
+/// A `nats-server -js` started for the bench.
+struct EmbeddedNats {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl EmbeddedNats {
+    async fn start(args: &BenchArgs) -> Result<Self> {
+        let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("nats-bench-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let log = std::fs::File::create(dir.path().join("nats-server.log"))?;
+        let child = tokio::process::Command::new(&args.nats_server_bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path().join("jetstream"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (install it with `apt-get install nats-server`)",
+                    args.nats_server_bin.display()
+                )
+            })?;
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {url} within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(EmbeddedNats {
+            child,
+            _dir: dir,
+            url,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A NATS connection.
+async fn nats_connect(url: &str) -> Result<async_nats::Client> {
+    async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+/// Measures JetStream, embedded or at `--nats-url`.
+pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<RunSummary> {
+    let embedded = if args.embedded {
+        writeln!(out, "nats: starting {} -js", args.nats_server_bin.display())?;
+        Some(EmbeddedNats::start(args).await?)
+    } else {
+        None
+    };
+    let (url, label) = match &embedded {
+        Some(n) => (n.url.clone(), format!("embedded nats-server {}", n.url)),
+        None => (args.nats_url.clone(), args.nats_url.clone()),
+    };
+    let server_pid = embedded.as_ref().and_then(EmbeddedNats::pid);
+    let result = measure_nats(args, &url, label, server_pid, out).await;
+    if let Some(n) = embedded {
+        n.stop().await;
+    }
+    result
+}
+
+/// Creates the stream and consumers, runs the workload and deletes the stream.
+async fn measure_nats(
+    args: &BenchArgs,
+    url: &str,
+    label: String,
+    server_pid: Option<u32>,
+    out: &mut impl std::io::Write,
+) -> Result<RunSummary> {
+    use async_nats::jetstream::{self, consumer, stream};
+    let w = Arc::new(Workload::new(args)?);
+    let stream_name = format!("CSBENCH_{}", w.prefix);
+    let subject_root = format!("csbench.{}", w.prefix);
+    let js = jetstream::new(nats_connect(url).await?);
+    writeln!(
+        out,
+        "nats: creating stream {stream_name} (file storage, R1) and {} durable pull consumer(s) (explicit ack)",
+        args.subscribers
+    )?;
+    let stream = js
+        .create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{subject_root}.>")],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("creating stream {stream_name}: {e}"))?;
+    let mut consumers = Vec::new();
+    for i in 0..args.subscribers {
+        let name = format!("sub-{i}");
+        let _: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::All,
+                max_ack_pending: i64::from(args.max_outstanding),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("creating consumer {name}: {e}"))?;
+        consumers.push(name);
+    }
+    let clock = Clock::start();
+    let pid_cpu = |pid: Option<u32>| pid.map_or(0.0, |p| cpu_secs(&p.to_string()));
+    let cpu_before = cpu_secs("self") + pid_cpu(server_pid);
+    let mut subscribers = Vec::new();
+    for c in consumers {
+        let client = nats_connect(url).await?;
+        subscribers.push(tokio::spawn(nats_subscribe(
+            client,
+            stream_name.clone(),
+            SubSpec::new(args, &w, clock, c),
+        )));
+    }
+    writeln!(
+        out,
+        "nats: publishing {} events with {} publisher(s)",
+        args.events, args.publishers
+    )?;
+    let start_ns = clock.now_ns();
+    let start = tokio::time::Instant::now();
+    let mut publishers = Vec::new();
+    for p in 0..args.publishers {
+        let client = nats_connect(url).await?;
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(args.window as usize)
+            .build(client);
+        let subject = format!("{subject_root}.{p}");
+        let spec = PubSpec::new(args, &w, clock, start, p);
+        publishers.push(tokio::spawn(nats_publish(js, subject, spec)));
+    }
+    let collected = collect(args, publishers, subscribers, start_ns).await;
+    let cpu = cpu_secs("self") + pid_cpu(server_pid) - cpu_before;
+    let deleted = js.delete_stream(&stream_name).await;
+    let collected = collected?;
+    deleted.map_err(|e| anyhow!("deleting stream {stream_name}: {e}"))?;
+    Ok(RunSummary {
+        target: "nats".into(),
+        endpoint: label,
+        mode: args.mode(),
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        events: args.events,
+        event_bytes: w.event_bytes,
+        rate: args.rate,
+        window: args.window,
+        max_outstanding: args.max_outstanding,
+        ack_batch: args.ack_batch,
+        ack_linger_ms: args.ack_linger_ms,
+        elapsed_secs: collected.elapsed_secs,
+        publish: collected.publish,
+        delivery: collected.delivery,
+        server: None,
+        cpu_secs: cpu,
+        cpu_us_per_event: cpu * 1e6 / args.events as f64,
+    })
+}
+
+/// One publisher: JetStream publishes, acks awaited one at a time or
+/// pipelined (at most `window` in flight).
+async fn nats_publish(
+    js: async_nats::jetstream::Context,
+    subject: String,
+    spec: PubSpec,
+) -> Result<PubResult> {
+    let PubSpec {
+        w,
+        clock,
+        p,
+        count,
+        sched,
+        mode,
+        window,
+        ..
+    } = spec;
+    let mut lag = histogram()?;
+    match mode {
+        PublishMode::Unary => {
+            let mut latency = histogram()?;
+            let mut last_ns = 0;
+            for i in 0..count {
+                if let Some(late) = sched.wait(i).await {
+                    record_ns(&mut lag, late);
+                }
+                let sent = clock.now_ns();
+                let payload = w.event(p, i, sent).encode_to_vec();
+                js.publish(subject.clone(), payload.into())
+                    .await
+                    .map_err(|e| anyhow!("publish: {e}"))?
+                    .await
+                    .map_err(|e| anyhow!("publish ack: {e}"))?;
+                let now = clock.now_ns();
+                record_ns(&mut latency, now.saturating_sub(sent));
+                last_ns = now;
+            }
+            Ok(PubResult {
+                latency,
+                lag,
+                published: count,
+                last_ns,
+            })
+        }
+        PublishMode::Stream => {
+            let (tx, mut rx) =
+                mpsc::channel::<(async_nats::jetstream::context::PublishAckFuture, u64)>(window);
+            let acker = tokio::spawn(async move {
+                let mut latency = histogram()?;
+                let (mut got, mut last_ns) = (0, 0);
+                while let Some((ack, sent)) = rx.recv().await {
+                    ack.await.map_err(|e| anyhow!("publish ack: {e}"))?;
+                    let now = clock.now_ns();
+                    record_ns(&mut latency, now.saturating_sub(sent));
+                    got += 1;
+                    last_ns = now;
+                }
+                Ok::<_, anyhow::Error>((latency, got, last_ns))
+            });
+            for i in 0..count {
+                if let Some(late) = sched.wait(i).await {
+                    record_ns(&mut lag, late);
+                }
+                let sent = clock.now_ns();
+                let payload = w.event(p, i, sent).encode_to_vec();
+                let ack = js
+                    .publish(subject.clone(), payload.into())
+                    .await
+                    .map_err(|e| anyhow!("publish: {e}"))?;
+                if tx.send((ack, sent)).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let (latency, published, last_ns) = acker
+                .await
+                .map_err(|e| anyhow!("publish acker panicked: {e}"))??;
+            Ok(PubResult {
+                latency,
+                lag,
+                published,
+                last_ns,
+            })
+        }
+    }
+}
+
+/// One subscriber: a durable pull consumer, each message acknowledged.
+async fn nats_subscribe(
+    client: async_nats::Client,
+    stream: String,
+    spec: SubSpec,
+) -> Result<SubResult> {
+    let SubSpec {
+        w,
+        clock,
+        name: consumer,
+        total,
+        idle,
+        ..
+    } = spec;
+    // Through this subscriber's own connection.
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        async_nats::jetstream::new(client)
+            .get_stream(&stream)
+            .await
+            .map_err(|e| anyhow!("stream {stream}: {e}"))?
+            .get_consumer(&consumer)
+            .await
+            .map_err(|e| anyhow!("consumer {consumer}: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow!("consumer messages: {e}"))?;
+    let mut latency = histogram()?;
+    let (mut delivered, mut redeliveries, mut foreign, mut last_ns) = (0, 0, 0, 0);
+    while delivered < total {
+        let m = tokio::time::timeout(idle, messages.next())
+            .await
+            .map_err(|_| anyhow!("no message for {idle:?} after {delivered} of {total}"))?
+            .context("the consumer stream ended")?
+            .map_err(|e| anyhow!("consumer: {e}"))?;
+        let now = clock.now_ns();
+        let event = pb::CaseEvent::decode(m.payload.as_ref()).context("decoding a message")?;
+        let attempt = m.info().map(|i| i.delivered).unwrap_or(1);
+        match w.sent_ns(&event.event_id) {
+            _ if attempt > 1 => redeliveries += 1,
+            Some(sent) => {
+                record_ns(&mut latency, now.saturating_sub(sent));
+                delivered += 1;
+                last_ns = now;
+            }
+            None => foreign += 1,
+        }
+        m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
+    }
+    Ok(SubResult {
+        latency,
+        delivered,
+        redeliveries,
+        foreign,
+        ack_messages: delivered + redeliveries + foreign,
+        last_ns,
+    })
+}

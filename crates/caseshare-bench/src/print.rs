@@ -1,0 +1,110 @@
+//! The readable summary `caseshare-bench` prints: one block per run and
+//! the caseshare ÷ NATS ratios.
+
+use anyhow::Result;
+
+use crate::PublishMode;
+use crate::summary::{Latency, Ratios, RunSummary};
+
+/// The percentiles of one latency, on one line.
+fn fmt_latency(l: &Latency) -> String {
+    format!(
+        "p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+    )
+}
+
+/// Prints one run's figures.
+pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result<()> {
+    let rate = if r.rate > 0.0 {
+        format!("{} events/s", r.rate)
+    } else {
+        "as fast as possible".into()
+    };
+    let mode = match r.mode {
+        PublishMode::Stream => format!("pipelined (window {})", r.window),
+        PublishMode::Unary => "one at a time".into(),
+    };
+    let acks = if r.target == "caseshare" {
+        format!("acks ≤{} ids, linger {} ms, ", r.ack_batch, r.ack_linger_ms)
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "== {} ({}): {} events of {} bytes, {} publisher(s) {}, {} subscriber(s) ({}max_outstanding {}), {}",
+        r.target,
+        r.endpoint,
+        r.events,
+        r.event_bytes,
+        r.publishers,
+        mode,
+        r.subscribers,
+        acks,
+        r.max_outstanding,
+        rate
+    )?;
+    writeln!(
+        out,
+        "  publish   {:>10.0} events/s   publish→response  {}",
+        r.publish.events_per_sec,
+        fmt_latency(&r.publish.latency)
+    )?;
+    writeln!(
+        out,
+        "  delivery  {:>10.0} events/s   publish→delivery  {}   ({} deliveries, {} redeliveries, {:.1} ids per ack message)",
+        r.delivery.events_per_sec,
+        fmt_latency(&r.delivery.latency),
+        r.delivery.deliveries,
+        r.delivery.redeliveries,
+        r.delivery.ids_per_ack_message
+    )?;
+    if let Some(lag) = &r.publish.schedule_lag {
+        writeln!(
+            out,
+            "  schedule lag (sends behind the --rate schedule): {}",
+            fmt_latency(lag)
+        )?;
+    }
+    if let Some(s) = &r.server {
+        writeln!(
+            out,
+            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, commit thread busy {:.0}%",
+            s.flushes_per_sec,
+            s.events_per_commit,
+            s.records_per_commit,
+            s.records_per_event,
+            s.ops_per_commit,
+            s.mean_commit_ms,
+            s.writer_busy_fraction * 100.0
+        )?;
+    }
+    writeln!(
+        out,
+        "  cpu       {:.2} s ({:.1} µs per event), elapsed {:.2} s",
+        r.cpu_secs, r.cpu_us_per_event, r.elapsed_secs
+    )?;
+    Ok(())
+}
+
+/// Prints the caseshare ÷ NATS ratios.
+pub(crate) fn print_ratios(out: &mut impl std::io::Write, r: &Ratios) -> Result<()> {
+    writeln!(out, "caseshare ÷ nats:")?;
+    let x = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}×"));
+    writeln!(
+        out,
+        "  publish events/s {}, delivered events/s {}, CPU per event {}",
+        x(r.publish_events_per_sec),
+        x(r.delivery_events_per_sec),
+        x(r.cpu_per_event)
+    )?;
+    writeln!(
+        out,
+        "  publish→response p50 {} p99 {}; publish→delivery p50 {} p99 {}",
+        x(r.publish_p50),
+        x(r.publish_p99),
+        x(r.delivery_p50),
+        x(r.delivery_p99)
+    )?;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! What the bench measured, as the readable summary and the `--json-out`
+//! file report it: latency percentiles, publishing, delivery and broker
+//! figures, one [`RunSummary`] per target, the machine, and the
+//! caseshare ÷ NATS [`Ratios`]. The serialised field names are the JSON
+//! keys scripts read; they must not change.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::PublishMode;
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// The percentiles of a histogram of microseconds.
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// Publishing figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishFigures {
+    /// Events acknowledged by the server.
+    pub events: u64,
+    /// Events per second, from the first send to the last response.
+    pub events_per_sec: f64,
+    /// Publish → response (for the broker: durable).
+    pub latency: Latency,
+    /// With `--rate`: how late sends were against their schedule (the
+    /// generator falling behind shows here, not in the latencies).
+    pub schedule_lag: Option<Latency>,
+}
+
+/// Delivery figures, over all subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryFigures {
+    /// First deliveries received (events × subscribers).
+    pub deliveries: u64,
+    /// Deliveries with attempt > 1.
+    pub redeliveries: u64,
+    /// Deliveries of events this run did not publish (ignored).
+    pub foreign: u64,
+    /// Ack messages the subscribers sent (for the broker: `SubscribeRequest`s
+    /// carrying acks; for NATS: one per message).
+    pub ack_messages: u64,
+    /// Delivery ids per ack message.
+    pub ids_per_ack_message: f64,
+    /// Events per second each subscriber received, from the first send to
+    /// the last delivery (the slowest subscriber).
+    pub events_per_sec: f64,
+    /// Publish (send) → delivery received.
+    pub latency: Latency,
+}
+
+/// The broker's own figures, from `/metrics` deltas over the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFigures {
+    /// Group commits (each one `apply_batch` + flush + `fdatasync`).
+    pub commits: f64,
+    /// Commits per second of the run.
+    pub flushes_per_sec: f64,
+    /// Events published per commit (commits of any kind).
+    pub events_per_commit: f64,
+    /// sled records written per commit.
+    pub records_per_commit: f64,
+    /// Writer operations (publishes, delivery batches, ack batches, …) per
+    /// commit.
+    pub ops_per_commit: f64,
+    /// Mean time from a batch's first op to its commit being durable.
+    pub mean_commit_ms: f64,
+    /// Fraction of the run the writer thread spent in batches.
+    pub writer_busy_fraction: f64,
+    /// sled records written per published event.
+    pub records_per_event: f64,
+    /// Deliveries recorded.
+    pub deliveries: f64,
+    /// Acks recorded.
+    pub acks: f64,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// `caseshare` or `nats`.
+    pub target: String,
+    /// How the broker was reached (`embedded`, a URL).
+    pub endpoint: String,
+    /// Publishing mode.
+    pub mode: PublishMode,
+    /// Publisher tasks.
+    pub publishers: u32,
+    /// Subscribers.
+    pub subscribers: u32,
+    /// Events published.
+    pub events: u64,
+    /// Encoded size of each event (and, for NATS, of each message), bytes.
+    pub event_bytes: usize,
+    /// Target rate, events/s (0 = as fast as possible).
+    pub rate: f64,
+    /// Pipelining window per publisher (`--stream`).
+    pub window: u32,
+    /// Unacknowledged deliveries allowed per subscriber.
+    pub max_outstanding: u32,
+    /// Most ids per ack message (broker only).
+    pub ack_batch: u32,
+    /// How long acks were held for more (broker only), ms.
+    pub ack_linger_ms: f64,
+    /// Wall time from the first send to the last delivery, seconds.
+    pub elapsed_secs: f64,
+    /// Publishing.
+    pub publish: PublishFigures,
+    /// Delivery.
+    pub delivery: DeliveryFigures,
+    /// The broker's flush figures (`None` for NATS, or without `--ops`).
+    pub server: Option<ServerFigures>,
+    /// CPU seconds used during the run by this process (which includes an
+    /// embedded broker) and by an embedded `nats-server`.
+    pub cpu_secs: f64,
+    /// `cpu_secs` per published event, microseconds.
+    pub cpu_us_per_event: f64,
+}
+
+/// Where it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub nproc: usize,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Memory, GiB.
+    pub mem_gib: f64,
+    /// `/proc/loadavg` when the bench started (other load skews figures).
+    pub loadavg_at_start: String,
+}
+
+/// Caseshare ÷ NATS for the same workload (`None` where NATS measured 0).
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// Publish events/s.
+    pub publish_events_per_sec: Option<f64>,
+    /// Delivered events/s per subscriber.
+    pub delivery_events_per_sec: Option<f64>,
+    /// Publish → response p50.
+    pub publish_p50: Option<f64>,
+    /// Publish → response p99.
+    pub publish_p99: Option<f64>,
+    /// Publish → delivery p50.
+    pub delivery_p50: Option<f64>,
+    /// Publish → delivery p99.
+    pub delivery_p99: Option<f64>,
+    /// CPU per event.
+    pub cpu_per_event: Option<f64>,
+}
+
+/// What `run` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The machine.
+    pub machine: Machine,
+    /// One run per target.
+    pub runs: Vec<RunSummary>,
+    /// Caseshare ÷ NATS, with `--target both`.
+    pub ratios: Option<Ratios>,
+}
+
+/// Caseshare ÷ NATS for the same workload.
+pub(crate) fn ratios(c: &RunSummary, n: &RunSummary) -> Ratios {
+    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    Ratios {
+        publish_events_per_sec: div(c.publish.events_per_sec, n.publish.events_per_sec),
+        delivery_events_per_sec: div(c.delivery.events_per_sec, n.delivery.events_per_sec),
+        publish_p50: div(c.publish.latency.p50_ms, n.publish.latency.p50_ms),
+        publish_p99: div(c.publish.latency.p99_ms, n.publish.latency.p99_ms),
+        delivery_p50: div(c.delivery.latency.p50_ms, n.delivery.latency.p50_ms),
+        delivery_p99: div(c.delivery.latency.p99_ms, n.delivery.latency.p99_ms),
+        cpu_per_event: div(c.cpu_us_per_event, n.cpu_us_per_event),
+    }
+}
