@@ -11,8 +11,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::summary::ServerFigures;
 use crate::workload::Workload;
@@ -24,8 +22,7 @@ pub(crate) struct EmbeddedBroker {
     grpc: std::net::SocketAddr,
     ops: std::net::SocketAddr,
     pki: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), caseshare_server::ServeError>>>,
+    running: Option<caseshare_server::Running>,
 }
 
 impl EmbeddedBroker {
@@ -48,48 +45,26 @@ impl EmbeddedBroker {
         config.limits.max_outstanding = config.limits.max_outstanding.max(args.max_outstanding);
         config.validate()?;
         let pki = config.data_dir.join("pki");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = oneshot::channel();
-        let mut task = tokio::spawn(caseshare_server::serve(
-            config,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |b| {
-                let _ = bound_tx.send(b);
-            },
-        ));
-        let bound = tokio::select! {
-            b = bound_rx => b.map_err(|_| anyhow!("the embedded broker stopped before listening"))?,
-            r = &mut task => {
-                return match r {
-                    Ok(Ok(())) => Err(anyhow!("the embedded broker stopped before listening")),
-                    Ok(Err(e)) => Err(anyhow!("the embedded broker did not start: {e}")),
-                    Err(e) => Err(anyhow!("the embedded broker panicked: {e}")),
-                };
-            }
-            _ = tokio::time::sleep(Duration::from_secs(60)) => bail!("the embedded broker did not start within 60 s"),
-        };
+        let running =
+            tokio::time::timeout(Duration::from_secs(60), caseshare_server::start(config))
+                .await
+                .map_err(|_| anyhow!("the embedded broker did not start within 60 s"))?
+                .map_err(|e| anyhow!("the embedded broker did not start: {e}"))?;
         Ok(EmbeddedBroker {
             _dir: dir,
-            grpc: bound.grpc,
-            ops: bound.ops,
+            grpc: running.bound.grpc,
+            ops: running.bound.ops,
             pki,
-            stop: Some(stop_tx),
-            task: Some(task),
+            running: Some(running),
         })
     }
 
     /// Stops the broker and waits (up to 30 s) for it to finish.
     pub(crate) async fn stop(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            match tokio::time::timeout(Duration::from_secs(30), t).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => bail!("the embedded broker failed: {e}"),
-                Ok(Err(e)) => bail!("the embedded broker panicked: {e}"),
+        if let Some(r) = self.running.take() {
+            match tokio::time::timeout(Duration::from_secs(30), r.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => bail!("the embedded broker failed: {e}"),
                 Err(_) => bail!("the embedded broker did not stop within 30 s"),
             }
         }

@@ -6,7 +6,7 @@
 //! in a temporary directory, since sled writes when it opens); here are the
 //! key files and the dev PKI: present, secret ones not readable by other
 //! users, and their contents checked as the broker checks them at start
-//! (`caseshare_server::keys::check_keys_and_pki`).
+//! (`caseshare_server::check_keys_and_pki`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ pub fn run(data_dir: &Path) -> anyhow::Result<Vec<Finding>> {
         data_dir: data_dir.to_path_buf(),
         ..Default::default()
     };
-    let problems = caseshare_server::keys::check_keys_and_pki(&config);
+    let problems = caseshare_server::check_keys_and_pki(&config);
     if problems.is_empty() {
         out.push(finding(
             "keys and pki",

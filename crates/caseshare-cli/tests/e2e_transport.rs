@@ -81,7 +81,7 @@ async fn refuses_connections_without_a_valid_client_certificate() {
         .next()
         .unwrap()
         .unwrap();
-    let parsed = caseshare_server::tls::principal_from_cert(der.as_ref(), "caseshare.local");
+    let parsed = caseshare_server::principal_from_cert(der.as_ref(), "caseshare.local");
     assert!(parsed.unwrap_err().contains("evil.example"));
 }
 

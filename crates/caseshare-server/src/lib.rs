@@ -1,35 +1,51 @@
 //! The Caseshare broker: gRPC services over mutual TLS on an embedded store.
 //!
-//! - [`config`]: configuration (TOML, environment, validation).
-//! - [`pki`] and [`tls`]: the dev PKI, rustls, principals from certificates.
-//! - [`auth`]: the authorisation layer over every RPC.
-//! - [`writer`]: the single writer and its group commit.
-//! - [`delivery`]: subscriptions' cursors, flow control and redelivery.
-//! - [`state`]: agencies, agreements, consents and subscriptions in memory.
-//! - [`services`]: the gRPC services.
-//! - [`ops`]: health, readiness and metrics over plain HTTP.
-//! - [`errors`]: the one mapping from broker errors to gRPC statuses.
+//! API Boundary: this crate exports what the `caseshare` binary, the
+//! bench and the tests need, and nothing else:
+//! - [`config`]: the configuration (TOML, environment, validation, the
+//!   table of numeric keys).
+//! - [`serve`] runs a broker until a shutdown future resolves, reporting
+//!   its addresses through [`Bound`]; [`start`] does the same in a task and
+//!   gives a [`Running`] handle to stop it.
+//! - [`pki`]: the development PKI (`caseshare dev-pki`, tests).
+//! - [`check_keys_and_pki`], [`principal_from_cert`], [`telemetry::init`],
+//!   and the errors [`ServeError`], [`BrokerError`], [`PkiError`],
+//!   [`TlsError`].
 //!
-//! API Boundary: [`serve`] is what the CLI (and tests) call.
+//! Inside (private modules): `tls` (rustls, principals from
+//! certificates, reload), `auth` (authorisation of every RPC), `writer`
+//! (the single writer around the state machine of `caseshare-state`, and
+//! its group commit), `delivery` (subscriptions at runtime, flow control,
+//! redelivery), `services` (the gRPC services), `auditlog` (the Merkle tree
+//! and checkpoints), `ops` (health, readiness and metrics over HTTP),
+//! `errors` (the one mapping from broker errors to gRPC statuses), `conns`,
+//! `sendq`, `limits`, `refusals`, `keys`, `datadir`.
 #![forbid(unsafe_code)]
 
-pub mod auditlog;
-pub mod auth;
+mod auditlog;
+mod auth;
 pub mod config;
-pub mod conns;
-pub mod datadir;
-pub mod delivery;
-pub mod errors;
-pub mod keys;
-pub mod limits;
-pub mod ops;
+mod conns;
+mod datadir;
+mod delivery;
+mod errors;
+mod keys;
+mod limits;
+mod ops;
 pub mod pki;
-pub mod refusals;
-pub mod sendq;
-pub mod services;
+mod refusals;
+mod running;
+mod sendq;
+mod services;
 pub mod telemetry;
-pub mod tls;
-pub mod writer;
+mod tls;
+mod writer;
+
+pub use errors::BrokerError;
+pub use keys::check_keys_and_pki;
+pub use pki::PkiError;
+pub use running::{Running, start};
+pub use tls::{TlsError, principal_from_cert};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -90,7 +106,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
 
 /// Where the TLS files the broker uses are.
 #[derive(Debug, Clone)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     /// CA bundle.
     pub ca: PathBuf,
     /// Server certificate.
@@ -119,7 +135,7 @@ pub struct DevPkiCreated {
 /// is configured, none exists yet and the data directory holds no data
 /// (`datadir`). Temporaries of an interrupted creation are removed; a
 /// `pki/` that lacks a file is a refusal naming it.
-pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
+pub(crate) fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     if let (Some(ca), Some(cert), Some(key)) = (&config.tls.ca, &config.tls.cert, &config.tls.key) {
         return Ok(TlsFiles {
             ca: ca.clone(),
@@ -175,7 +191,7 @@ pub fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
 /// (`datadir::pseudonym_key_check`), or 32 bytes alone as written before
 /// the check existed. A damaged key is refused, never used. It is never
 /// created here: `keys::load_keys` creates keys, and only for a new broker.
-pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
+pub(crate) fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -210,7 +226,7 @@ pub fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
 
 /// Deletes events below `below` (settled for every subscription) published
 /// more than `retention_secs` ago, a thousand at a time.
-pub async fn expunge(
+pub(crate) async fn expunge(
     store: &dyn Storage,
     writer: &writer::Writer,
     below: u64,
@@ -244,7 +260,7 @@ pub async fn expunge(
 /// Removes the delivery records of deleted subscriptions, one bounded
 /// writer op at a time (each its own commit, between other traffic), until
 /// none remain.
-pub async fn purge_deleted_subscriptions(
+pub(crate) async fn purge_deleted_subscriptions(
     store: &dyn Storage,
     writer: &writer::Writer,
 ) -> Result<(), errors::BrokerError> {

@@ -51,6 +51,7 @@ impl RateLimiter {
         }
     }
 
+    #[cfg(test)]
     /// How many principals are tracked now.
     pub fn tracked(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()

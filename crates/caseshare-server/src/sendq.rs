@@ -49,6 +49,7 @@ impl QueueBudget {
         }
     }
 
+    #[cfg(test)]
     /// Bytes queued now for `principal`, all streams.
     pub fn queued(&self, principal: &str) -> usize {
         self.lock().get(principal).copied().unwrap_or(0)

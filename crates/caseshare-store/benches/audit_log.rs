@@ -3,16 +3,25 @@
 //! atomic, fdatasync'ed commit), then inclusion and consistency proofs read
 //! from the stored tiles of a 1,000,000-entry log.
 //!
-//! `cargo bench -p caseshare-server --bench audit_log`
+//! `cargo bench -p caseshare-store --bench audit_log`
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use caseshare_audit::merkle::leaf_hash;
-use caseshare_audit::tiles::TiledTree;
-use caseshare_server::auditlog::StoreTiles;
-use caseshare_store::{Batch, SledStore, Storage};
+use caseshare_audit::tiles::{TileStore, TiledTree};
+use caseshare_store::{Batch, SledStore, Storage, StoreError};
 use criterion::{Criterion, criterion_group, criterion_main};
+
+/// Reads tiles from the store, as the server's audit log does.
+struct StoreTiles<'a>(&'a dyn Storage);
+
+impl TileStore for StoreTiles<'_> {
+    type Error = StoreError;
+    fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.tile(level, index)
+    }
+}
 
 const ENTRIES: u64 = 1_000_000;
 const BATCH: u64 = 1_000;
