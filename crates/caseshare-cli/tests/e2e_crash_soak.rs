@@ -61,8 +61,6 @@
 //! finding (an acknowledged redelivery after a restart delivered again).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -72,8 +70,8 @@ use std::time::{Duration, Instant};
 
 use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_proto::v1 as pb;
+use caseshare_testkit::*;
 use futures::FutureExt;
-use support::*;
 use tokio::sync::{RwLock, mpsc, watch};
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;

@@ -6,8 +6,6 @@
 //! logs free of NHS numbers and payloads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,7 @@ use caseshare_core::authz::TABLE;
 use caseshare_core::principal::Role;
 use caseshare_proto::v1 as pb;
 use caseshare_server::pki::{DevCa, time_offset::Offset};
-use support::*;
+use caseshare_testkit::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 
@@ -651,20 +649,11 @@ fn the_broker_refuses_to_start_with_a_world_readable_key() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caseshare"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(tmp.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let Err(refused) = Broker::try_start_in(tmp.path(), &[], &[]) else {
+        panic!("the broker started with a world-readable key");
+    };
+    assert!(!refused.status.success());
+    let err = &refused.stderr;
     assert!(
         err.contains("readable by other users") && err.contains("chmod 600"),
         "{err}"
@@ -688,21 +677,13 @@ fn the_broker_refuses_a_server_certificate_without_server_auth() {
         0o644,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caseshare"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(tmp.path().join("data"))
-        .envs(pki_env(tmp.path()))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let env = pki_env(tmp.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let Err(refused) = Broker::try_start_in(tmp.path(), &env, &[]) else {
+        panic!("the broker started with a server certificate without serverAuth");
+    };
+    assert!(!refused.status.success());
+    let err = &refused.stderr;
     assert!(
         err.contains("server.pem") && err.contains("serverAuth"),
         "{err}"

@@ -58,6 +58,16 @@ impl BrokerBuilder {
         self
     }
 
+    /// The binary named by command-line argument `index` of this process,
+    /// if there is one (the measurement examples take the binary to measure
+    /// as their first argument); otherwise unchanged.
+    pub fn binary_arg(self, index: usize) -> Self {
+        match std::env::args_os().nth(index) {
+            Some(bin) => self.binary(bin),
+            None => self,
+        }
+    }
+
     /// One extra environment variable for the broker (kept on restart).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -475,7 +485,9 @@ mod tests {
     #[test]
     fn the_listening_line_gives_both_addresses_and_nothing_else_does() {
         assert_eq!(
-            parse_listening("caseshare listening: grpc https://127.0.0.1:40001 ops http://127.0.0.1:40002"),
+            parse_listening(
+                "caseshare listening: grpc https://127.0.0.1:40001 ops http://127.0.0.1:40002"
+            ),
             Some((
                 "127.0.0.1:40001".parse().unwrap(),
                 "127.0.0.1:40002".parse().unwrap()

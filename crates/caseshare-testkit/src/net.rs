@@ -134,6 +134,11 @@ mod tests {
             String::from_utf8_lossy(&req[..n]).into_owned()
         });
         assert_eq!(http_get(addr, "/readyz"), (503, "not ready".to_string()));
-        assert!(server.join().unwrap().starts_with("GET /readyz HTTP/1.0\r\n"));
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("GET /readyz HTTP/1.0\r\n")
+        );
     }
 }
