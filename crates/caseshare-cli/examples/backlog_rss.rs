@@ -8,9 +8,7 @@
 
 use caseshare_proto::v1 as pb;
 
-mod support;
-
-use support::rss_mib;
+use caseshare_testkit::{Broker, rss_mib};
 
 fn event(i: u64) -> pb::CaseEvent {
     let nhs = caseshare_core::nhs::with_check_digit(&format!("{:09}", 100_000_000 + i % 50_000))
@@ -42,18 +40,14 @@ fn event(i: u64) -> pb::CaseEvent {
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
-    let bin = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "target/release/caseshare".into());
     let total: u64 = args
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let served = support::Served::start(&bin, &[]);
-    let pid = served.child.id();
-    let connect = |name: &str| served.connect(name);
-    served.register_agencies().await;
+    let served = Broker::builder().binary_arg(1).log("warn").start();
+    let pid = served.pid();
+    let connect = |name: &str| served.client(name);
+    served.register_sample_agencies().await;
     let mut admin = connect("admin");
     admin
         .admin
@@ -151,6 +145,6 @@ async fn main() {
         published = target;
         println!("{published},{:.1}", rss_mib(pid));
     }
-    served.stop();
+    drop(served);
     reader.abort();
 }

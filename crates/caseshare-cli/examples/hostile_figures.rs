@@ -18,9 +18,7 @@
 use std::time::{Duration, Instant};
 
 use caseshare_proto::v1 as pb;
-use support::{Served, rss_mib};
-
-mod support;
+use caseshare_testkit::{Broker, BrokerBuilder, call_path, rss_mib};
 
 fn event(id: String, summary_chars: usize) -> pb::CaseEvent {
     pb::CaseEvent {
@@ -61,8 +59,8 @@ fn big_event(id: String) -> pb::CaseEvent {
 }
 
 /// (entries, bytes) of the audit log so far.
-async fn audit_size(s: &Served) -> (u64, u64) {
-    let mut auditor = s.connect("auditor");
+async fn audit_size(s: &Broker) -> (u64, u64) {
+    let mut auditor = s.client("auditor");
     let size = auditor
         .audit
         .get_checkpoint(pb::GetCheckpointRequest {})
@@ -88,32 +86,16 @@ async fn audit_size(s: &Served) -> (u64, u64) {
     (size, bytes)
 }
 
-async fn call_path(channel: tonic::transport::Channel, path: String) -> tonic::Code {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    if grpc.ready().await.is_err() {
-        return tonic::Code::Unavailable;
-    }
-    let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let path = http::uri::PathAndQuery::try_from(path).unwrap();
-    match grpc.unary(tonic::Request::new(()), path, codec).await {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    }
-}
-
-async fn refusal_flood(bin: &str) {
-    let s = Served::start(bin, &[("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "1000")]);
-    s.register_agencies().await;
+async fn refusal_flood() {
+    let s = broker()
+        .env("CASESHARE_AUDIT_REFUSAL_INTERVAL_MS", "1000")
+        .start();
+    s.register_sample_agencies().await;
     let (n0, b0) = audit_size(&s).await;
-    let pki = s.dir.path().join("data/pki");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..4 {
-        let config = caseshare_cli::client::ClientConfig::dev(
-            format!("https://localhost:{}", s.port),
-            &pki,
-            "school-b",
-        );
+        let config = s.client_config("school-b");
         tasks.push(tokio::spawn(async move {
             let channel = config.connect_lazy().unwrap();
             let long = format!(
@@ -127,7 +109,7 @@ async fn refusal_flood(bin: &str) {
                 } else {
                     "/caseshare.v1.Admin/RegisterAgency".to_string()
                 };
-                let _ = call_path(channel.clone(), path).await;
+                let _ = call_path(channel.clone(), &path).await;
                 calls += 1;
             }
             calls
@@ -146,15 +128,15 @@ async fn refusal_flood(bin: &str) {
         b1 - b0,
         (b1 - b0) as f64 / calls as f64
     );
-    s.stop();
+    drop(s);
 }
 
 /// Publishes 1,500 ~55 KiB events and returns the broker's VmRSS growth;
 /// with `stall`, one Subscribe stream (window 1,000) reads nothing.
-async fn slow_reader(bin: &str, stall: bool) -> f64 {
-    let s = Served::start(bin, &[]);
-    s.register_agencies().await;
-    s.connect("admin")
+async fn slow_reader(stall: bool) -> f64 {
+    let s = broker().start();
+    s.register_sample_agencies().await;
+    s.client("admin")
         .admin
         .put_agreement(pb::Agreement {
             agreement_id: "isa".into(),
@@ -167,7 +149,7 @@ async fn slow_reader(bin: &str, stall: bool) -> f64 {
         })
         .await
         .unwrap();
-    let mut sub = s.connect("la-social-care-c");
+    let mut sub = s.client("la-social-care-c");
     sub.subscriber
         .create_subscription(pb::Subscription {
             name: "main".into(),
@@ -175,7 +157,7 @@ async fn slow_reader(bin: &str, stall: bool) -> f64 {
         })
         .await
         .unwrap();
-    let pid = s.child.id();
+    let pid = s.pid();
     let rss0 = rss_mib(pid);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::SubscribeRequest {
@@ -196,7 +178,7 @@ async fn slow_reader(bin: &str, stall: bool) -> f64 {
     } else {
         None
     };
-    let mut publisher = s.connect("school-b");
+    let mut publisher = s.client("school-b");
     for i in 0..1_500 {
         publisher
             .publisher
@@ -214,7 +196,7 @@ async fn slow_reader(bin: &str, stall: bool) -> f64 {
             "no subscriber stream: VmRSS {rss0:.1} MiB before, {rss1:.1} MiB after publishing the same events: +{:.1} MiB",
             rss1 - rss0
         );
-        s.stop();
+        drop(s);
         return rss1 - rss0;
     };
     // What the stalled stream now says, if it was ended.
@@ -232,13 +214,13 @@ async fn slow_reader(bin: &str, stall: bool) -> f64 {
         rss1 - rss0
     );
     drop(tx);
-    s.stop();
+    drop(s);
     rss1 - rss0
 }
 
-async fn publish_fresh(s: &Served, id: String) -> Option<Duration> {
+async fn publish_fresh(s: &Broker, id: String) -> Option<Duration> {
     let t = Instant::now();
-    let mut c = s.connect("school-b");
+    let mut c = s.client("school-b");
     let r = tokio::time::timeout(
         Duration::from_secs(20),
         c.publisher.publish(pb::PublishRequest {
@@ -250,14 +232,21 @@ async fn publish_fresh(s: &Served, id: String) -> Option<Duration> {
     matches!(r, Ok(Ok(_))).then(|| t.elapsed())
 }
 
-async fn connection_flood(bin: &str) {
-    let s = Served::start_limited(bin, &[], Some(4_096));
-    s.register_agencies().await;
+async fn connection_flood() {
+    // The broker's RLIMIT_NOFILE at 4,096 (soft and hard).
+    let s = broker()
+        .wrap(&[
+            "sh".into(),
+            "-c".into(),
+            "ulimit -n 4096 && exec \"$0\" \"$@\"".into(),
+        ])
+        .start();
+    s.register_sample_agencies().await;
     let mut calm = Vec::new();
     for i in 0..10 {
         calm.push(publish_fresh(&s, format!("calm-{i}")).await);
     }
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.port));
+    let addr = s.grpc;
     let mut flood = Vec::new();
     let flood_start = Instant::now();
     for _ in 0..6_000 {
@@ -267,7 +256,7 @@ async fn connection_flood(bin: &str) {
         }
     }
     let flood_took = flood_start.elapsed();
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
         .map(|d| d.count())
         .unwrap_or(0);
     let mut during = Vec::new();
@@ -300,21 +289,24 @@ async fn connection_flood(bin: &str) {
         show(&during)
     );
     drop(flood);
-    s.stop();
+    drop(s);
+}
+
+/// The broker to measure: the binary named on the command line, else the
+/// test kit's (`CASESHARE_BIN`, or `caseshare` beside this example).
+fn broker() -> BrokerBuilder {
+    Broker::builder().binary_arg(1).log("warn")
 }
 
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let bin = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "target/release/caseshare".into());
-    refusal_flood(&bin).await;
-    let base = slow_reader(&bin, false).await;
-    let stalled = slow_reader(&bin, true).await;
+    refusal_flood().await;
+    let base = slow_reader(false).await;
+    let stalled = slow_reader(true).await;
     println!(
         "slow reader: the stalled stream itself holds about {:.1} MiB",
         stalled - base
     );
-    connection_flood(&bin).await;
+    connection_flood().await;
 }

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use caseshare_cli::client::Clients;
 use caseshare_proto::v1 as pb;
-
-mod support;
+use caseshare_testkit::Broker;
 
 fn event(id: String) -> pb::CaseEvent {
     pb::CaseEvent {
@@ -69,18 +68,16 @@ fn pct(v: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let bin = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "target/release/caseshare".into());
-    let served = support::Served::start(
-        &bin,
-        &[
+    let served = Broker::builder()
+        .binary_arg(1)
+        .log("warn")
+        .envs(&[
             ("CASESHARE_PUBLISH_RATE_PER_SEC", "1000"),
             ("CASESHARE_PUBLISH_BURST", "1000"),
-        ],
-    );
-    let connect = |name: &str| served.connect(name);
-    served.register_agencies().await;
+        ])
+        .start();
+    let connect = |name: &str| served.client(name);
+    served.register_sample_agencies().await;
     let mut good = connect("nhs-trust-a");
     let alone = steady(&mut good, "alone", 1000).await;
 
@@ -130,7 +127,7 @@ async fn main() {
         ok as f64 / secs,
         refused as f64 / secs
     );
-    served.stop();
+    drop(served);
 }
 
 /// Four publishing loops of one agency, each waiting `pace` between sends

@@ -4,13 +4,11 @@
 //! as AUDIT_ACCESSED, and no raw NHS number or payload text in any leaf.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use base64::Engine;
 use caseshare_proto::v1 as pb;
 use caseshare_store::Storage;
+use caseshare_testkit::*;
 use sha2::{Digest, Sha256};
-use support::*;
 
 /// RFC 9162 §2.1.3.2, written out here so the check does not depend on
 /// caseshare-audit.
@@ -389,7 +387,7 @@ async fn subject_access_report_and_query() {
 
 fn verify_cli(b: &Broker, vkey: &str, state: &std::path::Path) -> std::process::Output {
     let pki = b.pki();
-    std::process::Command::new(env!("CARGO_BIN_EXE_caseshare"))
+    caseshare_command()
         .args([
             "audit",
             "verify",

@@ -8,14 +8,12 @@
 //! subscriptions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use caseshare_core::validate::limits;
 use caseshare_proto::v1 as pb;
+use caseshare_testkit::*;
 use prost::Message;
-use support::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 

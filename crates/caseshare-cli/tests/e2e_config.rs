@@ -4,13 +4,9 @@
 //! start with a message naming the key, a non-zero exit and no panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-use std::process::{Command, Stdio};
-
 use caseshare_proto::v1 as pb;
 use caseshare_server::config::key_ranges;
-use support::*;
+use caseshare_testkit::*;
 
 /// Every key at one end of its range.
 fn all_at(bottom: bool) -> Vec<(String, String)> {
@@ -138,23 +134,16 @@ fn a_value_past_its_bound_is_refused_at_start_naming_the_key() {
             "limits.publish_rate_per_sec",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_caseshare"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .env(env, value)
-            .env_remove("CASESHARE_CONFIG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{env}={value} started");
+        let refused = match Broker::try_start_in(tmp.path(), &[(env, value)], &[]) {
+            Ok(_) => panic!("{env}={value} started"),
+            Err(r) => r,
+        };
+        let stderr = &refused.stderr;
+        assert!(
+            !refused.status.success(),
+            "{env}={value}: {}",
+            refused.status
+        );
         assert!(stderr.contains(key), "{env}={value}: {stderr}");
         assert!(!stderr.contains("panicked"), "{env}={value}: {stderr}");
         // Refused before anything was created.

@@ -5,12 +5,10 @@
 //! background removal of a deleted subscription's delivery records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 
 const FAST: &[(&str, &str)] = &[
     ("CASESHARE_BACKOFF_BASE_MS", "50"),

@@ -5,12 +5,10 @@
 //! and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 use tonic_types::StatusExt;
 
 async fn setup(b: &Broker) {

@@ -4,15 +4,12 @@
 //! under an agreement, and delivered to the recipient's subscription.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use caseshare_core::event_type::EVENT_TYPES;
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/events")
@@ -67,7 +64,7 @@ fn agreement_for(id: &str, provider: &str, recipient: &str, event_types: &[&str]
 /// `caseshare publish FILE` as `agency`; the parsed JSON response.
 fn cli_publish(b: &Broker, agency: &str, file: &Path) -> serde_json::Value {
     let pki = b.pki();
-    let out = Command::new(env!("CARGO_BIN_EXE_caseshare"))
+    let out = caseshare_command()
         .arg("publish")
         .arg("--server")
         .arg(format!("https://localhost:{}", b.grpc.port()))
@@ -78,10 +75,6 @@ fn cli_publish(b: &Broker, agency: &str, file: &Path) -> serde_json::Value {
         .arg("--key")
         .arg(pki.join(format!("{agency}.key")))
         .arg(file)
-        .env_remove("CASESHARE_SERVER")
-        .env_remove("CASESHARE_CA")
-        .env_remove("CASESHARE_CERT")
-        .env_remove("CASESHARE_KEY")
         .output()
         .expect("run caseshare publish");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -22,8 +22,6 @@
 //!   [`GATED`] lists kinds skipped unless named there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -31,7 +29,7 @@ use caseshare_audit::merkle::{leaf_hash, verify_inclusion};
 use caseshare_audit::note::{NoteVerifier, verify_checkpoint};
 use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 use tokio_stream::StreamExt;
 
 /// Kinds skipped by default (e.g. while a fix for them is on another

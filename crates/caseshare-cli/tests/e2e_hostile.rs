@@ -9,13 +9,11 @@
 //! is ended with RESOURCE_EXHAUSTED and its events are redelivered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use caseshare_proto::v1 as pb;
+use caseshare_testkit::*;
 use prost::Message as _;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tonic_types::StatusExt;
 

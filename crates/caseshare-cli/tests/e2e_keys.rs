@@ -5,12 +5,10 @@
 //! nothing, never a new key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::Path;
 
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 
 fn leftovers(data: &Path) -> Vec<String> {
     std::fs::read_dir(data)

@@ -3,10 +3,8 @@
 //! one; the publish response lists both decisions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 
 #[tokio::test]
 async fn covered_agency_receives_and_acks_uncovered_agency_receives_nothing() {

@@ -8,12 +8,10 @@
 //! healthy one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 
 /// Small segments, so that ~1,000 events seal several (with `.ids` files).
 const ENV: &[(&str, &str)] = &[("CASESHARE_STORE_SEGMENT_KIB", "64")];

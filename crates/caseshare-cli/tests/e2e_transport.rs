@@ -4,10 +4,8 @@
 //! audit entry; health and reflection answer authenticated callers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 async fn list_agencies_with(

@@ -18,15 +18,13 @@
 //! stopped, and its audit entries are durable.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use caseshare_proto::v1 as pb;
-use support::*;
+use caseshare_testkit::*;
 
 const EVENTS: usize = 200;
 const SUBSCRIPTION: &str = "casework";

@@ -1,6 +1,8 @@
 //! Repository hygiene, checked inside `cargo test`: every Rust module starts
 //! with a `//!` doc comment saying what it owns, no test is marked ignored,
-//! and the shipped deployment config parses.
+//! the shipped deployment config parses, no test or example starts a broker
+//! but through `caseshare-testkit` (which runs the binary cargo built for
+//! these tests), and test, example and kit files stay under 800 lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -88,4 +90,86 @@ fn server_library_reports_through_tracing_only() {
         offenders.is_empty(),
         "stdout printing in the server library: {offenders:?}"
     );
+}
+
+/// The test and example sources of every crate but the kit (which starts
+/// brokers) and the bench (tooling with its own embedded broker).
+fn test_and_example_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
+        let krate = entry.unwrap().path();
+        let name = krate.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "caseshare-testkit" || name == "caseshare-bench" {
+            continue;
+        }
+        for dir in ["tests", "examples", "benches"] {
+            if krate.join(dir).is_dir() {
+                rust_files(&krate.join(dir), &mut files);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn no_test_or_example_starts_a_broker_but_through_the_kit() {
+    // This file names the binary once, below, to check the kit runs the one
+    // cargo built; nothing here starts a broker.
+    let this = Path::new(file!()).file_name().unwrap().to_owned();
+    let files: Vec<PathBuf> = test_and_example_files()
+        .into_iter()
+        .filter(|f| f.file_name() != Some(this.as_os_str()))
+        .collect();
+    assert!(files.len() > 15, "{files:?}");
+    let needles = [
+        // The binary, run by hand (client commands go through
+        // `caseshare_testkit::caseshare_command`).
+        "CARGO_BIN_EXE_caseshare\"",
+        // `caseshare serve` spawned by hand.
+        "\"serve\"",
+        // The server library served in-process.
+        "caseshare_server::serve",
+        "Server::builder(",
+    ];
+    let offenders: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            needles
+                .iter()
+                .filter(|n| text.contains(**n))
+                .map(|n| format!("{}: {n}", f.display()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "start brokers with caseshare_testkit::Broker: {offenders:#?}"
+    );
+}
+
+#[test]
+fn the_kit_runs_the_binary_cargo_built_for_these_tests() {
+    let expected = match std::env::var_os("CASESHARE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_caseshare")),
+    };
+    assert_eq!(
+        caseshare_testkit::caseshare_bin().canonicalize().unwrap(),
+        expected.canonicalize().unwrap()
+    );
+}
+
+#[test]
+fn test_example_and_kit_files_stay_under_800_lines() {
+    let mut files = test_and_example_files();
+    rust_files(&repo().join("crates/caseshare-testkit"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > 800).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these files: {long:#?}");
 }

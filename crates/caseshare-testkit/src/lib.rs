@@ -1,0 +1,78 @@
+//! The Caseshare test kit: the one way an end-to-end test or an example
+//! starts a broker. It owns starting a real broker (the `caseshare serve`
+//! binary on a temporary data directory, free ports, its development PKI —
+//! generated certificates for the CA, the server, `admin`, `auditor` and the
+//! three sample agencies — made on first start), stopping, killing and
+//! restarting it, the sample agencies and the sharing set-ups the tests
+//! share, typed gRPC clients over mutual TLS, and the file, socket and
+//! process helpers the tests use.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use caseshare_testkit::*;
+//! let b = Broker::start();
+//! b.school_shares_with_social_care().await;
+//! let mut school = b.client(SCHOOL);
+//! school
+//!     .publisher
+//!     .publish(publish_request(attendance_event("e-1", CHILD_1)))
+//!     .await
+//!     .unwrap();
+//! let mut sub = Subscription::open(&b, SOCIAL_CARE, "main", 10).await;
+//! assert_eq!(sub.next().await.source_agency, SCHOOL);
+//! # }
+//! ```
+//!
+//! # Which binary
+//!
+//! A library crate is not given `CARGO_BIN_EXE_caseshare` (cargo sets it
+//! only while compiling the `caseshare-cli` package's own integration tests
+//! and benches), so the kit finds the binary at run time, in this order
+//! (see [`caseshare_bin`]):
+//! 1. [`BrokerBuilder::binary`], when the caller names one (the measurement
+//!    examples take a binary on their command line, to compare builds);
+//! 2. the `CASESHARE_BIN` environment variable (the Python interoperability
+//!    suite uses the same variable);
+//! 3. `caseshare` in the cargo profile directory of the running executable:
+//!    an integration test runs from `target/<profile>/deps/` and an example
+//!    from `target/<profile>/examples/`, and cargo builds the package's
+//!    binary into `target/<profile>/` before it runs the package's
+//!    integration tests (that path is exactly `CARGO_BIN_EXE_caseshare`,
+//!    which `caseshare-cli`'s `tidy` test checks). An example is run with
+//!    `cargo run --example`, which does not build the binary: build it first
+//!    (`cargo build -p caseshare-cli --bin caseshare`, with `--release` for a
+//!    release example) or pass one.
+//!
+//! # Topologies
+//!
+//! [`Topology::Single`] is the only topology today: one broker process on
+//! one data directory. Cluster mode (the next issue) adds a variant there;
+//! [`Broker::builder`] is where a test will ask for it.
+//!
+//! A test kit panics when a step that is not under test fails: that is how
+//! the test fails, so `unwrap` and `expect` are allowed here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod agencies;
+mod binary;
+mod broker;
+mod files;
+mod net;
+mod subscription;
+
+pub use agencies::{
+    ADMIN, AUDITOR, CHILD_1, CHILD_2, HEALTH, SAMPLE_AGENCIES, SCHOOL, SOCIAL_CARE, agreement,
+    attendance_event, create_subscription, publish_request, put_agreement, was_not_brought_event,
+};
+pub use binary::{caseshare_bin, caseshare_command};
+pub use broker::{Broker, BrokerBuilder, Endpoint, Refused, Topology, refusal_message};
+pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
+pub use net::{H2_PREFACE, call_path, closed_within, http_get, raw_tls};
+pub use subscription::Subscription;
+
+/// Installs rustls' ring crypto provider for the process (idempotent).
+/// Every broker start calls it; a test that builds TLS configurations
+/// before starting a broker calls it itself.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
