@@ -9,7 +9,6 @@
 //! outside sled (`Storage::persist_checkpoint`), so that a sled that lost
 //! committed audit entries is refused at the next start.
 
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use caseshare_audit::merkle::{Hash, leaf_hash};
@@ -47,31 +46,6 @@ impl std::fmt::Debug for AuditLog {
             .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
-}
-
-/// Loads the checkpoint signing key (C2SP `PRIVATE+KEY+…` text), mode
-/// 0600. It is never created here: `crate::load_keys` creates it, and only
-/// for a new broker.
-pub fn load_signer(path: &Path) -> Result<NoteSigner, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by other users; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    NoteSigner::from_skey(text.trim()).map_err(|e| {
-        format!(
-            "{}: {e}; restore it from a backup of this data directory",
-            path.display()
-        )
-    })
 }
 
 impl AuditLog {

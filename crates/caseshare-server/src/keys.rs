@@ -98,8 +98,8 @@ fn read_keys(config: &Config, data: Option<&Path>) -> Result<Keys, ServeError> {
         return Err(missing(&signer_path, SIGNER_WHAT));
     }
     Ok(Keys {
-        pseudonym: crate::load_secret(&pseudonym_path)?,
-        signer: crate::auditlog::load_signer(&signer_path).map_err(ServeError::Secret)?,
+        pseudonym: load_pseudonym_key(&pseudonym_path)?,
+        signer: load_signer(&signer_path)?,
     })
 }
 
@@ -205,4 +205,68 @@ mod tests {
         assert!(load_keys(&cfg).is_err());
         assert!(!key.exists(), "never a new key next to data");
     }
+}
+
+/// Reads a secret file: the one place that insists on mode 0600 (no group
+/// or other bits) and says how to fix it.
+fn read_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| ServeError::Io {
+        context: format!("reading {}", path.display()),
+        source: e,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ServeError::Secret(format!(
+            "{} is readable by other users; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// Loads the pseudonym key: 32 bytes then their check value
+/// (`datadir::pseudonym_key_check`), or 32 bytes alone as written before
+/// the check existed. A damaged key is refused, never used. It is never
+/// created here: [`load_keys`] creates keys, and only for a new broker.
+fn load_pseudonym_key(path: &Path) -> Result<Vec<u8>, ServeError> {
+    let bytes = read_secret(path)?;
+    let damaged = |why: String| {
+        ServeError::Secret(format!(
+            "{} is damaged: {why}; the broker will not use a changed key (stored \
+             pseudonyms would stop matching). Restore it from a backup of this data directory",
+            path.display()
+        ))
+    };
+    match bytes.len() {
+        32 => Ok(bytes),
+        64 => {
+            let (key, check) = bytes.split_at(32);
+            if datadir::pseudonym_key_check(key).as_slice() != check {
+                return Err(damaged("its check value does not match the key".into()));
+            }
+            Ok(key.to_vec())
+        }
+        n => Err(damaged(format!(
+            "it must hold 64 bytes (a 32-byte key and its check value), but holds {n}"
+        ))),
+    }
+}
+
+/// Loads the checkpoint signing key (a signed-note `PRIVATE+KEY+...` line).
+fn load_signer(path: &Path) -> Result<caseshare_audit::note::NoteSigner, ServeError> {
+    let bytes = read_secret(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        ServeError::Secret(format!(
+            "{}: not UTF-8 text; restore it from a backup of this data directory",
+            path.display()
+        ))
+    })?;
+    caseshare_audit::note::NoteSigner::from_skey(text.trim()).map_err(|e| {
+        ServeError::Secret(format!(
+            "{}: {e}; restore it from a backup of this data directory",
+            path.display()
+        ))
+    })
 }

@@ -49,7 +49,7 @@ pub use tls::{TlsError, principal_from_cert};
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -185,43 +185,6 @@ pub(crate) fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
         dev_pki: Some(dir),
         dev_pki_created: created,
     })
-}
-
-/// Loads the pseudonym key (mode 0600): 32 bytes then their check value
-/// (`datadir::pseudonym_key_check`), or 32 bytes alone as written before
-/// the check existed. A damaged key is refused, never used. It is never
-/// created here: `keys::load_keys` creates keys, and only for a new broker.
-pub(crate) fn load_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(ServeError::Secret(format!(
-            "{} is readable by other users; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
-    let damaged = |why: String| {
-        ServeError::Secret(format!(
-            "{} is damaged: {why}; the broker will not use a changed key (stored \
-             pseudonyms would stop matching). Restore it from a backup of this data directory",
-            path.display()
-        ))
-    };
-    match bytes.len() {
-        32 => Ok(bytes),
-        64 => {
-            let (key, check) = bytes.split_at(32);
-            if datadir::pseudonym_key_check(key).as_slice() != check {
-                return Err(damaged("its check value does not match the key".into()));
-            }
-            Ok(key.to_vec())
-        }
-        n => Err(damaged(format!(
-            "it must hold 64 bytes (a 32-byte key and its check value), but holds {n}"
-        ))),
-    }
 }
 
 /// Deletes events below `below` (settled for every subscription) published
