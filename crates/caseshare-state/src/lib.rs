@@ -14,6 +14,8 @@
 //!   group commit's writes, and what a store hands back at start.
 //! - [`state`]: the in-memory configuration state (agencies, agreements,
 //!   consents, subscriptions, retractions) and the sharing decision on it.
+//! - [`delivery`]: one delivery's life as a state machine (phases, inputs,
+//!   the one transition function `step`), used by the server's registry.
 //!
 //! Architecture Invariant: the normal dependencies of this crate include no
 //! tokio, sled, tonic or random-number crate (checked by a test).
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod delivery;
 pub mod records;
 pub mod snapshot;
 pub mod state;

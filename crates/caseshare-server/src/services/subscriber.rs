@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
 use crate::auth::caller;
+use crate::delivery::OpenStream;
 use crate::errors::BrokerError;
 use crate::writer::Op;
 
@@ -123,15 +124,15 @@ impl Subscriber for SubscriberService {
             )
             .into());
         }
-        let rx = self.0.deliveries.open_stream(
+        let rx = self.0.deliveries.open_stream(OpenStream {
             actor,
-            &first.subscription,
-            first.max_outstanding,
+            subscription: first.subscription,
+            max_outstanding: first.max_outstanding,
             inbound,
             slot,
-            self.0.idle_timeout,
-            &self.0.send_budget,
-        )?;
+            idle: self.0.idle_timeout,
+            budget: self.0.send_budget.clone(),
+        })?;
         Ok(Response::new(Box::pin(rx)))
     }
 
@@ -207,10 +208,11 @@ impl Subscriber for SubscriberService {
             0 => 100,
             n => n.min(1_000),
         } as usize;
-        let dead_letters =
-            self.0
-                .deliveries
-                .dead_letters(&actor.name, &r.subscription, from, size)?;
+        let dead_letters = self
+            .0
+            .deliveries
+            .dead_letters(&actor.name, &r.subscription, from, size)
+            .await?;
         let next_page_token = if dead_letters.len() == size {
             dead_letters
                 .last()
