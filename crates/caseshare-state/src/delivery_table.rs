@@ -2,6 +2,8 @@
 //! with the state and effect it must give, or why it is ignored. Runs
 //! without tokio, a store or a socket.
 
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 
 const NOW: Micros = Micros(100 * 1_000_000);

@@ -48,7 +48,7 @@ use caseshare_core::principal::Principal;
 use caseshare_core::time::Micros;
 use caseshare_state::BrokerState;
 use caseshare_state::delivery::{delivery_id, parse_delivery_id};
-use caseshare_store::{DeliveryState, Storage, SubscriptionRecord};
+use caseshare_store::{DeliveryRecord, DeliveryState, Storage, SubscriptionRecord};
 use tokio::sync::watch;
 
 use crate::errors::BrokerError;
@@ -135,17 +135,41 @@ impl Deliveries {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a runtime for a (new or loaded) subscription: its unsettled
+    /// Adds a runtime for a loaded subscription (at start): its unsettled
     /// deliveries from the floor up are owed at once.
     pub fn add(&self, rec: SubscriptionRecord, floor: Option<u64>) -> Result<(), BrokerError> {
-        let Some(sub) = rec.subscription else {
+        let Some(start) = rec.subscription.as_ref().map(|s| s.start_sequence) else {
             return Ok(());
         };
-        let floor = floor.unwrap_or(sub.start_sequence).max(sub.start_sequence);
+        let floor = floor.unwrap_or(start).max(start);
+        let records = self.store.deliveries_from(rec.id, floor)?;
+        self.insert(rec, floor, records);
+        Ok(())
+    }
+
+    /// Adds the runtime of a subscription just created, reading its
+    /// delivery records (none, unless its id was used before) on the
+    /// blocking pool.
+    pub async fn add_created(&self, rec: SubscriptionRecord) -> Result<(), BrokerError> {
+        let Some(start) = rec.subscription.as_ref().map(|s| s.start_sequence) else {
+            return Ok(());
+        };
+        let id = rec.id;
+        let records = self
+            .blocking(move |store| Ok(store.deliveries_from(id, start)?))
+            .await?;
+        self.insert(rec, start, records);
+        Ok(())
+    }
+
+    fn insert(&self, rec: SubscriptionRecord, floor: u64, records: Vec<DeliveryRecord>) {
+        let Some(sub) = rec.subscription else {
+            return;
+        };
         let mut pending = BTreeMap::new();
         let mut settled_ahead = BTreeSet::new();
         let now = self.clock.now();
-        for d in self.store.deliveries_from(rec.id, floor)? {
+        for d in records {
             if d.is_settled() {
                 settled_ahead.insert(d.sequence);
             } else if d.state() == DeliveryState::Delivered {
@@ -161,7 +185,6 @@ impl Deliveries {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(rec.id, rt);
-        Ok(())
     }
 
     /// Removes a deleted subscription's runtime: its deliveries are dropped
@@ -260,6 +283,29 @@ impl Deliveries {
         }
         rt.notify.notify_waiters();
         Ok(target)
+    }
+
+    /// The first stored event published at or after `t` (binary search
+    /// over sequences; publish times follow sequence order), read on the
+    /// blocking pool.
+    pub async fn first_sequence_at(&self, t: Micros) -> Result<u64, BrokerError> {
+        let end = self.head() + 1;
+        self.blocking(move |store| {
+            let first = match store.events_from(0, 1)?.first() {
+                Some(e) => e.sequence,
+                None => return Ok(1),
+            };
+            let (mut lo, mut hi) = (first, end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match store.events_from(mid, 1)?.first() {
+                    Some(e) if e.published_at_micros < t.0 => lo = e.sequence + 1,
+                    _ => hi = mid,
+                }
+            }
+            Ok(lo)
+        })
+        .await
     }
 
     /// Dead letters of one of `agency`'s subscriptions.

@@ -76,12 +76,16 @@ struct Scan {
     want: usize,
 }
 
+/// An event as stored, and its `CaseEvent`.
+type Decoded = (StoredEvent, pb::CaseEvent);
+
 /// What a round read.
 struct Read {
-    /// Claimed deliveries' events (`None`: gone from the log).
-    taken: Vec<(u64, u32, Option<(StoredEvent, pb::CaseEvent)>)>,
+    /// Claimed deliveries' (sequence, attempt, event; `None`: gone from the
+    /// log).
+    taken: Vec<(u64, u32, Option<Decoded>)>,
     /// New events for this subscription, in order.
-    eligible: Vec<(StoredEvent, pb::CaseEvent)>,
+    eligible: Vec<Decoded>,
     /// The sequence after the last one examined.
     next: u64,
 }
