@@ -20,7 +20,7 @@
 //! The parts:
 //! - `caseshare_state::delivery`: one delivery's states and the one
 //!   transition function, `step` (pure, tested as a table).
-//! - [`registry`]: subscriptions at runtime, their unsettled deliveries
+//! - `registry`: subscriptions at runtime, their unsettled deliveries
 //!   (changed only through `SubInner::apply`, which calls `step`), cursors
 //!   and floors.
 //! - `pick`: what a stream takes next, read from the log off the lock and

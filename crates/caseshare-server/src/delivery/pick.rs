@@ -276,7 +276,7 @@ fn scan_log(
 ) -> Result<(), BrokerError> {
     let mut next = scan.from;
     let mut chunk = 0;
-    for _ in 0..READS_PER_ROUND {
+    'reads: for _ in 0..READS_PER_ROUND {
         if read.eligible.len() >= scan.want || next > scan.head {
             break;
         }
@@ -291,8 +291,13 @@ fn scan_log(
             break;
         }
         for event in events {
-            if event.sequence > scan.head || read.eligible.len() >= scan.want {
-                break;
+            if event.sequence > scan.head {
+                // Nothing is stored between here and the head.
+                next = scan.head + 1;
+                break 'reads;
+            }
+            if read.eligible.len() >= scan.want {
+                break 'reads;
             }
             next = event.sequence + 1;
             let decoded = crate::errors::stored_case_event(&event)?;
