@@ -311,18 +311,20 @@ pub async fn serve(
         .map_err(io("starting the writer thread"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let deliveries = Deliveries::new(
-        store.clone(),
-        writer.clone(),
-        state.clone(),
-        head,
-        shutdown_rx.clone(),
-        &snapshot.floors,
-        config.limits.max_outstanding,
-        delivery::Backoff {
-            base: std::time::Duration::from_millis(config.delivery.backoff_base_ms),
-            cap: std::time::Duration::from_millis(config.delivery.backoff_cap_ms),
+        delivery::Parts {
+            store: store.clone(),
+            writer: writer.clone(),
+            state: state.clone(),
+            head,
+            shutdown: shutdown_rx.clone(),
+            max_outstanding: config.limits.max_outstanding,
+            backoff: delivery::Backoff {
+                base: std::time::Duration::from_millis(config.delivery.backoff_base_ms),
+                cap: std::time::Duration::from_millis(config.delivery.backoff_cap_ms),
+            },
+            send_gate: Arc::new(tokio::sync::RwLock::new(())),
         },
-        Arc::new(tokio::sync::RwLock::new(())),
+        &snapshot.floors,
     )?;
     let shared = Shared {
         writer: writer.clone(),

@@ -20,6 +20,8 @@
 //!   events, subscriptions, delivery), each tested with a table.
 //! - `testing` (feature `testing`): an in-memory [`Lookup`] and a recorded
 //!   scenario of commands, for replay tests here and in the store.
+//! - [`delivery`]: one delivery's life as a state machine (phases, inputs,
+//!   the one transition function `step`), used by the server's registry.
 //!
 //! Architecture Invariant: the normal dependencies of this crate include no
 //! tokio, sled, tonic or random-number crate (checked by a test).
@@ -29,6 +31,7 @@
 
 pub mod batch;
 mod command;
+pub mod delivery;
 mod machine;
 mod ops;
 pub mod records;

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
 use crate::auth::caller;
+use crate::delivery::OpenStream;
 use crate::errors::BrokerError;
 use crate::writer::Op;
 
@@ -38,7 +39,7 @@ impl Subscriber for SubscriberService {
             })
             .await?;
         let sub = record.subscription.clone().unwrap_or_default();
-        self.0.deliveries.add(record, None)?;
+        self.0.deliveries.add_created(record).await?;
         Ok(Response::new(sub))
     }
 
@@ -123,15 +124,15 @@ impl Subscriber for SubscriberService {
             )
             .into());
         }
-        let rx = self.0.deliveries.open_stream(
+        let rx = self.0.deliveries.open_stream(OpenStream {
             actor,
-            &first.subscription,
-            first.max_outstanding,
+            subscription: first.subscription,
+            max_outstanding: first.max_outstanding,
             inbound,
             slot,
-            self.0.idle_timeout,
-            &self.0.send_budget,
-        )?;
+            idle: self.0.idle_timeout,
+            budget: self.0.send_budget.clone(),
+        })?;
         Ok(Response::new(Box::pin(rx)))
     }
 
@@ -175,7 +176,10 @@ impl Subscriber for SubscriberService {
                 if !caseshare_core::time::timestamp_is_valid(&t) {
                     return Err(BrokerError::invalid("to_time", "not a valid timestamp").into());
                 }
-                self.first_sequence_at(caseshare_core::time::Micros::from_timestamp(&t))?
+                self.0
+                    .deliveries
+                    .first_sequence_at(caseshare_core::time::Micros::from_timestamp(&t))
+                    .await?
             }
             None => {
                 return Err(BrokerError::invalid("target", "give to_sequence or to_time").into());
@@ -207,10 +211,11 @@ impl Subscriber for SubscriberService {
             0 => 100,
             n => n.min(1_000),
         } as usize;
-        let dead_letters =
-            self.0
-                .deliveries
-                .dead_letters(&actor.name, &r.subscription, from, size)?;
+        let dead_letters = self
+            .0
+            .deliveries
+            .dead_letters(&actor.name, &r.subscription, from, size)
+            .await?;
         let next_page_token = if dead_letters.len() == size {
             dead_letters
                 .last()
@@ -238,26 +243,5 @@ impl Subscriber for SubscriberService {
             .replay_dead_letters(&actor, &r.subscription, &r.delivery_ids)
             .await?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
-    }
-}
-
-impl SubscriberService {
-    /// The first stored event published at or after `t` (binary search over
-    /// sequences; publish times follow sequence order).
-    fn first_sequence_at(&self, t: caseshare_core::time::Micros) -> Result<u64, BrokerError> {
-        let store = &self.0.store;
-        let first = match store.events_from(0, 1)?.first() {
-            Some(e) => e.sequence,
-            None => return Ok(1),
-        };
-        let (mut lo, mut hi) = (first, self.0.deliveries.head() + 1);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match store.events_from(mid, 1)?.first() {
-                Some(e) if e.published_at_micros < t.0 => lo = e.sequence + 1,
-                _ => hi = mid,
-            }
-        }
-        Ok(lo)
     }
 }

@@ -1,0 +1,354 @@
+//! Tests of `pick` against a real store whose reads can be held at a
+//! barrier: while the read is held the subscription's lock is free, and
+//! what changed meanwhile (an ack, a seek, a delete) is respected when the
+//! pick is recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Barrier, Mutex, RwLock};
+use std::time::Duration;
+
+use caseshare_core::pb;
+use caseshare_core::time::Micros;
+use caseshare_state::delivery::{Backoff, Input, Phase};
+use caseshare_state::{Batch, BrokerState, DeliveryRecord, Snapshot, StoredEvent};
+use caseshare_store::{CommitStats, SledStore, Storage, StoreError};
+use prost::Message;
+use tokio::sync::watch;
+
+use super::pick::{LogReader, Pick};
+use super::registry::{Clock, SubInner, SubRuntime, loaded, policy};
+
+/// Where a held read waits.
+struct Gate {
+    entered: Barrier,
+    proceed: Barrier,
+}
+
+/// A real store whose next event read (by sequence or from a sequence)
+/// waits at a gate when one is armed.
+struct Gated {
+    inner: SledStore,
+    gate: Mutex<Option<Arc<Gate>>>,
+}
+
+impl Gated {
+    fn hold(&self) {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(g) = gate {
+            g.entered.wait();
+            g.proceed.wait();
+        }
+    }
+}
+
+impl Storage for Gated {
+    fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
+        self.inner.commit(batch)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+    fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
+        self.hold();
+        self.inner.event(sequence)
+    }
+    fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.hold();
+        self.inner.events_from(from, max)
+    }
+    fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.sequence_of(agency_id, event_id)
+    }
+    fn deliveries_from(&self, id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.inner.deliveries_from(id, from)
+    }
+    fn deliveries_of(&self, ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.inner.deliveries_of(ids, sequence)
+    }
+    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.audit_entries(start, end)
+    }
+    fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.tile(level, index)
+    }
+}
+
+const HEAD: u64 = 6;
+
+/// Events 1..=HEAD from agency `a`, shared with `b`; odd ones about one
+/// child, even ones about another.
+fn event(seq: u64) -> StoredEvent {
+    let nhs = if seq % 2 == 1 {
+        "9434765919"
+    } else {
+        "9434765870"
+    };
+    let case = pb::CaseEvent {
+        event_id: format!("e{seq}"),
+        child: Some(pb::ChildRef {
+            nhs_number: nhs.into(),
+            ..Default::default()
+        }),
+        purpose: pb::Purpose::Safeguarding as i32,
+        ..Default::default()
+    };
+    StoredEvent {
+        sequence: seq,
+        source_agency: "a".into(),
+        event_type: "case.note".into(),
+        event: case.encode_to_vec(),
+        event_id: format!("e{seq}"),
+        decisions: vec![pb::SharingDecision {
+            agency_id: "b".into(),
+            decision: pb::Decision::Shared as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Gated>,
+    reader: LogReader,
+    clock: Clock,
+    _head: watch::Sender<u64>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = SledStore::open(dir.path(), 8 << 20).unwrap();
+    inner
+        .commit(&Batch {
+            events: (1..=HEAD).map(event).collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+    let store = Arc::new(Gated {
+        inner,
+        gate: Mutex::new(None),
+    });
+    let (head_tx, head) = watch::channel(HEAD);
+    let state = Arc::new(RwLock::new(BrokerState::default()));
+    let as_storage: Arc<dyn Storage> = store.clone();
+    Fixture {
+        _dir: dir,
+        reader: LogReader::new(as_storage, state, head),
+        store,
+        clock: Clock::start(),
+        _head: head_tx,
+    }
+}
+
+fn runtime(
+    ordered: bool,
+    cursor: u64,
+    pending: BTreeMap<u64, super::registry::Pending>,
+) -> Arc<SubRuntime> {
+    let sub = pb::Subscription {
+        name: "s".into(),
+        agency_id: "b".into(),
+        event_types: vec!["case.note".into()],
+        ordered,
+        max_attempts: 3,
+        ..Default::default()
+    };
+    let backoff = Backoff {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(1),
+    };
+    let inner = SubInner::new(cursor, pending, BTreeSet::new(), policy(&sub, backoff));
+    Arc::new(SubRuntime::new(1, sub, inner))
+}
+
+/// Arms the gate, starts a pick of `want` for stream 7 and returns once
+/// its read is held at the gate.
+async fn pick_held(
+    f: &Fixture,
+    rt: &Arc<SubRuntime>,
+    want: usize,
+) -> (Arc<Gate>, tokio::task::JoinHandle<Vec<Pick>>) {
+    let gate = Arc::new(Gate {
+        entered: Barrier::new(2),
+        proceed: Barrier::new(2),
+    });
+    *f.store.gate.lock().unwrap() = Some(gate.clone());
+    let (reader, rt2, clock) = (f.reader.clone(), rt.clone(), f.clock);
+    let task = tokio::spawn(async move { reader.pick(&rt2, 7, want, &clock).await.unwrap() });
+    let g = gate.clone();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || g.entered.wait()),
+    )
+    .await
+    .expect("the pick reached the store")
+    .unwrap();
+    (gate, task)
+}
+
+async fn release(gate: Arc<Gate>, task: tokio::task::JoinHandle<Vec<Pick>>) -> Vec<Pick> {
+    tokio::task::spawn_blocking(move || gate.proceed.wait())
+        .await
+        .unwrap();
+    task.await.unwrap()
+}
+
+fn sequences(picks: &[Pick]) -> Vec<u64> {
+    picks.iter().map(|p| p.sequence).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_is_free_while_the_log_is_read() {
+    let f = fixture();
+    let rt = runtime(false, 1, BTreeMap::new());
+    let (gate, task) = pick_held(&f, &rt, 3).await;
+    // The read is held inside the store: the lock must be free, and
+    // another stream's bookkeeping goes on meanwhile.
+    assert!(
+        !rt.is_locked(),
+        "pick held the subscription's lock across a disk read"
+    );
+    {
+        let inner = rt.lock();
+        assert_eq!(
+            inner.cursor, 1,
+            "the cursor moves only when the read is recorded"
+        );
+        assert_eq!(
+            inner.scan_lease,
+            Some(7),
+            "the reading stream holds the scan lease"
+        );
+    }
+    let picks = release(gate, task).await;
+    assert_eq!(sequences(&picks), [1, 2, 3]);
+    assert!(picks.iter().all(|p| p.attempt == 1));
+    let inner = rt.lock();
+    assert_eq!(inner.cursor, 4);
+    assert_eq!(inner.scan_lease, None, "the lease is given back");
+    for s in 1..=3 {
+        assert_eq!(
+            inner.get(s).unwrap().state().phase,
+            Phase::Picked { stream: 7 }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_does_not_scan_while_the_first_reads() {
+    let f = fixture();
+    let rt = runtime(false, 1, BTreeMap::new());
+    let (gate, task) = pick_held(&f, &rt, 2).await;
+    // Stream 8 finds the lease taken: it takes nothing (and reads nothing),
+    // and asks to be woken.
+    let other = f.reader.pick(&rt, 8, 5, &f.clock).await.unwrap();
+    assert!(other.is_empty());
+    assert!(rt.lock().scan_wanted);
+    let notified = rt.notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    assert_eq!(sequences(&release(gate, task).await), [1, 2]);
+    tokio::time::timeout(Duration::from_secs(20), notified)
+        .await
+        .expect("the waiting stream is woken when the lease is given back");
+    // Now stream 8 reads on from where stream 7 stopped.
+    assert_eq!(
+        sequences(&f.reader.pick(&rt, 8, 5, &f.clock).await.unwrap()),
+        [3, 4, 5, 6]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_during_the_read_throws_the_scan_away() {
+    let f = fixture();
+    let rt = runtime(false, 3, BTreeMap::new());
+    let (gate, task) = pick_held(&f, &rt, 4).await;
+    rt.lock().seek(1, f.clock.now());
+    let picks = release(gate, task).await;
+    assert!(
+        picks.is_empty(),
+        "events read before the seek: {:?}",
+        sequences(&picks)
+    );
+    {
+        let inner = rt.lock();
+        assert_eq!(inner.cursor, 1, "the seek's cursor stands");
+        assert!(inner.get(3).is_none());
+    }
+    // The next pick reads from the seek's target.
+    assert_eq!(
+        sequences(&f.reader.pick(&rt, 7, 2, &f.clock).await.unwrap()),
+        [1, 2]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_delivery_acked_during_its_read_is_not_sent() {
+    let f = fixture();
+    let now = f.clock.now();
+    let pending = BTreeMap::from([
+        (2, loaded(1, Micros(5), now)),
+        (4, loaded(2, Micros(5), now)),
+    ]);
+    // The cursor is past the head: only the owed ones are read.
+    let rt = runtime(false, HEAD + 1, pending);
+    let (gate, task) = pick_held(&f, &rt, 5).await;
+    {
+        let mut inner = rt.lock();
+        assert_eq!(
+            inner.get(2).unwrap().state().phase,
+            Phase::Picked { stream: 7 }
+        );
+        // A late ack (attempt 1's id) arrives while the event is read.
+        let applied = inner
+            .apply(2, Input::Ack { attempt: 1 }, f.clock.now())
+            .unwrap();
+        assert!(applied.settled.is_some());
+    }
+    let picks = release(gate, task).await;
+    assert_eq!(sequences(&picks), [4], "the acked delivery is not sent");
+    assert_eq!(picks[0].attempt, 3);
+    let inner = rt.lock();
+    assert!(inner.get(2).is_none());
+    let four = inner.get(4).unwrap();
+    assert_eq!(
+        four.event_id, "e4",
+        "what a loaded delivery lacked is filled in"
+    );
+    assert_eq!(four.nhs_number, "9434765870");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_the_read_takes_nothing() {
+    let f = fixture();
+    let rt = runtime(true, 1, BTreeMap::new());
+    let (gate, task) = pick_held(&f, &rt, 4).await;
+    {
+        let mut inner = rt.lock();
+        inner.deleted = true;
+        inner.epoch += 1;
+        inner.drop_from(0, f.clock.now());
+    }
+    assert!(release(gate, task).await.is_empty());
+    assert_eq!(rt.lock().floor(), 1, "nothing was filed or moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_subscription_defers_a_busy_childs_later_events() {
+    let f = fixture();
+    let rt = runtime(true, 1, BTreeMap::new());
+    // One per child at a time: 1 (child A) and 2 (child B) go; 3..6 wait.
+    assert_eq!(
+        sequences(&f.reader.pick(&rt, 7, 6, &f.clock).await.unwrap()),
+        [1, 2]
+    );
+    assert_eq!(rt.lock().cursor, HEAD + 1);
+    assert!(f.reader.pick(&rt, 7, 6, &f.clock).await.unwrap().is_empty());
+    // Child A's delivery is acked: its next deferred event (3) is free.
+    let now = f.clock.now();
+    rt.lock().apply(1, Input::Ack { attempt: 1 }, now).unwrap();
+    let picks = f.reader.pick(&rt, 7, 6, &f.clock).await.unwrap();
+    assert_eq!(sequences(&picks), [3]);
+    assert_eq!(rt.lock().floor(), 2);
+}
