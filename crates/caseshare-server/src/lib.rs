@@ -187,10 +187,23 @@ pub(crate) fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     })
 }
 
+/// Runs a store read on the blocking pool: disk reads stay off the async
+/// workers.
+async fn off_runtime<T: Send + 'static>(
+    store: &Arc<dyn Storage>,
+    read: impl FnOnce(&dyn Storage) -> Result<T, caseshare_store::StoreError> + Send + 'static,
+) -> Result<T, errors::BrokerError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || read(&*store))
+        .await
+        .map_err(|e| errors::BrokerError::Internal(format!("store read task: {e}")))?
+        .map_err(errors::BrokerError::from)
+}
+
 /// Deletes events below `below` (settled for every subscription) published
 /// more than `retention_secs` ago, a thousand at a time.
 pub(crate) async fn expunge(
-    store: &dyn Storage,
+    store: &Arc<dyn Storage>,
     writer: &writer::Writer,
     below: u64,
     retention_secs: i64,
@@ -200,8 +213,8 @@ pub(crate) async fn expunge(
         .saturating_sub(retention_secs.saturating_mul(1_000_000));
     let mut total = 0;
     loop {
-        let events: Vec<(u64, String, String)> = store
-            .events_from(0, 1_000)?
+        let events: Vec<(u64, String, String)> = off_runtime(store, |s| s.events_from(0, 1_000))
+            .await?
             .into_iter()
             .take_while(|e| e.sequence < below && e.published_at_micros < cutoff)
             .map(|e| (e.sequence, e.source_agency, e.event_id))
@@ -224,12 +237,12 @@ pub(crate) async fn expunge(
 /// writer op at a time (each its own commit, between other traffic), until
 /// none remain.
 pub(crate) async fn purge_deleted_subscriptions(
-    store: &dyn Storage,
+    store: &Arc<dyn Storage>,
     writer: &writer::Writer,
 ) -> Result<(), errors::BrokerError> {
     let mut purged = false;
     loop {
-        let ids = store.subscriptions_being_purged()?;
+        let ids = off_runtime(store, |s| s.subscriptions_being_purged()).await?;
         if ids.is_empty() {
             if purged {
                 metrics::counter!("caseshare_subscription_purges_finished_total").increment(1);
@@ -395,10 +408,10 @@ pub async fn serve(
                     _ = tokio::time::sleep(every) => {},
                     _ = stop.changed() => return,
                 }
-                if let Err(e) = expunge(&*store, &writer, deliveries.min_floor(), retention).await {
+                if let Err(e) = expunge(&store, &writer, deliveries.min_floor(), retention).await {
                     tracing::warn!(error = %e, "retention sweep failed");
                 }
-                if let Err(e) = purge_deleted_subscriptions(&*store, &writer).await {
+                if let Err(e) = purge_deleted_subscriptions(&store, &writer).await {
                     tracing::warn!(error = %e, "purging deleted subscriptions failed");
                 }
             }

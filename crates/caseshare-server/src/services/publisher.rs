@@ -151,91 +151,14 @@ impl Publisher for PublisherService {
         let actor = caller(&req)?;
         super::bounded(req.get_ref())?;
         let event_id = req.into_inner().event_id;
-        let store = &self.0.store;
-        let not_found =
-            || BrokerError::NotFound(format!("no event {event_id:?} published by this agency"));
-        let event = store
-            .event_by_id(&actor.name, &event_id)
-            .map_err(BrokerError::from)?
-            .ok_or_else(not_found)?;
-        let seq = event.sequence;
-        let decoded = crate::errors::stored_case_event(&event)?;
-        let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
-        let (subs, retracted) = {
-            let state = self.0.read();
-            let subs: Vec<(String, u64, String)> = state
-                .subscriptions
-                .values()
-                .filter_map(|r| r.subscription.as_ref().map(|s| (r.id, s)))
-                .filter(|(_, s)| {
-                    s.start_sequence <= seq && subscription_matches(s, &event.event_type, purpose)
-                })
-                .map(|(id, s)| (s.agency_id.clone(), id, s.name.clone()))
-                .collect();
-            (subs, state.retracted.contains_key(&seq))
-        };
-        use caseshare_store::DeliveryState as D;
-        use pb::recipient_status::State;
-        let mut recipients = Vec::new();
-        for decision in &event.decisions {
-            let shared = decision.decision == pb::Decision::Shared as i32;
-            let mine: Vec<&(String, u64, String)> = subs
-                .iter()
-                .filter(|(a, _, _)| *a == decision.agency_id)
-                .collect();
-            if mine.is_empty() {
-                recipients.push(pb::RecipientStatus {
-                    agency_id: decision.agency_id.clone(),
-                    decision: Some(decision.clone()),
-                    state: if shared && !retracted {
-                        State::Pending
-                    } else {
-                        State::Stopped
-                    } as i32,
-                    ..Default::default()
-                });
-            }
-            for (agency, sub_id, name) in mine {
-                let record = store
-                    .deliveries_of(&[*sub_id], seq)
-                    .map_err(BrokerError::from)?
-                    .into_iter()
-                    .next();
-                let state = match record.as_ref().map(|r| r.state()) {
-                    Some(D::Delivered) if record.as_ref().is_some_and(|r| r.attempts == 0) => {
-                        State::Pending
-                    }
-                    Some(D::Delivered) => State::Delivered,
-                    Some(D::Acked) => State::Acked,
-                    Some(D::DeadLettered) => State::DeadLettered,
-                    Some(D::Expired) => State::Expired,
-                    Some(D::Stopped) => State::Stopped,
-                    _ if !shared || retracted => State::Stopped,
-                    _ => State::Pending,
-                };
-                let time =
-                    |us: i64| (us > 0).then(|| caseshare_core::time::Micros(us).to_timestamp());
-                recipients.push(pb::RecipientStatus {
-                    agency_id: agency.clone(),
-                    subscription: name.clone(),
-                    decision: Some(decision.clone()),
-                    state: state as i32,
-                    delivered_at: record.as_ref().and_then(|r| time(r.delivered_at_micros)),
-                    acked_at: record.as_ref().and_then(|r| time(r.acked_at_micros)),
-                    attempts: record.as_ref().map_or(0, |r| r.attempts),
-                });
-            }
-        }
-        Ok(Response::new(pb::EventStatus {
-            event_id,
-            sequence: seq,
-            event_type: event.event_type,
-            published_at: Some(
-                caseshare_core::time::Micros(event.published_at_micros).to_timestamp(),
-            ),
-            retracted,
-            recipients,
-        }))
+        // Reads the event and its delivery records from disk: off the
+        // async workers.
+        let shared = self.0.clone();
+        let status =
+            tokio::task::spawn_blocking(move || event_status(&shared, &actor.name, event_id))
+                .await
+                .map_err(|e| BrokerError::Internal(format!("event status task: {e}")))??;
+        Ok(Response::new(status))
     }
 
     async fn retract_event(
@@ -262,4 +185,95 @@ impl Publisher for PublisherService {
             .await?;
         Ok(Response::new(r))
     }
+}
+
+/// Where an event stands with each recipient (`GetEventStatus`): reads the
+/// event and its delivery records, so it runs on the blocking pool.
+fn event_status(
+    shared: &super::Shared,
+    agency: &str,
+    event_id: String,
+) -> Result<pb::EventStatus, BrokerError> {
+    let store = &shared.store;
+    let not_found =
+        || BrokerError::NotFound(format!("no event {event_id:?} published by this agency"));
+    let event = store
+        .event_by_id(agency, &event_id)
+        .map_err(BrokerError::from)?
+        .ok_or_else(not_found)?;
+    let seq = event.sequence;
+    let decoded = crate::errors::stored_case_event(&event)?;
+    let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
+    let (subs, retracted) = {
+        let state = shared.read();
+        let subs: Vec<(String, u64, String)> = state
+            .subscriptions
+            .values()
+            .filter_map(|r| r.subscription.as_ref().map(|s| (r.id, s)))
+            .filter(|(_, s)| {
+                s.start_sequence <= seq && subscription_matches(s, &event.event_type, purpose)
+            })
+            .map(|(id, s)| (s.agency_id.clone(), id, s.name.clone()))
+            .collect();
+        (subs, state.retracted.contains_key(&seq))
+    };
+    use caseshare_store::DeliveryState as D;
+    use pb::recipient_status::State;
+    let mut recipients = Vec::new();
+    for decision in &event.decisions {
+        let shared = decision.decision == pb::Decision::Shared as i32;
+        let mine: Vec<&(String, u64, String)> = subs
+            .iter()
+            .filter(|(a, _, _)| *a == decision.agency_id)
+            .collect();
+        if mine.is_empty() {
+            recipients.push(pb::RecipientStatus {
+                agency_id: decision.agency_id.clone(),
+                decision: Some(decision.clone()),
+                state: if shared && !retracted {
+                    State::Pending
+                } else {
+                    State::Stopped
+                } as i32,
+                ..Default::default()
+            });
+        }
+        for (agency, sub_id, name) in mine {
+            let record = store
+                .deliveries_of(&[*sub_id], seq)
+                .map_err(BrokerError::from)?
+                .into_iter()
+                .next();
+            let state = match record.as_ref().map(|r| r.state()) {
+                Some(D::Delivered) if record.as_ref().is_some_and(|r| r.attempts == 0) => {
+                    State::Pending
+                }
+                Some(D::Delivered) => State::Delivered,
+                Some(D::Acked) => State::Acked,
+                Some(D::DeadLettered) => State::DeadLettered,
+                Some(D::Expired) => State::Expired,
+                Some(D::Stopped) => State::Stopped,
+                _ if !shared || retracted => State::Stopped,
+                _ => State::Pending,
+            };
+            let time = |us: i64| (us > 0).then(|| caseshare_core::time::Micros(us).to_timestamp());
+            recipients.push(pb::RecipientStatus {
+                agency_id: agency.clone(),
+                subscription: name.clone(),
+                decision: Some(decision.clone()),
+                state: state as i32,
+                delivered_at: record.as_ref().and_then(|r| time(r.delivered_at_micros)),
+                acked_at: record.as_ref().and_then(|r| time(r.acked_at_micros)),
+                attempts: record.as_ref().map_or(0, |r| r.attempts),
+            });
+        }
+    }
+    Ok(pb::EventStatus {
+        event_id,
+        sequence: seq,
+        event_type: event.event_type,
+        published_at: Some(caseshare_core::time::Micros(event.published_at_micros).to_timestamp()),
+        retracted,
+        recipients,
+    })
 }

@@ -94,7 +94,7 @@ impl Subscriber for SubscriberService {
         // background, a thousand per commit.
         let (store, writer) = (self.0.store.clone(), self.0.writer.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::purge_deleted_subscriptions(&*store, &writer).await {
+            if let Err(e) = crate::purge_deleted_subscriptions(&store, &writer).await {
                 tracing::warn!(error = %e, "purging a deleted subscription failed");
             }
         });
