@@ -161,52 +161,6 @@ pub fn check_keys_and_pki(config: &Config) -> Vec<String> {
     problems
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn config(dir: &Path) -> Config {
-        Config {
-            data_dir: dir.to_path_buf(),
-            ..Config::default()
-        }
-    }
-
-    #[test]
-    fn the_check_is_read_only_and_names_what_the_start_would_refuse() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path());
-        // Brand new: nothing to complain about, nothing made.
-        assert!(check_keys_and_pki(&cfg).is_empty());
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
-        crate::resolve_tls(&cfg).unwrap();
-        let made = load_keys(&cfg).unwrap();
-        assert_eq!(made.pseudonym.len(), 32);
-        std::fs::create_dir(tmp.path().join("store")).unwrap();
-        std::fs::write(tmp.path().join("store/db"), b"data").unwrap();
-        assert!(check_keys_and_pki(&cfg).is_empty());
-        // Loading again gives the same keys.
-        let again = load_keys(&cfg).unwrap();
-        assert_eq!(again.pseudonym, made.pseudonym);
-        assert_eq!(again.signer.to_skey(), made.signer.to_skey());
-
-        let key = tmp.path().join("secrets/pseudonym.key");
-        std::fs::remove_file(&key).unwrap();
-        std::fs::remove_file(tmp.path().join("pki/ca.key")).unwrap();
-        let problems = check_keys_and_pki(&cfg);
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("pki/ca.key"), "{problems:?}");
-        assert!(
-            problems[1].contains("secrets/pseudonym.key"),
-            "{problems:?}"
-        );
-        assert!(!key.exists());
-        assert!(load_keys(&cfg).is_err());
-        assert!(!key.exists(), "never a new key next to data");
-    }
-}
-
 /// Reads a secret file: the one place that insists on mode 0600 (no group
 /// or other bits) and says how to fix it.
 fn read_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
@@ -269,4 +223,50 @@ fn load_signer(path: &Path) -> Result<caseshare_audit::note::NoteSigner, ServeEr
             path.display()
         ))
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_check_is_read_only_and_names_what_the_start_would_refuse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        // Brand new: nothing to complain about, nothing made.
+        assert!(check_keys_and_pki(&cfg).is_empty());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        crate::resolve_tls(&cfg).unwrap();
+        let made = load_keys(&cfg).unwrap();
+        assert_eq!(made.pseudonym.len(), 32);
+        std::fs::create_dir(tmp.path().join("store")).unwrap();
+        std::fs::write(tmp.path().join("store/db"), b"data").unwrap();
+        assert!(check_keys_and_pki(&cfg).is_empty());
+        // Loading again gives the same keys.
+        let again = load_keys(&cfg).unwrap();
+        assert_eq!(again.pseudonym, made.pseudonym);
+        assert_eq!(again.signer.to_skey(), made.signer.to_skey());
+
+        let key = tmp.path().join("secrets/pseudonym.key");
+        std::fs::remove_file(&key).unwrap();
+        std::fs::remove_file(tmp.path().join("pki/ca.key")).unwrap();
+        let problems = check_keys_and_pki(&cfg);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("pki/ca.key"), "{problems:?}");
+        assert!(
+            problems[1].contains("secrets/pseudonym.key"),
+            "{problems:?}"
+        );
+        assert!(!key.exists());
+        assert!(load_keys(&cfg).is_err());
+        assert!(!key.exists(), "never a new key next to data");
+    }
 }
