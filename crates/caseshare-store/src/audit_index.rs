@@ -5,51 +5,73 @@
 //! It is derived data, written in the same atomic `apply_batch` as the
 //! entries it covers ([`index_entries`]), and rebuilt from the entries at
 //! open when it is missing or behind (a store written before it), or cut
-//! back when it covers entries sled no longer holds ([`plan`], [`apply`]).
+//! back when it covers entries sled no longer holds ([`open`]); `caseshare
+//! check` compares it with the entries ([`verify`]).
 //!
-//! Key layout (numbers big-endian):
-//! - `N` ‖ u16 length ‖ child pseudonym ‖ first index → postings
-//! - `Y` ‖ u16 length ‖ agency id ‖ first index → postings
-//!
-//!   One record per term per commit: the indexes of that commit's entries
-//!   carrying the term (see [`AuditTerm::of`]), the first in the key and the
-//!   rest as LEB128 deltas in the value (empty for one entry), at most
-//!   [`MAX_POSTINGS`] per record. A term's records sort by index and never
-//!   overlap, so its entries from index `i` on start at the last record
-//!   whose key is at or before `i`.
+//! Postings (which entry carries which term of [`AuditTerm::of`]) are
+//! grouped by *epoch*, `index >> EPOCH_BITS` (16,384 entries). Key layout
+//! (numbers big-endian):
+//! - `L` ‖ epoch ‖ first index → the postings of one commit in the epoch
+//!   not yet complete, every term in one *table* (per term, in order:
+//!   `u16` length ‖ term ‖ `u32` count ‖ LEB128 first index and deltas).
+//!   A commit writes one record however many children it names.
+//! - `Q` ‖ epoch ‖ `u16` bucket → the postings of a complete epoch, one
+//!   table per bucket of terms (FNV-1a of the term, [`BUCKETS`] buckets).
+//!   The commit that completes an epoch turns its `L` records into these,
+//!   in its own batch: [`BUCKETS`] records per 16,384 entries.
 //! - `W` ‖ block → the least and greatest `recorded_at` (µs, i64) of the
 //!   entries `block * TIME_BLOCK ..` (exact whether or not time only goes
 //!   forward: a time window reads only the blocks it can touch).
 //! - `M` ‖ `aidx` → how many entries (from index 0) the index covers.
+//!
+//! A term is `N` (child) or `Y` (agency) ‖ `u16` length ‖ the pseudonym or
+//! the agency id. Reading a term costs, per epoch, a scan of its `L`
+//! records (only the current epoch has any) and one bucket record.
+//!
+//! Why so few records: written as one record per term per commit, a
+//! commit naming a few hundred children cost a few hundred sled inserts,
+//! each copying a sled node, and the commit path was three to ten times
+//! slower (see `docs/BENCHMARKS.md`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use caseshare_core::time::Micros;
 use caseshare_proto::v1 as pb;
 
 use crate::StoreError;
-use crate::audit_query::{AuditTerm, decode_leaf, recorded_at};
-use crate::recovery::{ADVICE_RESTORE, damaged};
+use crate::audit_query::{AuditTerm, recorded_at};
 use crate::sled_backend::{be, key, read_be};
-use crate::sled_open::SLED_FILES;
 
-/// Prefix of the child postings.
+pub(crate) mod open;
+pub(crate) mod verify;
+
+pub(crate) use open::{Plan, apply, plan};
+pub(crate) use verify::verify;
+
+/// The first byte of a child term.
 pub(crate) const CHILD: u8 = b'N';
-/// Prefix of the agency postings.
+/// The first byte of an agency term.
 pub(crate) const AGENCY: u8 = b'Y';
+/// Prefix of the postings of complete epochs, by bucket.
+pub(crate) const BUCKETED: u8 = b'Q';
+/// Prefix of the postings of the current epoch, one record per commit.
+pub(crate) const RECENT: u8 = b'L';
 /// Prefix of the time blocks.
 pub(crate) const TIME: u8 = b'W';
 /// Name of the counter under `M`.
 pub(crate) const COUNTER: &[u8] = b"aidx";
 /// Entries per time block.
 pub const TIME_BLOCK: u64 = 1_024;
-/// Most indexes in one postings record.
-pub const MAX_POSTINGS: usize = 4_096;
-/// Entries read and indexed per sled batch when the index is built at open.
-const BUILD_WINDOW: u64 = 8_192;
+/// Buckets of terms per complete epoch.
+pub const BUCKETS: u64 = 256;
+/// Postings are grouped by epochs of `2^EPOCH_BITS` entries.
+#[cfg(not(test))]
+pub const EPOCH_BITS: u32 = 14;
+/// Small epochs in tests, so that a few thousand entries cross many.
+#[cfg(test)]
+pub const EPOCH_BITS: u32 = 9;
 
-/// `prefix ‖ u16 length ‖ value`: the start of every key of a term.
+/// A term's bytes: `prefix ‖ u16 length ‖ value`.
 pub(crate) fn term_prefix(term: &AuditTerm) -> Result<Vec<u8>, StoreError> {
     let (prefix, value) = match term {
         AuditTerm::Child(p) => (CHILD, p.as_slice()),
@@ -57,87 +79,134 @@ pub(crate) fn term_prefix(term: &AuditTerm) -> Result<Vec<u8>, StoreError> {
     };
     let len = u16::try_from(value.len())
         .map_err(|_| StoreError::TooLarge(format!("audit index term of {} bytes", value.len())))?;
-    let mut k = Vec::with_capacity(3 + value.len() + 8);
+    let mut k = Vec::with_capacity(3 + value.len());
     k.push(prefix);
     k.extend_from_slice(&len.to_be_bytes());
     k.extend_from_slice(value);
     Ok(k)
 }
 
-fn posting_key(prefix: &[u8], index: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 8);
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(&be(index));
-    k
+/// The epoch of an index.
+pub(crate) fn epoch(index: u64) -> u64 {
+    index >> EPOCH_BITS
 }
 
-/// The deltas after the first index, LEB128.
-fn encode_postings(indexes: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(indexes.len() * 2);
+/// The bucket of a term (64-bit FNV-1a, a fixed function: it is on disk).
+pub(crate) fn bucket(term: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in term {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % BUCKETS
+}
+
+/// The key of a bucket record.
+pub(crate) fn bucket_key(epoch: u64, bucket: u64) -> Vec<u8> {
+    key(BUCKETED, &[&be(epoch), &be(bucket)])
+}
+
+/// The epoch and bucket (or first index) of a `Q` (or `L`) key.
+pub(crate) fn split_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
+    match (k.get(1..9), k.get(9..)) {
+        (Some(a), Some(b)) => Ok((
+            read_be(a, "audit index key")?,
+            read_be(b, "audit index key")?,
+        )),
+        _ => Err(StoreError::Corrupt {
+            key: "audit index key".into(),
+            detail: format!("{} bytes", k.len()),
+        }),
+    }
+}
+
+/// A term and its indexes, as read back.
+pub(crate) type TermPostings = (Vec<u8>, Vec<u64>);
+
+/// Postings per term, terms in order.
+pub(crate) type Table<'a> = BTreeMap<&'a [u8], Vec<u64>>;
+
+/// LEB128 deltas after the first index.
+fn encode_postings(out: &mut Vec<u8>, indexes: &[u64]) {
     for pair in indexes.windows(2) {
-        let mut d = pair[1] - pair[0];
-        loop {
-            let byte = (d & 0x7f) as u8;
-            d >>= 7;
-            if d == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
+        leb128(out, pair[1] - pair[0]);
+    }
+}
+
+/// A table: per term, `u16` length ‖ term ‖ `u32` count ‖ LEB128 first
+/// index and deltas.
+pub(crate) fn encode_table(table: &Table<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (term, indexes) in table {
+        out.extend_from_slice(&(term.len() as u16).to_be_bytes());
+        out.extend_from_slice(term);
+        out.extend_from_slice(&(indexes.len() as u32).to_be_bytes());
+        leb128(&mut out, indexes[0]);
+        encode_postings(&mut out, indexes);
     }
     out
 }
 
-/// The indexes of one postings record.
-pub(crate) fn decode_postings(first: u64, value: &[u8]) -> Result<Vec<u64>, StoreError> {
-    let corrupt = |detail: &str| StoreError::Corrupt {
-        key: format!("audit index record at {first}"),
-        detail: detail.to_string(),
-    };
-    let mut out = vec![first];
-    let mut last = first;
-    let mut d = 0u64;
-    let mut shift = 0u32;
-    for &byte in value {
-        if shift > 63 {
-            return Err(corrupt("a delta longer than 64 bits"));
+fn leb128(out: &mut Vec<u8>, mut d: u64) {
+    loop {
+        let byte = (d & 0x7f) as u8;
+        d >>= 7;
+        if d == 0 {
+            out.push(byte);
+            return;
         }
-        d |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            if d == 0 {
-                return Err(corrupt("indexes not ascending"));
-            }
-            last = last
-                .checked_add(d)
-                .ok_or_else(|| corrupt("an index beyond 2^64"))?;
-            out.push(last);
-            d = 0;
-            shift = 0;
-        } else {
-            shift += 7;
-        }
+        out.push(byte | 0x80);
     }
-    if shift != 0 {
-        return Err(corrupt("truncated"));
+}
+
+/// The inverse of [`encode_table`].
+pub(crate) fn decode_table(v: &[u8]) -> Result<Vec<TermPostings>, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        key: "audit index record of a commit".into(),
+        detail: "truncated or malformed".into(),
+    };
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(2).ok_or_else(corrupt)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let (term, tail) = tail.split_at_checked(len).ok_or_else(corrupt)?;
+        let (count, mut tail) = tail.split_at_checked(4).ok_or_else(corrupt)?;
+        let count = u32::from_be_bytes([count[0], count[1], count[2], count[3]]) as usize;
+        let mut indexes = Vec::with_capacity(count.min(MAX_TABLE_POSTINGS));
+        let mut last = 0u64;
+        for i in 0..count {
+            let mut d = 0u64;
+            let mut shift = 0u32;
+            loop {
+                let (&byte, t) = tail.split_first().ok_or_else(corrupt)?;
+                tail = t;
+                if shift > 63 {
+                    return Err(corrupt());
+                }
+                d |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+            }
+            last = if i == 0 {
+                d
+            } else if d == 0 {
+                return Err(corrupt());
+            } else {
+                last.checked_add(d).ok_or_else(corrupt)?
+            };
+            indexes.push(last);
+        }
+        out.push((term.to_vec(), indexes));
+        rest = tail;
     }
     Ok(out)
 }
 
-/// Splits a postings key into its term prefix and first index.
-pub(crate) fn split_posting_key(k: &[u8]) -> Result<(&[u8], u64), StoreError> {
-    let corrupt = || StoreError::Corrupt {
-        key: String::from_utf8_lossy(&k[..k.len().min(24)]).into_owned(),
-        detail: "not an audit index key".into(),
-    };
-    let len = k.get(1..3).ok_or_else(corrupt)?;
-    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-    if k.len() != 3 + len + 8 {
-        return Err(corrupt());
-    }
-    let (prefix, index) = k.split_at(3 + len);
-    Ok((prefix, read_be(index, "audit index key")?))
-}
+/// A bound on the capacity reserved from a stored count.
+const MAX_TABLE_POSTINGS: usize = 1 << 16;
 
 fn time_value(min: Micros, max: Micros) -> Vec<u8> {
     let mut v = Vec::with_capacity(16);
@@ -188,22 +257,68 @@ pub(crate) fn index_entries(
         span.0 = span.0.min(min);
         span.1 = span.1.max(max);
     }
-    let (mut records, mut bytes) = (0, 0);
-    let mut put = |k: Vec<u8>, v: Vec<u8>| {
-        records += 1;
-        bytes += k.len() + v.len();
-        b.insert(k, v);
-    };
-    for (prefix, indexes) in postings {
-        for run in indexes.chunks(MAX_POSTINGS) {
-            put(posting_key(&prefix, run[0]), encode_postings(run));
+    let mut removed = 0;
+    let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let end = first + entries.len() as u64;
+    for ep in epoch(first)..=epoch(end - 1) {
+        let (lo, hi) = (
+            (ep << EPOCH_BITS).max(first),
+            ((ep + 1) << EPOCH_BITS).min(end),
+        );
+        let mut part: Table<'_> = BTreeMap::new();
+        for (term, indexes) in &postings {
+            let inside: Vec<u64> = indexes
+                .iter()
+                .copied()
+                .filter(|i| (lo..hi).contains(i))
+                .collect();
+            if !inside.is_empty() {
+                part.insert(term, inside);
+            }
+        }
+        if hi < (ep + 1) << EPOCH_BITS {
+            // The epoch goes on: one record for this commit's part of it.
+            if !part.is_empty() {
+                writes.push((key(RECENT, &[&be(ep), &be(lo)]), encode_table(&part)));
+            }
+            continue;
+        }
+        // The epoch is complete: its records of earlier commits and this
+        // commit's part become one table per bucket.
+        let mut earlier = Vec::new();
+        for item in tree.scan_prefix(key(RECENT, &[&be(ep)])) {
+            let (k, v) = item?;
+            earlier.extend(decode_table(&v)?);
+            b.remove(k);
+            removed += 1;
+        }
+        let mut merged: BTreeMap<u64, Table<'_>> = BTreeMap::new();
+        for (term, indexes) in earlier
+            .iter()
+            .map(|(t, ix)| (t.as_slice(), ix))
+            .chain(part.iter().map(|(t, ix)| (*t, ix)))
+        {
+            merged
+                .entry(bucket(term))
+                .or_default()
+                .entry(term)
+                .or_default()
+                .extend(indexes);
+        }
+        for (bucket, table) in merged {
+            writes.push((bucket_key(ep, bucket), encode_table(&table)));
         }
     }
     for (block, (min, max)) in blocks {
-        put(key(TIME, &[&be(block)]), time_value(min, max));
+        writes.push((key(TIME, &[&be(block)]), time_value(min, max)));
     }
-    let covered = first + entries.len() as u64;
-    put(key(b'M', &[COUNTER]), be(covered).to_vec());
+    writes.push((key(b'M', &[COUNTER]), be(end).to_vec()));
+    let (mut records, mut bytes) = (removed, 0);
+    for (k, v) in writes {
+        records += 1;
+        bytes += k.len() + v.len();
+        b.insert(k, v);
+    }
     Ok((records, bytes))
 }
 
@@ -219,26 +334,36 @@ pub(crate) fn postings(
     if start >= end || max == 0 {
         return Ok(out);
     }
-    let prefix = term_prefix(term)?;
-    let from = match tree
-        .range(posting_key(&prefix, 0)..=posting_key(&prefix, start))
-        .next_back()
-    {
-        Some(item) => item?.0.to_vec(),
-        None => posting_key(&prefix, start),
-    };
-    for item in tree.range(from..posting_key(&prefix, end)) {
-        let (k, v) = item?;
-        let (_, first) = split_posting_key(&k)?;
-        for index in decode_postings(first, &v)? {
-            if index >= end {
-                return Ok(out);
-            }
-            if index >= start {
-                out.push(index);
-                if out.len() >= max {
-                    return Ok(out);
+    let term = term_prefix(term)?;
+    let bucket = bucket(&term);
+    for ep in epoch(start)..=epoch(end - 1) {
+        // This epoch's part of [start, end).
+        let lo = start.max(ep << EPOCH_BITS);
+        let hi = end.min((ep + 1) << EPOCH_BITS);
+        let mut found = Vec::new();
+        let mut take = |table: Vec<TermPostings>| {
+            for (t, indexes) in table {
+                if t == term {
+                    found.extend(indexes.into_iter().filter(|i| (lo..hi).contains(i)));
                 }
+            }
+        };
+        // The records of single commits first, then the bucket: the commit
+        // that completes an epoch replaces the first by the second in one
+        // batch, and reads in this order see every posting whenever that
+        // batch lands between them.
+        for item in tree.scan_prefix(key(RECENT, &[&be(ep)])) {
+            take(decode_table(&item?.1)?);
+        }
+        if let Some(v) = tree.get(bucket_key(ep, bucket))? {
+            take(decode_table(&v)?);
+        }
+        found.sort_unstable();
+        found.dedup();
+        for index in found {
+            out.push(index);
+            if out.len() >= max {
+                return Ok(out);
             }
         }
     }
@@ -363,291 +488,67 @@ pub(crate) fn covered(tree: &sled::Tree) -> Result<Option<u64>, StoreError> {
     }
 }
 
-/// What the open does to the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Plan {
-    /// It covers every entry.
-    UpToDate,
-    /// Index the entries from `from` on, first removing every index record
-    /// when `clear` (the counter is missing).
-    Build {
-        /// The first entry to index.
-        from: u64,
-        /// Remove what is there first.
-        clear: bool,
-    },
-    /// It covers entries sled no longer holds: cut it back to `size`.
-    Trim {
-        /// The audit size.
-        size: u64,
-    },
+/// The fields of an `AuditEntry` the index reads (same tags): decoding
+/// only these skips the allocations of every other string on the writer's
+/// path.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct IndexedFields {
+    /// `recorded_at`.
+    #[prost(message, optional, tag = "3")]
+    pub recorded_at: Option<prost_types::Timestamp>,
+    /// `actor`.
+    #[prost(string, tag = "4")]
+    pub actor: String,
+    /// `child_pseudonym`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub child_pseudonym: Vec<u8>,
+    /// `source_agency`.
+    #[prost(string, tag = "9")]
+    pub source_agency: String,
+    /// `recipient_agency`.
+    #[prost(string, tag = "10")]
+    pub recipient_agency: String,
+    /// `subject`.
+    #[prost(string, tag = "23")]
+    pub subject: String,
 }
 
-/// Decides, read-only, what the open must do to the index of a log of
-/// `size` entries; every entry it would index must decode, or the store is
-/// refused naming it.
-pub(crate) fn plan(dir: &Path, tree: &sled::Tree, size: u64) -> Result<Plan, StoreError> {
-    let (from, clear) = match covered(tree)? {
-        Some(n) if n == size => return Ok(Plan::UpToDate),
-        Some(n) if n > size => return Ok(Plan::Trim { size }),
-        Some(n) => (n, false),
-        None => (0, true),
-    };
-    let mut at = from;
-    while at < size {
-        let to = size.min(at + BUILD_WINDOW);
-        let leaves = crate::sled_open::audit_entries(tree, at, to)?;
-        if leaves.len() as u64 != to - at {
-            return Err(damaged(
-                &dir.join("db"),
-                None,
-                format!(
-                    "sled's audit log has {} entries from index {at} where {} were expected \
-                     ({SLED_FILES})",
-                    leaves.len(),
-                    to - at
-                ),
-                ADVICE_RESTORE,
-            ));
+impl From<IndexedFields> for pb::AuditEntry {
+    fn from(f: IndexedFields) -> Self {
+        pb::AuditEntry {
+            recorded_at: f.recorded_at,
+            actor: f.actor,
+            child_pseudonym: f.child_pseudonym,
+            source_agency: f.source_agency,
+            recipient_agency: f.recipient_agency,
+            subject: f.subject,
+            ..pb::AuditEntry::default()
         }
-        for (index, leaf) in (at..).zip(&leaves) {
-            decode_leaf(index, leaf).map_err(|e| {
-                damaged(
-                    &dir.join("db"),
-                    None,
-                    format!(
-                        "audit entry {index} cannot be indexed: {e} (an entry of the log is \
-                         evidence and is never skipped; {SLED_FILES})"
-                    ),
-                    ADVICE_RESTORE,
-                )
-            })?;
-        }
-        at = to;
-    }
-    Ok(Plan::Build { from, clear })
-}
-
-/// Carries out a [`Plan`] for a log of `size` entries (the caller syncs).
-pub(crate) fn apply(tree: &sled::Tree, plan: Plan, size: u64) -> Result<(), StoreError> {
-    match plan {
-        Plan::UpToDate => Ok(()),
-        Plan::Build { from, clear } => {
-            if clear {
-                remove_all(tree)?;
-            }
-            let mut at = from;
-            while at < size {
-                let to = size.min(at + BUILD_WINDOW);
-                let entries = crate::sled_open::audit_entries(tree, at, to)?
-                    .iter()
-                    .zip(at..)
-                    .map(|(leaf, index)| decode_leaf(index, leaf))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut b = sled::Batch::default();
-                index_entries(tree, at, &entries, &mut b)?;
-                tree.apply_batch(b)?;
-                at = to;
-            }
-            if clear && size == 0 {
-                tree.insert(key(b'M', &[COUNTER]), be(0).to_vec())?;
-            }
-            Ok(())
-        }
-        Plan::Trim { size } => trim(tree, size),
     }
 }
 
-fn remove_all(tree: &sled::Tree) -> Result<(), StoreError> {
-    for prefix in [CHILD, AGENCY, TIME] {
-        let mut b = sled::Batch::default();
-        for k in tree.scan_prefix([prefix]).keys() {
-            b.remove(k?);
-        }
-        tree.apply_batch(b)?;
-    }
-    Ok(())
-}
-
-/// Cuts the index back to the first `size` entries.
-fn trim(tree: &sled::Tree, size: u64) -> Result<(), StoreError> {
-    let mut b = sled::Batch::default();
-    for prefix in [CHILD, AGENCY] {
-        for item in tree.scan_prefix([prefix]) {
-            let (k, v) = item?;
-            let (term, first) = split_posting_key(&k)?;
-            if first >= size {
-                b.remove(k);
-                continue;
-            }
-            let indexes = decode_postings(first, &v)?;
-            if indexes.last().is_some_and(|&last| last >= size) {
-                let kept: Vec<u64> = indexes.into_iter().filter(|&i| i < size).collect();
-                b.insert(posting_key(term, first), encode_postings(&kept));
-            }
-        }
-    }
-    for k in tree.scan_prefix([TIME]).keys() {
-        let k = k?;
-        if read_be(&k[1..], "audit time block key")? * TIME_BLOCK >= size {
-            b.remove(k);
-        }
-    }
-    // The last block keeps only the times of the entries still held.
-    let block = size / TIME_BLOCK;
-    if !size.is_multiple_of(TIME_BLOCK) {
-        let mut span: Option<(Micros, Micros)> = None;
-        for (index, leaf) in (block * TIME_BLOCK..).zip(crate::sled_open::audit_entries(
-            tree,
-            block * TIME_BLOCK,
-            size,
-        )?) {
-            let t = recorded_at(&decode_leaf(index, &leaf)?);
-            span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
-        }
-        if let Some((min, max)) = span {
-            b.insert(key(TIME, &[&be(block)]), time_value(min, max));
-        }
-    }
-    b.insert(key(b'M', &[COUNTER]), be(size).to_vec());
-    tree.apply_batch(b)?;
-    Ok(())
-}
-
-/// Decodes a batch's entries (indexes from `first`), for the commit.
+/// Decodes what the index needs of a batch's entries (indexes from
+/// `first`), for the commit: bytes that are no protobuf message are
+/// refused. (The writer encodes entries from typed values; every field
+/// and the canonical form are checked where entries are read back, and
+/// checking them here would cost the writer's path a full decode and a
+/// second encode of every entry.)
 pub(crate) fn decode_all(
     first: u64,
     leaves: &[Vec<u8>],
 ) -> Result<Vec<pb::AuditEntry>, StoreError> {
+    use prost::Message as _;
     (first..)
         .zip(leaves)
-        .map(|(index, leaf)| decode_leaf(index, leaf))
+        .map(|(index, leaf)| {
+            IndexedFields::decode(leaf.as_slice())
+                .map(pb::AuditEntry::from)
+                .map_err(|e| StoreError::Corrupt {
+                    key: format!("audit entry {index}"),
+                    detail: e.to_string(),
+                })
+        })
         .collect()
-}
-
-/// What [`verify`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Verdict {
-    /// Entries the index says it covers (`None`: no index yet).
-    pub covered: Option<u64>,
-    /// Postings stored for the covered entries.
-    pub postings: u64,
-    /// How the stored index differs from the covered entries, if it does.
-    pub mismatch: Option<String>,
-}
-
-/// A set digest of postings: count, and the sum of their hashes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Digest {
-    count: u64,
-    sum: [u64; 4],
-}
-
-impl Digest {
-    fn add(&mut self, term_prefix: &[u8], index: u64) {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(term_prefix);
-        h.update(be(index));
-        let h = h.finalize();
-        for (lane, part) in self.sum.iter_mut().zip(h.chunks_exact(8)) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(part);
-            *lane = lane.wrapping_add(u64::from_le_bytes(word));
-        }
-        self.count += 1;
-    }
-}
-
-/// Checks, read-only, that the stored index is exactly the index of the
-/// entries it claims to cover (every posting and time block, nothing
-/// else), in constant memory but for one record per time block.
-pub(crate) fn verify(tree: &sled::Tree, size: u64) -> Result<Verdict, StoreError> {
-    let Some(covered) = covered(tree)? else {
-        return Ok(Verdict {
-            covered: None,
-            postings: 0,
-            mismatch: None,
-        });
-    };
-    let n = covered.min(size);
-    let mut expected = Digest::default();
-    let mut blocks: BTreeMap<u64, (Micros, Micros)> = BTreeMap::new();
-    let mut at = 0;
-    while at < n {
-        let to = n.min(at + BUILD_WINDOW);
-        for (index, leaf) in (at..).zip(crate::sled_open::audit_entries(tree, at, to)?) {
-            let e = decode_leaf(index, &leaf)?;
-            for term in AuditTerm::of(&e) {
-                expected.add(&term_prefix(&term)?, index);
-            }
-            let t = recorded_at(&e);
-            let span = blocks.entry(index / TIME_BLOCK).or_insert((t, t));
-            *span = (span.0.min(t), span.1.max(t));
-        }
-        at = to;
-    }
-    let mut stored = Digest::default();
-    let mut beyond = 0u64;
-    for prefix in [CHILD, AGENCY] {
-        for item in tree.scan_prefix([prefix]) {
-            let (k, v) = item?;
-            let (term, first) = split_posting_key(&k)?;
-            for index in decode_postings(first, &v)? {
-                if index >= n {
-                    beyond += 1;
-                } else {
-                    stored.add(term, index);
-                }
-            }
-        }
-    }
-    let mut stored_blocks = BTreeMap::new();
-    for item in tree.scan_prefix([TIME]) {
-        let (k, v) = item?;
-        stored_blocks.insert(
-            read_be(&k[1..], "audit time block key")?,
-            read_time_value(&v)?,
-        );
-    }
-    let mismatch = if beyond > 0 {
-        Some(format!(
-            "{beyond} postings name entries at or beyond index {n}, which the index does not cover"
-        ))
-    } else if stored != expected {
-        Some(format!(
-            "{} postings stored, {} expected from the entries{}",
-            stored.count,
-            expected.count,
-            if stored.count == expected.count {
-                " (the same number, but not the same postings)"
-            } else {
-                ""
-            }
-        ))
-    } else if stored_blocks != blocks {
-        let differs = blocks
-            .iter()
-            .find(|(b, span)| stored_blocks.get(b) != Some(span))
-            .map(|(b, _)| *b)
-            .or_else(|| {
-                stored_blocks
-                    .keys()
-                    .find(|b| !blocks.contains_key(b))
-                    .copied()
-            });
-        Some(format!(
-            "the time of entries {}.. does not match the time index",
-            differs.unwrap_or(0) * TIME_BLOCK
-        ))
-    } else {
-        None
-    };
-    Ok(Verdict {
-        covered: Some(covered),
-        postings: stored.count,
-        mismatch,
-    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::audit_query::{
-    AuditFilter, entries_with_by_scan, query, query_by_scan, shares_of, shares_of_by_scan,
+    AuditFilter, decode_leaf, entries_with_by_scan, query, query_by_scan, shares_of,
+    shares_of_by_scan,
 };
 use crate::{Batch, DeliveryRecord, SledStore, Snapshot, Storage, StoredEvent};
 
@@ -204,8 +205,17 @@ fn the_index_is_written_with_the_entries_and_answers_as_a_scan_does() {
     let store = open_store(dir.path()).unwrap();
     let entries = fill(&store, 1, 5_000, 300);
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(5_000));
-    assert!(store.raw_tree().scan_prefix([CHILD]).next().is_some());
-    assert!(store.raw_tree().scan_prefix([AGENCY]).next().is_some());
+    // Complete epochs by bucket, the last one by commit.
+    assert!(store.raw_tree().scan_prefix([BUCKETED]).next().is_some());
+    assert!(store.raw_tree().scan_prefix([RECENT]).next().is_some());
+    let last_epoch = key(RECENT, &[&be(epoch(4_999))]);
+    assert!(
+        store
+            .raw_tree()
+            .scan_prefix([RECENT])
+            .keys()
+            .all(|k| k.unwrap().starts_with(&last_epoch))
+    );
     assert_eq!(store.raw_tree().scan_prefix([TIME]).count(), 5);
     assert_answers_like_a_scan(&store, 5_000);
     let v = verify(store.raw_tree(), 5_000).unwrap();
@@ -322,7 +332,7 @@ fn an_older_store_gets_its_index_at_open() {
         fill(&store, 3, 3_000, 400);
         // As a store written before the index: none of it.
         let tree = store.raw_tree();
-        for prefix in [CHILD, AGENCY, TIME] {
+        for prefix in [BUCKETED, RECENT, TIME] {
             for k in tree.scan_prefix([prefix]).keys() {
                 tree.remove(k.unwrap()).unwrap();
             }
@@ -474,16 +484,43 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
         // One posting moves to another child.
         let store = open_store(dir.path()).unwrap();
         let tree = store.raw_tree();
-        let (k, v) = tree.scan_prefix([CHILD]).next().unwrap().unwrap();
-        tree.remove(&k).unwrap();
-        let mut moved = k.to_vec();
-        moved[4] ^= 1;
-        tree.insert(moved, v).unwrap();
+        let (k, v) = tree.scan_prefix([BUCKETED]).next().unwrap().unwrap();
+        let mut table = decode_table(&v).unwrap();
+        let (term, _) = table
+            .iter_mut()
+            .find(|(t, _)| t[0] == CHILD)
+            .expect("a child in the bucket");
+        // prefix, length (2): then the pseudonym.
+        term[4] ^= 1;
+        let table: Table<'_> = table
+            .iter()
+            .map(|(t, ix)| (t.as_slice(), ix.clone()))
+            .collect();
+        tree.insert(&k, encode_table(&table)).unwrap();
         store.sync().unwrap();
     }
     let f = index_finding(dir.path());
     assert!(!f.ok, "{f:?}");
-    assert!(f.detail.contains("not the same postings"), "{f:?}");
+    assert!(
+        f.detail.contains("not the same postings") || f.detail.contains("another epoch or bucket"),
+        "{f:?}"
+    );
+    {
+        // A bucket filed under another epoch.
+        let store = open_store(dir.path()).unwrap();
+        let tree = store.raw_tree();
+        let (k, v) = tree.scan_prefix([BUCKETED]).next().unwrap().unwrap();
+        tree.remove(&k).unwrap();
+        let (ep, b) = split_key(&k).unwrap();
+        tree.insert(bucket_key(ep + 1_000, b), v).unwrap();
+        assert!(
+            verify(tree, 1_200)
+                .unwrap()
+                .mismatch
+                .is_some_and(|m| m.contains("another epoch or bucket"))
+        );
+        store.sync().unwrap();
+    }
     {
         // A time block that lies.
         let store = open_store(dir.path()).unwrap();
@@ -496,21 +533,52 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
 }
 
 #[test]
-fn postings_round_trip_and_damage_is_named() {
-    for run in [
-        vec![7u64],
-        vec![0, 1, 2, 3],
-        vec![5, 200, 20_000, 3_000_000_000, u64::MAX],
-    ] {
-        assert_eq!(
-            decode_postings(run[0], &encode_postings(&run)).unwrap(),
-            run
-        );
+fn the_fields_decoded_at_commit_are_those_of_an_entry() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let leaves: Vec<Vec<u8>> = (0..500)
+        .map(|i| caseshare_audit::entry::encode(&entry(&mut rng, i, 30, 9)))
+        .collect();
+    for (index, e) in (0..).zip(decode_all(0, &leaves).unwrap()) {
+        let full = decode_leaf(index, &leaves[index as usize]).unwrap();
+        assert_eq!(AuditTerm::of(&e), AuditTerm::of(&full));
+        assert_eq!(recorded_at(&e), recorded_at(&full));
     }
-    assert!(encode_postings(&[9]).is_empty(), "one entry: no value");
-    assert!(decode_postings(1, &[0x80]).is_err(), "truncated");
-    assert!(decode_postings(1, &[0x00]).is_err(), "not ascending");
-    assert!(decode_postings(u64::MAX, &[0x01]).is_err(), "overflow");
+}
+
+#[test]
+fn tables_round_trip_and_damage_is_named() {
+    let table: Table<'_> = [
+        (&b"Nxx"[..], vec![7u64]),
+        (&b"Ny"[..], vec![0, 1, 2, 3]),
+        (
+            &b"Yagency"[..],
+            vec![5, 200, 20_000, 3_000_000_000, u64::MAX],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let bytes = encode_table(&table);
+    let back = decode_table(&bytes).unwrap();
+    let back: Table<'_> = back
+        .iter()
+        .map(|(t, ix)| (t.as_slice(), ix.clone()))
+        .collect();
+    assert_eq!(back, table);
+    // Cut anywhere: an error, or (at a term's end) the terms before it.
+    let whole = decode_table(&bytes).unwrap();
+    let mut refused = 0;
+    for cut in 1..bytes.len() {
+        match decode_table(&bytes[..cut]) {
+            Ok(prefix) => assert_eq!(prefix, whole[..prefix.len()], "cut at {cut}"),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(refused, bytes.len() - 1 - 2, "all but the two term ends");
+    // A zero delta (indexes not ascending).
+    assert!(decode_table(&[0, 1, b'N', 0, 0, 0, 2, 5, 0]).is_err());
+    // Buckets are a fixed function of the term.
+    assert_eq!(bucket(b""), 0xcbf2_9ce4_8422_2325 % BUCKETS);
+    assert!(bucket(b"Nxx") < BUCKETS);
 }
 
 proptest! {
