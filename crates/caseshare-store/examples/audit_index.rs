@@ -220,7 +220,7 @@ fn main() {
             let store = open(&dir);
             let tree = store.raw_tree();
             let mut removed = 0;
-            for prefix in [b'N', b'Y', b'W'] {
+            for prefix in [b'Q', b'L', b'W'] {
                 for k in tree.scan_prefix([prefix]).keys() {
                     tree.remove(k.unwrap()).unwrap();
                     removed += 1;

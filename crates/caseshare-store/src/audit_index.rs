@@ -16,7 +16,7 @@
 //!   `u16` length ‖ term ‖ `u32` count ‖ LEB128 first index and deltas).
 //!   A commit writes one record however many children it names.
 //! - `Q` ‖ epoch ‖ `u16` bucket → the postings of a complete epoch, one
-//!   table per bucket of terms (FNV-1a of the term, [`BUCKETS`] buckets).
+//!   table per bucket of terms ([`bucket`], [`BUCKETS`] buckets).
 //!   The commit that completes an epoch turns its `L` records into these,
 //!   in its own batch: [`BUCKETS`] records per 16,384 entries.
 //! - `W` ‖ block → the least and greatest `recorded_at` (µs, i64) of the
@@ -91,14 +91,16 @@ pub(crate) fn epoch(index: u64) -> u64 {
     index >> EPOCH_BITS
 }
 
-/// The bucket of a term (64-bit FNV-1a, a fixed function: it is on disk).
+/// The bucket of a term: the high half of its 64-bit FNV-1a (a fixed
+/// function: it is on disk; the low bits of FNV-1a depend only on the low
+/// bits of the bytes).
 pub(crate) fn bucket(term: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in term {
         h ^= u64::from(byte);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h % BUCKETS
+    (h >> 32) % BUCKETS
 }
 
 /// The key of a bucket record.
