@@ -26,9 +26,10 @@
 //!   records are still being removed, [`PURGE_CHUNK`] per commit
 //! - `M` ‖ name → counters (`seq`, `sub`) and `first`, the first sequence
 //!   retention kept; `aidx`, the audit entries the audit index covers
-//! - `N` / `Y` ‖ term ‖ index → audit postings by child / by agency, and
-//!   `W` ‖ block → the time span of a block of audit entries: the audit
-//!   index, written with the entries (see [`crate::audit_index`])
+//! - `L`, `Q` ‖ epoch ‖ … → which audit entries name a child or an
+//!   agency, and `W` ‖ block → the time span of a block of audit entries:
+//!   the audit index, written with the entries (see
+//!   [`crate::audit_index`])
 
 use std::collections::HashSet;
 use std::fs::File;
