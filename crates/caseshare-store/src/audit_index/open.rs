@@ -145,10 +145,13 @@ fn trim(tree: &sled::Tree, size: u64) -> Result<(), StoreError> {
     }
     for item in tree.scan_prefix([RECENT]) {
         let (k, v) = item?;
-        let (ep, first) = split_key(&k)?;
+        let (ep, _) = split_key(&k)?;
+        // Records of single commits exist only in the epoch not complete.
+        if ep < partial {
+            continue;
+        }
         b.remove(k);
-        if first < size {
-            debug_assert_eq!(ep, partial);
+        if ep == partial {
             reopened.extend(decode_table(&v)?);
         }
     }
