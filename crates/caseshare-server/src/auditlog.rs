@@ -8,12 +8,17 @@
 //! or below the published one. Every checkpoint signed is also persisted
 //! outside sled (`Storage::persist_checkpoint`), so that a sled that lost
 //! committed audit entries is refused at the next start.
+//!
+//! Proofs hold no lock: a committed size's tiles are all in the store (a
+//! partial tile is only ever rewritten longer), so a proof reads the store
+//! alone, as of that size, while the writer goes on appending. The tree's
+//! lock guards only the append-side state.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use caseshare_audit::merkle::{Hash, leaf_hash};
+use caseshare_audit::merkle::{self, Hash, leaf_hash};
 use caseshare_audit::note::{NoteSigner, checkpoint_text, sign_note};
-use caseshare_audit::tiles::{TileStore, TileWrite, TiledTree};
+use caseshare_audit::tiles::{TileNodes, TileStore, TileWrite, TiledTree};
 use caseshare_core::pb;
 use caseshare_store::{Storage, StoreError};
 use tokio::sync::watch;
@@ -33,7 +38,9 @@ impl TileStore for StoreTiles<'_> {
 /// The log's tree and checkpoints.
 pub struct AuditLog {
     store: Arc<dyn Storage>,
-    tree: RwLock<TiledTree>,
+    /// The append side of the tree (ahead of the committed head while a
+    /// batch commits); proofs never take it.
+    tree: Mutex<TiledTree>,
     committed: watch::Sender<(u64, Hash)>,
     signer: NoteSigner,
     origin: String,
@@ -62,7 +69,7 @@ impl AuditLog {
         let (committed, _) = watch::channel((size, root));
         Ok(Arc::new(AuditLog {
             store,
-            tree: RwLock::new(tree),
+            tree: Mutex::new(tree),
             committed,
             signer,
             origin,
@@ -79,7 +86,7 @@ impl AuditLog {
     /// the same batch, and the new size and root.
     pub fn append(&self, leaves: &[Vec<u8>]) -> (Vec<TileWrite>, u64, Hash) {
         let hashes: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l)).collect();
-        let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let mut tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
         let writes = tree.append(&hashes);
         (writes, tree.size(), tree.current_root())
     }
@@ -170,7 +177,8 @@ impl AuditLog {
         Ok(())
     }
 
-    /// The inclusion proof of `index` in the tree of `size`.
+    /// The inclusion proof of `index` in the tree of `size` (at most the
+    /// committed head), from the store's tiles. Blocking: reads the store.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, BrokerError> {
         self.check_size(size, "tree_size")?;
         if index >= size {
@@ -179,12 +187,13 @@ impl AuditLog {
                 "must be less than tree_size",
             ));
         }
-        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-        tree.inclusion_proof(index, size, &StoreTiles(self.store.as_ref()))
+        let tiles = StoreTiles(self.store.as_ref());
+        merkle::inclusion_proof(index, size, &TileNodes::new(&tiles, size))
             .map_err(|e| BrokerError::Internal(format!("inclusion proof: {e}")))
     }
 
-    /// The consistency proof from `from` to `to`.
+    /// The consistency proof from `from` to `to` (at most the committed
+    /// head), from the store's tiles. Blocking: reads the store.
     pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, BrokerError> {
         self.check_size(to, "to_size")?;
         if from == 0 {
@@ -193,8 +202,11 @@ impl AuditLog {
         if from > to {
             return Err(BrokerError::invalid("from_size", "must not exceed to_size"));
         }
-        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-        tree.consistency_proof(from, to, &StoreTiles(self.store.as_ref()))
+        let tiles = StoreTiles(self.store.as_ref());
+        merkle::consistency_proof(from, to, &TileNodes::new(&tiles, to))
             .map_err(|e| BrokerError::Internal(format!("consistency proof: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,10 +27,20 @@ const ENTRIES: u64 = 1_000_000;
 const BATCH: u64 = 1_000;
 
 fn entry(i: u64) -> Vec<u8> {
-    // About the size of a SHARE_DECIDED entry.
-    let mut e = vec![0u8; 180];
-    e[..8].copy_from_slice(&i.to_be_bytes());
-    e
+    // About the size of a SHARE_DECIDED entry (the store indexes it).
+    caseshare_audit::entry::encode(&caseshare_core::pb::AuditEntry {
+        index: i,
+        kind: caseshare_core::pb::EntryKind::ShareDecided as i32,
+        actor: format!("spiffe://caseshare.local/agency/agency-{}", i % 50),
+        child_pseudonym: i
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .to_be_bytes()
+            .repeat(4),
+        source_agency: format!("agency-{}", i % 50),
+        recipient_agency: format!("agency-{}", (i + 7) % 50),
+        event_id: format!("ev-{i}"),
+        ..Default::default()
+    })
 }
 
 fn build(dir: &std::path::Path) -> (Arc<SledStore>, TiledTree) {

@@ -32,7 +32,19 @@ fn main() {
                         ..StoredEvent::default()
                     })
                     .collect(),
-                audit: (seq..end).map(|s| vec![(s % 7) as u8; 300]).collect(),
+                audit: (seq..end)
+                    .map(|s| {
+                        caseshare_audit::entry::encode(&caseshare_proto::v1::AuditEntry {
+                            index: s - 1,
+                            kind: 1,
+                            source_agency: "school-b".into(),
+                            event_id: format!("bench-{s}"),
+                            payload_commitment: vec![(s % 7) as u8; 32],
+                            reason: "x".repeat(200),
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
                 audit_first_index: seq - 1,
                 deliveries: (seq..end)
                     .map(|s| DeliveryRecord {

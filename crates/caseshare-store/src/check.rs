@@ -5,7 +5,7 @@
 //!
 //! One [`Finding`] per check: sled snapshots and temporaries, sled itself,
 //! the persisted checkpoint against sled's audit log, the audit leaves
-//! against the stored Merkle tiles, every event-log segment (every frame's
+//! against the stored Merkle tiles and against the audit index, every event-log segment (every frame's
 //! checksum and sequence), every `.ids` file, and the event log against
 //! sled's counters (the same decision the broker makes at start).
 
@@ -206,8 +206,9 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
         },
         Err(e) => out.push(Finding::from_error("audit checkpoint", &cp_path, e)),
     }
-    // Audit leaves against the tiles.
+    // Audit leaves against the tiles, and against their index.
     out.push(check_audit_tree(&db_path, &tree, audit_size));
+    out.push(check_audit_index(&db_path, &tree, audit_size));
     // Segments, one by one.
     let segments = segment_files(&events_dir).unwrap_or_default();
     let key = crate::segments::key_fingerprint(&events_dir);
@@ -345,5 +346,62 @@ fn check_audit_tree(db_path: &Path, tree: &sled::Tree, size: u64) -> Finding {
             "the audit leaves do not hash to the root of the stored Merkle tiles",
         ),
         Err(e) => Finding::damaged("audit log", db_path, None, format!("tiles: {e}")),
+    }
+}
+
+fn check_audit_index(db_path: &Path, tree: &sled::Tree, size: u64) -> Finding {
+    const CHECK: &str = "audit index";
+    let verdict = match crate::audit_index::verify(tree, size) {
+        Ok(v) => v,
+        Err(e) => return Finding::from_error(CHECK, db_path, e),
+    };
+    if let Some(why) = verdict.mismatch {
+        return Finding::damaged(
+            CHECK,
+            db_path,
+            None,
+            format!(
+                "{why}: audit queries and subject access reports read this index, so they \
+                 would miss entries or name wrong ones (derived data, but the broker does not \
+                 rebuild an index that claims to be complete; restore the data directory from \
+                 the last backup)"
+            ),
+        );
+    }
+    match verdict.covered {
+        None if size == 0 => Finding::ok(CHECK, db_path, "no entries yet"),
+        None => Finding::ok(
+            CHECK,
+            db_path,
+            format!(
+                "not built yet (a store written before it): built from the {size} entries at \
+                 the next start"
+            ),
+        ),
+        Some(c) if c > size => Finding::damaged(
+            CHECK,
+            db_path,
+            None,
+            format!(
+                "it covers {c} entries but sled holds {size}: sled lost committed audit \
+                 entries (the index is cut back at the next start)"
+            ),
+        ),
+        Some(c) if c < size => Finding::ok(
+            CHECK,
+            db_path,
+            format!(
+                "covers the first {c} of {size} entries and matches them; the rest are \
+                 indexed at the next start"
+            ),
+        ),
+        Some(_) => Finding::ok(
+            CHECK,
+            db_path,
+            format!(
+                "{} postings and every time block match the {size} entries",
+                verdict.postings
+            ),
+        ),
     }
 }

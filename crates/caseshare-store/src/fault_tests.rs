@@ -57,7 +57,14 @@ fn build(dir: &Path) -> Vec<Vec<u8>> {
         let first = 1 + b * PER_BATCH;
         let events: Vec<StoredEvent> = (first..first + PER_BATCH).map(event).collect();
         let entries: Vec<Vec<u8>> = (0..2)
-            .map(|i| format!("audit {b} {i}").into_bytes())
+            .map(|i| {
+                caseshare_audit::entry::encode(&caseshare_proto::v1::AuditEntry {
+                    index: audit.len() as u64 + i,
+                    subject: format!("audit {b} {i}"),
+                    source_agency: "school-b".into(),
+                    ..Default::default()
+                })
+            })
             .collect();
         let hashes: Vec<_> = entries.iter().map(|e| leaf_hash(e)).collect();
         let tiles = tree

@@ -14,11 +14,16 @@
 //!   never destroy a damaged file), and the read-only `check`.
 //! - [`checkpoint`]: the latest signed audit checkpoint, kept outside sled
 //!   so that sled going back is caught at open.
+//! - [`audit_query`]: auditors' reads (filtered queries, subject access
+//!   reports) through the audit index; [`audit_index`]: that index in sled
+//!   (by child, by agency, by time), written with the entries.
 //!
 //! API Boundary: the server only sees [`Storage`]; a NATS JetStream backend
 //! (spec §6) implements the same trait.
 #![forbid(unsafe_code)]
 
+pub mod audit_index;
+pub mod audit_query;
 pub mod check;
 pub mod checkpoint;
 #[cfg(test)]
@@ -127,6 +132,37 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Raw audit entries with index in `[start, end)`.
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The raw audit entries with index in `[start, end)` that carry `term`
+    /// (see [`audit_query::AuditTerm::matches`]), with their indexes, in
+    /// index order, at most `max`; fewer than `max` only when no more are
+    /// in the range. The default reads the whole range; an indexed backend
+    /// reads only those entries.
+    fn audit_entries_with(
+        &self,
+        term: &audit_query::AuditTerm,
+        start: u64,
+        end: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        audit_query::entries_with_by_scan(self, term, start, end, max)
+    }
+    /// Disjoint ascending ranges of audit indexes within `[start, end)`
+    /// holding every entry recorded in `[from, to)` (an open end is
+    /// unbounded); they may hold other entries too. The default is the
+    /// whole range.
+    fn audit_time_ranges(
+        &self,
+        _from: Option<caseshare_core::time::Micros>,
+        _to: Option<caseshare_core::time::Micros>,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        Ok(if start < end {
+            vec![(start, end)]
+        } else {
+            Vec::new()
+        })
+    }
     /// Delivery records of one subscription in a state, from `from`, at most `max`.
     fn deliveries_in_state(
         &self,

@@ -25,7 +25,11 @@
 //! - `P` ‖ subscription id → (empty): a deleted subscription whose `D`
 //!   records are still being removed, [`PURGE_CHUNK`] per commit
 //! - `M` ‖ name → counters (`seq`, `sub`) and `first`, the first sequence
-//!   retention kept
+//!   retention kept; `aidx`, the audit entries the audit index covers
+//! - `L`, `Q` ‖ epoch ‖ … → which audit entries name a child or an
+//!   agency, and `W` ‖ block → the time span of a block of audit entries:
+//!   the audit index, written with the entries (see
+//!   [`crate::audit_index`])
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -36,6 +40,10 @@ use caseshare_proto::v1 as pb;
 use prost::Message;
 
 use caseshare_audit::tiles::TileStore;
+use caseshare_core::time::Micros;
+
+use crate::audit_index;
+use crate::audit_query::AuditTerm;
 
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 use crate::sled_open::{Tiles, audit_size, counters};
@@ -110,6 +118,8 @@ pub struct SledStore {
     persisted_checkpoint: Mutex<u64>,
     /// What the open read and checked, for the first `load`.
     loaded: Mutex<Option<Snapshot>>,
+    /// Audit entries stored and indexed: where the next batch's must start.
+    audit_indexed: Mutex<u64>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -183,10 +193,11 @@ impl SledStore {
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
         let data_file = File::open(dir.join("db"))?;
-        let (next_sequence, first_retained, _, legacy_first) = counters(&tree)?;
+        let (next_sequence, first_retained, audit_size, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
         verify_audit_checkpoint(dir, &tree)?;
         crate::sled_open::verify_audit_chunks(dir, &tree)?;
+        let index_plan = audit_index::plan(dir, &tree, audit_size)?;
         let events_dir = dir.join("events");
         std::fs::create_dir_all(&events_dir)?;
         // A store written before the event log keeps events in sled (`E`
@@ -212,8 +223,10 @@ impl SledStore {
             events,
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
+            audit_indexed: Mutex::new(audit_size),
         };
         store.move_legacy_events()?;
+        store.update_audit_index(index_plan, audit_size)?;
         // Reading everything the broker loads is part of the check (a
         // damaged tree can fail or panic only when read); the first
         // `load` is answered from it.
@@ -261,9 +274,27 @@ impl SledStore {
         Ok(())
     }
 
+    /// Builds the audit index of a store written before it, or cuts back an
+    /// index that covers entries sled no longer holds (derived data).
+    fn update_audit_index(&self, plan: audit_index::Plan, size: u64) -> Result<(), StoreError> {
+        match plan {
+            audit_index::Plan::UpToDate => return Ok(()),
+            audit_index::Plan::Build { from, .. } if from < size => {
+                tracing::info!(from, size, "building the audit index");
+            }
+            audit_index::Plan::Build { .. } => {}
+            audit_index::Plan::Trim { size } => tracing::warn!(
+                size,
+                "the audit index covered entries sled no longer holds; cut back to the entries held"
+            ),
+        }
+        audit_index::apply(&self.tree, plan, size)?;
+        self.sync()
+    }
+
     /// Makes everything written so far stable: sled's flush, then
     /// `fdatasync` of the data file and of blob files not yet synced.
-    fn sync(&self) -> Result<(), StoreError> {
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         self.data_file.sync_data()?;
         let blobs = self.path.join("blobs");
@@ -375,6 +406,26 @@ impl Storage for SledStore {
         }
         if !chunk.is_empty() {
             Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), chunk);
+        }
+        // Their index, in the same atomic batch.
+        let audit_end = batch.audit_first_index + batch.audit.len() as u64;
+        if !batch.audit.is_empty() {
+            let covered = *self
+                .audit_indexed
+                .lock()
+                .map_err(|_| StoreError::Engine("audit index lock poisoned".into()))?;
+            if batch.audit_first_index != covered {
+                return Err(StoreError::Engine(format!(
+                    "audit entries must continue the log: the batch starts at index {}, the log \
+                     holds {covered} entries",
+                    batch.audit_first_index
+                )));
+            }
+            let entries = audit_index::decode_all(batch.audit_first_index, &batch.audit)?;
+            let (records, bytes) =
+                audit_index::index_entries(&self.tree, batch.audit_first_index, &entries, &mut b)?;
+            stats.records += records;
+            stats.bytes += bytes;
         }
         for (level, idx, bytes) in &batch.tiles {
             Self::put(
@@ -505,6 +556,11 @@ impl Storage for SledStore {
         if let Some(first) = new_first {
             self.events.set_first(first)?;
         }
+        if !batch.audit.is_empty()
+            && let Ok(mut covered) = self.audit_indexed.lock()
+        {
+            *covered = audit_end;
+        }
         Ok(stats)
     }
 
@@ -573,29 +629,29 @@ impl Storage for SledStore {
     }
 
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::new();
-        if start >= end {
-            return Ok(out);
-        }
-        // The chunk holding `start` is the last one whose first index <= start.
-        let first_key = match self
-            .tree
-            .range(key(b'A', &[&be(0)])..=key(b'A', &[&be(start)]))
-            .next_back()
-        {
-            Some(item) => item?.0,
-            None => return Ok(out),
-        };
-        for item in self.tree.range(first_key.to_vec()..key(b'A', &[&be(end)])) {
-            let (k, v) = item?;
-            let first = read_be(&k[1..], "audit chunk key")?;
-            for (idx, entry) in (first..).zip(split_chunk(&v)?) {
-                if idx >= start && idx < end {
-                    out.push(entry);
-                }
-            }
-        }
-        Ok(out)
+        crate::sled_open::audit_entries(&self.tree, start, end)
+    }
+
+    fn audit_entries_with(
+        &self,
+        term: &AuditTerm,
+        start: u64,
+        end: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let indexes = audit_index::postings(&self.tree, term, start, end, max)?;
+        let entries = audit_index::entries_at(&self.tree, &indexes)?;
+        Ok(indexes.into_iter().zip(entries).collect())
+    }
+
+    fn audit_time_ranges(
+        &self,
+        from: Option<Micros>,
+        to: Option<Micros>,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        audit_index::time_ranges(&self.tree, from, to, start, end)
     }
 
     fn subscriptions_being_purged(&self) -> Result<Vec<u64>, StoreError> {

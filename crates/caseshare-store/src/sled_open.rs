@@ -41,6 +41,36 @@ pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, Store
     Ok(out)
 }
 
+/// The audit entries in `tree` with index in `[start, end)`.
+pub(crate) fn audit_entries(
+    tree: &sled::Tree,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    if start >= end {
+        return Ok(out);
+    }
+    // The chunk holding `start` is the last one whose first index <= start.
+    let first_key = match tree
+        .range(key(b'A', &[&be(0)])..=key(b'A', &[&be(start)]))
+        .next_back()
+    {
+        Some(item) => item?.0,
+        None => return Ok(out),
+    };
+    for item in tree.range(first_key.to_vec()..key(b'A', &[&be(end)])) {
+        let (k, v) = item?;
+        let first = read_be(&k[1..], "audit chunk key")?;
+        for (idx, entry) in (first..).zip(split_chunk(&v)?) {
+            if idx >= start && idx < end {
+                out.push(entry);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Sled's counters: next event sequence, first retained sequence, audit
 /// size, and the first event still kept in sled by an older version.
 pub(crate) fn counters(tree: &sled::Tree) -> Result<(u64, u64, u64, Option<u64>), StoreError> {

@@ -2,16 +2,21 @@
 //! and subject access reports. Every call is itself appended to the log as
 //! AUDIT_ACCESSED, with an NHS number in its parameters replaced by the
 //! child's pseudonym, before the answer is sent.
+//!
+//! Every read of the store (entries, the audit index, proof tiles) runs on
+//! the blocking pool, never on an async worker: queries and subject access
+//! reports go through `caseshare_store::audit_query`, which reads only the
+//! entries the audit index names.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use caseshare_audit::entry;
 use caseshare_core::nhs::validate_nhs_number;
 use caseshare_core::pb::{self, audit_server::Audit};
 use caseshare_core::principal::Principal;
 use caseshare_core::pseudonym::child_pseudonym;
 use caseshare_core::time::Micros;
+use caseshare_store::audit_query::{self, AuditFilter};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -28,8 +33,6 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Most leaves one GetEntries call returns.
 const MAX_ENTRIES_PER_CALL: u64 = 10_000;
-/// Leaves read from the store at a time while scanning.
-const SCAN_CHUNK: u64 = 2_048;
 /// Default and largest Query page.
 const DEFAULT_PAGE: u32 = 1_000;
 const MAX_PAGE: u32 = 10_000;
@@ -62,33 +65,15 @@ impl AuditService {
             .await
             .map(|_| ())
     }
+}
 
-    /// Decoded entries in `[start, end)`, in chunks, passed to `visit` until
-    /// it returns false.
-    fn scan(
-        &self,
-        start: u64,
-        end: u64,
-        mut visit: impl FnMut(pb::AuditEntry) -> bool,
-    ) -> Result<(), BrokerError> {
-        let mut from = start;
-        while from < end {
-            let to = (from + SCAN_CHUNK).min(end);
-            for leaf in self.0.store.audit_entries(from, to)? {
-                let e = entry::decode(&leaf).map_err(|e| {
-                    BrokerError::Store(caseshare_store::StoreError::Corrupt {
-                        key: "audit entry".into(),
-                        detail: e.to_string(),
-                    })
-                })?;
-                if !visit(e) {
-                    return Ok(());
-                }
-            }
-            from = to;
-        }
-        Ok(())
-    }
+/// Runs a read of the store on the blocking pool.
+async fn off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| BrokerError::Internal(format!("audit read: {e}")))?
 }
 
 fn hex_short(p: &[u8]) -> String {
@@ -155,28 +140,20 @@ impl Audit for AuditService {
         self.record(&actor, "Query", subject, pseudonym.clone())
             .await?;
         let (size, _) = self.0.log.head();
-        let agency_path = format!("/agency/{}", q.agency_id);
-        let mut out = Vec::new();
-        self.scan(start, size, |e| {
-            let recorded = e
-                .recorded_at
-                .as_ref()
-                .map(Micros::from_timestamp)
-                .unwrap_or_default();
-            let matches = (pseudonym.is_empty() || e.child_pseudonym == pseudonym)
-                && (q.agency_id.is_empty()
-                    || e.source_agency == q.agency_id
-                    || e.recipient_agency == q.agency_id
-                    || e.subject == q.agency_id
-                    || e.actor.ends_with(&agency_path))
-                && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
-                && from.is_none_or(|f| recorded >= f)
-                && to.is_none_or(|t| recorded < t);
-            if matches {
-                out.push(Ok(e));
-            }
-            out.len() < page
-        })?;
+        let filter = AuditFilter {
+            child_pseudonym: pseudonym,
+            agency_id: q.agency_id,
+            kinds: q.kinds,
+            from,
+            to,
+        };
+        let store = self.0.store.clone();
+        let found = off_runtime(move || {
+            audit_query::query(store.as_ref(), &filter, start, size, page)
+                .map_err(BrokerError::from)
+        })
+        .await?;
+        let out: Vec<Result<pb::AuditEntry, Status>> = found.into_iter().map(Ok).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(out))))
     }
 
@@ -196,7 +173,9 @@ impl Audit for AuditService {
     ) -> Result<Response<pb::InclusionProof>, Status> {
         let actor = caller(&req)?;
         let r = req.into_inner();
-        let hashes = self.0.log.inclusion_proof(r.leaf_index, r.tree_size)?;
+        let log = self.0.log.clone();
+        let (leaf_index, tree_size) = (r.leaf_index, r.tree_size);
+        let hashes = off_runtime(move || log.inclusion_proof(leaf_index, tree_size)).await?;
         let subject = format!("leaf_index={} tree_size={}", r.leaf_index, r.tree_size);
         self.record(&actor, "GetInclusionProof", subject, Vec::new())
             .await?;
@@ -213,7 +192,9 @@ impl Audit for AuditService {
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
         let actor = caller(&req)?;
         let r = req.into_inner();
-        let hashes = self.0.log.consistency_proof(r.from_size, r.to_size)?;
+        let log = self.0.log.clone();
+        let (from_size, to_size) = (r.from_size, r.to_size);
+        let hashes = off_runtime(move || log.consistency_proof(from_size, to_size)).await?;
         let subject = format!("from_size={} to_size={}", r.from_size, r.to_size);
         self.record(&actor, "GetConsistencyProof", subject, Vec::new())
             .await?;
@@ -246,11 +227,10 @@ impl Audit for AuditService {
         if r.end > size {
             return Err(BrokerError::invalid("end", format!("the log has {size} entries")).into());
         }
-        let leaves = self
-            .0
-            .store
-            .audit_entries(r.start, r.end)
-            .map_err(BrokerError::from)?;
+        let store = self.0.store.clone();
+        let (start, end) = (r.start, r.end);
+        let leaves =
+            off_runtime(move || store.audit_entries(start, end).map_err(BrokerError::from)).await?;
         self.record(
             &actor,
             "GetEntries",
@@ -282,27 +262,29 @@ impl Audit for AuditService {
         )
         .await?;
         let (size, _) = self.0.log.head();
-        let mut shares = Vec::new();
-        self.scan(0, size, |e| {
-            if e.kind == pb::EntryKind::ShareDecided as i32 && e.child_pseudonym == pseudonym {
-                shares.push(pb::ShareRecord {
-                    decided_at: e.recorded_at,
-                    event_id: e.event_id,
-                    event_type: e.event_type,
-                    from_agency: e.source_agency,
-                    to_agency: e.recipient_agency,
-                    decision: e.decision,
-                    reason: e.reason,
-                    purpose: e.purpose,
-                    lawful_basis: e.lawful_basis,
-                    agreement_id: e.agreement_id,
-                    consent_id: e.consent_id,
-                    safeguarding_override: e.safeguarding_override,
-                    audit_index: e.index,
-                });
-            }
-            true
-        })?;
+        let store = self.0.store.clone();
+        let found = off_runtime(move || {
+            audit_query::shares_of(store.as_ref(), &pseudonym, size).map_err(BrokerError::from)
+        })
+        .await?;
+        let shares = found
+            .into_iter()
+            .map(|e| pb::ShareRecord {
+                decided_at: e.recorded_at,
+                event_id: e.event_id,
+                event_type: e.event_type,
+                from_agency: e.source_agency,
+                to_agency: e.recipient_agency,
+                decision: e.decision,
+                reason: e.reason,
+                purpose: e.purpose,
+                lawful_basis: e.lawful_basis,
+                agreement_id: e.agreement_id,
+                consent_id: e.consent_id,
+                safeguarding_override: e.safeguarding_override,
+                audit_index: e.index,
+            })
+            .collect();
         Ok(Response::new(pb::SubjectAccessReportResponse {
             shares,
             tree_size: size,

@@ -26,8 +26,15 @@ fn open_store(dir: &Path) -> SledStore {
 #[test]
 fn audit_chunks_round_trip_across_batches_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
+    // Entries of varied sizes (the store indexes them, so they are entries).
     let entries: Vec<Vec<u8>> = (0..500u32)
-        .map(|i| vec![u8::try_from(i % 251).unwrap(); 100 + (i as usize % 300)])
+        .map(|i| {
+            caseshare_audit::entry::encode(&pb::AuditEntry {
+                index: u64::from(i),
+                subject: "x".repeat(100 + (i as usize % 300)),
+                ..Default::default()
+            })
+        })
         .collect();
     {
         let store = open_store(dir.path());

@@ -1,0 +1,557 @@
+//! The audit index in sled: which entries are about a child, which concern
+//! an agency, and when each run of entries was recorded, so that audit
+//! queries and subject access reports read only the entries they return.
+//!
+//! It is derived data, written in the same atomic `apply_batch` as the
+//! entries it covers ([`index_entries`]), and rebuilt from the entries at
+//! open when it is missing or behind (a store written before it), or cut
+//! back when it covers entries sled no longer holds ([`open`]); `caseshare
+//! check` compares it with the entries ([`verify`]).
+//!
+//! Postings (which entry carries which term of [`AuditTerm::of`]) are
+//! grouped by *epoch*, `index >> EPOCH_BITS` (16,384 entries). Key layout
+//! (numbers big-endian):
+//! - `L` ‖ epoch ‖ first index → the postings of one commit in the epoch
+//!   not yet complete, every term in one *table* (per term, in order:
+//!   `u16` length ‖ term ‖ `u32` count ‖ LEB128 first index and deltas).
+//!   A commit writes one record however many children it names.
+//! - `Q` ‖ epoch ‖ `u16` bucket → the postings of a complete epoch, one
+//!   table per bucket of terms ([`bucket`], [`BUCKETS`] buckets).
+//!   The commit that completes an epoch turns its `L` records into these,
+//!   in its own batch: [`BUCKETS`] records per 16,384 entries.
+//! - `W` ‖ block → the least and greatest `recorded_at` (µs, i64) of the
+//!   entries `block * TIME_BLOCK ..` (exact whether or not time only goes
+//!   forward: a time window reads only the blocks it can touch).
+//! - `M` ‖ `aidx` → how many entries (from index 0) the index covers.
+//!
+//! A term is `N` (child) or `Y` (agency) ‖ `u16` length ‖ the pseudonym or
+//! the agency id. Reading a term costs, per epoch, a scan of its `L`
+//! records (only the current epoch has any) and one bucket record.
+//!
+//! Why so few records: written as one record per term per commit, a
+//! commit naming a few hundred children cost a few hundred sled inserts,
+//! each copying a sled node, and the commit path was three to ten times
+//! slower (see `docs/BENCHMARKS.md`).
+
+use std::collections::BTreeMap;
+
+use caseshare_core::time::Micros;
+use caseshare_proto::v1 as pb;
+
+use crate::StoreError;
+use crate::audit_query::{AuditTerm, recorded_at};
+use crate::sled_backend::{be, key, read_be};
+
+pub(crate) mod open;
+pub(crate) mod verify;
+
+pub(crate) use open::{Plan, apply, plan};
+pub(crate) use verify::verify;
+
+/// The first byte of a child term.
+pub(crate) const CHILD: u8 = b'N';
+/// The first byte of an agency term.
+pub(crate) const AGENCY: u8 = b'Y';
+/// Prefix of the postings of complete epochs, by bucket.
+pub(crate) const BUCKETED: u8 = b'Q';
+/// Prefix of the postings of the current epoch, one record per commit.
+pub(crate) const RECENT: u8 = b'L';
+/// Prefix of the time blocks.
+pub(crate) const TIME: u8 = b'W';
+/// Name of the counter under `M`.
+pub(crate) const COUNTER: &[u8] = b"aidx";
+/// Entries per time block.
+pub const TIME_BLOCK: u64 = 1_024;
+/// Buckets of terms per complete epoch.
+pub const BUCKETS: u64 = 256;
+/// Postings are grouped by epochs of `2^EPOCH_BITS` entries.
+#[cfg(not(test))]
+pub const EPOCH_BITS: u32 = 14;
+/// Small epochs in tests, so that a few thousand entries cross many.
+#[cfg(test)]
+pub const EPOCH_BITS: u32 = 9;
+
+/// A term's bytes: `prefix ‖ u16 length ‖ value`.
+pub(crate) fn term_prefix(term: &AuditTerm) -> Result<Vec<u8>, StoreError> {
+    let (prefix, value) = match term {
+        AuditTerm::Child(p) => (CHILD, p.as_slice()),
+        AuditTerm::Agency(a) => (AGENCY, a.as_bytes()),
+    };
+    let len = u16::try_from(value.len())
+        .map_err(|_| StoreError::TooLarge(format!("audit index term of {} bytes", value.len())))?;
+    let mut k = Vec::with_capacity(3 + value.len());
+    k.push(prefix);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(value);
+    Ok(k)
+}
+
+/// The epoch of an index.
+pub(crate) fn epoch(index: u64) -> u64 {
+    index >> EPOCH_BITS
+}
+
+/// The bucket of a term: the high half of its 64-bit FNV-1a (a fixed
+/// function: it is on disk; the low bits of FNV-1a depend only on the low
+/// bits of the bytes).
+pub(crate) fn bucket(term: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in term {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 32) % BUCKETS
+}
+
+/// The key of a bucket record.
+pub(crate) fn bucket_key(epoch: u64, bucket: u64) -> Vec<u8> {
+    key(BUCKETED, &[&be(epoch), &be(bucket)])
+}
+
+/// The epoch and bucket (or first index) of a `Q` (or `L`) key.
+pub(crate) fn split_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
+    match (k.get(1..9), k.get(9..)) {
+        (Some(a), Some(b)) => Ok((
+            read_be(a, "audit index key")?,
+            read_be(b, "audit index key")?,
+        )),
+        _ => Err(StoreError::Corrupt {
+            key: "audit index key".into(),
+            detail: format!("{} bytes", k.len()),
+        }),
+    }
+}
+
+/// A term and its indexes, as read back.
+pub(crate) type TermPostings = (Vec<u8>, Vec<u64>);
+
+/// Postings per term, terms in order.
+pub(crate) type Table<'a> = BTreeMap<&'a [u8], Vec<u64>>;
+
+/// LEB128 deltas after the first index.
+fn encode_postings(out: &mut Vec<u8>, indexes: &[u64]) {
+    for pair in indexes.windows(2) {
+        leb128(out, pair[1] - pair[0]);
+    }
+}
+
+/// A table: per term, `u16` length ‖ term ‖ `u32` count ‖ LEB128 first
+/// index and deltas.
+pub(crate) fn encode_table(table: &Table<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (term, indexes) in table {
+        out.extend_from_slice(&(term.len() as u16).to_be_bytes());
+        out.extend_from_slice(term);
+        out.extend_from_slice(&(indexes.len() as u32).to_be_bytes());
+        leb128(&mut out, indexes[0]);
+        encode_postings(&mut out, indexes);
+    }
+    out
+}
+
+fn leb128(out: &mut Vec<u8>, mut d: u64) {
+    loop {
+        let byte = (d & 0x7f) as u8;
+        d >>= 7;
+        if d == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The inverse of [`encode_table`].
+pub(crate) fn decode_table(v: &[u8]) -> Result<Vec<TermPostings>, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        key: "audit index record of a commit".into(),
+        detail: "truncated or malformed".into(),
+    };
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(2).ok_or_else(corrupt)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let (term, tail) = tail.split_at_checked(len).ok_or_else(corrupt)?;
+        let (count, mut tail) = tail.split_at_checked(4).ok_or_else(corrupt)?;
+        let count = u32::from_be_bytes([count[0], count[1], count[2], count[3]]) as usize;
+        let mut indexes = Vec::with_capacity(count.min(MAX_TABLE_POSTINGS));
+        let mut last = 0u64;
+        for i in 0..count {
+            let mut d = 0u64;
+            let mut shift = 0u32;
+            loop {
+                let (&byte, t) = tail.split_first().ok_or_else(corrupt)?;
+                tail = t;
+                if shift > 63 {
+                    return Err(corrupt());
+                }
+                d |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+            }
+            last = if i == 0 {
+                d
+            } else if d == 0 {
+                return Err(corrupt());
+            } else {
+                last.checked_add(d).ok_or_else(corrupt)?
+            };
+            indexes.push(last);
+        }
+        out.push((term.to_vec(), indexes));
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// A bound on the capacity reserved from a stored count.
+const MAX_TABLE_POSTINGS: usize = 1 << 16;
+
+fn time_value(min: Micros, max: Micros) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&min.0.to_be_bytes());
+    v.extend_from_slice(&max.0.to_be_bytes());
+    v
+}
+
+fn read_time_value(v: &[u8]) -> Result<(Micros, Micros), StoreError> {
+    let (min, max) = v.split_at_checked(8).ok_or_else(|| StoreError::Corrupt {
+        key: "audit time block".into(),
+        detail: format!("expected 16 bytes, found {}", v.len()),
+    })?;
+    let min = read_be(min, "audit time block")?;
+    let max = read_be(max, "audit time block")?;
+    Ok((Micros(min as i64), Micros(max as i64)))
+}
+
+/// Adds to `b` the index records of `entries` (decoded, with consecutive
+/// indexes from `first`, continuing the covered log) and the new counter;
+/// returns how many records and bytes it wrote.
+pub(crate) fn index_entries(
+    tree: &sled::Tree,
+    first: u64,
+    entries: &[pb::AuditEntry],
+    b: &mut sled::Batch,
+) -> Result<(usize, usize), StoreError> {
+    if entries.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut postings: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    let mut blocks: BTreeMap<u64, (Micros, Micros)> = BTreeMap::new();
+    for (index, e) in (first..).zip(entries) {
+        for term in AuditTerm::of(e) {
+            postings.entry(term_prefix(&term)?).or_default().push(index);
+        }
+        let t = recorded_at(e);
+        let block = blocks.entry(index / TIME_BLOCK).or_insert((t, t));
+        block.0 = block.0.min(t);
+        block.1 = block.1.max(t);
+    }
+    // The first block may already hold earlier entries.
+    if let Some((&block, span)) = blocks.iter_mut().next()
+        && block * TIME_BLOCK < first
+        && let Some(v) = tree.get(key(TIME, &[&be(block)]))?
+    {
+        let (min, max) = read_time_value(&v)?;
+        span.0 = span.0.min(min);
+        span.1 = span.1.max(max);
+    }
+    let mut removed = 0;
+    let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let end = first + entries.len() as u64;
+    for ep in epoch(first)..=epoch(end - 1) {
+        let (lo, hi) = (
+            (ep << EPOCH_BITS).max(first),
+            ((ep + 1) << EPOCH_BITS).min(end),
+        );
+        let mut part: Table<'_> = BTreeMap::new();
+        for (term, indexes) in &postings {
+            let inside: Vec<u64> = indexes
+                .iter()
+                .copied()
+                .filter(|i| (lo..hi).contains(i))
+                .collect();
+            if !inside.is_empty() {
+                part.insert(term, inside);
+            }
+        }
+        if hi < (ep + 1) << EPOCH_BITS {
+            // The epoch goes on: one record for this commit's part of it.
+            if !part.is_empty() {
+                writes.push((key(RECENT, &[&be(ep), &be(lo)]), encode_table(&part)));
+            }
+            continue;
+        }
+        // The epoch is complete: its records of earlier commits and this
+        // commit's part become one table per bucket.
+        let mut earlier = Vec::new();
+        for item in tree.scan_prefix(key(RECENT, &[&be(ep)])) {
+            let (k, v) = item?;
+            earlier.extend(decode_table(&v)?);
+            b.remove(k);
+            removed += 1;
+        }
+        let mut merged: BTreeMap<u64, Table<'_>> = BTreeMap::new();
+        for (term, indexes) in earlier
+            .iter()
+            .map(|(t, ix)| (t.as_slice(), ix))
+            .chain(part.iter().map(|(t, ix)| (*t, ix)))
+        {
+            merged
+                .entry(bucket(term))
+                .or_default()
+                .entry(term)
+                .or_default()
+                .extend(indexes);
+        }
+        for (bucket, table) in merged {
+            writes.push((bucket_key(ep, bucket), encode_table(&table)));
+        }
+    }
+    for (block, (min, max)) in blocks {
+        writes.push((key(TIME, &[&be(block)]), time_value(min, max)));
+    }
+    writes.push((key(b'M', &[COUNTER]), be(end).to_vec()));
+    let (mut records, mut bytes) = (removed, 0);
+    for (k, v) in writes {
+        records += 1;
+        bytes += k.len() + v.len();
+        b.insert(k, v);
+    }
+    Ok((records, bytes))
+}
+
+/// Indexes carrying `term` in `[start, end)`, ascending, at most `max`.
+pub(crate) fn postings(
+    tree: &sled::Tree,
+    term: &AuditTerm,
+    start: u64,
+    end: u64,
+    max: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    if start >= end || max == 0 {
+        return Ok(out);
+    }
+    let term = term_prefix(term)?;
+    let bucket = bucket(&term);
+    for ep in epoch(start)..=epoch(end - 1) {
+        // This epoch's part of [start, end).
+        let lo = start.max(ep << EPOCH_BITS);
+        let hi = end.min((ep + 1) << EPOCH_BITS);
+        let mut found = Vec::new();
+        let mut take = |table: Vec<TermPostings>| {
+            for (t, indexes) in table {
+                if t == term {
+                    found.extend(indexes.into_iter().filter(|i| (lo..hi).contains(i)));
+                }
+            }
+        };
+        // The records of single commits first, then the bucket: the commit
+        // that completes an epoch replaces the first by the second in one
+        // batch, and reads in this order see every posting whenever that
+        // batch lands between them.
+        for item in tree.scan_prefix(key(RECENT, &[&be(ep)])) {
+            take(decode_table(&item?.1)?);
+        }
+        if let Some(v) = tree.get(bucket_key(ep, bucket))? {
+            take(decode_table(&v)?);
+        }
+        found.sort_unstable();
+        found.dedup();
+        for index in found {
+            out.push(index);
+            if out.len() >= max {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The stored audit entries at `indexes` (ascending), reading each chunk
+/// once however many of them it holds.
+pub(crate) fn entries_at(tree: &sled::Tree, indexes: &[u64]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::with_capacity(indexes.len());
+    // The chunk in hand: its first index, its bytes, each entry's span.
+    let mut chunk: Option<Chunk> = None;
+    for &index in indexes {
+        let held = chunk
+            .as_ref()
+            .is_some_and(|(first, _, spans)| index >= *first && index - first < spans.len() as u64);
+        if !held {
+            let found = tree
+                .range(key(b'A', &[&be(0)])..=key(b'A', &[&be(index)]))
+                .next_back()
+                .transpose()?;
+            let Some((k, v)) = found else {
+                return Err(not_stored(index));
+            };
+            let first = read_be(&k[1..], "audit chunk key")?;
+            let spans = chunk_spans(&v)?;
+            chunk = Some((first, v, spans));
+        }
+        let Some((first, bytes, spans)) = &chunk else {
+            return Err(not_stored(index));
+        };
+        let Some(&(at, len)) = usize::try_from(index - first)
+            .ok()
+            .and_then(|i| spans.get(i))
+        else {
+            return Err(not_stored(index));
+        };
+        out.push(bytes[at..at + len].to_vec());
+    }
+    Ok(out)
+}
+
+/// A chunk record being read: its first index, its bytes, and where each
+/// entry lies in them (offset, length).
+type Chunk = (u64, sled::IVec, Vec<(usize, usize)>);
+
+fn not_stored(index: u64) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("audit entry {index}"),
+        detail: "the audit index names it but it is not stored".into(),
+    }
+}
+
+/// Where each entry of a chunk record lies (offset, length).
+fn chunk_spans(v: &[u8]) -> Result<Vec<(usize, usize)>, StoreError> {
+    let mut spans = Vec::new();
+    let mut at = 0usize;
+    while at < v.len() {
+        let corrupt = || StoreError::Corrupt {
+            key: "audit chunk".into(),
+            detail: "truncated entry".into(),
+        };
+        let len = v.get(at..at + 4).ok_or_else(corrupt)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let start = at + 4;
+        if v.len() - start < len {
+            return Err(corrupt());
+        }
+        spans.push((start, len));
+        at = start + len;
+    }
+    Ok(spans)
+}
+
+/// Ranges of `[start, end)` whose time blocks may hold entries recorded in
+/// `[from, to)`.
+pub(crate) fn time_ranges(
+    tree: &sled::Tree,
+    from: Option<Micros>,
+    to: Option<Micros>,
+    start: u64,
+    end: u64,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    if start >= end {
+        return Ok(out);
+    }
+    let (first_block, last_block) = (start / TIME_BLOCK, (end - 1) / TIME_BLOCK);
+    let mut add = |lo: u64, hi: u64| {
+        let (lo, hi) = (lo.max(start), hi.min(end));
+        match out.last_mut() {
+            Some(last) if last.1 == lo => last.1 = hi,
+            _ => out.push((lo, hi)),
+        }
+    };
+    // A block without a record (never expected below the counter) may
+    // hold anything.
+    let mut next = first_block;
+    for item in tree.range(key(TIME, &[&be(first_block)])..=key(TIME, &[&be(last_block)])) {
+        let (k, v) = item?;
+        let block = read_be(&k[1..], "audit time block key")?;
+        if block > next {
+            add(next * TIME_BLOCK, block * TIME_BLOCK);
+        }
+        let (min, max) = read_time_value(&v)?;
+        if from.is_none_or(|f| max >= f) && to.is_none_or(|t| min < t) {
+            add(block * TIME_BLOCK, (block + 1).saturating_mul(TIME_BLOCK));
+        }
+        next = block + 1;
+    }
+    if next <= last_block {
+        add(next * TIME_BLOCK, end);
+    }
+    Ok(out)
+}
+
+/// How many entries the index covers (`None`: no index yet).
+pub(crate) fn covered(tree: &sled::Tree) -> Result<Option<u64>, StoreError> {
+    match tree.get(key(b'M', &[COUNTER]))? {
+        Some(v) => Ok(Some(read_be(&v, "audit index counter")?)),
+        None => Ok(None),
+    }
+}
+
+/// The fields of an `AuditEntry` the index reads (same tags): decoding
+/// only these skips the allocations of every other string on the writer's
+/// path.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct IndexedFields {
+    /// `recorded_at`.
+    #[prost(message, optional, tag = "3")]
+    pub recorded_at: Option<prost_types::Timestamp>,
+    /// `actor`.
+    #[prost(string, tag = "4")]
+    pub actor: String,
+    /// `child_pseudonym`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub child_pseudonym: Vec<u8>,
+    /// `source_agency`.
+    #[prost(string, tag = "9")]
+    pub source_agency: String,
+    /// `recipient_agency`.
+    #[prost(string, tag = "10")]
+    pub recipient_agency: String,
+    /// `subject`.
+    #[prost(string, tag = "23")]
+    pub subject: String,
+}
+
+impl From<IndexedFields> for pb::AuditEntry {
+    fn from(f: IndexedFields) -> Self {
+        pb::AuditEntry {
+            recorded_at: f.recorded_at,
+            actor: f.actor,
+            child_pseudonym: f.child_pseudonym,
+            source_agency: f.source_agency,
+            recipient_agency: f.recipient_agency,
+            subject: f.subject,
+            ..pb::AuditEntry::default()
+        }
+    }
+}
+
+/// Decodes what the index needs of a batch's entries (indexes from
+/// `first`), for the commit: bytes that are no protobuf message are
+/// refused. (The writer encodes entries from typed values; every field
+/// and the canonical form are checked where entries are read back, and
+/// checking them here would cost the writer's path a full decode and a
+/// second encode of every entry.)
+pub(crate) fn decode_all(
+    first: u64,
+    leaves: &[Vec<u8>],
+) -> Result<Vec<pb::AuditEntry>, StoreError> {
+    use prost::Message as _;
+    (first..)
+        .zip(leaves)
+        .map(|(index, leaf)| {
+            IndexedFields::decode(leaf.as_slice())
+                .map(pb::AuditEntry::from)
+                .map_err(|e| StoreError::Corrupt {
+                    key: format!("audit entry {index}"),
+                    detail: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
