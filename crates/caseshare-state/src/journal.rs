@@ -32,6 +32,8 @@
 
 mod convert;
 mod scan;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use caseshare_core::time::Micros;
