@@ -4,7 +4,8 @@
 //! messages in the same order and applies them to its [`Machine`] with the
 //! same times, so all reach the same state and the same audit log.
 //!
-//! - [`encode_batch`] / [`decode_batch`]: the batch and its
+//! - [`encode_batch`] (or [`JournalEncoder`], command by command as the
+//!   leader applies them) / [`decode_batch`]: the batch and its
 //!   [`JournalHeader`]. The encoding is hand-written prost messages
 //!   (`wire.rs`, internal, not in `proto/`), requests as the validated
 //!   `caseshare.v1` messages; the conversion is `convert.rs`.
@@ -48,8 +49,19 @@ use crate::refusal::Refusal;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// What a decode accepts. The defaults match the broker's own bounds: at
-/// most `store.max_batch`'s ceiling of operations per group commit, and
-/// the NATS ceiling on a message's size.
+/// most `store.max_batch`'s ceiling (65,536) of operations per group
+/// commit, room for four fields each and lists besides, and the NATS
+/// ceiling (64 MiB) on a message's size.
+///
+/// What they bound: a damaged (random, flipped or truncated) message is
+/// refused by its checksum before anything is built. A message with a
+/// valid checksum (a faulty leader, or anyone who may write to the stream
+/// and so could forge any command anyway) builds at most `max_ops` ops
+/// (488 bytes each in memory) and `max_items` list elements (at most 464
+/// bytes each, an audit entry): about 0.28 GB at the defaults, where 64 MiB
+/// of 2-byte empty elements would otherwise build 33 million (15 GB). The
+/// `caseshare.v1` messages inside a request are bounded by the message's
+/// size only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalLimits {
     /// Most bytes in one journal message.
@@ -67,7 +79,7 @@ impl Default for JournalLimits {
         JournalLimits {
             max_bytes: 64 << 20,
             max_ops: 65_536,
-            max_items: 1 << 20,
+            max_items: 1 << 19,
         }
     }
 }
@@ -218,38 +230,80 @@ pub fn encode_batch(
     ops: &[(Micros, Command)],
     header: &JournalHeader,
 ) -> Result<Vec<u8>, JournalError> {
-    let limits = JournalLimits::default();
-    if ops.len() > limits.max_ops {
-        return Err(JournalError::TooManyOps {
-            max: limits.max_ops,
-        });
+    let mut encoder = JournalEncoder::new(header.leader_term, header.before);
+    for (now, command) in ops {
+        encoder.push(*now, command)?;
     }
-    let message = wire::JournalBatch {
-        format_version: FORMAT_VERSION,
-        leader_term: header.leader_term,
-        first_audit_index: header.before.audit_size,
-        first_sequence: header.before.next_sequence,
-        first_subscription_id: header.before.next_subscription_id,
-        after: header.after.map(|c| wire::CountersRecord {
+    encoder.finish(header.after)
+}
+
+/// A batch being encoded as its commands are applied, so that the leader
+/// need not keep a copy of each command (`Machine::apply` consumes it):
+/// [`push`](Self::push) each command before applying it, then
+/// [`finish`](Self::finish) with the counters after the seal.
+#[derive(Debug)]
+pub struct JournalEncoder {
+    message: wire::JournalBatch,
+    limits: JournalLimits,
+}
+
+impl JournalEncoder {
+    /// A batch appended in `leader_term` that starts at `before`.
+    pub fn new(leader_term: u64, before: Counters) -> Self {
+        JournalEncoder {
+            message: wire::JournalBatch {
+                format_version: FORMAT_VERSION,
+                leader_term,
+                first_audit_index: before.audit_size,
+                first_sequence: before.next_sequence,
+                first_subscription_id: before.next_subscription_id,
+                after: None,
+                ops: Vec::new(),
+            },
+            limits: JournalLimits::default(),
+        }
+    }
+
+    /// The operations pushed so far.
+    pub fn len(&self) -> usize {
+        self.message.ops.len()
+    }
+
+    /// True before the first push.
+    pub fn is_empty(&self) -> bool {
+        self.message.ops.is_empty()
+    }
+
+    /// Adds one command at `now`; refuses one past the operation limit.
+    pub fn push(&mut self, now: Micros, command: &Command) -> Result<(), JournalError> {
+        if self.message.ops.len() >= self.limits.max_ops {
+            return Err(JournalError::TooManyOps {
+                max: self.limits.max_ops,
+            });
+        }
+        self.message.ops.push(convert::to_wire(now, command));
+        Ok(())
+    }
+
+    /// The journal message, with the counters after the batch if known.
+    /// Refuses a message a follower would refuse (size, items).
+    pub fn finish(mut self, after: Option<Counters>) -> Result<Vec<u8>, JournalError> {
+        self.message.after = after.map(|c| wire::CountersRecord {
             next_sequence: c.next_sequence,
             next_subscription_id: c.next_subscription_id,
             audit_size: c.audit_size,
-        }),
-        ops: ops
-            .iter()
-            .map(|(now, c)| convert::to_wire(*now, c))
-            .collect(),
-    };
-    let body = message.encode_to_vec();
-    let bytes = body.len() + wire::TRAILER_LEN;
-    if bytes > limits.max_bytes {
-        return Err(JournalError::TooLarge {
-            bytes,
-            max: limits.max_bytes,
         });
+        let body = self.message.encode_to_vec();
+        let bytes = body.len() + wire::TRAILER_LEN;
+        if bytes > self.limits.max_bytes {
+            return Err(JournalError::TooLarge {
+                bytes,
+                max: self.limits.max_bytes,
+            });
+        }
+        scan::scan(&body, &self.limits)?;
+        Ok(seal(body))
     }
-    scan::scan(&body, &limits)?;
-    Ok(seal(body))
 }
 
 /// Decodes one batch within the default [`JournalLimits`].

@@ -358,8 +358,11 @@ fn lead(chunk: usize) -> (Run, Vec<Vec<u8>>) {
     let mut journal = Vec::new();
     for ops in scenario().chunks(chunk) {
         let before = m.counters();
+        // As the broker's writer would: each command pushed, then applied.
+        let mut encoder = JournalEncoder::new(3, before);
         let mut draft = m.begin();
         for (now, c) in ops.iter().cloned() {
+            encoder.push(now, &c).unwrap();
             run.replies
                 .push(format!("{:?}", m.apply(&mut draft, now, c, &store)));
         }
@@ -367,12 +370,18 @@ fn lead(chunk: usize) -> (Run, Vec<Vec<u8>>) {
         store.commit(&sealed.batch);
         run.leaves.extend(sealed.batch.audit.clone());
         run.batches.push(format!("{:?}", sealed.batch));
+        assert_eq!(encoder.len(), ops.len());
+        let bytes = encoder.finish(Some(m.counters())).unwrap();
         let h = JournalHeader {
             leader_term: 3,
             before,
             after: Some(m.counters()),
         };
-        let bytes = encode_batch(ops, &h).unwrap();
+        assert_eq!(
+            bytes,
+            encode_batch(ops, &h).unwrap(),
+            "two encodings differ"
+        );
         let (got_header, got) = decode_batch(&bytes).unwrap();
         assert_eq!(got_header, h);
         assert_eq!(got, ops, "the batch does not round-trip");

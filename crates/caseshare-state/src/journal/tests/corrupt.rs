@@ -410,6 +410,16 @@ fn a_leader_cannot_encode_what_a_follower_would_refuse() {
         encode_batch(&too_many, &h),
         Err(JournalError::TooManyOps { .. })
     ));
+    let mut encoder = JournalEncoder::new(1, Counters::default());
+    for (now, c) in &too_many[1..] {
+        encoder.push(*now, c).unwrap();
+    }
+    assert!(matches!(
+        encoder.push(Micros(T0), &too_many[0].1),
+        Err(JournalError::TooManyOps { max: m }) if m == max.max_ops
+    ));
+    assert_eq!(encoder.len(), max.max_ops, "a refused push was kept");
+    assert!(encoder.finish(None).is_ok());
     let too_many_items = vec![(
         Micros(T0),
         Command::PurgeDeliveries {
