@@ -11,13 +11,19 @@
 //!   `caseshare.v1` messages; the conversion is `convert.rs`.
 //! - The header says where the batch applies: the machine's [`Counters`]
 //!   before it (the first audit index, the next event sequence, the next
-//!   subscription id) and, when the leader applied it first, after it. A
-//!   follower checks the first before applying ([`JournalHeader::check_before`]:
-//!   a gap, a repeat or a message from a forked journal is refused) and
-//!   the second after ([`JournalHeader::check_after`]: a replica that ends
-//!   elsewhere has diverged and must stop). `leader_term` names the term
-//!   of the leader that appended it (fencing itself is the journal's
-//!   expected-last-sequence; the term is for followers and diagnostics).
+//!   subscription id) and, when the leader applied it first, where it
+//!   ended ([`BatchEnd`]: the counters after and a digest of the audit
+//!   leaves written). A follower checks the first before applying
+//!   ([`JournalHeader::check_before`]: a gap, a repeat or a message from a
+//!   forked journal is refused) and the second after
+//!   ([`JournalHeader::check_after`]: a replica that ends elsewhere or
+//!   wrote other leaves, e.g. with another pseudonym key, has diverged and
+//!   must stop before it signs anything). Counters do not tell apart two
+//!   batches that write no audit entry and draw no sequence or id (only
+//!   `PurgeDeliveries`, say): the journal's own stream sequence orders
+//!   those. `leader_term` names the term of the leader that appended it
+//!   (fencing itself is the journal's expected-last-sequence; the term is
+//!   for followers and diagnostics).
 //! - Decoding is bounded ([`JournalLimits`], `scan.rs`): the message's
 //!   size, its operations and the items inside them are counted over the
 //!   framing before prost builds anything. [`encode_batch`] refuses what a
@@ -92,9 +98,43 @@ pub struct JournalHeader {
     /// The machine's counters before the batch: `audit_size` is the first
     /// audit index it writes, `next_sequence` its first event's sequence.
     pub before: Counters,
-    /// The counters after the batch, when the leader applied it before
+    /// Where the leader ended the batch, when it applied it before
     /// appending (the broker does); `None` when it did not.
-    pub after: Option<Counters>,
+    pub after: Option<BatchEnd>,
+}
+
+/// Where a machine ended a batch: its counters, and a digest of the audit
+/// leaves the batch wrote. Two replicas that end a batch with the same
+/// counters but different leaves (a different pseudonym key, a
+/// nondeterminism) would fork the audit log; this tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEnd {
+    /// The counters after the batch.
+    pub counters: Counters,
+    /// [`leaves_digest`] of the batch's audit leaves.
+    pub leaves: [u8; 32],
+}
+
+impl BatchEnd {
+    /// Where `machine` is after sealing `sealed`.
+    pub fn of(machine: &Machine, sealed: &Sealed) -> Self {
+        BatchEnd {
+            counters: machine.counters(),
+            leaves: leaves_digest(&sealed.batch.audit),
+        }
+    }
+}
+
+/// SHA-256 over the leaves in order, each prefixed by its length (u64,
+/// big-endian), so that no two lists of leaves share a digest by
+/// splitting differently.
+pub fn leaves_digest(leaves: &[Vec<u8>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for leaf in leaves {
+        h.update((leaf.len() as u64).to_be_bytes());
+        h.update(leaf);
+    }
+    h.finalize().into()
 }
 
 impl JournalHeader {
@@ -110,10 +150,15 @@ impl JournalHeader {
         }
     }
 
-    /// After applying: refuses unless `machine` is where the leader ended.
-    pub fn check_after(&self, machine: Counters) -> Result<(), JournalError> {
+    /// After applying: refuses unless `machine` ended where the leader did
+    /// (same counters, same audit leaves).
+    pub fn check_after(&self, machine: &BatchEnd) -> Result<(), JournalError> {
         match self.after {
-            Some(leader) if leader != machine => Err(JournalError::Diverged { leader, machine }),
+            Some(leader) if leader != *machine => Err(JournalError::Diverged {
+                leader: leader.counters,
+                machine: machine.counters,
+                same_leaves: leader.leaves == machine.leaves,
+            }),
             _ => Ok(()),
         }
     }
@@ -203,13 +248,15 @@ pub enum JournalError {
     },
     /// The machine ended the batch elsewhere than the leader did.
     #[error(
-        "after the journal batch the machine is at {machine:?}, the leader was at {leader:?}: the replicas have diverged"
+        "after the journal batch the machine is at {machine:?}, the leader was at {leader:?}, same audit leaves: {same_leaves}: the replicas have diverged"
     )]
     Diverged {
-        /// Where the leader ended.
+        /// The leader's counters after the batch.
         leader: Counters,
-        /// Where this machine ended.
+        /// This machine's.
         machine: Counters,
+        /// Whether the audit leaves written were the same.
+        same_leaves: bool,
     },
     /// Applying an operation failed on this replica's own storage (a lookup
     /// or a damaged record), which the leader did not: stop, do not skip.
@@ -285,13 +332,15 @@ impl JournalEncoder {
         Ok(())
     }
 
-    /// The journal message, with the counters after the batch if known.
-    /// Refuses a message a follower would refuse (size, items).
-    pub fn finish(mut self, after: Option<Counters>) -> Result<Vec<u8>, JournalError> {
-        self.message.after = after.map(|c| wire::CountersRecord {
-            next_sequence: c.next_sequence,
-            next_subscription_id: c.next_subscription_id,
-            audit_size: c.audit_size,
+    /// The journal message, with where the batch ended if known
+    /// ([`BatchEnd::of`] the leader's machine and sealed batch). Refuses a
+    /// message a follower would refuse (size, items).
+    pub fn finish(mut self, after: Option<BatchEnd>) -> Result<Vec<u8>, JournalError> {
+        self.message.after = after.map(|end| wire::EndRecord {
+            next_sequence: end.counters.next_sequence,
+            next_subscription_id: end.counters.next_subscription_id,
+            audit_size: end.counters.audit_size,
+            leaves_digest: end.leaves.to_vec(),
         });
         let body = self.message.encode_to_vec();
         let bytes = body.len() + wire::TRAILER_LEN;
@@ -376,12 +425,22 @@ fn header(m: &wire::JournalBatch) -> Result<JournalHeader, JournalError> {
     if before.next_subscription_id == 0 {
         return Err(JournalError::BadHeader("first_subscription_id is missing"));
     }
-    let after = m.after.as_ref().map(|c| Counters {
-        next_sequence: c.next_sequence,
-        next_subscription_id: c.next_subscription_id,
-        audit_size: c.audit_size,
-    });
-    if let Some(after) = after {
+    let after = match &m.after {
+        None => None,
+        Some(end) => Some(BatchEnd {
+            counters: Counters {
+                next_sequence: end.next_sequence,
+                next_subscription_id: end.next_subscription_id,
+                audit_size: end.audit_size,
+            },
+            leaves: <[u8; 32]>::try_from(end.leaves_digest.as_slice())
+                .map_err(|_| JournalError::BadHeader("the leaves digest is not 32 bytes"))?,
+        }),
+    };
+    if let Some(BatchEnd {
+        counters: after, ..
+    }) = after
+    {
         // The counters only grow.
         if after.next_sequence < before.next_sequence
             || after.next_subscription_id < before.next_subscription_id
@@ -425,6 +484,6 @@ pub fn replay(
         }
     }
     let sealed = machine.seal(draft);
-    header.check_after(machine.counters())?;
+    header.check_after(&BatchEnd::of(machine, &sealed))?;
     Ok((sealed, replies))
 }

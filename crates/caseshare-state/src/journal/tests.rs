@@ -262,7 +262,7 @@ pub(super) fn one_of_each() -> Vec<Command> {
     ]
 }
 
-fn header_at(before: Counters, after: Option<Counters>) -> JournalHeader {
+fn header_at(before: Counters, after: Option<BatchEnd>) -> JournalHeader {
     JournalHeader {
         leader_term: 11,
         before,
@@ -285,10 +285,13 @@ fn every_command_variant_round_trips_with_every_field() {
             next_subscription_id: 2,
             audit_size: 40,
         },
-        Some(Counters {
-            next_sequence: 6,
-            next_subscription_id: 3,
-            audit_size: 44,
+        Some(BatchEnd {
+            counters: Counters {
+                next_sequence: 6,
+                next_subscription_id: 3,
+                audit_size: 44,
+            },
+            leaves: [9; 32],
         }),
     );
     for (i, c) in commands.iter().enumerate() {
@@ -371,11 +374,12 @@ fn lead(chunk: usize) -> (Run, Vec<Vec<u8>>) {
         run.leaves.extend(sealed.batch.audit.clone());
         run.batches.push(format!("{:?}", sealed.batch));
         assert_eq!(encoder.len(), ops.len());
-        let bytes = encoder.finish(Some(m.counters())).unwrap();
+        let end = BatchEnd::of(&m, &sealed);
+        let bytes = encoder.finish(Some(end)).unwrap();
         let h = JournalHeader {
             leader_term: 3,
             before,
-            after: Some(m.counters()),
+            after: Some(end),
         };
         assert_eq!(
             bytes,
@@ -474,19 +478,67 @@ fn a_batch_applies_only_where_it_starts() {
     assert!(matches!(err, JournalError::WrongPosition { .. }), "{err}");
     assert_eq!(m.digest(), after_first);
 
-    // The second with a leader that claims to have ended elsewhere.
-    let (mut h, ops) = decoded[1].clone();
+    // The second, where the leader claims to have ended elsewhere: other
+    // counters, or other audit leaves.
+    let (h, ops) = decoded[1].clone();
     let leader = h.after.unwrap();
-    h.after = Some(Counters {
-        audit_size: leader.audit_size + 1,
+    let other_counters = BatchEnd {
+        counters: Counters {
+            audit_size: leader.counters.audit_size + 1,
+            ..leader.counters
+        },
         ..leader
-    });
-    let bytes = encode_batch(&ops, &h).unwrap();
-    let (h, ops) = decode_batch(&bytes).unwrap();
-    let err = replay(&mut m, &h, ops, &store).unwrap_err();
+    };
+    let other_leaves = BatchEnd {
+        leaves: [0; 32],
+        ..leader
+    };
+    for (claimed, same) in [(other_counters, true), (other_leaves, false)] {
+        let mut m = fresh_machine();
+        let mut store = MemLookup::default();
+        let (h0, ops0) = decoded[0].clone();
+        store.commit(&replay(&mut m, &h0, ops0, &store).unwrap().0.batch);
+        let h = JournalHeader {
+            after: Some(claimed),
+            ..h
+        };
+        let bytes = encode_batch(&ops, &h).unwrap();
+        let (h, ops) = decode_batch(&bytes).unwrap();
+        let err = replay(&mut m, &h, ops, &store).unwrap_err();
+        assert!(
+            matches!(err, JournalError::Diverged { leader: l, machine, same_leaves }
+                if l == claimed.counters && machine == leader.counters && same_leaves == same),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_replica_with_another_pseudonym_key_is_told_it_diverged() {
+    let (_, journal) = lead(5);
+    let mut m = Machine::new(
+        crate::BrokerState::default(),
+        Counters::default(),
+        b"not the cluster's key".to_vec(),
+    );
+    let mut store = MemLookup::default();
+    let mut refused = None;
+    for (i, bytes) in journal.iter().enumerate() {
+        let (h, ops) = decode_batch(bytes).unwrap();
+        match replay(&mut m, &h, ops, &store) {
+            Ok((sealed, _)) => store.commit(&sealed.batch),
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    // The first batch that pseudonymises a child (the first publish).
+    let (i, err) = refused.expect("the replica with the wrong key went on");
+    assert_eq!(i, 1, "{err}");
     assert!(
-        matches!(err, JournalError::Diverged { leader: l, machine }
-            if l.audit_size == leader.audit_size + 1 && machine == leader),
+        matches!(err, JournalError::Diverged { leader, machine, same_leaves: false }
+            if leader == machine),
         "{err}"
     );
 }

@@ -54,17 +54,18 @@ pub struct JournalBatch {
     /// The next subscription id before the batch.
     #[prost(uint64, tag = "5")]
     pub first_subscription_id: u64,
-    /// The counters after the batch, when the leader applied it first.
+    /// Where the leader ended the batch, when it applied it first.
     #[prost(message, optional, tag = "6")]
-    pub after: Option<CountersRecord>,
+    pub after: Option<EndRecord>,
     /// The operations, in order.
     #[prost(message, repeated, tag = "7")]
     pub ops: Vec<JournalOp>,
 }
 
-/// The machine's counters.
+/// Where the leader ended a batch: its counters and the digest of the
+/// audit leaves the batch wrote.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct CountersRecord {
+pub struct EndRecord {
     /// The next event sequence.
     #[prost(uint64, tag = "1")]
     pub next_sequence: u64,
@@ -74,6 +75,9 @@ pub struct CountersRecord {
     /// The audit log's size.
     #[prost(uint64, tag = "3")]
     pub audit_size: u64,
+    /// `leaves_digest` of the batch's audit leaves: exactly 32 bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub leaves_digest: Vec<u8>,
 }
 
 /// One command with the time it is applied at.

@@ -317,10 +317,21 @@ fn an_incomplete_or_inconsistent_header_is_refused() {
     ));
     let mut b = wire_batch(vec![]);
     b.first_audit_index = 10;
-    b.after = Some(wire::CountersRecord {
+    b.after = Some(wire::EndRecord {
         next_sequence: 1,
         next_subscription_id: 1,
         audit_size: 9,
+        leaves_digest: vec![0; 32],
+    });
+    assert!(matches!(
+        decode_batch(&sealed(&b)),
+        Err(JournalError::BadHeader(_))
+    ));
+    b.after = Some(wire::EndRecord {
+        next_sequence: 1,
+        next_subscription_id: 1,
+        audit_size: 10,
+        leaves_digest: vec![0; 31],
     });
     assert!(matches!(
         decode_batch(&sealed(&b)),
