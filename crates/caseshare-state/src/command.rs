@@ -80,8 +80,9 @@ pub struct SubscriptionRef {
 /// One operation. Families: configuration (agencies, agreements), consent,
 /// events (publish, retract, expunge), subscriptions (create, delete, seek,
 /// replay, purge), delivery (deliver, ack, dead letter) and the audit log
-/// (record, refusals).
-#[derive(Debug, Clone)]
+/// (record, refusals). Equality compares every field (the caller by its
+/// fields, not by pointer).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Register an agency.
     RegisterAgency {

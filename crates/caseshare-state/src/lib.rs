@@ -22,6 +22,9 @@
 //!   scenario of commands, for replay tests here and in the store.
 //! - [`delivery`]: one delivery's life as a state machine (phases, inputs,
 //!   the one transition function `step`), used by the server's registry.
+//! - [`journal`]: a group commit's commands as the bytes of one journal
+//!   message and back (cluster mode), bounded and checked on decode, with
+//!   the header a follower checks to apply each batch at the right place.
 //!
 //! Architecture Invariant: the normal dependencies of this crate include no
 //! tokio, sled, tonic or random-number crate (checked by a test).
@@ -32,6 +35,7 @@
 pub mod batch;
 mod command;
 pub mod delivery;
+pub mod journal;
 mod machine;
 mod ops;
 pub mod records;
