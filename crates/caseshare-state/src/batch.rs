@@ -45,6 +45,10 @@ pub struct Batch {
     pub next_sequence: Option<u64>,
     /// The next subscription id, when it changed.
     pub next_subscription_id: Option<u64>,
+    /// Cluster mode: the sequence of the journal message this batch applies
+    /// (stored with it, so a restarted replica resumes after it). `None`
+    /// for the embedded store.
+    pub journal_position: Option<u64>,
 }
 
 impl Batch {
@@ -71,6 +75,7 @@ impl Batch {
             floors,
             next_sequence,
             next_subscription_id,
+            journal_position,
         } = self;
         events.is_empty()
             && audit.is_empty()
@@ -88,6 +93,7 @@ impl Batch {
             && floors.is_empty()
             && next_sequence.is_none()
             && next_subscription_id.is_none()
+            && journal_position.is_none()
     }
 }
 
@@ -213,8 +219,15 @@ mod tests {
                     ..d()
                 },
             ),
+            (
+                "journal_position",
+                Batch {
+                    journal_position: Some(1),
+                    ..d()
+                },
+            ),
         ];
-        assert_eq!(cases.len(), 16);
+        assert_eq!(cases.len(), 17);
         for (field, batch) in cases {
             assert!(
                 !batch.is_empty(),

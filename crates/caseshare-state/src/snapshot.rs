@@ -28,4 +28,6 @@ pub struct Snapshot {
     pub retracted: Vec<(u64, String)>,
     /// The lowest event sequence still stored (after retention).
     pub first_sequence: u64,
+    /// Cluster mode: the last journal message applied (0: none).
+    pub journal_position: u64,
 }

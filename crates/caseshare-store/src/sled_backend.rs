@@ -24,7 +24,8 @@
 //! - `X` ‖ sequence → reason (retracted or superseded events)
 //! - `P` ‖ subscription id → (empty): a deleted subscription whose `D`
 //!   records are still being removed, [`PURGE_CHUNK`] per commit
-//! - `M` ‖ name → counters (`seq`, `sub`) and `first`, the first sequence
+//! - `M` ‖ name → counters (`seq`, `sub`), `journal` (cluster mode: the
+//!   last journal message applied) and `first`, the first sequence
 //!   retention kept; `aidx`, the audit entries the audit index covers
 //! - `L`, `Q` ‖ epoch ‖ … → which audit entries name a child or an
 //!   agency, and `W` ‖ block → the time span of a block of audit entries:
@@ -368,6 +369,9 @@ impl SledStore {
         if let Some(v) = self.tree.get(key(b'M', &[b"sub"]))? {
             snap.next_subscription_id = read_be(&v, "next subscription id")?;
         }
+        if let Some(v) = self.tree.get(key(b'M', &[b"journal"]))? {
+            snap.journal_position = read_be(&v, "journal position")?;
+        }
         snap.audit_size = audit_size(&self.tree)?;
         Ok(snap)
     }
@@ -550,6 +554,9 @@ impl Storage for SledStore {
         }
         if let Some(n) = batch.next_subscription_id {
             Self::put(&mut b, &mut stats, key(b'M', &[b"sub"]), be(n).to_vec());
+        }
+        if let Some(n) = batch.journal_position {
+            Self::put(&mut b, &mut stats, key(b'M', &[b"journal"]), be(n).to_vec());
         }
         self.tree.apply_batch(b)?;
         self.sync()?;

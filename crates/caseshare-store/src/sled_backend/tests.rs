@@ -191,3 +191,33 @@ fn a_deleted_subscriptions_deliveries_go_a_bounded_number_per_commit() {
         "others untouched"
     );
 }
+
+#[test]
+fn the_journal_position_is_committed_with_its_batch_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_store(dir.path());
+        assert_eq!(
+            store.load().unwrap().journal_position,
+            0,
+            "an embedded store has none"
+        );
+        for position in [1u64, 2, 7] {
+            store
+                .commit(&Batch {
+                    journal_position: Some(position),
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        // A batch that does not name a position leaves the last one.
+        store
+            .commit(&Batch {
+                floors: vec![(1, 1)],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let store = open_store(dir.path());
+    assert_eq!(store.load().unwrap().journal_position, 7);
+}
