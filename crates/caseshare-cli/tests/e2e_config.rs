@@ -154,6 +154,49 @@ fn a_value_past_its_bound_is_refused_at_start_naming_the_key() {
     }
 }
 
+/// The store backend keys: a bad value names its key; cluster mode, until
+/// it is built, is refused at start naming `store.backend` — each before
+/// anything is created in the data directory.
+#[test]
+fn store_backend_keys_are_checked_and_cluster_mode_is_refused_before_any_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = ("CASESHARE_NATS_SERVERS", "nats://127.0.0.1:4222");
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("CASESHARE_STORE_BACKEND", "postgres")], "store.backend"),
+        (&[("CASESHARE_STORE_BACKEND", "nats")], "store.nats.servers"),
+        (
+            &[
+                ("CASESHARE_STORE_BACKEND", "nats"),
+                ("CASESHARE_NATS_SERVERS", "http://x:1"),
+            ],
+            "store.nats.servers",
+        ),
+        (&[("CASESHARE_NATS_REPLICAS", "6")], "store.nats.replicas"),
+        (
+            &[("CASESHARE_STORE_BACKEND", "nats"), servers],
+            "store.backend",
+        ),
+    ];
+    for (env, key) in cases {
+        let refused = match Broker::try_start_in(tmp.path(), env, &[]) {
+            Ok(_) => panic!("{env:?} started"),
+            Err(r) => r,
+        };
+        assert!(!refused.status.success(), "{env:?}: {}", refused.status);
+        assert!(refused.stderr.contains(key), "{env:?}: {}", refused.stderr);
+        assert!(
+            !refused.stderr.contains("panicked"),
+            "{env:?}: {}",
+            refused.stderr
+        );
+        assert!(!tmp.path().join("data").exists(), "{env:?} wrote files");
+    }
+    // At the top of its range the replica count is accepted (embedded
+    // backend: it is not used).
+    let b = Broker::start_in(tmp.path(), &[("CASESHARE_NATS_REPLICAS", "5")]);
+    drop(b);
+}
+
 /// docs/OPERATIONS.md lists every key with the range the broker enforces
 /// (a failure prints the rows to paste).
 #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod backend;
 mod keys;
 
 /// A configuration problem an operator can fix.
@@ -175,6 +176,12 @@ pub struct StoreConfig {
     /// Size at which the event log starts a new segment file, KiB
     /// (64 ..= 1,048,576; env `CASESHARE_STORE_SEGMENT_KIB`).
     pub segment_kib: u64,
+    /// `"embedded"` (the default: sled and the event log in `data_dir`) or
+    /// `"nats"` (cluster mode on NATS JetStream, `docs/CLUSTER.md`; env
+    /// `CASESHARE_STORE_BACKEND`).
+    pub backend: String,
+    /// Cluster mode's NATS connection and journal (`[store.nats]`).
+    pub nats: NatsConfig,
 }
 
 impl Default for StoreConfig {
@@ -183,6 +190,51 @@ impl Default for StoreConfig {
             cache_mib: 64,
             max_batch: 2_048,
             segment_kib: 64 * 1024,
+            backend: "embedded".into(),
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+/// Cluster mode: where the NATS JetStream cluster is and how the journal
+/// and the leader lease are kept there.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs, `nats://host:port` or `tls://host:port` (env
+    /// `CASESHARE_NATS_SERVERS`, comma-separated).
+    pub servers: Vec<String>,
+    /// The journal stream's name (env `CASESHARE_NATS_STREAM`).
+    pub stream: String,
+    /// Replicas of the journal stream and the lease bucket (1 ..= 5, env
+    /// `CASESHARE_NATS_REPLICAS`).
+    pub replicas: u64,
+    /// How long a leader's lease lasts without renewal, ms (env
+    /// `CASESHARE_NATS_LEASE_TTL_MS`).
+    pub lease_ttl_ms: u64,
+    /// CA bundle that signs the NATS servers' certificates (env
+    /// `CASESHARE_NATS_CA`).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for NATS mutual TLS (env
+    /// `CASESHARE_NATS_CERT`, `CASESHARE_NATS_KEY`).
+    pub cert: Option<PathBuf>,
+    /// Client key for NATS mutual TLS.
+    pub key: Option<PathBuf>,
+    /// A NATS credentials file (JWT and nkey seed; env `CASESHARE_NATS_CREDS`).
+    pub creds: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: Vec::new(),
+            stream: "CASESHARE_JOURNAL".into(),
+            replicas: 3,
+            lease_ttl_ms: 5_000,
+            ca: None,
+            cert: None,
+            key: None,
+            creds: None,
         }
     }
 }
@@ -398,6 +450,31 @@ impl Config {
         if let Some(v) = get("CASESHARE_AUDIT_SIGNING_KEY") {
             self.audit.signing_key = Some(v.into());
         }
+        if let Some(v) = get("CASESHARE_STORE_BACKEND") {
+            self.store.backend = v;
+        }
+        let nats = &mut self.store.nats;
+        if let Some(v) = get("CASESHARE_NATS_SERVERS") {
+            nats.servers = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("CASESHARE_NATS_STREAM") {
+            nats.stream = v;
+        }
+        for (var, slot) in [
+            ("CASESHARE_NATS_CA", &mut nats.ca),
+            ("CASESHARE_NATS_CERT", &mut nats.cert),
+            ("CASESHARE_NATS_KEY", &mut nats.key),
+            ("CASESHARE_NATS_CREDS", &mut nats.creds),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = Some(v.into());
+            }
+        }
         for key in keys::KEYS {
             if let Some(v) = get(key.env) {
                 keys::set_from_str(key, self, &v).map_err(|message| ConfigError::Value {
@@ -443,6 +520,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty".into());
         }
+        self.validate_backend()?;
         let t = &self.tls;
         let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
         if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {

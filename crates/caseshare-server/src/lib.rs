@@ -97,6 +97,9 @@ pub enum ServeError {
     /// names the file and what to do).
     #[error("{0}")]
     Secret(String),
+    /// The configured store backend cannot run in this build.
+    #[error("{0}")]
+    Backend(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -282,6 +285,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound) + Send,
 ) -> Result<(), ServeError> {
+    if config.store.backend != "embedded" {
+        // Refused before anything is created or opened.
+        return Err(ServeError::Backend(format!(
+            "store.backend = {:?}: cluster mode on NATS JetStream is being built \
+             (docs/CLUSTER.md) and cannot serve yet; use the embedded store",
+            config.store.backend
+        )));
+    }
     let _ = ops::prometheus();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;

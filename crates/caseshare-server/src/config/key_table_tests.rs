@@ -68,20 +68,31 @@ fn bounds(access: Access) -> (String, String, Option<String>, String) {
 
 #[test]
 fn every_numeric_key_is_in_the_table() {
-    // Walk the defaults as TOML: every number must have a row.
-    let value = toml::Value::try_from(Config::default()).unwrap();
-    let mut numeric = Vec::new();
-    for (section, table) in value.as_table().unwrap() {
-        if let Some(t) = table.as_table() {
-            for (k, v) in t {
-                if v.is_integer() || v.is_float() {
-                    numeric.push(format!("{section}.{k}"));
+    // Walk the defaults as TOML, nested tables too: every number must have
+    // a row.
+    fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&name, v, out);
                 }
             }
-        } else if table.is_integer() || table.is_float() {
-            numeric.push(section.clone());
+            v if v.is_integer() || v.is_float() => out.push(prefix.to_string()),
+            _ => {}
         }
     }
+    let value = toml::Value::try_from(Config::default()).unwrap();
+    let mut numeric = Vec::new();
+    walk("", &value, &mut numeric);
+    assert!(
+        numeric.contains(&"store.nats.replicas".to_string()),
+        "{numeric:?}"
+    );
     let mut names: Vec<String> = KEYS.iter().map(|k| k.name.to_string()).collect();
     numeric.sort();
     names.sort();
