@@ -37,6 +37,14 @@ pub enum NodeState {
     Dead,
 }
 
+/// Why a start or restart did not end with healthy nodes.
+enum NotReady {
+    /// A node's process exited.
+    Exited(NatsSetupError),
+    /// The nodes ran but were not healthy in time.
+    Timeout(NatsSetupError),
+}
+
 /// One node: its ports, its files and its process.
 struct Node {
     name: String,
@@ -80,8 +88,9 @@ impl NatsClusterBuilder {
     }
 
     /// Starts the cluster and waits until every node is healthy and all
-    /// agree on a meta leader. Ports taken by someone else between their
-    /// choice and the server's bind make the start retry with new ones.
+    /// agree on a meta leader. A node that exits during the start (a port
+    /// taken by someone else between its choice and the server's bind)
+    /// makes the start try again on new ports, three times at most.
     pub async fn try_start(self) -> Result<NatsCluster, NatsSetupError> {
         assert!(self.nodes >= 1, "a cluster has at least one node");
         let bin = match self.binary {
@@ -124,7 +133,9 @@ impl NatsClusterBuilder {
             }
             match cluster.wait_ready(None).await {
                 Ok(()) => return Ok(cluster),
-                Err(e) => last = Some(e),
+                // Most likely a port taken meanwhile: again, on new ones.
+                Err(NotReady::Exited(e)) => last = Some(e),
+                Err(NotReady::Timeout(e)) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| NatsSetupError("no attempt made".into())))
@@ -256,7 +267,7 @@ impl NatsCluster {
         let started = Instant::now();
         self.spawn(i)
             .unwrap_or_else(|e| panic!("restarting node {i}: {e}"));
-        if let Err(e) = self.wait_ready(Some(i)).await {
+        if let Err(NotReady::Exited(e) | NotReady::Timeout(e)) = self.wait_ready(Some(i)).await {
             panic!("node {i} did not come back: {e}");
         }
         started.elapsed()
@@ -285,7 +296,7 @@ impl NatsCluster {
 
     /// Waits until node `only` (or every node) is healthy and, for a whole
     /// cluster, all running nodes name the same meta leader.
-    async fn wait_ready(&mut self, only: Option<usize>) -> Result<(), NatsSetupError> {
+    async fn wait_ready(&mut self, only: Option<usize>) -> Result<(), NotReady> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let which: Vec<usize> = match only {
             Some(i) => vec![i],
@@ -298,10 +309,10 @@ impl NatsCluster {
                 {
                     self.nodes[i].child = None;
                     self.nodes[i].state = NodeState::Dead;
-                    return Err(NatsSetupError(format!(
+                    return Err(NotReady::Exited(NatsSetupError(format!(
                         "node {i} exited ({status}); its log:\n{}",
                         self.log(i)
-                    )));
+                    ))));
                 }
             }
             if self.ready(&which, only.is_none()).await {
@@ -312,11 +323,11 @@ impl NatsCluster {
                     .iter()
                     .map(|&i| format!("--- n{i}:\n{}", tail(&self.log(i), 20)))
                     .collect();
-                return Err(NatsSetupError(format!(
+                return Err(NotReady::Timeout(NatsSetupError(format!(
                     "not ready within {} s; logs:\n{}",
                     READY_TIMEOUT.as_secs(),
                     logs.join("\n")
-                )));
+                ))));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -575,6 +586,17 @@ mod tests {
         assert_eq!(stream_detail(&jsz, "NONE"), None);
         let leaderless: Value = serde_json::from_str(r#"{"meta_cluster":{"leader":""}}"#).unwrap();
         assert_eq!(meta_leader_of(&leaderless), None);
+    }
+
+    #[tokio::test]
+    async fn a_binary_that_is_not_a_modern_nats_server_starts_no_cluster() {
+        let e = NatsCluster::builder(3)
+            .binary("true")
+            .try_start()
+            .await
+            .err()
+            .expect("`true` refused as a nats-server");
+        assert!(e.0.contains("no version in"), "{e}");
     }
 
     #[test]
