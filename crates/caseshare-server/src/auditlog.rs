@@ -129,6 +129,7 @@ impl AuditLog {
         };
         *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(cp.clone());
         metrics::counter!("caseshare_checkpoints_signed_total").increment(1);
+        crate::ops::gauges::checkpoint_signed(size);
         self.persist(size, root, cp.note.clone());
         Ok(cp)
     }

@@ -28,6 +28,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason (the metric's label values, zeroed at start).
+    pub const ALL: [Refusal; 4] = [
+        Refusal::FdReserve,
+        Refusal::Handshakes,
+        Refusal::Global,
+        Refusal::PerPrincipal,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

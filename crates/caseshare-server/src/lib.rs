@@ -432,6 +432,8 @@ pub async fn serve(
     let checkpoint_task = {
         let log = log.clone();
         let mut heads = log.subscribe();
+        // One at start too, so the checkpoint metrics start from it.
+        heads.mark_changed();
         let mut stop = shutdown_rx.clone();
         tokio::spawn(async move {
             loop {
@@ -466,7 +468,17 @@ pub async fn serve(
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let ops_task = tokio::spawn(ops::serve(ops_listener, ready.clone(), shutdown_rx.clone()));
+    let sub_metrics = ops::gauges::Subscriptions::new(shared.deliveries.clone());
+    let sampler_task = tokio::spawn(ops::gauges::sample(
+        sub_metrics.clone(),
+        shutdown_rx.clone(),
+    ));
+    let ops_task = tokio::spawn(ops::serve(
+        ops_listener,
+        ready.clone(),
+        sub_metrics,
+        shutdown_rx.clone(),
+    ));
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let accept_task = tokio::spawn(tls::accept_loop(
         listener,
@@ -593,6 +605,7 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     accept_task.abort();
     ops_task.abort();
+    sampler_task.abort();
     checkpoint_task.abort();
     reload_task.abort();
     retention_task.abort();

@@ -1,6 +1,10 @@
 //! The plain-HTTP ops port: `/healthz` (the process is up), `/readyz` (the
 //! broker is serving, not shutting down and has found no damaged record) and `/metrics` (Prometheus text).
-//! It carries no case data.
+//! It carries no case data. `catalogue` lists every metric; `gauges`
+//! renders the per-subscription series and keeps the sampled ages.
+
+pub mod catalogue;
+pub mod gauges;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,9 +23,11 @@ pub fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let recorder = catalogue::builder().build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+            let installed = metrics::set_global_recorder(recorder).ok().map(|_| handle);
+            catalogue::register_at_start();
+            installed
         })
         .clone()
 }
@@ -36,10 +42,20 @@ fn respond(status: u16, body: String, content_type: &str) -> http::Response<Full
     resp
 }
 
+/// The `/metrics` body: the recorder's metrics, then the per-subscription
+/// series.
+fn render(handle: Option<&PrometheusHandle>, ready: bool, subs: &gauges::Subscriptions) -> String {
+    metrics::gauge!("caseshare_ready").set(if ready { 1.0 } else { 0.0 });
+    let mut body = handle.map(|h| h.render()).unwrap_or_default();
+    body.push_str(&subs.render());
+    body
+}
+
 /// Serves the ops endpoints until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     ready: Arc<AtomicBool>,
+    subs: Arc<gauges::Subscriptions>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handle = prometheus();
@@ -53,23 +69,22 @@ pub async fn serve(
         };
         let ready = ready.clone();
         let handle = handle.clone();
+        let subs = subs.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let ready = ready.clone();
                 let handle = handle.clone();
+                let subs = subs.clone();
                 async move {
+                    let is_ready =
+                        ready.load(Ordering::SeqCst) && !crate::errors::storage_damaged();
                     let resp = match req.uri().path() {
                         "/healthz" => respond(200, "ok\n".into(), "text/plain"),
-                        "/readyz"
-                            if ready.load(Ordering::SeqCst)
-                                && !crate::errors::storage_damaged() =>
-                        {
-                            respond(200, "ready\n".into(), "text/plain")
-                        }
+                        "/readyz" if is_ready => respond(200, "ready\n".into(), "text/plain"),
                         "/readyz" => respond(503, "not ready\n".into(), "text/plain"),
                         "/metrics" => respond(
                             200,
-                            handle.as_ref().map(|h| h.render()).unwrap_or_default(),
+                            render(handle.as_ref(), is_ready, &subs),
                             "text/plain; version=0.0.4",
                         ),
                         _ => respond(404, "not found\n".into(), "text/plain"),

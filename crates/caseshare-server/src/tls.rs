@@ -125,6 +125,25 @@ impl TlsSources {
         server_config(&self.ca, &self.cert, &self.key, &self.crls)
     }
 
+    /// Records the expiry of the server certificate (the chain's leaf) and
+    /// of the CA bundle's earliest certificate for the metrics; a file that
+    /// no longer parses (it did a moment ago) leaves the last figures.
+    pub fn record_expiry(&self) {
+        let earliest = |path: &Path| -> Option<i64> {
+            load_certs(path)
+                .ok()?
+                .iter()
+                .filter_map(|c| not_after(c.as_ref()))
+                .min()
+        };
+        let server = load_certs(&self.cert)
+            .ok()
+            .and_then(|chain| chain.first().and_then(|c| not_after(c.as_ref())));
+        if let (Some(server), Some(ca)) = (server, earliest(&self.ca)) {
+            crate::ops::gauges::certificates_loaded(server, ca);
+        }
+    }
+
     /// The files' modification times, to notice changes.
     pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
         [&self.ca, &self.cert, &self.key]
@@ -149,6 +168,7 @@ impl TlsReloader {
     pub fn new(sources: TlsSources) -> Result<Self, TlsError> {
         let config = Arc::new(sources.build()?);
         let stamp = sources.stamp();
+        sources.record_expiry();
         Ok(TlsReloader {
             sources,
             current: std::sync::RwLock::new(config),
@@ -171,6 +191,7 @@ impl TlsReloader {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
         metrics::counter!("caseshare_tls_reloads_total").increment(1);
+        self.sources.record_expiry();
         tracing::info!("TLS configuration reloaded (certificate, CA bundle, CRLs)");
         Ok(())
     }
@@ -223,6 +244,13 @@ pub fn server_config(
         .with_single_cert(chain, load_key(key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// A certificate's notAfter, Unix seconds.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Which extended key usage a certificate must carry.

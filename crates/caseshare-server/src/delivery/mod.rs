@@ -232,6 +232,39 @@ impl Deliveries {
             .min(head + 1)
     }
 
+    /// Every subscription's figures for the metrics (see `ops::gauges`):
+    /// each lock held only to count.
+    pub fn figures(&self) -> Vec<crate::ops::gauges::SubFigures> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let head = *self.head.borrow();
+        let runtimes: Vec<Arc<SubRuntime>> = self
+            .runtimes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        runtimes
+            .into_iter()
+            .map(|rt| {
+                let (floor, backlog) = {
+                    let inner = rt.lock();
+                    (inner.floor(), inner.backlog(head))
+                };
+                crate::ops::gauges::SubFigures {
+                    id: rt.id,
+                    agency: rt.subscription.agency_id.clone(),
+                    name: rt.subscription.name.clone(),
+                    floor,
+                    owes: floor <= head,
+                    backlog,
+                    dead_letters: rt.dead_letters.load(Relaxed),
+                    redeliveries: rt.redeliveries.load(Relaxed),
+                }
+            })
+            .collect()
+    }
+
     /// The runtime of one of `agency`'s subscriptions.
     pub fn runtime(&self, agency: &str, name: &str) -> Result<Arc<SubRuntime>, BrokerError> {
         let id = self

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use caseshare_core::pb;
@@ -283,6 +284,14 @@ impl SubInner {
         self.deferred.values().any(|p| p.nhs_number == nhs)
     }
 
+    /// Unsettled deliveries plus the log events after the cursor (up to
+    /// `head`) not yet read and not known settled.
+    pub(crate) fn backlog(&self, head: u64) -> u64 {
+        let unread = (head + 1).saturating_sub(self.cursor);
+        let held = (self.pending.len() + self.deferred.len()) as u64;
+        (held + unread).saturating_sub(self.settled_ahead.len() as u64)
+    }
+
     /// The floor to persist, if it moved.
     pub(crate) fn take_floor(&mut self) -> Option<u64> {
         let f = self.floor();
@@ -303,6 +312,10 @@ pub struct SubRuntime {
     inner: Mutex<SubInner>,
     /// Woken when deliveries were freed, owed again or dropped.
     pub(crate) notify: Notify,
+    /// Deliveries dead-lettered since start (a metric).
+    pub(crate) dead_letters: AtomicU64,
+    /// Deliveries sent again since start (a metric).
+    pub(crate) redeliveries: AtomicU64,
 }
 
 impl SubRuntime {
@@ -313,6 +326,8 @@ impl SubRuntime {
             subscription,
             inner: Mutex::new(inner),
             notify: Notify::new(),
+            dead_letters: AtomicU64::new(0),
+            redeliveries: AtomicU64::new(0),
         }
     }
 

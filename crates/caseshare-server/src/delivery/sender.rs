@@ -156,6 +156,7 @@ impl Deliveries {
     ) -> Result<bool, BrokerError> {
         let agency = &rt.subscription.agency_id;
         let mut sent = 0;
+        let mut resent = 0;
         let clock_now = self.clock.now();
         let delivered_at = now();
         let mut open = true;
@@ -215,8 +216,19 @@ impl Deliveries {
                 continue;
             }
             sent += 1;
+            if pick.attempt > 1 {
+                resent += 1;
+            } else {
+                let waited = delivered_at
+                    .0
+                    .saturating_sub(pick.event.published_at_micros);
+                metrics::histogram!("caseshare_delivery_latency_seconds")
+                    .record(waited.max(0) as f64 / 1e6);
+            }
         }
         metrics::counter!("caseshare_deliveries_sent_total").increment(sent);
+        rt.redeliveries
+            .fetch_add(resent, std::sync::atomic::Ordering::Relaxed);
         Ok(open)
     }
 }

@@ -187,7 +187,8 @@ impl Deliveries {
         }
         let mut dead = expired.dead;
         complete(&self.store, &mut dead).await?;
-        metrics::counter!("caseshare_dead_letters_total").increment(dead.len() as u64);
+        rt.dead_letters
+            .fetch_add(dead.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.writer
             .call(|reply| Op::DeadLetter {
                 subscription_id: rt.id,

@@ -352,3 +352,23 @@ async fn an_ordered_subscription_defers_a_busy_childs_later_events() {
     assert_eq!(sequences(&picks), [3]);
     assert_eq!(rt.lock().floor(), 2);
 }
+
+/// The backlog metric counts held deliveries and unread events after the
+/// cursor, minus those known settled ahead of it.
+#[test]
+fn backlog_counts_held_and_unread_events() {
+    let now = Micros(0);
+    let mut pending = BTreeMap::new();
+    pending.insert(3, loaded(1, Micros(0), now));
+    let rt = runtime(false, 5, pending);
+    let mut inner = rt.lock();
+    // Held: 3; unread: 5..=9.
+    assert_eq!(inner.backlog(9), 6);
+    // Nothing after the cursor yet.
+    assert_eq!(inner.backlog(4), 1);
+    inner.settled_ahead.insert(6);
+    assert_eq!(inner.backlog(9), 5);
+    inner.insert_fresh(5, "e".into(), "n".into());
+    inner.cursor = 6;
+    assert_eq!(inner.backlog(9), 5);
+}

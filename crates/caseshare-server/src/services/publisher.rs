@@ -25,7 +25,11 @@ const STREAM_PIPELINE: usize = 4_096;
 #[derive(Debug, Clone)]
 pub struct PublisherService(pub Shared);
 
-type Pending = oneshot::Receiver<Result<pb::PublishResponse, BrokerError>>;
+/// A publish handed to the writer, and when it reached the broker.
+type Pending = (
+    std::time::Instant,
+    oneshot::Receiver<Result<pb::PublishResponse, BrokerError>>,
+);
 
 impl PublisherService {
     fn validate(&self, request: &pb::PublishRequest) -> Result<&'static str, BrokerError> {
@@ -42,8 +46,10 @@ impl PublisherService {
         actor: Arc<Principal>,
         request: pb::PublishRequest,
     ) -> Result<Pending, BrokerError> {
+        let started = std::time::Instant::now();
         let event_type = self.validate(&request)?;
-        self.0
+        let rx = self
+            .0
             .writer
             .submit(|reply| Op::Publish {
                 actor,
@@ -51,13 +57,19 @@ impl PublisherService {
                 event_type,
                 reply,
             })
-            .await
+            .await?;
+        Ok((started, rx))
     }
 }
 
-async fn resolve(p: Pending) -> Result<pb::PublishResponse, BrokerError> {
-    p.await
-        .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))?
+/// Waits for the writer's answer; the publish's duration is recorded.
+async fn resolve((started, rx): Pending) -> Result<pb::PublishResponse, BrokerError> {
+    let answer = rx
+        .await
+        .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))?;
+    metrics::histogram!("caseshare_publish_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    answer
 }
 
 #[tonic::async_trait]
