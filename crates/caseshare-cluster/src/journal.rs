@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
-use futures::Stream;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
 use crate::config::{JournalConfig, connect};
 use crate::error::{AppendError, ClusterError};
@@ -132,7 +133,10 @@ impl Journal {
                 // A concurrent creator's identical stream is fine.
                 match js.create_stream(want.clone()).await {
                     Ok(s) => s,
-                    Err(c) => js.get_stream(&config.stream).await.map_err(|_| js_err(&c))?,
+                    Err(c) => js
+                        .get_stream(&config.stream)
+                        .await
+                        .map_err(|_| js_err(&c))?,
                 }
             }
             Err(e) => return Err(js_err(&e)),
@@ -193,7 +197,41 @@ impl Journal {
                 sequence: ack.sequence,
             }),
             Ok(ack) => Ok(ack.sequence),
-            Err(e) => Err(classify(expected_last, &e)),
+            Err(e) => match classify(expected_last, &e) {
+                fenced @ AppendError::Fenced { .. } => {
+                    Err(self.fenced_or_ours(expected_last, msg_id, fenced).await)
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// A fenced append whose own earlier try is the message right after
+    /// `expected_last` (stored, its acknowledgement lost, the retry checked
+    /// against the moved sequence) is a duplicate of that message, not a
+    /// deposition, whatever the order of the server's checks and however
+    /// long ago. If the message cannot be read, the refusal stands.
+    async fn fenced_or_ours(
+        &self,
+        expected_last: u64,
+        msg_id: &str,
+        fenced: AppendError,
+    ) -> AppendError {
+        let Ok(stream) = self.js.get_stream(&self.config.stream).await else {
+            return fenced;
+        };
+        let Some(next) = expected_last.checked_add(1) else {
+            return fenced;
+        };
+        match stream.get_raw_message(next).await {
+            Ok(m)
+                if m.headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .is_some_and(|id| id.as_str() == msg_id) =>
+            {
+                AppendError::Duplicate { sequence: next }
+            }
+            _ => fenced,
         }
     }
 
@@ -217,8 +255,10 @@ impl Journal {
     /// expected sequence whenever it stalls or fails (a stream-leader
     /// change, a lost server): no sequence is skipped or repeated, and a
     /// hole in the stream ends the stream with [`ClusterError::Gap`].
-    pub fn read_from(&self, seq: u64) -> impl Stream<Item = Result<(u64, Bytes), ClusterError>> {
-        Reader::new(self.js.clone(), &self.config, seq.max(1)).into_stream()
+    pub fn read_from(&self, seq: u64) -> BoxStream<'static, Result<(u64, Bytes), ClusterError>> {
+        Reader::new(self.js.clone(), &self.config, seq.max(1))
+            .into_stream()
+            .boxed()
     }
 }
 
