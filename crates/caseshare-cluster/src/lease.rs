@@ -107,7 +107,11 @@ pub struct Current {
 #[derive(Clone)]
 pub struct Lease {
     store: kv::Store,
-    client: async_nats::Client,
+    /// The bucket's stream, for reads its leader answers.
+    stream: jetstream::stream::Stream,
+    /// This handle's token, in every value it writes.
+    token: String,
+    subject: String,
     ttl: Duration,
 }
 
@@ -196,7 +200,9 @@ impl Lease {
         }
         Ok(Lease {
             store,
-            client,
+            stream,
+            token: client.new_inbox(),
+            subject: format!("$KV.{}.{LEADER_KEY}", config.bucket),
             ttl: config.ttl,
         })
     }
@@ -207,36 +213,46 @@ impl Lease {
     }
 
     /// Takes the lease if nobody holds it: `Some` with the new epoch, or
-    /// `None` when another holder's entry is live.
+    /// `None` when another holder's entry is live (or another contender
+    /// took it first). An entry this handle wrote whose answer was lost is
+    /// recognised and renewed.
     pub async fn acquire(&self, me: &LeaderInfo) -> Result<Option<Held>, ClusterError> {
-        let token = self.client.new_inbox();
+        let expected = match self.read().await? {
+            None => 0,
+            Some(Last::Gone { revision }) => revision,
+            Some(Last::Held { value, revision })
+                if value.token == self.token && value.leader == *me =>
+            {
+                let mut held = Held {
+                    leader: me.clone(),
+                    epoch: epoch_of(&value, revision),
+                    revision,
+                    token: self.token.clone(),
+                    valid_until: Instant::now(),
+                };
+                return match self.renew(&mut held).await {
+                    Ok(()) => Ok(Some(held)),
+                    Err(LeaseLost::Superseded { .. }) => Ok(None),
+                    Err(LeaseLost::Unavailable(e)) => Err(ClusterError::JetStream(e)),
+                };
+            }
+            Some(Last::Held { .. }) => return Ok(None),
+        };
         let value = encode(&LeaseValue {
             leader: me.clone(),
             epoch: 0,
-            token: token.clone(),
+            token: self.token.clone(),
         })?;
         let sent = Instant::now();
-        match self.store.create(LEADER_KEY, value).await {
+        match self.store.update(LEADER_KEY, value, expected).await {
             Ok(revision) => Ok(Some(Held {
                 leader: me.clone(),
                 epoch: revision,
                 revision,
-                token,
+                token: self.token.clone(),
                 valid_until: sent + self.ttl,
             })),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                // Ours if the create was stored but its answer lost.
-                match self.read().await? {
-                    Some((value, revision)) if value.token == token => Ok(Some(Held {
-                        leader: me.clone(),
-                        epoch: revision,
-                        revision,
-                        token,
-                        valid_until: sent + self.ttl,
-                    })),
-                    _ => Ok(None),
-                }
-            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(ClusterError::JetStream(format!("lease acquire: {e}"))),
         }
     }
@@ -266,21 +282,20 @@ impl Lease {
         }
     }
 
-    /// Who holds the lease now, if anyone.
+    /// Who holds the lease now, if anyone, as the bucket's leader says.
     pub async fn current(&self) -> Result<Option<Current>, ClusterError> {
-        Ok(self.read().await?.map(|(value, revision)| Current {
-            leader: value.leader,
-            epoch: if value.epoch == 0 {
-                revision
-            } else {
-                value.epoch
-            },
-            revision,
-        }))
+        Ok(match self.read().await? {
+            Some(Last::Held { value, revision }) => Some(Current {
+                epoch: epoch_of(&value, revision),
+                leader: value.leader,
+                revision,
+            }),
+            _ => None,
+        })
     }
 
-    /// Gives the lease up (deletes the entry if it is still `held`'s), so a
-    /// contender need not wait for the TTL.
+    /// Gives the lease up (writes a delete marker if the entry is still
+    /// `held`'s), so a contender need not wait for the TTL.
     pub async fn release(&self, held: Held) -> Result<(), ClusterError> {
         self.store
             .delete_expect_revision(LEADER_KEY, Some(held.revision))
@@ -288,20 +303,51 @@ impl Lease {
             .map_err(|e| ClusterError::JetStream(format!("lease release: {e}")))
     }
 
-    async fn read(&self) -> Result<Option<(LeaseValue, u64)>, ClusterError> {
-        let entry = self
-            .store
-            .entry(LEADER_KEY)
+    /// The key's last message, read through the stream's leader (the KV
+    /// API's own reads are direct gets, which a lagging follower may
+    /// answer with an entry already replaced or deleted).
+    async fn read(&self) -> Result<Option<Last>, ClusterError> {
+        let message = match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject)
             .await
-            .map_err(|e| ClusterError::JetStream(format!("lease read: {e}")))?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let value: LeaseValue = serde_json::from_slice(&e.value)
-                    .map_err(|err| ClusterError::LeaseValue(err.to_string()))?;
-                Ok(Some((value, e.revision)))
+        {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                return Ok(None);
             }
-            _ => Ok(None),
+            Err(e) => return Err(ClusterError::JetStream(format!("lease read: {e}"))),
+        };
+        let revision = message.sequence;
+        let operation = message.headers.get("KV-Operation").map(|v| v.as_str());
+        if matches!(operation, Some("DEL" | "PURGE")) {
+            return Ok(Some(Last::Gone { revision }));
         }
+        let value: LeaseValue = serde_json::from_slice(&message.payload)
+            .map_err(|err| ClusterError::LeaseValue(err.to_string()))?;
+        Ok(Some(Last::Held { value, revision }))
+    }
+}
+
+/// The key's last message.
+enum Last {
+    /// A holder's value.
+    Held { value: LeaseValue, revision: u64 },
+    /// A delete or purge marker.
+    Gone { revision: u64 },
+}
+
+/// The epoch a value stands for: its own revision for the acquisition.
+fn epoch_of(value: &LeaseValue, revision: u64) -> u64 {
+    if value.epoch == 0 {
+        revision
+    } else {
+        value.epoch
     }
 }
 

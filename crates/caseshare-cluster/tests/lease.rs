@@ -47,8 +47,10 @@ async fn the_lease_is_exclusive_while_renewed_and_taken_over_after_its_ttl() {
 
     // Renewed every ttl/3 for two TTLs: the contender never gets it.
     let until = Instant::now() + 2 * TTL;
+    let mut renewed = Instant::now();
     while Instant::now() < until {
         tokio::time::sleep(TTL / 3).await;
+        renewed = Instant::now();
         a.renew(&mut held).await.unwrap();
         assert_eq!(b.acquire(&replica("b")).await.unwrap(), None);
     }
@@ -57,21 +59,18 @@ async fn the_lease_is_exclusive_while_renewed_and_taken_over_after_its_ttl() {
     let now = b.current().await.unwrap().unwrap();
     assert_eq!((now.epoch, now.revision), (first_epoch, held.revision));
 
-    // No more renewal: the contender takes it after the TTL.
-    let stopped = Instant::now();
+    // No more renewal: the contender takes it after the TTL (counted from
+    // the last renewal's sending, before which it cannot have been stored).
     let taken = loop {
         if let Some(h) = b.acquire(&replica("b")).await.unwrap() {
             break h;
         }
-        assert!(stopped.elapsed() < 3 * TTL, "not taken over within 3 TTLs");
+        assert!(renewed.elapsed() < 3 * TTL, "not taken over within 3 TTLs");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let waited = stopped.elapsed();
+    let waited = renewed.elapsed();
     eprintln!("lease taken over {waited:?} after the last renewal (ttl {TTL:?})");
-    assert!(
-        waited >= TTL - TTL / 3,
-        "taken over before the TTL: {waited:?}"
-    );
+    assert!(waited >= TTL, "taken over before the TTL: {waited:?}");
     assert!(taken.epoch > first_epoch);
     assert!(tokio::time::Instant::now() > held.valid_until());
 
