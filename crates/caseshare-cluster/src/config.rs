@@ -189,6 +189,7 @@ pub async fn connect(config: &JournalConfig) -> Result<async_nats::Client, Clust
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

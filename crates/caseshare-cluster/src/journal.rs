@@ -272,7 +272,7 @@ fn not_found(error: &jetstream::context::GetStreamError) -> bool {
 fn classify(expected: u64, error: &jetstream::context::PublishError) -> AppendError {
     let api = std::error::Error::source(error)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
-        .map(|e| (e.error_code().0 as u64, e.to_string()));
+        .map(|e| (e.error_code().0, e.to_string()));
     match (error.kind(), api) {
         (PublishErrorKind::WrongLastSequence, api) => AppendError::Fenced {
             expected,
@@ -309,6 +309,7 @@ fn last_number(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

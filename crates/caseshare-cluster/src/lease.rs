@@ -359,6 +359,7 @@ fn encode(value: &LeaseValue) -> Result<Bytes, ClusterError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

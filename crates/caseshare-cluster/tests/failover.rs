@@ -3,6 +3,7 @@
 //! expectation), a reader follows from 1 throughout. Writes resume (the
 //! time without writes is printed), every acknowledged append is in the
 //! stream exactly once and in order, and the reader saw each once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

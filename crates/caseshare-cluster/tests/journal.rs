@@ -1,6 +1,7 @@
 //! The journal against a real 3-node JetStream cluster: order and
 //! contiguity, following, fencing of a stale appender, deduplication of a
 //! retried append, and refusal of a stream with another shape.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

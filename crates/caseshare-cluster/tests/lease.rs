@@ -2,6 +2,7 @@
 //! while renewed, taken over with a higher epoch after the TTL without
 //! renewal, the old holder's renewal refused, release lets a contender in
 //! at once, and a bucket of another shape is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
