@@ -1,0 +1,33 @@
+//! What every cluster test needs: a real 3-node NATS cluster (the test
+//! kit's, `sync_interval: always`) and a journal configuration on it.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use caseshare_cluster::JournalConfig;
+use caseshare_testkit::NatsCluster;
+
+/// A 3-node cluster, with the server's version printed.
+pub async fn cluster() -> NatsCluster {
+    let c = NatsCluster::start(3).await;
+    eprintln!("NATS cluster: {} at {:?}", c.version(), c.urls());
+    c
+}
+
+/// The default journal shape (R3) on every node of `c`.
+pub fn config(c: &NatsCluster) -> JournalConfig {
+    JournalConfig::new(c.urls())
+}
+
+/// The same, reaching only node `i` first (another client than `config`'s).
+pub fn config_via(c: &NatsCluster, i: usize) -> JournalConfig {
+    let mut urls = c.urls();
+    urls.rotate_left(i);
+    JournalConfig {
+        client_name: Some(format!("test-via-n{i}")),
+        ..JournalConfig::new(urls)
+    }
+}
+
+/// A bound for waits that should finish much sooner.
+pub const PATIENCE: Duration = Duration::from_secs(20);
