@@ -156,9 +156,22 @@ async fn an_oversized_append_is_refused_not_retried() {
     };
     let journal = Journal::open(&config).await.unwrap();
     let big = Bytes::from(vec![7u8; 4096]);
-    match journal.append(0, "big", big).await {
-        Err(AppendError::Refused(why)) => eprintln!("refused: {why}"),
-        other => panic!("expected a refusal, got {other:?}"),
+    // A brand-new R3 stream may answer "no stream found" for a few seconds
+    // (`Unavailable`, which callers retry with the same id); the refusal of
+    // the size must come once it answers, and must not be retried.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        match journal.append(0, "big", big.clone()).await {
+            Err(AppendError::Refused(why)) => {
+                eprintln!("refused: {why}");
+                break;
+            }
+            Err(AppendError::Unavailable(why)) if std::time::Instant::now() < deadline => {
+                eprintln!("not yet available: {why}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
     assert_eq!(journal.last_sequence().await.unwrap(), 0);
 }
