@@ -19,8 +19,7 @@ async fn appends_are_read_in_order_from_any_sequence_and_followed() {
     let journal = Journal::open(&common::config(&c)).await.unwrap();
     assert_eq!(journal.last_sequence().await.unwrap(), 0);
     for i in 1..=40u64 {
-        let seq = journal
-            .append(i - 1, &format!("id-{i}"), payload(i))
+        let seq = common::append(&journal, i - 1, &format!("id-{i}"), payload(i))
             .await
             .unwrap();
         assert_eq!(seq, i);
@@ -46,7 +45,7 @@ async fn appends_are_read_in_order_from_any_sequence_and_followed() {
     let other = Journal::open(&common::config_via(&c, 2)).await.unwrap();
     for i in 41..=45u64 {
         assert_eq!(
-            other.append(i - 1, &format!("id-{i}"), payload(i)).await,
+            common::append(&other, i - 1, &format!("id-{i}"), payload(i)).await,
             Ok(i)
         );
     }
@@ -66,13 +65,16 @@ async fn a_stale_appender_is_fenced_and_writes_nothing() {
     let old = Journal::open(&common::config_via(&c, 0)).await.unwrap();
     let new = Journal::open(&common::config_via(&c, 1)).await.unwrap();
     for i in 1..=3u64 {
-        old.append(i - 1, &format!("old-{i}"), payload(i))
+        common::append(&old, i - 1, &format!("old-{i}"), payload(i))
             .await
             .unwrap();
     }
     // Both believe the journal ends at 3; the new leader appends first.
-    assert_eq!(new.append(3, "new-4", Bytes::from("new")).await, Ok(4));
-    let refused = old.append(3, "old-4", Bytes::from("stale")).await;
+    assert_eq!(
+        common::append(&new, 3, "new-4", Bytes::from("new")).await,
+        Ok(4)
+    );
+    let refused = common::append(&old, 3, "old-4", Bytes::from("stale")).await;
     assert_eq!(
         refused,
         Err(AppendError::Fenced {
@@ -82,7 +84,7 @@ async fn a_stale_appender_is_fenced_and_writes_nothing() {
     );
     // A retry with the same id and expectation stays fenced.
     assert!(matches!(
-        old.append(3, "old-4", Bytes::from("stale")).await,
+        common::append(&old, 3, "old-4", Bytes::from("stale")).await,
         Err(AppendError::Fenced { .. })
     ));
     assert_eq!(old.last_sequence().await.unwrap(), 4);
@@ -100,17 +102,17 @@ async fn a_stale_appender_is_fenced_and_writes_nothing() {
 async fn a_retried_append_is_not_stored_twice() {
     let c = common::cluster().await;
     let journal = Journal::open(&common::config(&c)).await.unwrap();
-    assert_eq!(journal.append(0, "m-1", payload(1)).await, Ok(1));
+    assert_eq!(common::append(&journal, 0, "m-1", payload(1)).await, Ok(1));
     // The retry of an append whose acknowledgement was lost carries the
     // same id and expectation: it is answered with the first copy.
     assert_eq!(
-        journal.append(0, "m-1", payload(1)).await,
+        common::append(&journal, 0, "m-1", payload(1)).await,
         Err(AppendError::Duplicate { sequence: 1 })
     );
-    assert_eq!(journal.append(1, "m-2", payload(2)).await, Ok(2));
+    assert_eq!(common::append(&journal, 1, "m-2", payload(2)).await, Ok(2));
     // An old id later on is still a duplicate (within the window).
     assert_eq!(
-        journal.append(2, "m-1", payload(1)).await,
+        common::append(&journal, 2, "m-1", payload(1)).await,
         Err(AppendError::Duplicate { sequence: 1 })
     );
     assert_eq!(journal.last_sequence().await.unwrap(), 2);
@@ -121,7 +123,7 @@ async fn an_existing_stream_of_another_shape_is_refused() {
     let c = common::cluster().await;
     let config = common::config(&c);
     let journal = Journal::open(&config).await.unwrap();
-    journal.append(0, "a", payload(1)).await.unwrap();
+    common::append(&journal, 0, "a", payload(1)).await.unwrap();
     // Opening again with the same shape is fine and sees the message.
     let again = Journal::open(&config).await.unwrap();
     assert_eq!(again.last_sequence().await.unwrap(), 1);
@@ -156,22 +158,12 @@ async fn an_oversized_append_is_refused_not_retried() {
     };
     let journal = Journal::open(&config).await.unwrap();
     let big = Bytes::from(vec![7u8; 4096]);
-    // A brand-new R3 stream may answer "no stream found" for a few seconds
-    // (`Unavailable`, which callers retry with the same id); the refusal of
-    // the size must come once it answers, and must not be retried.
-    let deadline = std::time::Instant::now() + common::PATIENCE;
-    loop {
-        match journal.append(0, "big", big.clone()).await {
-            Err(AppendError::Refused(why)) => {
-                eprintln!("refused: {why}");
-                break;
-            }
-            Err(AppendError::Unavailable(why)) if std::time::Instant::now() < deadline => {
-                eprintln!("not yet available: {why}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            other => panic!("expected a refusal, got {other:?}"),
-        }
+    // A brand-new R3 stream may answer "no stream found" for a moment
+    // (retried by `common::append`); the size refusal must come once it
+    // answers, and is not retried.
+    match common::append(&journal, 0, "big", big).await {
+        Err(AppendError::Refused(why)) => eprintln!("refused: {why}"),
+        other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(journal.last_sequence().await.unwrap(), 0);
 }

@@ -31,3 +31,27 @@ pub fn config_via(c: &NatsCluster, i: usize) -> JournalConfig {
 
 /// A bound for waits that should finish much sooner.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Appends as a caller must: `Unavailable` (a stream that is new or
+/// electing a leader answers "no stream found" or times out) is retried
+/// with the same id and expected sequence, up to [`PATIENCE`]; every other
+/// answer is returned as it is.
+pub async fn append(
+    journal: &caseshare_cluster::Journal,
+    expected_last: u64,
+    msg_id: &str,
+    bytes: bytes::Bytes,
+) -> Result<u64, caseshare_cluster::AppendError> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match journal.append(expected_last, msg_id, bytes.clone()).await {
+            Err(caseshare_cluster::AppendError::Unavailable(why))
+                if std::time::Instant::now() < deadline =>
+            {
+                eprintln!("append {msg_id}: not available yet ({why}); retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
