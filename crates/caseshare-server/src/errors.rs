@@ -89,20 +89,6 @@ pub fn storage_damaged() -> bool {
     STORAGE_DAMAGED.load(Ordering::SeqCst)
 }
 
-/// The `CaseEvent` of a stored event; bytes that do not decode are damaged
-/// storage (never read as an empty event).
-pub fn stored_case_event(
-    stored: &caseshare_store::StoredEvent,
-) -> Result<caseshare_core::pb::CaseEvent, BrokerError> {
-    use prost::Message;
-    caseshare_core::pb::CaseEvent::decode(stored.event.as_slice()).map_err(|e| {
-        BrokerError::Store(StoreError::Corrupt {
-            key: format!("event {}", stored.sequence),
-            detail: format!("the stored CaseEvent does not decode: {e}"),
-        })
-    })
-}
-
 impl BrokerError {
     /// An `INVALID_ARGUMENT` for one field.
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {

@@ -190,17 +190,14 @@ pub(crate) fn resolve_tls(config: &Config) -> Result<TlsFiles, ServeError> {
     })
 }
 
-/// Runs a store read on the blocking pool: disk reads stay off the async
-/// workers.
-async fn off_runtime<T: Send + 'static>(
-    store: &Arc<dyn Storage>,
-    read: impl FnOnce(&dyn Storage) -> Result<T, caseshare_store::StoreError> + Send + 'static,
+/// Runs blocking work (a store read, a scan) on the blocking pool: disk
+/// reads stay off the async workers. The one way the server does this.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, errors::BrokerError> + Send + 'static,
 ) -> Result<T, errors::BrokerError> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || read(&*store))
+    tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| errors::BrokerError::Internal(format!("store read task: {e}")))?
-        .map_err(errors::BrokerError::from)
+        .map_err(|e| errors::BrokerError::Internal(format!("a blocking read failed: {e}")))?
 }
 
 /// Deletes events below `below` (settled for every subscription) published
@@ -216,12 +213,14 @@ pub(crate) async fn expunge(
         .saturating_sub(retention_secs.saturating_mul(1_000_000));
     let mut total = 0;
     loop {
-        let events: Vec<(u64, String, String)> = off_runtime(store, |s| s.events_from(0, 1_000))
-            .await?
-            .into_iter()
-            .take_while(|e| e.sequence < below && e.published_at_micros < cutoff)
-            .map(|e| (e.sequence, e.source_agency, e.event_id))
-            .collect();
+        let events: Vec<(u64, String, String)> = {
+            let store = Arc::clone(store);
+            off_runtime(move || Ok(store.events_from(0, 1_000)?)).await?
+        }
+        .into_iter()
+        .take_while(|e| e.sequence < below && e.published_at_micros < cutoff)
+        .map(|e| (e.sequence, e.source_agency, e.event_id))
+        .collect();
         if events.is_empty() {
             return Ok(total);
         }
@@ -245,7 +244,10 @@ pub(crate) async fn purge_deleted_subscriptions(
 ) -> Result<(), errors::BrokerError> {
     let mut purged = false;
     loop {
-        let ids = off_runtime(store, |s| s.subscriptions_being_purged()).await?;
+        let ids = {
+            let store = Arc::clone(store);
+            off_runtime(move || Ok(store.subscriptions_being_purged()?)).await?
+        };
         if ids.is_empty() {
             if purged {
                 metrics::counter!("caseshare_subscription_purges_finished_total").increment(1);

@@ -45,6 +45,19 @@ pub struct StoredEvent {
     pub notice: Option<pb::EventNotice>,
 }
 
+impl StoredEvent {
+    /// The published `CaseEvent`, decoded. The one decode of stored event
+    /// bytes: a record that does not decode is `Refusal::Corrupt` naming
+    /// the event (the server reports it as `DATA_LOSS`).
+    pub fn case_event(&self) -> Result<pb::CaseEvent, crate::Refusal> {
+        use prost::Message;
+        pb::CaseEvent::decode(self.event.as_slice()).map_err(|e| crate::Refusal::Corrupt {
+            key: format!("event {}", self.sequence),
+            detail: format!("the stored CaseEvent does not decode: {e}"),
+        })
+    }
+}
+
 /// Where one delivery (one event, one subscription) stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]

@@ -286,9 +286,7 @@ impl Deliveries {
         read: impl FnOnce(&dyn Storage) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || read(&*store))
-            .await
-            .map_err(|e| BrokerError::Internal(format!("a store read failed: {e}")))?
+        crate::off_runtime(move || read(&*store)).await
     }
 
     /// Moves a subscription's cursor to `target` (a sequence); everything

@@ -239,7 +239,7 @@ impl LogReader {
         let rt = Arc::clone(rt);
         let taken = claim.taken.clone();
         let scan = claim.scan.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::off_runtime(move || {
             let mut read = Read {
                 taken: Vec::with_capacity(taken.len()),
                 eligible: Vec::new(),
@@ -248,7 +248,7 @@ impl LogReader {
             for (seq, attempt) in taken {
                 let event = match store.event(seq)? {
                     Some(event) => {
-                        let decoded = crate::errors::stored_case_event(&event)?;
+                        let decoded = event.case_event()?;
                         Some((event, decoded))
                     }
                     None => None,
@@ -261,7 +261,6 @@ impl LogReader {
             Ok(read)
         })
         .await
-        .map_err(|e| BrokerError::Internal(format!("a log read failed: {e}")))?
     }
 }
 
@@ -300,7 +299,7 @@ fn scan_log(
                 break 'reads;
             }
             next = event.sequence + 1;
-            let decoded = crate::errors::stored_case_event(&event)?;
+            let decoded = event.case_event()?;
             if eligible(state, sub, scan.replay_until, &event, &decoded) {
                 read.eligible.push((event, decoded));
             }

@@ -58,20 +58,19 @@ async fn complete(store: &Arc<dyn Storage>, items: &mut Vec<AckIntent>) -> Resul
     }
     let store = Arc::clone(store);
     let mut owned = std::mem::take(items);
-    *items = tokio::task::spawn_blocking(move || -> Result<Vec<AckIntent>, BrokerError> {
+    *items = crate::off_runtime(move || -> Result<Vec<AckIntent>, BrokerError> {
         for a in &mut owned {
             if (a.event_id.is_empty() || a.nhs_number.is_empty())
                 && let Some(ev) = store.event(a.sequence)?
             {
                 a.event_id = ev.event_id.clone();
-                let e = crate::errors::stored_case_event(&ev)?;
+                let e = ev.case_event()?;
                 a.nhs_number = e.child.map(|c| c.nhs_number).unwrap_or_default();
             }
         }
         Ok(owned)
     })
-    .await
-    .map_err(|e| BrokerError::Internal(format!("an event read failed: {e}")))??;
+    .await?;
     Ok(())
 }
 

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use crate::auth::caller;
 use crate::errors::BrokerError;
+use crate::off_runtime;
 use crate::writer::Op;
 
 /// The Audit service.
@@ -65,15 +66,6 @@ impl AuditService {
             .await
             .map(|_| ())
     }
-}
-
-/// Runs a read of the store on the blocking pool.
-async fn off_runtime<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
-) -> Result<T, BrokerError> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .map_err(|e| BrokerError::Internal(format!("audit read: {e}")))?
 }
 
 fn hex_short(p: &[u8]) -> String {

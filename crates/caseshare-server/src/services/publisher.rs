@@ -167,9 +167,7 @@ impl Publisher for PublisherService {
         // async workers.
         let shared = self.0.clone();
         let status =
-            tokio::task::spawn_blocking(move || event_status(&shared, &actor.name, event_id))
-                .await
-                .map_err(|e| BrokerError::Internal(format!("event status task: {e}")))??;
+            crate::off_runtime(move || event_status(&shared, &actor.name, event_id)).await?;
         Ok(Response::new(status))
     }
 
@@ -214,7 +212,7 @@ fn event_status(
         .map_err(BrokerError::from)?
         .ok_or_else(not_found)?;
     let seq = event.sequence;
-    let decoded = crate::errors::stored_case_event(&event)?;
+    let decoded = event.case_event()?;
     let purpose = pb::Purpose::try_from(decoded.purpose).unwrap_or(pb::Purpose::Unspecified);
     let (subs, retracted) = {
         let state = shared.read();

@@ -13,14 +13,6 @@ use crate::records::{DeliveryRecord, DeliveryState, StoredEvent};
 use crate::refusal::Refusal;
 use crate::state::EventContext;
 
-/// Decodes a stored event's `CaseEvent`.
-fn stored_case_event(stored: &StoredEvent) -> Result<pb::CaseEvent, Refusal> {
-    pb::CaseEvent::decode(stored.event.as_slice()).map_err(|e| Refusal::Corrupt {
-        key: format!("event {}", stored.sequence),
-        detail: format!("the stored CaseEvent does not decode: {e}"),
-    })
-}
-
 /// What superseding an event needs, read before anything changes.
 struct Superseding {
     original: StoredEvent,
@@ -206,7 +198,7 @@ impl Machine {
         step: &Step<'_>,
         original: StoredEvent,
     ) -> Result<Superseding, Refusal> {
-        let decoded = stored_case_event(&original)?;
+        let decoded = original.case_event()?;
         let received = self.received(step, &original)?;
         Ok(Superseding {
             original,
