@@ -206,6 +206,55 @@ impl Journal {
         }
     }
 
+    /// Appends `bytes` wherever the stream is (no expected sequence: the
+    /// journal's order decides where it applies), under message id
+    /// `msg_id`, and waits for JetStream's acknowledgement (stored by a
+    /// quorum). Gives the sequence, also when an earlier try with the same
+    /// id had been stored (within the stream's duplicate window).
+    /// [`AppendError::Unavailable`] means the outcome is unknown: retry with
+    /// the same `msg_id`.
+    pub async fn propose(&self, msg_id: &str, bytes: Bytes) -> Result<u64, AppendError> {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(bytes)
+            .message_id(msg_id)
+            .expected_stream(&self.config.stream);
+        let ack = match self
+            .js
+            .send_publish(self.config.subject.clone(), message)
+            .await
+        {
+            Ok(future) => future.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) => Err(classify(0, &e)),
+        }
+    }
+
+    /// When the stream stored message `seq` (µs since the epoch, the
+    /// stream leader's clock, the same on every replica), read from the
+    /// stream leader; `None` if there is no such message.
+    pub async fn time_of(&self, seq: u64) -> Result<Option<i64>, ClusterError> {
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        match stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(micros(m.time))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ClusterError::JetStream(e.to_string())),
+        }
+    }
+
     /// A fenced append whose own earlier try is the message right after
     /// `expected_last` (stored, its acknowledgement lost, the retry checked
     /// against the moved sequence) is a duplicate of that message, not a
@@ -256,10 +305,34 @@ impl Journal {
     /// change, a lost server): no sequence is skipped or repeated, and a
     /// hole in the stream ends the stream with [`ClusterError::Gap`].
     pub fn read_from(&self, seq: u64) -> BoxStream<'static, Result<(u64, Bytes), ClusterError>> {
+        self.entries_from(seq)
+            .map(|r| r.map(|e| (e.sequence, e.payload)))
+            .boxed()
+    }
+
+    /// As [`Journal::read_from`], with each message's stored time.
+    pub fn entries_from(&self, seq: u64) -> BoxStream<'static, Result<Entry, ClusterError>> {
         Reader::new(self.js.clone(), &self.config, seq.max(1))
             .into_stream()
             .boxed()
     }
+}
+
+/// One journal message as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its stream sequence (1 is the first).
+    pub sequence: u64,
+    /// When the stream stored it: µs since the epoch, by the stream
+    /// leader's clock (the same on every replica of the stream).
+    pub time_micros: i64,
+    /// Its bytes.
+    pub payload: Bytes,
+}
+
+/// µs since the epoch.
+pub(crate) fn micros(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
 /// Whether a stream lookup failed because there is no such stream.

@@ -26,5 +26,5 @@ pub use config::{
     connect,
 };
 pub use error::{AppendError, ClusterError, LeaseLost};
-pub use journal::Journal;
+pub use journal::{Entry, Journal};
 pub use lease::{Current, DEFAULT_BUCKET, Held, LEADER_KEY, LeaderInfo, Lease, LeaseConfig};

@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::config::JournalConfig;
 use crate::error::ClusterError;
+use crate::journal::{Entry, micros};
 
 /// The consumer's idle heartbeat: a consumer that goes silent for about two
 /// of these (its server died, its stream lost its leader) is recreated.
@@ -61,7 +61,7 @@ impl Reader {
         }
     }
 
-    pub(crate) fn into_stream(self) -> impl Stream<Item = Result<(u64, Bytes), ClusterError>> {
+    pub(crate) fn into_stream(self) -> impl Stream<Item = Result<Entry, ClusterError>> {
         futures::stream::unfold(self, |mut reader| async move {
             let item = reader.next_item().await?;
             Some((item, reader))
@@ -69,7 +69,7 @@ impl Reader {
     }
 
     /// The next message, or the error that ends the stream (then `None`).
-    async fn next_item(&mut self) -> Option<Result<(u64, Bytes), ClusterError>> {
+    async fn next_item(&mut self) -> Option<Result<Entry, ClusterError>> {
         if self.done {
             return None;
         }
@@ -91,8 +91,8 @@ impl Reader {
                     continue;
                 }
             };
-            let seq = match message.info() {
-                Ok(info) => info.stream_sequence,
+            let (seq, time_micros) = match message.info() {
+                Ok(info) => (info.stream_sequence, micros(info.published)),
                 Err(e) => {
                     tracing::warn!(error = %e, "journal reader: message without metadata");
                     self.drop_consumer();
@@ -112,7 +112,11 @@ impl Reader {
             }
             self.next += 1;
             self.failures = 0;
-            return Some(Ok((seq, message.message.payload.clone())));
+            return Some(Ok(Entry {
+                sequence: seq,
+                time_micros,
+                payload: message.message.payload.clone(),
+            }));
         }
     }
 

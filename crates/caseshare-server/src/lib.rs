@@ -24,6 +24,7 @@
 
 mod auditlog;
 mod auth;
+mod cluster;
 pub mod config;
 mod conns;
 mod datadir;
@@ -287,14 +288,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound) + Send,
 ) -> Result<(), ServeError> {
-    if config.store.backend != "embedded" {
-        // Refused before anything is created or opened.
-        return Err(ServeError::Backend(format!(
-            "store.backend = {:?}: cluster mode on NATS JetStream is being built \
-             (docs/CLUSTER.md) and cannot serve yet; use the embedded store",
-            config.store.backend
-        )));
-    }
     let _ = ops::prometheus();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
@@ -332,10 +325,45 @@ pub async fn serve(
     let (writer_task, head) =
         WriterTask::new(store.clone(), machine, config.store.max_batch, log.clone());
     let state = writer_task.shared_state();
-    let (writer, writer_join) = writer_task
-        .spawn()
-        .map_err(io("starting the writer thread"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut replica = None;
+    let (writer, writer_join) = if config.store.backend == "nats" {
+        // Cluster mode: this store is one replica's view of the journal.
+        let journal = cluster::open(&config).await?;
+        let held = cluster::Held {
+            position: snapshot.journal_position,
+            audit_size: snapshot.audit_size,
+            checkpoint_size: caseshare_store::saved_checkpoint_size(
+                &config.data_dir.join("store"),
+            )?
+            .unwrap_or(0),
+        };
+        let target = cluster::check_at_start(&journal, &held).await?;
+        let id = cluster::instance_id();
+        tracing::info!(replica = %id, position = held.position, journal_end = target, "cluster mode: following the journal");
+        let started = writer_task
+            .spawn_cluster(writer::ClusterLink {
+                journal: journal.clone(),
+                replica: id,
+                from: held.position + 1,
+                stale_after: std::time::Duration::from_millis(config.store.nats.lease_ttl_ms),
+                max_bytes: caseshare_cluster::DEFAULT_MAX_MESSAGE_BYTES / 4 * 3,
+            })
+            .map_err(io("starting the applier thread"))?;
+        replica = Some((
+            journal,
+            started.notices,
+            started.progress,
+            started.reader,
+            target,
+            held,
+        ));
+        (started.writer, started.join)
+    } else {
+        writer_task
+            .spawn()
+            .map_err(io("starting the writer thread"))?
+    };
     let deliveries = Deliveries::new(
         delivery::Parts {
             store: store.clone(),
@@ -589,7 +617,26 @@ pub async fn serve(
                 .max_decoding_message_size(max_msg),
         );
 
-    ready.store(true, Ordering::SeqCst);
+    // Cluster mode: ready once the journal as it stood at start is applied
+    // here; the regression guard watches from then on.
+    let cluster_tasks = match replica {
+        Some((journal, notices, progress, reader, target, held)) => {
+            let follow = cluster::follow(notices, shared.deliveries.clone());
+            let watch = cluster::watch(
+                journal,
+                progress,
+                target,
+                held,
+                ready.clone(),
+                shutdown_rx.clone(),
+            );
+            Some(([follow, watch], reader))
+        }
+        None => {
+            ready.store(true, Ordering::SeqCst);
+            None
+        }
+    };
     tracing::info!(grpc = %bound.grpc, ops = %bound.ops, dev_pki = ?tls_files.dev_pki, "caseshare broker listening");
     on_bound(bound);
 
@@ -616,10 +663,23 @@ pub async fn serve(
     // writer stops.
     let _ = refusal_task.await;
     // Every request has finished; dropping the last writer handles lets the
-    // writer drain its queue and stop.
+    // writer drain its queue and stop (in cluster mode: this replica's last
+    // proposals are applied, then the journal reader stops).
+    // The engine's follower and the guard go first (the follower holds a
+    // writer handle); the journal reader last, once this replica's own
+    // proposals are applied.
+    let reader = cluster_tasks.map(|(tasks, reader)| {
+        for task in tasks {
+            task.abort();
+        }
+        reader
+    });
     drop(shared);
     drop(writer);
     let _ = tokio::task::spawn_blocking(move || writer_join.join()).await;
+    if let Some(reader) = reader {
+        reader.abort();
+    }
     // Everything is committed: the last checkpoint covers all of it.
     match tokio::task::spawn_blocking(move || log.persist_final()).await {
         Ok(Ok(size)) => tracing::info!(tree_size = size, "final audit checkpoint saved"),

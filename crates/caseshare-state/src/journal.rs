@@ -91,17 +91,39 @@ impl Default for JournalLimits {
 }
 
 /// Where a batch applies, carried with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalHeader {
     /// The term (epoch) of the leader that appended the batch.
     pub leader_term: u64,
     /// The machine's counters before the batch: `audit_size` is the first
     /// audit index it writes, `next_sequence` its first event's sequence.
-    pub before: Counters,
+    /// `None` for a batch proposed without applying it first (cluster
+    /// mode: the journal's order decides where it applies).
+    pub before: Option<Counters>,
+    /// The replica that proposed the batch (cluster mode).
+    pub origin: Option<Origin>,
     /// Where the leader ended the batch, when it applied it before
     /// appending (the broker does); `None` when it did not.
     pub after: Option<BatchEnd>,
 }
+
+/// The replica that proposed a batch, so that it can answer its callers
+/// when it applies the batch, and what it had seen: a batch proposed on
+/// a view older than the journal allows is refused as a whole when it is
+/// applied (the stale-proposal rule, `docs/CLUSTER.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The proposing replica's instance id: at most [`MAX_REPLICA_ID`]
+    /// bytes.
+    pub replica: String,
+    /// The batch's number at that replica.
+    pub batch: u64,
+    /// The last journal sequence the replica had applied when it proposed.
+    pub seen: u64,
+}
+
+/// Longest replica instance id in an [`Origin`].
+pub const MAX_REPLICA_ID: usize = 64;
 
 /// Where a machine ended a batch: its counters, and a digest of the audit
 /// leaves the batch wrote. Two replicas that end a batch with the same
@@ -140,13 +162,12 @@ pub fn leaves_digest(leaves: &[Vec<u8>]) -> [u8; 32] {
 impl JournalHeader {
     /// Refuses to apply the batch unless `machine` is where it starts.
     pub fn check_before(&self, machine: Counters) -> Result<(), JournalError> {
-        if machine == self.before {
-            Ok(())
-        } else {
-            Err(JournalError::WrongPosition {
-                batch: self.before,
+        match self.before {
+            Some(before) if before != machine => Err(JournalError::WrongPosition {
+                batch: before,
                 machine,
-            })
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -278,6 +299,9 @@ pub fn encode_batch(
     header: &JournalHeader,
 ) -> Result<Vec<u8>, JournalError> {
     let mut encoder = JournalEncoder::new(header.leader_term, header.before);
+    if let Some(origin) = &header.origin {
+        encoder.set_origin(origin.clone());
+    }
     for (now, command) in ops {
         encoder.push(*now, command)?;
     }
@@ -292,11 +316,19 @@ pub fn encode_batch(
 pub struct JournalEncoder {
     message: wire::JournalBatch,
     limits: JournalLimits,
+    /// The encoded size of the ops so far (each with its key and length).
+    ops_bytes: usize,
 }
 
 impl JournalEncoder {
-    /// A batch appended in `leader_term` that starts at `before`.
-    pub fn new(leader_term: u64, before: Counters) -> Self {
+    /// A batch appended in `leader_term` that starts at `before` (`None`:
+    /// wherever the journal's order puts it).
+    pub fn new(leader_term: u64, before: Option<Counters>) -> Self {
+        let before = before.unwrap_or(Counters {
+            next_sequence: 0,
+            next_subscription_id: 0,
+            audit_size: 0,
+        });
         JournalEncoder {
             message: wire::JournalBatch {
                 format_version: FORMAT_VERSION,
@@ -306,9 +338,27 @@ impl JournalEncoder {
                 first_subscription_id: before.next_subscription_id,
                 after: None,
                 ops: Vec::new(),
+                origin: None,
             },
             limits: JournalLimits::default(),
+            ops_bytes: 0,
         }
+    }
+
+    /// Names the replica that proposes the batch.
+    pub fn set_origin(&mut self, origin: Origin) {
+        self.message.origin = Some(wire::OriginRecord {
+            replica: origin.replica,
+            batch: origin.batch,
+            seen: origin.seen,
+        });
+    }
+
+    /// About how many bytes the message has so far (the ops, plus a
+    /// header of at most a few hundred bytes): what a proposer compares
+    /// with its byte budget.
+    pub fn approximate_len(&self) -> usize {
+        self.ops_bytes + 256
     }
 
     /// The operations pushed so far.
@@ -328,7 +378,9 @@ impl JournalEncoder {
                 max: self.limits.max_ops,
             });
         }
-        self.message.ops.push(convert::to_wire(now, command));
+        let op = convert::to_wire(now, command);
+        self.ops_bytes += prost::length_delimiter_len(op.encoded_len()) + 1 + op.encoded_len();
+        self.message.ops.push(op);
         Ok(())
     }
 
@@ -342,6 +394,16 @@ impl JournalEncoder {
             audit_size: end.counters.audit_size,
             leaves_digest: end.leaves.to_vec(),
         });
+        if self
+            .message
+            .origin
+            .as_ref()
+            .is_some_and(|o| o.replica.is_empty() || o.replica.len() > MAX_REPLICA_ID)
+        {
+            return Err(JournalError::BadHeader(
+                "the origin's replica id is empty or too long",
+            ));
+        }
         let body = self.message.encode_to_vec();
         let bytes = body.len() + wire::TRAILER_LEN;
         if bytes > self.limits.max_bytes {
@@ -418,13 +480,32 @@ fn header(m: &wire::JournalBatch) -> Result<JournalHeader, JournalError> {
         next_subscription_id: m.first_subscription_id,
         audit_size: m.first_audit_index,
     };
-    // Sequences and subscription ids start at 1: a 0 is a missing field.
-    if before.next_sequence == 0 {
+    // A batch proposed without applying it first carries no counters at
+    // all; otherwise sequences and subscription ids start at 1, and a 0
+    // is a missing field.
+    let unplaced = before.next_sequence == 0
+        && before.next_subscription_id == 0
+        && before.audit_size == 0
+        && m.after.is_none();
+    if !unplaced && before.next_sequence == 0 {
         return Err(JournalError::BadHeader("first_sequence is missing"));
     }
-    if before.next_subscription_id == 0 {
+    if !unplaced && before.next_subscription_id == 0 {
         return Err(JournalError::BadHeader("first_subscription_id is missing"));
     }
+    let origin = match &m.origin {
+        None => None,
+        Some(o) if o.replica.is_empty() || o.replica.len() > MAX_REPLICA_ID => {
+            return Err(JournalError::BadHeader(
+                "the origin's replica id is empty or too long",
+            ));
+        }
+        Some(o) => Some(Origin {
+            replica: o.replica.clone(),
+            batch: o.batch,
+            seen: o.seen,
+        }),
+    };
     let after = match &m.after {
         None => None,
         Some(end) => Some(BatchEnd {
@@ -453,7 +534,8 @@ fn header(m: &wire::JournalBatch) -> Result<JournalHeader, JournalError> {
     }
     Ok(JournalHeader {
         leader_term: m.leader_term,
-        before,
+        before: (!unplaced).then_some(before),
+        origin,
         after,
     })
 }

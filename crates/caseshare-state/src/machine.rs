@@ -283,7 +283,7 @@ impl Machine {
                 step.draft.batch.purge_deliveries.extend(subscription_ids);
                 Ok(Reply::Done)
             }
-            Command::Deliver { intents } => Ok(Reply::Verdicts(self.deliver(&mut step, intents))),
+            Command::Deliver { intents } => Ok(Reply::Verdicts(self.deliver(&mut step, intents)?)),
             Command::Ack {
                 actor,
                 subscription,

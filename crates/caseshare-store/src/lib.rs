@@ -96,6 +96,12 @@ pub struct CommitStats {
 /// survives a crash) and durable when it returns Ok (the batch survives a
 /// process kill and, for the sled backend, a power loss after
 /// `fdatasync`). Batches are applied in call order.
+/// The tree size of the audit checkpoint last saved in the store directory
+/// `dir` (signed here or, in cluster mode, seen), if any.
+pub fn saved_checkpoint_size(dir: &std::path::Path) -> Result<Option<u64>, StoreError> {
+    Ok(checkpoint::read(dir)?.map(|c| c.size))
+}
+
 pub trait Storage: Send + Sync + 'static {
     /// Applies a batch atomically and durably.
     fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError>;

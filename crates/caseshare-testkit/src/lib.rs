@@ -68,6 +68,7 @@
 mod agencies;
 mod binary;
 mod broker;
+mod cluster;
 mod files;
 mod nats;
 mod nats_setup;
@@ -80,6 +81,7 @@ pub use agencies::{
 };
 pub use binary::{caseshare_bin, caseshare_command};
 pub use broker::{Broker, BrokerBuilder, Endpoint, Refused, Topology, refusal_message};
+pub use cluster::BrokerCluster;
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
 pub use nats::{
     MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,

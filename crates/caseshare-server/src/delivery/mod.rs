@@ -308,12 +308,48 @@ impl Deliveries {
                 reply,
             })
             .await?;
+        Self::seek_runtime(&rt, target, self.clock.now());
+        Ok(target)
+    }
+
+    fn seek_runtime(rt: &SubRuntime, target: u64, now: Micros) {
+        rt.lock().seek(target, now);
+        rt.notify.notify_waiters();
+    }
+
+    fn replay_runtime(rt: &SubRuntime, seqs: &[u64], floor: Option<u64>, now: Micros) {
         {
-            let now = self.clock.now();
-            rt.lock().seek(target, now);
+            let mut inner = rt.lock();
+            for s in seqs {
+                let _ = inner.replay(*s, now);
+            }
+            if let Some(f) = floor {
+                inner.persisted_floor = f;
+            }
         }
         rt.notify.notify_waiters();
-        Ok(target)
+    }
+
+    fn runtime_by_id(&self, id: u64) -> Option<Arc<SubRuntime>> {
+        self.runtimes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Cluster mode: follows a seek made through another replica.
+    pub fn follow_seek(&self, id: u64, target: u64) {
+        if let Some(rt) = self.runtime_by_id(id) {
+            Self::seek_runtime(&rt, target, self.clock.now());
+        }
+    }
+
+    /// Cluster mode: follows dead letters put back through another replica.
+    pub fn follow_replay(&self, id: u64, seqs: &[u64], floor: Option<u64>) {
+        if let Some(rt) = self.runtime_by_id(id) {
+            Self::replay_runtime(&rt, seqs, floor, self.clock.now());
+        }
     }
 
     /// The first stored event published at or after `t` (binary search
@@ -426,17 +462,7 @@ impl Deliveries {
                 reply,
             })
             .await?;
-        {
-            let now = self.clock.now();
-            let mut inner = rt.lock();
-            for s in &seqs {
-                let _ = inner.replay(*s, now);
-            }
-            if let Some(f) = floor {
-                inner.persisted_floor = f;
-            }
-        }
-        rt.notify.notify_waiters();
+        Self::replay_runtime(&rt, &seqs, floor, self.clock.now());
         Ok(u32::try_from(seqs.len()).unwrap_or(u32::MAX))
     }
 }

@@ -60,6 +60,14 @@ impl Lookup for Durable<'_> {
             .deliveries_of(subscription_ids, sequence)
             .map_err(lookup_error)?;
         if let Some(c) = self.in_commit {
+            // A seek in the batch in commit deletes the records from its
+            // target: the store's copies are no longer there.
+            let deleted = &c.batch.deleted_deliveries_from;
+            out.retain(|r| {
+                !deleted
+                    .iter()
+                    .any(|(s, from)| *s == r.subscription_id && r.sequence >= *from)
+            });
             out.extend(
                 c.batch
                     .deliveries

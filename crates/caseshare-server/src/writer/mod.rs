@@ -26,6 +26,8 @@
 
 mod commit;
 mod ops;
+mod propose;
+mod replica;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +39,7 @@ use caseshare_store::Storage;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use ops::{AckIntent, DeliveryIntent, Op, ReplyTx, Verdict};
+pub use replica::Notice;
 
 use crate::errors::BrokerError;
 use commit::{Durable, ToCommit, commit_loop};
@@ -89,6 +92,52 @@ impl Writer {
             .await
             .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
         Ok(rx)
+    }
+}
+
+/// What cluster mode's writer is started with.
+pub struct ClusterLink {
+    /// The journal.
+    pub journal: Arc<caseshare_cluster::Journal>,
+    /// This replica's instance id (new at every start).
+    pub replica: String,
+    /// The first journal sequence to apply (the store's position + 1).
+    pub from: u64,
+    /// The stale-proposal bound (`store.nats.lease_ttl_ms`).
+    pub stale_after: std::time::Duration,
+    /// The byte budget of one journal message.
+    pub max_bytes: usize,
+}
+
+/// Cluster mode's writer, started.
+pub struct ClusterWriter {
+    /// The handle requests send ops to.
+    pub writer: Writer,
+    /// Finishes once the applier has stopped.
+    pub join: std::thread::JoinHandle<()>,
+    /// Subscription changes made through other replicas.
+    pub notices: mpsc::Receiver<Notice>,
+    /// How far this replica has applied.
+    pub progress: Progress,
+    /// The journal reader (aborted at shutdown).
+    pub reader: tokio::task::JoinHandle<()>,
+}
+
+/// How far this replica has applied the journal, and its write switch.
+#[derive(Clone)]
+pub struct Progress(Arc<propose::Pending>);
+
+impl Progress {
+    /// The last journal sequence applied.
+    pub fn applied(&self) -> u64 {
+        self.0.applied.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Refuses every write from now on (the regression guard).
+    pub fn refuse_writes(&self) {
+        self.0
+            .fenced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -147,6 +196,73 @@ impl WriterTask {
             .name("caseshare-writer".into())
             .spawn(move || self.run(rx))?;
         Ok((Writer { tx }, join))
+    }
+
+    /// Cluster mode: starts the proposer (this replica's requests become
+    /// journal messages), the journal reader and the applier thread (every
+    /// journal message from `link.from` is applied and committed here).
+    /// Must be called inside the runtime. The join handle finishes once
+    /// every writer handle is dropped and this replica's last proposals are
+    /// applied; a message that cannot be applied exits the process.
+    pub fn spawn_cluster(self, link: ClusterLink) -> std::io::Result<ClusterWriter> {
+        let pending = Arc::new(propose::Pending::default());
+        pending.applied.store(
+            link.from.saturating_sub(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let (tx, rx) = mpsc::channel(16_384);
+        let proposer = propose::Proposer {
+            journal: Arc::clone(&link.journal),
+            pending: Arc::clone(&pending),
+            replica: link.replica.clone(),
+            max_batch: self.max_batch,
+            max_bytes: link.max_bytes,
+        };
+        tokio::spawn(proposer.run(rx));
+        let (entries_tx, entries_rx) = mpsc::channel(1_024);
+        let reader = {
+            use futures::StreamExt;
+            let mut entries = link.journal.entries_from(link.from);
+            tokio::spawn(async move {
+                while let Some(item) = entries.next().await {
+                    match item {
+                        Ok(entry) => {
+                            if entries_tx.send(entry).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the journal cannot be followed; the replica stops rather than skip a message");
+                            std::process::exit(70);
+                        }
+                    }
+                }
+            })
+        };
+        let (notices_tx, notices) = mpsc::channel(4_096);
+        let applier = replica::Applier::new(
+            self,
+            link.journal,
+            Arc::clone(&pending),
+            link.replica,
+            link.stale_after,
+            notices_tx,
+        );
+        let join = std::thread::Builder::new()
+            .name("caseshare-applier".into())
+            .spawn(move || {
+                if let Err(e) = applier.run(entries_rx) {
+                    tracing::error!(error = %e, "the replica cannot apply the journal and stops; it never skips a message");
+                    std::process::exit(70);
+                }
+            })?;
+        Ok(ClusterWriter {
+            writer: Writer { tx },
+            join,
+            notices,
+            progress: Progress(pending),
+            reader,
+        })
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {

@@ -265,7 +265,8 @@ pub(super) fn one_of_each() -> Vec<Command> {
 fn header_at(before: Counters, after: Option<BatchEnd>) -> JournalHeader {
     JournalHeader {
         leader_term: 11,
-        before,
+        before: Some(before),
+        origin: None,
         after,
     }
 }
@@ -362,7 +363,7 @@ fn lead(chunk: usize) -> (Run, Vec<Vec<u8>>) {
     for ops in scenario().chunks(chunk) {
         let before = m.counters();
         // As the broker's writer would: each command pushed, then applied.
-        let mut encoder = JournalEncoder::new(3, before);
+        let mut encoder = JournalEncoder::new(3, Some(before));
         let mut draft = m.begin();
         for (now, c) in ops.iter().cloned() {
             encoder.push(now, &c).unwrap();
@@ -378,7 +379,8 @@ fn lead(chunk: usize) -> (Run, Vec<Vec<u8>>) {
         let bytes = encoder.finish(Some(end)).unwrap();
         let h = JournalHeader {
             leader_term: 3,
-            before,
+            before: Some(before),
+            origin: None,
             after: Some(end),
         };
         assert_eq!(
@@ -463,7 +465,7 @@ fn a_batch_applies_only_where_it_starts() {
     let err = replay(&mut m, &h, ops, &store).unwrap_err();
     assert!(
         matches!(err, JournalError::WrongPosition { batch, machine }
-            if batch == h.before && machine == Counters::default()),
+            if Some(batch) == h.before && machine == Counters::default()),
         "{err}"
     );
     assert_eq!(m.digest(), fresh, "a refused batch changed the machine");
@@ -500,7 +502,7 @@ fn a_batch_applies_only_where_it_starts() {
         store.commit(&replay(&mut m, &h0, ops0, &store).unwrap().0.batch);
         let h = JournalHeader {
             after: Some(claimed),
-            ..h
+            ..h.clone()
         };
         let bytes = encode_batch(&ops, &h).unwrap();
         let (h, ops) = decode_batch(&bytes).unwrap();

@@ -60,6 +60,23 @@ pub struct JournalBatch {
     /// The operations, in order.
     #[prost(message, repeated, tag = "7")]
     pub ops: Vec<JournalOp>,
+    /// Which replica proposed the batch, and what it had applied.
+    #[prost(message, optional, tag = "8")]
+    pub origin: Option<OriginRecord>,
+}
+
+/// The replica that proposed a batch (cluster mode).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OriginRecord {
+    /// The proposing replica's instance id (per process start).
+    #[prost(string, tag = "1")]
+    pub replica: String,
+    /// Its batch number, counted from 1 per instance.
+    #[prost(uint64, tag = "2")]
+    pub batch: u64,
+    /// The last journal sequence it had applied when it proposed.
+    #[prost(uint64, tag = "3")]
+    pub seen: u64,
 }
 
 /// Where the leader ended a batch: its counters and the digest of the

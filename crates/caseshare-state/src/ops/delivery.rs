@@ -12,6 +12,37 @@ use super::decision_entry;
 use crate::command::{AckIntent, DeliveryIntent, SubscriptionRef, Verdict};
 use crate::machine::{Machine, Step};
 use crate::records::{DeliveryRecord, DeliveryState};
+use crate::refusal::LookupError;
+
+/// The reason given for an intent whose delivery was already settled.
+pub const ALREADY_SETTLED: &str = "already settled";
+
+/// Whether the newest record of (`subscription`, `sequence`) is settled:
+/// this draft first (its records, then its seeks, which delete records
+/// from their target), then the durable records.
+fn already_settled(step: &Step<'_>, subscription: u64, sequence: u64) -> Result<bool, LookupError> {
+    let batch = &step.draft.batch;
+    if let Some(r) = batch
+        .deliveries
+        .iter()
+        .rev()
+        .find(|r| r.subscription_id == subscription && r.sequence == sequence)
+    {
+        return Ok(r.is_settled());
+    }
+    if batch
+        .deleted_deliveries_from
+        .iter()
+        .any(|(s, from)| *s == subscription && sequence >= *from)
+    {
+        return Ok(false);
+    }
+    Ok(step
+        .lookup
+        .deliveries_of(&[subscription], sequence)?
+        .last()
+        .is_some_and(DeliveryRecord::is_settled))
+}
 
 /// How deliveries were settled, for [`Machine::settle`].
 struct Settled {
@@ -47,17 +78,35 @@ fn intent_record(
 }
 
 impl Machine {
+    /// Re-decides each intent. An intent whose delivery is already settled
+    /// (acknowledged or dead-lettered through another stream, on this
+    /// replica or another in cluster mode) is stopped without a record or
+    /// an entry: the journal, not any one replica's memory, says what is
+    /// settled. The checks read first, so a failed lookup refuses the whole
+    /// op and changes nothing.
     pub(crate) fn deliver(
         &mut self,
         step: &mut Step<'_>,
         intents: Vec<DeliveryIntent>,
-    ) -> Vec<Verdict> {
+    ) -> Result<Vec<Verdict>, LookupError> {
+        let mut settled = Vec::with_capacity(intents.len());
+        for intent in &intents {
+            settled.push(already_settled(
+                step,
+                intent.subscription_id,
+                intent.sequence,
+            )?);
+        }
         let mut verdicts = Vec::with_capacity(intents.len());
-        for intent in intents {
-            let verdict = self.deliver_one(step, &intent);
+        for (intent, settled) in intents.into_iter().zip(settled) {
+            let verdict = if settled {
+                Verdict::Stopped(ALREADY_SETTLED.into())
+            } else {
+                self.deliver_one(step, &intent)
+            };
             verdicts.push(verdict);
         }
-        verdicts
+        Ok(verdicts)
     }
 
     fn deliver_one(&self, step: &mut Step<'_>, intent: &DeliveryIntent) -> Verdict {

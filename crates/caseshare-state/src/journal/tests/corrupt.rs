@@ -26,6 +26,7 @@ fn wire_batch(ops: Vec<wire::JournalOp>) -> wire::JournalBatch {
         first_subscription_id: 1,
         after: None,
         ops,
+        origin: None,
     }
 }
 
@@ -421,7 +422,7 @@ fn a_leader_cannot_encode_what_a_follower_would_refuse() {
         encode_batch(&too_many, &h),
         Err(JournalError::TooManyOps { .. })
     ));
-    let mut encoder = JournalEncoder::new(1, Counters::default());
+    let mut encoder = JournalEncoder::new(1, Some(Counters::default()));
     for (now, c) in &too_many[1..] {
         encoder.push(*now, c).unwrap();
     }
@@ -600,7 +601,8 @@ proptest! {
         let ops: Vec<(Micros, Command)> = ops.into_iter().map(|(t, c)| (Micros(t), c)).collect();
         let h = JournalHeader {
             leader_term: term,
-            before: Counters { next_sequence: before.0, next_subscription_id: before.1, audit_size: before.2 },
+            before: Some(Counters { next_sequence: before.0, next_subscription_id: before.1, audit_size: before.2 }),
+            origin: None,
             after: None,
         };
         let (got_header, got) = decode_batch(&encode_batch(&ops, &h).unwrap()).unwrap();

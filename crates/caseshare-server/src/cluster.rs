@@ -1,0 +1,199 @@
+//! Cluster mode's start and watch (`docs/CLUSTER.md`): the NATS settings
+//! from `[store.nats]`, the journal opened (created with its replicas, or
+//! checked), the **regression guard** at start and while running, the
+//! readiness of a replica (ready once it has applied the journal as it
+//! stood at start), and the delivery engine following subscription changes
+//! made through other replicas.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use caseshare_cluster::{ClusterError, DEFAULT_STREAM, DEFAULT_SUBJECT, Journal, JournalConfig};
+use tokio::sync::{mpsc, watch};
+
+use crate::ServeError;
+use crate::config::Config;
+use crate::delivery::Deliveries;
+use crate::writer::{Notice, Progress};
+
+/// How long a start waits for the NATS cluster to answer.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+/// How often a running replica compares the journal's end with its own.
+const GUARD_EVERY: Duration = Duration::from_secs(2);
+
+/// The journal settings from `[store.nats]`.
+pub(crate) fn journal_config(config: &Config) -> JournalConfig {
+    let n = &config.store.nats;
+    JournalConfig {
+        servers: n.servers.clone(),
+        stream: n.stream.clone(),
+        // One subject per stream, so that two journals on one NATS
+        // cluster (a test, a staging copy) never share messages.
+        subject: if n.stream == DEFAULT_STREAM {
+            DEFAULT_SUBJECT.to_string()
+        } else {
+            format!("{DEFAULT_SUBJECT}.{}", n.stream.to_ascii_lowercase())
+        },
+        replicas: usize::try_from(n.replicas).unwrap_or(3),
+        tls_ca: n.ca.clone(),
+        tls_cert: n.cert.clone(),
+        tls_key: n.key.clone(),
+        creds: n.creds.clone(),
+        client_name: Some(format!("caseshare {}", config.listen)),
+        ..JournalConfig::default()
+    }
+}
+
+/// Opens the journal, retrying while the NATS cluster comes up.
+pub(crate) async fn open(config: &Config) -> Result<Arc<Journal>, ServeError> {
+    let jc = journal_config(config);
+    let started = Instant::now();
+    loop {
+        match Journal::open(&jc).await {
+            Ok(j) => return Ok(Arc::new(j)),
+            Err(e @ (ClusterError::Connect(_) | ClusterError::JetStream(_)))
+                if started.elapsed() < CONNECT_PATIENCE =>
+            {
+                tracing::warn!(error = %e, "waiting for the NATS cluster");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(ServeError::Backend(format!(
+                    "store.nats: cannot open the journal stream {:?} on {:?}: {e}",
+                    jc.stream, jc.servers
+                )));
+            }
+        }
+    }
+}
+
+/// The journal's last sequence, retrying while the stream elects.
+async fn last_sequence(journal: &Journal) -> Result<u64, ServeError> {
+    let started = Instant::now();
+    loop {
+        match journal.last_sequence().await {
+            Ok(n) => return Ok(n),
+            Err(e) if started.elapsed() < CONNECT_PATIENCE => {
+                tracing::warn!(error = %e, "waiting for the journal stream's leader");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(ServeError::Backend(format!("store.nats: {e}"))),
+        }
+    }
+}
+
+/// What this replica holds, for the guard's messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    /// The journal sequence its store has applied.
+    pub position: u64,
+    /// Its audit tree's size.
+    pub audit_size: u64,
+    /// The size of the last checkpoint it signed or saw (saved in its
+    /// data directory).
+    pub checkpoint_size: u64,
+}
+
+fn regression(end: u64, held: &Held) -> String {
+    format!(
+        "the journal went back: it ends at message {end}, but this replica has applied \
+         through message {} (audit tree size {}, last checkpoint signed or seen here: tree \
+         size {}). A NATS node that lost messages may have become the stream's leader. This \
+         replica refuses writes and stays not ready rather than sign a log inconsistent with \
+         its checkpoint; see docs/CLUSTER.md, runbook: the journal went back",
+        held.position, held.audit_size, held.checkpoint_size
+    )
+}
+
+/// The regression guard at start: the journal must hold at least what this
+/// replica's store has applied. Gives the journal's end (the replica is
+/// ready once it has applied that far).
+pub(crate) async fn check_at_start(journal: &Journal, held: &Held) -> Result<u64, ServeError> {
+    let end = last_sequence(journal).await?;
+    if end < held.position {
+        return Err(ServeError::Backend(regression(end, held)));
+    }
+    Ok(end)
+}
+
+/// Marks the replica ready once it has applied through `target`, then
+/// watches the journal's end: if it falls below what this replica applied,
+/// writes are refused and the replica is not ready again, for good.
+pub(crate) fn watch(
+    journal: Arc<Journal>,
+    progress: Progress,
+    target: u64,
+    held: Held,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while progress.applied() < target {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+        }
+        tracing::info!(
+            applied = progress.applied(),
+            "caught up with the journal: ready"
+        );
+        ready.store(true, Ordering::SeqCst);
+        let mut tick = tokio::time::interval(GUARD_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let applied = progress.applied();
+            match journal.last_sequence().await {
+                Ok(end) if end < applied => {
+                    let held = Held {
+                        position: applied,
+                        ..held
+                    };
+                    tracing::error!("{}", regression(end, &held));
+                    progress.refuse_writes();
+                    ready.store(false, Ordering::SeqCst);
+                    metrics::gauge!("caseshare_ready").set(0.0);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "journal end unknown for now"),
+            }
+        }
+    })
+}
+
+/// Follows subscription changes made through other replicas.
+pub(crate) fn follow(
+    mut notices: mpsc::Receiver<Notice>,
+    deliveries: Arc<Deliveries>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            match notice {
+                Notice::Created(rec) => {
+                    let id = rec.id;
+                    if let Err(e) = deliveries.add_created(rec).await {
+                        tracing::error!(error = %e, subscription = id, "could not follow a subscription created elsewhere");
+                    }
+                }
+                Notice::Deleted(id) => deliveries.remove(id),
+                Notice::Seek { id, target } => deliveries.follow_seek(id, target),
+                Notice::Replayed {
+                    id,
+                    sequences,
+                    floor,
+                } => deliveries.follow_replay(id, &sequences, floor),
+            }
+        }
+    })
+}
+
+/// A new instance id for this start of this replica.
+pub(crate) fn instance_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}

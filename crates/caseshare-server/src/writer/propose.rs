@@ -1,0 +1,211 @@
+//! Cluster mode's proposer: the requests of this replica become journal
+//! messages. Ops are taken as the embedded writer takes them (the first
+//! waiting, then every op already queued, up to `store.max_batch` and a
+//! byte budget below NATS's `max_payload`), drawn for ([`super::ops`]'s
+//! intake: salts, consent ids), stamped with this replica's clock and
+//! encoded as one unplaced batch ([`caseshare_state::journal`]) naming this
+//! replica, its batch number and the journal sequence it had applied
+//! (`seen`). The batch's finishers wait in [`Pending`] until the replica's
+//! applier ([`super::replica`]) applies the message and commits it
+//! locally; the answer is the applier's, so it is the same on every
+//! replica.
+//!
+//! Appends are pipelined (a few in flight) and retried while JetStream has
+//! no answer (an election), always under the same `Nats-Msg-Id`, so a
+//! retried append is stored once. An append that still fails answers its
+//! callers `UNAVAILABLE`; if it had in fact been stored, it is applied
+//! like any other message and its callers, who already have their answer,
+//! retry idempotently.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caseshare_cluster::{AppendError, Journal};
+use caseshare_state::journal::{JournalEncoder, Origin};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::ops::{Finisher, Op, intake};
+use super::{LAZY_COMMIT_DELAY, now};
+use crate::errors::BrokerError;
+
+/// Appends in flight at once from one replica.
+const IN_FLIGHT: usize = 4;
+/// How long an append is retried while JetStream gives no answer.
+const APPEND_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the proposer and the applier share.
+#[derive(Default)]
+pub(super) struct Pending {
+    /// Batch number → the finishers of its ops, in order.
+    waiting: Mutex<HashMap<u64, Vec<Finisher>>>,
+    /// The last journal sequence this replica applied.
+    pub(super) applied: AtomicU64,
+    /// The proposer has stopped (every handle dropped, appends finished).
+    pub(super) closed: AtomicBool,
+    /// Writes are refused: the journal went back (the regression guard).
+    pub(super) fenced: AtomicBool,
+}
+
+impl Pending {
+    /// Takes the finishers of this replica's batch `batch`, if still
+    /// waiting.
+    pub(super) fn take(&self, batch: u64) -> Option<Vec<Finisher>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&batch)
+    }
+
+    fn put(&self, batch: u64, finishers: Vec<Finisher>) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(batch, finishers);
+    }
+
+    /// Whether no batch of this replica waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
+/// What the proposer needs.
+pub(super) struct Proposer {
+    pub(super) journal: Arc<Journal>,
+    pub(super) pending: Arc<Pending>,
+    /// This replica's instance id.
+    pub(super) replica: String,
+    pub(super) max_batch: usize,
+    pub(super) max_bytes: usize,
+}
+
+fn answer_all(finishers: Vec<Finisher>, error: impl Fn() -> BrokerError) {
+    for finish in finishers {
+        finish(true, Err(error()));
+    }
+}
+
+impl Proposer {
+    /// Runs until every writer handle is dropped and every append it
+    /// started has finished.
+    pub(super) async fn run(self, mut rx: mpsc::Receiver<Op>) {
+        let inflight = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut batch_no = 0u64;
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                break;
+            };
+            let mut encoder = JournalEncoder::new(0, None);
+            let mut finishers = Vec::new();
+            let mut all_lazy = first.is_lazy();
+            let opened = Instant::now();
+            self.push(first, &mut encoder, &mut finishers);
+            while finishers.len() < self.max_batch && encoder.approximate_len() < self.max_bytes {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        all_lazy &= op.is_lazy();
+                        self.push(op, &mut encoder, &mut finishers);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) if all_lazy => {
+                        // Only inline acks: wait a little for an op whose
+                        // caller waits, as the embedded writer does.
+                        let left = LAZY_COMMIT_DELAY.saturating_sub(opened.elapsed());
+                        match tokio::time::timeout(left, rx.recv()).await {
+                            Ok(Some(op)) => {
+                                all_lazy &= op.is_lazy();
+                                self.push(op, &mut encoder, &mut finishers);
+                            }
+                            _ => break,
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if finishers.is_empty() {
+                continue;
+            }
+            if self.pending.fenced.load(Ordering::SeqCst) {
+                answer_all(finishers, || {
+                    BrokerError::Unavailable(
+                        "this replica refuses writes: the journal is behind what it has applied \
+                         (see its log)"
+                            .into(),
+                    )
+                });
+                continue;
+            }
+            batch_no += 1;
+            encoder.set_origin(Origin {
+                replica: self.replica.clone(),
+                batch: batch_no,
+                seen: self.pending.applied.load(Ordering::SeqCst),
+            });
+            let bytes = match encoder.finish(None) {
+                Ok(b) => b,
+                Err(e) => {
+                    answer_all(finishers, || {
+                        BrokerError::Internal(format!("the journal batch cannot be encoded: {e}"))
+                    });
+                    continue;
+                }
+            };
+            let n = finishers.len();
+            self.pending.put(batch_no, finishers);
+            let journal = Arc::clone(&self.journal);
+            let pending = Arc::clone(&self.pending);
+            let msg_id = format!("{}-{batch_no}", self.replica);
+            tokio::spawn(async move {
+                let result = append(&journal, &msg_id, bytes.into()).await;
+                drop(permit);
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, ops = n, "a journal append failed; its callers are told to retry");
+                    if let Some(finishers) = pending.take(batch_no) {
+                        answer_all(finishers, || {
+                            BrokerError::Unavailable(format!(
+                                "the cluster's journal did not take the write: {e}; retry"
+                            ))
+                        });
+                    }
+                }
+            });
+        }
+        // Every append started has finished once every permit is back.
+        let _ = inflight.acquire_many(IN_FLIGHT as u32).await;
+        self.pending.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn push(&self, op: Op, encoder: &mut JournalEncoder, finishers: &mut Vec<Finisher>) {
+        let (command, finish) = intake(op);
+        match encoder.push(now(), &command) {
+            Ok(()) => finishers.push(finish),
+            Err(e) => finish(
+                true,
+                Err(BrokerError::Internal(format!(
+                    "the op cannot join a journal batch: {e}"
+                ))),
+            ),
+        }
+    }
+}
+
+/// Appends, retrying while the outcome is unknown, under one message id.
+async fn append(journal: &Journal, msg_id: &str, bytes: bytes::Bytes) -> Result<u64, AppendError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(25);
+    loop {
+        match journal.propose(msg_id, bytes.clone()).await {
+            Ok(seq) | Err(AppendError::Duplicate { sequence: seq }) => return Ok(seq),
+            Err(AppendError::Unavailable(e)) if started.elapsed() < APPEND_PATIENCE => {
+                tracing::debug!(error = %e, msg_id, "journal unavailable; retrying the append");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

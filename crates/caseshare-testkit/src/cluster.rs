@@ -1,0 +1,111 @@
+//! A Caseshare cluster for tests: a real 3-node NATS JetStream cluster
+//! ([`NatsCluster`], `sync_interval: always`) and broker replicas, each a
+//! real `caseshare serve` process ([`Broker`]) with its own data directory
+//! and ports, in cluster mode (`CASESHARE_STORE_BACKEND=nats`). The first
+//! replica makes the dev PKI and keys; the others get copies of its
+//! `pki/` and `secrets/` folders in their empty data directories before
+//! their first start, the supported way to give every replica the same TLS
+//! files and keys (`docs/CLUSTER.md`).
+
+use std::path::{Path, PathBuf};
+
+use crate::{Broker, NatsCluster, copy_dir};
+
+/// Broker replicas on a NATS cluster.
+pub struct BrokerCluster {
+    brokers: Vec<Option<Broker>>,
+    env: Vec<(String, String)>,
+    /// The NATS cluster (kill, stop and restart its nodes through it).
+    pub nats: NatsCluster,
+    dir: tempfile::TempDir,
+}
+
+impl BrokerCluster {
+    /// Three NATS nodes and `replicas` brokers.
+    pub async fn start(replicas: usize) -> BrokerCluster {
+        Self::start_with(replicas, &[]).await
+    }
+
+    /// As [`BrokerCluster::start`], with extra environment for every
+    /// broker.
+    pub async fn start_with(replicas: usize, env: &[(&str, &str)]) -> BrokerCluster {
+        assert!(replicas >= 1);
+        let nats = NatsCluster::start(3).await;
+        let dir = tempfile::Builder::new()
+            .prefix("caseshare-cluster-")
+            .tempdir()
+            .unwrap();
+        let mut all = vec![
+            ("CASESHARE_STORE_BACKEND".to_string(), "nats".to_string()),
+            ("CASESHARE_NATS_SERVERS".to_string(), nats.urls().join(",")),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut cluster = BrokerCluster {
+            brokers: Vec::new(),
+            env: all,
+            nats,
+            dir,
+        };
+        for _ in 0..replicas {
+            cluster.add_replica();
+        }
+        cluster
+    }
+
+    /// Starts one more replica (its data directory seeded with the first
+    /// replica's `pki/` and `secrets/`); gives its index.
+    pub fn add_replica(&mut self) -> usize {
+        let i = self.brokers.len();
+        let dir = self.replica_dir(i);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        if i > 0 {
+            let first = self.replica_dir(0).join("data");
+            for part in ["pki", "secrets"] {
+                copy_dir(&first.join(part), &dir.join("data").join(part));
+            }
+        }
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let b = Broker::builder().dir(&dir).envs(&env).start();
+        self.brokers.push(Some(b));
+        i
+    }
+
+    /// The test directory of replica `i` (its data directory is `data/`).
+    pub fn replica_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("replica-{i}"))
+    }
+
+    /// The directory holding every replica's.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replica `i`.
+    pub fn broker(&self, i: usize) -> &Broker {
+        self.brokers[i].as_ref().expect("replica is stopped")
+    }
+
+    /// Replica `i`, mutably (kill9, restart).
+    pub fn broker_mut(&mut self, i: usize) -> &mut Broker {
+        self.brokers[i].as_mut().expect("replica is stopped")
+    }
+
+    /// How many replicas were started.
+    pub fn len(&self) -> usize {
+        self.brokers.len()
+    }
+
+    /// True with no replica.
+    pub fn is_empty(&self) -> bool {
+        self.brokers.is_empty()
+    }
+
+    /// The environment every broker runs with (backend, servers, extras).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+}
