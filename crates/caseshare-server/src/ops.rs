@@ -8,6 +8,9 @@ pub mod catalogue;
 pub mod gauges;
 pub mod status;
 
+#[cfg(test)]
+mod dashboard_tests;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
