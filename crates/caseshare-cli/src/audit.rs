@@ -181,7 +181,8 @@ fn write_state(path: &Path, state: &VerifyState) -> Result<(), VerifyError> {
     std::fs::rename(&tmp, path).map_err(|e| VerifyError(format!("writing {}: {e}", path.display())))
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> String {
+/// A timestamp for a table: UTC, to the second (`2026-11-18 11:06:40`).
+pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> String {
     // RFC 3339, trimmed to seconds for a table.
     t.as_ref()
         .map(|t| {

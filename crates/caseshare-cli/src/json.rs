@@ -31,14 +31,32 @@ pub fn from_json<M: Message + Default>(type_name: &str, json: &str) -> Result<M,
         .map_err(|e| JsonError::Invalid(e.to_string()))
 }
 
-/// Renders message `M` (full name `type_name`) as proto3 JSON.
+/// Renders message `M` (full name `type_name`) as proto3 JSON, leaving out
+/// fields at their default values.
 pub fn to_json<M: Message>(type_name: &str, msg: &M) -> Result<serde_json::Value, JsonError> {
+    render(type_name, msg, true)
+}
+
+/// Renders message `M` as proto3 JSON with every field, defaults included
+/// (for scripts that read figures which may be zero).
+pub fn to_json_with_defaults<M: Message>(
+    type_name: &str,
+    msg: &M,
+) -> Result<serde_json::Value, JsonError> {
+    render(type_name, msg, false)
+}
+
+fn render<M: Message>(
+    type_name: &str,
+    msg: &M,
+    skip_defaults: bool,
+) -> Result<serde_json::Value, JsonError> {
     let desc = descriptor_pool()
         .and_then(|p| p.get_message_by_name(type_name))
         .ok_or_else(|| JsonError::UnknownType(type_name.to_string()))?;
     let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
         .map_err(|e| JsonError::Invalid(e.to_string()))?;
-    let options = SerializeOptions::new().skip_default_fields(true);
+    let options = SerializeOptions::new().skip_default_fields(skip_defaults);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| JsonError::Invalid(e.to_string()))

@@ -6,3 +6,4 @@ pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod json;
+pub mod status;

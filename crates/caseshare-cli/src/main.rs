@@ -129,6 +129,14 @@ enum Command {
         #[command(subcommand)]
         command: SubscriptionCommand,
     },
+    /// The broker at a glance (admin): version, uptime, store, audit log, subscriptions.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print proto3 JSON of `caseshare.v1.BrokerStatus` (every field) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The audit log (auditor).
     Audit {
         #[command(subcommand)]
@@ -684,6 +692,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Audit { command } => audit_command(command).await?,
+        Command::Status { conn, json } => {
+            let text = caseshare_cli::status::run(&mut conn.clients()?, json).await?;
+            print!("{text}");
+        }
         Command::Publish {
             conn,
             file,

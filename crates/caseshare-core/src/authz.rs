@@ -60,6 +60,7 @@ pub const TABLE: &[Rule] = rules! {
     "caseshare.v1.Admin"/"PutAgreement" => ADMIN, None;
     "caseshare.v1.Admin"/"EndAgreement" => ADMIN, None;
     "caseshare.v1.Admin"/"ListAgreements" => ADMIN_AUDITOR, None;
+    "caseshare.v1.Admin"/"GetStatus" => ADMIN, None;
     "caseshare.v1.Audit"/"Query" => AUDITOR, None;
     "caseshare.v1.Audit"/"GetCheckpoint" => AUDITOR, None;
     "caseshare.v1.Audit"/"GetInclusionProof" => AUDITOR, None;
@@ -179,6 +180,16 @@ mod tests {
         assert_eq!(
             check(Role::Admin, "/caseshare.v1.Audit/Query"),
             Verdict::Denied
+        );
+        for role in [Role::Agency, Role::Auditor] {
+            assert_eq!(
+                check(role, "/caseshare.v1.Admin/GetStatus"),
+                Verdict::Denied
+            );
+        }
+        assert_eq!(
+            check(Role::Admin, "/caseshare.v1.Admin/GetStatus"),
+            Verdict::Allowed(Ownership::None)
         );
         assert_eq!(
             check(Role::Auditor, "/caseshare.v1.Audit/Query"),

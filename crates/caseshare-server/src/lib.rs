@@ -503,6 +503,7 @@ pub async fn serve(
         sub_metrics.clone(),
         shutdown_rx.clone(),
     ));
+    let status = ops::status::StatusSource::new(&config, sub_metrics.clone(), log.clone());
     let ops_task = tokio::spawn(ops::serve(
         ops_listener,
         ready.clone(),
@@ -609,7 +610,7 @@ pub async fn serve(
                 .max_decoding_message_size(max_msg),
         )
         .add_service(
-            AdminServer::new(services::admin::AdminService(shared.clone()))
+            AdminServer::new(services::admin::AdminService(shared.clone(), status))
                 .max_decoding_message_size(max_msg),
         )
         .add_service(

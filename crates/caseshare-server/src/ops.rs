@@ -1,10 +1,15 @@
 //! The plain-HTTP ops port: `/healthz` (the process is up), `/readyz` (the
 //! broker is serving, not shutting down and has found no damaged record) and `/metrics` (Prometheus text).
 //! It carries no case data. `catalogue` lists every metric; `gauges`
-//! renders the per-subscription series and keeps the sampled ages.
+//! renders the per-subscription series and keeps the sampled ages;
+//! `status` answers `Admin.GetStatus` (`caseshare status`) from them.
 
 pub mod catalogue;
 pub mod gauges;
+pub mod status;
+
+#[cfg(test)]
+mod dashboard_tests;
 
 use std::convert::Infallible;
 use std::sync::Arc;

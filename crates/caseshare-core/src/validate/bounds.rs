@@ -58,6 +58,7 @@ bounded!(
     Agreement,
     EndAgreementRequest,
     ListAgreementsRequest,
+    GetStatusRequest,
     QueryRequest,
     GetCheckpointRequest,
     GetInclusionProofRequest,

@@ -3,7 +3,9 @@
 //! redeliveries — rendered at scrape time from the delivery registry, so a
 //! deleted subscription's series go with it), seconds since the last
 //! checkpoint and certificate seconds-to-expiry. A 1 s sampler keeps the
-//! ages current; nothing here reads the disk.
+//! ages current; nothing here reads the disk. `caseshare status`
+//! (`ops::status`) reads the same figures through [`Subscriptions::rows`]
+//! and [`last_checkpoint`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -17,8 +19,8 @@ use crate::delivery::Deliveries;
 
 /// (server certificate, earliest CA) expiry, Unix seconds.
 static CERTS: Mutex<Option<(i64, i64)>> = Mutex::new(None);
-/// When the latest checkpoint was signed.
-static CHECKPOINT: Mutex<Option<Instant>> = Mutex::new(None);
+/// When the latest checkpoint was signed, and its tree size.
+static CHECKPOINT: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -36,7 +38,7 @@ pub fn certificates_loaded(server_not_after: i64, ca_not_after: i64) {
 
 /// Records a checkpoint of `size` entries just signed.
 pub fn checkpoint_signed(size: u64) {
-    *CHECKPOINT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    *CHECKPOINT.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), size));
     metrics::gauge!("caseshare_audit_checkpoint_size").set(size as f64);
     metrics::gauge!("caseshare_audit_checkpoint_age_seconds").set(0.0);
 }
@@ -51,10 +53,18 @@ fn update_certificates() {
     }
 }
 
+/// The latest signed checkpoint: its tree size and how long ago it was
+/// signed (None before the first).
+pub fn last_checkpoint() -> Option<(u64, std::time::Duration)> {
+    CHECKPOINT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|(at, size)| (size, at.elapsed()))
+}
+
 fn update_checkpoint_age() {
-    if let Some(at) = *CHECKPOINT.lock().unwrap_or_else(|p| p.into_inner()) {
-        metrics::gauge!("caseshare_audit_checkpoint_age_seconds")
-            .set(at.elapsed().as_secs_f64().floor());
+    if let Some((_, age)) = last_checkpoint() {
+        metrics::gauge!("caseshare_audit_checkpoint_age_seconds").set(age.as_secs_f64().floor());
     }
 }
 
@@ -119,6 +129,31 @@ impl Subscriptions {
                 (f, age)
             })
             .collect()
+    }
+
+    /// Every subscription's figures with its oldest unsettled age in whole
+    /// seconds, as the metrics give them, and the deliveries it has out on
+    /// a stream (picked or sent, not settled).
+    pub fn rows(&self) -> Vec<(SubFigures, u64, u64)> {
+        self.observe()
+            .into_iter()
+            .map(|(f, age)| {
+                let in_flight = self.in_flight(&f);
+                (f, age as u64, in_flight)
+            })
+            .collect()
+    }
+
+    /// Deliveries of `f`'s subscription on a stream (0 if it is gone).
+    fn in_flight(&self, f: &SubFigures) -> u64 {
+        match self.deliveries.runtime(&f.agency, &f.name) {
+            Ok(rt) if rt.id == f.id => rt
+                .lock()
+                .pending()
+                .filter(|(_, p)| p.state().stream().is_some())
+                .count() as u64,
+            _ => 0,
+        }
     }
 
     /// The per-subscription families in Prometheus text (each family's

@@ -1,17 +1,21 @@
-//! `caseshare.v1.Admin`: agencies and agreements.
+//! `caseshare.v1.Admin`: agencies, agreements, and the broker's status
+//! (`GetStatus`, answered by `ops::status`).
 
 use caseshare_core::pb::{self, admin_server::Admin};
 use caseshare_core::validate::{validate_agreement, validate_register_agency};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::Shared;
 use crate::auth::caller;
 use crate::errors::BrokerError;
+use crate::ops::status::StatusSource;
 use crate::writer::Op;
 
-/// The Admin service.
+/// The Admin service (with what `GetStatus` reads).
 #[derive(Debug, Clone)]
-pub struct AdminService(pub Shared);
+pub struct AdminService(pub Shared, pub Arc<StatusSource>);
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -106,5 +110,12 @@ impl Admin for AdminService {
             .collect();
         agreements.sort_by(|a, b| a.agreement_id.cmp(&b.agreement_id));
         Ok(Response::new(pb::ListAgreementsResponse { agreements }))
+    }
+
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::BrokerStatus>, Status> {
+        Ok(Response::new(self.1.read().await?))
     }
 }
