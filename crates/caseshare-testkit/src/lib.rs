@@ -70,6 +70,7 @@ mod binary;
 mod broker;
 mod cluster;
 mod files;
+mod load;
 mod nats;
 mod nats_setup;
 mod net;
@@ -83,6 +84,7 @@ pub use binary::{caseshare_bin, caseshare_command};
 pub use broker::{Broker, BrokerBuilder, Endpoint, Refused, Topology, refusal_message};
 pub use cluster::BrokerCluster;
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
+pub use load::{Consumer, PublishReport, Publisher};
 pub use nats::{
     MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,
     StreamState, nats_server_bin,
