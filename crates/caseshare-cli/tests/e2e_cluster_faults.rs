@@ -124,3 +124,110 @@ async fn a_killed_stream_leader_stops_writes_only_for_an_election() {
 async fn a_killed_meta_leader_loses_nothing_acknowledged() {
     kill_under_load(Fault::MetaLeader).await;
 }
+
+/// Fencing without a leader: a broker paused (SIGSTOP) while its requests
+/// wait, for longer than the stale-proposal bound while another replica
+/// writes, then resumed (SIGCONT). None of the writes it had taken before
+/// the pause is applied after the others' on any replica: every replica
+/// refuses the same journal messages (the metric is equal on both), each
+/// refused caller was told UNAVAILABLE and its event is not in the log (a
+/// retry is a first publish), every acknowledged event is there once, and
+/// the replicas sign one log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_brokers_queued_writes_are_refused_after_others_wrote() {
+    let c = BrokerCluster::start_with(2, &[("CASESHARE_NATS_LEASE_TTL_MS", "1000")]).await;
+    c.broker(0).school_shares_with_social_care().await;
+    // Many concurrent publishers through replica 0 only: its queue is
+    // rarely empty, so the pause catches requests taken but not proposed.
+    let ep0 = c.broker(0).endpoint();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for k in 0..32 {
+        let ep = ep0.clone();
+        let stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = ep.client(SCHOOL).publisher;
+            let mut outcomes = Vec::new();
+            for n in 0u64.. {
+                if *stopped.borrow() {
+                    break;
+                }
+                let id = format!("p{k}-{n}");
+                let mut req = tonic::Request::new(publish_request(attendance_event(&id, CHILD_1)));
+                req.set_timeout(Duration::from_secs(30));
+                let got = client.publish(req).await;
+                outcomes.push((id, got.map(|r| r.into_inner().sequence)));
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.broker(0).pause();
+    // Replica 1 writes while replica 0 is paused, for longer than the bound.
+    for i in 0..5 {
+        publish_via(c.broker(1), &format!("r1-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    for i in 5..10 {
+        publish_via(c.broker(1), &format!("r1-{i}")).await;
+    }
+    c.broker(0).resume();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(true);
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.extend(t.await.unwrap());
+    }
+    let refused_0 = c.broker(0).metric("caseshare_journal_stale_refused_total");
+    let refused_1 = c.broker(1).metric("caseshare_journal_stale_refused_total");
+    let unavailable: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, r)| matches!(r, Err(s) if s.code() == tonic::Code::Unavailable))
+        .map(|(id, _)| id)
+        .collect();
+    let acked: Vec<(&String, u64)> = outcomes
+        .iter()
+        .filter_map(|(id, r)| r.as_ref().ok().map(|s| (id, *s)))
+        .collect();
+    println!(
+        "paused broker: {} acknowledged, {} refused as stale (journal messages refused: {refused_0} \
+         on replica 0, {refused_1} on replica 1), {} other errors",
+        acked.len(),
+        unavailable.len(),
+        outcomes.len() - acked.len() - unavailable.len()
+    );
+    assert!(refused_0 >= 1.0, "the pause caught no queued write");
+    assert_eq!(refused_0, refused_1, "replicas refused different messages");
+    assert!(!unavailable.is_empty());
+    assert_eq!(outcomes.len(), acked.len() + unavailable.len());
+    // A refused write was not applied: retried, it is a first publish.
+    let mut school = c.broker(1).client(SCHOOL).publisher;
+    for id in &unavailable {
+        let again = school
+            .publish(publish_request(attendance_event(id, CHILD_1)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!again.duplicate, "{id} was refused but is in the log");
+    }
+    // An acknowledged write is there once.
+    for (id, seq) in acked.iter().take(50) {
+        let again = school
+            .publish(publish_request(attendance_event(id, CHILD_1)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.duplicate && again.sequence == *seq, "{id}: {again:?}");
+    }
+    c.assert_one_log(0, 1).await;
+}
+
+async fn publish_via(b: &Broker, id: &str) -> u64 {
+    b.client(SCHOOL)
+        .publisher
+        .publish(publish_request(attendance_event(id, CHILD_2)))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence
+}

@@ -445,6 +445,17 @@ impl Broker {
         signal(self.pid(), nix::sys::signal::Signal::SIGHUP);
     }
 
+    /// SIGSTOPs the broker: it keeps its sockets and does nothing (a
+    /// paused VM, a long GC-like stall) until [`Broker::resume`].
+    pub fn pause(&self) {
+        signal(self.pid(), nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONTs the broker after [`Broker::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// The broker's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
