@@ -72,7 +72,11 @@ impl BrokerCluster {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let b = Broker::builder().dir(&dir).envs(&env).start();
+        let b = Broker::builder()
+            .topology(crate::Topology::Single)
+            .dir(&dir)
+            .envs(&env)
+            .start();
         self.brokers.push(Some(b));
         i
     }

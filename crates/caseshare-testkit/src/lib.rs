@@ -81,7 +81,9 @@ pub use agencies::{
     attendance_event, create_subscription, publish_request, put_agreement, was_not_brought_event,
 };
 pub use binary::{caseshare_bin, caseshare_command};
-pub use broker::{Broker, BrokerBuilder, Endpoint, Refused, Topology, refusal_message};
+pub use broker::{
+    Broker, BrokerBuilder, Endpoint, Refused, TOPOLOGY_ENV, Topology, refusal_message,
+};
 pub use cluster::BrokerCluster;
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
 pub use load::{Consumer, PublishReport, Publisher};

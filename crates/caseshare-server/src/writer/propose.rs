@@ -11,9 +11,9 @@
 //! locally; the answer is the applier's, so it is the same on every
 //! replica.
 //!
-//! Appends are pipelined (a few in flight) and retried while JetStream has
-//! no answer (an election), always under the same `Nats-Msg-Id`, so a
-//! retried append is stored once. An append that still fails answers its
+//! One append is in flight at a time (a replica's writes stay in the order
+//! it took them), retried while JetStream has no answer (an election),
+//! always under the same `Nats-Msg-Id`, so a retried append is stored once. An append that still fails answers its
 //! callers `UNAVAILABLE`; if it had in fact been stored, it is applied
 //! like any other message and its callers, who already have their answer,
 //! retry idempotently.
@@ -31,8 +31,13 @@ use super::ops::{Finisher, intake};
 use super::{LAZY_COMMIT_DELAY, Queued, now};
 use crate::errors::BrokerError;
 
-/// Appends in flight at once from one replica.
-const IN_FLIGHT: usize = 4;
+/// Appends in flight at once from one replica: one, so that a replica's
+/// writes reach the journal in the order it took them (an inline ack, then
+/// a seek: reordered, the seek's redeliveries would find the deliveries
+/// settled). Concurrent appends from one connection are ordered only until
+/// one of them is retried. Throughput comes from the batch: the ops that
+/// arrive during one append's round trip form the next batch.
+const IN_FLIGHT: usize = 1;
 /// How long an append is retried while JetStream gives no answer.
 const APPEND_PATIENCE: Duration = Duration::from_secs(30);
 
