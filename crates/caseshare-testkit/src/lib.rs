@@ -61,6 +61,13 @@
 //! `nats-server` on `PATH`; anything older than 2.10 is refused (see
 //! [`nats_server_bin`]).
 //!
+//! # OpenTelemetry
+//!
+//! [`OtlpCollector`] is an in-test OTLP/gRPC trace collector on loopback
+//! (the TraceService of the `opentelemetry-proto` crate) that keeps every
+//! span a broker exports to it; point a broker at it with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT=http://<addr>`.
+//!
 //! A test kit panics when a step that is not under test fails: that is how
 //! the test fails, so `unwrap` and `expect` are allowed here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -74,6 +81,7 @@ mod load;
 mod nats;
 mod nats_setup;
 mod net;
+mod otlp;
 mod subscription;
 
 pub use agencies::{
@@ -92,6 +100,7 @@ pub use nats::{
     StreamState, nats_server_bin,
 };
 pub use net::{H2_PREFACE, call_path, closed_within, http_get, raw_tls};
+pub use otlp::OtlpCollector;
 pub use subscription::Subscription;
 
 /// Installs rustls' ring crypto provider for the process (idempotent).

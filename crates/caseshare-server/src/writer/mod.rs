@@ -381,7 +381,9 @@ impl WriterTask {
     }
 
     /// Applies one op to the machine; its answer waits for the commit.
-    fn apply(&mut self, op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+    fn apply(&mut self, mut op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+        // A traced publish: its decision span starts here (telemetry::spans).
+        let trace = op.take_trace().map(|t| (t, SystemTime::now()));
         let (command, finish) = intake(op);
         let settled = settled_count(&command);
         let lookup = Durable {
@@ -393,6 +395,10 @@ impl WriterTask {
             .apply(draft, now(), command, &lookup)
             .map_err(BrokerError::from);
         count(settled, &result);
+        let finish = match trace {
+            Some((trace, started)) => trace.decided(started, &result, finish),
+            None => finish,
+        };
         answers.push((finish, result));
     }
 }
