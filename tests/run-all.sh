@@ -50,6 +50,15 @@ cargo build --workspace --all-targets --locked
 echo "== Rust tests (unit, property, end-to-end)"
 cargo test --workspace --locked -- --test-threads="${CASESHARE_TEST_THREADS:-2}"
 
+# The end-to-end suite once more on the other backend: each broker a
+# cluster-mode replica on its own 3-node NATS JetStream cluster (the test
+# kit's Topology::Cluster), every write through the journal.
+echo "== end-to-end suite in cluster mode (CASESHARE_TEST_TOPOLOGY=cluster)"
+CASESHARE_TEST_TOPOLOGY=cluster cargo test -p caseshare-cli --locked \
+  --test e2e_sharing --test e2e_delivery --test e2e_audit --test e2e_withdrawal_race \
+  --test e2e_status --test e2e_traces \
+  -- --test-threads="${CASESHARE_TEST_THREADS:-2}"
+
 if [ -f tests/interop/python/run.sh ]; then
   echo "== Python interoperability suite"
   CASESHARE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/caseshare" bash tests/interop/python/run.sh

@@ -72,9 +72,14 @@ impl StatusSource {
             version: VERSION.to_string(),
             started_at: Some(prost_types::Timestamp::from(self.started_at)),
             uptime_seconds: self.started.elapsed().as_secs(),
-            // Cluster mode (docs/CLUSTER.md) cannot serve yet: a broker that
-            // answers is a single one; replicas stay empty until it can.
-            role: "single".into(),
+            // Cluster mode (docs/CLUSTER.md): every replica is a peer that
+            // proposes to and applies the journal; there is no leader.
+            // The list of the other replicas is not known here yet.
+            role: if self.backend == "nats" {
+                "replica".into()
+            } else {
+                "single".into()
+            },
             backend: self.backend.clone(),
             replicas: Vec::new(),
             store_bytes,

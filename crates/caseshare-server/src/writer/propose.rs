@@ -41,11 +41,20 @@ const IN_FLIGHT: usize = 1;
 /// How long an append is retried while JetStream gives no answer.
 const APPEND_PATIENCE: Duration = Duration::from_secs(30);
 
+/// One op of this replica waiting for its journal message to be applied.
+pub(super) struct Waiting {
+    /// Answers its caller.
+    pub(super) finish: Finisher,
+    /// A traced publish: its trace and when it was taken (its decision
+    /// span ends when the applier decides it).
+    pub(super) trace: Option<(crate::telemetry::OpTrace, std::time::SystemTime)>,
+}
+
 /// What the proposer and the applier share.
 #[derive(Default)]
 pub(super) struct Pending {
     /// Batch number → the finishers of its ops, in order.
-    waiting: Mutex<HashMap<u64, Vec<Finisher>>>,
+    waiting: Mutex<HashMap<u64, Vec<Waiting>>>,
     /// The last journal sequence this replica applied.
     pub(super) applied: AtomicU64,
     /// The proposer has stopped (every handle dropped, appends finished).
@@ -57,14 +66,14 @@ pub(super) struct Pending {
 impl Pending {
     /// Takes the finishers of this replica's batch `batch`, if still
     /// waiting.
-    pub(super) fn take(&self, batch: u64) -> Option<Vec<Finisher>> {
+    pub(super) fn take(&self, batch: u64) -> Option<Vec<Waiting>> {
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&batch)
     }
 
-    fn put(&self, batch: u64, finishers: Vec<Finisher>) {
+    fn put(&self, batch: u64, finishers: Vec<Waiting>) {
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -90,9 +99,9 @@ pub(super) struct Proposer {
     pub(super) max_bytes: usize,
 }
 
-fn answer_all(finishers: Vec<Finisher>, error: impl Fn() -> BrokerError) {
-    for finish in finishers {
-        finish(true, Err(error()));
+fn answer_all(finishers: Vec<Waiting>, error: impl Fn() -> BrokerError) {
+    for w in finishers {
+        (w.finish)(true, Err(error()));
     }
 }
 
@@ -197,13 +206,17 @@ impl Proposer {
         &self,
         queued: Queued,
         encoder: &mut JournalEncoder,
-        finishers: &mut Vec<Finisher>,
+        finishers: &mut Vec<Waiting>,
         seen: &mut u64,
     ) {
         *seen = (*seen).min(queued.seen);
-        let (command, finish) = intake(queued.op);
+        let mut op = queued.op;
+        // A traced publish: in cluster mode its decision is made when the
+        // journal message is applied, so its span runs from here to then.
+        let trace = op.take_trace().map(|t| (t, std::time::SystemTime::now()));
+        let (command, finish) = intake(op);
         match encoder.push(now(), &command) {
-            Ok(()) => finishers.push(finish),
+            Ok(()) => finishers.push(Waiting { finish, trace }),
             Err(e) => finish(
                 true,
                 Err(BrokerError::Internal(format!(

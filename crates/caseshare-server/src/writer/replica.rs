@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 
 use super::commit::{Durable, ToCommit, commit_loop};
 use super::ops::Finisher;
-use super::propose::Pending;
+use super::propose::{Pending, Waiting};
 use super::{Settled, WriterTask, count, settled_count};
 use crate::errors::BrokerError;
 
@@ -223,7 +223,7 @@ impl Applier {
         // This replica's callers wait for their answers; a batch nobody
         // waits for here (another replica's, an earlier start's, or one
         // whose append was reported failed) tells the delivery engine.
-        let finishers: Vec<Option<Finisher>> = match mine.and_then(|b| self.pending.take(b)) {
+        let finishers: Vec<Option<Waiting>> = match mine.and_then(|b| self.pending.take(b)) {
             Some(f) => f.into_iter().map(Some).collect(),
             None => Vec::new(),
         };
@@ -292,7 +292,11 @@ impl Applier {
             }
             let kind = kinds.next().unwrap_or(Kind::Other);
             match finishers.next().flatten() {
-                Some(finish) => jobs.push((finish, result)),
+                Some(Waiting {
+                    finish,
+                    trace: Some((trace, started)),
+                }) => jobs.push((trace.decided(started, &result, finish), result)),
+                Some(Waiting { finish, .. }) => jobs.push((finish, result)),
                 None if !waited_for => {
                     if let Some(notice) = self.notice(kind, &result) {
                         jobs.push((notice, result));
