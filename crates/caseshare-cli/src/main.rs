@@ -14,6 +14,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
 mod check;
+mod commands;
+
+use commands::{
+    AgencyCommand, AgreementCommand, AuditCommand, ConsentCommand, SubscriptionCommand,
+};
 
 use anyhow::{Context, Result, bail};
 use caseshare_cli::client::{ClientConfig, Clients};
@@ -86,6 +91,21 @@ enum Command {
         /// Ops (HTTP) listen address [default: 127.0.0.1:7444].
         #[arg(long)]
         ops_listen: Option<std::net::SocketAddr>,
+    },
+    /// Make a stopped embedded broker's data directory the first replica of
+    /// a new cluster: its store (events, subscriptions, consents, audit log)
+    /// continues on the cluster's empty journal (docs/CLUSTER.md).
+    Migrate {
+        /// The stopped embedded broker's data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// NATS servers, comma-separated (nats://host:port or tls://host:port).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nats_servers: Vec<String>,
+        /// TOML configuration file (its [store.nats] TLS, credentials,
+        /// stream and replicas are used).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Verify a stopped broker's data directory, read-only: one line per
     /// check; exits 1 if anything is damaged.
@@ -169,171 +189,6 @@ enum Command {
         /// Flow-control window.
         #[arg(long, default_value_t = 100)]
         max_outstanding: u32,
-    },
-}
-
-#[derive(Subcommand)]
-enum AgencyCommand {
-    /// Register an agency.
-    Register {
-        #[command(flatten)]
-        conn: Conn,
-        /// Agency id (as in its certificate).
-        #[arg(long)]
-        id: String,
-        /// health, education, social_care or other.
-        #[arg(long)]
-        kind: String,
-        /// Display name.
-        #[arg(long, default_value = "")]
-        name: String,
-    },
-    /// List agencies.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Subcommand)]
-enum AgreementCommand {
-    /// Create or replace an agreement from proto3 JSON (file or `-`).
-    Put {
-        #[command(flatten)]
-        conn: Conn,
-        /// The JSON file, or `-`.
-        #[arg(default_value = "-")]
-        file: String,
-    },
-    /// End an agreement.
-    End {
-        #[command(flatten)]
-        conn: Conn,
-        /// The agreement id.
-        #[arg(long)]
-        id: String,
-        /// Why.
-        #[arg(long)]
-        reason: String,
-    },
-    /// List agreements.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Print the latest signed checkpoint and the broker's verifier key.
-    Checkpoint {
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Verify the log without trusting the broker; exits non-zero with a
-    /// one-line reason on any mismatch.
-    Verify {
-        #[command(flatten)]
-        conn: Conn,
-        /// The pinned verifier key (`<name>+<id>+<key>`), obtained out of band.
-        #[arg(long, env = "CASESHARE_AUDIT_VKEY")]
-        vkey: String,
-        /// Where the last verified checkpoint is kept between runs.
-        #[arg(long, default_value = "caseshare-audit-state.json")]
-        state: PathBuf,
-    },
-    /// Query entries.
-    Query {
-        #[command(flatten)]
-        conn: Conn,
-        /// Only entries about this child.
-        #[arg(long)]
-        nhs_number: Option<String>,
-        /// Only entries involving this agency.
-        #[arg(long)]
-        agency: Option<String>,
-        /// Only these kinds (e.g. SHARE_DECIDED).
-        #[arg(long = "kind")]
-        kinds: Vec<String>,
-        /// Page size.
-        #[arg(long, default_value_t = 1000)]
-        limit: u32,
-        /// `table` or `json`.
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
-    /// Every sharing decision about one child.
-    Report {
-        #[command(flatten)]
-        conn: Conn,
-        /// The child's NHS number.
-        #[arg(long)]
-        nhs_number: String,
-        /// `table` or `json`.
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum SubscriptionCommand {
-    /// Create a subscription for your agency.
-    Create {
-        #[command(flatten)]
-        conn: Conn,
-        /// Its name.
-        #[arg(long)]
-        name: String,
-        /// Event types (exact or `prefix.*`); none = all.
-        #[arg(long = "event-type")]
-        event_types: Vec<String>,
-        /// Ack deadline in seconds.
-        #[arg(long)]
-        ack_deadline_secs: Option<i64>,
-    },
-    /// List your agency's subscriptions.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Delete a subscription.
-    Delete {
-        #[command(flatten)]
-        conn: Conn,
-        /// Its name.
-        #[arg(long)]
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConsentCommand {
-    /// Record a consent from proto3 JSON (file or `-`).
-    Record {
-        #[command(flatten)]
-        conn: Conn,
-        /// The JSON file, or `-`.
-        #[arg(default_value = "-")]
-        file: String,
-    },
-    /// Withdraw a consent.
-    Withdraw {
-        #[command(flatten)]
-        conn: Conn,
-        /// The consent id.
-        #[arg(long)]
-        id: String,
-        /// Why.
-        #[arg(long)]
-        reason: String,
-    },
-    /// List a child's consents.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-        /// The child's NHS number.
-        #[arg(long)]
-        nhs_number: String,
     },
 }
 
@@ -497,6 +352,31 @@ async fn run(cli: Cli) -> Result<()> {
                 // with an `error:` line on stderr).
                 std::process::exit(1);
             }
+        }
+        Command::Migrate {
+            from,
+            nats_servers,
+            config,
+        } => {
+            let mut cfg = Config::load(config.as_deref(), |k| std::env::var(k).ok())?;
+            cfg.data_dir = from;
+            cfg.store.backend = "nats".into();
+            cfg.store.nats.servers = nats_servers;
+            cfg.validate()?;
+            let m = caseshare_server::migrate(&cfg).await?;
+            println!(
+                "Migrated {}: events up to sequence {}, {} subscriptions, audit log of {} \
+                 entries; the journal starts with its base message (sequence {}).",
+                cfg.data_dir.display(),
+                m.last_sequence,
+                m.subscriptions,
+                m.audit_size,
+                m.base
+            );
+            println!(
+                "Start it as the first replica (CASESHARE_STORE_BACKEND=nats); seed every other \
+                 replica with a copy of this stopped directory."
+            );
         }
         Command::Serve {
             config,

@@ -123,3 +123,142 @@ async fn a_killed_replica_catches_up_from_the_journal_and_loses_nothing() {
     assert_eq!(got, acked);
     c.assert_one_log(0, 1).await;
 }
+
+/// `caseshare migrate`: a stopped embedded broker's data directory becomes
+/// the first replica of a new cluster, keeping sequences, subscriptions and
+/// the audit log: the cluster's checkpoints extend the old log (an RFC 6962
+/// consistency proof from the old last checkpoint verifies), the old
+/// subscription still delivers, and a second migration is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_broker_migrates_into_an_empty_cluster_and_its_log_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old_dir = tmp.path().join("old");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let mut old = Broker::builder()
+        .topology(Topology::Single)
+        .dir(&old_dir)
+        .start();
+    old.school_shares_with_social_care().await;
+    let mut before = Vec::new();
+    for i in 0..5 {
+        before.push(publish(&old, &format!("old-{i}"), CHILD_1).await.sequence);
+    }
+    let old_cp = old
+        .client(AUDITOR)
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(old.stop().await.success());
+
+    let nats = NatsCluster::start(3).await;
+    let servers = nats.urls().join(",");
+    let migrate = |dir: &std::path::Path| {
+        caseshare_command()
+            .args(["migrate", "--from"])
+            .arg(dir.join("data"))
+            .args(["--nats-servers", &servers])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&old_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second replica is seeded with a copy of the stopped directory.
+    let copy_dir_ = tmp.path().join("copy");
+    copy_dir(&old_dir.join("data"), &copy_dir_.join("data"));
+    // The journal is no longer empty: another migration is refused.
+    let again = migrate(&copy_dir_);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already joined") || err.contains("not empty"),
+        "{err}"
+    );
+
+    let env = [
+        ("CASESHARE_STORE_BACKEND", "nats"),
+        ("CASESHARE_NATS_SERVERS", servers.as_str()),
+    ];
+    let r0 = Broker::builder()
+        .topology(Topology::Single)
+        .dir(&old_dir)
+        .envs(&env)
+        .start();
+    let r1 = Broker::builder()
+        .topology(Topology::Single)
+        .dir(&copy_dir_)
+        .envs(&env)
+        .start();
+    // Sequences continue; the old subscription delivers old and new events.
+    let next = publish(&r1, "new-0", CHILD_2).await;
+    assert_eq!(next.sequence, before[4] + 1);
+    let mut sub = Subscription::open(&r0, SOCIAL_CARE, "main", 100).await;
+    let mut got = BTreeSet::new();
+    while got.len() < 6 {
+        got.insert(sub.next().await.sequence);
+    }
+    assert_eq!(got.iter().copied().collect::<Vec<_>>(), {
+        let mut v = before.clone();
+        v.push(next.sequence);
+        v
+    });
+    // The cluster's log continues the old one.
+    let new_cp = r1
+        .client(AUDITOR)
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let proof = r1
+        .client(AUDITOR)
+        .audit
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            from_size: old_cp.tree_size,
+            to_size: new_cp.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    caseshare_audit::merkle::verify_consistency(
+        old_cp.tree_size,
+        new_cp.tree_size,
+        &proof.hashes,
+        &old_cp.root_hash,
+        &new_cp.root_hash,
+    )
+    .unwrap();
+    assert_eq!(old_cp.vkey, new_cp.vkey);
+    // A replica on an empty data directory cannot join a migrated journal:
+    // it stops, saying how to seed it.
+    let fresh_dir = tmp.path().join("fresh");
+    std::fs::create_dir_all(&fresh_dir).unwrap();
+    let fresh = Broker::builder()
+        .topology(Topology::Single)
+        .dir(&fresh_dir)
+        .envs(&env)
+        .try_start();
+    const HINT: &str = "copy of a stopped replica";
+    match fresh {
+        // It stopped before it listened.
+        Err(r) => assert!(r.stderr.contains(HINT), "{}", r.stderr),
+        // It listened before it met the base message: it stops by itself.
+        Ok(_b) => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let log = std::fs::read_to_string(fresh_dir.join("broker.log")).unwrap();
+                if log.contains(HINT) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{log}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(nats);
+}

@@ -33,6 +33,7 @@ mod delivery;
 mod errors;
 mod keys;
 mod limits;
+mod migrate;
 mod ops;
 pub mod pki;
 mod refusals;
@@ -45,6 +46,7 @@ mod writer;
 
 pub use errors::BrokerError;
 pub use keys::check_keys_and_pki;
+pub use migrate::{Migrated, migrate};
 pub use pki::PkiError;
 pub use running::{Running, start};
 pub use tls::{TlsError, principal_from_cert};

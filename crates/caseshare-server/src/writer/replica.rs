@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use caseshare_cluster::{Entry, Journal};
-use caseshare_state::journal::{JournalHeader, decode_batch, replay};
+use caseshare_state::journal::{JournalError, JournalHeader, decode_batch, replay};
 use caseshare_state::{Command, Refusal, Reply, SubscriptionRecord};
 use tokio::sync::mpsc;
 
@@ -263,7 +263,15 @@ impl Applier {
                 in_commit: self.task.in_commit.as_deref(),
             };
             let (sealed, replies) =
-                replay(&mut self.task.machine, &header, ops, &lookup).map_err(|e| e.to_string())?;
+                replay(&mut self.task.machine, &header, ops, &lookup).map_err(|e| match e {
+                    JournalError::WrongPosition { .. } => format!(
+                        "{e}: this journal continues a store this replica does not hold (a \
+                         store migrated from an embedded broker, or a copied replica's): \
+                         start this replica from a copy of a stopped replica's data directory \
+                         (docs/CLUSTER.md, runbook)"
+                    ),
+                    e => e.to_string(),
+                })?;
             let replies = replies
                 .into_iter()
                 .map(|r: Result<Reply, Refusal>| r.map_err(BrokerError::from))
