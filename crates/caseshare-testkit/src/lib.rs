@@ -94,7 +94,7 @@ pub use broker::{
 };
 pub use cluster::BrokerCluster;
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
-pub use load::{Consumer, PublishReport, Publisher};
+pub use load::{Consumed, Consumer, PublishReport, Publisher};
 pub use nats::{
     MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,
     StreamState, nats_server_bin,

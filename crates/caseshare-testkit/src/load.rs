@@ -131,11 +131,23 @@ async fn publish_loop(
     report
 }
 
+/// What a [`Consumer`] received.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Sequence → how many times it was delivered.
+    pub received: BTreeMap<u64, u32>,
+    /// The sequences in the order they were first delivered.
+    pub first: Vec<u64>,
+    /// How many times the stream was reopened (its replica failed).
+    pub reopened: usize,
+}
+
 /// Keeps `agency`'s subscription `name` consumed and acknowledged.
 pub struct Consumer {
     stop: watch::Sender<bool>,
     targets: Arc<Mutex<Vec<Endpoint>>>,
     received: Arc<Mutex<BTreeMap<u64, u32>>>,
+    first: Arc<Mutex<Vec<u64>>>,
     task: tokio::task::JoinHandle<usize>,
 }
 
@@ -146,17 +158,19 @@ impl Consumer {
         let (stop, stopped) = watch::channel(false);
         let targets = Arc::new(Mutex::new(targets));
         let received = Arc::new(Mutex::new(BTreeMap::new()));
+        let first = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn(consume_loop(
             Arc::clone(&targets),
             agency.to_string(),
             name.to_string(),
-            Arc::clone(&received),
+            (Arc::clone(&received), Arc::clone(&first)),
             stopped,
         ));
         Consumer {
             stop,
             targets,
             received,
+            first,
             task,
         }
     }
@@ -171,14 +185,18 @@ impl Consumer {
         self.received.lock().unwrap().clone()
     }
 
+    /// The sequences in the order they were first delivered.
+    pub fn first_deliveries(&self) -> Vec<u64> {
+        self.first.lock().unwrap().clone()
+    }
+
     /// Waits until every sequence of `expected` was delivered (fails the
-    /// test after `within`); stops and gives the deliveries and how many
-    /// times the stream was reopened.
+    /// test after `within`); stops and gives what it received.
     pub async fn until_all(
         self,
         expected: impl IntoIterator<Item = u64>,
         within: Duration,
-    ) -> (BTreeMap<u64, u32>, usize) {
+    ) -> Consumed {
         let expected: Vec<u64> = expected.into_iter().collect();
         let deadline = Instant::now() + within;
         loop {
@@ -201,9 +219,15 @@ impl Consumer {
         }
         let _ = self.stop.send(true);
         let received = Arc::clone(&self.received);
+        let first = Arc::clone(&self.first);
         let reopened = self.task.await.unwrap();
-        let got = received.lock().unwrap().clone();
-        (got, reopened)
+        let received = received.lock().unwrap().clone();
+        let first = first.lock().unwrap().clone();
+        Consumed {
+            received,
+            first,
+            reopened,
+        }
     }
 }
 
@@ -211,7 +235,7 @@ async fn consume_loop(
     targets: Arc<Mutex<Vec<Endpoint>>>,
     agency: String,
     name: String,
-    received: Arc<Mutex<BTreeMap<u64, u32>>>,
+    (received, first): (Arc<Mutex<BTreeMap<u64, u32>>>, Arc<Mutex<Vec<u64>>>),
     mut stopped: watch::Receiver<bool>,
 ) -> usize {
     let mut turn = 0usize;
@@ -248,7 +272,15 @@ async fn consume_loop(
                 _ = stopped.changed() => return opened.saturating_sub(1),
                 item = stream.next() => match item {
                     Some(Ok(d)) => {
-                        *received.lock().unwrap().entry(d.sequence).or_default() += 1;
+                        let n = {
+                            let mut r = received.lock().unwrap();
+                            let n = r.entry(d.sequence).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        if n == 1 {
+                            first.lock().unwrap().push(d.sequence);
+                        }
                         let _ = tx
                             .send(pb::SubscribeRequest {
                                 ack: Some(pb::AckIds { delivery_ids: vec![d.delivery_id] }),
