@@ -131,6 +131,9 @@ async fn publish_loop(
     report
 }
 
+/// Sequence → deliveries, shared with the consuming task.
+type Counts = Arc<Mutex<BTreeMap<u64, u32>>>;
+
 /// What a [`Consumer`] received.
 #[derive(Debug, Clone)]
 pub struct Consumed {
@@ -235,7 +238,7 @@ async fn consume_loop(
     targets: Arc<Mutex<Vec<Endpoint>>>,
     agency: String,
     name: String,
-    (received, first): (Arc<Mutex<BTreeMap<u64, u32>>>, Arc<Mutex<Vec<u64>>>),
+    (received, first): (Counts, Arc<Mutex<Vec<u64>>>),
     mut stopped: watch::Receiver<bool>,
 ) -> usize {
     let mut turn = 0usize;
