@@ -94,7 +94,11 @@ async fn kill_under_load(fault: Fault) {
         report.acked.len(),
         "two events share a sequence"
     );
-    let (delivered, reopened) = consumer
+    let Consumed {
+        received: delivered,
+        reopened,
+        ..
+    } = consumer
         .until_all(acked.clone(), Duration::from_secs(60))
         .await;
     let again = delivered.values().filter(|n| **n > 1).count();
