@@ -572,3 +572,55 @@ fn a_failed_lookup_on_the_replica_is_an_error_not_a_reply() {
         "{err}"
     );
 }
+
+/// Cluster mode's batches carry no counters, only their origin: they round
+/// trip, apply wherever the machine is, and an origin the decoder would
+/// refuse (an empty or overlong replica id) is refused by the encoder too.
+#[test]
+fn an_unplaced_batch_names_its_origin_and_applies_wherever_the_machine_is() {
+    let origin = Origin {
+        replica: "0123456789abcdef".into(),
+        batch: 7,
+        seen: 41,
+    };
+    let h = JournalHeader {
+        leader_term: 0,
+        before: None,
+        origin: Some(origin.clone()),
+        after: None,
+    };
+    let ops = scenario();
+    let bytes = encode_batch(&ops, &h).unwrap();
+    let (got, decoded) = decode_batch(&bytes).unwrap();
+    assert_eq!(got, h);
+    assert_eq!(decoded, ops);
+    // Applied on two machines at different places: no position refusal.
+    let (mut m, store) = (fresh_machine(), MemLookup::default());
+    replay(&mut m, &got, decoded.clone(), &store).unwrap();
+    let mut m2 = fresh_machine();
+    let mut store2 = MemLookup::default();
+    let (sealed, _) = replay(&mut m2, &got, decoded.clone(), &store2).unwrap();
+    store2.commit(&sealed.batch);
+    replay(&mut m2, &got, decoded, &store2).unwrap();
+    for replica in [String::new(), "x".repeat(MAX_REPLICA_ID + 1)] {
+        let bad = JournalHeader {
+            origin: Some(Origin {
+                replica,
+                ..origin.clone()
+            }),
+            ..h.clone()
+        };
+        assert!(matches!(
+            encode_batch(&ops, &bad),
+            Err(JournalError::BadHeader(_))
+        ));
+    }
+    let longest = JournalHeader {
+        origin: Some(Origin {
+            replica: "x".repeat(MAX_REPLICA_ID),
+            ..origin
+        }),
+        ..h
+    };
+    assert!(decode_batch(&encode_batch(&ops, &longest).unwrap()).is_ok());
+}
