@@ -184,14 +184,7 @@ impl Journal {
             .message_id(msg_id)
             .expected_last_sequence(expected_last)
             .expected_stream(&self.config.stream);
-        let ack = match self
-            .js
-            .send_publish(self.config.subject.clone(), message)
-            .await
-        {
-            Ok(future) => future.await,
-            Err(e) => Err(e),
-        };
+        let ack = self.send(message).await;
         match ack {
             Ok(ack) if ack.duplicate => Err(AppendError::Duplicate {
                 sequence: ack.sequence,
@@ -218,14 +211,7 @@ impl Journal {
             .payload(bytes)
             .message_id(msg_id)
             .expected_stream(&self.config.stream);
-        let ack = match self
-            .js
-            .send_publish(self.config.subject.clone(), message)
-            .await
-        {
-            Ok(future) => future.await,
-            Err(e) => Err(e),
-        };
+        let ack = self.send(message).await;
         match ack {
             Ok(ack) => Ok(ack.sequence),
             Err(e) => Err(classify(0, &e)),
@@ -252,6 +238,22 @@ impl Journal {
                 Ok(None)
             }
             Err(e) => Err(ClusterError::JetStream(e.to_string())),
+        }
+    }
+
+    /// Publishes to the journal's subject and waits for the stream's
+    /// acknowledgement.
+    async fn send(
+        &self,
+        message: jetstream::message::PublishMessage,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        match self
+            .js
+            .send_publish(self.config.subject.clone(), message)
+            .await
+        {
+            Ok(future) => future.await,
+            Err(e) => Err(e),
         }
     }
 

@@ -283,24 +283,7 @@ impl WriterTask {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
-        // Rendezvous: a batch is handed over only once the commit thread has
-        // finished the previous one, so at most one batch is in commit.
-        let (to_commit, commits) = std::sync::mpsc::sync_channel::<ToCommit>(0);
-        let committer = {
-            let store = Arc::clone(&self.store);
-            let log = Arc::clone(&self.log);
-            let head = self.head.clone();
-            std::thread::Builder::new()
-                .name("caseshare-commit".into())
-                .spawn(move || commit_loop(&*store, &log, &head, &commits))
-        };
-        let committer = match committer {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "could not start the commit thread");
-                std::process::exit(75);
-            }
-        };
+        let (to_commit, committer) = self.start_committer();
         while let Some(Queued { op: first, .. }) = rx.blocking_recv() {
             let mut draft = self.machine.begin();
             let mut answers: Answers = Vec::new();
@@ -378,6 +361,31 @@ impl WriterTask {
         }
         drop(to_commit);
         let _ = committer.join();
+    }
+
+    /// Starts the commit thread. Rendezvous: a batch is handed over only
+    /// once the commit thread has finished the previous one, so at most one
+    /// batch is in commit.
+    fn start_committer(
+        &self,
+    ) -> (
+        std::sync::mpsc::SyncSender<ToCommit>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (to_commit, commits) = std::sync::mpsc::sync_channel::<ToCommit>(0);
+        let store = Arc::clone(&self.store);
+        let log = Arc::clone(&self.log);
+        let head = self.head.clone();
+        let committer = std::thread::Builder::new()
+            .name("caseshare-commit".into())
+            .spawn(move || commit_loop(&*store, &log, &head, &commits));
+        match committer {
+            Ok(c) => (to_commit, c),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the commit thread");
+                std::process::exit(75);
+            }
+        }
     }
 
     /// Applies one op to the machine; its answer waits for the commit.

@@ -36,7 +36,7 @@ use caseshare_state::journal::{JournalError, JournalHeader, decode_batch, replay
 use caseshare_state::{Command, Refusal, Reply, SubscriptionRecord};
 use tokio::sync::mpsc;
 
-use super::commit::{Durable, ToCommit, commit_loop};
+use super::commit::{Durable, ToCommit};
 use super::ops::Finisher;
 use super::propose::{Pending, Waiting};
 use super::{Settled, WriterTask, count, settled_count};
@@ -167,22 +167,7 @@ impl Applier {
                 reason: "the applier needs a runtime to read the journal".into(),
             });
         };
-        let (to_commit, commits) = std::sync::mpsc::sync_channel::<ToCommit>(0);
-        let committer = {
-            let store = Arc::clone(&self.task.store);
-            let log = Arc::clone(&self.task.log);
-            let head = self.task.head.clone();
-            std::thread::Builder::new()
-                .name("caseshare-commit".into())
-                .spawn(move || commit_loop(&*store, &log, &head, &commits))
-        };
-        let committer = match committer {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "could not start the commit thread");
-                std::process::exit(75);
-            }
-        };
+        let (to_commit, committer) = self.task.start_committer();
         let result = loop {
             let next = runtime.block_on(async {
                 tokio::time::timeout(Duration::from_millis(100), entries.recv()).await
