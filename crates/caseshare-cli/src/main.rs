@@ -515,10 +515,11 @@ async fn run(cli: Cli) -> Result<()> {
                 cfg.ops_listen = l;
             }
             cfg.validate()?;
-            caseshare_server::telemetry::init(&cfg.log_format);
+            let telemetry =
+                caseshare_server::telemetry::init_with_traces(&cfg.log_format, &cfg.telemetry)?;
             // The library reports through tracing only; the lines the test
             // harness and operators read from stdout are printed here.
-            caseshare_server::serve(cfg, shutdown_signal(), |bound| {
+            let served = caseshare_server::serve(cfg, shutdown_signal(), |bound| {
                 if let Some(pki) = &bound.dev_pki_created {
                     println!(
                         "Created a development PKI in {} (not for production).",
@@ -539,7 +540,9 @@ async fn run(cli: Cli) -> Result<()> {
                     bound.grpc, bound.ops
                 );
             })
-            .await?;
+            .await;
+            telemetry.shutdown().await; // exports what is buffered
+            served?;
         }
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;

@@ -27,57 +27,6 @@ async fn open_on(b: &Broker, agency: &str, name: &str) -> Subscription {
     }
 }
 
-async fn checkpoint(b: &Broker) -> pb::Checkpoint {
-    b.client(AUDITOR)
-        .audit
-        .get_checkpoint(pb::GetCheckpointRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// One audit log: the checkpoints that replicas `a` and `b` sign are
-/// consistent with each other — the larger one's replica proves (RFC 6962)
-/// that it extends the smaller, within the time the smaller replica needs
-/// to catch up. Reading a checkpoint is itself audited, so the sizes never
-/// settle; consistency is what an auditor checks.
-async fn one_log(c: &BrokerCluster, a: usize, b: usize) -> (pb::Checkpoint, pb::Checkpoint) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (ca, cb) = (checkpoint(c.broker(a)).await, checkpoint(c.broker(b)).await);
-        let (old, new, prover) = if ca.tree_size <= cb.tree_size {
-            (&ca, &cb, b)
-        } else {
-            (&cb, &ca, a)
-        };
-        if old.tree_size > 0 {
-            let proof = c
-                .broker(prover)
-                .client(AUDITOR)
-                .audit
-                .get_consistency_proof(pb::GetConsistencyProofRequest {
-                    from_size: old.tree_size,
-                    to_size: new.tree_size,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            caseshare_audit::merkle::verify_consistency(
-                old.tree_size,
-                new.tree_size,
-                &proof.hashes,
-                &old.root_hash,
-                &new.root_hash,
-            )
-            .unwrap_or_else(|e| panic!("replicas {a} and {b} fork: {e}: {ca:?} {cb:?}"));
-            assert_eq!(ca.vkey, cb.vkey, "one log key on every replica");
-            return (ca, cb);
-        }
-        assert!(Instant::now() < deadline, "no checkpoint: {ca:?} {cb:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn publish(b: &Broker, id: &str, nhs: &str) -> pb::PublishResponse {
     b.client(SCHOOL)
         .publisher
@@ -138,7 +87,7 @@ async fn any_replica_answers_and_every_replica_decides_the_same() {
     );
 
     // One audit log: both replicas sign checkpoints of the same tree.
-    one_log(&c, 0, 1).await;
+    c.assert_one_log(0, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,5 +121,5 @@ async fn a_killed_replica_catches_up_from_the_journal_and_loses_nothing() {
         sub.ack(vec![d.delivery_id]).await;
     }
     assert_eq!(got, acked);
-    one_log(&c, 0, 1).await;
+    c.assert_one_log(0, 1).await;
 }

@@ -40,6 +40,7 @@ fn typical() -> pb::PublishRequest {
         }),
         basis: None,
         to_agencies: vec!["la-social-care-c".into(), "nhs-trust-a".into()],
+        trace_context: None,
     }
 }
 

@@ -325,6 +325,7 @@ fn publish_request() -> impl Strategy<Value = pb::PublishRequest> {
                     safeguarding_override: Some(o),
                 }),
                 to_agencies,
+                trace_context: None,
             }
         })
 }

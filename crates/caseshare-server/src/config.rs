@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 mod backend;
 mod keys;
+mod telemetry;
+
+pub use telemetry::{SAMPLERS, TelemetryConfig};
 
 /// A configuration problem an operator can fix.
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +359,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Connections.
     pub connections: ConnectionsConfig,
+    /// OpenTelemetry trace export (`[telemetry]`, `OTEL_*`).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -372,6 +377,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
             connections: ConnectionsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -483,7 +489,7 @@ impl Config {
                 })?;
             }
         }
-        Ok(())
+        self.apply_telemetry_env(get)
     }
 
     /// Checks every value: each numeric key against its range (see
@@ -521,6 +527,7 @@ impl Config {
             return bad("data_dir", "must not be empty".into());
         }
         self.validate_backend()?;
+        self.validate_telemetry()?;
         let t = &self.tls;
         let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
         if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {

@@ -8,7 +8,8 @@
 //!   its addresses through [`Bound`]; [`start`] does the same in a task and
 //!   gives a [`Running`] handle to stop it.
 //! - [`pki`]: the development PKI (`caseshare dev-pki`, tests).
-//! - [`check_keys_and_pki`], [`principal_from_cert`], [`telemetry::init`],
+//! - [`check_keys_and_pki`], [`principal_from_cert`], [`telemetry::init`]
+//!   and [`telemetry::init_with_traces`] (logs, and OTLP trace export),
 //!   and the errors [`ServeError`], [`BrokerError`], [`PkiError`],
 //!   [`TlsError`].
 //!
@@ -585,6 +586,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(secs(config.limits.http2_keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(secs(config.limits.http2_keepalive_timeout_secs)))
         .max_concurrent_streams(Some(config.limits.http2_max_concurrent_streams))
+        // Outermost: the RPC's span (when trace export is on) covers the
+        // authorisation and its refusals too.
+        .layer(telemetry::rpc::RpcTraceLayer)
         .layer(auth::AuthLayer::new(auth::AuthConfig {
             refusals: shared.refusals.clone(),
             rates: auth::FamilyRates::new(

@@ -290,7 +290,7 @@ impl Machine {
                 acks,
                 floor,
             } => {
-                self.ack(&mut step, &actor, &subscription, acks, floor);
+                self.ack(&mut step, &actor, &subscription, acks, floor)?;
                 Ok(Reply::Done)
             }
             Command::DeadLetter {
@@ -299,7 +299,7 @@ impl Machine {
                 items,
                 floor,
             } => {
-                self.dead_letter(&mut step, &subscription, &recipient, items, floor);
+                self.dead_letter(&mut step, &subscription, &recipient, items, floor)?;
                 Ok(Reply::Done)
             }
             Command::Record { entry } => Ok(Reply::Recorded(step.audit(entry))),

@@ -43,6 +43,11 @@ pub struct StoredEvent {
     /// `decisions` then name the agencies that had received the original.
     #[prost(message, optional, tag = "12")]
     pub notice: Option<pb::EventNotice>,
+    /// The publisher's W3C trace context (from the request), carried on
+    /// every delivery; a notice carries its original's. Trace and span ids
+    /// only: no case data.
+    #[prost(message, optional, tag = "13")]
+    pub trace_context: Option<pb::TraceContext>,
 }
 
 impl StoredEvent {

@@ -30,14 +30,34 @@ pub enum Topology {
     /// its stdout, stderr and exit status.
     #[default]
     Single,
-    // Cluster mode (next issue) adds its variant here, e.g.
-    // `Cluster { replicas: usize }`, started by `BrokerBuilder::try_start`.
+    /// One broker replica in cluster mode on its own 3-node NATS JetStream
+    /// cluster (`sync_interval: always`), owned by the [`Broker`] and
+    /// stopped with it; every write goes through the journal. The suite
+    /// runs its end-to-end tests on this topology too when
+    /// `CASESHARE_TEST_TOPOLOGY=cluster` (a builder left at the default
+    /// takes it from there). Several replicas: [`crate::BrokerCluster`].
+    Cluster,
+}
+
+/// The environment variable that runs tests written for the default
+/// topology on another one (`single` or `cluster`).
+pub const TOPOLOGY_ENV: &str = "CASESHARE_TEST_TOPOLOGY";
+
+impl Topology {
+    /// The topology a builder left at the default uses: [`TOPOLOGY_ENV`].
+    pub fn from_env() -> Topology {
+        match std::env::var(TOPOLOGY_ENV).as_deref() {
+            Ok("cluster") => Topology::Cluster,
+            Ok("single") | Err(_) => Topology::Single,
+            Ok(other) => panic!("{TOPOLOGY_ENV}={other:?}: single or cluster"),
+        }
+    }
 }
 
 /// How a broker is started; [`Broker::builder`] makes one.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerBuilder {
-    topology: Topology,
+    topology: Option<Topology>,
     binary: Option<PathBuf>,
     env: Vec<(String, String)>,
     wrap: Vec<String>,
@@ -46,9 +66,9 @@ pub struct BrokerBuilder {
 }
 
 impl BrokerBuilder {
-    /// The topology (only [`Topology::Single`] today).
+    /// The topology (default: [`Topology::from_env`]).
     pub fn topology(mut self, topology: Topology) -> Self {
-        self.topology = topology;
+        self.topology = Some(topology);
         self
     }
 
@@ -115,10 +135,28 @@ impl BrokerBuilder {
 
     /// Starts the broker; one that exits before it listens (it refused to
     /// start) is returned as [`Refused`].
-    pub fn try_start(self) -> Result<Broker, Refused> {
-        match self.topology {
-            Topology::Single => {}
-        }
+    pub fn try_start(mut self) -> Result<Broker, Refused> {
+        let nats = match self.topology.unwrap_or_else(Topology::from_env) {
+            Topology::Single => None,
+            Topology::Cluster => {
+                // Started on a runtime of its own: this may be called from
+                // inside a test's runtime, where nothing may block on it.
+                let nats = std::thread::spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(crate::NatsCluster::start(3))
+                })
+                .join()
+                .unwrap();
+                self.env
+                    .push(("CASESHARE_STORE_BACKEND".into(), "nats".into()));
+                self.env
+                    .push(("CASESHARE_NATS_SERVERS".into(), nats.urls().join(",")));
+                Some(nats)
+            }
+        };
         let (dir, tmp) = match &self.dir {
             Some(d) => (d.clone(), None),
             None => {
@@ -139,6 +177,7 @@ impl BrokerBuilder {
             grpc,
             ops,
             launch,
+            _nats: nats,
         })
     }
 }
@@ -324,6 +363,8 @@ pub struct Broker {
     /// The ops address (plain HTTP: `/healthz`, `/readyz`, `/metrics`).
     pub ops: SocketAddr,
     launch: Launch,
+    // Topology::Cluster: the NATS cluster, stopped after the broker.
+    _nats: Option<crate::NatsCluster>,
 }
 
 impl Broker {
@@ -443,6 +484,17 @@ impl Broker {
     /// SIGHUP: reload the TLS files.
     pub fn hup(&self) {
         signal(self.pid(), nix::sys::signal::Signal::SIGHUP);
+    }
+
+    /// SIGSTOPs the broker: it keeps its sockets and does nothing (a
+    /// paused VM, a long GC-like stall) until [`Broker::resume`].
+    pub fn pause(&self) {
+        signal(self.pid(), nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONTs the broker after [`Broker::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
     }
 
     /// The broker's process id.

@@ -8,8 +8,11 @@
 //! files and keys (`docs/CLUSTER.md`).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use crate::{Broker, NatsCluster, copy_dir};
+use caseshare_proto::v1 as pb;
+
+use crate::{AUDITOR, Broker, NatsCluster, copy_dir};
 
 /// Broker replicas on a NATS cluster.
 pub struct BrokerCluster {
@@ -69,7 +72,11 @@ impl BrokerCluster {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let b = Broker::builder().dir(&dir).envs(&env).start();
+        let b = Broker::builder()
+            .topology(crate::Topology::Single)
+            .dir(&dir)
+            .envs(&env)
+            .start();
         self.brokers.push(Some(b));
         i
     }
@@ -108,4 +115,59 @@ impl BrokerCluster {
     pub fn env(&self) -> &[(String, String)] {
         &self.env
     }
+
+    /// One audit log: the checkpoints replicas `a` and `b` sign are
+    /// consistent — the larger one's replica proves (RFC 6962) that its
+    /// tree extends the smaller's, checked here with the audit crate, and
+    /// both carry the one log key. Reading a checkpoint is itself audited,
+    /// so sizes never settle; consistency is what an auditor checks. Gives
+    /// both checkpoints.
+    pub async fn assert_one_log(&self, a: usize, b: usize) -> (pb::Checkpoint, pb::Checkpoint) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (ca, cb) = (
+                checkpoint(self.broker(a)).await,
+                checkpoint(self.broker(b)).await,
+            );
+            let (old, new, prover) = if ca.tree_size <= cb.tree_size {
+                (&ca, &cb, b)
+            } else {
+                (&cb, &ca, a)
+            };
+            if old.tree_size > 0 {
+                let proof = self
+                    .broker(prover)
+                    .client(AUDITOR)
+                    .audit
+                    .get_consistency_proof(pb::GetConsistencyProofRequest {
+                        from_size: old.tree_size,
+                        to_size: new.tree_size,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                caseshare_audit::merkle::verify_consistency(
+                    old.tree_size,
+                    new.tree_size,
+                    &proof.hashes,
+                    &old.root_hash,
+                    &new.root_hash,
+                )
+                .unwrap_or_else(|e| panic!("replicas {a} and {b} fork: {e}: {ca:?} {cb:?}"));
+                assert_eq!(ca.vkey, cb.vkey, "one log key on every replica");
+                return (ca, cb);
+            }
+            assert!(Instant::now() < deadline, "no checkpoint: {ca:?} {cb:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn checkpoint(b: &Broker) -> pb::Checkpoint {
+    b.client(AUDITOR)
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
 }

@@ -61,6 +61,13 @@
 //! `nats-server` on `PATH`; anything older than 2.10 is refused (see
 //! [`nats_server_bin`]).
 //!
+//! # OpenTelemetry
+//!
+//! [`OtlpCollector`] is an in-test OTLP/gRPC trace collector on loopback
+//! (the TraceService of the `opentelemetry-proto` crate) that keeps every
+//! span a broker exports to it; point a broker at it with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT=http://<addr>`.
+//!
 //! A test kit panics when a step that is not under test fails: that is how
 //! the test fails, so `unwrap` and `expect` are allowed here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -70,9 +77,11 @@ mod binary;
 mod broker;
 mod cluster;
 mod files;
+mod load;
 mod nats;
 mod nats_setup;
 mod net;
+mod otlp;
 mod subscription;
 
 pub use agencies::{
@@ -80,14 +89,18 @@ pub use agencies::{
     attendance_event, create_subscription, publish_request, put_agreement, was_not_brought_event,
 };
 pub use binary::{caseshare_bin, caseshare_command};
-pub use broker::{Broker, BrokerBuilder, Endpoint, Refused, Topology, refusal_message};
+pub use broker::{
+    Broker, BrokerBuilder, Endpoint, Refused, TOPOLOGY_ENV, Topology, refusal_message,
+};
 pub use cluster::BrokerCluster;
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
+pub use load::{Consumer, PublishReport, Publisher};
 pub use nats::{
     MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,
     StreamState, nats_server_bin,
 };
 pub use net::{H2_PREFACE, call_path, closed_within, http_get, raw_tls};
+pub use otlp::OtlpCollector;
 pub use subscription::Subscription;
 
 /// Installs rustls' ring crypto provider for the process (idempotent).

@@ -245,5 +245,6 @@ fn publish(event: pb::CaseEvent, o: Option<pb::SafeguardingOverride>) -> pb::Pub
             safeguarding_override: Some(o),
         }),
         to_agencies: vec![],
+        trace_context: None,
     }
 }

@@ -222,6 +222,11 @@ pub const FIELD_LIMITS: &[FieldLimit] = &[
         AGENCY_ID_BYTES,
         Id,
     ),
+    // common.proto: W3C Trace Context (`traceparent` is 55 characters in
+    // version 00; `tracestate` is at most 32 entries, and 512 characters
+    // is what W3C asks every platform to propagate).
+    s("TraceContext", "traceparent", 128, Id),
+    s("TraceContext", "tracestate", 512, Id),
     id("GetEventStatusRequest", "event_id"),
     id("RetractEventRequest", "event_id"),
     reason("RetractEventRequest", "reason"),

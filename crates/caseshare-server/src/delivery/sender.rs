@@ -161,6 +161,19 @@ impl Deliveries {
         let delivered_at = now();
         let mut open = true;
         for (pick, verdict) in picks.into_iter().zip(verdicts) {
+            let traced = |decision, reason: &str| {
+                crate::telemetry::spans::delivery(crate::telemetry::spans::DeliverySpan {
+                    trace: pick.event.trace_context.as_ref(),
+                    source_agency: &pick.event.source_agency,
+                    recipient: agency,
+                    subscription: &rt.subscription.name,
+                    event_type: &pick.event.event_type,
+                    sequence: pick.sequence,
+                    attempt: pick.attempt,
+                    decision,
+                    reason,
+                })
+            };
             let (event, redacted, decision) = match verdict {
                 Verdict::Shared(outcome) => {
                     let m = minimise(&pick.decoded, &outcome.fields).map_err(|e| {
@@ -179,7 +192,13 @@ impl Deliveries {
                         .unwrap_or_default();
                     (pick.decoded.clone(), Vec::new(), decision)
                 }
-                Verdict::Stopped(_) | Verdict::Expired => {
+                Verdict::Stopped(reason) => {
+                    traced("stopped", &reason);
+                    let _ = rt.lock().apply(pick.sequence, Input::Withheld, clock_now);
+                    continue;
+                }
+                Verdict::Expired => {
+                    traced("expired", "expired");
                     let _ = rt.lock().apply(pick.sequence, Input::Withheld, clock_now);
                     continue;
                 }
@@ -199,6 +218,14 @@ impl Deliveries {
                 },
                 clock_now,
             );
+            traced(
+                if pick.event.notice.is_some() {
+                    "notice"
+                } else {
+                    "shared"
+                },
+                &decision.reason,
+            );
             let delivery = pb::Delivery {
                 delivery_id: delivery_id(rt.id, pick.sequence, pick.attempt),
                 sequence: pick.sequence,
@@ -210,6 +237,7 @@ impl Deliveries {
                 event_type: pick.event.event_type,
                 published_at: Some(Micros(pick.event.published_at_micros).to_timestamp()),
                 notice: pick.event.notice,
+                trace_context: pick.event.trace_context,
             };
             if tx.send(Ok(delivery)).await.is_err() {
                 open = false;

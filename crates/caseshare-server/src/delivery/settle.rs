@@ -74,6 +74,33 @@ async fn complete(store: &Arc<dyn Storage>, items: &mut Vec<AckIntent>) -> Resul
     Ok(())
 }
 
+/// With trace export on, the stored trace context and event type of each
+/// dead letter's event (read on the blocking pool); empty otherwise, or if
+/// the read fails (a trace is never worth failing a dead letter for).
+async fn traces_of(
+    store: &Arc<dyn Storage>,
+    dead: &[AckIntent],
+) -> Vec<(u64, u32, String, caseshare_core::pb::TraceContext)> {
+    if !crate::telemetry::exporting() {
+        return Vec::new();
+    }
+    let store = Arc::clone(store);
+    let wanted: Vec<(u64, u32)> = dead.iter().map(|d| (d.sequence, d.attempts)).collect();
+    crate::off_runtime(move || {
+        let mut out = Vec::new();
+        for (sequence, attempts) in wanted {
+            if let Some(ev) = store.event(sequence)?
+                && let Some(trace) = ev.trace_context
+            {
+                out.push((sequence, attempts, ev.event_type, trace));
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap_or_default()
+}
+
 impl Deliveries {
     /// Settles acknowledged deliveries and persists them with the new floor.
     /// With `durable`, answers once the acknowledgements are committed (unary
@@ -188,6 +215,7 @@ impl Deliveries {
         complete(&self.store, &mut dead).await?;
         rt.dead_letters
             .fetch_add(dead.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let traced = traces_of(&self.store, &dead).await;
         self.writer
             .call(|reply| Op::DeadLetter {
                 subscription_id: rt.id,
@@ -197,7 +225,19 @@ impl Deliveries {
                 floor: expired.floor,
                 reply,
             })
-            .await
+            .await?;
+        // Each dead letter joins its event's trace (export on only).
+        for (sequence, attempts, event_type, trace) in traced {
+            crate::telemetry::spans::dead_letter(
+                Some(&trace),
+                &rt.subscription.agency_id,
+                &rt.subscription.name,
+                &event_type,
+                sequence,
+                attempts,
+            );
+        }
+        Ok(())
     }
 
     pub(super) async fn nack_ids(

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Shared;
 use crate::auth::caller;
 use crate::errors::BrokerError;
+use crate::telemetry::{OpTrace, w3c};
 use crate::writer::{Op, now};
 use caseshare_state::subscription_matches;
 
@@ -25,10 +26,12 @@ const STREAM_PIPELINE: usize = 4_096;
 #[derive(Debug, Clone)]
 pub struct PublisherService(pub Shared);
 
-/// A publish handed to the writer, and when it reached the broker.
+/// A publish handed to the writer, when it reached the broker, and the
+/// span it is traced under (kept open until it is answered).
 type Pending = (
     std::time::Instant,
     oneshot::Receiver<Result<pb::PublishResponse, BrokerError>>,
+    tracing::Span,
 );
 
 impl PublisherService {
@@ -40,14 +43,22 @@ impl PublisherService {
 
     /// Validates and hands a publish to the writer. The publish rate has
     /// been applied already (by the auth layer for unary `Publish`, by the
-    /// stream reader for `PublishStream`).
+    /// stream reader for `PublishStream`). The trace context stored with
+    /// the event is the request's own, else the call's metadata's
+    /// (`call_trace`), else (with export on) that of `span`, the span the
+    /// publish is traced under.
     async fn submit(
         &self,
         actor: Arc<Principal>,
-        request: pb::PublishRequest,
+        mut request: pb::PublishRequest,
+        call_trace: Option<&pb::TraceContext>,
+        span: tracing::Span,
     ) -> Result<Pending, BrokerError> {
         let started = std::time::Instant::now();
         let event_type = self.validate(&request)?;
+        request.trace_context =
+            w3c::resolve(request.trace_context.take(), call_trace).or_else(|| w3c::of_span(&span));
+        let trace = OpTrace::of(&span);
         let rx = self
             .0
             .writer
@@ -55,21 +66,42 @@ impl PublisherService {
                 actor,
                 request,
                 event_type,
+                trace,
                 reply,
             })
             .await?;
-        Ok((started, rx))
+        Ok((started, rx, span))
     }
 }
 
 /// Waits for the writer's answer; the publish's duration is recorded.
-async fn resolve((started, rx): Pending) -> Result<pb::PublishResponse, BrokerError> {
+async fn resolve((started, rx, span): Pending) -> Result<pb::PublishResponse, BrokerError> {
     let answer = rx
         .await
         .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))?;
     metrics::histogram!("caseshare_publish_duration_seconds")
         .record(started.elapsed().as_secs_f64());
+    drop(span);
     answer
+}
+
+/// The span of one message of a PublishStream (with export on): a child of
+/// the message's own trace context when it names one, else of the stream's
+/// RPC span.
+fn message_span(stream: &tracing::Span, request: &pb::PublishRequest) -> tracing::Span {
+    if !crate::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(parent: stream, "caseshare.publish");
+    if let Some(own) = request
+        .trace_context
+        .as_ref()
+        .and_then(|t| w3c::context(&t.traceparent, &t.tracestate))
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(w3c::parent(&own));
+    }
+    span
 }
 
 #[tonic::async_trait]
@@ -79,7 +111,11 @@ impl Publisher for PublisherService {
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let actor = caller(&req)?;
-        let pending = self.submit(actor, req.into_inner()).await?;
+        let call_trace = w3c::from_metadata(req.metadata());
+        let span = tracing::Span::current();
+        let pending = self
+            .submit(actor, req.into_inner(), call_trace.as_ref(), span)
+            .await?;
         Ok(Response::new(resolve(pending).await?))
     }
 
@@ -92,6 +128,8 @@ impl Publisher for PublisherService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let actor = caller(&req)?;
         let slot = self.0.streams.acquire(&actor.name)?;
+        let call_trace = w3c::from_metadata(req.metadata());
+        let stream_span = tracing::Span::current();
         let idle = self.0.idle_timeout;
         let mut inbound = req.into_inner();
         let (order_tx, mut order_rx) =
@@ -123,7 +161,10 @@ impl Publisher for PublisherService {
                             let _ = order_tx.send(Err(refused)).await;
                             return;
                         }
-                        let submitted = this.submit(actor.clone(), request).await;
+                        let span = message_span(&stream_span, &request);
+                        let submitted = this
+                            .submit(actor.clone(), request, call_trace.as_ref(), span)
+                            .await;
                         let failed = submitted.is_err();
                         if order_tx.send(submitted).await.is_err() || failed {
                             return;

@@ -124,6 +124,9 @@ pub(super) fn commit_loop(
                 let _ = head.send(last);
             }
         }
+        // Traced publishes record their commit span as they are answered.
+        let _scope =
+            crate::telemetry::CommitScope::enter(started, job.finishers.len(), batch.events.len());
         for (finish, result) in job.finishers {
             finish(committed, result);
         }

@@ -62,7 +62,17 @@ pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_mil
 /// A handle for sending ops to the writer.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<Queued>,
+    /// Cluster mode: how far this replica has applied, read when an op is
+    /// queued (the view the op arrived on).
+    view: Option<Arc<propose::Pending>>,
+}
+
+/// An op in the writer's queue, with the journal sequence this replica had
+/// applied when it was queued (0 in embedded mode).
+pub(crate) struct Queued {
+    op: Op,
+    seen: u64,
 }
 
 impl std::fmt::Debug for Writer {
@@ -87,8 +97,12 @@ impl Writer {
         make: impl FnOnce(ReplyTx<T>) -> Op,
     ) -> Result<oneshot::Receiver<Result<T, BrokerError>>, BrokerError> {
         let (tx, rx) = oneshot::channel();
+        let seen = self
+            .view
+            .as_ref()
+            .map_or(0, |v| v.applied.load(std::sync::atomic::Ordering::SeqCst));
         self.tx
-            .send(make(tx))
+            .send(Queued { op: make(tx), seen })
             .await
             .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
         Ok(rx)
@@ -195,7 +209,7 @@ impl WriterTask {
         let join = std::thread::Builder::new()
             .name("caseshare-writer".into())
             .spawn(move || self.run(rx))?;
-        Ok((Writer { tx }, join))
+        Ok((Writer { tx, view: None }, join))
     }
 
     /// Cluster mode: starts the proposer (this replica's requests become
@@ -257,7 +271,10 @@ impl WriterTask {
                 }
             })?;
         Ok(ClusterWriter {
-            writer: Writer { tx },
+            writer: Writer {
+                tx,
+                view: Some(Arc::clone(&pending)),
+            },
             join,
             notices,
             progress: Progress(pending),
@@ -265,7 +282,7 @@ impl WriterTask {
         })
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
         // Rendezvous: a batch is handed over only once the commit thread has
         // finished the previous one, so at most one batch is in commit.
         let (to_commit, commits) = std::sync::mpsc::sync_channel::<ToCommit>(0);
@@ -284,7 +301,7 @@ impl WriterTask {
                 std::process::exit(75);
             }
         };
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(Queued { op: first, .. }) = rx.blocking_recv() {
             let mut draft = self.machine.begin();
             let mut answers: Answers = Vec::new();
             let seq_before = self.machine.counters().next_sequence;
@@ -294,7 +311,7 @@ impl WriterTask {
             let mut open = true;
             while answers.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(op) => {
+                    Ok(Queued { op, .. }) => {
                         all_lazy &= op.is_lazy();
                         self.apply(op, &mut draft, &mut answers);
                     }
@@ -311,7 +328,7 @@ impl WriterTask {
                         let waited =
                             handle.block_on(async { tokio::time::timeout(left, rx.recv()).await });
                         match waited {
-                            Ok(Some(op)) => {
+                            Ok(Some(Queued { op, .. })) => {
                                 all_lazy &= op.is_lazy();
                                 self.apply(op, &mut draft, &mut answers);
                             }
@@ -364,7 +381,9 @@ impl WriterTask {
     }
 
     /// Applies one op to the machine; its answer waits for the commit.
-    fn apply(&mut self, op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+    fn apply(&mut self, mut op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+        // A traced publish: its decision span starts here (telemetry::spans).
+        let trace = op.take_trace().map(|t| (t, SystemTime::now()));
         let (command, finish) = intake(op);
         let settled = settled_count(&command);
         let lookup = Durable {
@@ -376,6 +395,10 @@ impl WriterTask {
             .apply(draft, now(), command, &lookup)
             .map_err(BrokerError::from);
         count(settled, &result);
+        let finish = match trace {
+            Some((trace, started)) => trace.decided(started, &result, finish),
+            None => finish,
+        };
         answers.push((finish, result));
     }
 }

@@ -27,6 +27,9 @@ pub enum Op {
         request: pb::PublishRequest,
         /// The computed event type.
         event_type: &'static str,
+        /// Set when the publish is traced (export on): the context of its
+        /// decision and commit spans.
+        trace: Option<crate::telemetry::OpTrace>,
         /// Reply.
         reply: ReplyTx<pb::PublishResponse>,
     },
@@ -208,6 +211,14 @@ impl Op {
     pub(super) fn is_lazy(&self) -> bool {
         matches!(self, Op::Ack { lazy: true, .. })
     }
+
+    /// The trace of a traced publish, taken out of the op.
+    pub(super) fn take_trace(&mut self) -> Option<crate::telemetry::OpTrace> {
+        match self {
+            Op::Publish { trace, .. } => trace.take(),
+            _ => None,
+        }
+    }
 }
 
 /// Sends the reply once the batch is committed (`true`) or failed.
@@ -247,6 +258,7 @@ pub(super) fn intake(op: Op) -> (Command, Finisher) {
             request,
             event_type,
             reply,
+            ..
         } => (
             Command::Publish {
                 actor,

@@ -4,15 +4,16 @@
 //! byte budget below NATS's `max_payload`), drawn for ([`super::ops`]'s
 //! intake: salts, consent ids), stamped with this replica's clock and
 //! encoded as one unplaced batch ([`caseshare_state::journal`]) naming this
-//! replica, its batch number and the journal sequence it had applied
-//! (`seen`). The batch's finishers wait in [`Pending`] until the replica's
+//! replica, its batch number and `seen`: the journal sequence this replica
+//! had applied when the oldest of its ops was queued (the view the request
+//! arrived on; see the stale-proposal rule in [`super::replica`]). The batch's finishers wait in [`Pending`] until the replica's
 //! applier ([`super::replica`]) applies the message and commits it
 //! locally; the answer is the applier's, so it is the same on every
 //! replica.
 //!
-//! Appends are pipelined (a few in flight) and retried while JetStream has
-//! no answer (an election), always under the same `Nats-Msg-Id`, so a
-//! retried append is stored once. An append that still fails answers its
+//! One append is in flight at a time (a replica's writes stay in the order
+//! it took them), retried while JetStream has no answer (an election),
+//! always under the same `Nats-Msg-Id`, so a retried append is stored once. An append that still fails answers its
 //! callers `UNAVAILABLE`; if it had in fact been stored, it is applied
 //! like any other message and its callers, who already have their answer,
 //! retry idempotently.
@@ -26,12 +27,17 @@ use caseshare_cluster::{AppendError, Journal};
 use caseshare_state::journal::{JournalEncoder, Origin};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::ops::{Finisher, Op, intake};
-use super::{LAZY_COMMIT_DELAY, now};
+use super::ops::{Finisher, intake};
+use super::{LAZY_COMMIT_DELAY, Queued, now};
 use crate::errors::BrokerError;
 
-/// Appends in flight at once from one replica.
-const IN_FLIGHT: usize = 4;
+/// Appends in flight at once from one replica: one, so that a replica's
+/// writes reach the journal in the order it took them (an inline ack, then
+/// a seek: reordered, the seek's redeliveries would find the deliveries
+/// settled). Concurrent appends from one connection are ordered only until
+/// one of them is retried. Throughput comes from the batch: the ops that
+/// arrive during one append's round trip form the next batch.
+const IN_FLIGHT: usize = 1;
 /// How long an append is retried while JetStream gives no answer.
 const APPEND_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -93,7 +99,7 @@ fn answer_all(finishers: Vec<Finisher>, error: impl Fn() -> BrokerError) {
 impl Proposer {
     /// Runs until every writer handle is dropped and every append it
     /// started has finished.
-    pub(super) async fn run(self, mut rx: mpsc::Receiver<Op>) {
+    pub(super) async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let inflight = Arc::new(Semaphore::new(IN_FLIGHT));
         let mut batch_no = 0u64;
         while let Some(first) = rx.recv().await {
@@ -102,14 +108,16 @@ impl Proposer {
             };
             let mut encoder = JournalEncoder::new(0, None);
             let mut finishers = Vec::new();
-            let mut all_lazy = first.is_lazy();
+            let mut all_lazy = first.op.is_lazy();
+            // The batch was decided on the oldest view among its ops.
+            let mut seen = first.seen;
             let opened = Instant::now();
-            self.push(first, &mut encoder, &mut finishers);
+            self.push(first, &mut encoder, &mut finishers, &mut seen);
             while finishers.len() < self.max_batch && encoder.approximate_len() < self.max_bytes {
                 match rx.try_recv() {
                     Ok(op) => {
-                        all_lazy &= op.is_lazy();
-                        self.push(op, &mut encoder, &mut finishers);
+                        all_lazy &= op.op.is_lazy();
+                        self.push(op, &mut encoder, &mut finishers, &mut seen);
                     }
                     Err(mpsc::error::TryRecvError::Empty) if all_lazy => {
                         // Only inline acks: wait a little for an op whose
@@ -117,8 +125,8 @@ impl Proposer {
                         let left = LAZY_COMMIT_DELAY.saturating_sub(opened.elapsed());
                         match tokio::time::timeout(left, rx.recv()).await {
                             Ok(Some(op)) => {
-                                all_lazy &= op.is_lazy();
-                                self.push(op, &mut encoder, &mut finishers);
+                                all_lazy &= op.op.is_lazy();
+                                self.push(op, &mut encoder, &mut finishers, &mut seen);
                             }
                             _ => break,
                         }
@@ -143,7 +151,7 @@ impl Proposer {
             encoder.set_origin(Origin {
                 replica: self.replica.clone(),
                 batch: batch_no,
-                seen: self.pending.applied.load(Ordering::SeqCst),
+                seen,
             });
             let bytes = match encoder.finish(None) {
                 Ok(b) => b,
@@ -162,6 +170,12 @@ impl Proposer {
             tokio::spawn(async move {
                 let result = append(&journal, &msg_id, bytes.into()).await;
                 drop(permit);
+                match &result {
+                    Ok(_) => metrics::counter!("caseshare_journal_proposals_total").increment(1),
+                    Err(_) => {
+                        metrics::counter!("caseshare_journal_append_failures_total").increment(1)
+                    }
+                }
                 if let Err(e) = result {
                     tracing::warn!(error = %e, ops = n, "a journal append failed; its callers are told to retry");
                     if let Some(finishers) = pending.take(batch_no) {
@@ -179,8 +193,15 @@ impl Proposer {
         self.pending.closed.store(true, Ordering::SeqCst);
     }
 
-    fn push(&self, op: Op, encoder: &mut JournalEncoder, finishers: &mut Vec<Finisher>) {
-        let (command, finish) = intake(op);
+    fn push(
+        &self,
+        queued: Queued,
+        encoder: &mut JournalEncoder,
+        finishers: &mut Vec<Finisher>,
+        seen: &mut u64,
+    ) {
+        *seen = (*seen).min(queued.seen);
+        let (command, finish) = intake(queued.op);
         match encoder.push(now(), &command) {
             Ok(()) => finishers.push(finish),
             Err(e) => finish(

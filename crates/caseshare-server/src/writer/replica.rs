@@ -232,6 +232,7 @@ impl Applier {
         let seq_before = self.task.machine.counters().next_sequence;
         let stale = self.stale(&header, &entry)?;
         let (mut sealed, replies, kinds, settled) = if stale {
+            metrics::counter!("caseshare_journal_stale_refused_total").increment(1);
             tracing::warn!(
                 sequence = entry.sequence,
                 origin = ?header.origin,
@@ -271,6 +272,7 @@ impl Applier {
         };
         sealed.batch.journal_position = Some(entry.sequence);
         self.pending.applied.store(entry.sequence, Ordering::SeqCst);
+        metrics::gauge!("caseshare_journal_applied_sequence").set(entry.sequence as f64);
         let mut new_head = None;
         if !sealed.batch.audit.is_empty() {
             let (tiles, size, root) = self.task.log.append(&sealed.batch.audit);

@@ -181,6 +181,7 @@ pub(super) fn one_of_each() -> Vec<Command> {
                     safeguarding_override: Some(safeguarding()),
                 }),
                 to_agencies: vec!["la-social-care-c".into(), "nhs-trust-a".into()],
+                trace_context: None,
             },
             event_type: "education.attendance_concern".into(),
             salt: *b"0123456789abcdef",

@@ -17,10 +17,19 @@ use crate::refusal::LookupError;
 /// The reason given for an intent whose delivery was already settled.
 pub const ALREADY_SETTLED: &str = "already settled";
 
-/// Whether the newest record of (`subscription`, `sequence`) is settled:
-/// this draft first (its records, then its seeks, which delete records
-/// from their target), then the durable records.
+/// Whether the newest record of (`subscription`, `sequence`) is settled.
 fn already_settled(step: &Step<'_>, subscription: u64, sequence: u64) -> Result<bool, LookupError> {
+    Ok(newest_record(step, subscription, sequence)?.is_some_and(|r| r.is_settled()))
+}
+
+/// The newest record of (`subscription`, `sequence`): this draft first (its
+/// records, then its seeks, which delete records from their target), then
+/// the durable records.
+fn newest_record(
+    step: &Step<'_>,
+    subscription: u64,
+    sequence: u64,
+) -> Result<Option<DeliveryRecord>, LookupError> {
     let batch = &step.draft.batch;
     if let Some(r) = batch
         .deliveries
@@ -28,20 +37,20 @@ fn already_settled(step: &Step<'_>, subscription: u64, sequence: u64) -> Result<
         .rev()
         .find(|r| r.subscription_id == subscription && r.sequence == sequence)
     {
-        return Ok(r.is_settled());
+        return Ok(Some(r.clone()));
     }
     if batch
         .deleted_deliveries_from
         .iter()
         .any(|(s, from)| *s == subscription && sequence >= *from)
     {
-        return Ok(false);
+        return Ok(None);
     }
     Ok(step
         .lookup
         .deliveries_of(&[subscription], sequence)?
-        .last()
-        .is_some_and(DeliveryRecord::is_settled))
+        .into_iter()
+        .last())
 }
 
 /// How deliveries were settled, for [`Machine::settle`].
@@ -211,14 +220,14 @@ impl Machine {
         subscription: &SubscriptionRef,
         acks: Vec<AckIntent>,
         floor: Option<u64>,
-    ) {
+    ) -> Result<(), LookupError> {
         let how = Settled {
             kind: pb::EntryKind::EventAcked,
             state: DeliveryState::Acked,
             actor: actor.spiffe_id(),
             recipient: actor.name.clone(),
         };
-        self.settle(step, &how, subscription, acks, floor);
+        self.settle(step, &how, subscription, acks, floor)
     }
 
     pub(crate) fn dead_letter(
@@ -228,18 +237,25 @@ impl Machine {
         recipient: &str,
         items: Vec<AckIntent>,
         floor: Option<u64>,
-    ) {
+    ) -> Result<(), LookupError> {
         let how = Settled {
             kind: pb::EntryKind::DeadLettered,
             state: DeliveryState::DeadLettered,
             actor: "system".into(),
             recipient: recipient.to_string(),
         };
-        self.settle(step, &how, subscription, items, floor);
+        self.settle(step, &how, subscription, items, floor)
     }
 
     /// Records settled deliveries (acknowledged or dead-lettered): one
     /// audit entry and one delivery record each, and the new floor.
+    ///
+    /// Only a delivery that is out settles: one whose newest record is
+    /// `Delivered` with the same attempt. A settlement of anything else is
+    /// stale — it was decided before a seek deleted the record, or a
+    /// delivery settled through another stream (another replica) — and is
+    /// ignored, with the floor it carried; the reads come first, so a
+    /// failed lookup refuses the op and changes nothing.
     fn settle(
         &self,
         step: &mut Step<'_>,
@@ -247,14 +263,22 @@ impl Machine {
         subscription: &SubscriptionRef,
         items: Vec<AckIntent>,
         floor: Option<u64>,
-    ) {
+    ) -> Result<(), LookupError> {
         let acked = how.state == DeliveryState::Acked;
         // Settlements that reach the machine after their subscription was
         // deleted would leave delivery records nobody removes.
         if !self.read().subscriptions.contains_key(&subscription.id) {
-            return;
+            return Ok(());
         }
-        for a in items {
+        let mut out = Vec::with_capacity(items.len());
+        for a in &items {
+            let current = newest_record(step, subscription.id, a.sequence)?;
+            out.push(current.is_some_and(|r| {
+                r.state() == DeliveryState::Delivered && r.attempts == a.attempts
+            }));
+        }
+        let floor = if out.iter().all(|o| *o) { floor } else { None };
+        for (a, _) in items.into_iter().zip(out).filter(|(_, o)| *o) {
             step.audit(pb::AuditEntry {
                 kind: how.kind as i32,
                 actor: how.actor.clone(),
@@ -281,5 +305,6 @@ impl Machine {
         if let Some(f) = floor {
             step.draft.batch.floors.push((subscription.id, f));
         }
+        Ok(())
     }
 }

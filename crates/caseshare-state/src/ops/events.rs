@@ -111,6 +111,7 @@ impl Machine {
             event_id: event.event_id.clone(),
             to_agencies: request.to_agencies,
             notice: None,
+            trace_context: request.trace_context,
         });
         if let Some(prepared) = prepared {
             // A correction: recipients of the original are told, and those
@@ -263,6 +264,7 @@ impl Machine {
                 event_id: format!("notice#{sequence}"),
                 to_agencies: Vec::new(),
                 notice: Some(notice),
+                trace_context: original.trace_context.clone(),
             });
         }
         let notices = u32::try_from(received.len()).unwrap_or(u32::MAX);

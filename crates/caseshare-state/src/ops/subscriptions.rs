@@ -98,6 +98,14 @@ impl Machine {
         subscription: &SubscriptionRef,
         target: u64,
     ) {
+        // The store deletes a batch's records before it writes the batch's
+        // own: records this batch wrote before the seek (an inline ack just
+        // ahead of it) go too, so that the batch means what its ops did in
+        // order.
+        step.draft
+            .batch
+            .deliveries
+            .retain(|r| !(r.subscription_id == subscription.id && r.sequence >= target));
         step.draft
             .batch
             .deleted_deliveries_from

@@ -282,3 +282,84 @@ fn normal_dependencies_hold_no_runtime_storage_network_or_randomness() {
         }
     }
 }
+
+/// One batch means what its ops did in order: an ack just ahead of a seek
+/// in the same batch does not survive the seek (the store deletes a batch's
+/// records before writing its own), so the delivery is sent again.
+#[test]
+fn an_ack_then_a_seek_in_one_batch_leaves_the_delivery_owed() {
+    use crate::testing::{CHILD, attendance};
+    use crate::{AckIntent, DeliveryIntent, DeliveryState, EventContext, SubscriptionRef, Verdict};
+    let sub = SubscriptionRef {
+        id: 1,
+        name: "main".into(),
+    };
+    let intent = DeliveryIntent {
+        subscription_id: 1,
+        subscription: "main".into(),
+        recipient: "la-social-care-c".into(),
+        sequence: 1,
+        event_id: "att-1".into(),
+        attempt: 1,
+        delivery_id: "1.1.1".into(),
+        context: EventContext::new(
+            "school-b",
+            "education.attendance_concern",
+            &attendance("att-1"),
+            None,
+        ),
+        notice: false,
+        expires_at: None,
+    };
+    let mut given = given::sharing();
+    given.push(given::publish("att-1"));
+    given.push(Command::Deliver {
+        intents: vec![intent.clone()],
+    });
+    let (mut m, mut store) = prepared(given);
+    let actor = principal(Role::Agency, "la-social-care-c");
+    let mut draft = m.begin();
+    let now = Micros(T0 + 5_000_000);
+    let ack = Command::Ack {
+        actor: actor.clone(),
+        subscription: sub.clone(),
+        acks: vec![AckIntent {
+            sequence: 1,
+            event_id: "att-1".into(),
+            delivery_id: "1.1.1".into(),
+            attempts: 1,
+            delivered_at: Micros(T0),
+            nhs_number: CHILD.into(),
+        }],
+        floor: Some(2),
+    };
+    m.apply(&mut draft, now, ack, &store).unwrap();
+    let seek = Command::Seek {
+        actor,
+        subscription: sub,
+        target: 1,
+    };
+    m.apply(&mut draft, now, seek, &store).unwrap();
+    let sealed = m.seal(draft);
+    assert!(sealed.batch.deliveries.is_empty(), "{:?}", sealed.batch);
+    store.commit(&sealed.batch);
+    let mut draft = m.begin();
+    let reply = m
+        .apply(
+            &mut draft,
+            now,
+            Command::Deliver {
+                intents: vec![DeliveryIntent {
+                    attempt: 1,
+                    ..intent
+                }],
+            },
+            &store,
+        )
+        .unwrap();
+    assert!(
+        matches!(&reply, Reply::Verdicts(v) if matches!(v[0], Verdict::Shared(_))),
+        "{reply:?}"
+    );
+    assert_eq!(draft.batch.deliveries[0].state(), DeliveryState::Delivered);
+}

@@ -172,7 +172,7 @@ fn delivery() {
         Case {
             name: "ack after the subscription was deleted records nothing",
             given: and(and(published(), deliver(intent(1, false, None))), delete),
-            when: ack,
+            when: ack.clone(),
             expect: Expect::Applied(vec![], |_, b, _| b.is_empty()),
         },
         Case {
@@ -191,6 +191,59 @@ fn delivery() {
             }),
         },
         Case {
+            name: "a delivery already acknowledged (through another stream or replica) is not sent again",
+            given: and(
+                and(published(), deliver(intent(1, false, None))),
+                ack.clone(),
+            ),
+            when: deliver(intent(1, false, None)),
+            expect: Expect::Applied(vec![], |r, b, _| {
+                matches!(verdict(r), Some(Verdict::Stopped(why)) if why == "already settled")
+                    && b.is_empty()
+            }),
+        },
+        Case {
+            name: "after a seek, an acknowledged delivery is sent again",
+            given: and(
+                and(
+                    and(published(), deliver(intent(1, false, None))),
+                    ack.clone(),
+                ),
+                seek(1),
+            ),
+            when: deliver(intent(1, false, None)),
+            expect: Expect::Applied(vec![K::EventDelivered], |r, b, _| {
+                matches!(verdict(r), Some(Verdict::Shared(_)))
+                    && one_record(b, DeliveryState::Delivered, 2)
+            }),
+        },
+        Case {
+            name: "an ack of a delivery that is not out (never sent) records nothing",
+            given: published(),
+            when: ack.clone(),
+            expect: Expect::Applied(vec![], |_, b, _| b.is_empty()),
+        },
+        Case {
+            name: "an ack decided before a seek, applied after it, records nothing and keeps the floor",
+            given: and(and(published(), deliver(intent(1, false, None))), seek(1)),
+            when: ack.clone(),
+            expect: Expect::Applied(vec![], |_, b, _| b.is_empty()),
+        },
+        Case {
+            name: "an ack of another attempt than the one out records nothing",
+            given: and(published(), deliver(intent(1, false, None))),
+            when: Command::Ack {
+                actor: agency("la-social-care-c"),
+                subscription: main_ref(),
+                acks: vec![AckIntent {
+                    attempts: 1,
+                    ..settled(1)
+                }],
+                floor: Some(2),
+            },
+            expect: Expect::Applied(vec![], |_, b, _| b.is_empty()),
+        },
+        Case {
             name: "purge of a deleted subscription's records",
             given: published(),
             when: Command::PurgeDeliveries {
@@ -199,6 +252,14 @@ fn delivery() {
             expect: Expect::Applied(vec![], |_, b, _| b.purge_deliveries == vec![1]),
         },
     ]);
+}
+
+fn seek(target: u64) -> Command {
+    Command::Seek {
+        actor: agency("la-social-care-c"),
+        subscription: main_ref(),
+        target,
+    }
 }
 
 fn end_agreement() -> Command {
