@@ -15,7 +15,8 @@ B="$target/release/caseshare-bench --embedded --data-dir $data"
 run() {
   local name=$1; shift
   echo "### $name: $* (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/log.txt"
-  $B "$@" --json-out "$out/$name.json" 2>&1 | tee -a "$out/log.txt"
+  $B "$@" --json-out "$out/$name.json" 2>&1 | tee -a "$out/log.txt" ||
+    echo "### $name FAILED" | tee -a "$out/log.txt"
 }
 git log -1 --format='commit %h %cd' | tee "$out/log.txt"
 # (1) pipelined publish rate, one subscriber.

@@ -264,7 +264,12 @@ async fn measure_nats(
         let started = Instant::now();
         loop {
             match stream.create_consumer(config.clone()).await {
-                Ok(_) => break,
+                Ok(mut c) => {
+                    // Pulls before the consumer's own leader is elected
+                    // get "no responders".
+                    wait_consumer_leader(&mut c, replicas, &name).await?;
+                    break;
+                }
                 Err(e) if started.elapsed() < STREAM_READY => {
                     writeln!(out, "nats: consumer {name} not created yet ({e}); retrying")?;
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -328,6 +333,38 @@ async fn measure_nats(
         cpu_secs: cpu,
         cpu_us_per_event: cpu * 1e6 / args.events as f64,
     })
+}
+
+/// Waits until a consumer of an R`replicas` stream has a leader.
+async fn wait_consumer_leader(
+    c: &mut consumer::PullConsumer,
+    replicas: usize,
+    name: &str,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let led = match c.info().await {
+            Ok(info) => {
+                replicas == 1
+                    || info
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.leader.as_ref())
+                        .is_some()
+            }
+            Err(_) => false,
+        };
+        if led {
+            return Ok(());
+        }
+        if started.elapsed() > STREAM_READY {
+            bail!(
+                "consumer {name} had no leader within {} s",
+                STREAM_READY.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One publisher: JetStream publishes, acks awaited one at a time or

@@ -78,6 +78,16 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
             s.mean_commit_ms,
             s.writer_busy_fraction * 100.0
         )?;
+        if s.journal_applied > 0.0 {
+            writeln!(
+                out,
+                "  journal   {:.0} messages applied ({:.0}/s), {:.0} proposed by this replica; {:.1} events per applied message",
+                s.journal_applied,
+                s.journal_applied / r.elapsed_secs.max(1e-9),
+                s.journal_proposals,
+                r.publish.events as f64 / s.journal_applied
+            )?;
+        }
     }
     writeln!(
         out,

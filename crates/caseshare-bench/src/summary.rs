@@ -106,6 +106,11 @@ pub struct ServerFigures {
     pub deliveries: f64,
     /// Acks recorded.
     pub acks: f64,
+    /// Cluster mode: journal messages this replica appended.
+    pub journal_proposals: f64,
+    /// Cluster mode: journal messages this replica applied (every
+    /// replica's; one local commit each).
+    pub journal_applied: f64,
 }
 
 /// One measured run.
