@@ -32,6 +32,18 @@ pub enum PublishMode {
     Unary,
 }
 
+/// The NATS servers' `sync_interval` in a cluster the bench starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsSync {
+    /// `sync_interval: always`: every message fsynced before it is
+    /// acknowledged (so an acknowledgement means fsynced on a majority).
+    Always,
+    /// The server's default (a sync every two minutes): acknowledged from
+    /// the page cache.
+    Default,
+}
+
 /// `caseshare-bench` options.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -130,6 +142,46 @@ pub struct BenchArgs {
     /// Give up when a subscriber or publisher waits this long for anything.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// With `--embedded`, `--target nats|both`: start a JetStream cluster of
+    /// this many `nats-server` nodes on loopback (the test kit's
+    /// `NatsCluster`) and give the bench stream as many replicas (3 = R3);
+    /// 0 = one `nats-server -js` and an R1 stream.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
+    pub nats_cluster: u32,
+    /// `sync_interval` of the NATS clusters the bench starts (`--nats-cluster`,
+    /// `--cluster`).
+    #[arg(long, value_enum, default_value_t = NatsSync::Always)]
+    pub nats_sync: NatsSync,
+    /// With `--embedded`, `--target caseshare|both`: measure Caseshare in
+    /// cluster mode: a 3-node JetStream cluster (`--nats-sync`) and this many
+    /// broker replicas, each a `caseshare serve` process
+    /// (`CASESHARE_STORE_BACKEND=nats`; the `caseshare` binary next to this
+    /// one, or `$CASESHARE_BIN`); 0 = one embedded broker in-process.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
+    pub cluster: u32,
+    /// With `--cluster`: the replica the publishers and the admin set-up
+    /// talk to.
+    #[arg(long, default_value_t = 0)]
+    pub publish_replica: u32,
+    /// With `--cluster`: the replica the subscribers talk to (default: 1 with
+    /// two or more replicas, else 0).
+    #[arg(long)]
+    pub subscribe_replica: Option<u32>,
+    /// Measure the time without writes after a stream leader is killed
+    /// instead of the workload: one publisher, one publish at a time at
+    /// `--rate` (default 200/s), each retried under the same event id (the
+    /// same `Nats-Msg-Id` for NATS) until acknowledged; after
+    /// `--kill-after-secs` the JetStream leader of the stream (for Caseshare
+    /// its journal) is SIGKILLed. Needs `--nats-cluster` or `--cluster`.
+    #[arg(long)]
+    pub failover: bool,
+    /// With `--failover`: seconds of steady publishing before the kill.
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_after_secs: f64,
+    /// With `--failover`: how long one publish attempt waits for its
+    /// acknowledgement before it is sent again, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub attempt_timeout_ms: u64,
 }
 
 impl BenchArgs {
@@ -140,6 +192,44 @@ impl BenchArgs {
         } else {
             PublishMode::Stream
         }
+    }
+
+    /// The replica subscribers talk to in cluster mode.
+    pub(crate) fn subscribe_replica(&self) -> u32 {
+        self.subscribe_replica
+            .unwrap_or(if self.cluster >= 2 { 1 } else { 0 })
+    }
+
+    /// Refuses flag combinations that cannot be measured.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let caseshare = matches!(self.target, Target::Caseshare | Target::Both);
+        let nats = matches!(self.target, Target::Nats | Target::Both);
+        if (self.cluster > 0 || self.nats_cluster > 0) && !self.embedded {
+            return Err(
+                "--cluster and --nats-cluster start what they measure: add --embedded".into(),
+            );
+        }
+        if self.cluster > 0
+            && (self.publish_replica >= self.cluster || self.subscribe_replica() >= self.cluster)
+        {
+            return Err(format!(
+                "--publish-replica and --subscribe-replica must name one of the {} replicas (0..{})",
+                self.cluster,
+                self.cluster - 1
+            ));
+        }
+        if self.failover {
+            if caseshare && self.cluster == 0 {
+                return Err("--failover against Caseshare needs --cluster N".into());
+            }
+            if nats && self.nats_cluster < 3 {
+                return Err("--failover against NATS needs --nats-cluster 3 (or more)".into());
+            }
+            if !(self.kill_after_secs > 0.0 && self.kill_after_secs.is_finite()) {
+                return Err("--kill-after-secs must be a positive number".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -168,6 +258,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use clap::Parser;
 
     use super::testing::{Cli, parse};
@@ -188,5 +279,42 @@ mod tests {
         assert_eq!(parse(&["--embedded"]).mode(), PublishMode::Stream);
         assert!(Cli::try_parse_from(["bench", "--stream", "--unary"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--embedded", "--server", "https://x"]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let a = parse(&[
+            "--embedded",
+            "--target",
+            "both",
+            "--cluster",
+            "2",
+            "--nats-cluster",
+            "3",
+        ]);
+        assert_eq!(a.subscribe_replica(), 1);
+        assert_eq!(a.nats_sync, NatsSync::Always);
+        assert!(a.check().is_ok());
+        assert_eq!(
+            parse(&["--embedded", "--cluster", "1"]).subscribe_replica(),
+            0
+        );
+        let bad = parse(&["--embedded", "--cluster", "2", "--subscribe-replica", "2"]);
+        assert!(bad.check().unwrap_err().contains("0..1"));
+        assert!(parse(&["--cluster", "2"]).check().is_err());
+        let f = parse(&["--embedded", "--target", "nats", "--failover"]);
+        assert!(f.check().unwrap_err().contains("--nats-cluster 3"));
+        let f = parse(&[
+            "--embedded",
+            "--target",
+            "nats",
+            "--failover",
+            "--nats-cluster",
+            "3",
+            "--nats-sync",
+            "default",
+        ]);
+        assert!(f.check().is_ok());
+        assert_eq!(f.nats_sync, NatsSync::Default);
     }
 }

@@ -271,6 +271,8 @@ pub(crate) fn server_figures(
         records_per_event: per(records, published),
         deliveries: d("caseshare_deliveries_total"),
         acks: d("caseshare_acks_total"),
+        journal_proposals: d("caseshare_journal_proposals_total"),
+        journal_applied: d("caseshare_journal_applied_sequence"),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::broker::{
     EmbeddedBroker, Endpoints, endpoints_embedded, endpoints_remote, scrape, server_figures,
     setup_broker, status, teardown_broker,
 };
+use crate::cluster::CaseshareCluster;
 use crate::machine::cpu_secs;
 use crate::measure::{
     AckPolicy, Clock, PubResult, PubSpec, SubResult, SubSpec, collect, histogram, record_ns,
@@ -24,8 +25,22 @@ use crate::summary::RunSummary;
 use crate::workload::Workload;
 use crate::{AGREEMENT_ID, BenchArgs, PublishMode, SUBSCRIBER_AGENCY};
 
-/// Measures the broker, embedded or at `--server`.
+/// Measures the broker: embedded (one in-process broker, or with
+/// `--cluster N` N replicas in cluster mode) or at `--server`.
 pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<RunSummary> {
+    if args.embedded && args.cluster > 0 {
+        writeln!(
+            out,
+            "caseshare: starting cluster mode ({} replicas, 3 NATS nodes)",
+            args.cluster
+        )?;
+        let cluster = CaseshareCluster::start(args, out).await?;
+        let endpoints = cluster.endpoints(args)?;
+        let result = measure_caseshare(args, &endpoints, &cluster.pids(), out).await;
+        // Kills the replicas, then the NATS nodes (SIGKILL and reap).
+        tokio::task::block_in_place(|| drop(cluster));
+        return result;
+    }
     let embedded = if args.embedded {
         writeln!(out, "caseshare: starting an embedded broker")?;
         Some(EmbeddedBroker::start(args).await?)
@@ -37,7 +52,7 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
         (None, Some(server)) => endpoints_remote(args, server)?,
         (None, None) => bail!("--target caseshare needs --embedded or --server URL"),
     };
-    let result = measure_caseshare(args, &endpoints, out).await;
+    let result = measure_caseshare(args, &endpoints, &[], out).await;
     if let Some(b) = embedded {
         let stopped = b.stop().await;
         if result.is_ok() {
@@ -51,6 +66,7 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
 async fn measure_caseshare(
     args: &BenchArgs,
     e: &Endpoints,
+    server_pids: &[u32],
     out: &mut impl std::io::Write,
 ) -> Result<RunSummary> {
     let w = Arc::new(Workload::new(args)?);
@@ -76,7 +92,15 @@ async fn measure_caseshare(
         Some(ops) => Some(scrape(ops).await?),
         None => None,
     };
-    let cpu_before = cpu_secs("self");
+    // This process (and an in-process broker), and the cluster's processes.
+    let all_cpu = || -> f64 {
+        cpu_secs("self")
+            + server_pids
+                .iter()
+                .map(|p| cpu_secs(&p.to_string()))
+                .sum::<f64>()
+    };
+    let cpu_before = all_cpu();
     writeln!(
         out,
         "caseshare: publishing {} events with {} publisher(s)",
@@ -94,7 +118,7 @@ async fn measure_caseshare(
         });
     }
     let collected = collect(args, publishers, subscribers, start_ns).await?;
-    let cpu = cpu_secs("self") - cpu_before;
+    let cpu = all_cpu() - cpu_before;
     let server = match (&e.ops, before) {
         (Some(ops), Some(before)) => {
             let after = scrape(ops).await?;

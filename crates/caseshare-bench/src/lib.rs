@@ -26,19 +26,31 @@
 //! itself: the broker in-process on a temporary data directory, and
 //! `nats-server -js` on loopback on another.
 //!
+//! Cluster measurements (issue 15) start real processes through the test
+//! kit: `--nats-cluster N` measures JetStream on an N-node cluster with an
+//! R`N` stream, `--cluster N` measures Caseshare in cluster mode (a 3-node
+//! JetStream cluster and N `caseshare serve` replicas; publishers on
+//! `--publish-replica`, subscribers on `--subscribe-replica`), both with
+//! `--nats-sync always|default`; `--failover` measures instead the time
+//! without writes when the stream's JetStream leader is SIGKILLed.
+//!
 //! Modules, by what each owns: `args` (the flags), `summary` (the figures
 //! and the `--json-out` keys), `print` (the readable summary), `workload`
 //! (the events), `measure` (clock, histograms, schedule, publisher and
 //! subscriber specs, collecting results), `machine` (CPU and memory
 //! figures), `broker` (an embedded broker, endpoints, setup and `/metrics`),
-//! `caseshare` (publishers and subscribers against the broker) and `nats`
-//! (the same against JetStream).
+//! `caseshare` (publishers and subscribers against the broker), `nats`
+//! (the same against JetStream), `cluster` (the NATS clusters and broker
+//! replicas the bench starts, killing a stream leader) and `failover`
+//! (the time without writes after that kill).
 
 use anyhow::{Context, Result, bail};
 
 mod args;
 mod broker;
 mod caseshare;
+mod cluster;
+mod failover;
 mod machine;
 mod measure;
 mod nats;
@@ -46,12 +58,13 @@ mod print;
 mod summary;
 mod workload;
 
-pub use args::{BenchArgs, PublishMode, Target};
+pub use args::{BenchArgs, NatsSync, PublishMode, Target};
 pub use summary::{
-    DeliveryFigures, Latency, Machine, PublishFigures, Ratios, RunSummary, ServerFigures, Summary,
+    DeliveryFigures, FailoverRun, Latency, Machine, PublishFigures, Ratios, RunSummary,
+    ServerFigures, Summary,
 };
 
-use print::{print_ratios, print_run};
+use print::{print_failover, print_ratios, print_run};
 use summary::ratios;
 
 /// The agency that publishes.
@@ -73,6 +86,9 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be 0 (as fast as possible) or a positive number of events/s");
     }
+    if let Err(e) = args.check() {
+        bail!("{e}");
+    }
     let machine = machine::machine();
     writeln!(
         out,
@@ -80,12 +96,18 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
         machine.nproc, machine.cpu_model, machine.mem_gib, machine.loadavg_at_start
     )?;
     let mut runs = Vec::new();
-    if matches!(args.target, Target::Caseshare | Target::Both) {
+    let mut failovers = Vec::new();
+    if args.failover {
+        failovers = failover::run(&args, out).await?;
+        for r in &failovers {
+            print_failover(out, r)?;
+        }
+    } else if matches!(args.target, Target::Caseshare | Target::Both) {
         let r = caseshare::run(&args, out).await?;
         print_run(out, &r)?;
         runs.push(r);
     }
-    if matches!(args.target, Target::Nats | Target::Both) {
+    if !args.failover && matches!(args.target, Target::Nats | Target::Both) {
         let r = nats::run(&args, out).await?;
         print_run(out, &r)?;
         runs.push(r);
@@ -104,6 +126,7 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
         machine,
         runs,
         ratios,
+        failover: failovers,
     };
     if let Some(path) = &args.json_out {
         let text = serde_json::to_string_pretty(&summary)?;

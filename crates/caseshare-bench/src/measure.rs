@@ -60,7 +60,7 @@ pub(crate) struct Schedule {
 impl Schedule {
     /// Publisher `publisher`'s schedule from `start`, with `--rate` spread
     /// evenly over the publishers.
-    fn new(args: &BenchArgs, start: tokio::time::Instant, publisher: u32) -> Self {
+    pub(crate) fn new(args: &BenchArgs, start: tokio::time::Instant, publisher: u32) -> Self {
         if args.rate > 0.0 {
             let per = args.rate / f64::from(args.publishers);
             let interval = 1.0 / per;

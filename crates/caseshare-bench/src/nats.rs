@@ -1,17 +1,21 @@
 //! Measuring NATS JetStream with the same workload: a `nats-server -js`
-//! started for the bench ([`EmbeddedNats`]) or a running one, a file-backed
-//! stream with one durable pull consumer per subscriber (explicit acks),
-//! and the run's summary.
+//! started for the bench ([`EmbeddedNats`]), a cluster of them
+//! (`--nats-cluster N`, the test kit's `NatsCluster`, with an R`N` stream)
+//! or a running server; a file-backed stream with one durable pull
+//! consumer per subscriber (explicit acks), and the run's summary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use async_nats::jetstream::{self, consumer, stream};
 use caseshare_proto::v1 as pb;
+use caseshare_testkit::NatsCluster;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use crate::cluster::{nats_label, nats_pids, start_nats};
 use crate::machine::cpu_secs;
 use crate::measure::{
     Clock, PubResult, PubSpec, SubResult, SubSpec, collect, histogram, record_ns,
@@ -20,8 +24,11 @@ use crate::summary::RunSummary;
 use crate::workload::Workload;
 use crate::{BenchArgs, PublishMode};
 
+/// How long a new stream (or consumer) may take to get a leader.
+const STREAM_READY: Duration = Duration::from_secs(30);
+
 /// A `nats-server -js` started for the bench.
-struct EmbeddedNats {
+pub(crate) struct EmbeddedNats {
     child: tokio::process::Child,
     _dir: tempfile::TempDir,
     url: String,
@@ -84,82 +91,200 @@ impl EmbeddedNats {
     }
 }
 
-/// A NATS connection.
-async fn nats_connect(url: &str) -> Result<async_nats::Client> {
-    async_nats::connect(url)
+/// A NATS connection to any of `urls`.
+pub(crate) async fn nats_connect(urls: &[String]) -> Result<async_nats::Client> {
+    async_nats::connect(urls.to_vec())
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+        .with_context(|| format!("connecting to NATS at {}", urls.join(",")))
 }
 
-/// Measures JetStream, embedded or at `--nats-url`.
+/// What the bench started to measure NATS.
+pub(crate) enum NatsServers {
+    /// One `nats-server -js`.
+    Single(EmbeddedNats),
+    /// A JetStream cluster (`--nats-cluster`).
+    Cluster(NatsCluster),
+}
+
+impl NatsServers {
+    /// Starts one server or, with `--nats-cluster N`, a cluster of N.
+    pub(crate) async fn start(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<Self> {
+        if args.nats_cluster > 0 {
+            let c = start_nats(args.nats_cluster as usize, args.nats_sync).await?;
+            writeln!(out, "nats: started {}", nats_label(&c, args.nats_sync))?;
+            Ok(NatsServers::Cluster(c))
+        } else {
+            writeln!(out, "nats: starting {} -js", args.nats_server_bin.display())?;
+            Ok(NatsServers::Single(EmbeddedNats::start(args).await?))
+        }
+    }
+
+    /// Client URLs.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        match self {
+            NatsServers::Single(n) => vec![n.url.clone()],
+            NatsServers::Cluster(c) => c.urls(),
+        }
+    }
+
+    fn label(&self, args: &BenchArgs) -> String {
+        match self {
+            NatsServers::Single(n) => format!("embedded nats-server {}", n.url),
+            NatsServers::Cluster(c) => format!("R{}; {}", c.len(), nats_label(c, args.nats_sync)),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            NatsServers::Single(n) => n.pid().into_iter().collect(),
+            NatsServers::Cluster(c) => nats_pids(c),
+        }
+    }
+
+    /// Replicas the bench stream gets: one per node.
+    fn replicas(&self) -> usize {
+        match self {
+            NatsServers::Single(_) => 1,
+            NatsServers::Cluster(c) => c.len(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            NatsServers::Single(n) => n.stop().await,
+            // Kills every node (SIGKILL and reap) and deletes the stores.
+            NatsServers::Cluster(c) => tokio::task::block_in_place(|| drop(c)),
+        }
+    }
+}
+
+/// Measures JetStream, embedded (one server or a cluster) or at `--nats-url`.
 pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<RunSummary> {
-    let embedded = if args.embedded {
-        writeln!(out, "nats: starting {} -js", args.nats_server_bin.display())?;
-        Some(EmbeddedNats::start(args).await?)
+    let servers = if args.embedded {
+        Some(NatsServers::start(args, out).await?)
     } else {
         None
     };
-    let (url, label) = match &embedded {
-        Some(n) => (n.url.clone(), format!("embedded nats-server {}", n.url)),
-        None => (args.nats_url.clone(), args.nats_url.clone()),
+    let (urls, label, pids, replicas) = match &servers {
+        Some(s) => (s.urls(), s.label(args), s.pids(), s.replicas()),
+        None => (
+            vec![args.nats_url.clone()],
+            args.nats_url.clone(),
+            vec![],
+            1,
+        ),
     };
-    let server_pid = embedded.as_ref().and_then(EmbeddedNats::pid);
-    let result = measure_nats(args, &url, label, server_pid, out).await;
-    if let Some(n) = embedded {
-        n.stop().await;
+    let result = measure_nats(args, &urls, label, &pids, replicas, out).await;
+    if let Some(s) = servers {
+        s.stop().await;
     }
     result
+}
+
+/// Creates a file-storage stream on `subjects` with `replicas` replicas
+/// and waits until it has a leader.
+pub(crate) async fn create_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: Vec<String>,
+    replicas: usize,
+) -> Result<stream::Stream> {
+    let mut stream = js
+        .create_stream(stream::Config {
+            name: name.to_string(),
+            subjects,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("creating stream {name}: {e}"))?;
+    let started = Instant::now();
+    loop {
+        let led = match stream.info().await {
+            Ok(info) => {
+                replicas == 1
+                    || info
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.leader.as_ref())
+                        .is_some()
+            }
+            Err(_) => false,
+        };
+        if led {
+            return Ok(stream);
+        }
+        if started.elapsed() > STREAM_READY {
+            bail!(
+                "stream {name} had no leader within {} s",
+                STREAM_READY.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Creates the stream and consumers, runs the workload and deletes the stream.
 async fn measure_nats(
     args: &BenchArgs,
-    url: &str,
+    urls: &[String],
     label: String,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
+    replicas: usize,
     out: &mut impl std::io::Write,
 ) -> Result<RunSummary> {
-    use async_nats::jetstream::{self, consumer, stream};
     let w = Arc::new(Workload::new(args)?);
     let stream_name = format!("CSBENCH_{}", w.prefix);
     let subject_root = format!("csbench.{}", w.prefix);
-    let js = jetstream::new(nats_connect(url).await?);
+    let js = jetstream::new(nats_connect(urls).await?);
     writeln!(
         out,
-        "nats: creating stream {stream_name} (file storage, R1) and {} durable pull consumer(s) (explicit ack)",
+        "nats: creating stream {stream_name} (file storage, R{replicas}) and {} durable pull consumer(s) (explicit ack)",
         args.subscribers
     )?;
-    let stream = js
-        .create_stream(stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![format!("{subject_root}.>")],
-            storage: stream::StorageType::File,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow!("creating stream {stream_name}: {e}"))?;
+    let stream = create_stream(
+        &js,
+        &stream_name,
+        vec![format!("{subject_root}.>")],
+        replicas,
+    )
+    .await?;
     let mut consumers = Vec::new();
     for i in 0..args.subscribers {
         let name = format!("sub-{i}");
-        let _: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                deliver_policy: consumer::DeliverPolicy::All,
-                max_ack_pending: i64::from(args.max_outstanding),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("creating consumer {name}: {e}"))?;
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::All,
+            max_ack_pending: i64::from(args.max_outstanding),
+            ..Default::default()
+        };
+        // A new consumer of a replicated stream elects its own leader.
+        let started = Instant::now();
+        loop {
+            match stream.create_consumer(config.clone()).await {
+                Ok(mut c) => {
+                    // Pulls before the consumer's own leader is elected
+                    // get "no responders".
+                    wait_consumer_leader(&mut c, replicas, &name).await?;
+                    break;
+                }
+                Err(e) if started.elapsed() < STREAM_READY => {
+                    writeln!(out, "nats: consumer {name} not created yet ({e}); retrying")?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => bail!("creating consumer {name}: {e}"),
+            }
+        }
         consumers.push(name);
     }
     let clock = Clock::start();
-    let pid_cpu = |pid: Option<u32>| pid.map_or(0.0, |p| cpu_secs(&p.to_string()));
-    let cpu_before = cpu_secs("self") + pid_cpu(server_pid);
+    let servers_cpu = || -> f64 { server_pids.iter().map(|p| cpu_secs(&p.to_string())).sum() };
+    let cpu_before = cpu_secs("self") + servers_cpu();
     let mut subscribers = Vec::new();
     for c in consumers {
-        let client = nats_connect(url).await?;
+        let client = nats_connect(urls).await?;
         subscribers.push(tokio::spawn(nats_subscribe(
             client,
             stream_name.clone(),
@@ -175,7 +300,7 @@ async fn measure_nats(
     let start = tokio::time::Instant::now();
     let mut publishers = Vec::new();
     for p in 0..args.publishers {
-        let client = nats_connect(url).await?;
+        let client = nats_connect(urls).await?;
         let js = jetstream::ContextBuilder::new()
             .max_ack_inflight(args.window as usize)
             .build(client);
@@ -184,7 +309,7 @@ async fn measure_nats(
         publishers.push(tokio::spawn(nats_publish(js, subject, spec)));
     }
     let collected = collect(args, publishers, subscribers, start_ns).await;
-    let cpu = cpu_secs("self") + pid_cpu(server_pid) - cpu_before;
+    let cpu = cpu_secs("self") + servers_cpu() - cpu_before;
     let deleted = js.delete_stream(&stream_name).await;
     let collected = collected?;
     deleted.map_err(|e| anyhow!("deleting stream {stream_name}: {e}"))?;
@@ -208,6 +333,38 @@ async fn measure_nats(
         cpu_secs: cpu,
         cpu_us_per_event: cpu * 1e6 / args.events as f64,
     })
+}
+
+/// Waits until a consumer of an R`replicas` stream has a leader.
+async fn wait_consumer_leader(
+    c: &mut consumer::PullConsumer,
+    replicas: usize,
+    name: &str,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let led = match c.info().await {
+            Ok(info) => {
+                replicas == 1
+                    || info
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.leader.as_ref())
+                        .is_some()
+            }
+            Err(_) => false,
+        };
+        if led {
+            return Ok(());
+        }
+        if started.elapsed() > STREAM_READY {
+            bail!(
+                "consumer {name} had no leader within {} s",
+                STREAM_READY.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One publisher: JetStream publishes, acks awaited one at a time or

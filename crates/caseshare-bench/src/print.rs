@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::PublishMode;
-use crate::summary::{Latency, Ratios, RunSummary};
+use crate::summary::{FailoverRun, Latency, Ratios, RunSummary};
 
 /// The percentiles of one latency, on one line.
 fn fmt_latency(l: &Latency) -> String {
@@ -78,6 +78,16 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
             s.mean_commit_ms,
             s.writer_busy_fraction * 100.0
         )?;
+        if s.journal_applied > 0.0 {
+            writeln!(
+                out,
+                "  journal   {:.0} messages applied ({:.0}/s), {:.0} proposed by this replica; {:.1} events per applied message",
+                s.journal_applied,
+                s.journal_applied / r.elapsed_secs.max(1e-9),
+                s.journal_proposals,
+                r.publish.events as f64 / s.journal_applied
+            )?;
+        }
     }
     writeln!(
         out,
@@ -106,5 +116,46 @@ pub(crate) fn print_ratios(out: &mut impl std::io::Write, r: &Ratios) -> Result<
         x(r.delivery_p50),
         x(r.delivery_p99)
     )?;
+    Ok(())
+}
+
+/// Prints one `--failover` run.
+pub(crate) fn print_failover(out: &mut impl std::io::Write, r: &FailoverRun) -> Result<()> {
+    writeln!(
+        out,
+        "== failover {} ({}): {} events at {}/s one at a time, {} attempts, {} answered as duplicates",
+        r.target, r.endpoint, r.events, r.rate, r.attempts, r.duplicates
+    )?;
+    let election = r
+        .election_secs
+        .map_or_else(|| "none agreed within 60 s".into(), |s| format!("{s:.2} s"));
+    writeln!(
+        out,
+        "  killed {} (stream leader) at {:.2} s; new stream leader agreed after {election}",
+        r.killed_node, r.kill_at_secs
+    )?;
+    let next = r
+        .kill_to_next_ack_ms
+        .map_or_else(|| "none".into(), |ms| format!("{ms:.0} ms"));
+    writeln!(
+        out,
+        "  time without writes (longest gap between acks) {:.0} ms, starting {:.0} ms after the kill; kill → next ack {next}; longest gap before the kill {:.1} ms",
+        r.longest_gap_ms, r.longest_gap_starts_after_kill_ms, r.longest_gap_before_kill_ms
+    )?;
+    writeln!(
+        out,
+        "  send→ack (retries included) {}",
+        fmt_latency(&r.latency)
+    )?;
+    if let Some(stored) = r.stored {
+        writeln!(
+            out,
+            "  messages in the stream afterwards: {stored} (acknowledged: {})",
+            r.events
+        )?;
+    }
+    for e in &r.first_errors {
+        writeln!(out, "  retried after: {e}")?;
+    }
     Ok(())
 }

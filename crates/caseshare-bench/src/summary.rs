@@ -106,6 +106,11 @@ pub struct ServerFigures {
     pub deliveries: f64,
     /// Acks recorded.
     pub acks: f64,
+    /// Cluster mode: journal messages this replica appended.
+    pub journal_proposals: f64,
+    /// Cluster mode: journal messages this replica applied (every
+    /// replica's; one local commit each).
+    pub journal_applied: f64,
 }
 
 /// One measured run.
@@ -182,6 +187,46 @@ pub struct Ratios {
     pub cpu_per_event: Option<f64>,
 }
 
+/// One `--failover` run: writes while a stream leader is SIGKILLed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverRun {
+    /// `caseshare` or `nats`.
+    pub target: String,
+    /// What was measured (replicas, nodes, sync setting).
+    pub endpoint: String,
+    /// Events per second the publisher was paced at (one at a time).
+    pub rate: f64,
+    /// Events acknowledged (every event sent, in the end).
+    pub events: u64,
+    /// Publish attempts, retries included.
+    pub attempts: u64,
+    /// Acknowledgements answered as a duplicate of an earlier attempt.
+    pub duplicates: u64,
+    /// The node SIGKILLed (`n0`, `n1`, …): the stream's leader.
+    pub killed_node: String,
+    /// When, seconds after the publisher started.
+    pub kill_at_secs: f64,
+    /// How long the surviving nodes took to agree on a new stream leader
+    /// (from their monitoring endpoints), seconds.
+    pub election_secs: Option<f64>,
+    /// **Time without writes**: the longest gap between two consecutive
+    /// acknowledgements, ms.
+    pub longest_gap_ms: f64,
+    /// Where that gap began, relative to the kill, ms (negative: before).
+    pub longest_gap_starts_after_kill_ms: f64,
+    /// The longest gap before the kill (the noise floor), ms.
+    pub longest_gap_before_kill_ms: f64,
+    /// From the kill to the next acknowledgement, ms.
+    pub kill_to_next_ack_ms: Option<f64>,
+    /// Send of an event → its acknowledgement (retries included).
+    pub latency: Latency,
+    /// The first few errors attempts got (retried).
+    pub first_errors: Vec<String>,
+    /// Messages in the stream afterwards (NATS only: equal to `events`
+    /// means nothing acknowledged was lost and no retry was stored twice).
+    pub stored: Option<u64>,
+}
+
 /// What `run` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -191,6 +236,8 @@ pub struct Summary {
     pub runs: Vec<RunSummary>,
     /// Caseshare ÷ NATS, with `--target both`.
     pub ratios: Option<Ratios>,
+    /// `--failover` runs (then `runs` is empty).
+    pub failover: Vec<FailoverRun>,
 }
 
 /// Caseshare ÷ NATS for the same workload.
