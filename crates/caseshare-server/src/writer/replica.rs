@@ -26,14 +26,14 @@
 //! batch elsewhere than the batch says) stops the applier: the replica
 //! goes not-ready and exits; it never skips a message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use caseshare_cluster::{Entry, Journal};
 use caseshare_state::journal::{JournalError, JournalHeader, decode_batch, replay};
-use caseshare_state::{Command, Refusal, Reply, SubscriptionRecord};
+use caseshare_state::{Command, Draft, Refusal, Reply, Sealed, SubscriptionRecord};
 use tokio::sync::mpsc;
 
 use super::commit::{Durable, ToCommit};
@@ -41,6 +41,17 @@ use super::ops::Finisher;
 use super::propose::{Pending, Waiting};
 use super::{Settled, WriterTask, count, settled_count};
 use crate::errors::BrokerError;
+
+/// Most journal messages applied together and committed once.
+const GROUP: usize = 64;
+
+/// Messages being applied into one draft.
+struct Group {
+    draft: Draft,
+    jobs: Vec<(Finisher, Result<Reply, BrokerError>)>,
+    seq_before: u64,
+    last: u64,
+}
 
 /// Journal times remembered for the stale-proposal rule.
 const TIMES_KEPT: usize = 65_536;
@@ -159,7 +170,9 @@ impl Applier {
     }
 
     /// Applies entries until the channel closes or the proposer has
-    /// stopped with nothing of its own left to apply.
+    /// stopped with nothing of its own left to apply. Entries already
+    /// waiting are applied together, up to [`GROUP`], and committed once:
+    /// one local commit (and fsync) for many journal messages.
     pub(super) fn run(mut self, mut entries: mpsc::Receiver<Entry>) -> Result<(), ApplyError> {
         let Some(runtime) = self.task.runtime.clone() else {
             return Err(ApplyError::Message {
@@ -168,11 +181,11 @@ impl Applier {
             });
         };
         let (to_commit, committer) = self.task.start_committer();
-        let result = loop {
+        let result = 'run: loop {
             let next = runtime.block_on(async {
                 tokio::time::timeout(Duration::from_millis(100), entries.recv()).await
             });
-            let entry = match next {
+            let first = match next {
                 Ok(Some(e)) => e,
                 Err(_) => {
                     if self.pending.closed.load(Ordering::SeqCst) && self.pending.is_empty() {
@@ -182,13 +195,26 @@ impl Applier {
                 }
                 Ok(None) => break Ok(()),
             };
-            let sequence = entry.sequence;
-            let job = match self.apply(entry) {
-                Ok(job) => job,
-                Err(reason) => break Err(ApplyError::Message { sequence, reason }),
-            };
-            if to_commit.send(job).is_err() {
-                break Ok(());
+            let mut queue = VecDeque::from([first]);
+            while queue.len() < GROUP {
+                match entries.try_recv() {
+                    Ok(e) => queue.push_back(e),
+                    Err(_) => break,
+                }
+            }
+            // One commit job at a time: lookups while applying see the
+            // batch in commit and the store, so each group is handed over
+            // (and the one before it committed) before the next is applied.
+            while !queue.is_empty() {
+                let job = match self.apply_group(&mut queue) {
+                    Ok(job) => job,
+                    Err((sequence, reason)) => {
+                        break 'run Err(ApplyError::Message { sequence, reason });
+                    }
+                };
+                if to_commit.send(job).is_err() {
+                    break 'run Ok(());
+                }
             }
         };
         drop(to_commit);
@@ -196,86 +222,138 @@ impl Applier {
         result
     }
 
-    /// Applies one message; gives the commit job.
-    fn apply(&mut self, entry: Entry) -> Result<ToCommit, String> {
-        let (header, ops) = decode_batch(&entry.payload).map_err(|e| e.to_string())?;
-        self.remember(entry.sequence, entry.time_micros);
+    /// Applies messages from the front of `queue` into one draft, and gives
+    /// its commit job. A message that names where it applies (a
+    /// migration's base message) is applied on its own: it ends a group
+    /// (left in the queue) or, first, is the whole job.
+    fn apply_group(&mut self, queue: &mut VecDeque<Entry>) -> Result<ToCommit, (u64, String)> {
+        let mut group: Option<Group> = None;
+        while let Some(entry) = queue.pop_front() {
+            let sequence = entry.sequence;
+            let err = |e: String| (sequence, e);
+            let (header, ops) = decode_batch(&entry.payload).map_err(|e| err(e.to_string()))?;
+            let placed = header.before.is_some() || header.after.is_some();
+            if placed && group.is_some() {
+                queue.push_front(entry);
+                break;
+            }
+            self.remember(sequence, entry.time_micros);
+            let (finishers, waited_for) = self.waiting(&header);
+            let stale = self.stale(&header, &entry).map_err(err)?;
+            let seq_before = self.task.machine.counters().next_sequence;
+            let mut g = match group.take() {
+                Some(g) => g,
+                None => Group {
+                    draft: self.task.machine.begin(),
+                    jobs: Vec::new(),
+                    seq_before,
+                    last: sequence,
+                },
+            };
+            g.last = sequence;
+            let n = ops.len();
+            if stale {
+                metrics::counter!("caseshare_journal_stale_refused_total").increment(1);
+                tracing::warn!(
+                    sequence,
+                    origin = ?header.origin,
+                    "refused a stale proposal: its replica had not seen writes stored more \
+                     than stale_after before it"
+                );
+                let replies = (0..n)
+                    .map(|_| {
+                        Err(BrokerError::Unavailable(
+                            "the broker that took this write was paused while others wrote; \
+                             nothing was applied; retry"
+                                .into(),
+                        ))
+                    })
+                    .collect();
+                self.answer(&mut g, replies, finishers, Vec::new(), Vec::new(), waited_for);
+                group = Some(g);
+            } else {
+                let kinds: Vec<Kind> = ops.iter().map(|(_, c)| kind(c)).collect();
+                let settled: Vec<Settled> = ops.iter().map(|(_, c)| settled_count(c)).collect();
+                let lookup = Durable {
+                    store: &*self.task.store,
+                    in_commit: self.task.in_commit.as_deref(),
+                };
+                if placed {
+                    // Applied alone (the group was sealed above): `replay`
+                    // checks where it applies and seals its own draft.
+                    let (sealed, replies) =
+                        replay(&mut self.task.machine, &header, ops, &lookup).map_err(|e| {
+                            err(match e {
+                                JournalError::WrongPosition { .. } => format!(
+                                    "{e}: this journal continues a store this replica does \
+                                     not hold (a store migrated from an embedded broker, or a \
+                                     copied replica's): start this replica from a copy of a \
+                                     stopped replica's data directory (docs/CLUSTER.md, runbook)"
+                                ),
+                                e => e.to_string(),
+                            })
+                        })?;
+                    let replies = replies
+                        .into_iter()
+                        .map(|r: Result<Reply, Refusal>| r.map_err(BrokerError::from))
+                        .collect();
+                    self.answer(&mut g, replies, finishers, kinds, settled, waited_for);
+                    self.pending.applied.store(sequence, Ordering::SeqCst);
+                    metrics::gauge!("caseshare_journal_applied_sequence").set(sequence as f64);
+                    return Ok(self.finish_sealed(sealed, g.jobs, sequence, seq_before));
+                } else {
+                    let mut replies = Vec::with_capacity(n);
+                    for (i, (now, command)) in ops.into_iter().enumerate() {
+                        match self.task.machine.apply(&mut g.draft, now, command, &lookup) {
+                            Err(refusal @ (Refusal::Lookup(_) | Refusal::Corrupt { .. })) => {
+                                return Err(err(
+                                    JournalError::Local { op: i, refusal }.to_string()
+                                ));
+                            }
+                            reply => replies.push(reply.map_err(BrokerError::from)),
+                        }
+                    }
+                    self.answer(&mut g, replies, finishers, kinds, settled, waited_for);
+                    group = Some(g);
+                }
+            }
+            self.pending.applied.store(sequence, Ordering::SeqCst);
+            metrics::gauge!("caseshare_journal_applied_sequence").set(sequence as f64);
+        }
+        match group {
+            Some(g) => Ok(self.seal_group(g)),
+            None => Err((0, "an empty group of journal messages".into())),
+        }
+    }
+
+    /// The finishers this replica's callers wait on for this message, and
+    /// whether any do. A batch nobody waits for here (another replica's,
+    /// an earlier start's, or one whose append was reported failed) tells
+    /// the delivery engine instead.
+    fn waiting(&self, header: &JournalHeader) -> (Vec<Option<Waiting>>, bool) {
         let mine = header
             .origin
             .as_ref()
             .filter(|o| o.replica == self.replica)
             .map(|o| o.batch);
-        // This replica's callers wait for their answers; a batch nobody
-        // waits for here (another replica's, an earlier start's, or one
-        // whose append was reported failed) tells the delivery engine.
         let finishers: Vec<Option<Waiting>> = match mine.and_then(|b| self.pending.take(b)) {
             Some(f) => f.into_iter().map(Some).collect(),
             None => Vec::new(),
         };
         let waited_for = !finishers.is_empty();
-        let n = ops.len();
-        let seq_before = self.task.machine.counters().next_sequence;
-        let stale = self.stale(&header, &entry)?;
-        let (mut sealed, replies, kinds, settled) = if stale {
-            metrics::counter!("caseshare_journal_stale_refused_total").increment(1);
-            tracing::warn!(
-                sequence = entry.sequence,
-                origin = ?header.origin,
-                "refused a stale proposal: its replica had not seen writes stored more than \
-                 stale_after before it"
-            );
-            let draft = self.task.machine.begin();
-            let replies: Vec<Result<Reply, BrokerError>> = (0..n)
-                .map(|_| {
-                    Err(BrokerError::Unavailable(
-                        "the broker that took this write was paused while others wrote; \
-                         nothing was applied; retry"
-                            .into(),
-                    ))
-                })
-                .collect();
-            (
-                self.task.machine.seal(draft),
-                replies,
-                Vec::new(),
-                Vec::new(),
-            )
-        } else {
-            let kinds: Vec<Kind> = ops.iter().map(|(_, c)| kind(c)).collect();
-            let settled: Vec<Settled> = ops.iter().map(|(_, c)| settled_count(c)).collect();
-            let lookup = Durable {
-                store: &*self.task.store,
-                in_commit: self.task.in_commit.as_deref(),
-            };
-            let (sealed, replies) =
-                replay(&mut self.task.machine, &header, ops, &lookup).map_err(|e| match e {
-                    JournalError::WrongPosition { .. } => format!(
-                        "{e}: this journal continues a store this replica does not hold (a \
-                         store migrated from an embedded broker, or a copied replica's): \
-                         start this replica from a copy of a stopped replica's data directory \
-                         (docs/CLUSTER.md, runbook)"
-                    ),
-                    e => e.to_string(),
-                })?;
-            let replies = replies
-                .into_iter()
-                .map(|r: Result<Reply, Refusal>| r.map_err(BrokerError::from))
-                .collect();
-            (sealed, replies, kinds, settled)
-        };
-        sealed.batch.journal_position = Some(entry.sequence);
-        self.pending.applied.store(entry.sequence, Ordering::SeqCst);
-        metrics::gauge!("caseshare_journal_applied_sequence").set(entry.sequence as f64);
-        let mut new_head = None;
-        if !sealed.batch.audit.is_empty() {
-            let (tiles, size, root) = self.task.log.append(&sealed.batch.audit);
-            sealed.batch.tiles = tiles
-                .into_iter()
-                .map(|t| (t.level, t.index, t.data))
-                .collect();
-            new_head = Some((size, root));
-        }
-        let mut jobs: Vec<(Finisher, Result<Reply, BrokerError>)> = Vec::with_capacity(n);
+        (finishers, waited_for)
+    }
+
+    /// Pairs each reply with its caller's finisher, or with a notice.
+    fn answer(
+        &self,
+        g: &mut Group,
+        replies: Vec<Result<Reply, BrokerError>>,
+        finishers: Vec<Option<Waiting>>,
+        kinds: Vec<Kind>,
+        settled: Vec<Settled>,
+        waited_for: bool,
+    ) {
         let mut finishers = finishers.into_iter();
         let mut kinds = kinds.into_iter();
         let mut settled = settled.into_iter();
@@ -288,27 +366,55 @@ impl Applier {
                 Some(Waiting {
                     finish,
                     trace: Some((trace, started)),
-                }) => jobs.push((trace.decided(started, &result, finish), result)),
-                Some(Waiting { finish, .. }) => jobs.push((finish, result)),
+                }) => g.jobs.push((trace.decided(started, &result, finish), result)),
+                Some(Waiting { finish, .. }) => g.jobs.push((finish, result)),
                 None if !waited_for => {
                     if let Some(notice) = self.notice(kind, &result) {
-                        jobs.push((notice, result));
+                        g.jobs.push((notice, result));
                     }
                 }
                 None => {}
             }
         }
+    }
+
+    /// Seals a group: its writes, the journal position of its last
+    /// message, the Merkle tree extended; the commit job.
+    fn seal_group(&mut self, g: Group) -> ToCommit {
+        let sealed = self.task.machine.seal(g.draft);
+        self.finish_sealed(sealed, g.jobs, g.last, g.seq_before)
+    }
+
+    /// The commit job of a sealed batch applied through journal message
+    /// `last`.
+    fn finish_sealed(
+        &mut self,
+        mut sealed: Sealed,
+        jobs: Vec<(Finisher, Result<Reply, BrokerError>)>,
+        last: u64,
+        seq_before: u64,
+    ) -> ToCommit {
+        sealed.batch.journal_position = Some(last);
+        let mut new_head = None;
+        if !sealed.batch.audit.is_empty() {
+            let (tiles, size, root) = self.task.log.append(&sealed.batch.audit);
+            sealed.batch.tiles = tiles
+                .into_iter()
+                .map(|t| (t.level, t.index, t.data))
+                .collect();
+            new_head = Some((size, root));
+        }
         let counters = self.task.machine.counters();
         let in_commit = Arc::new(sealed);
         self.task.in_commit = Some(Arc::clone(&in_commit));
-        Ok(ToCommit {
+        ToCommit {
             batch: in_commit,
             finishers: jobs,
             new_head,
             audit_size: counters.audit_size,
             last_sequence: (counters.next_sequence != seq_before)
                 .then(|| counters.next_sequence - 1),
-        })
+        }
     }
 
     /// A finisher that tells the delivery engine, after the commit, of a
