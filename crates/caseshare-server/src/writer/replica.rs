@@ -269,7 +269,14 @@ impl Applier {
                         ))
                     })
                     .collect();
-                self.answer(&mut g, replies, finishers, Vec::new(), Vec::new(), waited_for);
+                self.answer(
+                    &mut g,
+                    replies,
+                    finishers,
+                    Vec::new(),
+                    Vec::new(),
+                    waited_for,
+                );
                 group = Some(g);
             } else {
                 let kinds: Vec<Kind> = ops.iter().map(|(_, c)| kind(c)).collect();
@@ -281,18 +288,18 @@ impl Applier {
                 if placed {
                     // Applied alone (the group was sealed above): `replay`
                     // checks where it applies and seals its own draft.
-                    let (sealed, replies) =
-                        replay(&mut self.task.machine, &header, ops, &lookup).map_err(|e| {
-                            err(match e {
-                                JournalError::WrongPosition { .. } => format!(
-                                    "{e}: this journal continues a store this replica does \
+                    let (sealed, replies) = replay(&mut self.task.machine, &header, ops, &lookup)
+                        .map_err(|e| {
+                        err(match e {
+                            JournalError::WrongPosition { .. } => format!(
+                                "{e}: this journal continues a store this replica does \
                                      not hold (a store migrated from an embedded broker, or a \
                                      copied replica's): start this replica from a copy of a \
                                      stopped replica's data directory (docs/CLUSTER.md, runbook)"
-                                ),
-                                e => e.to_string(),
-                            })
-                        })?;
+                            ),
+                            e => e.to_string(),
+                        })
+                    })?;
                     let replies = replies
                         .into_iter()
                         .map(|r: Result<Reply, Refusal>| r.map_err(BrokerError::from))
@@ -306,9 +313,9 @@ impl Applier {
                     for (i, (now, command)) in ops.into_iter().enumerate() {
                         match self.task.machine.apply(&mut g.draft, now, command, &lookup) {
                             Err(refusal @ (Refusal::Lookup(_) | Refusal::Corrupt { .. })) => {
-                                return Err(err(
-                                    JournalError::Local { op: i, refusal }.to_string()
-                                ));
+                                return Err(
+                                    err(JournalError::Local { op: i, refusal }.to_string()),
+                                );
                             }
                             reply => replies.push(reply.map_err(BrokerError::from)),
                         }
@@ -366,7 +373,9 @@ impl Applier {
                 Some(Waiting {
                     finish,
                     trace: Some((trace, started)),
-                }) => g.jobs.push((trace.decided(started, &result, finish), result)),
+                }) => g
+                    .jobs
+                    .push((trace.decided(started, &result, finish), result)),
                 Some(Waiting { finish, .. }) => g.jobs.push((finish, result)),
                 None if !waited_for => {
                     if let Some(notice) = self.notice(kind, &result) {
