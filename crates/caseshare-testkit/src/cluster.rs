@@ -171,3 +171,22 @@ async fn checkpoint(b: &Broker) -> pb::Checkpoint {
         .unwrap()
         .into_inner()
 }
+
+impl Drop for BrokerCluster {
+    /// A failing test shows the end of every replica's log before the
+    /// directory goes.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.brokers.len() {
+            let log = std::fs::read_to_string(self.replica_dir(i).join("broker.log"))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- replica {i} log (last lines):");
+            for l in &lines[lines.len().saturating_sub(25)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
