@@ -139,6 +139,20 @@ pub struct BenchArgs {
     /// the system temp dir). Put it on the disk you want to measure.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// With `--embedded`: start an OTLP/gRPC trace receiver in this process
+    /// that counts and drops spans, and point the broker's trace export at
+    /// it (as `OTEL_EXPORTER_OTLP_ENDPOINT` would). The sampler is the
+    /// broker's, from `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    /// The spans received are reported. Not with `--cluster` (its
+    /// replicas are processes of their own).
+    #[arg(long, requires = "embedded", conflicts_with = "cluster")]
+    pub otlp_sink: bool,
+    /// Every event carries its own W3C trace context (a fresh trace id in
+    /// `trace_context`), flagged sampled on this fraction of events, as a
+    /// publisher that traces at that ratio sends them; the broker's
+    /// parent-based samplers follow the flag. Unset: events carry none.
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub trace_context: Option<f64>,
     /// Give up when a subscriber or publisher waits this long for anything.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
@@ -182,6 +196,16 @@ pub struct BenchArgs {
     /// acknowledgement before it is sent again, ms.
     #[arg(long, default_value_t = 1000)]
     pub attempt_timeout_ms: u64,
+}
+
+/// A fraction from 0.0 to 1.0.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
 }
 
 impl BenchArgs {
@@ -279,6 +303,11 @@ mod tests {
         assert_eq!(parse(&["--embedded"]).mode(), PublishMode::Stream);
         assert!(Cli::try_parse_from(["bench", "--stream", "--unary"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--embedded", "--server", "https://x"]).is_err());
+        let a = parse(&["--embedded", "--otlp-sink", "--trace-context", "0.1"]);
+        assert!(a.otlp_sink);
+        assert_eq!(a.trace_context, Some(0.1));
+        assert!(Cli::try_parse_from(["bench", "--otlp-sink"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--embedded", "--trace-context", "1.5"]).is_err());
     }
 
     #[test]

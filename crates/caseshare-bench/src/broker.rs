@@ -2,6 +2,13 @@
 //! running one, the client identities for each role ([`Endpoints`]),
 //! registering the agencies, the agreement and the subscriptions, and the
 //! broker's own figures from `/metrics`.
+//!
+//! An embedded broker is set up as `caseshare serve` sets one up: the log
+//! subscriber (`CASESHARE_LOG`, default `info`, on stderr) and trace
+//! export from the `OTEL_*` variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, …), with the endpoint
+//! replaced by the in-process sink under `--otlp-sink`. Both are process
+//! wide, so a bench process embeds one broker.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +19,8 @@ use caseshare_cli::client::{ClientConfig, Clients};
 use caseshare_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::summary::ServerFigures;
+use crate::otlp::OtlpSink;
+use crate::summary::{ServerFigures, TraceFigures};
 use crate::workload::Workload;
 use crate::{AGREEMENT_ID, BenchArgs, EVENT_TYPE, PUBLISHER_AGENCY, SUBSCRIBER_AGENCY};
 
@@ -23,6 +31,9 @@ pub(crate) struct EmbeddedBroker {
     ops: std::net::SocketAddr,
     pki: PathBuf,
     running: Option<caseshare_server::Running>,
+    telemetry: Option<caseshare_server::telemetry::Telemetry>,
+    traces: TraceFigures,
+    sink: Option<OtlpSink>,
 }
 
 impl EmbeddedBroker {
@@ -36,14 +47,45 @@ impl EmbeddedBroker {
             .prefix("caseshare-bench-")
             .tempdir_in(&parent)
             .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
-        let mut config = caseshare_server::config::Config {
-            data_dir: dir.path().join("data"),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Default::default()
+        // Only the OTEL_* variables: the bench sets every other key itself.
+        let otel = |k: &str| {
+            k.starts_with("OTEL_")
+                .then(|| std::env::var(k).ok())
+                .flatten()
         };
+        let mut config = caseshare_server::config::Config::load(None, otel)
+            .context("the OTEL_* variables for the embedded broker")?;
+        config.data_dir = dir.path().join("data");
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.ops_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.limits.max_outstanding = config.limits.max_outstanding.max(args.max_outstanding);
+        let sink = if args.otlp_sink {
+            let (sink, endpoint) = OtlpSink::start().await?;
+            config.telemetry.otlp_endpoint = endpoint;
+            Some(sink)
+        } else {
+            None
+        };
         config.validate()?;
+        let telemetry =
+            caseshare_server::telemetry::init_with_traces(&config.log_format, &config.telemetry)?;
+        if telemetry.exports() != config.telemetry.exports() {
+            bail!(
+                "trace export was set up already in this process (one embedded broker per process)"
+            );
+        }
+        let t = &config.telemetry;
+        let traces = TraceFigures {
+            exporting: telemetry.exports(),
+            endpoint: t.otlp_endpoint.clone(),
+            sampler: t.sampler.clone(),
+            sampler_arg: t.sampler_arg,
+            publisher_sampled_ratio: args.trace_context,
+            spans_received: None,
+            export_requests: None,
+            spans_per_event: None,
+            spans_by_name: Default::default(),
+        };
         let pki = config.data_dir.join("pki");
         let running =
             tokio::time::timeout(Duration::from_secs(60), caseshare_server::start(config))
@@ -56,11 +98,16 @@ impl EmbeddedBroker {
             ops: running.bound.ops,
             pki,
             running: Some(running),
+            telemetry: Some(telemetry),
+            traces,
+            sink,
         })
     }
 
-    /// Stops the broker and waits (up to 30 s) for it to finish.
-    pub(crate) async fn stop(mut self) -> Result<()> {
+    /// Stops the broker and waits (up to 30 s) for it to finish, then
+    /// flushes its trace export; returns the trace figures with what the
+    /// sink received, per one of `events` published.
+    pub(crate) async fn stop(mut self, events: u64) -> Result<TraceFigures> {
         if let Some(r) = self.running.take() {
             match tokio::time::timeout(Duration::from_secs(30), r.stop()).await {
                 Ok(Ok(())) => {}
@@ -68,7 +115,20 @@ impl EmbeddedBroker {
                 Err(_) => bail!("the embedded broker did not stop within 30 s"),
             }
         }
-        Ok(())
+        if let Some(t) = self.telemetry.take() {
+            tokio::time::timeout(Duration::from_secs(60), t.shutdown())
+                .await
+                .map_err(|_| anyhow!("flushing the trace export took over 60 s"))?;
+        }
+        let mut traces = self.traces.clone();
+        if let Some(sink) = &self.sink {
+            let r = sink.received();
+            traces.spans_received = Some(r.spans);
+            traces.export_requests = Some(r.requests);
+            traces.spans_per_event = Some(r.spans as f64 / events.max(1) as f64);
+            traces.spans_by_name = r.by_name;
+        }
+        Ok(traces)
     }
 }
 

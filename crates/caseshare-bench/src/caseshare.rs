@@ -52,11 +52,11 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
         (None, Some(server)) => endpoints_remote(args, server)?,
         (None, None) => bail!("--target caseshare needs --embedded or --server URL"),
     };
-    let result = measure_caseshare(args, &endpoints, &[], out).await;
+    let mut result = measure_caseshare(args, &endpoints, &[], out).await;
     if let Some(b) = embedded {
-        let stopped = b.stop().await;
-        if result.is_ok() {
-            stopped?;
+        let stopped = b.stop(args.events).await;
+        if let Ok(r) = &mut result {
+            r.traces = Some(stopped?);
         }
     }
     result
@@ -146,6 +146,7 @@ async fn measure_caseshare(
         server,
         cpu_secs: cpu,
         cpu_us_per_event: cpu * 1e6 / args.events as f64,
+        traces: None,
     })
 }
 
@@ -194,6 +195,7 @@ async fn cs_publish_stream(conf: ClientConfig, spec: PubSpec) -> Result<PubResul
                 let event = w.event(p, i, clock.now_ns());
                 let request = pb::PublishRequest {
                     event: Some(event),
+                    trace_context: w.trace_context(p, i),
                     ..Default::default()
                 };
                 if tx.send(request).await.is_err() {
@@ -272,6 +274,7 @@ async fn cs_publish_unary(conf: ClientConfig, spec: PubSpec) -> Result<PubResult
         let r = client
             .publish(pb::PublishRequest {
                 event: Some(w.event(p, i, sent)),
+                trace_context: w.trace_context(p, i),
                 ..Default::default()
             })
             .await

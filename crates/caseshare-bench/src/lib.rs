@@ -34,15 +34,25 @@
 //! `--nats-sync always|default`; `--failover` measures instead the time
 //! without writes when the stream's JetStream leader is SIGKILLed.
 //!
+//! Tracing (issue 16): the embedded broker exports spans as `caseshare
+//! serve` would, from the `OTEL_*` variables; `--otlp-sink` points that
+//! export at an OTLP/gRPC receiver in the bench process that counts and
+//! drops spans (the summary reports what it received once the broker has
+//! stopped and flushed), and `--trace-context RATIO` has every publish
+//! carry its own W3C trace context, flagged sampled on RATIO of them, as
+//! an instrumented publisher would. Together with
+//! `OTEL_TRACES_SAMPLER`/`_ARG` these measure the cost of tracing.
+//!
 //! Modules, by what each owns: `args` (the flags), `summary` (the figures
 //! and the `--json-out` keys), `print` (the readable summary), `workload`
 //! (the events), `measure` (clock, histograms, schedule, publisher and
 //! subscriber specs, collecting results), `machine` (CPU and memory
 //! figures), `broker` (an embedded broker, endpoints, setup and `/metrics`),
-//! `caseshare` (publishers and subscribers against the broker), `nats`
-//! (the same against JetStream), `cluster` (the NATS clusters and broker
-//! replicas the bench starts, killing a stream leader) and `failover`
-//! (the time without writes after that kill).
+//! `caseshare` (publishers and subscribers against the broker), `otlp`
+//! (the counting trace receiver), `nats` (the same against JetStream),
+//! `cluster` (the NATS clusters and broker replicas the bench starts,
+//! killing a stream leader) and `failover` (the time without writes after
+//! that kill).
 
 use anyhow::{Context, Result, bail};
 
@@ -54,6 +64,7 @@ mod failover;
 mod machine;
 mod measure;
 mod nats;
+mod otlp;
 mod print;
 mod summary;
 mod workload;
@@ -61,7 +72,7 @@ mod workload;
 pub use args::{BenchArgs, NatsSync, PublishMode, Target};
 pub use summary::{
     DeliveryFigures, FailoverRun, Latency, Machine, PublishFigures, Ratios, RunSummary,
-    ServerFigures, Summary,
+    ServerFigures, Summary, TraceFigures,
 };
 
 use print::{print_failover, print_ratios, print_run};

@@ -332,6 +332,7 @@ async fn measure_nats(
         server: None,
         cpu_secs: cpu,
         cpu_us_per_event: cpu * 1e6 / args.events as f64,
+        traces: None,
     })
 }
 

@@ -89,6 +89,35 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
             )?;
         }
     }
+    if let Some(t) = &r.traces {
+        let context = t.publisher_sampled_ratio.map_or_else(
+            || "publishes carry no trace context".to_string(),
+            |p| format!("publishes carry their own trace context, {p} of them sampled"),
+        );
+        if t.exporting {
+            let arg = t.sampler_arg.map(|a| format!(" {a}")).unwrap_or_default();
+            writeln!(
+                out,
+                "  traces    export on to {}, sampler {}{arg}; {context}",
+                t.endpoint, t.sampler
+            )?;
+        } else {
+            writeln!(out, "  traces    export off; {context}")?;
+        }
+        if let (Some(spans), Some(requests)) = (t.spans_received, t.export_requests) {
+            let names: Vec<String> = t
+                .spans_by_name
+                .iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect();
+            writeln!(
+                out,
+                "  otlp sink {spans} spans in {requests} export requests ({:.2} per event): {}",
+                t.spans_per_event.unwrap_or_default(),
+                names.join(", ")
+            )?;
+        }
+    }
     writeln!(
         out,
         "  cpu       {:.2} s ({:.1} µs per event), elapsed {:.2} s",

@@ -153,6 +153,34 @@ pub struct RunSummary {
     pub cpu_secs: f64,
     /// `cpu_secs` per published event, microseconds.
     pub cpu_us_per_event: f64,
+    /// The embedded broker's trace export (`None` for NATS and a remote
+    /// broker).
+    pub traces: Option<TraceFigures>,
+}
+
+/// The embedded broker's trace export, and what `--otlp-sink` received.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceFigures {
+    /// Whether the broker exported spans.
+    pub exporting: bool,
+    /// The OTLP endpoint (empty when off).
+    pub endpoint: String,
+    /// The broker's sampler (`OTEL_TRACES_SAMPLER`).
+    pub sampler: String,
+    /// Its argument (`OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler_arg: Option<f64>,
+    /// `--trace-context`: the fraction of publishes whose own trace
+    /// context was flagged sampled (`None`: publishes carried none).
+    pub publisher_sampled_ratio: Option<f64>,
+    /// Spans `--otlp-sink` received, counted after the broker stopped and
+    /// flushed (`None` without the sink).
+    pub spans_received: Option<u64>,
+    /// Export requests (batches) it received.
+    pub export_requests: Option<u64>,
+    /// Spans received per published event.
+    pub spans_per_event: Option<f64>,
+    /// Spans received, by span name.
+    pub spans_by_name: std::collections::BTreeMap<String, u64>,
 }
 
 /// Where it ran.

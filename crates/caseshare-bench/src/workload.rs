@@ -1,6 +1,7 @@
 //! The events the bench publishes: attendance concerns about valid,
 //! distinct (invented) children, padded to `--payload-bytes`, each carrying
-//! its send time in its `event_id`.
+//! its send time in its `event_id`; with `--trace-context`, each publish
+//! also carries its own W3C trace context.
 
 use anyhow::{Context, Result, bail};
 use caseshare_proto::v1 as pb;
@@ -18,6 +19,18 @@ pub(crate) struct Workload {
     pub(crate) children: Vec<String>,
     pub(crate) event_bytes: usize,
     pub(crate) publishers: u64,
+    /// `--trace-context`: the fraction of events flagged sampled.
+    trace_ratio: Option<f64>,
+    /// Seeds the trace and span ids (differs per run).
+    trace_seed: u64,
+}
+
+/// SplitMix64: well-spread 64-bit values from a counter, for trace ids.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// `count` valid, distinct (invented) NHS numbers.
@@ -81,6 +94,10 @@ impl Workload {
             children,
             event_bytes: 0,
             publishers: u64::from(args.publishers),
+            trace_ratio: args.trace_context,
+            trace_seed: splitmix(
+                u64::try_from(run).unwrap_or_default() ^ u64::from(std::process::id()),
+            ),
         };
         // Ids are fixed-width, so every event encodes to the same size.
         template.event_id = w.event_id(0, 0, 0);
@@ -131,6 +148,25 @@ impl Workload {
         e
     }
 
+    /// With `--trace-context`, the W3C trace context publish `index` of
+    /// publisher `publisher` carries: a fresh trace id and parent span id,
+    /// flagged sampled when the trace id falls in the ratio (as the
+    /// OpenTelemetry `TraceIdRatioBased` sampler decides).
+    pub(crate) fn trace_context(&self, publisher: u64, index: u64) -> Option<pb::TraceContext> {
+        let ratio = self.trace_ratio?;
+        let n = splitmix(self.trace_seed ^ (index * self.publishers + publisher));
+        let (hi, lo, span) = (splitmix(n), splitmix(n ^ 1), splitmix(n ^ 2) | 1);
+        // The low 63 bits of the trace id against ratio × 2^63.
+        let sampled = ((lo >> 1) as f64) < ratio * (1u64 << 63) as f64;
+        Some(pb::TraceContext {
+            traceparent: format!(
+                "00-{hi:016x}{lo:016x}-{span:016x}-{}",
+                if sampled { "01" } else { "00" }
+            ),
+            tracestate: String::new(),
+        })
+    }
+
     /// The send time carried in one of this run's event ids.
     pub(crate) fn sent_ns(&self, event_id: &str) -> Option<u64> {
         let rest = event_id.strip_prefix(self.prefix.as_str())?;
@@ -154,6 +190,32 @@ mod tests {
         assert_eq!(w.sent_ns(&e.event_id), Some(987_654_321));
         assert_eq!(w.sent_ns("someone-else-1"), None);
         caseshare_core::nhs::validate_nhs_number(&e.child.unwrap().nhs_number).unwrap();
+    }
+
+    #[test]
+    fn trace_contexts_are_fresh_and_sampled_at_the_ratio() {
+        let none = Workload::new(&parse(&["--embedded"])).unwrap();
+        assert!(none.trace_context(0, 0).is_none());
+        let args = parse(&["--embedded", "--publishers", "2", "--trace-context", "0.1"]);
+        let w = Workload::new(&args).unwrap();
+        let mut ids = std::collections::HashSet::new();
+        let mut sampled = 0;
+        for i in 0..10_000 {
+            let t = w.trace_context(i % 2, i / 2).unwrap();
+            let parts: Vec<&str> = t.traceparent.split('-').collect();
+            assert_eq!(parts.len(), 4, "{}", t.traceparent);
+            assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16));
+            assert!(ids.insert(parts[1].to_string()));
+            sampled += usize::from(parts[3] == "01");
+        }
+        assert!((800..1200).contains(&sampled), "{sampled} of 10000 sampled");
+        let all = Workload::new(&parse(&["--embedded", "--trace-context", "1"])).unwrap();
+        assert!(
+            all.trace_context(0, 7)
+                .unwrap()
+                .traceparent
+                .ends_with("-01")
+        );
     }
 
     #[test]
