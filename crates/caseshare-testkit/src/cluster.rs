@@ -180,8 +180,8 @@ impl Drop for BrokerCluster {
             return;
         }
         for i in 0..self.brokers.len() {
-            let log = std::fs::read_to_string(self.replica_dir(i).join("broker.log"))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.replica_dir(i).join("broker.log")).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("--- replica {i} log (last lines):");
             for l in &lines[lines.len().saturating_sub(25)..] {
