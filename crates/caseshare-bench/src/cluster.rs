@@ -175,7 +175,11 @@ fn start_replica(dir: PathBuf, env: &[(String, String)]) -> Result<Broker> {
 async fn wait_ready(b: &Broker, i: usize) -> Result<()> {
     let started = Instant::now();
     loop {
-        if let Ok((200, _)) = http_get(b.ops, "/readyz").await {
+        let ops = b.ops;
+        // The kit's GET (blocking; it panics on a refused connection,
+        // which counts as not ready yet).
+        let got = tokio::task::spawn_blocking(move || caseshare_testkit::http_get(ops, "/readyz"));
+        if let Ok((200, _)) = got.await {
             return Ok(());
         }
         if started.elapsed() > READY_TIMEOUT {
@@ -187,26 +191,6 @@ async fn wait_ready(b: &Broker, i: usize) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A plain HTTP/1.0 GET: status and body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
 }
 
 /// What killing a stream leader did.

@@ -201,17 +201,10 @@ pub(crate) async fn create_stream(
         .map_err(|e| anyhow!("creating stream {name}: {e}"))?;
     let started = Instant::now();
     loop {
-        let led = match stream.info().await {
-            Ok(info) => {
-                replicas == 1
-                    || info
-                        .cluster
-                        .as_ref()
-                        .and_then(|c| c.leader.as_ref())
-                        .is_some()
-            }
-            Err(_) => false,
-        };
+        let led = stream
+            .info()
+            .await
+            .is_ok_and(|info| has_leader(replicas, info.cluster.as_ref()));
         if led {
             return Ok(stream);
         }
@@ -344,17 +337,10 @@ async fn wait_consumer_leader(
 ) -> Result<()> {
     let started = Instant::now();
     loop {
-        let led = match c.info().await {
-            Ok(info) => {
-                replicas == 1
-                    || info
-                        .cluster
-                        .as_ref()
-                        .and_then(|c| c.leader.as_ref())
-                        .is_some()
-            }
-            Err(_) => false,
-        };
+        let led = c
+            .info()
+            .await
+            .is_ok_and(|info| has_leader(replicas, info.cluster.as_ref()));
         if led {
             return Ok(());
         }
@@ -512,4 +498,13 @@ async fn nats_subscribe(
         ack_messages: delivered + redeliveries + foreign,
         last_ns,
     })
+}
+
+/// Whether a stream or consumer of `replicas` replicas has a leader (a
+/// single replica always has).
+fn has_leader(
+    replicas: usize,
+    cluster: Option<&async_nats::jetstream::stream::ClusterInfo>,
+) -> bool {
+    replicas == 1 || cluster.and_then(|c| c.leader.as_ref()).is_some()
 }

@@ -82,19 +82,13 @@ pub enum Notice {
     },
 }
 
-/// What an op was, for the notice its reply may give.
+/// What an op was, for the notice its reply may give: a creation or a
+/// deletion names its subscription in the reply; a seek or a replay is
+/// the notice itself, given if the op was applied.
 enum Kind {
     Created,
     Deleted,
-    Seek {
-        id: u64,
-        target: u64,
-    },
-    Replayed {
-        id: u64,
-        sequences: Vec<u64>,
-        floor: Option<u64>,
-    },
+    Applied(Notice),
     Other,
 }
 
@@ -106,20 +100,20 @@ fn kind(command: &Command) -> Kind {
             subscription,
             target,
             ..
-        } => Kind::Seek {
+        } => Kind::Applied(Notice::Seek {
             id: subscription.id,
             target: *target,
-        },
+        }),
         Command::Replay {
             subscription,
             sequences,
             floor,
             ..
-        } => Kind::Replayed {
+        } => Kind::Applied(Notice::Replayed {
             id: subscription.id,
             sequences: sequences.clone(),
             floor: *floor,
-        },
+        }),
         _ => Kind::Other,
     }
 }
@@ -432,19 +426,7 @@ impl Applier {
         let notice = match (kind, result) {
             (Kind::Created, Ok(Reply::Subscription(rec))) => Notice::Created(rec.clone()),
             (Kind::Deleted, Ok(Reply::Subscription(rec))) => Notice::Deleted(rec.id),
-            (Kind::Seek { id, target }, Ok(_)) => Notice::Seek { id, target },
-            (
-                Kind::Replayed {
-                    id,
-                    sequences,
-                    floor,
-                },
-                Ok(_),
-            ) => Notice::Replayed {
-                id,
-                sequences,
-                floor,
-            },
+            (Kind::Applied(notice), Ok(_)) => notice,
             _ => return None,
         };
         let tx = self.notices.clone();
