@@ -68,6 +68,14 @@ async fn every_key_at_the_bottom_of_its_range_serves() {
                 break;
             }
             Err(s) if s.code() == tonic::Code::Unavailable => continue,
+            // A connection the 10 ms handshake bound cut mid-call surfaces
+            // as a transport error (a broken pipe), not as a refusal.
+            Err(s)
+                if std::error::Error::source(&s)
+                    .is_some_and(|e| e.is::<tonic::transport::Error>()) =>
+            {
+                continue;
+            }
             Err(s) => panic!("the first admin call was refused: {s:?}"),
         }
     }
