@@ -82,6 +82,7 @@ mod nats;
 mod nats_setup;
 mod net;
 mod otlp;
+mod partition;
 mod subscription;
 
 pub use agencies::{
