@@ -71,14 +71,15 @@ async fn a_partitioned_stream_leader_loses_nothing_and_catches_up_on_heal() {
     );
     // Cut for real: its monitoring port does not answer either.
     assert_eq!(c.nats.get(CUT, "/healthz").await, None);
-    let (leader, elected) = c
+    let (leader, _) = c
         .nats
         .wait_stream_leader(JOURNAL, Some(CUT), Duration::from_secs(30))
         .await
         .expect("the majority elected no journal leader");
     println!(
-        "majority elected node {leader} to lead the journal {:.2} s after the cut",
-        elected.as_secs_f64()
+        "the majority (nodes 1 and 2) names node {leader} the journal's leader {:.2} s after \
+         the cut",
+        cut_at.elapsed().as_secs_f64()
     );
     // Load goes on through the majority, well past the election.
     tokio::time::sleep((RESUME_WITHIN + STEADY).saturating_sub(cut_at.elapsed())).await;

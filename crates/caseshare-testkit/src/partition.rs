@@ -195,13 +195,21 @@ fn remove_chain(chain: &str) -> Result<(), NatsSetupError> {
 /// Removes the chains of test processes that are gone (killed before
 /// their clusters were dropped). Best effort.
 fn remove_stale_chains() {
-    let Ok(out) = Command::new("iptables").args(["-w", "-S"]).output() else {
-        return;
-    };
-    let listing = String::from_utf8_lossy(&out.stdout);
-    for chain in stale_chains(&listing, |pid| {
+    let mut listing = String::new();
+    for table in ["filter", "nat"] {
+        if let Ok(out) = Command::new("iptables")
+            .args(["-w", "-t", table, "-S"])
+            .output()
+        {
+            listing.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    let mut stale = stale_chains(&listing, |pid| {
         std::path::Path::new(&format!("/proc/{pid}")).exists()
-    }) {
+    });
+    stale.sort();
+    stale.dedup();
+    for chain in stale {
         let _ = remove_chain(&chain);
     }
 }
