@@ -90,13 +90,14 @@ impl Firewall {
             std::process::id(),
             CHAINS.fetch_add(1, Ordering::Relaxed)
         );
+        // A missing or forbidden iptables fails here, with nothing made.
+        iptables(&["-t", "nat", "-N", &chain])?;
+        // From here on, Drop removes whatever was made.
         let fw = Firewall {
             chain: chain.clone(),
             hosts: hosts.to_vec(),
             cut: vec![false; hosts.len()],
         };
-        // From here on, Drop removes whatever was made.
-        iptables(&["-t", "nat", "-N", &chain])?;
         iptables(&[
             "-t",
             "nat",
