@@ -22,6 +22,9 @@ python3 -c 'import venv' 2>/dev/null || apt_install python3-venv
 # checks the alert rules and a real /metrics scrape.
 need promtool || apt_install prometheus
 export CASESHARE_REQUIRE_PROMTOOL=1
+# iptables (Debian 12's is the nft backend): the partition test
+# (e2e_cluster_partition) cuts a NATS node off with it, as root.
+need iptables || [ -x /usr/sbin/iptables ] || apt_install iptables
 
 echo "== alert rules (promtool)"
 promtool check rules deploy/prometheus/alerts.yaml

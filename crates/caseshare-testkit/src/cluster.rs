@@ -32,15 +32,29 @@ impl BrokerCluster {
     /// As [`BrokerCluster::start`], with extra environment for every
     /// broker.
     pub async fn start_with(replicas: usize, env: &[(&str, &str)]) -> BrokerCluster {
-        assert!(replicas >= 1);
         let nats = NatsCluster::start(3).await;
+        let all: Vec<usize> = (0..nats.len()).collect();
+        Self::start_on(nats, &all, replicas, env)
+    }
+
+    /// `replicas` brokers on a NATS cluster the caller started (with
+    /// [`crate::NatsClusterBuilder`]), given the client URLs of nodes
+    /// `nodes` only (`CASESHARE_NATS_SERVERS`), with extra environment.
+    pub fn start_on(
+        nats: NatsCluster,
+        nodes: &[usize],
+        replicas: usize,
+        env: &[(&str, &str)],
+    ) -> BrokerCluster {
+        assert!(replicas >= 1 && !nodes.is_empty());
+        let servers: Vec<String> = nodes.iter().map(|&i| nats.url(i)).collect();
         let dir = tempfile::Builder::new()
             .prefix("caseshare-cluster-")
             .tempdir()
             .unwrap();
         let mut all = vec![
             ("CASESHARE_STORE_BACKEND".to_string(), "nats".to_string()),
-            ("CASESHARE_NATS_SERVERS".to_string(), nats.urls().join(",")),
+            ("CASESHARE_NATS_SERVERS".to_string(), servers.join(",")),
         ];
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut cluster = BrokerCluster {

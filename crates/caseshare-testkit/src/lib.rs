@@ -55,7 +55,10 @@
 //! `nats-server` process per node, file storage with `sync_interval:
 //! always`, routes between all nodes) for the tests of cluster mode, with
 //! kill, stop, continue and restart per node and the meta and stream
-//! leaders read from the monitoring port. The binary is
+//! leaders read from the monitoring port; built with
+//! [`NatsClusterBuilder::own_addresses`], each node has its own loopback
+//! address and [`NatsCluster::partition`] cuts it off the network with
+//! iptables (root only) until [`NatsCluster::heal`]. The binary is
 //! `$CASESHARE_NATS_SERVER`, else the pinned copy `tests/run-all.sh`
 //! installs into the target directory (`nats-server-venv/`), else
 //! `nats-server` on `PATH`; anything older than 2.10 is refused (see
@@ -82,6 +85,7 @@ mod nats;
 mod nats_setup;
 mod net;
 mod otlp;
+mod partition;
 mod subscription;
 
 pub use agencies::{

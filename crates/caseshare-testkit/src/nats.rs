@@ -4,10 +4,13 @@
 //! loopback ports for clients, routes and monitoring), starting the
 //! processes and waiting for a meta leader, killing (SIGKILL), stopping
 //! (SIGSTOP), continuing (SIGCONT) and restarting nodes on the same store,
-//! and asking the monitoring endpoints who leads. The processes are real;
-//! dropping the cluster kills them all.
+//! and asking the monitoring endpoints who leads. With
+//! [`NatsClusterBuilder::own_addresses`] each node has its own loopback
+//! address and can be cut off the network and healed (`partition`). The
+//! processes are real; dropping the cluster kills them all.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use serde_json::Value;
 
 pub use crate::nats_setup::{MIN_NATS_VERSION, NATS_SERVER_ENV, NatsSetupError, nats_server_bin};
 use crate::nats_setup::{Ports, node_config, server_version};
+use crate::partition::{Firewall, gid_of, own_hosts};
 
 /// How long a start or restart may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +65,7 @@ pub struct NatsClusterBuilder {
     nodes: usize,
     binary: Option<PathBuf>,
     sync_always: bool,
+    own_addresses: bool,
 }
 
 impl NatsClusterBuilder {
@@ -75,6 +80,18 @@ impl NatsClusterBuilder {
     /// fsync every two minutes), for measurements.
     pub fn sync_always(mut self, always: bool) -> Self {
         self.sync_always = always;
+        self
+    }
+
+    /// Gives each node its own loopback address (`127.A.B.11`, `.12`, …,
+    /// `A.B` unique to this cluster; client, route and monitoring
+    /// listeners there, routes naming them) so that
+    /// [`NatsCluster::partition`] can cut it off with iptables, and short
+    /// route pings so that dead routes close within seconds. Needs
+    /// iptables and the right to change its rules (root): the start fails
+    /// saying so otherwise.
+    pub fn own_addresses(mut self, own: bool) -> Self {
+        self.own_addresses = own;
         self
     }
 
@@ -98,23 +115,41 @@ impl NatsClusterBuilder {
             None => nats_server_bin()?,
         };
         let version = server_version(&bin).await?;
+        let hosts = self.own_addresses.then(|| own_hosts(self.nodes));
+        let mut firewall = match &hosts {
+            Some(h) => Some(Firewall::install(h)?),
+            None => None,
+        };
         let mut last = None;
         for _attempt in 0..3 {
             let dir = tempfile::Builder::new()
                 .prefix("caseshare-nats-")
                 .tempdir()
                 .map_err(|e| NatsSetupError(format!("temporary directory: {e}")))?;
-            let ports = Ports::pick(self.nodes);
+            let mut ports = Ports::pick(self.nodes);
+            if let Some(hosts) = &hosts {
+                for (p, h) in ports.iter_mut().zip(hosts) {
+                    p.host = *h;
+                }
+            }
             let mut cluster = NatsCluster {
                 nodes: Vec::new(),
                 bin: bin.clone(),
                 version: version.clone(),
+                firewall: firewall.take(),
                 dir,
             };
             for (i, p) in ports.iter().enumerate() {
                 let name = format!("n{i}");
                 let store = cluster.dir.path().join(format!("{name}-store"));
-                let text = node_config(&name, p, &ports, &store, self.sync_always);
+                let text = node_config(
+                    &name,
+                    p,
+                    &ports,
+                    &store,
+                    self.sync_always,
+                    self.own_addresses,
+                );
                 let config = cluster.dir.path().join(format!("{name}.conf"));
                 std::fs::write(&config, text)
                     .map_err(|e| NatsSetupError(format!("{}: {e}", config.display())))?;
@@ -134,7 +169,10 @@ impl NatsClusterBuilder {
             match cluster.wait_ready(None).await {
                 Ok(()) => return Ok(cluster),
                 // Most likely a port taken meanwhile: again, on new ones.
-                Err(NotReady::Exited(e)) => last = Some(e),
+                Err(NotReady::Exited(e)) => {
+                    firewall = cluster.firewall.take();
+                    last = Some(e);
+                }
                 Err(NotReady::Timeout(e)) => return Err(e),
             }
         }
@@ -148,6 +186,8 @@ pub struct NatsCluster {
     nodes: Vec<Node>,
     bin: PathBuf,
     version: String,
+    // After the processes are killed (in Drop): the iptables chains.
+    firewall: Option<Firewall>,
     // Last: the processes are killed (in Drop) before the stores go.
     dir: tempfile::TempDir,
 }
@@ -165,6 +205,7 @@ impl NatsCluster {
             nodes,
             binary: None,
             sync_always: true,
+            own_addresses: false,
         }
     }
 
@@ -178,14 +219,20 @@ impl NatsCluster {
         self.nodes.is_empty()
     }
 
-    /// The client URL of every node (`nats://127.0.0.1:PORT`), in order.
+    /// The client URL of every node (`nats://ADDRESS:PORT`), in order.
     pub fn urls(&self) -> Vec<String> {
         (0..self.len()).map(|i| self.url(i)).collect()
     }
 
     /// The client URL of node `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].ports.client)
+        format!("nats://{}:{}", self.host(i), self.nodes[i].ports.client)
+    }
+
+    /// The loopback address node `i` listens on (127.0.0.1 unless the
+    /// cluster was built with [`NatsClusterBuilder::own_addresses`]).
+    pub fn host(&self, i: usize) -> Ipv4Addr {
+        self.nodes[i].ports.host
     }
 
     /// The server name of node `i` (`n{i}`).
@@ -195,7 +242,7 @@ impl NatsCluster {
 
     /// The monitoring (HTTP) address of node `i`.
     pub fn monitor(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.nodes[i].ports.http))
+        SocketAddr::from((self.host(i), self.nodes[i].ports.http))
     }
 
     /// The server's version line (`nats-server: v2.15.1`).
@@ -258,6 +305,35 @@ impl NatsCluster {
         nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("{sig} to node {i}: {e}"));
     }
 
+    /// Cuts node `i` off the network for real (its process runs on):
+    /// iptables drops every packet of every connection to or from its
+    /// address — routes both ways, clients, monitoring. Needs a cluster
+    /// built with [`NatsClusterBuilder::own_addresses`].
+    pub fn partition(&mut self, i: usize) {
+        self.firewall_mut()
+            .cut(i)
+            .unwrap_or_else(|e| panic!("cutting node {i} off: {e}"));
+    }
+
+    /// Undoes [`NatsCluster::partition`]: node `i`'s packets flow again
+    /// (its routes are dialled again within about a second).
+    pub fn heal(&mut self, i: usize) {
+        self.firewall_mut()
+            .heal(i)
+            .unwrap_or_else(|e| panic!("healing node {i}: {e}"));
+    }
+
+    /// Whether node `i` is cut off.
+    pub fn is_partitioned(&self, i: usize) -> bool {
+        self.firewall.as_ref().is_some_and(|f| f.is_cut(i))
+    }
+
+    fn firewall_mut(&mut self) -> &mut Firewall {
+        self.firewall
+            .as_mut()
+            .expect("partitions need a cluster built with own_addresses(true)")
+    }
+
     /// Restarts node `i` on its own configuration, ports and store (a
     /// running or stopped node is SIGKILLed first) and waits until it is
     /// healthy again, i.e. JetStream reports it current with the meta
@@ -281,7 +357,12 @@ impl NatsCluster {
             .append(true)
             .open(&node.log)
             .map_err(|e| NatsSetupError(format!("{}: {e}", node.log.display())))?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if self.firewall.is_some() {
+            // The group the firewall rewrites the source address of.
+            command.gid(gid_of(node.ports.host));
+        }
+        let child = command
             .arg("-c")
             .arg(&node.config)
             .stdin(Stdio::null())
@@ -442,9 +523,48 @@ impl NatsCluster {
         }
     }
 
+    /// Makes node `to` the leader of `stream`: asks its leader to step
+    /// down with `to` preferred (nats-server honours the preference since
+    /// 2.11; without it the new leader is random), again until `to` leads.
+    /// Fails the test after `limit`; gives how long it took.
+    pub async fn move_stream_leader(&self, stream: &str, to: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let servers: Vec<async_nats::ServerAddr> = self
+            .running()
+            .iter()
+            .filter_map(|&i| self.url(i).parse().ok())
+            .collect();
+        let client = async_nats::connect(servers)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the NATS cluster: {e}"));
+        let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+        let body = serde_json::json!({ "placement": { "preferred": self.name(to) } }).to_string();
+        let mut answer = String::new();
+        loop {
+            match self.stream_leader(stream).await {
+                Some(l) if l == to => return start.elapsed(),
+                Some(l) => {
+                    answer = match client.request(subject.clone(), body.clone().into()).await {
+                        Ok(m) => String::from_utf8_lossy(&m.payload).into_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    let left = limit.saturating_sub(start.elapsed());
+                    self.wait_stream_leader(stream, Some(l), left).await;
+                }
+                None => tokio::time::sleep(POLL).await,
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{stream}'s leader did not move to node {to} within {limit:?}; last \
+                 step-down answer: {answer}"
+            );
+        }
+    }
+
+    /// Running nodes the kit can reach (not cut off).
     fn running(&self) -> Vec<usize> {
         (0..self.len())
-            .filter(|&i| self.nodes[i].state == NodeState::Running)
+            .filter(|&i| self.nodes[i].state == NodeState::Running && !self.is_partitioned(i))
             .collect()
     }
 

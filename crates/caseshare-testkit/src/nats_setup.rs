@@ -2,13 +2,14 @@
 //! `nats-server` binary (`$CASESHARE_NATS_SERVER`, the copy
 //! `tests/run-all.sh` installs in the target directory, or `PATH`), a check
 //! that it is modern enough (≥ 2.10: `sync_interval` and a fixed catch-up
-//! after restarts), loopback ports for every node, and each node's
-//! configuration file.
+//! after restarts), loopback ports (and addresses) for every node, and each
+//! node's configuration file.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -135,9 +136,11 @@ fn parse_version(line: &str) -> Option<(u32, u32, u32)> {
     ))
 }
 
-/// One node's loopback ports.
+/// One node's loopback address and ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ports {
+    /// 127.0.0.1, or the node's own address (`partition`).
+    pub host: Ipv4Addr,
     pub client: u16,
     pub cluster: u16,
     pub http: u16,
@@ -177,6 +180,7 @@ impl Ports {
         ports
             .chunks(3)
             .map(|c| Ports {
+                host: Ipv4Addr::LOCALHOST,
                 client: c[0],
                 cluster: c[1],
                 http: c[2],
@@ -198,32 +202,46 @@ fn port_range() -> (u16, u16) {
     }
 }
 
+/// How dead routes are found when nodes can be cut off: a route PING every
+/// second, the route closed after three unanswered (about 4 s). The
+/// server's default (every 2 minutes, two unanswered) would leave a cut
+/// node's routes open, their packets dropped, for minutes, and after the
+/// heal TCP would resend on them only at its backed-off retransmission
+/// times; closed in seconds, the routes are dialled again every second
+/// and come back within about a second of the heal. Elections do not wait
+/// for this: Raft has its own heartbeats.
+const ROUTE_PINGS: &str = "\n  ping_interval: \"1s\"\n  ping_max: 3";
+
 /// Node `name`'s configuration: JetStream on a file store with
 /// `sync_interval: always` (unless `sync_always` is false), a cluster route
-/// to every other node, everything on loopback.
+/// to every other node, everything on loopback, on the node's address;
+/// with `partitionable`, short route pings ([`ROUTE_PINGS`]).
 pub(crate) fn node_config(
     name: &str,
     me: &Ports,
     all: &[Ports],
     store: &Path,
     sync_always: bool,
+    partitionable: bool,
 ) -> String {
     let routes: Vec<String> = all
         .iter()
-        .filter(|p| p.cluster != me.cluster)
-        .map(|p| format!("nats-route://127.0.0.1:{}", p.cluster))
+        .filter(|p| p != &me)
+        .map(|p| format!("nats-route://{}:{}", p.host, p.cluster))
         .collect();
     let sync = if sync_always {
         "\n  sync_interval: always"
     } else {
         ""
     };
+    let pings = if partitionable { ROUTE_PINGS } else { "" };
     format!(
         "server_name: {name}\n\
-         listen: 127.0.0.1:{client}\n\
-         http: 127.0.0.1:{http}\n\
+         listen: {host}:{client}\n\
+         http: {host}:{http}\n\
          jetstream {{\n  store_dir: {store:?}{sync}\n}}\n\
-         cluster {{\n  name: caseshare-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
+         cluster {{\n  name: caseshare-test\n  listen: {host}:{cluster}\n  routes: [{routes}]{pings}\n}}\n",
+        host = me.host,
         client = me.client,
         http = me.http,
         store = store.display().to_string(),
@@ -304,7 +322,7 @@ mod tests {
         let (low, high) = port_range();
         assert!(all.iter().all(|p| (low..high).contains(p)), "{ports:?}");
 
-        let text = node_config("n1", &ports[1], &ports, Path::new("/s/n1"), true);
+        let text = node_config("n1", &ports[1], &ports, Path::new("/s/n1"), true, false);
         assert!(text.contains("server_name: n1\n"), "{text}");
         assert!(text.contains("sync_interval: always"), "{text}");
         assert!(text.contains("store_dir: \"/s/n1\""), "{text}");
@@ -312,7 +330,22 @@ mod tests {
             let route = format!("nats-route://127.0.0.1:{}", p.cluster);
             assert_eq!(text.contains(&route), i != 1, "{text}");
         }
-        let default = node_config("n0", &ports[0], &ports, Path::new("/s"), false);
+        assert!(!text.contains("ping_interval"), "{text}");
+        let default = node_config("n0", &ports[0], &ports, Path::new("/s"), false, false);
         assert!(!default.contains("sync_interval"), "{default}");
+
+        // Own addresses: every listener on the node's, routes name the others'.
+        let mut own = ports.clone();
+        for (i, p) in own.iter_mut().enumerate() {
+            p.host = Ipv4Addr::new(127, 9, 8, 11 + i as u8);
+        }
+        let text = node_config("n2", &own[2], &own, Path::new("/s"), true, true);
+        for port in [own[2].client, own[2].http, own[2].cluster] {
+            assert!(text.contains(&format!("127.9.8.13:{port}\n")), "{text}");
+        }
+        assert!(text.contains(&format!("nats-route://127.9.8.11:{}", own[0].cluster)));
+        assert!(text.contains(&format!("nats-route://127.9.8.12:{}", own[1].cluster)));
+        assert!(!text.contains("127.0.0.1"), "{text}");
+        assert!(text.contains("ping_interval: \"1s\""), "{text}");
     }
 }
