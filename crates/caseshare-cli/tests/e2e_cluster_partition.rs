@@ -13,9 +13,11 @@
 //! acknowledged event was delivered, no event id got two sequences, and
 //! the replicas sign one audit log.
 //!
-//! The brokers are not given node 0: a client whose NATS server is cut
-//! off learns it only from its own pings (async-nats: every 60 s), which
-//! is the client's failure, not the partition's; see docs/CLUSTER.md.
+//! Replica 0 is given nodes 1 and 2; replica 1 is given node 0 only, so
+//! it is connected to the node cut off (it learns the others' addresses
+//! from the servers' gossip). It learns of the cut from its own pings
+//! (every 2 s, `caseshare_cluster::PING_INTERVAL`), moves to the majority
+//! and must take a write again within 15 s of the cut.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -44,7 +46,8 @@ async fn a_partitioned_stream_leader_loses_nothing_and_catches_up_on_heal() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut c = BrokerCluster::start_on(nats, &[1, 2], 2, &[]);
+    let mut c = BrokerCluster::start_on(nats, &[1, 2], 1, &[]);
+    assert_eq!(c.add_replica_on(&[CUT]), 1);
     c.broker(0).school_shares_with_social_care().await;
     let moved = c
         .nats
@@ -78,6 +81,39 @@ async fn a_partitioned_stream_leader_loses_nothing_and_catches_up_on_heal() {
         .expect("the majority elected no journal leader");
     println!(
         "the majority (nodes 1 and 2) names node {leader} the journal's leader {:.2} s after \
+         the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    // The replica that was connected to the cut node takes writes again.
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let through_1 = std::sync::Mutex::new(None);
+    let moved = wait_for(RESUME_WITHIN, || {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("through-replica-1-{n}");
+        let b = c.broker(1);
+        let through_1 = &through_1;
+        async move {
+            let mut client = b.client(SCHOOL);
+            let call = client
+                .publisher
+                .publish(publish_request(attendance_event(&id, CHILD_1)));
+            match tokio::time::timeout(Duration::from_secs(3), call).await {
+                Ok(Ok(r)) => {
+                    *through_1.lock().unwrap() = Some(r.into_inner().sequence);
+                    true
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    let Some(_) = moved else {
+        panic!(
+            "replica 1 (connected to node {CUT}) took no write within {RESUME_WITHIN:?} of the cut"
+        );
+    };
+    println!(
+        "replica 1, connected to node {CUT} when it was cut off, took a write again {:.2} s after \
          the cut",
         cut_at.elapsed().as_secs_f64()
     );
@@ -134,12 +170,18 @@ async fn a_partitioned_stream_leader_loses_nothing_and_catches_up_on_heal() {
         "writes stopped for {:?}",
         report.longest_gap
     );
-    let acked: std::collections::BTreeSet<u64> = report.acked.values().copied().collect();
+    let mut acked: std::collections::BTreeSet<u64> = report.acked.values().copied().collect();
     assert_eq!(
         acked.len(),
         report.acked.len(),
         "two events share a sequence"
     );
+    // The write taken through replica 1 during the cut is delivered too.
+    let extra = through_1
+        .lock()
+        .unwrap()
+        .expect("replica 1's write has a sequence");
+    assert!(acked.insert(extra), "replica 1's write shares a sequence");
     let Consumed {
         received: delivered,
         reopened,

@@ -72,6 +72,17 @@ impl BrokerCluster {
     /// Starts one more replica (its data directory seeded with the first
     /// replica's `pki/` and `secrets/`); gives its index.
     pub fn add_replica(&mut self) -> usize {
+        self.add_replica_with(None)
+    }
+
+    /// Starts one more replica given the client URLs of NATS nodes `nodes`
+    /// only (it may still learn the others from the servers' gossip).
+    pub fn add_replica_on(&mut self, nodes: &[usize]) -> usize {
+        let servers: Vec<String> = nodes.iter().map(|&i| self.nats.url(i)).collect();
+        self.add_replica_with(Some(servers.join(",")))
+    }
+
+    fn add_replica_with(&mut self, servers: Option<String>) -> usize {
         let i = self.brokers.len();
         let dir = self.replica_dir(i);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -84,7 +95,10 @@ impl BrokerCluster {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| match (k.as_str(), &servers) {
+                ("CASESHARE_NATS_SERVERS", Some(s)) => (k.as_str(), s.as_str()),
+                _ => (k.as_str(), v.as_str()),
+            })
             .collect();
         let b = Broker::builder()
             .topology(crate::Topology::Single)
