@@ -92,11 +92,26 @@ pub fn table(s: &pb::BrokerStatus) -> String {
         ("backend", s.backend.clone()),
     ];
     if s.replicas.is_empty() {
-        rows.push(("replicas", "none (single broker)".into()));
+        let none = if s.role == "replica" {
+            "none seen yet (the roster is read every 5 s)"
+        } else {
+            "none (single broker)"
+        };
+        rows.push(("replicas", none.into()));
     }
     for r in &s.replicas {
-        let leader = if r.leader { " (leader)" } else { "" };
-        rows.push(("replica", format!("{} {}{leader}", r.replica_id, r.address)));
+        let this = if r.this_replica { " (this one)" } else { "" };
+        rows.push((
+            "replica",
+            format!(
+                "{} {}{this}: applied journal message {}, seen {} ago, {}",
+                r.replica_id,
+                r.address,
+                r.applied_sequence,
+                duration(r.seen_seconds_ago),
+                r.version
+            ),
+        ));
     }
     rows.push(("store size", bytes(s.store_bytes)));
     rows.push(("audit log", format!("{} entries", s.audit_tree_size)));

@@ -88,6 +88,50 @@ async fn any_replica_answers_and_every_replica_decides_the_same() {
 
     // One audit log: both replicas sign checkpoints of the same tree.
     c.assert_one_log(0, 1).await;
+
+    // `caseshare status` through either replica lists both, with where
+    // they listen and how far they have applied the journal.
+    for (i, b) in [r0, r1].into_iter().enumerate() {
+        let status = roster_of_two(b).await;
+        assert_eq!(status.role, "replica");
+        let mut addresses: Vec<String> =
+            status.replicas.iter().map(|r| r.address.clone()).collect();
+        addresses.sort();
+        let mut expected = vec![r0.grpc.to_string(), r1.grpc.to_string()];
+        expected.sort();
+        assert_eq!(addresses, expected, "replica {i}: {status:?}");
+        let this: Vec<_> = status.replicas.iter().filter(|r| r.this_replica).collect();
+        assert_eq!(this.len(), 1, "replica {i}: {status:?}");
+        assert_eq!(this[0].address, b.grpc.to_string());
+        for r in &status.replicas {
+            assert!(!r.leader, "cluster mode has no leader: {r:?}");
+            assert!(r.applied_sequence > 0, "{r:?}");
+            assert!(r.seen_seconds_ago <= 15, "{r:?}");
+            assert_eq!(r.version, status.version);
+        }
+    }
+}
+
+/// The broker's status once its roster lists two replicas that have
+/// applied something (each puts itself in every 5 s, with how far it has
+/// applied, and reads the roster back).
+async fn roster_of_two(b: &Broker) -> pb::BrokerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = b
+            .client(ADMIN)
+            .admin
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let settled =
+            status.replicas.len() >= 2 && status.replicas.iter().all(|r| r.applied_sequence > 0);
+        if settled || Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Output;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use caseshare_proto::v1 as pb;
 use caseshare_testkit::*;
@@ -123,7 +123,17 @@ async fn admin_sees_version_uptime_and_the_exact_backlog_in_table_and_json() {
     let version = stdout_of(&caseshare_command().arg("--version").output().unwrap());
     let version = version.trim_end_matches('\n');
     assert!(version.starts_with("caseshare "), "{version:?}");
-    let table = stdout_of(&status_cli(&b, ADMIN, &[]));
+    // In cluster mode the replica lists itself once it has put itself in
+    // the roster and read it back (at start, then every 5 s).
+    let cluster = matches!(Topology::from_env(), Topology::Cluster);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let table = loop {
+        let table = stdout_of(&status_cli(&b, ADMIN, &[]));
+        if !cluster || table.contains("(this one)") || Instant::now() > deadline {
+            break table;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     println!("{table}");
     let fields = table_fields(&table);
     assert_eq!(fields["version"], version, "{table}");
@@ -135,7 +145,16 @@ async fn admin_sees_version_uptime_and_the_exact_backlog_in_table_and_json() {
     };
     assert_eq!(fields["role"], role);
     assert_eq!(fields["backend"], backend);
-    assert_eq!(fields["replicas"], "none (single broker)");
+    if cluster {
+        let me = &fields["replica"];
+        assert!(me.contains(&b.grpc.to_string()), "{table}");
+        assert!(
+            me.contains("(this one): applied journal message "),
+            "{table}"
+        );
+    } else {
+        assert_eq!(fields["replicas"], "none (single broker)");
+    }
     assert!(
         fields["store size"].ends_with(')'),
         "a store of some KiB: {table}"
@@ -167,7 +186,14 @@ async fn admin_sees_version_uptime_and_the_exact_backlog_in_table_and_json() {
     assert_eq!(json["version"], version);
     assert_eq!(json["role"], role);
     assert_eq!(json["backend"], backend);
-    assert_eq!(json["replicas"], serde_json::json!([]));
+    if cluster {
+        let replicas = json["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 1, "{json}");
+        assert_eq!(replicas[0]["thisReplica"], true, "{json}");
+        assert_eq!(replicas[0]["address"], b.grpc.to_string(), "{json}");
+    } else {
+        assert_eq!(json["replicas"], serde_json::json!([]));
+    }
     assert!(json["startedAt"].as_str().unwrap().ends_with('Z'), "{json}");
     let uptime = u64_of(&json["uptimeSeconds"]);
     assert!(uptime <= started.elapsed().as_secs(), "{uptime} s");

@@ -2,7 +2,9 @@
 //! one replicated stream whose messages are the broker's committed
 //! operation batches, appended by the leader with fencing and read in
 //! order by every replica; and the **leader lease**, one key in a KV
-//! bucket taken with create-if-absent and renewed with compare-and-set.
+//! bucket taken with create-if-absent and renewed with compare-and-set;
+//! and the **roster**, a KV bucket where each replica says it is there,
+//! for operators only.
 //! The bytes appended are opaque here (the broker encodes them with
 //! `caseshare_state::journal`); this crate knows NATS, not the broker.
 //!
@@ -20,11 +22,13 @@ mod error;
 mod journal;
 mod lease;
 mod reader;
+mod roster;
 
 pub use config::{
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_REPLICAS, DEFAULT_STREAM, DEFAULT_SUBJECT, JournalConfig,
-    connect,
+    PING_INTERVAL, connect,
 };
 pub use error::{AppendError, ClusterError, LeaseLost};
 pub use journal::{Entry, Journal};
 pub use lease::{Current, DEFAULT_BUCKET, Held, LEADER_KEY, LeaderInfo, Lease, LeaseConfig};
+pub use roster::{MAX_MEMBERS, Member, ROSTER_TTL, Roster, bucket_name};

@@ -3,7 +3,8 @@
 //! checked), the **regression guard** at start and while running, the
 //! readiness of a replica (ready once it has applied the journal as it
 //! stood at start), and the delivery engine following subscription changes
-//! made through other replicas.
+//! made through other replicas, and the **roster** this replica puts
+//! itself in for `caseshare status`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,10 @@ use crate::writer::{Notice, Progress};
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 /// How often a running replica compares the journal's end with its own.
 const GUARD_EVERY: Duration = Duration::from_secs(2);
+/// How often a replica puts itself in the roster and reads it back.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+/// How long one roster call may take before the round is skipped.
+const ROSTER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// The journal settings from `[store.nats]`.
 pub(crate) fn journal_config(config: &Config) -> JournalConfig {
@@ -196,4 +201,89 @@ pub(crate) fn follow(
 /// A new instance id for this start of this replica.
 pub(crate) fn instance_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
+}
+
+/// The roster as this replica last read it, for `caseshare status`.
+#[derive(Debug, Clone)]
+pub(crate) struct RosterView {
+    /// This start's replica id.
+    pub me: String,
+    /// The members last read (empty until the first read).
+    pub members: Arc<std::sync::Mutex<Vec<caseshare_cluster::Member>>>,
+}
+
+/// What a replica says of itself in the roster.
+pub(crate) struct Announce {
+    pub journal: Arc<Journal>,
+    pub view: RosterView,
+    pub address: String,
+    pub progress: Progress,
+}
+
+/// Puts this replica in the roster every [`ANNOUNCE_EVERY`] with how far it
+/// has applied, and reads the roster back into the view. A stopped replica
+/// leaves the roster when its entry expires (15 s). Roster failures are
+/// logged and retried: the roster is for operators, nothing depends on it.
+pub(crate) fn announce(
+    a: Announce,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut roster: Option<caseshare_cluster::Roster> = None;
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            if roster.is_none() {
+                match tokio::time::timeout(
+                    ROSTER_PATIENCE,
+                    caseshare_cluster::Roster::open(&a.journal),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => roster = Some(r),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "roster not open yet"),
+                    Err(_) => tracing::debug!("roster not open yet: timed out"),
+                }
+            }
+            let Some(r) = &roster else { continue };
+            let me = caseshare_cluster::Member {
+                replica_id: a.view.me.clone(),
+                address: a.address.clone(),
+                version: crate::ops::status::VERSION.to_string(),
+                applied_sequence: a.progress.applied(),
+                put_at_unix_ms: now_unix_ms(),
+            };
+            if let Err(e) = timeout(r.announce(&me)).await {
+                tracing::debug!(error = %e, "could not put this replica in the roster");
+            }
+            match timeout(r.members()).await {
+                Ok(members) => {
+                    if let Ok(mut view) = a.view.members.lock() {
+                        *view = members;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "could not read the roster"),
+            }
+        }
+    })
+}
+
+async fn timeout<T>(
+    f: impl std::future::Future<Output = Result<T, ClusterError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(ROSTER_PATIENCE, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -330,6 +330,7 @@ pub async fn serve(
     let state = writer_task.shared_state();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut replica = None;
+    let mut roster = None;
     let (writer, writer_join) = if config.store.backend == "nats" {
         // Cluster mode: this store is one replica's view of the journal.
         let journal = cluster::open(&config).await?;
@@ -344,6 +345,10 @@ pub async fn serve(
         let target = cluster::check_at_start(&journal, &held).await?;
         let id = cluster::instance_id();
         tracing::info!(replica = %id, position = held.position, journal_end = target, "cluster mode: following the journal");
+        roster = Some(cluster::RosterView {
+            me: id.clone(),
+            members: Arc::default(),
+        });
         let started = writer_task
             .spawn_cluster(writer::ClusterLink {
                 journal: journal.clone(),
@@ -506,7 +511,8 @@ pub async fn serve(
         sub_metrics.clone(),
         shutdown_rx.clone(),
     ));
-    let status = ops::status::StatusSource::new(&config, sub_metrics.clone(), log.clone());
+    let status =
+        ops::status::StatusSource::new(&config, sub_metrics.clone(), log.clone(), roster.clone());
     let ops_task = tokio::spawn(ops::serve(
         ops_listener,
         ready.clone(),
@@ -629,6 +635,17 @@ pub async fn serve(
     let cluster_tasks = match replica {
         Some((journal, notices, progress, reader, target, held)) => {
             let follow = cluster::follow(notices, shared.deliveries.clone());
+            let announce = roster.map(|view| {
+                cluster::announce(
+                    cluster::Announce {
+                        journal: journal.clone(),
+                        view,
+                        address: bound.grpc.to_string(),
+                        progress: progress.clone(),
+                    },
+                    shutdown_rx.clone(),
+                )
+            });
             let watch = cluster::watch(
                 journal,
                 progress,
@@ -637,7 +654,9 @@ pub async fn serve(
                 ready.clone(),
                 shutdown_rx.clone(),
             );
-            Some(([follow, watch], reader))
+            let mut tasks = vec![follow, watch];
+            tasks.extend(announce);
+            Some((tasks, reader))
         }
         None => {
             ready.store(true, Ordering::SeqCst);

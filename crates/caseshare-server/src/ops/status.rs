@@ -30,11 +30,17 @@ pub struct StatusSource {
     store_dir: PathBuf,
     subs: Arc<Subscriptions>,
     log: Arc<AuditLog>,
+    roster: Option<crate::cluster::RosterView>,
 }
 
 impl StatusSource {
     /// A source for a broker serving from now with `config`.
-    pub fn new(config: &Config, subs: Arc<Subscriptions>, log: Arc<AuditLog>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: &Config,
+        subs: Arc<Subscriptions>,
+        log: Arc<AuditLog>,
+        roster: Option<crate::cluster::RosterView>,
+    ) -> Arc<Self> {
         Arc::new(StatusSource {
             started: Instant::now(),
             started_at: SystemTime::now(),
@@ -42,6 +48,7 @@ impl StatusSource {
             store_dir: config.data_dir.join("store"),
             subs,
             log,
+            roster,
         })
     }
 
@@ -74,14 +81,13 @@ impl StatusSource {
             uptime_seconds: self.started.elapsed().as_secs(),
             // Cluster mode (docs/CLUSTER.md): every replica is a peer that
             // proposes to and applies the journal; there is no leader.
-            // The list of the other replicas is not known here yet.
             role: if self.backend == "nats" {
                 "replica".into()
             } else {
                 "single".into()
             },
             backend: self.backend.clone(),
-            replicas: Vec::new(),
+            replicas: self.replicas(),
             store_bytes,
             audit_tree_size: self.log.head().0,
             last_checkpoint: gauges::last_checkpoint().map(|(tree_size, age)| {
@@ -92,6 +98,30 @@ impl StatusSource {
             }),
             subscriptions,
         })
+    }
+}
+
+impl StatusSource {
+    /// The roster as last read (cluster mode), this replica marked.
+    fn replicas(&self) -> Vec<pb::BrokerReplica> {
+        let Some(view) = &self.roster else {
+            return Vec::new();
+        };
+        let now = crate::cluster::now_unix_ms();
+        let members = view.members.lock().map(|m| m.clone()).unwrap_or_default();
+        members
+            .into_iter()
+            .map(|m| pb::BrokerReplica {
+                this_replica: m.replica_id == view.me,
+                replica_id: m.replica_id,
+                address: m.address,
+                leader: false,
+                applied_sequence: m.applied_sequence,
+                seen_seconds_ago: u64::try_from(now.saturating_sub(m.put_at_unix_ms) / 1000)
+                    .unwrap_or(0),
+                version: m.version,
+            })
+            .collect()
     }
 }
 
