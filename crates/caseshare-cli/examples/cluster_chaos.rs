@@ -25,12 +25,14 @@ async fn main() {
     let report = Chaos::from_env(20).run().await;
     println!(
         "chaos run passed: {} faults in {:.1} s ({:.1} s in all), {} events acknowledged, \
-         longest time without an acknowledged write {:.1} s, journal message {}, tree size {}",
+         longest time without an acknowledged write {:.1} s, journal readers re-read lost \
+         messages {} times, journal message {}, tree size {}",
         report.faults.len(),
         report.faults_took.as_secs_f64(),
         report.took.as_secs_f64(),
         report.acked,
         report.longest_gap.as_secs_f64(),
+        report.reader_rereads,
         report.applied,
         report.tree_size
     );

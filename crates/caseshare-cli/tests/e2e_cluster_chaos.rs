@@ -21,13 +21,15 @@ async fn random_faults_lose_nothing_acknowledged_and_the_replicas_agree() {
     let report = Chaos::seeded_from_env(FAULTS).run().await;
     println!(
         "chaos: {} faults in {:.1} s ({:.1} s in all), {} events acknowledged, {} retried \
-         calls, longest time without an acknowledged write {:.1} s",
+         calls, longest time without an acknowledged write {:.1} s, journal readers re-read \
+         lost messages {} times",
         report.faults.len(),
         report.faults_took.as_secs_f64(),
         report.took.as_secs_f64(),
         report.acked,
         report.retries,
-        report.longest_gap.as_secs_f64()
+        report.longest_gap.as_secs_f64(),
+        report.reader_rereads
     );
     assert_eq!(report.faults.len(), FAULTS);
     assert!(report.acked > 0);

@@ -32,6 +32,11 @@ pub const CHAOS_FAULTS_ENV: &str = "CASESHARE_CHAOS_FAULTS";
 /// The seed to replay (`CASESHARE_CHAOS_SEED`, a u64).
 pub const CHAOS_SEED_ENV: &str = "CASESHARE_CHAOS_SEED";
 
+/// What a replica logs when its journal reader's consumer went past
+/// messages lost in transit and it reads them again (`caseshare-cluster`'s
+/// reader), counted for the report.
+const REREAD: &str = "the consumer skipped messages lost in transit";
+
 /// A chaos run's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Chaos {
@@ -56,7 +61,11 @@ pub struct ChaosReport {
     pub applied: u64,
     /// The audit tree size of the larger of the two checkpoints compared.
     pub tree_size: u64,
-    /// How long the faults took, and the whole run.
+    /// How many times a replica's journal reader found its consumer had
+    /// gone past messages lost in transit and read them again (counted
+    /// from the replicas' logs).
+    pub reader_rereads: usize,
+    /// How long the faults took.
     pub faults_took: Duration,
     /// The whole run, start of the cluster to the last check.
     pub took: Duration,
@@ -236,6 +245,15 @@ impl Chaos {
         );
         let digest = c.assert_same_state().await;
         println!("both replicas' stopped stores hold the same state: digest {digest}");
+        let reader_rereads = (0..c.len())
+            .map(|i| {
+                std::fs::read_to_string(c.broker(i).log_path())
+                    .unwrap_or_default()
+                    .matches(REREAD)
+                    .count()
+            })
+            .sum();
+        println!("journal readers re-read messages lost in transit {reader_rereads} times");
         ChaosReport {
             faults: done,
             acked: report.acked.len(),
@@ -243,6 +261,7 @@ impl Chaos {
             longest_gap: report.longest_gap,
             applied,
             tree_size,
+            reader_rereads,
             faults_took,
             took: run_started.elapsed(),
         }

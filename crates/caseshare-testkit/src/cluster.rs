@@ -228,8 +228,8 @@ async fn checkpoint(b: &Broker) -> pb::Checkpoint {
 }
 
 impl Drop for BrokerCluster {
-    /// A failing test shows the end of every replica's log before the
-    /// directory goes.
+    /// A failing test shows the end of every replica's log and keeps the
+    /// replicas' directories.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
@@ -243,5 +243,10 @@ impl Drop for BrokerCluster {
                 eprintln!("{l}");
             }
         }
+        self.dir.disable_cleanup(true);
+        eprintln!(
+            "replicas' directories (whole logs, stores) kept in {}",
+            self.dir.path().display()
+        );
     }
 }
