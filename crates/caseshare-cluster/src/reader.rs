@@ -3,8 +3,15 @@
 //! the next sequence the reader needs and recreated from there whenever it
 //! fails or misses heartbeats (a stream-leader change, a killed server).
 //! The reader itself checks contiguity: an earlier sequence (a recreated
-//! consumer starting early) is dropped, a later one is a gap and ends the
-//! stream with an error.
+//! consumer starting early) is dropped. A later one means the consumer
+//! went past messages this reader never got — without acknowledgements,
+//! messages lost in transit are not sent again: when the client's server
+//! dies, what the consumer (on the stream's leader) had sent through it
+//! is lost, the client reconnects elsewhere and the same consumer carries
+//! on after them. So the reader asks the stream for the message it needs:
+//! if the stream holds it, the consumer is recreated from there (nothing
+//! is skipped); only if the stream does not is it a gap, which ends the
+//! stream with an error (a replica stops rather than skip a message).
 //!
 //! Why this and not async-nats' ordered consumer: the ordered consumer
 //! does the same recreation but waits two 15 s heartbeats before noticing
@@ -103,12 +110,28 @@ impl Reader {
                 continue; // a recreated consumer repeating: already given
             }
             if seq > self.next {
-                self.done = true;
+                // Either the consumer skipped messages it had sent (lost
+                // with a server between it and this client), or the stream
+                // lacks them: only the stream can say which.
                 self.drop_consumer();
-                return Some(Err(ClusterError::Gap {
-                    expected: self.next,
-                    found: seq,
-                }));
+                match self.stream_holds(self.next).await {
+                    Ok(false) => {
+                        self.done = true;
+                        return Some(Err(ClusterError::Gap {
+                            expected: self.next,
+                            found: seq,
+                        }));
+                    }
+                    Ok(true) => {
+                        tracing::info!(stream = %self.stream, next = self.next, found = seq,
+                        "journal reader: the consumer skipped messages lost in transit; reading again from the next one")
+                    }
+                    Err(e) => {
+                        tracing::info!(stream = %self.stream, next = self.next, found = seq, error = %e,
+                        "journal reader: the consumer skipped ahead and the stream cannot say yet whether it holds the next message; reading again from it")
+                    }
+                }
+                continue;
             }
             self.next += 1;
             self.failures = 0;
@@ -167,6 +190,28 @@ impl Reader {
             .map_err(|e| e.to_string())?;
         self.messages = Some(messages);
         Ok(())
+    }
+
+    /// Whether the stream holds message `seq` (asked of the stream's
+    /// leader; an error when it cannot answer now).
+    async fn stream_holds(&self, seq: u64) -> Result<bool, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        match stream.get_raw_message(seq).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Forgets the current consumer and asks the server to delete it (in

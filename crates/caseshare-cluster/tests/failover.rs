@@ -10,36 +10,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caseshare_cluster::{AppendError, DEFAULT_STREAM, Journal};
+use caseshare_cluster::{DEFAULT_STREAM, Journal};
 use futures::StreamExt;
 
 /// Appends before the kill, and in all.
 const BEFORE_KILL: u64 = 60;
 const TOTAL: u64 = 180;
-
-/// Appends `bytes` as the next message after `last`, retrying while the
-/// journal is unavailable; gives the sequence and how many tries it took.
-async fn append_retrying(journal: &Journal, last: u64, id: &str, bytes: Bytes) -> (u64, u32) {
-    let started = Instant::now();
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match journal.append(last, id, bytes.clone()).await {
-            Ok(seq) => return (seq, tries),
-            // An earlier try was stored; its acknowledgement was lost.
-            Err(AppendError::Duplicate { sequence }) => return (sequence, tries),
-            Err(AppendError::Unavailable(why)) => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "journal unavailable for 30 s: {why}"
-                );
-                // Pace the retries (a closed connection fails at once).
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("append {id} after {last}: {e}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_and_reads_continue_across_a_stream_leader_kill() {
@@ -74,7 +50,7 @@ async fn appends_and_reads_continue_across_a_stream_leader_kill() {
             c.kill9(leader);
             killed = Some((leader, Instant::now()));
         }
-        let (seq, tries) = append_retrying(
+        let (seq, tries) = common::append_retrying(
             &journal,
             last,
             &format!("m-{i}"),

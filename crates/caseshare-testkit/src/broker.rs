@@ -455,6 +455,27 @@ impl Broker {
         self.endpoint().client(name)
     }
 
+    /// The exit status of a broker that exited on its own (crash-only
+    /// exits, a refused restart), reaped; `None` while it runs or is
+    /// stopped (SIGSTOP), and once the kit itself killed or stopped it.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// True while the kit has a process for it (running or SIGSTOPped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The last `n` lines of `broker.log` (all its lifetimes).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// SIGKILL and reap: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

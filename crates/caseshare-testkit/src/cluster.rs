@@ -189,6 +189,61 @@ impl BrokerCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// One state: stops every replica (SIGTERM: each applies its own last
+    /// proposals and stops) and reads each one's store as a restart would,
+    /// comparing the state machine's digest (configuration, subscriptions
+    /// and counters, `Machine::digest`) at the journal position each store
+    /// records. A replica that stopped behind the others (a write arrived
+    /// between the stops) is restarted alone, catches up and is stopped
+    /// again. Gives the digest, hex. The replicas stay stopped.
+    pub async fn assert_same_state(&mut self) -> String {
+        for _ in 0..3 {
+            for i in 0..self.len() {
+                if self.brokers[i].as_ref().is_some_and(Broker::running) {
+                    let status = self.broker_mut(i).stop().await;
+                    assert!(status.success(), "replica {i} stopped with {status}");
+                }
+            }
+            let states: Vec<(u64, [u8; 32])> =
+                (0..self.len()).map(|i| self.stored_state(i)).collect();
+            let end = states.iter().map(|s| s.0).max().unwrap_or(0);
+            if states.iter().all(|s| s.0 == end) {
+                for (i, s) in states.iter().enumerate() {
+                    assert_eq!(
+                        s.1, states[0].1,
+                        "replicas 0 and {i} applied the journal through message {end} and \
+                         hold different states"
+                    );
+                }
+                return states[0].1.iter().map(|b| format!("{b:02x}")).collect();
+            }
+            for (i, s) in states.iter().enumerate() {
+                if s.0 < end {
+                    self.broker_mut(i).restart();
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while (self.broker(i).metric("caseshare_journal_applied_sequence") as u64) < end
+                    {
+                        assert!(Instant::now() < deadline, "replica {i} did not reach {end}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        panic!("the replicas never stopped at one journal position");
+    }
+
+    /// The journal position and state digest of stopped replica `i`'s
+    /// store.
+    fn stored_state(&self, i: usize) -> (u64, [u8; 32]) {
+        use caseshare_store::Storage;
+        let store =
+            caseshare_store::SledStore::open(&self.replica_dir(i).join("data/store"), 8 << 20)
+                .unwrap();
+        let snap = store.load().unwrap();
+        let digest = caseshare_state::Machine::from_snapshot(&snap, Vec::new()).digest();
+        (snap.journal_position, digest)
+    }
 }
 
 async fn checkpoint(b: &Broker) -> pb::Checkpoint {
@@ -201,8 +256,8 @@ async fn checkpoint(b: &Broker) -> pb::Checkpoint {
 }
 
 impl Drop for BrokerCluster {
-    /// A failing test shows the end of every replica's log before the
-    /// directory goes.
+    /// A failing test shows the end of every replica's log and keeps the
+    /// replicas' directories.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
@@ -216,5 +271,10 @@ impl Drop for BrokerCluster {
                 eprintln!("{l}");
             }
         }
+        self.dir.disable_cleanup(true);
+        eprintln!(
+            "replicas' directories (whole logs, stores) kept in {}",
+            self.dir.path().display()
+        );
     }
 }

@@ -78,6 +78,7 @@
 mod agencies;
 mod binary;
 mod broker;
+mod chaos;
 mod cluster;
 mod files;
 mod load;
@@ -96,6 +97,7 @@ pub use binary::{caseshare_bin, caseshare_command};
 pub use broker::{
     Broker, BrokerBuilder, Endpoint, Refused, TOPOLOGY_ENV, Topology, refusal_message,
 };
+pub use chaos::{CHAOS_FAULTS_ENV, CHAOS_SEED_ENV, Chaos, ChaosReport};
 pub use cluster::BrokerCluster;
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
 pub use load::{Consumed, Consumer, PublishReport, Publisher};

@@ -55,3 +55,35 @@ pub async fn append(
         }
     }
 }
+
+/// Appends `bytes` as the next message after `last`, retrying while the
+/// journal is unavailable (a lost acknowledgement answers `Duplicate` on
+/// the retry: the first try was stored); gives the sequence and how many
+/// tries it took.
+pub async fn append_retrying(
+    journal: &caseshare_cluster::Journal,
+    last: u64,
+    id: &str,
+    bytes: bytes::Bytes,
+) -> (u64, u32) {
+    use caseshare_cluster::AppendError;
+    let started = std::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match journal.append(last, id, bytes.clone()).await {
+            Ok(seq) => return (seq, tries),
+            // An earlier try was stored; its acknowledgement was lost.
+            Err(AppendError::Duplicate { sequence }) => return (sequence, tries),
+            Err(AppendError::Unavailable(why)) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "journal unavailable for 30 s: {why}"
+                );
+                // Pace the retries (a closed connection fails at once).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("append {id} after {last}: {e}"),
+        }
+    }
+}

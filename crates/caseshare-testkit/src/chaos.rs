@@ -1,0 +1,316 @@
+//! The chaos run of cluster mode (issue 15), one implementation for the
+//! on-demand command (`examples/cluster_chaos.rs`, 20 or more faults) and
+//! the bounded test in the suite (`tests/e2e_cluster_chaos.rs`).
+//!
+//! On 3 real `nats-server` nodes (`sync_interval: always`) and 2 broker
+//! replicas, under a steady idempotent publisher and two acknowledging
+//! subscribers (one ordered), it runs random faults one at a time —
+//! SIGKILL and restart, or SIGSTOP and SIGCONT, of a broker replica or a
+//! NATS node, and SIGKILL and restart of the journal's stream leader —
+//! chosen by a seeded generator (the seed is printed; the same seed makes
+//! the same choices). After every fault it checks that every replica is
+//! still running: a replica that exited on its own fails the run at once
+//! with its exit status and the end of its log (the kit restarts only what
+//! it killed; nothing restarts a replica that died). Then the invariants:
+//! no event id got two sequences; every acknowledged event was delivered on
+//! both subscriptions; on the ordered one each child's events were first
+//! delivered in publish order; the replicas applied the same journal,
+//! hold the same state (the state machine's digest, read from each
+//! replica's stopped store) and sign one audit log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use caseshare_proto::v1 as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{BrokerCluster, Consumer, Endpoint, Publisher, SOCIAL_CARE};
+
+/// How many faults a run has (`CASESHARE_CHAOS_FAULTS`).
+pub const CHAOS_FAULTS_ENV: &str = "CASESHARE_CHAOS_FAULTS";
+/// The seed to replay (`CASESHARE_CHAOS_SEED`, a u64).
+pub const CHAOS_SEED_ENV: &str = "CASESHARE_CHAOS_SEED";
+
+/// What a replica logs when its journal reader's consumer went past
+/// messages lost in transit and it reads them again (`caseshare-cluster`'s
+/// reader), counted for the report.
+const REREAD: &str = "the consumer skipped messages lost in transit";
+
+/// A chaos run's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    /// Faults, one at a time.
+    pub faults: usize,
+    /// The generator's seed.
+    pub seed: u64,
+}
+
+/// What a chaos run saw (every invariant held, or it panicked).
+#[derive(Debug, Clone)]
+pub struct ChaosReport {
+    /// One line per fault, in order.
+    pub faults: Vec<String>,
+    /// Events acknowledged to the publisher.
+    pub acked: usize,
+    /// Publish calls that failed and were retried.
+    pub retries: usize,
+    /// The longest time without an acknowledged write.
+    pub longest_gap: Duration,
+    /// The journal message both replicas applied through at the end.
+    pub applied: u64,
+    /// The audit tree size of the larger of the two checkpoints compared.
+    pub tree_size: u64,
+    /// How many times a replica's journal reader found its consumer had
+    /// gone past messages lost in transit and read them again (counted
+    /// from the replicas' logs).
+    pub reader_rereads: usize,
+    /// How long the faults took.
+    pub faults_took: Duration,
+    /// The whole run, start of the cluster to the last check.
+    pub took: Duration,
+}
+
+impl Chaos {
+    /// `faults` faults unless `CASESHARE_CHAOS_FAULTS` says otherwise, and
+    /// `CASESHARE_CHAOS_SEED` or a random seed; prints both (the line to
+    /// replay the run).
+    pub fn from_env(default_faults: usize) -> Chaos {
+        let faults = std::env::var(CHAOS_FAULTS_ENV)
+            .ok()
+            .map(|s| s.parse().expect("CASESHARE_CHAOS_FAULTS is a number"))
+            .unwrap_or(default_faults);
+        Chaos::seeded_from_env(faults)
+    }
+
+    /// Exactly `faults` faults, with `CASESHARE_CHAOS_SEED` or a random
+    /// seed; prints both.
+    pub fn seeded_from_env(faults: usize) -> Chaos {
+        let seed = std::env::var(CHAOS_SEED_ENV)
+            .ok()
+            .map(|s| s.parse().expect("CASESHARE_CHAOS_SEED is a u64"))
+            .unwrap_or_else(rand::random);
+        println!("chaos seed: {seed} (replay with {CHAOS_SEED_ENV}={seed}), faults: {faults}");
+        Chaos { faults, seed }
+    }
+
+    /// Runs the faults and checks the invariants; panics (with the seed)
+    /// when one does not hold.
+    pub async fn run(self) -> ChaosReport {
+        let run_started = Instant::now();
+        let seed = self.seed;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = BrokerCluster::start(2).await;
+        c.broker(0).school_shares_with_social_care().await;
+        c.broker(0)
+            .client(SOCIAL_CARE)
+            .subscriber
+            .create_subscription(pb::Subscription {
+                name: "ordered".into(),
+                ordered: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let publisher = Publisher::start(endpoints(&c), "chaos", Duration::from_millis(20));
+        let main = Consumer::start(endpoints(&c), SOCIAL_CARE, "main");
+        let ordered = Consumer::start(reversed(&c), SOCIAL_CARE, "ordered");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let started = Instant::now();
+        let mut done = Vec::new();
+        for k in 0..self.faults {
+            // The same draws, in the same order, as every run before this
+            // module: a seed from an earlier run replays its faults.
+            let hold = Duration::from_millis(rng.gen_range(1_000..5_000));
+            let at = started.elapsed();
+            let what = match rng.gen_range(0..5) {
+                0 => {
+                    let i = rng.gen_range(0..2);
+                    c.broker_mut(i).kill9();
+                    tokio::time::sleep(hold).await;
+                    c.broker_mut(i).restart();
+                    format!("SIGKILL broker {i}, restarted after")
+                }
+                1 => {
+                    let i = rng.gen_range(0..2);
+                    c.broker(i).pause();
+                    tokio::time::sleep(hold).await;
+                    c.broker(i).resume();
+                    format!("SIGSTOP broker {i}, SIGCONT after")
+                }
+                2 => {
+                    let j = rng.gen_range(0..3);
+                    c.nats.kill9(j);
+                    tokio::time::sleep(hold).await;
+                    c.nats.restart(j).await;
+                    format!("SIGKILL NATS node {j}, restarted after")
+                }
+                3 => {
+                    let j = rng.gen_range(0..3);
+                    c.nats.stop(j);
+                    tokio::time::sleep(hold).await;
+                    c.nats.cont(j);
+                    format!("SIGSTOP NATS node {j}, SIGCONT after")
+                }
+                _ => {
+                    let j = c.nats.stream_leader("CASESHARE_JOURNAL").await;
+                    let j = j.unwrap_or_else(|| rng.gen_range(0..3));
+                    c.nats.kill9(j);
+                    tokio::time::sleep(hold).await;
+                    c.nats.restart(j).await;
+                    format!("SIGKILL the stream leader (NATS node {j}), restarted after")
+                }
+            };
+            let line = format!(
+                "fault {k} at {:.1} s: {what} {:.1} s",
+                at.as_secs_f64(),
+                hold.as_secs_f64()
+            );
+            println!("{line}");
+            done.push(line);
+            self.assert_running(&mut c, &done);
+            publisher.set_targets(endpoints(&c));
+            main.set_targets(endpoints(&c));
+            ordered.set_targets(reversed(&c));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..3_000))).await;
+        }
+        let faults_took = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.assert_running(&mut c, &done);
+        let report = publisher.finish().await;
+        println!(
+            "{} events acknowledged, {} retried calls, longest time without an acknowledged \
+             write {:.1} s",
+            report.acked.len(),
+            report.retries,
+            report.longest_gap.as_secs_f64()
+        );
+        assert!(
+            report.forked.is_empty(),
+            "seed {seed}: two sequences for {:?}",
+            report.forked
+        );
+        let acked: BTreeSet<u64> = report.acked.values().copied().collect();
+        assert_eq!(
+            acked.len(),
+            report.acked.len(),
+            "seed {seed}: two events share a sequence"
+        );
+        let within = Duration::from_secs(120);
+        let m = main.until_all(acked.clone(), within).await;
+        let o = ordered.until_all(acked.clone(), within).await;
+        for (name, got) in [("main", &m), ("ordered", &o)] {
+            println!(
+                "{name}: {} delivered, {} more than once, stream reopened {} times",
+                got.received.len(),
+                got.received.values().filter(|n| **n > 1).count(),
+                got.reopened
+            );
+            assert!(
+                got.received.keys().all(|s| acked.contains(s)),
+                "seed {seed}: {name} was given an event never acknowledged"
+            );
+        }
+        // Per child, the ordered subscription's first deliveries follow the
+        // publish order (the publisher alternates children and waits for
+        // each acknowledgement, so sequence order is publish order per
+        // child).
+        let child_of: BTreeMap<u64, usize> = report
+            .acked
+            .iter()
+            .map(|(id, seq)| {
+                let n: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+                (*seq, (n % 2) as usize)
+            })
+            .collect();
+        for child in 0..2 {
+            let firsts: Vec<u64> = o
+                .first
+                .iter()
+                .copied()
+                .filter(|s| child_of.get(s) == Some(&child))
+                .collect();
+            assert!(
+                firsts.windows(2).all(|w| w[0] < w[1]),
+                "seed {seed}: child {child}: first deliveries out of order: {firsts:?}"
+            );
+        }
+        let applied = self.assert_same_position(&mut c, &done).await;
+        let (ca, cb) = c.assert_one_log(0, 1).await;
+        let tree_size = ca.tree_size.max(cb.tree_size);
+        println!(
+            "one audit log: checkpoints at tree sizes {} and {}",
+            ca.tree_size, cb.tree_size
+        );
+        let digest = c.assert_same_state().await;
+        println!("both replicas' stopped stores hold the same state: digest {digest}");
+        let reader_rereads = (0..c.len())
+            .map(|i| {
+                std::fs::read_to_string(c.broker(i).log_path())
+                    .unwrap_or_default()
+                    .matches(REREAD)
+                    .count()
+            })
+            .sum();
+        println!("journal readers re-read messages lost in transit {reader_rereads} times");
+        ChaosReport {
+            faults: done,
+            acked: report.acked.len(),
+            retries: report.retries,
+            longest_gap: report.longest_gap,
+            applied,
+            tree_size,
+            reader_rereads,
+            faults_took,
+            took: run_started.elapsed(),
+        }
+    }
+
+    /// Fails the run if a replica exited on its own, with its exit status
+    /// and the end of its log.
+    fn assert_running(&self, c: &mut BrokerCluster, done: &[String]) {
+        for i in 0..c.len() {
+            if let Some(status) = c.broker_mut(i).exited() {
+                panic!(
+                    "seed {}: broker replica {i} exited on its own ({status}) by the end of \
+                     fault {}:\n{}\n--- its log (last lines):\n{}",
+                    self.seed,
+                    done.len().saturating_sub(1),
+                    done.join("\n"),
+                    c.broker(i).log_tail(40)
+                );
+            }
+        }
+    }
+
+    /// Waits until both replicas applied the journal through the same
+    /// message (still checking they run); gives it.
+    async fn assert_same_position(&self, c: &mut BrokerCluster, done: &[String]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.assert_running(c, done);
+            let a = c.broker(0).metric("caseshare_journal_applied_sequence");
+            let b = c.broker(1).metric("caseshare_journal_applied_sequence");
+            if a == b && a > 0.0 {
+                println!("both replicas applied the journal through message {a}");
+                return a as u64;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {}: replicas at {a} and {b}",
+                self.seed
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn endpoints(c: &BrokerCluster) -> Vec<Endpoint> {
+    vec![c.broker(0).endpoint(), c.broker(1).endpoint()]
+}
+
+/// The ordered subscriber starts on the other replica.
+fn reversed(c: &BrokerCluster) -> Vec<Endpoint> {
+    vec![c.broker(1).endpoint(), c.broker(0).endpoint()]
+}
