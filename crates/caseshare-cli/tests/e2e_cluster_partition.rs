@@ -85,18 +85,19 @@ async fn a_partitioned_stream_leader_loses_nothing_and_catches_up_on_heal() {
         cut_at.elapsed().as_secs_f64()
     );
     // The replica that was connected to the cut node takes writes again.
-    let tries = std::sync::atomic::AtomicU32::new(0);
+    // One event id for every try: a try that timed out here may still be
+    // applied, and its retry must then get that event back (idempotent
+    // publish), not make a second one.
     let through_1 = std::sync::Mutex::new(None);
     let moved = wait_for(RESUME_WITHIN, || {
-        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let id = format!("through-replica-1-{n}");
+        let id = "through-replica-1";
         let b = c.broker(1);
         let through_1 = &through_1;
         async move {
             let mut client = b.client(SCHOOL);
             let call = client
                 .publisher
-                .publish(publish_request(attendance_event(&id, CHILD_1)));
+                .publish(publish_request(attendance_event(id, CHILD_1)));
             match tokio::time::timeout(Duration::from_secs(3), call).await {
                 Ok(Ok(r)) => {
                     *through_1.lock().unwrap() = Some(r.into_inner().sequence);
