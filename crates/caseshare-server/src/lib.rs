@@ -356,6 +356,8 @@ pub async fn serve(
                 from: held.position + 1,
                 stale_after: std::time::Duration::from_millis(config.store.nats.lease_ttl_ms),
                 max_bytes: caseshare_cluster::DEFAULT_MAX_MESSAGE_BYTES / 4 * 3,
+                times: snapshot.journal_times.clone(),
+                times_dropped_through: snapshot.journal_times_dropped_through,
             })
             .map_err(io("starting the applier thread"))?;
         replica = Some((

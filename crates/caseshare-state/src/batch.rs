@@ -49,6 +49,13 @@ pub struct Batch {
     /// (stored with it, so a restarted replica resumes after it). `None`
     /// for the embedded store.
     pub journal_position: Option<u64>,
+    /// Cluster mode: the stored times (µs) of the journal messages this
+    /// batch applies, kept for the stale-proposal rule (stored with the
+    /// batch, so a restarted or copied replica decides as the others do).
+    pub journal_times: Vec<(u64, i64)>,
+    /// Cluster mode: every kept journal time at or below this sequence is
+    /// dropped (older than the rule can need: see the applier).
+    pub journal_times_dropped_through: Option<u64>,
 }
 
 impl Batch {
@@ -76,6 +83,8 @@ impl Batch {
             next_sequence,
             next_subscription_id,
             journal_position,
+            journal_times,
+            journal_times_dropped_through,
         } = self;
         events.is_empty()
             && audit.is_empty()
@@ -94,6 +103,8 @@ impl Batch {
             && next_sequence.is_none()
             && next_subscription_id.is_none()
             && journal_position.is_none()
+            && journal_times.is_empty()
+            && journal_times_dropped_through.is_none()
     }
 }
 
@@ -220,6 +231,20 @@ mod tests {
                 },
             ),
             (
+                "journal_times",
+                Batch {
+                    journal_times: vec![(1, 1)],
+                    ..d()
+                },
+            ),
+            (
+                "journal_times_dropped_through",
+                Batch {
+                    journal_times_dropped_through: Some(1),
+                    ..d()
+                },
+            ),
+            (
                 "journal_position",
                 Batch {
                     journal_position: Some(1),
@@ -227,7 +252,7 @@ mod tests {
                 },
             ),
         ];
-        assert_eq!(cases.len(), 17);
+        assert_eq!(cases.len(), 19);
         for (field, batch) in cases {
             assert!(
                 !batch.is_empty(),

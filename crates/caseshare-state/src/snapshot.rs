@@ -30,4 +30,9 @@ pub struct Snapshot {
     pub first_sequence: u64,
     /// Cluster mode: the last journal message applied (0: none).
     pub journal_position: u64,
+    /// Cluster mode: the journal times kept for the stale-proposal rule,
+    /// (sequence, stored time in µs), by sequence.
+    pub journal_times: Vec<(u64, i64)>,
+    /// Cluster mode: journal times at or below this sequence were dropped.
+    pub journal_times_dropped_through: u64,
 }

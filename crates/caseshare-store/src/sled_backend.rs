@@ -26,7 +26,10 @@
 //!   records are still being removed, [`PURGE_CHUNK`] per commit
 //! - `M` ‖ name → counters (`seq`, `sub`), `journal` (cluster mode: the
 //!   last journal message applied) and `first`, the first sequence
-//!   retention kept; `aidx`, the audit entries the audit index covers
+//!   retention kept; `aidx`, the audit entries the audit index covers;
+//!   `jtdrop`, the journal sequence through which kept times were dropped
+//! - `J` ‖ journal sequence → its stored time (µs, `i64`): cluster mode's
+//!   recent journal times, for the stale-proposal rule
 //! - `L`, `Q` ‖ epoch ‖ … → which audit entries name a child or an
 //!   agency, and `W` ‖ block → the time span of a block of audit entries:
 //!   the audit index, written with the entries (see
@@ -372,6 +375,16 @@ impl SledStore {
         if let Some(v) = self.tree.get(key(b'M', &[b"journal"]))? {
             snap.journal_position = read_be(&v, "journal position")?;
         }
+        if let Some(v) = self.tree.get(key(b'M', &[b"jtdrop"]))? {
+            snap.journal_times_dropped_through = read_be(&v, "journal times dropped")?;
+        }
+        for item in self.tree.scan_prefix([b'J']) {
+            let (k, v) = item?;
+            let seq = read_be(&k[1..], "journal time key")?;
+            let time = read_be(&v, "journal time")?;
+            snap.journal_times
+                .push((seq, i64::from_be_bytes(time.to_be_bytes())));
+        }
         snap.audit_size = audit_size(&self.tree)?;
         Ok(snap)
     }
@@ -557,6 +570,29 @@ impl Storage for SledStore {
         }
         if let Some(n) = batch.journal_position {
             Self::put(&mut b, &mut stats, key(b'M', &[b"journal"]), be(n).to_vec());
+        }
+        // Journal times: the dropped ones first (they are all older than
+        // any written here), then this batch's.
+        if let Some(through) = batch.journal_times_dropped_through {
+            for item in self.tree.range(key(b'J', &[])..=key(b'J', &[&be(through)])) {
+                let (k, _) = item?;
+                b.remove(k);
+                stats.records += 1;
+            }
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'M', &[b"jtdrop"]),
+                be(through).to_vec(),
+            );
+        }
+        for (seq, time) in &batch.journal_times {
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'J', &[&be(*seq)]),
+                time.to_be_bytes().to_vec(),
+            );
         }
         self.tree.apply_batch(b)?;
         self.sync()?;

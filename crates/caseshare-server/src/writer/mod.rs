@@ -28,6 +28,7 @@ mod commit;
 mod ops;
 mod propose;
 mod replica;
+mod times;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -121,6 +122,10 @@ pub struct ClusterLink {
     pub stale_after: std::time::Duration,
     /// The byte budget of one journal message.
     pub max_bytes: usize,
+    /// The journal times the store kept (the stale-proposal rule).
+    pub times: Vec<(u64, i64)>,
+    /// Through which journal sequence the store dropped kept times.
+    pub times_dropped_through: u64,
 }
 
 /// Cluster mode's writer, started.
@@ -256,11 +261,15 @@ impl WriterTask {
         let (notices_tx, notices) = mpsc::channel(4_096);
         let applier = replica::Applier::new(
             self,
-            link.journal,
-            Arc::clone(&pending),
-            link.replica,
-            link.stale_after,
-            notices_tx,
+            replica::Parts {
+                journal: link.journal,
+                pending: Arc::clone(&pending),
+                replica: link.replica,
+                stale_after: link.stale_after,
+                notices: notices_tx,
+                times: link.times,
+                times_dropped_through: link.times_dropped_through,
+            },
         );
         let join = std::thread::Builder::new()
             .name("caseshare-applier".into())

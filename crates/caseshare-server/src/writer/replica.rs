@@ -18,15 +18,19 @@
 //! `stale_after` before it — its proposer was paused or cut off while
 //! others wrote, and its writes were decided on a view the cluster had
 //! long left. Both times are the stream's own, stored with the messages,
-//! so every replica decides the same; a replica that does not remember
-//! the time of `seen + 1` reads it from the stream.
+//! so every replica decides the same. Each replica keeps the times of the
+//! messages it applied in its store, with the batches (dropping those too
+//! old to matter, which decide "stale" by themselves), so a restarted or
+//! copied replica decides without the stream — which may have compacted
+//! them away; only a store written before times were kept reads them from
+//! the stream.
 //!
 //! Architecture Invariant: a message that cannot be decoded or applied
 //! here (a damaged message, a failed local read, a replica that ends a
 //! batch elsewhere than the batch says) stops the applier: the replica
 //! goes not-ready and exits; it never skips a message.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,6 +43,7 @@ use tokio::sync::mpsc;
 use super::commit::{Durable, ToCommit};
 use super::ops::Finisher;
 use super::propose::{Pending, Waiting};
+use super::times::{KeptTimes, Verdict};
 use super::{Settled, WriterTask, count, settled_count};
 use crate::errors::BrokerError;
 
@@ -52,9 +57,6 @@ struct Group {
     seq_before: u64,
     last: u64,
 }
-
-/// Journal times remembered for the stale-proposal rule.
-const TIMES_KEPT: usize = 65_536;
 
 /// A change made through another replica that this replica's delivery
 /// engine must follow (its own requests update it themselves).
@@ -118,16 +120,28 @@ fn kind(command: &Command) -> Kind {
     }
 }
 
-/// The applier's parts beyond the writer's.
-pub(super) struct Applier {
-    pub(super) task: WriterTask,
+/// What the applier needs beyond the writer's task.
+pub(super) struct Parts {
     pub(super) journal: Arc<Journal>,
     pub(super) pending: Arc<Pending>,
     pub(super) replica: String,
     pub(super) stale_after: Duration,
     pub(super) notices: mpsc::Sender<Notice>,
-    /// Journal sequence → stored time (µs), for the stale-proposal rule.
-    times: BTreeMap<u64, i64>,
+    /// The journal times the store kept, and through which sequence it
+    /// dropped them.
+    pub(super) times: Vec<(u64, i64)>,
+    pub(super) times_dropped_through: u64,
+}
+
+/// The applier's parts beyond the writer's.
+pub(super) struct Applier {
+    task: WriterTask,
+    journal: Arc<Journal>,
+    pending: Arc<Pending>,
+    replica: String,
+    notices: mpsc::Sender<Notice>,
+    /// The journal times kept for the stale-proposal rule.
+    times: KeptTimes,
 }
 
 /// Why the applier stopped.
@@ -144,22 +158,14 @@ pub enum ApplyError {
 }
 
 impl Applier {
-    pub(super) fn new(
-        task: WriterTask,
-        journal: Arc<Journal>,
-        pending: Arc<Pending>,
-        replica: String,
-        stale_after: Duration,
-        notices: mpsc::Sender<Notice>,
-    ) -> Self {
+    pub(super) fn new(task: WriterTask, parts: Parts) -> Self {
         Applier {
             task,
-            journal,
-            pending,
-            replica,
-            stale_after,
-            notices,
-            times: BTreeMap::new(),
+            journal: parts.journal,
+            pending: parts.pending,
+            replica: parts.replica,
+            notices: parts.notices,
+            times: KeptTimes::new(parts.stale_after, parts.times, parts.times_dropped_through),
         }
     }
 
@@ -398,6 +404,9 @@ impl Applier {
         seq_before: u64,
     ) -> ToCommit {
         sealed.batch.journal_position = Some(last);
+        let (times, dropped) = self.times.take_changes();
+        sealed.batch.journal_times = times;
+        sealed.batch.journal_times_dropped_through = dropped;
         let mut new_head = None;
         if !sealed.batch.audit.is_empty() {
             let (tiles, size, root) = self.task.log.append(&sealed.batch.audit);
@@ -440,10 +449,7 @@ impl Applier {
     }
 
     fn remember(&mut self, sequence: u64, time: i64) {
-        self.times.insert(sequence, time);
-        while self.times.len() > TIMES_KEPT {
-            self.times.pop_first();
-        }
+        self.times.remember(sequence, time);
     }
 
     /// The stale-proposal rule (module documentation).
@@ -451,21 +457,19 @@ impl Applier {
         let Some(origin) = &header.origin else {
             return Ok(false);
         };
-        let first_unseen = origin.seen.saturating_add(1);
-        if first_unseen >= entry.sequence {
-            return Ok(false);
-        }
-        let time = match self.times.get(&first_unseen) {
-            Some(t) => *t,
-            None => match self.read_time(first_unseen)? {
-                Some(t) => t,
-                // Not in the stream (cannot happen while the journal keeps
-                // every message): nothing to compare with.
-                None => return Ok(false),
+        let verdict = match self
+            .times
+            .verdict(origin.seen, entry.sequence, entry.time_micros)
+        {
+            // Not kept: a store written before journal times were kept.
+            Verdict::Unknown => match self.read_time(origin.seen.saturating_add(1))? {
+                Some(t) => self.times.decide(t, entry.time_micros),
+                // Not in the stream either: nothing to compare with.
+                None => Verdict::Fresh,
             },
+            v => v,
         };
-        let waited = entry.time_micros.saturating_sub(time);
-        Ok(waited > i64::try_from(self.stale_after.as_micros()).unwrap_or(i64::MAX))
+        Ok(verdict == Verdict::Stale)
     }
 
     /// Reads a message's stored time from the stream, retrying while the

@@ -221,3 +221,38 @@ fn the_journal_position_is_committed_with_its_batch_and_survives_a_reopen() {
     let store = open_store(dir.path());
     assert_eq!(store.load().unwrap().journal_position, 7);
 }
+
+/// Cluster mode's kept journal times: written with their batch, dropped
+/// through a sequence (the drop and the batch's own times in one commit),
+/// and loaded back after a reopen, so a restarted replica applies the
+/// stale-proposal rule with the times the others had.
+#[test]
+fn journal_times_are_kept_dropped_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_store(dir.path());
+        let empty = store.load().unwrap();
+        assert!(empty.journal_times.is_empty());
+        assert_eq!(empty.journal_times_dropped_through, 0);
+        store
+            .commit(&Batch {
+                journal_position: Some(3),
+                journal_times: vec![(1, 100), (2, 250), (3, -5)],
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .commit(&Batch {
+                journal_position: Some(5),
+                journal_times: vec![(4, 900), (5, 1_000)],
+                journal_times_dropped_through: Some(2),
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let store = open_store(dir.path());
+    let snap = store.load().unwrap();
+    assert_eq!(snap.journal_times, vec![(3, -5), (4, 900), (5, 1_000)]);
+    assert_eq!(snap.journal_times_dropped_through, 2);
+    assert_eq!(snap.journal_position, 5);
+}
