@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 mod check;
 mod commands;
+mod probe;
 
 use commands::{
     AgencyCommand, AgreementCommand, AuditCommand, ConsentCommand, SubscriptionCommand,
@@ -120,6 +121,16 @@ enum Command {
     /// Start a broker in a temporary directory and play a three-agency
     /// scenario, printing every sharing decision.
     Demo,
+    /// GET a plain-HTTP URL and exit 0 on 200, 1 otherwise: the container's
+    /// health check (`caseshare probe http://127.0.0.1:7444/readyz`), with
+    /// no shell or curl in the image.
+    Probe {
+        /// The URL (`http://HOST:PORT/PATH`), e.g. the ops port's `/readyz` or `/healthz`.
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Write a development PKI (CA, server and sample client certificates).
     DevPki {
         /// Output directory.
@@ -431,6 +442,10 @@ async fn run(cli: Cli) -> Result<()> {
             .await;
             telemetry.shutdown().await; // exports what is buffered
             served?;
+        }
+        Command::Probe { url, timeout_ms } => {
+            let line = probe::run(&url, std::time::Duration::from_millis(timeout_ms))?;
+            println!("{line}");
         }
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;
