@@ -30,16 +30,16 @@ pub fn run(url: &str, timeout: Duration) -> Result<String> {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
     };
-    let mut s = TcpStream::connect_timeout(&addr, left()).with_context(|| format!("{url}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, left()).with_context(|| url.to_string())?;
     s.set_write_timeout(Some(left()))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .with_context(|| format!("{url}"))?;
+        .with_context(|| url.to_string())?;
     // The status line is all that is read (at most 4 KiB).
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     while !buf.contains(&b'\n') && buf.len() < 4096 {
         s.set_read_timeout(Some(left()))?;
-        let n = s.read(&mut chunk).with_context(|| format!("{url}"))?;
+        let n = s.read(&mut chunk).with_context(|| url.to_string())?;
         if n == 0 {
             break;
         }
@@ -56,6 +56,7 @@ pub fn run(url: &str, timeout: Duration) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::net::TcpListener;
 

@@ -55,6 +55,7 @@ pub fn check(path: &Path) -> std::io::Result<Option<String>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const ME: u32 = 10001;
