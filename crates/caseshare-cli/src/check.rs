@@ -84,35 +84,32 @@ fn finding(check: &str, file: &Path, ok: bool, detail: impl Into<String>) -> Fin
 }
 
 fn secret(path: &Path, len: Option<u64>) -> Finding {
-    match std::fs::metadata(path) {
-        Err(_) => finding(
+    let Ok(m) = std::fs::metadata(path) else {
+        return finding(
             "secret",
             path,
             false,
             "missing (the broker refuses to start rather than make a new one next to data)",
-        ),
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => finding(
-            "secret",
-            path,
-            false,
-            format!(
-                "mode {:o}: readable by other users (chmod 600)",
-                m.permissions().mode() & 0o777
-            ),
-        ),
-        Ok(m) if len.is_some_and(|l| l != m.len()) => finding(
+        );
+    };
+    // The broker's own rule (0600, or 0640/0440 owned by root or its user).
+    if let Ok(Some(why)) = caseshare_server::keymode::check(path) {
+        return finding("secret", path, false, why);
+    }
+    if len.is_some_and(|l| l != m.len()) {
+        return finding(
             "secret",
             path,
             false,
             format!("{} bytes, expected {}", m.len(), len.unwrap_or(0)),
-        ),
-        Ok(m) => finding(
-            "secret",
-            path,
-            true,
-            format!("present, mode {:o}", m.permissions().mode() & 0o777),
-        ),
+        );
     }
+    finding(
+        "secret",
+        path,
+        true,
+        format!("present, mode {:o}", m.permissions().mode() & 0o777),
+    )
 }
 
 fn public(path: &Path) -> Finding {

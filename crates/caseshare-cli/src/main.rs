@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 mod check;
 mod commands;
+mod probe;
 
 use commands::{
     AgencyCommand, AgreementCommand, AuditCommand, ConsentCommand, SubscriptionCommand,
@@ -120,6 +121,16 @@ enum Command {
     /// Start a broker in a temporary directory and play a three-agency
     /// scenario, printing every sharing decision.
     Demo,
+    /// GET a plain-HTTP URL and exit 0 on 200, 1 otherwise: the container's
+    /// health check (`caseshare probe http://127.0.0.1:7444/readyz`), with
+    /// no shell or curl in the image.
+    Probe {
+        /// The URL (`http://HOST:PORT/PATH`), e.g. the ops port's `/readyz` or `/healthz`.
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Write a development PKI (CA, server and sample client certificates).
     DevPki {
         /// Output directory.
@@ -319,15 +330,23 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a SIGTERM that came between
+/// the listening line and that first poll (a `docker stop` right after a
+/// start) used to kill the broker with the default action (exit by signal,
+/// no final checkpoint) instead of shutting it down.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let (Some(mut term), Some(mut int)) = (term, int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
     }
 }
 
@@ -423,6 +442,10 @@ async fn run(cli: Cli) -> Result<()> {
             .await;
             telemetry.shutdown().await; // exports what is buffered
             served?;
+        }
+        Command::Probe { url, timeout_ms } => {
+            let line = probe::run(&url, std::time::Duration::from_millis(timeout_ms))?;
+            println!("{line}");
         }
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;

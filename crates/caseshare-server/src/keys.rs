@@ -161,21 +161,16 @@ pub fn check_keys_and_pki(config: &Config) -> Vec<String> {
     problems
 }
 
-/// Reads a secret file: the one place that insists on mode 0600 (no group
-/// or other bits) and says how to fix it.
+/// Reads a secret file: the one place that insists on a safe mode (see
+/// [`crate::keymode`]: 0600, or 0640/0440 owned by root or us) and says
+/// how to fix it.
 fn read_secret(path: &Path) -> Result<Vec<u8>, ServeError> {
-    use std::os::unix::fs::PermissionsExt;
     let io = |e: std::io::Error| ServeError::Io {
         context: format!("reading {}", path.display()),
         source: e,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(ServeError::Secret(format!(
-            "{} is readable by other users; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
+    if let Some(why) = crate::keymode::check(path).map_err(io)? {
+        return Err(ServeError::Secret(format!("{} is {why}", path.display())));
     }
     std::fs::read(path).map_err(io)
 }

@@ -31,6 +31,7 @@ mod conns;
 mod datadir;
 mod delivery;
 mod errors;
+pub mod keymode;
 mod keys;
 mod limits;
 mod migrate;

@@ -86,24 +86,14 @@ pub fn load_crls(
     Ok(crls)
 }
 
-/// Refuses a private key file that other users can read.
+/// Refuses a private key file that other users can read (the rule is
+/// [`crate::keymode`]'s).
 pub fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| file_err(path, e))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(file_err(
-            path,
-            format!(
-                "the private key is readable by other users (mode {:o}); run `chmod 600 {}`",
-                mode & 0o777,
-                path.display()
-            ),
-        ));
+    match crate::keymode::check(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(file_err(path, format!("the private key is {why}"))),
+        Err(e) => Err(file_err(path, e)),
     }
-    Ok(())
 }
 
 /// The files the TLS configuration is built from.

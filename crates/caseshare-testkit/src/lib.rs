@@ -64,6 +64,15 @@
 //! `nats-server` on `PATH`; anything older than 2.10 is refused (see
 //! [`nats_server_bin`]).
 //!
+//! # Container image
+//!
+//! [`ContainerImage::build`] builds `deploy/Dockerfile` with `PREBUILT` (the
+//! binary cargo built) on a base image made on the fly from the host's
+//! loader and libraries (no registry here), and [`ContainerImage::run`]
+//! runs it as a [`ContainerBroker`]: read-only root, the data directory
+//! bind-mounted, ports published on loopback, healthy before it returns.
+//! Docker is required; without it the test fails saying so.
+//!
 //! # OpenTelemetry
 //!
 //! [`OtlpCollector`] is an in-test OTLP/gRPC trace collector on loopback
@@ -80,6 +89,7 @@ mod binary;
 mod broker;
 mod chaos;
 mod cluster;
+mod container;
 mod files;
 mod load;
 mod nats;
@@ -99,6 +109,9 @@ pub use broker::{
 };
 pub use chaos::{CHAOS_FAULTS_ENV, CHAOS_SEED_ENV, Chaos, ChaosReport};
 pub use cluster::BrokerCluster;
+pub use container::{
+    ContainerBroker, ContainerImage, IMAGE_UID, build_context_files, require_docker,
+};
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
 pub use load::{Consumed, Consumer, PublishReport, Publisher};
 pub use nats::{
