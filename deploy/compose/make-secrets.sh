@@ -11,6 +11,7 @@
 #          of a cluster must have the same two keys: keep this folder.
 # The files the brokers read are then given to the image's user (read from
 # the image), mode 0600, as the broker requires; run as root or with sudo.
+# CASESHARE_CHOWN=0 leaves them yours (for `kubectl create secret`).
 #   bash deploy/compose/make-secrets.sh [DIR]
 # Uses `caseshare` from CASESHARE_BIN (or PATH); without one, the image
 # ${CASESHARE_IMAGE:-caseshare:0.1.0} itself.
@@ -62,11 +63,14 @@ rm -rf "$OUT/keygen" "$OUT/keygen.log"
 user="$(docker image inspect -f '{{.Config.User}}' "$IMAGE" 2>/dev/null || true)"
 files=("$OUT/pki/server.key" "$OUT/keys/checkpoint.skey" "$OUT/keys/pseudonym.key")
 chmod 600 "${files[@]}"
-if [ -z "$user" ]; then
+if [ "${CASESHARE_CHOWN:-1}" = 0 ]; then
+  user=""
+  echo "CASESHARE_CHOWN=0: the files stay yours, mode 0600" >&2
+elif [ -z "$user" ]; then
   echo "image $IMAGE not found: before starting, run  sudo chown UID ${files[*]}  with the image's user" >&2
 elif [ "$(id -u)" -eq 0 ]; then
   chown "$user" "${files[@]}"
 else
   sudo chown "$user" "${files[@]}"
 fi
-echo "made $OUT (pki/ and keys/); the brokers' files belong to ${user:-(not yet changed)}"
+echo "made $OUT (pki/ and keys/); the brokers' files belong to ${user:-$(id -un)}"
