@@ -47,6 +47,12 @@ if [ -z "${CASESHARE_NATS_SERVER:-}" ]; then
 fi
 echo "== $("$CASESHARE_NATS_SERVER" --version) ($CASESHARE_NATS_SERVER)"
 
+# The deploy files (Kubernetes overlays rendered and validated against the
+# 1.31 schemas in strict mode, the deploy policy, NATS configs, compose
+# files): about a second once its pinned tools are in their venv.
+echo "== deploy files (tests/deploy-check.sh)"
+bash tests/deploy-check.sh
+
 echo "== build"
 cargo build --workspace --all-targets --locked
 

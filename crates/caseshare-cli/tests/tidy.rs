@@ -61,13 +61,13 @@ fn no_ignored_tests() {
 
 #[test]
 fn deploy_config_parses() {
-    let cfg =
-        caseshare_server::config::Config::load(Some(&repo().join("deploy/caseshare.toml")), |_| {
-            None
-        })
-        .unwrap();
-    assert_eq!(cfg.listen.port(), 7443);
-    assert!(cfg.tls.ca.is_some());
+    // The image's config and the one the Kubernetes manifests mount.
+    for file in ["deploy/caseshare.toml", "deploy/k8s/base/caseshare.toml"] {
+        let cfg = caseshare_server::config::Config::load(Some(&repo().join(file)), |_| None)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(cfg.listen.port(), 7443, "{file}");
+        assert!(cfg.tls.ca.is_some(), "{file}");
+    }
 }
 
 #[test]
