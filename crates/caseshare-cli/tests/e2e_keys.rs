@@ -211,6 +211,41 @@ async fn a_configured_signing_key_is_made_atomically_once_and_never_again() {
     assert!(!skey.exists());
 }
 
+/// `audit.pseudonym_key` / `CASESHARE_PSEUDONYM_KEY`: the pseudonym key
+/// read from a file outside the data directory (a mounted Secret). Made
+/// there on a first start, used by every later one (the subject access
+/// report still finds the child's records), never made again next to
+/// data: removed, the start is refused naming the file.
+#[tokio::test]
+async fn a_configured_pseudonym_key_is_read_from_its_file_and_never_remade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let pkey = keys.join("pseudonym.key");
+    let pkey_str = pkey.display().to_string();
+    let env = [("CASESHARE_PSEUDONYM_KEY", pkey_str.as_str())];
+    std::fs::create_dir(&keys).unwrap();
+    let (vkey_before, sar_before) = broker_with_data(tmp.path(), &env).await;
+    assert!(pkey.exists(), "made at the configured path");
+    assert!(
+        !tmp.path().join("data/secrets/pseudonym.key").exists(),
+        "not in secrets/"
+    );
+    // A later start reads it: the same pseudonyms, the same report.
+    let mut b = Broker::try_start_in(tmp.path(), &env, &[]).unwrap();
+    assert_eq!(vkey(&b).await, vkey_before);
+    assert_eq!(sar(&b).await, sar_before);
+    assert!(b.stop().await.success());
+    // Supplied at 0440 (a Secret mounted with an fsGroup) it is accepted.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pkey, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let mut b = Broker::try_start_in(tmp.path(), &env, &[]).unwrap();
+    assert_eq!(sar(&b).await, sar_before);
+    assert!(b.stop().await.success());
+    std::fs::remove_file(&pkey).unwrap();
+    assert_refused_untouched(tmp.path(), &env, &pkey_str);
+    assert!(!pkey.exists(), "never made again next to data");
+}
+
 #[tokio::test]
 async fn a_first_start_on_a_full_disk_leaves_nothing_half_written() {
     // RLIMIT_FSIZE (SIGXFSZ ignored, so writes fail with EFBIG) at sizes

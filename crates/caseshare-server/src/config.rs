@@ -276,6 +276,11 @@ pub struct AuditConfig {
     /// The checkpoint signing key (C2SP `PRIVATE+KEY+…`); default
     /// `<data_dir>/secrets/checkpoint.skey`, created on first start.
     pub signing_key: Option<PathBuf>,
+    /// The pseudonym key (32 random bytes, hex); default
+    /// `<data_dir>/secrets/pseudonym.key`, created on first start. Set it
+    /// to supply the key from a file mounted elsewhere (a Kubernetes
+    /// Secret); every replica of a cluster needs the same one.
+    pub pseudonym_key: Option<PathBuf>,
     /// Refusals are written as one `AUTH_DENIED` entry per (caller, method,
     /// reason) per this interval, with a count, ms.
     pub refusal_interval_ms: u64,
@@ -289,6 +294,7 @@ impl Default for AuditConfig {
         AuditConfig {
             origin: "caseshare.local/audit".into(),
             signing_key: None,
+            pseudonym_key: None,
             refusal_interval_ms: 60_000,
             refusal_max_keys: 10_000,
         }
@@ -455,6 +461,9 @@ impl Config {
         }
         if let Some(v) = get("CASESHARE_AUDIT_SIGNING_KEY") {
             self.audit.signing_key = Some(v.into());
+        }
+        if let Some(v) = get("CASESHARE_PSEUDONYM_KEY") {
+            self.audit.pseudonym_key = Some(v.into());
         }
         if let Some(v) = get("CASESHARE_STORE_BACKEND") {
             self.store.backend = v;

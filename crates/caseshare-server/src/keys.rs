@@ -1,4 +1,5 @@
-//! The broker's keys — `secrets/pseudonym.key` and the checkpoint signer
+//! The broker's keys — the pseudonym key (`secrets/pseudonym.key` or
+//! `audit.pseudonym_key`) and the checkpoint signer
 //! (`secrets/checkpoint.skey` or `audit.signing_key`) — and the checks of
 //! an existing dev PKI: made only for a data directory with no data, whole
 //! or not at all; next to data a missing or damaged one is a refusal naming
@@ -12,7 +13,7 @@ use crate::{ServeError, datadir, pki};
 
 /// The broker's keys.
 pub struct Keys {
-    /// The pseudonym key (`secrets/pseudonym.key`).
+    /// The pseudonym key (`secrets/pseudonym.key` or `audit.pseudonym_key`).
     pub pseudonym: Vec<u8>,
     /// The checkpoint signer (`secrets/checkpoint.skey` or
     /// `audit.signing_key`).
@@ -32,25 +33,30 @@ const SIGNER_WHAT: &str = "signing key would change the audit log's identity (it
 /// missing key is a refusal naming the file and what to do.
 pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
     let secrets = config.data_dir.join("secrets");
-    let signer_path = match &config.audit.signing_key {
-        Some(p) => p.clone(),
-        None => secrets.join(CHECKPOINT_KEY),
-    };
+    let (signer_path, pseudonym_path) = key_paths(config);
     let signer_in_secrets = config.audit.signing_key.is_none();
+    let pseudonym_in_secrets = config.audit.pseudonym_key.is_none();
     datadir::remove_leftover_temporaries(&secrets)?;
     let data = datadir::existing_data(&config.data_dir)?;
-    if !secrets.exists() {
+    if !secrets.exists() && (pseudonym_in_secrets || signer_in_secrets) {
         if data.is_some() {
+            let (path, what) = if pseudonym_in_secrets {
+                (secrets.join(PSEUDONYM_KEY), PSEUDONYM_WHAT)
+            } else {
+                (secrets.join(CHECKPOINT_KEY), SIGNER_WHAT)
+            };
             return Err(ServeError::Secret(datadir::missing_file(
-                &secrets.join(PSEUDONYM_KEY),
-                PSEUDONYM_WHAT,
+                &path,
+                what,
                 data.as_deref(),
                 &config.data_dir,
             )));
         }
         datadir::create_dir_atomically(&secrets, 0o700, |tmp| {
-            let key = datadir::new_pseudonym_key_file();
-            pki::write_file(&tmp.join(PSEUDONYM_KEY), &key, 0o600)?;
+            if pseudonym_in_secrets {
+                let key = datadir::new_pseudonym_key_file();
+                pki::write_file(&tmp.join(PSEUDONYM_KEY), &key, 0o600)?;
+            }
             if signer_in_secrets {
                 let text =
                     new_signer_text(&config.audit.origin).map_err(|e| pki::PkiError::Io {
@@ -63,6 +69,14 @@ pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
         })?;
         tracing::info!(dir = %secrets.display(), "created the broker's keys");
     }
+    if !pseudonym_in_secrets {
+        datadir::remove_leftover_temporaries(&pseudonym_path)?;
+        if !pseudonym_path.exists() && data.is_none() {
+            let key = datadir::new_pseudonym_key_file();
+            datadir::write_file_atomically(&pseudonym_path, &key, 0o600)?;
+            tracing::info!(path = %pseudonym_path.display(), "created the pseudonym key");
+        }
+    }
     if !signer_in_secrets {
         datadir::remove_leftover_temporaries(&signer_path)?;
         if !signer_path.exists() && data.is_none() {
@@ -74,6 +88,21 @@ pub fn load_keys(config: &Config) -> Result<Keys, ServeError> {
     read_keys(config, data.as_deref())
 }
 
+/// Where the signer and the pseudonym key are read: the configured files,
+/// or `<data_dir>/secrets/`.
+fn key_paths(config: &Config) -> (std::path::PathBuf, std::path::PathBuf) {
+    let secrets = config.data_dir.join("secrets");
+    let signer = match &config.audit.signing_key {
+        Some(p) => p.clone(),
+        None => secrets.join(CHECKPOINT_KEY),
+    };
+    let pseudonym = match &config.audit.pseudonym_key {
+        Some(p) => p.clone(),
+        None => secrets.join(PSEUDONYM_KEY),
+    };
+    (signer, pseudonym)
+}
+
 fn new_signer_text(origin: &str) -> Result<String, String> {
     let signer = caseshare_audit::note::NoteSigner::generate(origin, &mut rand::rngs::OsRng)
         .map_err(|e| e.to_string())?;
@@ -82,15 +111,10 @@ fn new_signer_text(origin: &str) -> Result<String, String> {
 
 /// Loads the keys that must exist: a missing one is a refusal naming it.
 fn read_keys(config: &Config, data: Option<&Path>) -> Result<Keys, ServeError> {
-    let secrets = config.data_dir.join("secrets");
-    let signer_path = match &config.audit.signing_key {
-        Some(p) => p.clone(),
-        None => secrets.join(CHECKPOINT_KEY),
-    };
+    let (signer_path, pseudonym_path) = key_paths(config);
     let missing = |path: &Path, what: &str| {
         ServeError::Secret(datadir::missing_file(path, what, data, &config.data_dir))
     };
-    let pseudonym_path = secrets.join(PSEUDONYM_KEY);
     if !pseudonym_path.exists() {
         return Err(missing(&pseudonym_path, PSEUDONYM_WHAT));
     }
