@@ -269,6 +269,15 @@ pub(crate) async fn purge_deleted_subscriptions(
     }
 }
 
+/// A task aborted when this is dropped (an early return included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a started broker reports to its caller: the addresses it listens
 /// on, the audit log's verifier key, and the dev PKI it created, if any.
 /// `serve` itself only logs (through `tracing`); printing is the caller's.
@@ -295,6 +304,25 @@ pub async fn serve(
     let _ = ops::prometheus();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
+    // The ops port first: a liveness probe sees the process up (and not
+    // ready) while keys load, the store opens or the NATS cluster is
+    // awaited, which can take long on a big store.
+    let ops_listener = TcpListener::bind(config.ops_listen)
+        .await
+        .map_err(io(format!("binding ops listener {}", config.ops_listen)))?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(io("ops listener address"))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let subs_cell: Arc<ops::SubsCell> = Arc::default();
+    let (_ops_stop, ops_stop_rx) = watch::channel(false);
+    let ops_task = AbortOnDrop(tokio::spawn(ops::serve(
+        ops_listener,
+        ready.clone(),
+        subs_cell.clone(),
+        ops_stop_rx,
+    )));
+    tracing::info!(ops = %ops_addr, "ops endpoints up: /healthz answers, /readyz once serving");
     let tls_files = resolve_tls(&config)?;
     let tls_reloader = Arc::new(tls::TlsReloader::new(tls::TlsSources {
         ca: tls_files.ca.clone(),
@@ -496,32 +524,21 @@ pub async fn serve(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(io(format!("binding gRPC listener {}", config.listen)))?;
-    let ops_listener = TcpListener::bind(config.ops_listen)
-        .await
-        .map_err(io(format!("binding ops listener {}", config.ops_listen)))?;
     let bound = Bound {
         grpc: listener.local_addr().map_err(io("gRPC listener address"))?,
-        ops: ops_listener
-            .local_addr()
-            .map_err(io("ops listener address"))?,
+        ops: ops_addr,
         vkey: log.vkey(),
         dev_pki_created: tls_files.dev_pki_created.clone(),
     };
 
-    let ready = Arc::new(AtomicBool::new(false));
     let sub_metrics = ops::gauges::Subscriptions::new(shared.deliveries.clone());
+    let _ = subs_cell.set(sub_metrics.clone());
     let sampler_task = tokio::spawn(ops::gauges::sample(
         sub_metrics.clone(),
         shutdown_rx.clone(),
     ));
     let status =
         ops::status::StatusSource::new(&config, sub_metrics.clone(), log.clone(), roster.clone());
-    let ops_task = tokio::spawn(ops::serve(
-        ops_listener,
-        ready.clone(),
-        sub_metrics,
-        shutdown_rx.clone(),
-    ));
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let accept_task = tokio::spawn(tls::accept_loop(
         listener,
@@ -682,7 +699,7 @@ pub async fn serve(
         .await;
     let _ = shutdown_tx.send(true);
     accept_task.abort();
-    ops_task.abort();
+    drop(ops_task);
     sampler_task.abort();
     checkpoint_task.abort();
     reload_task.abort();

@@ -49,18 +49,26 @@ fn respond(status: u16, body: String, content_type: &str) -> http::Response<Full
 
 /// The `/metrics` body: the recorder's metrics, then the per-subscription
 /// series.
-fn render(handle: Option<&PrometheusHandle>, ready: bool, subs: &gauges::Subscriptions) -> String {
+fn render(handle: Option<&PrometheusHandle>, ready: bool, subs: &SubsCell) -> String {
     metrics::gauge!("caseshare_ready").set(if ready { 1.0 } else { 0.0 });
     let mut body = handle.map(|h| h.render()).unwrap_or_default();
-    body.push_str(&subs.render());
+    if let Some(subs) = subs.get() {
+        body.push_str(&subs.render());
+    }
     body
 }
 
-/// Serves the ops endpoints until `shutdown` turns true.
+/// The per-subscription series, once the delivery engine exists (the ops
+/// port serves from before the store is open).
+pub type SubsCell = std::sync::OnceLock<Arc<gauges::Subscriptions>>;
+
+/// Serves the ops endpoints until `shutdown` turns true. Started before
+/// the store opens: `/healthz` answers while the broker loads, `/readyz`
+/// only once it serves.
 pub async fn serve(
     listener: TcpListener,
     ready: Arc<AtomicBool>,
-    subs: Arc<gauges::Subscriptions>,
+    subs: Arc<SubsCell>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handle = prometheus();

@@ -92,6 +92,7 @@ mod cluster;
 mod container;
 mod files;
 mod load;
+mod loading;
 mod nats;
 mod nats_setup;
 mod net;
@@ -114,6 +115,7 @@ pub use container::{
 };
 pub use files::{caseshare_check, copy_dir, digest_tree, dir_contents, rss_mib};
 pub use load::{Consumed, Consumer, PublishReport, Publisher};
+pub use loading::Loading;
 pub use nats::{
     MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,
     StreamState, nats_server_bin,
