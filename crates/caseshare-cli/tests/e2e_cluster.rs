@@ -47,7 +47,9 @@ fn decision_of(resp: &pb::PublishResponse, agency: &str) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_answers_and_every_replica_decides_the_same() {
-    let c = BrokerCluster::start(2).await;
+    // limits.max_event_bytes at its cluster-mode top (192 KiB; one byte
+    // more is refused at start: e2e_config).
+    let c = BrokerCluster::start_with(2, &[("CASESHARE_MAX_EVENT_BYTES", "196608")]).await;
     let (r0, r1) = (c.broker(0), c.broker(1));
     // Configured through replica 0 ...
     r0.school_shares_with_social_care().await;

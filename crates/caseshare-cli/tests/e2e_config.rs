@@ -168,8 +168,17 @@ fn a_value_past_its_bound_is_refused_at_start_naming_the_key() {
 #[test]
 fn store_backend_keys_are_checked_before_any_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (&[("CASESHARE_STORE_BACKEND", "postgres")], "store.backend"),
+        // An event must fit a journal message in cluster mode: 192 KiB.
+        (
+            &[
+                ("CASESHARE_STORE_BACKEND", "nats"),
+                ("CASESHARE_NATS_SERVERS", "nats://127.0.0.1:4222"),
+                ("CASESHARE_MAX_EVENT_BYTES", "196609"),
+            ],
+            "limits.max_event_bytes",
+        ),
         (&[("CASESHARE_STORE_BACKEND", "nats")], "store.nats.servers"),
         (
             &[

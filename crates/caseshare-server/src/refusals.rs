@@ -18,6 +18,30 @@ use tokio::sync::watch;
 
 use crate::writer::{Op, Writer};
 
+/// The most encoded bytes of `AUTH_DENIED` entries written by one op (one
+/// op must fit one journal message, 1 MiB, in cluster mode).
+pub(crate) const BYTES_PER_OP: usize = 256 * 1024;
+
+/// `entries` in order, cut into ops of at most [`BYTES_PER_OP`] encoded
+/// bytes (one entry alone may pass it; entries are small and bounded).
+fn chunks(entries: Vec<pb::AuditEntry>) -> Vec<Vec<pb::AuditEntry>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        let len = prost::Message::encoded_len(&e);
+        if !chunk.is_empty() && bytes + len > BYTES_PER_OP {
+            out.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += len;
+        chunk.push(e);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
 /// Why a known method was refused (fixed phrases, never client text).
 pub mod reason {
     /// The caller's role may not call the method.
@@ -99,15 +123,21 @@ impl Refusals {
         entries
     }
 
-    /// Writes the window's entries, if any.
+    /// Writes the window's entries, if any, at most [`BYTES_PER_OP`] per
+    /// op: a window may hold `audit.refusal_max_keys` (up to 10 million)
+    /// entries.
     pub async fn flush(&self, writer: &Writer) {
-        let entries = self.take();
-        if entries.is_empty() {
-            return;
-        }
-        let n = entries.len();
-        if let Err(e) = writer.call(|reply| Op::AuthDenied { entries, reply }).await {
-            tracing::error!(error = %e, entries = n, "could not record AUTH_DENIED entries");
+        for chunk in chunks(self.take()) {
+            let n = chunk.len();
+            if let Err(e) = writer
+                .call(|reply| Op::AuthDenied {
+                    entries: chunk,
+                    reply,
+                })
+                .await
+            {
+                tracing::error!(error = %e, entries = n, "could not record AUTH_DENIED entries");
+            }
         }
     }
 
@@ -159,5 +189,34 @@ mod tests {
         assert_eq!(e[2].actor, "system");
         assert_eq!(e[2].count, 2);
         assert!(r.take().is_empty(), "a new window starts empty");
+    }
+
+    /// A window of many refusals is written in ops of at most 256 KiB,
+    /// every entry once and in order; a small one in one op; none in none.
+    #[test]
+    fn a_big_window_is_cut_into_bounded_ops() {
+        let entry = |i: usize| pb::AuditEntry {
+            kind: pb::EntryKind::AuthDenied as i32,
+            actor: format!("spiffe://caseshare.local/agency/agency-{i:06}"),
+            rpc: "/caseshare.v1.Publisher/Publish".into(),
+            reason: "not_registered".into(),
+            count: 1,
+            ..Default::default()
+        };
+        let many: Vec<pb::AuditEntry> = (0..10_000).map(entry).collect();
+        let total: usize = many.iter().map(prost::Message::encoded_len).sum();
+        let ops = chunks(many.clone());
+        assert!(
+            ops.len() > 1 && ops.len() >= total / BYTES_PER_OP,
+            "{}",
+            ops.len()
+        );
+        for op in &ops {
+            let bytes: usize = op.iter().map(prost::Message::encoded_len).sum();
+            assert!(bytes <= BYTES_PER_OP, "{bytes}");
+        }
+        assert_eq!(ops.concat(), many);
+        assert_eq!(chunks(vec![entry(1)]).len(), 1);
+        assert!(chunks(Vec::new()).is_empty());
     }
 }

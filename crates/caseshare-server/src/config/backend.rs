@@ -11,6 +11,9 @@ const MAX_SERVERS: usize = 16;
 const MAX_URL: usize = 256;
 /// Longest stream name (JetStream allows more; ours is a plain token).
 const MAX_STREAM: usize = 64;
+/// Largest event in cluster mode (`limits.max_event_bytes`): a journal
+/// message's budget is 768 KiB before its last op, its limit 1 MiB.
+pub(crate) const MAX_CLUSTER_EVENT_BYTES: usize = 192 * 1024;
 
 impl Config {
     /// Checks `store.backend` and, for `"nats"`, `[store.nats]`.
@@ -32,6 +35,17 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.limits.max_event_bytes > MAX_CLUSTER_EVENT_BYTES {
+            return bad(
+                "limits.max_event_bytes",
+                format!(
+                    "{} bytes: in cluster mode (store.backend = \"nats\") an event is at most \
+                     {MAX_CLUSTER_EVENT_BYTES} bytes, so that a journal message (at most 1 MiB, \
+                     filled to 768 KiB before the last op) always holds it",
+                    self.limits.max_event_bytes
+                ),
+            );
         }
         let n = &self.store.nats;
         if n.servers.is_empty() {
