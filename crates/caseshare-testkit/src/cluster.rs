@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use caseshare_proto::v1 as pb;
 
-use crate::{AUDITOR, Broker, NatsCluster, copy_dir};
+use crate::{AUDITOR, Broker, Endpoint, NatsCluster, copy_dir};
 
 /// Broker replicas on a NATS cluster.
 pub struct BrokerCluster {
@@ -151,43 +151,7 @@ impl BrokerCluster {
     /// so sizes never settle; consistency is what an auditor checks. Gives
     /// both checkpoints.
     pub async fn assert_one_log(&self, a: usize, b: usize) -> (pb::Checkpoint, pb::Checkpoint) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (ca, cb) = (
-                checkpoint(self.broker(a)).await,
-                checkpoint(self.broker(b)).await,
-            );
-            let (old, new, prover) = if ca.tree_size <= cb.tree_size {
-                (&ca, &cb, b)
-            } else {
-                (&cb, &ca, a)
-            };
-            if old.tree_size > 0 {
-                let proof = self
-                    .broker(prover)
-                    .client(AUDITOR)
-                    .audit
-                    .get_consistency_proof(pb::GetConsistencyProofRequest {
-                        from_size: old.tree_size,
-                        to_size: new.tree_size,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                caseshare_audit::merkle::verify_consistency(
-                    old.tree_size,
-                    new.tree_size,
-                    &proof.hashes,
-                    &old.root_hash,
-                    &new.root_hash,
-                )
-                .unwrap_or_else(|e| panic!("replicas {a} and {b} fork: {e}: {ca:?} {cb:?}"));
-                assert_eq!(ca.vkey, cb.vkey, "one log key on every replica");
-                return (ca, cb);
-            }
-            assert!(Instant::now() < deadline, "no checkpoint: {ca:?} {cb:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        assert_one_log(&self.broker(a).endpoint(), &self.broker(b).endpoint()).await
     }
 
     /// One state: stops every replica (SIGTERM: each applies its own last
@@ -246,8 +210,55 @@ impl BrokerCluster {
     }
 }
 
-async fn checkpoint(b: &Broker) -> pb::Checkpoint {
-    b.client(AUDITOR)
+/// One audit log behind two brokers (replicas, or containers of a compose
+/// cluster): the checkpoints `a` and `b` sign are consistent — the larger
+/// one's broker proves (RFC 6962) that its tree extends the smaller's,
+/// checked here with the audit crate — and both carry the one log key.
+/// Reading a checkpoint is itself audited, so sizes never settle;
+/// consistency is what an auditor checks. Gives both checkpoints.
+pub async fn assert_one_log(a: &Endpoint, b: &Endpoint) -> (pb::Checkpoint, pb::Checkpoint) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ca, cb) = (checkpoint(a).await, checkpoint(b).await);
+        let (old, new, prover) = if ca.tree_size <= cb.tree_size {
+            (&ca, &cb, b)
+        } else {
+            (&cb, &ca, a)
+        };
+        if old.tree_size > 0 {
+            let proof = prover
+                .client(AUDITOR)
+                .audit
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    from_size: old.tree_size,
+                    to_size: new.tree_size,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            caseshare_audit::merkle::verify_consistency(
+                old.tree_size,
+                new.tree_size,
+                &proof.hashes,
+                &old.root_hash,
+                &new.root_hash,
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the brokers at {} and {} fork: {e}: {ca:?} {cb:?}",
+                    a.grpc, b.grpc
+                )
+            });
+            assert_eq!(ca.vkey, cb.vkey, "one log key on every replica");
+            return (ca, cb);
+        }
+        assert!(Instant::now() < deadline, "no checkpoint: {ca:?} {cb:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn checkpoint(e: &Endpoint) -> pb::Checkpoint {
+    e.client(AUDITOR)
         .audit
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await

@@ -28,12 +28,12 @@ const OPS_PORT: u16 = 7444;
 /// How long the container may take to report healthy.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Runs `docker ARGS`, failing the test with its output if it fails.
-fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = docker_output(args);
     assert!(
         out.status.success(),
@@ -47,7 +47,7 @@ fn docker(args: &[&str]) -> String {
 }
 
 /// Runs `docker ARGS` with the classic builder, whatever it returns.
-fn docker_output(args: &[&str]) -> Output {
+pub(crate) fn docker_output(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
         .env("DOCKER_BUILDKIT", "0")
@@ -76,7 +76,7 @@ pub fn require_docker() {
 }
 
 /// A name no other test run on this machine uses at the same time.
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

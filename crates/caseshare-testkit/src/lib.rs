@@ -73,6 +73,14 @@
 //! bind-mounted, ports published on loopback, healthy before it returns.
 //! Docker is required; without it the test fails saying so.
 //!
+//! # Compose
+//!
+//! [`Compose::cluster`] and [`Compose::single`] bring the shipped
+//! `deploy/compose/` files up from a temporary copy (secrets made by its
+//! `make-secrets.sh`, a unique project name, free host ports, the images
+//! a test built: [`ContainerImage`] and a local [`NatsImage`]), with
+//! `docker kill`/`docker start` per service, and `down -v` when dropped.
+//!
 //! # OpenTelemetry
 //!
 //! [`OtlpCollector`] is an in-test OTLP/gRPC trace collector on loopback
@@ -89,6 +97,7 @@ mod binary;
 mod broker;
 mod chaos;
 mod cluster;
+mod compose;
 mod container;
 mod files;
 mod load;
@@ -109,7 +118,8 @@ pub use broker::{
     Broker, BrokerBuilder, Endpoint, Refused, TOPOLOGY_ENV, Topology, refusal_message,
 };
 pub use chaos::{CHAOS_FAULTS_ENV, CHAOS_SEED_ENV, Chaos, ChaosReport};
-pub use cluster::BrokerCluster;
+pub use cluster::{BrokerCluster, assert_one_log};
+pub use compose::{Compose, ComposeBroker, JOURNAL_STREAM, NatsImage, require_docker_compose};
 pub use container::{
     ContainerBroker, ContainerImage, IMAGE_UID, build_context_files, require_docker,
 };

@@ -1,0 +1,320 @@
+//! The shipped compose files run for real (issue 17). The cluster file
+//! (`deploy/compose/cluster.yaml`: three NATS JetStream nodes, two brokers)
+//! is brought up from a temporary copy with the images built here (the
+//! broker image from `deploy/Dockerfile` with `PREBUILT`, a NATS image
+//! `FROM scratch` with the pinned `nats-server`; no registry) and the
+//! secrets made by the shipped `make-secrets.sh`; a publisher (idempotent
+//! retries across both brokers) and a consumer run through it while
+//! `docker kill` takes out broker-1 (then `docker start`) and later the NATS
+//! node leading the journal's stream (then `docker start`). It measures
+//! the longest time without an acknowledged write after each kill
+//! (at most 15 s), checks every acknowledged event was delivered, no event
+//! id got two sequences, both brokers sign one audit log, and brings it
+//! down (`down -v`). Then the single-node file: up, one publish and
+//! subscribe, down. Needs Docker and docker-compose (fails saying so).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use caseshare_proto::v1 as pb;
+use caseshare_testkit::*;
+use tokio_stream::StreamExt;
+
+/// The longest a kill may leave the cluster without an acknowledged write.
+const MAX_GAP: Duration = Duration::from_secs(15);
+/// How long a broker may take to become ready (first start, or restart).
+const READY_WITHIN: Duration = Duration::from_secs(120);
+/// One publish every this long.
+const PACE: Duration = Duration::from_millis(50);
+
+/// The two tests share the daemon and two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The sample agencies, the agreement from school to social care and
+/// social care's subscription `main`, over mutual TLS as admin and agency.
+async fn share(e: &Endpoint) {
+    let mut admin = e.client(ADMIN);
+    for (id, kind) in SAMPLE_AGENCIES {
+        admin
+            .admin
+            .register_agency(pb::RegisterAgencyRequest {
+                agency_id: id.into(),
+                kind: kind as i32,
+                display_name: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .admin
+        .put_agreement(agreement(
+            "isa-edu-sc",
+            SCHOOL,
+            SOCIAL_CARE,
+            &["education.*"],
+        ))
+        .await
+        .unwrap();
+    e.client(SOCIAL_CARE)
+        .subscriber
+        .create_subscription(pb::Subscription {
+            name: "main".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits until the consumer has received `more` new sequences beyond
+/// `from` (fails the test after `within`); gives the count then.
+async fn progress(c: &Consumer, from: usize, more: usize, within: Duration, what: &str) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = c.received().len();
+        if n >= from + more {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: only {} of {more} new deliveries within {} s",
+            n - from,
+            within.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One fault phase: a fresh publisher (`prefix`) across both brokers;
+/// deliveries flowing; `fault()`; deliveries flowing again past it; then
+/// `heal()` (start the container again, wait for it); deliveries after
+/// that. Gives the publisher's report (its longest gap is the kill's).
+async fn phase(
+    c: &Compose,
+    consumer: &Consumer,
+    prefix: &str,
+    fault: impl FnOnce(),
+    heal: impl FnOnce() -> Duration,
+) -> (PublishReport, Duration) {
+    let publisher = Publisher::start(c.endpoints(), prefix, PACE);
+    let n = consumer.received().len();
+    let n = progress(consumer, n, 20, Duration::from_secs(30), "before the kill").await;
+    fault();
+    let n = progress(consumer, n, 40, Duration::from_secs(60), "after the kill").await;
+    let back = heal();
+    progress(
+        consumer,
+        n,
+        20,
+        Duration::from_secs(30),
+        "after the restart",
+    )
+    .await;
+    (publisher.finish().await, back)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    println!("{}", require_docker_compose());
+    let image = ContainerImage::build(&caseshare_bin());
+    let nats = NatsImage::build();
+    println!(
+        "images {} and {} built in {:.1} s",
+        image.tag,
+        nats.tag,
+        t0.elapsed().as_secs_f64()
+    );
+    let c = Compose::cluster(&image, &nats);
+    println!(
+        "project {}: make-secrets.sh {:.1} s, docker-compose up -d {:.1} s",
+        c.project,
+        c.secrets_time.as_secs_f64(),
+        c.up_time.as_secs_f64()
+    );
+    for i in 0..c.brokers.len() {
+        let t = c.wait_ready(i, READY_WITHIN);
+        println!(
+            "{} ready after {:.1} s more",
+            c.brokers[i].service,
+            t.as_secs_f64()
+        );
+    }
+    share(&c.endpoint(0)).await;
+    let consumer = Consumer::start(c.endpoints(), SOCIAL_CARE, "main");
+
+    // A broker: docker kill broker-1, then docker start it again.
+    let (broker_kill, broker_back) = phase(
+        &c,
+        &consumer,
+        "k-broker",
+        || c.kill("broker-1"),
+        || {
+            let started = Instant::now();
+            c.start("broker-1");
+            c.wait_ready(0, READY_WITHIN);
+            started.elapsed()
+        },
+    )
+    .await;
+    println!(
+        "docker kill broker-1: longest time without an acknowledged write {:.2} s \
+         ({} acknowledged, {} retries); ready {:.1} s after docker start",
+        broker_kill.longest_gap.as_secs_f64(),
+        broker_kill.acked.len(),
+        broker_kill.retries,
+        broker_back.as_secs_f64()
+    );
+
+    // A NATS node: the journal's stream leader (nats-1 if none is named).
+    let leader = c
+        .stream_leader("nats-2")
+        .or_else(|| c.stream_leader("nats-3"))
+        .unwrap_or_else(|| "nats-1".to_string());
+    let (nats_kill, nats_back) = phase(
+        &c,
+        &consumer,
+        "k-nats",
+        || c.kill(&leader),
+        || {
+            let started = Instant::now();
+            c.start(&leader);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !c.nats_healthy(&leader) {
+                assert!(Instant::now() < deadline, "{leader} not healthy again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            started.elapsed()
+        },
+    )
+    .await;
+    let new_leader = c.stream_leader("nats-1").unwrap_or_default();
+    println!(
+        "docker kill {leader} (the journal's stream leader): longest time without an \
+         acknowledged write {:.2} s ({} acknowledged, {} retries); healthy {:.1} s after \
+         docker start; stream leader now {new_leader}",
+        nats_kill.longest_gap.as_secs_f64(),
+        nats_kill.acked.len(),
+        nats_kill.retries,
+        nats_back.as_secs_f64()
+    );
+
+    // Nothing acknowledged lost, no id with two sequences, no sequence for
+    // two ids.
+    let mut by_seq: BTreeMap<u64, &String> = BTreeMap::new();
+    for report in [&broker_kill, &nats_kill] {
+        assert!(
+            report.forked.is_empty(),
+            "ids with two sequences: {:?}",
+            report.forked
+        );
+        for (id, seq) in &report.acked {
+            if let Some(other) = by_seq.insert(*seq, id) {
+                panic!("sequence {seq} acknowledged for {other} and {id}");
+            }
+        }
+    }
+    let consumed = consumer
+        .until_all(by_seq.keys().copied(), Duration::from_secs(60))
+        .await;
+    println!(
+        "{} acknowledged events all delivered ({} deliveries, stream reopened {} times)",
+        by_seq.len(),
+        consumed.received.values().sum::<u32>(),
+        consumed.reopened
+    );
+    let (a, b) = assert_one_log(&c.endpoint(0), &c.endpoint(1)).await;
+    println!(
+        "one audit log: checkpoints of size {} and {} consistent",
+        a.tree_size, b.tree_size
+    );
+    let mut c = c;
+    let down = c.down();
+    println!("docker-compose down -v {:.1} s", down.as_secs_f64());
+    assert!(
+        broker_kill.longest_gap <= MAX_GAP,
+        "broker kill: {:?} without an acknowledged write",
+        broker_kill.longest_gap
+    );
+    assert!(
+        nats_kill.longest_gap <= MAX_GAP,
+        "NATS kill: {:?} without an acknowledged write",
+        nats_kill.longest_gap
+    );
+    drop(c);
+    drop(nats);
+    drop(image);
+    println!(
+        "compose cluster test took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compose_single_node_serves_and_comes_down() {
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    require_docker_compose();
+    let image = ContainerImage::build(&caseshare_bin());
+    let mut c = Compose::single(&image);
+    let ready = c.wait_ready(0, READY_WITHIN);
+    let e = c.endpoint(0);
+    share(&e).await;
+    let r = e
+        .client(SCHOOL)
+        .publisher
+        .publish(publish_request(attendance_event("single-1", CHILD_1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sub = e.client(SOCIAL_CARE);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::SubscribeRequest {
+        subscription: "main".into(),
+        max_outstanding: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = sub
+        .subscriber
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let d = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("a delivery within 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.sequence, d.source_agency.as_str()), (r.sequence, SCHOOL));
+    tx.send(pb::SubscribeRequest {
+        ack: Some(pb::AckIds {
+            delivery_ids: vec![d.delivery_id],
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let healthy = c.wait_healthy("caseshare", READY_WITHIN);
+    let down = c.down();
+    let volumes = std::process::Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter"])
+        .arg(format!("name={}_", c.project))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&volumes.stdout).trim().is_empty(),
+        "volumes left after down -v"
+    );
+    println!(
+        "single node: ready {:.1} s after up, healthy by docker's check {:.1} s later, \
+         published and delivered sequence {}, down -v {:.1} s; test {:.1} s",
+        ready.as_secs_f64(),
+        healthy.as_secs_f64(),
+        r.sequence,
+        down.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
