@@ -308,3 +308,59 @@ async fn an_embedded_broker_migrates_into_an_empty_cluster_and_its_log_continues
     }
     drop(nats);
 }
+
+/// A subscriber with a wide window on a long backlog: the deliveries one
+/// pick records (thousands of intents, megabytes) must not be one journal
+/// message (at most 1 MiB), or the append is refused on every try and the
+/// subscription never moves. Every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_window_on_a_long_backlog_is_delivered_through_the_journal() {
+    const N: usize = 12_000;
+    let c = BrokerCluster::start_with(2, &[("CASESHARE_MAX_OUTSTANDING", "20000")]).await;
+    c.broker(0).school_shares_with_social_care().await;
+    let ep = c.broker(0).endpoint();
+    let mut tasks = Vec::new();
+    for k in 0..50 {
+        let ep = ep.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = ep.client(SCHOOL).publisher;
+            let mut seqs = Vec::new();
+            for n in 0..N / 50 {
+                let id = format!("wide-{k}-{n}");
+                let r = client
+                    .publish(publish_request(attendance_event(&id, CHILD_1)))
+                    .await
+                    .unwrap();
+                seqs.push(r.into_inner().sequence);
+            }
+            seqs
+        }));
+    }
+    let mut acked = BTreeSet::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), N);
+    let mut sub = loop {
+        match Subscription::try_open(c.broker(1), SOCIAL_CARE, "main", 20_000).await {
+            Ok(s) => break s,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("subscribe: {s:?}"),
+        }
+    };
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while got.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} delivered in 120 s",
+            got.len()
+        );
+        let d = sub.next().await;
+        got.insert(d.sequence);
+        sub.ack(vec![d.delivery_id]).await;
+    }
+    assert_eq!(got, acked);
+}

@@ -532,13 +532,16 @@ pub async fn serve(
     };
 
     let sub_metrics = ops::gauges::Subscriptions::new(shared.deliveries.clone());
-    let _ = subs_cell.set(sub_metrics.clone());
     let sampler_task = tokio::spawn(ops::gauges::sample(
         sub_metrics.clone(),
         shutdown_rx.clone(),
     ));
     let status =
         ops::status::StatusSource::new(&config, sub_metrics.clone(), log.clone(), roster.clone());
+    // Moved, not cloned: the gauges hold the delivery engine and through it
+    // a writer handle, which must all be gone for the writer to drain at
+    // shutdown.
+    let _ = subs_cell.set(sub_metrics);
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let accept_task = tokio::spawn(tls::accept_loop(
         listener,
@@ -699,7 +702,10 @@ pub async fn serve(
         .await;
     let _ = shutdown_tx.send(true);
     accept_task.abort();
+    // The ops task and the cell it reads hold the delivery engine's gauges,
+    // and through them a writer handle: both go before the writer drains.
     drop(ops_task);
+    drop(subs_cell);
     sampler_task.abort();
     checkpoint_task.abort();
     reload_task.abort();

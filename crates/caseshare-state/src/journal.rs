@@ -384,6 +384,17 @@ impl JournalEncoder {
         Ok(())
     }
 
+    /// Takes back the last command pushed (a proposer's batch it would
+    /// make too large: it starts the next one instead).
+    pub fn pop(&mut self) {
+        if let Some(op) = self.message.ops.pop() {
+            let len = op.encoded_len();
+            self.ops_bytes = self
+                .ops_bytes
+                .saturating_sub(prost::length_delimiter_len(len) + 1 + len);
+        }
+    }
+
     /// The journal message, with where the batch ended if known
     /// ([`BatchEnd::of`] the leader's machine and sealed batch). Refuses a
     /// message a follower would refuse (size, items).

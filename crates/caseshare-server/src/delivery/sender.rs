@@ -24,6 +24,12 @@ use super::registry::SubRuntime;
 use crate::errors::BrokerError;
 use crate::writer::{DeliveryIntent, Op, Verdict, now};
 
+/// The most deliveries one `Op::Deliver` records: the stream takes a wider
+/// window in several. In cluster mode an op travels in one journal message
+/// (at most 1 MiB); thousands of intents would not fit, and the append
+/// would be refused on every try.
+const MAX_INTENTS_PER_OP: usize = 1_024;
+
 /// One window submitted to the writer and not yet sent.
 pub(crate) struct InFlight {
     /// The send gate, held until this window is handed to the stream.
@@ -50,6 +56,7 @@ impl Deliveries {
         // agreement that waits for the write side knows nothing it covers is
         // still on its way out.
         let gate = Arc::clone(&self.send_gate).read_owned().await;
+        let want = want.min(MAX_INTENTS_PER_OP);
         let picks = self.reader.pick(rt, stream, want, &self.clock).await?;
         if picks.is_empty() {
             return Ok(0);

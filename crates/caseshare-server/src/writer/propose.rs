@@ -89,6 +89,20 @@ impl Pending {
     }
 }
 
+/// An op taken from the queue and drawn for, not yet in a batch.
+struct Taken {
+    time: caseshare_core::time::Micros,
+    command: caseshare_state::Command,
+    finish: Finisher,
+    trace: Option<(crate::telemetry::OpTrace, std::time::SystemTime)>,
+    seen: u64,
+    lazy: bool,
+}
+
+/// Room kept below the journal's largest message for the batch's header
+/// and trailer beyond `JournalEncoder::approximate_len`.
+const HEADER_ROOM: usize = 8 * 1024;
+
 /// What the proposer needs.
 pub(super) struct Proposer {
     pub(super) journal: Arc<Journal>,
@@ -111,36 +125,46 @@ impl Proposer {
     pub(super) async fn run(self, mut rx: mpsc::Receiver<Queued>) {
         let inflight = Arc::new(Semaphore::new(IN_FLIGHT));
         let mut batch_no = 0u64;
-        while let Some(first) = rx.recv().await {
+        // An op that would have made the last batch too large: it starts
+        // the next one.
+        let mut carry: Option<Taken> = None;
+        loop {
+            let first = match carry.take() {
+                Some(t) => t,
+                None => match rx.recv().await {
+                    Some(q) => self.take(q),
+                    None => break,
+                },
+            };
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 break;
             };
             let mut encoder = JournalEncoder::new(0, None);
             let mut finishers = Vec::new();
-            let mut all_lazy = first.op.is_lazy();
+            let mut all_lazy = first.lazy;
             // The batch was decided on the oldest view among its ops.
             let mut seen = first.seen;
             let opened = Instant::now();
-            self.push(first, &mut encoder, &mut finishers, &mut seen);
+            self.add(first, &mut encoder, &mut finishers, &mut seen);
             while finishers.len() < self.max_batch && encoder.approximate_len() < self.max_bytes {
-                match rx.try_recv() {
-                    Ok(op) => {
-                        all_lazy &= op.op.is_lazy();
-                        self.push(op, &mut encoder, &mut finishers, &mut seen);
-                    }
+                let next = match rx.try_recv() {
+                    Ok(op) => op,
                     Err(mpsc::error::TryRecvError::Empty) if all_lazy => {
                         // Only inline acks: wait a little for an op whose
                         // caller waits, as the embedded writer does.
                         let left = LAZY_COMMIT_DELAY.saturating_sub(opened.elapsed());
                         match tokio::time::timeout(left, rx.recv()).await {
-                            Ok(Some(op)) => {
-                                all_lazy &= op.op.is_lazy();
-                                self.push(op, &mut encoder, &mut finishers, &mut seen);
-                            }
+                            Ok(Some(op)) => op,
                             _ => break,
                         }
                     }
                     Err(_) => break,
+                };
+                let t = self.take(next);
+                all_lazy &= t.lazy;
+                if let Some(back) = self.add(t, &mut encoder, &mut finishers, &mut seen) {
+                    carry = Some(back);
+                    break;
                 }
             }
             if finishers.is_empty() {
@@ -202,28 +226,70 @@ impl Proposer {
         self.pending.closed.store(true, Ordering::SeqCst);
     }
 
-    fn push(
-        &self,
-        queued: Queued,
-        encoder: &mut JournalEncoder,
-        finishers: &mut Vec<Waiting>,
-        seen: &mut u64,
-    ) {
-        *seen = (*seen).min(queued.seen);
+    /// Takes an op from the queue: drawn for (salts, consent ids) and
+    /// stamped with this replica's clock.
+    fn take(&self, queued: Queued) -> Taken {
+        let lazy = queued.op.is_lazy();
         let mut op = queued.op;
         // A traced publish: in cluster mode its decision is made when the
         // journal message is applied, so its span runs from here to then.
         let trace = op.take_trace().map(|t| (t, std::time::SystemTime::now()));
         let (command, finish) = intake(op);
-        match encoder.push(now(), &command) {
-            Ok(()) => finishers.push(Waiting { finish, trace }),
-            Err(e) => finish(
+        Taken {
+            time: now(),
+            command,
+            finish,
+            trace,
+            seen: queued.seen,
+            lazy,
+        }
+    }
+
+    /// Adds an op to the batch, or gives it back when it would make the
+    /// batch larger than the journal takes (it starts the next batch). An
+    /// op too large for a message of its own is answered
+    /// `RESOURCE_EXHAUSTED`, never appended (the append would be refused
+    /// on every try).
+    fn add(
+        &self,
+        t: Taken,
+        encoder: &mut JournalEncoder,
+        finishers: &mut Vec<Waiting>,
+        seen: &mut u64,
+    ) -> Option<Taken> {
+        if let Err(e) = encoder.push(t.time, &t.command) {
+            (t.finish)(
                 true,
                 Err(BrokerError::Internal(format!(
                     "the op cannot join a journal batch: {e}"
                 ))),
-            ),
+            );
+            return None;
         }
+        let limit = self
+            .journal
+            .config()
+            .max_message_bytes
+            .saturating_sub(HEADER_ROOM);
+        if encoder.approximate_len() > limit {
+            encoder.pop();
+            if !encoder.is_empty() {
+                return Some(t);
+            }
+            (t.finish)(
+                true,
+                Err(BrokerError::ResourceExhausted(format!(
+                    "this operation is larger than one journal message holds ({limit} bytes)"
+                ))),
+            );
+            return None;
+        }
+        *seen = (*seen).min(t.seen);
+        finishers.push(Waiting {
+            finish: t.finish,
+            trace: t.trace,
+        });
+        None
     }
 }
 

@@ -624,3 +624,29 @@ fn an_unplaced_batch_names_its_origin_and_applies_wherever_the_machine_is() {
     };
     assert!(decode_batch(&encode_batch(&ops, &longest).unwrap()).is_ok());
 }
+
+/// `pop` takes back the last command pushed: the size and the count go
+/// back to what they were, and the message decodes without it.
+#[test]
+fn pop_takes_back_the_last_command() {
+    let record = |n: usize| Command::Record {
+        entry: pb::AuditEntry {
+            reason: "x".repeat(n),
+            ..Default::default()
+        },
+    };
+    let mut encoder = JournalEncoder::new(0, None);
+    encoder.push(Micros(1), &record(10)).unwrap();
+    let (len, size) = (encoder.len(), encoder.approximate_len());
+    encoder.push(Micros(2), &record(5_000)).unwrap();
+    assert!(encoder.approximate_len() > size + 5_000);
+    encoder.pop();
+    assert_eq!((encoder.len(), encoder.approximate_len()), (len, size));
+    let (_, ops) = decode_batch(&encoder.finish(None).unwrap()).unwrap();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].0, Micros(1));
+    // Popping an empty encoder changes nothing.
+    let mut empty = JournalEncoder::new(0, None);
+    empty.pop();
+    assert!(empty.is_empty());
+}
