@@ -34,36 +34,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The sample agencies, the agreement from school to social care and
 /// social care's subscription `main`, over mutual TLS as admin and agency.
 async fn share(e: &Endpoint) {
-    let mut admin = e.client(ADMIN);
-    for (id, kind) in SAMPLE_AGENCIES {
-        admin
-            .admin
-            .register_agency(pb::RegisterAgencyRequest {
-                agency_id: id.into(),
-                kind: kind as i32,
-                display_name: id.into(),
-            })
-            .await
-            .unwrap();
-    }
-    admin
-        .admin
-        .put_agreement(agreement(
-            "isa-edu-sc",
-            SCHOOL,
-            SOCIAL_CARE,
-            &["education.*"],
-        ))
-        .await
-        .unwrap();
-    e.client(SOCIAL_CARE)
-        .subscriber
-        .create_subscription(pb::Subscription {
-            name: "main".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    e.school_shares_with_social_care().await;
 }
 
 /// Waits until the consumer has received `more` new sequences beyond

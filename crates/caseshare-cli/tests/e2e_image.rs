@@ -76,36 +76,7 @@ fn check_confinement(c: &ContainerBroker) {
 /// Register, agreement, subscription, publish, subscribe, ack, over mutual
 /// TLS to the published port; the number of events delivered and acked.
 async fn smoke(e: &Endpoint) -> usize {
-    let mut admin = e.client(ADMIN);
-    for (id, kind) in SAMPLE_AGENCIES {
-        admin
-            .admin
-            .register_agency(pb::RegisterAgencyRequest {
-                agency_id: id.into(),
-                kind: kind as i32,
-                display_name: id.into(),
-            })
-            .await
-            .unwrap();
-    }
-    admin
-        .admin
-        .put_agreement(agreement(
-            "isa-edu-sc",
-            SCHOOL,
-            SOCIAL_CARE,
-            &["education.*"],
-        ))
-        .await
-        .unwrap();
-    e.client(SOCIAL_CARE)
-        .subscriber
-        .create_subscription(pb::Subscription {
-            name: "main".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    e.school_shares_with_social_care().await;
     let mut school = e.client(SCHOOL);
     let n = 3;
     for i in 0..n {

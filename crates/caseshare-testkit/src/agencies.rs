@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use caseshare_proto::v1 as pb;
 use tokio_stream::StreamExt;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Endpoint};
 
 /// The sample health agency.
 pub const HEALTH: &str = "nhs-trust-a";
@@ -34,7 +34,7 @@ pub const CHILD_1: &str = "9434765919";
 /// Another valid NHS number for a test child.
 pub const CHILD_2: &str = "4010232137";
 
-impl Broker {
+impl Endpoint {
     /// Registers the three sample agencies as admin.
     pub async fn register_sample_agencies(&self) {
         let mut admin = self.client(ADMIN);
@@ -56,12 +56,36 @@ impl Broker {
     /// `education.*`, and social care's subscription `main`.
     pub async fn school_shares_with_social_care(&self) {
         self.register_sample_agencies().await;
-        put_agreement(
-            self,
-            agreement("isa-edu-sc", SCHOOL, SOCIAL_CARE, &["education.*"]),
-        )
-        .await;
-        create_subscription(self, SOCIAL_CARE, "main").await;
+        self.client(ADMIN)
+            .admin
+            .put_agreement(agreement(
+                "isa-edu-sc",
+                SCHOOL,
+                SOCIAL_CARE,
+                &["education.*"],
+            ))
+            .await
+            .unwrap();
+        self.client(SOCIAL_CARE)
+            .subscriber
+            .create_subscription(pb::Subscription {
+                name: "main".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+impl Broker {
+    /// Registers the three sample agencies as admin.
+    pub async fn register_sample_agencies(&self) {
+        self.endpoint().register_sample_agencies().await;
+    }
+
+    /// The common sharing set-up ([`Endpoint::school_shares_with_social_care`]).
+    pub async fn school_shares_with_social_care(&self) {
+        self.endpoint().school_shares_with_social_care().await;
     }
 
     /// Every audit entry, via the Audit service as the auditor. The size
