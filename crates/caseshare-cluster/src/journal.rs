@@ -382,6 +382,30 @@ fn last_number(text: &str) -> Option<u64> {
         .and_then(|w| w.parse().ok())
 }
 
+/// Opens a KV bucket beside the journal (on its connection, with its
+/// request timeout), creating it with `config` if absent; a concurrent
+/// creator's identical bucket is fine. Gives the JetStream context too.
+pub(crate) async fn open_bucket(
+    journal: &Journal,
+    config: jetstream::kv::Config,
+) -> Result<(jetstream::Context, jetstream::kv::Store), ClusterError> {
+    let js = jetstream::ContextBuilder::new()
+        .timeout(journal.config().request_timeout)
+        .build(journal.client().clone());
+    let bucket = config.bucket.clone();
+    let store = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
+        Err(_) => match js.create_key_value(config).await {
+            Ok(store) => store,
+            Err(e) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| ClusterError::JetStream(format!("KV bucket {bucket}: {e}")))?,
+        },
+    };
+    Ok((js, store))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -128,10 +128,6 @@ impl Lease {
     /// an existing bucket with another TTL, replica count or history gives
     /// [`ClusterError::Mismatch`].
     pub async fn open(journal: &Journal, config: &LeaseConfig) -> Result<Lease, ClusterError> {
-        let client = journal.client().clone();
-        let js = jetstream::ContextBuilder::new()
-            .timeout(journal.config().request_timeout)
-            .build(client.clone());
         if config.ttl < Duration::from_millis(300) {
             return Err(ClusterError::Config(format!(
                 "lease ttl {:?} is too short (at least 300 ms)",
@@ -139,30 +135,19 @@ impl Lease {
             )));
         }
         let what = format!("KV bucket {}", config.bucket);
-        let store = match js.get_key_value(&config.bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                let created = js
-                    .create_key_value(kv::Config {
-                        bucket: config.bucket.clone(),
-                        description: "Caseshare leader lease".into(),
-                        history: 1,
-                        max_age: config.ttl,
-                        storage: jetstream::stream::StorageType::File,
-                        num_replicas: config.replicas,
-                        ..Default::default()
-                    })
-                    .await;
-                match created {
-                    Ok(store) => store,
-                    // A concurrent creator's identical bucket is fine.
-                    Err(e) => js
-                        .get_key_value(&config.bucket)
-                        .await
-                        .map_err(|_| ClusterError::JetStream(format!("{what}: {e}")))?,
-                }
-            }
-        };
+        let (js, store) = crate::journal::open_bucket(
+            journal,
+            kv::Config {
+                bucket: config.bucket.clone(),
+                description: "Caseshare leader lease".into(),
+                history: 1,
+                max_age: config.ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let mut stream = js
             .get_stream(format!("KV_{}", config.bucket))
             .await
@@ -201,7 +186,7 @@ impl Lease {
         Ok(Lease {
             store,
             stream,
-            token: client.new_inbox(),
+            token: journal.client().new_inbox(),
             subject: format!("$KV.{}.{LEADER_KEY}", config.bucket),
             ttl: config.ttl,
         })

@@ -60,34 +60,19 @@ impl Roster {
     /// Opens (creating if absent) the roster bucket of `journal`'s stream.
     pub async fn open(journal: &Journal) -> Result<Roster, ClusterError> {
         let config = journal.config();
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.request_timeout)
-            .build(journal.client().clone());
-        let bucket = bucket_name(&config.stream);
-        let store = match js.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                let created = js
-                    .create_key_value(kv::Config {
-                        bucket: bucket.clone(),
-                        description: "Caseshare broker replicas (for status only)".into(),
-                        history: 1,
-                        max_age: ROSTER_TTL,
-                        storage: jetstream::stream::StorageType::File,
-                        num_replicas: config.replicas,
-                        ..Default::default()
-                    })
-                    .await;
-                match created {
-                    Ok(store) => store,
-                    // A concurrent creator's identical bucket is fine.
-                    Err(e) => js
-                        .get_key_value(&bucket)
-                        .await
-                        .map_err(|_| ClusterError::JetStream(format!("KV bucket {bucket}: {e}")))?,
-                }
-            }
-        };
+        let (_, store) = crate::journal::open_bucket(
+            journal,
+            kv::Config {
+                bucket: bucket_name(&config.stream),
+                description: "Caseshare broker replicas (for status only)".into(),
+                history: 1,
+                max_age: ROSTER_TTL,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Roster { store })
     }
 
