@@ -17,9 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use caseshare_proto::v1 as pb;
 use caseshare_testkit::*;
-use tokio_stream::StreamExt;
 
 /// The longest a kill may leave the cluster without an acknowledged write.
 const MAX_GAP: Duration = Duration::from_secs(15);
@@ -239,35 +237,12 @@ async fn the_compose_single_node_serves_and_comes_down() {
         .await
         .unwrap()
         .into_inner();
-    let mut sub = e.client(SOCIAL_CARE);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::SubscribeRequest {
-        subscription: "main".into(),
-        max_outstanding: 10,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = sub
-        .subscriber
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let mut sub = Subscription::try_open_at(&e, SOCIAL_CARE, "main", 10)
         .await
-        .unwrap()
-        .into_inner();
-    let d = tokio::time::timeout(Duration::from_secs(30), stream.next())
-        .await
-        .expect("a delivery within 30 s")
-        .unwrap()
         .unwrap();
+    let d = sub.next().await;
     assert_eq!((d.sequence, d.source_agency.as_str()), (r.sequence, SCHOOL));
-    tx.send(pb::SubscribeRequest {
-        ack: Some(pb::AckIds {
-            delivery_ids: vec![d.delivery_id],
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    sub.ack(vec![d.delivery_id]).await;
     let healthy = c.wait_healthy("caseshare", READY_WITHIN);
     let down = c.down();
     let volumes = std::process::Command::new("docker")

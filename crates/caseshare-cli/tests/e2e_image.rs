@@ -91,21 +91,9 @@ async fn smoke(e: &Endpoint) -> usize {
             .into_inner();
         assert!(r.sequence > 0, "{r:?}");
     }
-    let mut social = e.client(SOCIAL_CARE);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(pb::SubscribeRequest {
-        subscription: "main".into(),
-        max_outstanding: 10,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = social
-        .subscriber
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let Subscription { tx, rx: mut stream } = Subscription::try_open_at(e, SOCIAL_CARE, "main", 10)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let mut ids = Vec::new();
     for _ in 0..n {
         let d = tokio::time::timeout(Duration::from_secs(30), stream.next())
@@ -117,7 +105,8 @@ async fn smoke(e: &Endpoint) -> usize {
         ids.push(d.delivery_id);
     }
     // Acknowledged with the unary call, which says how many took effect.
-    let acked = social
+    let acked = e
+        .client(SOCIAL_CARE)
         .subscriber
         .ack(pb::AckRequest {
             subscription: "main".into(),

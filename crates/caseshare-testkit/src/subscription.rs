@@ -6,7 +6,7 @@ use std::time::Duration;
 use caseshare_proto::v1 as pb;
 use tokio_stream::StreamExt;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Endpoint};
 
 /// How long [`Subscription::next`] waits before failing the test.
 const NEXT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,7 +36,18 @@ impl Subscription {
         name: &str,
         max_outstanding: u32,
     ) -> Result<Subscription, tonic::Status> {
-        let mut c = b.client(agency);
+        Self::try_open_at(&b.endpoint(), agency, name, max_outstanding).await
+    }
+
+    /// [`Subscription::try_open`] on a broker known by its [`Endpoint`]
+    /// (one in a container, one of a compose file).
+    pub async fn try_open_at(
+        e: &Endpoint,
+        agency: &str,
+        name: &str,
+        max_outstanding: u32,
+    ) -> Result<Subscription, tonic::Status> {
+        let mut c = e.client(agency);
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tx.send(pb::SubscribeRequest {
             subscription: name.into(),
