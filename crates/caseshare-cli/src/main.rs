@@ -13,6 +13,7 @@ use std::io::Read;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
+mod backup;
 mod check;
 mod commands;
 mod probe;
@@ -105,6 +106,35 @@ enum Command {
         nats_servers: Vec<String>,
         /// TOML configuration file (its [store.nats] TLS, credentials,
         /// stream and replicas are used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Take a consistent backup of a running broker (admin) into a new
+    /// folder: its store, sealed with a key derived from the broker's
+    /// pseudonym key, and a manifest (docs/OPERATIONS.md, "Back up and
+    /// restore").
+    Backup {
+        #[command(flatten)]
+        conn: Conn,
+        /// The folder to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty data directory of a stopped broker.
+    /// Every file and chunk is checked before anything is put in place.
+    Restore {
+        /// The backup folder (`caseshare backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to restore into; its `store/` must be missing
+        /// or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The pseudonym key of the broker that took the backup [default:
+        /// the configuration's, else <data-dir>/secrets/pseudonym.key].
+        #[arg(long, env = "CASESHARE_PSEUDONYM_KEY")]
+        pseudonym_key: Option<PathBuf>,
+        /// TOML configuration file (its `[audit] pseudonym_key`).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -598,6 +628,25 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Audit { command } => audit_command(command).await?,
+        Command::Backup { conn, out } => {
+            print!("{}", backup::backup(&mut conn.clients()?, &out).await?);
+        }
+        Command::Restore {
+            from,
+            data_dir,
+            pseudonym_key,
+            config,
+        } => {
+            print!(
+                "{}",
+                backup::restore(backup::RestoreArgs {
+                    from,
+                    data_dir,
+                    pseudonym_key,
+                    config,
+                })?
+            );
+        }
         Command::Status { conn, json } => {
             let text = caseshare_cli::status::run(&mut conn.clients()?, json).await?;
             print!("{text}");

@@ -61,6 +61,7 @@ pub const TABLE: &[Rule] = rules! {
     "caseshare.v1.Admin"/"EndAgreement" => ADMIN, None;
     "caseshare.v1.Admin"/"ListAgreements" => ADMIN_AUDITOR, None;
     "caseshare.v1.Admin"/"GetStatus" => ADMIN, None;
+    "caseshare.v1.Admin"/"Backup" => ADMIN, None;
     "caseshare.v1.Audit"/"Query" => AUDITOR, None;
     "caseshare.v1.Audit"/"GetCheckpoint" => AUDITOR, None;
     "caseshare.v1.Audit"/"GetInclusionProof" => AUDITOR, None;

@@ -109,6 +109,21 @@ fn new_signer_text(origin: &str) -> Result<String, String> {
     Ok(format!("{}\n", signer.to_skey()))
 }
 
+/// The pseudonym key `config` names (or `<data_dir>/secrets/pseudonym.key`),
+/// read under the same mode rule as at start; never made. For `caseshare
+/// restore`, which opens a backup with it.
+pub fn read_pseudonym_key(config: &Config) -> Result<Vec<u8>, ServeError> {
+    let (_, path) = key_paths(config);
+    if !path.exists() {
+        return Err(ServeError::Secret(format!(
+            "{} does not exist: give the pseudonym key of the broker that took the backup \
+             (--pseudonym-key, CASESHARE_PSEUDONYM_KEY, or [audit] pseudonym_key in --config)",
+            path.display()
+        )));
+    }
+    load_pseudonym_key(&path)
+}
+
 /// Loads the keys that must exist: a missing one is a refusal naming it.
 fn read_keys(config: &Config, data: Option<&Path>) -> Result<Keys, ServeError> {
     let (signer_path, pseudonym_path) = key_paths(config);

@@ -25,6 +25,7 @@
 
 mod auditlog;
 mod auth;
+mod backup;
 mod cluster;
 pub mod config;
 mod conns;
@@ -46,7 +47,7 @@ mod tls;
 mod writer;
 
 pub use errors::BrokerError;
-pub use keys::check_keys_and_pki;
+pub use keys::{check_keys_and_pki, read_pseudonym_key};
 pub use migrate::{Migrated, migrate};
 pub use pki::PkiError;
 pub use running::{Running, start};
@@ -333,6 +334,9 @@ pub async fn serve(
     let keys = keys::load_keys(&config)?;
     let pseudonym_key = keys.pseudonym;
 
+    caseshare_store::backup::remove_stale_stages(&config.data_dir).map_err(io(
+        "removing a backup staging folder left by an earlier run",
+    ))?;
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
     let store: Arc<dyn Storage> = Arc::new(SledStore::open_with_segments(
         &config.data_dir.join("store"),
@@ -595,6 +599,15 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Secret(format!("reflection: {e}")))?;
     let max_msg = config.limits.max_message_bytes;
+    let backups = Arc::new(backup::BackupSource {
+        store: shared.store.clone(),
+        data_dir: config.data_dir.clone(),
+        pseudonym_key: shared.pseudonym_key.clone(),
+        cluster: replica
+            .as_ref()
+            .map(|(journal, _, progress, ..)| (journal.clone(), progress.clone())),
+        busy: Arc::default(),
+    });
     use pb::{
         admin_server::AdminServer, audit_server::AuditServer, consent_server::ConsentServer,
         publisher_server::PublisherServer, subscriber_server::SubscriberServer,
@@ -645,8 +658,12 @@ pub async fn serve(
                 .max_decoding_message_size(max_msg),
         )
         .add_service(
-            AdminServer::new(services::admin::AdminService(shared.clone(), status))
-                .max_decoding_message_size(max_msg),
+            AdminServer::new(services::admin::AdminService(
+                shared.clone(),
+                status,
+                backups,
+            ))
+            .max_decoding_message_size(max_msg),
         )
         .add_service(
             AuditServer::new(services::audit::AuditService(shared.clone()))

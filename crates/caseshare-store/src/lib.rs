@@ -14,6 +14,8 @@
 //!   never destroy a damaged file), and the read-only `check`.
 //! - [`checkpoint`]: the latest signed audit checkpoint, kept outside sled
 //!   so that sled going back is caught at open.
+//! - [`backup`]: consistent copies of the live store, sealed, and their
+//!   restore into an empty data directory.
 //! - [`audit_query`]: auditors' reads (filtered queries, subject access
 //!   reports) through the audit index; [`audit_index`]: that index in sled
 //!   (by child, by agency, by time), written with the entries.
@@ -24,6 +26,7 @@
 
 pub mod audit_index;
 pub mod audit_query;
+pub mod backup;
 pub mod check;
 pub mod checkpoint;
 #[cfg(test)]
@@ -200,6 +203,12 @@ pub trait Storage: Send + Sync + 'static {
         _note: &str,
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Stages a consistent copy of the store in `stage` for a backup
+    /// ([`backup`]). Blocking I/O, holding commits off while it links and
+    /// copies: call it on a blocking thread.
+    fn stage_backup(&self, _stage: &std::path::Path) -> Result<backup::Staged, StoreError> {
+        Err(StoreError::Engine("this store cannot be backed up".into()))
     }
     /// Deleted subscriptions whose delivery records are not all removed yet.
     fn subscriptions_being_purged(&self) -> Result<Vec<u64>, StoreError> {

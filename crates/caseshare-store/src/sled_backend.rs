@@ -124,6 +124,8 @@ pub struct SledStore {
     loaded: Mutex<Option<Snapshot>>,
     /// Audit entries stored and indexed: where the next batch's must start.
     audit_indexed: Mutex<u64>,
+    /// Held by each commit, and by a backup while it stages the files.
+    commit_gate: Mutex<()>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -228,6 +230,7 @@ impl SledStore {
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
             audit_indexed: Mutex::new(audit_size),
+            commit_gate: Mutex::new(()),
         };
         store.move_legacy_events()?;
         store.update_audit_index(index_plan, audit_size)?;
@@ -323,6 +326,23 @@ impl SledStore {
         Ok(())
     }
 
+    /// Holds commits off (see [`crate::backup`]).
+    pub(crate) fn gate(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
+        self.commit_gate
+            .lock()
+            .map_err(|_| StoreError::Engine("commit gate poisoned".into()))
+    }
+
+    /// The store directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tree.
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
     fn put(b: &mut sled::Batch, stats: &mut CommitStats, k: Vec<u8>, v: Vec<u8>) {
         stats.records += 1;
         stats.bytes += k.len() + v.len();
@@ -397,6 +417,7 @@ impl SledStore {
 
 impl Storage for SledStore {
     fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
+        let _gate = self.gate()?;
         // What the open loaded is no longer current.
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.take();
@@ -707,6 +728,10 @@ impl Storage for SledStore {
 
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Tiles(&self.tree).get_tile(level, index)
+    }
+
+    fn stage_backup(&self, stage: &Path) -> Result<crate::backup::Staged, StoreError> {
+        self.stage(stage)
     }
 
     fn persist_checkpoint(&self, size: u64, root: [u8; 32], note: &str) -> Result<(), StoreError> {

@@ -59,6 +59,7 @@ bounded!(
     EndAgreementRequest,
     ListAgreementsRequest,
     GetStatusRequest,
+    BackupRequest,
     QueryRequest,
     GetCheckpointRequest,
     GetInclusionProofRequest,

@@ -111,6 +111,8 @@ pub const CATALOGUE: &[Metric] = &[
     m("caseshare_store_events_per_commit", Histogram, "events", &[], "Events in one group commit"),
     m("caseshare_audit_entries_total", Counter, "entries", &[], "Audit entries written"),
     m("caseshare_audit_size", Gauge, "entries", &[], "Audit log (Merkle tree) size"),
+    m("caseshare_backups_total", Counter, "backups", &[], "Backups streamed whole (Admin.Backup, `caseshare backup`)"),
+    m("caseshare_backup_pause_seconds", Histogram, "seconds", &[], "Time writes waited while a backup staged the store's files"),
     m("caseshare_journal_applied_sequence", Gauge, "messages", &[], "Cluster mode: the last journal message this replica applied (0 in embedded mode)"),
     m("caseshare_journal_proposals_total", Counter, "messages", &[], "Cluster mode: journal messages this replica appended"),
     m("caseshare_journal_append_failures_total", Counter, "messages", &[], "Cluster mode: appends that failed after retrying (their callers were told UNAVAILABLE)"),

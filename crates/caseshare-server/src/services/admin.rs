@@ -1,5 +1,6 @@
-//! `caseshare.v1.Admin`: agencies, agreements, and the broker's status
-//! (`GetStatus`, answered by `ops::status`).
+//! `caseshare.v1.Admin`: agencies, agreements, the broker's status
+//! (`GetStatus`, answered by `ops::status`) and backups (`Backup`,
+//! answered by `backup`).
 
 use caseshare_core::pb::{self, admin_server::Admin};
 use caseshare_core::validate::{validate_agreement, validate_register_agency};
@@ -13,9 +14,13 @@ use crate::errors::BrokerError;
 use crate::ops::status::StatusSource;
 use crate::writer::Op;
 
-/// The Admin service (with what `GetStatus` reads).
+/// The Admin service (with what `GetStatus` reads and what `Backup` copies).
 #[derive(Debug, Clone)]
-pub struct AdminService(pub Shared, pub Arc<StatusSource>);
+pub struct AdminService(
+    pub Shared,
+    pub Arc<StatusSource>,
+    pub(crate) Arc<crate::backup::BackupSource>,
+);
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -117,5 +122,16 @@ impl Admin for AdminService {
         _req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::BrokerStatus>, Status> {
         Ok(Response::new(self.1.read().await?))
+    }
+
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let actor = caller(&req)?;
+        tracing::info!(actor = %actor, "backup asked for");
+        Ok(Response::new(self.2.start().await?))
     }
 }
