@@ -168,7 +168,7 @@ fn a_value_past_its_bound_is_refused_at_start_naming_the_key() {
 #[test]
 fn store_backend_keys_are_checked_before_any_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (&[("CASESHARE_STORE_BACKEND", "postgres")], "store.backend"),
         // An event must fit a journal message in cluster mode: 192 KiB.
         (
@@ -188,6 +188,16 @@ fn store_backend_keys_are_checked_before_any_file() {
             "store.nats.servers",
         ),
         (&[("CASESHARE_NATS_REPLICAS", "6")], "store.nats.replicas"),
+        // A journal that drops messages keeps them at least the duplicate
+        // window (120 s by default) and 2 × lease_ttl + 60 s.
+        (
+            &[
+                ("CASESHARE_STORE_BACKEND", "nats"),
+                ("CASESHARE_NATS_SERVERS", "nats://127.0.0.1:4222"),
+                ("CASESHARE_NATS_JOURNAL_MAX_AGE_S", "100"),
+            ],
+            "store.nats.journal_max_age_s",
+        ),
     ];
     for (env, key) in cases {
         let refused = match Broker::try_start_in(tmp.path(), env, &[]) {

@@ -47,6 +47,11 @@ pub struct JournalConfig {
     /// How long JetStream remembers a `Nats-Msg-Id` to refuse a second
     /// copy: retries of one append must happen within it.
     pub duplicate_window: Duration,
+    /// How long the stream keeps a message (its `max_age`): zero keeps
+    /// every message; otherwise at least `duplicate_window` (JetStream
+    /// refuses a shorter one). A replica whose position falls behind the
+    /// stream's first message refuses to start (seed it from a copy).
+    pub max_age: Duration,
     /// How long an append waits for its acknowledgement, and a JetStream
     /// API request for its answer, before giving `Unavailable`.
     pub request_timeout: Duration,
@@ -71,6 +76,7 @@ impl Default for JournalConfig {
             replicas: DEFAULT_REPLICAS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             duplicate_window: Duration::from_secs(120),
+            max_age: Duration::ZERO,
             request_timeout: Duration::from_secs(2),
             tls_ca: None,
             tls_cert: None,
@@ -126,6 +132,12 @@ impl JournalConfig {
         }
         if self.request_timeout.is_zero() || self.duplicate_window.is_zero() {
             return bad("request_timeout and duplicate_window must be positive".into());
+        }
+        if !self.max_age.is_zero() && self.max_age < self.duplicate_window {
+            return bad(format!(
+                "max_age = {:?} is shorter than duplicate_window = {:?} (zero keeps every message)",
+                self.max_age, self.duplicate_window
+            ));
         }
         Ok(())
     }
@@ -244,5 +256,17 @@ mod tests {
             },
             "key",
         );
+        named(
+            JournalConfig {
+                max_age: Duration::from_secs(60),
+                ..JournalConfig::default()
+            },
+            "max_age",
+        );
+        let kept = JournalConfig {
+            max_age: Duration::from_secs(120),
+            ..JournalConfig::default()
+        };
+        assert_eq!(kept.validate(), Ok(()));
     }
 }

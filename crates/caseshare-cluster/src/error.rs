@@ -28,8 +28,9 @@ pub enum ClusterError {
     #[error("JetStream: {0}")]
     JetStream(String),
     /// The journal has a hole: a reader expected `expected` and was given
-    /// `found`. Messages are never deleted, so this means the stream lost
-    /// acknowledged messages; the reader stops rather than skip them.
+    /// `found`: the stream dropped messages this reader needed (older than
+    /// the journal's `max_age`) or lost acknowledged ones; the reader
+    /// stops rather than skip them.
     #[error("journal gap: expected sequence {expected}, the stream gave {found}")]
     Gap {
         /// The sequence the reader needed next.

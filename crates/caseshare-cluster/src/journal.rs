@@ -1,9 +1,8 @@
 //! The journal: one JetStream stream of operation batches, created with
-//! the configured shape (or refused when it exists with another), appended
-//! with fencing (`Nats-Expected-Last-Sequence`) and deduplication
+//! the configured shape (or refused when it exists with another; its
+//! retention and duplicate window are updated to the configured ones),
+//! appended with fencing (`Nats-Expected-Last-Sequence`) and deduplication
 //! (`Nats-Msg-Id`), and read in order from any sequence (see `reader`).
-
-use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
@@ -44,13 +43,16 @@ pub(crate) fn stream_config(config: &JournalConfig) -> stream::Config {
         subjects: vec![config.subject.clone()],
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
-        // Keep everything: no age, count or size limit, and nothing is
-        // discarded; deletion and purge are refused by the server.
+        // No count or size limit, and nothing is discarded for them;
+        // deletion and purge are refused by the server. Messages older
+        // than `max_age` (when configured; zero keeps every message) are
+        // dropped: a replica behind the first message left refuses to
+        // start and is seeded from a copy.
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
         max_messages: -1,
         max_bytes: -1,
-        max_age: Duration::ZERO,
+        max_age: config.max_age,
         max_messages_per_subject: -1,
         max_message_size: i32::try_from(config.max_message_bytes).unwrap_or(i32::MAX),
         deny_delete: true,
@@ -90,25 +92,38 @@ fn differences(found: &stream::Config, want: &stream::Config) -> Vec<String> {
             found.retention, want.retention
         ));
     }
-    let limited = found.max_messages > 0
-        || found.max_bytes > 0
-        || !found.max_age.is_zero()
-        || found.max_messages_per_subject > 0;
+    let limited =
+        found.max_messages > 0 || found.max_bytes > 0 || found.max_messages_per_subject > 0;
     if limited {
         out.push(format!(
-            "limits: found max_msgs {} max_bytes {} max_age {:?} max_msgs_per_subject {}, \
-             configured none (the journal never drops messages)",
-            found.max_messages, found.max_bytes, found.max_age, found.max_messages_per_subject
+            "limits: found max_msgs {} max_bytes {} max_msgs_per_subject {}, configured none \
+             (the journal drops messages by age only)",
+            found.max_messages, found.max_bytes, found.max_messages_per_subject
         ));
     }
     out
 }
 
+/// The existing stream's configuration with the configured retention
+/// (`max_age`) and duplicate window, when either differs: JetStream
+/// changes both in place. `None` when both are as configured.
+fn retention_update(found: &stream::Config, want: &stream::Config) -> Option<stream::Config> {
+    if found.max_age == want.max_age && found.duplicate_window == want.duplicate_window {
+        return None;
+    }
+    Some(stream::Config {
+        max_age: want.max_age,
+        duplicate_window: want.duplicate_window,
+        ..found.clone()
+    })
+}
+
 impl Journal {
     /// Connects, then creates the stream if absent or checks the one there:
-    /// another storage, replica count, subject list, retention or any limit
-    /// that would drop messages gives [`ClusterError::Mismatch`] naming
-    /// each difference, and nothing is changed.
+    /// another storage, replica count, subject list, retention policy or a
+    /// count or size limit gives [`ClusterError::Mismatch`] naming each
+    /// difference, and nothing is changed. Another `max_age` or duplicate
+    /// window is changed to the configured one (logged).
     pub async fn open(config: &JournalConfig) -> Result<Journal, ClusterError> {
         let client = connect(config).await?;
         Self::open_with(client, config).await
@@ -148,6 +163,17 @@ impl Journal {
                 what: format!("stream {}", config.stream),
                 differences: diffs.join("; "),
             });
+        }
+        if let Some(update) = retention_update(&info.config, &want) {
+            js.update_stream(&update).await.map_err(|e| js_err(&e))?;
+            tracing::info!(
+                stream = %config.stream,
+                max_age_s = want.max_age.as_secs(),
+                was_max_age_s = info.config.max_age.as_secs(),
+                duplicate_window_s = want.duplicate_window.as_secs(),
+                was_duplicate_window_s = info.config.duplicate_window.as_secs(),
+                "journal stream's retention updated to the configured one"
+            );
         }
         Ok(Journal {
             client,
@@ -288,6 +314,14 @@ impl Journal {
 
     /// The stream's last sequence (0 when empty), as its leader says.
     pub async fn last_sequence(&self) -> Result<u64, ClusterError> {
+        Ok(self.bounds().await?.1)
+    }
+
+    /// The stream's first and last sequences, as its leader says: `(0, 0)`
+    /// when nothing was ever appended; once messages older than `max_age`
+    /// are dropped the first is past 1 (`last + 1` when every message
+    /// was dropped).
+    pub async fn bounds(&self) -> Result<(u64, u64), ClusterError> {
         let mut stream = self
             .js
             .get_stream(&self.config.stream)
@@ -297,7 +331,7 @@ impl Journal {
             .info()
             .await
             .map_err(|e| ClusterError::JetStream(e.to_string()))?;
-        Ok(info.state.last_sequence)
+        Ok((info.state.first_sequence, info.state.last_sequence))
     }
 
     /// Every message from sequence `seq` (1 is the first) in order, then
@@ -409,6 +443,8 @@ pub(crate) async fn open_bucket(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -428,12 +464,33 @@ mod tests {
         let found = stream::Config {
             num_replicas: 1,
             storage: stream::StorageType::Memory,
-            max_age: Duration::from_secs(60),
+            max_bytes: 1 << 30,
             ..want.clone()
         };
         let d = differences(&found, &want).join("; ");
         assert!(d.contains("replicas: found 1, configured 3"), "{d}");
         assert!(d.contains("storage"), "{d}");
-        assert!(d.contains("max_age"), "{d}");
+        assert!(d.contains("max_bytes 1073741824"), "{d}");
+    }
+
+    #[test]
+    fn another_retention_is_updated_not_refused() {
+        let want = stream_config(&JournalConfig {
+            max_age: Duration::from_secs(3600),
+            duplicate_window: Duration::from_secs(60),
+            ..JournalConfig::default()
+        });
+        assert_eq!(retention_update(&want, &want), None);
+        let found = stream::Config {
+            max_age: Duration::ZERO,
+            duplicate_window: Duration::from_secs(120),
+            description: Some("kept as found".into()),
+            ..want.clone()
+        };
+        assert!(differences(&found, &want).is_empty());
+        let update = retention_update(&found, &want).unwrap();
+        assert_eq!(update.max_age, Duration::from_secs(3600));
+        assert_eq!(update.duplicate_window, Duration::from_secs(60));
+        assert_eq!(update.description.as_deref(), Some("kept as found"));
     }
 }

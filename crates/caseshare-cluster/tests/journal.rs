@@ -1,9 +1,12 @@
 //! The journal against a real 3-node JetStream cluster: order and
 //! contiguity, following, fencing of a stale appender, deduplication of a
-//! retried append, and refusal of a stream with another shape.
+//! retried append, refusal of a stream with another shape, and a stream
+//! with another retention (`max_age`, duplicate window) updated in place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use caseshare_cluster::{AppendError, ClusterError, Journal, JournalConfig};
@@ -147,6 +150,53 @@ async fn an_existing_stream_of_another_shape_is_refused() {
     // Nothing was changed by the refusal.
     assert_eq!(again.last_sequence().await.unwrap(), 1);
     assert!(Journal::open(&config).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_retention_is_updated_in_place() {
+    let c = common::cluster().await;
+    let config = common::config(&c);
+    let journal = Journal::open(&config).await.unwrap();
+    common::append(&journal, 0, "a", payload(1)).await.unwrap();
+    assert_eq!(journal.bounds().await.unwrap(), (1, 1));
+    let stream_config = |config: JournalConfig| async move {
+        let client = caseshare_cluster::connect(&config).await.unwrap();
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(&config.stream)
+            .await
+            .unwrap();
+        stream.info().await.unwrap().config.clone()
+    };
+    assert_eq!(stream_config(config.clone()).await.max_age, Duration::ZERO);
+
+    // Retention set: the stream is updated, its message kept.
+    let aged = JournalConfig {
+        max_age: Duration::from_secs(3600),
+        duplicate_window: Duration::from_secs(60),
+        ..config.clone()
+    };
+    let reopened = Journal::open(&aged).await.unwrap();
+    let found = stream_config(aged.clone()).await;
+    assert_eq!(found.max_age, Duration::from_secs(3600));
+    assert_eq!(found.duplicate_window, Duration::from_secs(60));
+    assert!(found.deny_delete && found.deny_purge, "{found:?}");
+    assert_eq!(reopened.bounds().await.unwrap(), (1, 1));
+
+    // And back to keeping everything.
+    Journal::open(&config).await.unwrap();
+    let found = stream_config(config.clone()).await;
+    assert_eq!(found.max_age, Duration::ZERO);
+    assert_eq!(found.duplicate_window, config.duplicate_window);
+
+    // A retention shorter than the duplicate window is refused first.
+    let short = JournalConfig {
+        max_age: Duration::from_secs(30),
+        ..config.clone()
+    };
+    match Journal::open(&short).await {
+        Err(ClusterError::Config(m)) => assert!(m.contains("max_age"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

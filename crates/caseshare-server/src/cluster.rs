@@ -1,8 +1,9 @@
 //! Cluster mode's start and watch (`docs/CLUSTER.md`): the NATS settings
 //! from `[store.nats]`, the journal opened (created with its replicas, or
 //! checked), the **regression guard** at start and while running, the
-//! readiness of a replica (ready once it has applied the journal as it
-//! stood at start), and the delivery engine following subscription changes
+//! refusal of a replica the journal's retention left behind (its next
+//! message was dropped), the readiness of a replica (ready once it has
+//! applied the journal as it stood at start), and the delivery engine following subscription changes
 //! made through other replicas, and the **roster** this replica puts
 //! itself in for `caseshare status`.
 
@@ -41,6 +42,8 @@ pub(crate) fn journal_config(config: &Config) -> JournalConfig {
             format!("{DEFAULT_SUBJECT}.{}", n.stream.to_ascii_lowercase())
         },
         replicas: usize::try_from(n.replicas).unwrap_or(3),
+        max_age: Duration::from_secs(n.journal_max_age_s),
+        duplicate_window: Duration::from_secs(n.duplicate_window_s),
         tls_ca: n.ca.clone(),
         tls_cert: n.cert.clone(),
         tls_key: n.key.clone(),
@@ -73,11 +76,12 @@ pub(crate) async fn open(config: &Config) -> Result<Arc<Journal>, ServeError> {
     }
 }
 
-/// The journal's last sequence, retrying while the stream elects.
-async fn last_sequence(journal: &Journal) -> Result<u64, ServeError> {
+/// The journal's first and last sequences, retrying while the stream
+/// elects.
+async fn bounds(journal: &Journal) -> Result<(u64, u64), ServeError> {
     let started = Instant::now();
     loop {
-        match journal.last_sequence().await {
+        match journal.bounds().await {
             Ok(n) => return Ok(n),
             Err(e) if started.elapsed() < CONNECT_PATIENCE => {
                 tracing::warn!(error = %e, "waiting for the journal stream's leader");
@@ -111,13 +115,41 @@ fn regression(end: u64, held: &Held) -> String {
     )
 }
 
-/// The regression guard at start: the journal must hold at least what this
-/// replica's store has applied. Gives the journal's end (the replica is
-/// ready once it has applied that far).
+/// Why a replica behind the journal's retention cannot start.
+fn compacted(first: u64, held: &Held) -> String {
+    format!(
+        "the journal no longer holds the messages this replica needs: this replica has \
+         applied through message {}, but the journal's first message is now {first} \
+         (dropped by store.nats.journal_max_age_s: {}). This replica \
+         refuses to start rather than skip them. Seed its data directory from a newer \
+         copy of a live replica: a backup of a live replica restored with `caseshare \
+         restore`, or a copy of a stopped replica's data directory; see docs/CLUSTER.md, \
+         runbook: a replica behind the journal's retention",
+        held.position,
+        dropped(held.position.saturating_add(1), first.saturating_sub(1))
+    )
+}
+
+/// "message 7", or "messages 7 to 9".
+fn dropped(from: u64, to: u64) -> String {
+    if from == to {
+        format!("message {from}")
+    } else {
+        format!("messages {from} to {to}")
+    }
+}
+
+/// The checks at start: the journal must hold at least what this replica's
+/// store has applied (the regression guard), and still hold the message
+/// after it (a journal with `max_age` drops old messages). Gives the
+/// journal's end (the replica is ready once it has applied that far).
 pub(crate) async fn check_at_start(journal: &Journal, held: &Held) -> Result<u64, ServeError> {
-    let end = last_sequence(journal).await?;
+    let (first, end) = bounds(journal).await?;
     if end < held.position {
         return Err(ServeError::Backend(regression(end, held)));
+    }
+    if first > held.position.saturating_add(1) {
+        return Err(ServeError::Backend(compacted(first, held)));
     }
     Ok(end)
 }

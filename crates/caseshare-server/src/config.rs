@@ -215,6 +215,16 @@ pub struct NatsConfig {
     /// How long a leader's lease lasts without renewal, ms (env
     /// `CASESHARE_NATS_LEASE_TTL_MS`).
     pub lease_ttl_ms: u64,
+    /// How long the journal stream keeps a message, seconds (its
+    /// `max_age`; env `CASESHARE_NATS_JOURNAL_MAX_AGE_S`). 0, the default,
+    /// keeps every message; otherwise at least `duplicate_window_s` and
+    /// `2 × lease_ttl_ms + 60 s`. A replica behind the first message kept
+    /// refuses to start (`docs/CLUSTER.md`).
+    pub journal_max_age_s: u64,
+    /// How long the journal stream remembers an append's message id to
+    /// refuse a second copy, seconds (env
+    /// `CASESHARE_NATS_DUPLICATE_WINDOW_S`).
+    pub duplicate_window_s: u64,
     /// CA bundle that signs the NATS servers' certificates (env
     /// `CASESHARE_NATS_CA`).
     pub ca: Option<PathBuf>,
@@ -234,6 +244,8 @@ impl Default for NatsConfig {
             stream: "CASESHARE_JOURNAL".into(),
             replicas: 3,
             lease_ttl_ms: 5_000,
+            journal_max_age_s: 0,
+            duplicate_window_s: 120,
             ca: None,
             cert: None,
             key: None,

@@ -407,18 +407,24 @@ impl Broker {
     /// the same binary and environment; new ports. A broker still running
     /// is killed first.
     pub fn restart(&mut self) {
-        self.kill9();
-        match self.launch.spawn(&self.dir, &[]) {
-            Ok((child, grpc, ops)) => {
-                self.child = Some(child);
-                self.grpc = grpc;
-                self.ops = ops;
-            }
-            Err(r) => panic!(
+        if let Err(r) = self.try_restart() {
+            panic!(
                 "broker did not restart ({}); stderr:\n{}",
                 r.status, r.stderr
-            ),
+            )
         }
+    }
+
+    /// As [`Broker::restart`], but a broker that exits before it listens
+    /// (it refused to start) is returned as [`Refused`]; the broker is then
+    /// not running, and [`Broker::restart`] may start it again later.
+    pub fn try_restart(&mut self) -> Result<(), Refused> {
+        self.kill9();
+        let (child, grpc, ops) = self.launch.spawn(&self.dir, &[])?;
+        self.child = Some(child);
+        self.grpc = grpc;
+        self.ops = ops;
+        Ok(())
     }
 
     /// The data directory.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use caseshare_proto::v1 as pb;
 
-use crate::{AUDITOR, Broker, Endpoint, NatsCluster, copy_dir};
+use crate::{AUDITOR, Broker, Endpoint, NatsCluster, Refused, copy_dir};
 
 /// Broker replicas on a NATS cluster.
 pub struct BrokerCluster {
@@ -82,7 +82,36 @@ impl BrokerCluster {
         self.add_replica_with(Some(servers.join(",")))
     }
 
+    /// As [`BrokerCluster::add_replica`], but a replica that refuses to
+    /// start is returned as [`Refused`] (its directory removed, no replica
+    /// added).
+    pub fn try_add_replica(&mut self) -> Result<usize, Refused> {
+        let i = self.brokers.len();
+        match self.launch_replica(None) {
+            Ok(b) => {
+                self.brokers.push(Some(b));
+                Ok(i)
+            }
+            Err(r) => {
+                let _ = std::fs::remove_dir_all(self.replica_dir(i));
+                Err(r)
+            }
+        }
+    }
+
     fn add_replica_with(&mut self, servers: Option<String>) -> usize {
+        let i = self.brokers.len();
+        match self.launch_replica(servers) {
+            Ok(b) => self.brokers.push(Some(b)),
+            Err(r) => panic!(
+                "replica {i} did not start ({}); stderr:\n{}",
+                r.status, r.stderr
+            ),
+        }
+        i
+    }
+
+    fn launch_replica(&self, servers: Option<String>) -> Result<Broker, Refused> {
         let i = self.brokers.len();
         let dir = self.replica_dir(i);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -100,18 +129,33 @@ impl BrokerCluster {
                 _ => (k.as_str(), v.as_str()),
             })
             .collect();
-        let b = Broker::builder()
+        Broker::builder()
             .topology(crate::Topology::Single)
             .dir(&dir)
             .envs(&env)
-            .start();
-        self.brokers.push(Some(b));
-        i
+            .try_start()
     }
 
     /// The test directory of replica `i` (its data directory is `data/`).
     pub fn replica_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("replica-{i}"))
+    }
+
+    /// Replaces stopped replica `to`'s data directory with a copy of
+    /// stopped replica `from`'s (the supported way to seed a replica,
+    /// `docs/CLUSTER.md`). Both must be stopped.
+    pub fn seed_from(&self, from: usize, to: usize) {
+        for i in [from, to] {
+            assert!(
+                !self.brokers[i].as_ref().is_some_and(Broker::running),
+                "replica {i} must be stopped to copy its data directory"
+            );
+        }
+        let target = self.replica_dir(to).join("data");
+        if target.exists() {
+            std::fs::remove_dir_all(&target).unwrap();
+        }
+        copy_dir(&self.replica_dir(from).join("data"), &target);
     }
 
     /// The directory holding every replica's.

@@ -1,7 +1,9 @@
 //! The store backend keys: `store.backend` and cluster mode's
 //! `[store.nats]` (servers, journal stream, TLS and credentials files).
-//! Numeric keys (`store.nats.replicas`, `store.nats.lease_ttl_ms`) are in
-//! the key table with the others.
+//! Numeric keys (`store.nats.replicas`, `store.nats.lease_ttl_ms`,
+//! `store.nats.journal_max_age_s`, `store.nats.duplicate_window_s`) are in
+//! the key table with the others; the rule tying the journal's retention
+//! to the duplicate window and the stale-proposal bound is here.
 
 use super::{Config, ConfigError};
 
@@ -87,6 +89,21 @@ impl Config {
                 ),
             );
         }
+        let floor = min_journal_max_age_s(n);
+        if n.journal_max_age_s != 0 && n.journal_max_age_s < floor {
+            return bad(
+                "store.nats.journal_max_age_s",
+                format!(
+                    "{} s is shorter than {floor} s: a journal that drops messages must keep \
+                     them at least as long as store.nats.duplicate_window_s ({} s) and as \
+                     the stale-proposal rule needs (2 × store.nats.lease_ttl_ms + 60 s = {} s); \
+                     0 keeps every message",
+                    n.journal_max_age_s,
+                    n.duplicate_window_s,
+                    stale_rule_s(n.lease_ttl_ms)
+                ),
+            );
+        }
         if n.cert.is_some() != n.key.is_some() {
             return bad(
                 "store.nats.cert",
@@ -95,6 +112,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// How long the stale-proposal rule may need a journal message's time,
+/// whole seconds rounded up: `2 × lease_ttl_ms + 60 s` (what a replica
+/// keeps of the journal's times, `writer::times`).
+fn stale_rule_s(lease_ttl_ms: u64) -> u64 {
+    lease_ttl_ms
+        .saturating_mul(2)
+        .div_ceil(1000)
+        .saturating_add(60)
+}
+
+/// The shortest non-zero `store.nats.journal_max_age_s` accepted.
+pub(crate) fn min_journal_max_age_s(n: &super::NatsConfig) -> u64 {
+    n.duplicate_window_s.max(stale_rule_s(n.lease_ttl_ms))
 }
 
 /// `nats://host:port` or `tls://host:port` with a non-empty host and a
@@ -208,12 +240,56 @@ mod tests {
     }
 
     #[test]
+    fn journal_retention_floors() {
+        // (max age, duplicate window, lease ttl ms) → refused key.
+        let table: Vec<(u64, u64, u64, Option<&str>)> = vec![
+            (0, 120, 5_000, None),
+            (1, 120, 5_000, Some("store.nats.journal_max_age_s")),
+            (119, 120, 5_000, Some("store.nats.journal_max_age_s")),
+            (120, 120, 5_000, None),
+            (69, 60, 5_000, Some("store.nats.journal_max_age_s")),
+            (70, 60, 5_000, None),
+            (61, 60, 1_000, Some("store.nats.journal_max_age_s")),
+            (62, 60, 1_000, None),
+            (179, 60, 60_000, Some("store.nats.journal_max_age_s")),
+            (180, 60, 60_000, None),
+            (180, 60, 60_001, Some("store.nats.journal_max_age_s")),
+            (181, 60, 60_001, None),
+            (180, 60, 59_999, None),
+            (86_400 * 30, 86_400, 60_000, None),
+        ];
+        for (age, window, ttl, want) in table {
+            let mut c = nats(&["nats://127.0.0.1:4222"]);
+            c.store.nats.journal_max_age_s = age;
+            c.store.nats.duplicate_window_s = window;
+            c.store.nats.lease_ttl_ms = ttl;
+            assert_eq!(
+                refused_key(&c).as_deref(),
+                want,
+                "max age {age}, window {window}, ttl {ttl}"
+            );
+        }
+        let mut c = nats(&["nats://127.0.0.1:4222"]);
+        c.store.nats.journal_max_age_s = 100;
+        let Err(ConfigError::Value { message, .. }) = c.validate_backend() else {
+            panic!("100 s accepted")
+        };
+        assert!(message.contains("shorter than 120 s"), "{message}");
+        // The embedded backend ignores [store.nats].
+        let mut c = Config::default();
+        c.store.nats.journal_max_age_s = 1;
+        assert_eq!(refused_key(&c), None);
+    }
+
+    #[test]
     fn the_environment_sets_the_backend_and_servers() {
         let env = |k: &str| match k {
             "CASESHARE_STORE_BACKEND" => Some("nats".to_string()),
             "CASESHARE_NATS_SERVERS" => {
                 Some("nats://127.0.0.1:4222, nats://127.0.0.1:4223,".to_string())
             }
+            "CASESHARE_NATS_JOURNAL_MAX_AGE_S" => Some("86400".to_string()),
+            "CASESHARE_NATS_DUPLICATE_WINDOW_S" => Some("90".to_string()),
             _ => None,
         };
         let c = Config::load(None, env).unwrap_or_else(|e| panic!("{e}"));
@@ -222,5 +298,7 @@ mod tests {
             c.store.nats.servers,
             vec!["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
         );
+        assert_eq!(c.store.nats.journal_max_age_s, 86_400);
+        assert_eq!(c.store.nats.duplicate_window_s, 90);
     }
 }

@@ -251,7 +251,7 @@ impl WriterTask {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "the journal cannot be followed; the replica stops rather than skip a message");
+                            tracing::error!(error = %e, "the journal cannot be followed; the replica stops rather than skip a message (if store.nats.journal_max_age_s dropped them, seed this replica's data directory from a newer copy of a live replica: docs/CLUSTER.md)");
                             std::process::exit(70);
                         }
                     }
