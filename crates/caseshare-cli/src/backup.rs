@@ -80,6 +80,8 @@ pub struct RestoreArgs {
     pub pseudonym_key: Option<PathBuf>,
     /// A configuration file naming it, if given.
     pub config: Option<PathBuf>,
+    /// Forget the journal a cluster replica's store followed.
+    pub detach: bool,
 }
 
 /// Restores a backup; returns the summary to print.
@@ -90,7 +92,7 @@ pub fn restore(args: RestoreArgs) -> Result<String> {
         cfg.audit.pseudonym_key = Some(k);
     }
     let key = caseshare_server::read_pseudonym_key(&cfg)?;
-    let restored = caseshare_store::backup::restore(&args.from, &args.data_dir, &key)?;
+    let restored = caseshare_store::backup::restore(&args.from, &args.data_dir, &key, args.detach)?;
     let m = &restored.manifest;
     Ok(format!(
         "Restored {} into {}: {} bytes; events up to sequence {}, audit log of {} entries (root {}){}.\n\
@@ -101,9 +103,17 @@ pub fn restore(args: RestoreArgs) -> Result<String> {
         m.last_sequence,
         m.audit_size,
         hex_root(m),
-        if m.journal_position > 0 {
+        if m.journal_position > 0 && args.detach {
             format!(
-                "; a cluster replica's store at journal position {}",
+                "; taken from a cluster replica at journal position {}, now detached: \
+                 `caseshare migrate --from {}` starts a new cluster's journal from it",
+                m.journal_position,
+                args.data_dir.display()
+            )
+        } else if m.journal_position > 0 {
+            format!(
+                "; a cluster replica's store at journal position {}: it follows the same \
+                 journal from there (give --detach if that journal is lost)",
                 m.journal_position
             )
         } else {

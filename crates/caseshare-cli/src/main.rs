@@ -137,6 +137,11 @@ enum Command {
         /// TOML configuration file (its `[audit] pseudonym_key`).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A cluster replica's backup, after its journal is lost: forget
+        /// the journal (its position and kept times), so that `caseshare
+        /// migrate --from` starts a new cluster from the restored store.
+        #[arg(long)]
+        detach: bool,
     },
     /// Verify a stopped broker's data directory, read-only: one line per
     /// check; exits 1 if anything is damaged.
@@ -636,6 +641,7 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             pseudonym_key,
             config,
+            detach,
         } => {
             print!(
                 "{}",
@@ -644,6 +650,7 @@ async fn run(cli: Cli) -> Result<()> {
                     data_dir,
                     pseudonym_key,
                     config,
+                    detach,
                 })?
             );
         }

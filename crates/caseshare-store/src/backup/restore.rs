@@ -15,6 +15,7 @@ pub fn restore(
     backup: &Path,
     data_dir: &Path,
     pseudonym_key: &[u8],
+    detach: bool,
 ) -> Result<Restored, RestoreError> {
     let manifest = read_manifest(backup)?;
     let sealer = Sealer::new(pseudonym_key, &manifest.backup_id);
@@ -51,7 +52,12 @@ pub fn restore(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
     }
-    let written = unseal_all(backup, &tmp, &manifest, &sealer);
+    let written = unseal_all(backup, &tmp, &manifest, &sealer).and_then(|b| {
+        if detach {
+            detach_journal(&tmp)?;
+        }
+        Ok(b)
+    });
     let bytes = match written {
         Ok(b) => b,
         Err(e) => {
@@ -72,6 +78,32 @@ pub fn restore(
         store_dir,
         manifest,
         bytes,
+    })
+}
+
+/// Makes a cluster replica's restored store a standalone one: it forgets
+/// the journal it followed (its position and the journal times it kept),
+/// so that `caseshare migrate` can start a new journal from it, or an
+/// embedded broker serve it. Only ever run on the restore's own temporary
+/// copy.
+fn detach_journal(store_dir: &Path) -> Result<(), RestoreError> {
+    use crate::sled_backend::key;
+    let detach = || -> Result<(), crate::StoreError> {
+        let db = crate::sled_open::open_sled(store_dir, 16 << 20)?;
+        let tree = db.open_tree("caseshare")?;
+        let mut batch = sled::Batch::default();
+        batch.remove(key(b'M', &[b"journal"]));
+        batch.remove(key(b'M', &[b"jtdrop"]));
+        for k in tree.scan_prefix([b'J']).keys() {
+            batch.remove(k?);
+        }
+        tree.apply_batch(batch)?;
+        db.flush()?;
+        Ok(())
+    };
+    detach().map_err(|e| RestoreError::Damaged {
+        path: store_dir.to_path_buf(),
+        detail: format!("the restored store could not be detached from its journal: {e}"),
     })
 }
 
