@@ -3,7 +3,9 @@
 //! is brought up from a temporary copy with the images built here (the
 //! broker image from `deploy/Dockerfile` with `PREBUILT`, a NATS image
 //! `FROM scratch` with the pinned `nats-server`; no registry) and the
-//! secrets made by the shipped `make-secrets.sh`; a publisher (idempotent
+//! secrets made by the shipped `make-secrets.sh` (NATS with mutual TLS on
+//! its client and route ports, checked on every node's `/varz` and
+//! `/routez`); a publisher (idempotent
 //! retries across both brokers) and a consumer run through it while
 //! `docker kill` takes out broker-1 (then `docker start`) and later the NATS
 //! node leading the journal's stream (then `docker start`). It measures
@@ -82,6 +84,40 @@ async fn phase(
     (publisher.finish().await, back)
 }
 
+/// The cluster file's NATS runs TLS on both ports (nats.conf): each
+/// node's `/varz` says clients and routes must use TLS with a verified
+/// certificate, and its routes to the other two nodes are up (formed over
+/// that TLS). The brokers being ready means their journal connections are
+/// too.
+fn assert_nats_tls(c: &Compose) {
+    for node in ["nats-1", "nats-2", "nats-3"] {
+        let varz = c
+            .nats_monitor(node, "/varz")
+            .unwrap_or_else(|| panic!("{node}: no /varz"));
+        let on = |v: &serde_json::Value, k: &str| v.get(k).and_then(|b| b.as_bool()) == Some(true);
+        assert!(
+            on(&varz, "tls_required") && on(&varz, "tls_verify"),
+            "{node}: client TLS off: {varz}"
+        );
+        let cluster = &varz["cluster"];
+        assert!(
+            on(cluster, "tls_required") && on(cluster, "tls_verify"),
+            "{node}: route TLS off: {cluster}"
+        );
+        let routez = c
+            .nats_monitor(node, "/routez")
+            .unwrap_or_else(|| panic!("{node}: no /routez"));
+        let peers: std::collections::BTreeSet<&str> = routez["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["remote_name"].as_str())
+            .collect();
+        assert_eq!(peers.len(), 2, "{node}: routes to {peers:?}");
+    }
+    println!("NATS: client and route TLS required and verified on all three nodes, routes up");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
     let _serial = SERIAL.lock().await;
@@ -110,6 +146,7 @@ async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
             t.as_secs_f64()
         );
     }
+    assert_nats_tls(&c);
     share(&c.endpoint(0)).await;
     let consumer = Consumer::start(c.endpoints(), SOCIAL_CARE, "main");
 

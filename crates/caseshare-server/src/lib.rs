@@ -46,7 +46,7 @@ mod tls;
 mod writer;
 
 pub use errors::BrokerError;
-pub use keys::check_keys_and_pki;
+pub use keys::{NewKeys, check_keys_and_pki, write_new_keys};
 pub use migrate::{Migrated, migrate};
 pub use pki::PkiError;
 pub use running::{Running, start};
