@@ -257,6 +257,47 @@ async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
     );
 }
 
+/// `make-secrets.sh` with no `caseshare` on the host runs the image's
+/// (`docker run --user <you>`): `dev-pki --nats-host …` and `keygen` write
+/// every file, the keys mode 0600.
+fn secrets_from_the_image(image: &ContainerImage) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("secrets");
+    let run = std::process::Command::new("bash")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/compose/make-secrets.sh"),
+        )
+        .arg(&out)
+        .env_remove("CASESHARE_BIN")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CASESHARE_IMAGE", &image.tag)
+        .env("CASESHARE_CHOWN", "0")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "make-secrets.sh with the image: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for f in [
+        "pki/ca.pem",
+        "pki/server.key",
+        "pki/nats.pem",
+        "pki/nats.key",
+        "pki/nats-client.key",
+        "keys/checkpoint.skey",
+        "keys/pseudonym.key",
+    ] {
+        let meta = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        if f.ends_with("key") {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+    }
+    println!("make-secrets.sh with the image's caseshare: every file made");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compose_single_node_serves_and_comes_down() {
     let _serial = SERIAL.lock().await;
@@ -282,6 +323,7 @@ async fn the_compose_single_node_serves_and_comes_down() {
     sub.ack(vec![d.delivery_id]).await;
     let healthy = c.wait_healthy("caseshare", READY_WITHIN);
     let down = c.down();
+    secrets_from_the_image(&image);
     let volumes = std::process::Command::new("docker")
         .args(["volume", "ls", "-q", "--filter"])
         .arg(format!("name={}_", c.project))
