@@ -12,7 +12,8 @@
 #     container, probes on named ports, the securityContext, pinned images,
 #     Secret modes, headless Services, PDBs, NetworkPolicies);
 #  4. checks each NATS config with the pinned nats-server (`-t`), when
-#     CASESHARE_NATS_SERVER is set (run-all.sh sets it);
+#     CASESHARE_NATS_SERVER is set (run-all.sh sets it), its TLS files
+#     pointed at a throwaway certificate (openssl);
 #  5. checks each compose file with `docker-compose -f F config -q`.
 # The tools go into a venv in the target directory, like run-all.sh's
 # others. Exits non-zero on the first broken file.
@@ -61,8 +62,22 @@ for path in sys.argv[1:]:
 PY
 
 if [ -n "${CASESHARE_NATS_SERVER:-}" ]; then
-  POD_NAME=caseshare-nats-0 "$CASESHARE_NATS_SERVER" -t -c deploy/k8s/overlays/cluster/nats.conf
-  NATS_NAME=nats-1 "$CASESHARE_NATS_SERVER" -t -c deploy/compose/nats.conf
+  # The configs name TLS files that exist only in the containers
+  # (/etc/nats/tls/ in compose, /etc/nats-tls/ in Kubernetes), which -t
+  # loads: checked as copies pointing at a throwaway certificate instead.
+  tls="$out/nats-tls"
+  mkdir "$tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=deploy-check -keyout "$tls/tls.key" -out "$tls/tls.crt" 2> /dev/null
+  cp "$tls/tls.crt" "$tls/ca.crt"; cp "$tls/tls.crt" "$tls/ca.pem"
+  cp "$tls/tls.crt" "$tls/nats.pem"; cp "$tls/tls.key" "$tls/nats.key"
+  check_nats() { # VAR=VALUE CONF
+    sed -e "s#/etc/nats/tls/#$tls/#g" -e "s#/etc/nats-tls/#$tls/#g" "$2" > "$out/nats.conf"
+    env "$1" "$CASESHARE_NATS_SERVER" -t -c "$out/nats.conf" > /dev/null
+    echo "== nats $2: valid"
+  }
+  check_nats POD_NAME=caseshare-nats-0 deploy/k8s/overlays/cluster/nats.conf
+  check_nats NATS_NAME=nats-1 deploy/compose/nats.conf
 else
   echo "== NATS configs not checked (CASESHARE_NATS_SERVER not set)"
 fi

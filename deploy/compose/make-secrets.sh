@@ -2,15 +2,19 @@
 # Makes the folder the compose files mount read-only (default
 # deploy/compose/secrets, or the folder given):
 #   pki/   a development PKI from `caseshare dev-pki`: ca.pem, server.pem,
-#          server.key (for the brokers) and client certificates for admin,
-#          auditor and three sample agencies (for you). Not for production:
-#          put your own CA's files there instead, with the same names.
-#   keys/  the broker's keys: checkpoint.skey (the audit log's signing key)
-#          and pseudonym.key, made by starting a broker once on an empty
-#          data directory (there is no key-making command yet). Every broker
-#          of a cluster must have the same two keys: keep this folder.
+#          server.key (for the brokers), client certificates for admin,
+#          auditor and three sample agencies (for you), and for the
+#          cluster's NATS TLS nats.pem/nats.key (the NATS nodes: names
+#          nats-1, nats-2, nats-3) and nats-client.pem/.key (the brokers'
+#          NATS client certificate). Not for production: put your own CA's
+#          files there instead, with the same names.
+#   keys/  the broker's keys from `caseshare keygen`: checkpoint.skey (the
+#          audit log's signing key, origin CASESHARE_AUDIT_ORIGIN, default
+#          caseshare.local/audit) and pseudonym.key. Every broker of a
+#          cluster must have the same two keys: keep this folder.
 # The files the brokers read are then given to the image's user (read from
-# the image), mode 0600, as the broker requires; run as root or with sudo.
+# the image), mode 0600, as the broker requires, and nats.key to the NATS
+# image's user (root in the official image); run as root or with sudo.
 # CASESHARE_CHOWN=0 leaves them yours (for `kubectl create secret`).
 #   bash deploy/compose/make-secrets.sh [DIR]
 # Uses `caseshare` from CASESHARE_BIN (or PATH); without one, the image
@@ -34,43 +38,26 @@ else
   path() { echo "/out/$1"; }
 fi
 
-cs dev-pki --out "$(path pki)"
-
-# The keys: a broker started once on an empty data directory writes them to
-# <data_dir>/secrets/ and is stopped as soon as they are there.
-if [ -n "$BIN" ]; then
-  CASESHARE_AUDIT_ORIGIN="$ORIGIN" "$BIN" serve --data-dir "$OUT/keygen" \
-    --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 > "$OUT/keygen.log" 2>&1 &
-  pid=$!
-  stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-else
-  cid=$(docker run -d --user "$(id -u):$(id -g)" -v "$OUT:/out" --network none \
-    -e CASESHARE_AUDIT_ORIGIN="$ORIGIN" --entrypoint /usr/local/bin/caseshare "$IMAGE" \
-    serve --data-dir /out/keygen --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0)
-  stop() { docker rm -f "$cid" > /dev/null; }
-fi
-for _ in $(seq 1 300); do
-  [ -s "$OUT/keygen/secrets/checkpoint.skey" ] && [ -s "$OUT/keygen/secrets/pseudonym.key" ] && break
-  sleep 0.1
-done
-stop
-[ -s "$OUT/keygen/secrets/pseudonym.key" ] || { echo "no keys were made; see $OUT/keygen.log" >&2; exit 1; }
-mkdir -p "$OUT/keys"
-cp "$OUT/keygen/secrets/checkpoint.skey" "$OUT/keygen/secrets/pseudonym.key" "$OUT/keys/"
-rm -rf "$OUT/keygen" "$OUT/keygen.log"
+cs dev-pki --out "$(path pki)" --nats-host nats-1 --nats-host nats-2 --nats-host nats-3
+cs keygen --out "$(path keys)" --origin "$ORIGIN"
 
 # Hand the brokers' files to the image's user (e.g. "10001" or "65532:65532").
 user="$(docker image inspect -f '{{.Config.User}}' "$IMAGE" 2>/dev/null || true)"
-files=("$OUT/pki/server.key" "$OUT/keys/checkpoint.skey" "$OUT/keys/pseudonym.key")
-chmod 600 "${files[@]}"
+files=("$OUT/pki/server.key" "$OUT/pki/nats-client.key" "$OUT/keys/checkpoint.skey" "$OUT/keys/pseudonym.key")
+# The NATS image's user (empty: root); the containers drop every
+# capability, so even root reads only a key it owns.
+nats_user="$(docker image inspect -f '{{.Config.User}}' "${NATS_IMAGE:-nats:2.15.1}" 2>/dev/null || true)"
+nats_user="${nats_user:-0}"
+chmod 600 "${files[@]}" "$OUT/pki/nats.key"
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ "${CASESHARE_CHOWN:-1}" = 0 ]; then
   user=""
   echo "CASESHARE_CHOWN=0: the files stay yours, mode 0600" >&2
 elif [ -z "$user" ]; then
   echo "image $IMAGE not found: before starting, run  sudo chown UID ${files[*]}  with the image's user" >&2
-elif [ "$(id -u)" -eq 0 ]; then
-  chown "$user" "${files[@]}"
+  as_root chown "$nats_user" "$OUT/pki/nats.key"
 else
-  sudo chown "$user" "${files[@]}"
+  as_root chown "$user" "${files[@]}"
+  as_root chown "$nats_user" "$OUT/pki/nats.key"
 fi
 echo "made $OUT (pki/ and keys/); the brokers' files belong to ${user:-$(id -un)}"

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 mod backup;
 mod check;
 mod commands;
+mod keygen;
 mod probe;
 
 use commands::{
@@ -174,7 +175,15 @@ enum Command {
         /// SPIFFE trust domain.
         #[arg(long, default_value = "caseshare.local")]
         trust_domain: String,
+        /// Also a NATS server certificate for these host names (repeat the
+        /// flag), nats.pem/.key, and the brokers' NATS client certificate,
+        /// nats-client.pem/.key.
+        #[arg(long = "nats-host")]
+        nats_hosts: Vec<String>,
     },
+    /// Write a new broker's keys (the audit log's signing key and the
+    /// pseudonym key), never overwriting one.
+    Keygen(keygen::KeygenArgs),
     /// Agencies (admin).
     Agency {
         #[command(subcommand)]
@@ -485,10 +494,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo => {
             caseshare_cli::demo::run(&mut std::io::stdout()).await?;
         }
-        Command::DevPki { out, trust_domain } => {
-            let paths = caseshare_server::pki::write_dev_pki(&out, &trust_domain)?;
+        Command::DevPki {
+            out,
+            trust_domain,
+            nats_hosts,
+        } => {
+            let paths =
+                caseshare_server::pki::write_dev_pki_with_nats(&out, &trust_domain, &nats_hosts)?;
             println!("Wrote a development PKI to {}", paths.dir.display());
         }
+        Command::Keygen(args) => keygen::run(args)?,
         Command::Agency { command } => match command {
             AgencyCommand::Register {
                 conn,

@@ -3,7 +3,9 @@
 //! is brought up from a temporary copy with the images built here (the
 //! broker image from `deploy/Dockerfile` with `PREBUILT`, a NATS image
 //! `FROM scratch` with the pinned `nats-server`; no registry) and the
-//! secrets made by the shipped `make-secrets.sh`; a publisher (idempotent
+//! secrets made by the shipped `make-secrets.sh` (NATS with mutual TLS on
+//! its client and route ports, checked on every node's `/varz` and
+//! `/routez`); a publisher (idempotent
 //! retries across both brokers) and a consumer run through it while
 //! `docker kill` takes out broker-1 (then `docker start`) and later the NATS
 //! node leading the journal's stream (then `docker start`). It measures
@@ -82,6 +84,40 @@ async fn phase(
     (publisher.finish().await, back)
 }
 
+/// The cluster file's NATS runs TLS on both ports (nats.conf): each
+/// node's `/varz` says clients and routes must use TLS with a verified
+/// certificate, and its routes to the other two nodes are up (formed over
+/// that TLS). The brokers being ready means their journal connections are
+/// too.
+fn assert_nats_tls(c: &Compose) {
+    for node in ["nats-1", "nats-2", "nats-3"] {
+        let varz = c
+            .nats_monitor(node, "/varz")
+            .unwrap_or_else(|| panic!("{node}: no /varz"));
+        let on = |v: &serde_json::Value, k: &str| v.get(k).and_then(|b| b.as_bool()) == Some(true);
+        assert!(
+            on(&varz, "tls_required") && on(&varz, "tls_verify"),
+            "{node}: client TLS off: {varz}"
+        );
+        let cluster = &varz["cluster"];
+        assert!(
+            on(cluster, "tls_required") && on(cluster, "tls_verify"),
+            "{node}: route TLS off: {cluster}"
+        );
+        let routez = c
+            .nats_monitor(node, "/routez")
+            .unwrap_or_else(|| panic!("{node}: no /routez"));
+        let peers: std::collections::BTreeSet<&str> = routez["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["remote_name"].as_str())
+            .collect();
+        assert_eq!(peers.len(), 2, "{node}: routes to {peers:?}");
+    }
+    println!("NATS: client and route TLS required and verified on all three nodes, routes up");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
     let _serial = SERIAL.lock().await;
@@ -110,6 +146,7 @@ async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
             t.as_secs_f64()
         );
     }
+    assert_nats_tls(&c);
     share(&c.endpoint(0)).await;
     let consumer = Consumer::start(c.endpoints(), SOCIAL_CARE, "main");
 
@@ -220,6 +257,47 @@ async fn the_compose_cluster_survives_a_broker_and_a_nats_kill() {
     );
 }
 
+/// `make-secrets.sh` with no `caseshare` on the host runs the image's
+/// (`docker run --user <you>`): `dev-pki --nats-host …` and `keygen` write
+/// every file, the keys mode 0600.
+fn secrets_from_the_image(image: &ContainerImage) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("secrets");
+    let run = std::process::Command::new("bash")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/compose/make-secrets.sh"),
+        )
+        .arg(&out)
+        .env_remove("CASESHARE_BIN")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CASESHARE_IMAGE", &image.tag)
+        .env("CASESHARE_CHOWN", "0")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "make-secrets.sh with the image: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for f in [
+        "pki/ca.pem",
+        "pki/server.key",
+        "pki/nats.pem",
+        "pki/nats.key",
+        "pki/nats-client.key",
+        "keys/checkpoint.skey",
+        "keys/pseudonym.key",
+    ] {
+        let meta = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        if f.ends_with("key") {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+    }
+    println!("make-secrets.sh with the image's caseshare: every file made");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compose_single_node_serves_and_comes_down() {
     let _serial = SERIAL.lock().await;
@@ -245,6 +323,7 @@ async fn the_compose_single_node_serves_and_comes_down() {
     sub.ack(vec![d.delivery_id]).await;
     let healthy = c.wait_healthy("caseshare", READY_WITHIN);
     let down = c.down();
+    secrets_from_the_image(&image);
     let volumes = std::process::Command::new("docker")
         .args(["volume", "ls", "-q", "--filter"])
         .arg(format!("name={}_", c.project))

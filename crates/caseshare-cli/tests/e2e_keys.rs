@@ -2,7 +2,8 @@
 //! for a data directory with no data, whole or not at all; what a start
 //! killed half-way leaves is removed by the next; a missing or damaged key
 //! or PKI file next to data is a refusal naming the file that changes
-//! nothing, never a new key.
+//! nothing, never a new key. `caseshare keygen` (issue 17) makes the same
+//! keys ahead of a first start, and never over an existing one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -372,4 +373,104 @@ fn keys_with_the_modes_kubernetes_gives_secrets() {
         }
         Err(e) => println!("not root ({e}): the other-owner case is left to the unit test"),
     }
+}
+
+/// Runs `caseshare keygen --out DIR` (with `CASESHARE_AUDIT_ORIGIN` =
+/// `origin`): its output, or its error.
+fn keygen(dir: &Path, origin: &str) -> Result<String, String> {
+    let out = std::process::Command::new(caseshare_bin())
+        .arg("keygen")
+        .arg("--out")
+        .arg(dir)
+        .env("CASESHARE_AUDIT_ORIGIN", origin)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// `caseshare keygen` (issue 17): the two keys, mode 0600 in a 0700
+/// directory, used as they are by a broker configured with them
+/// (`audit.signing_key`, `audit.pseudonym_key`), whose checkpoints verify
+/// with the vkey keygen printed; the broker changes neither file.
+#[tokio::test]
+async fn keygen_makes_the_keys_a_broker_signs_with() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let origin = "example.org/caseshare-audit";
+    let out = keygen(&keys, origin).unwrap();
+    println!("{out}");
+    let vkey = out
+        .lines()
+        .find_map(|l| l.strip_prefix("vkey: "))
+        .expect("a vkey line")
+        .to_string();
+    assert!(vkey.starts_with(origin), "{vkey}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&keys), 0o700);
+    let (skey, pkey) = (keys.join("checkpoint.skey"), keys.join("pseudonym.key"));
+    assert_eq!((mode(&skey), mode(&pkey)), (0o600, 0o600));
+    assert_eq!(
+        std::fs::read(&pkey).unwrap().len(),
+        64,
+        "key and check value"
+    );
+    let before = digest_tree(&keys);
+
+    let (skey_s, pkey_s) = (skey.display().to_string(), pkey.display().to_string());
+    let env = [
+        ("CASESHARE_AUDIT_SIGNING_KEY", skey_s.as_str()),
+        ("CASESHARE_PSEUDONYM_KEY", pkey_s.as_str()),
+        ("CASESHARE_AUDIT_ORIGIN", origin),
+    ];
+    let (served_vkey, shares) = broker_with_data(tmp.path(), &env).await;
+    assert_eq!(served_vkey, vkey);
+    // A later start on the same files: its checkpoint verifies with the
+    // vkey keygen printed, and the pseudonyms still match.
+    let mut b = Broker::try_start_in(tmp.path(), &env, &[]).unwrap();
+    assert_eq!(sar(&b).await, shares);
+    let cp = b
+        .client("auditor")
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let verifier = caseshare_audit::note::NoteVerifier::from_vkey(&vkey).unwrap();
+    let checkpoint = caseshare_audit::note::verify_checkpoint(&cp.note, &verifier).unwrap();
+    assert!(checkpoint.size > 0, "{}", cp.note);
+    assert!(b.stop().await.success());
+    assert_eq!(digest_tree(&keys), before, "the broker changed a key file");
+    assert!(!tmp.path().join("data/secrets").exists());
+}
+
+/// `caseshare keygen` never overwrites a key: with both or either file
+/// already there it is refused, naming the file, and writes nothing.
+#[test]
+fn keygen_refuses_to_overwrite_a_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    keygen(&keys, "caseshare.local/audit").unwrap();
+    let before = digest_tree(&keys);
+    let err = keygen(&keys, "caseshare.local/audit").unwrap_err();
+    println!("{err}");
+    assert!(
+        err.contains("checkpoint.skey") && err.contains("never overwrites"),
+        "{err}"
+    );
+    assert_eq!(digest_tree(&keys), before);
+    // Only the pseudonym key there: refused, no signing key made beside it.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(keys.join("pseudonym.key"), other.join("pseudonym.key")).unwrap();
+    let err = keygen(&other, "caseshare.local/audit").unwrap_err();
+    assert!(err.contains("pseudonym.key"), "{err}");
+    assert!(!other.join("checkpoint.skey").exists());
+    let names: Vec<_> = std::fs::read_dir(&other).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporaries left");
 }

@@ -164,6 +164,22 @@ pub fn write_file_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<
     result
 }
 
+/// Writes a file that must not exist yet: a temporary beside it, synced,
+/// hard-linked into place (which fails, `AlreadyExists`, if `path` exists
+/// by then: never an overwrite), the temporary removed, the directory
+/// synced. For `caseshare keygen`.
+pub fn write_new_file_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let tmp = temp_sibling(path)?;
+    let result = crate::pki::write_file(&tmp, contents, mode)
+        .and_then(|()| std::fs::hard_link(&tmp, path).map_err(io_err(path)));
+    let _ = std::fs::remove_file(&tmp);
+    result?;
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// The refusal for `missing`, a file the broker needs: what it is, what
 /// replacing it would break, and what the operator can do.
 pub fn missing_file(

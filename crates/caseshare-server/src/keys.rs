@@ -6,7 +6,7 @@
 //! the file (rules in `crate::datadir` and `docs/OPERATIONS.md`). Also the
 //! same checks read-only, for `caseshare check`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::{ServeError, datadir, pki};
@@ -122,6 +122,65 @@ pub fn read_pseudonym_key(config: &Config) -> Result<Vec<u8>, ServeError> {
         )));
     }
     load_pseudonym_key(&path)
+}
+
+/// What [`write_new_keys`] wrote.
+#[derive(Debug)]
+pub struct NewKeys {
+    /// `checkpoint.skey`: the audit log's signing key (signed-note format).
+    pub signing_key: PathBuf,
+    /// `pseudonym.key`: the key and its check value.
+    pub pseudonym_key: PathBuf,
+    /// The signing key's verifier key (what auditors verify checkpoints with).
+    pub vkey: String,
+}
+
+/// Writes a new broker's two keys into `dir` (made, mode 0700, if
+/// missing) — `checkpoint.skey` for `origin` and `pseudonym.key`, mode 0600,
+/// the contents the broker makes at a first start — for `caseshare keygen`.
+/// Refuses, writing nothing, if either file exists: a key is never
+/// overwritten (a new one breaks what the old one made).
+pub fn write_new_keys(dir: &Path, origin: &str) -> Result<NewKeys, ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let signing_key = dir.join(CHECKPOINT_KEY);
+    let pseudonym_key = dir.join(PSEUDONYM_KEY);
+    for (path, what) in [
+        (&signing_key, SIGNER_WHAT),
+        (&pseudonym_key, PSEUDONYM_WHAT),
+    ] {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(ServeError::Secret(format!(
+                "{} exists; keygen never overwrites a key: a new {what}. Choose another \
+                 directory",
+                path.display()
+            )));
+        }
+    }
+    let signer = caseshare_audit::note::NoteSigner::generate(origin, &mut rand::rngs::OsRng)
+        .map_err(|e| ServeError::Secret(format!("origin {origin:?}: {e}")))?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ServeError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+    }
+    let skey = format!("{}\n", signer.to_skey());
+    datadir::write_new_file_atomically(&signing_key, skey.as_bytes(), 0o600)?;
+    let pseudonym = datadir::new_pseudonym_key_file();
+    if let Err(e) = datadir::write_new_file_atomically(&pseudonym_key, &pseudonym, 0o600) {
+        // Whole or not at all: the signing key just made was never used.
+        let _ = std::fs::remove_file(&signing_key);
+        return Err(e.into());
+    }
+    Ok(NewKeys {
+        signing_key,
+        pseudonym_key,
+        vkey: signer.verifier().to_vkey(),
+    })
 }
 
 /// Loads the keys that must exist: a missing one is a refusal naming it.

@@ -47,7 +47,7 @@ mod tls;
 mod writer;
 
 pub use errors::BrokerError;
-pub use keys::{check_keys_and_pki, read_pseudonym_key};
+pub use keys::{NewKeys, check_keys_and_pki, read_pseudonym_key, write_new_keys};
 pub use migrate::{Migrated, migrate};
 pub use pki::PkiError;
 pub use running::{Running, start};

@@ -292,6 +292,32 @@ pub fn dev_pki_files() -> Vec<(String, u32)> {
 /// renamed into place and the parent synced (`crate::datadir`). `dir` must
 /// not exist or be empty: a CA is never made next to issued certificates.
 pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiError> {
+    write_dev_pki_with_nats(dir, trust_domain, &[])
+}
+
+/// The files [`write_dev_pki_with_nats`] adds for NATS: (file, mode).
+pub fn dev_pki_nats_files() -> Vec<(String, u32)> {
+    [
+        ("nats.pem", 0o644),
+        ("nats.key", 0o600),
+        ("nats-client.pem", 0o644),
+        ("nats-client.key", 0o600),
+    ]
+    .into_iter()
+    .map(|(f, m)| (f.to_string(), m))
+    .collect()
+}
+
+/// [`write_dev_pki`], and with `nats_hosts` not empty also, from the same
+/// CA, `nats.pem`/`nats.key` for the NATS servers (DNS names
+/// `nats_hosts`; server and client authentication, as NATS routes use one
+/// certificate both ways) and `nats-client.pem`/`nats-client.key` for the
+/// brokers' connections to NATS (client authentication).
+pub fn write_dev_pki_with_nats(
+    dir: &Path,
+    trust_domain: &str,
+    nats_hosts: &[String],
+) -> Result<DevPkiPaths, PkiError> {
     let has_files = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
     if has_files {
         return Err(PkiError::Io {
@@ -311,9 +337,26 @@ pub fn write_dev_pki(dir: &Path, trust_domain: &str) -> Result<DevPkiPaths, PkiE
         contents.push(cert);
         contents.push(key);
     }
-    // `contents` is in the order of `dev_pki_files()`.
+    let mut files = dev_pki_files();
+    if !nats_hosts.is_empty() {
+        let mut node = CertificateParams::new(nats_hosts.to_vec())?;
+        node.distinguished_name = dn("caseshare nats");
+        node.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let (cert, key) = ca.sign(node)?;
+        contents.extend([cert, key]);
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client.distinguished_name = dn("caseshare broker (NATS client)");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (cert, key) = ca.sign(client)?;
+        contents.extend([cert, key]);
+        files.extend(dev_pki_nats_files());
+    }
+    // `contents` is in the order of `files`.
     crate::datadir::create_dir_atomically(dir, 0o755, |tmp| {
-        for (text, (file, mode)) in contents.iter().zip(dev_pki_files()) {
+        for (text, (file, mode)) in contents.iter().zip(files) {
             write_file(&tmp.join(file), text.as_bytes(), mode)?;
         }
         Ok(())

@@ -337,6 +337,14 @@ impl Compose {
         matches!(try_get(addr, "/healthz"), Some((200, _)))
     }
 
+    /// What NATS node `service`'s monitoring port answers at `path`
+    /// (`/varz`, `/routez`, …), as JSON; `None` if it does not answer.
+    pub fn nats_monitor(&self, service: &str, path: &str) -> Option<serde_json::Value> {
+        let addr = SocketAddr::from((self.ip(service), 8222));
+        let (_, body) = try_get(addr, path)?;
+        serde_json::from_str(&body).ok()
+    }
+
     /// The NATS node (service name) leading the journal's stream, as node
     /// `ask` reports it from its monitoring port (`/jsz`).
     pub fn stream_leader(&self, ask: &str) -> Option<String> {
