@@ -297,6 +297,29 @@ async fn a_broker_backed_up_while_writing_is_destroyed_restored_and_verified() {
             assert_eq!(state, Some(ACKED), "{id}");
         }
     }
+    // The backup is in the log it copied: once, by the admin, under its id.
+    let manifest = {
+        use prost::Message;
+        pb::BackupManifest::decode(
+            std::fs::read(backup.join("MANIFEST.pb"))
+                .unwrap()
+                .as_slice(),
+        )
+        .unwrap()
+    };
+    let taken: Vec<pb::AuditEntry> = new
+        .audit_entries()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == pb::EntryKind::BackupTaken as i32)
+        .collect();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert!(taken[0].actor.ends_with("/admin"), "{:?}", taken[0].actor);
+    assert_eq!(
+        taken[0].subject,
+        format!("backup {}", hex::encode(&manifest.backup_id))
+    );
+    assert_eq!(manifest.last_sequence, last);
     // Deliveries: what was acknowledged stays settled; the rest is owed.
     let mut sub = Subscription::open(&new, SOCIAL_CARE, "main", 100).await;
     let want: BTreeSet<u64> = (published[0]..=last)

@@ -2,6 +2,8 @@
 //! sealed (`caseshare_store::backup` stages and seals; this module decides
 //! when, and streams).
 //!
+//! - Each backup is first recorded in the audit log (`BACKUP_TAKEN`: who,
+//!   and the backup's id), durably, so the copy holds its own record.
 //! - One backup at a time; another call meanwhile is refused
 //!   `RESOURCE_EXHAUSTED` at once.
 //! - Cluster mode: the copy includes every journal message that existed
@@ -39,6 +41,8 @@ pub(crate) struct BackupSource {
     pub(crate) pseudonym_key: Arc<Vec<u8>>,
     pub(crate) cluster: Option<(Arc<caseshare_cluster::Journal>, crate::writer::Progress)>,
     pub(crate) busy: Arc<AtomicBool>,
+    /// For the `BACKUP_TAKEN` audit entry.
+    pub(crate) writer: crate::writer::Writer,
 }
 
 impl std::fmt::Debug for BackupSource {
@@ -67,14 +71,30 @@ fn store_failed(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl BackupSource {
-    /// Stages a copy and starts streaming it.
-    pub(crate) async fn start(&self) -> Result<BackupStream, BrokerError> {
+    /// Records the backup in the audit log (`BACKUP_TAKEN`, durable before
+    /// the copy is made, so the copy holds it), stages a copy and starts
+    /// streaming it.
+    pub(crate) async fn start(
+        &self,
+        actor: &caseshare_core::principal::Principal,
+    ) -> Result<BackupStream, BrokerError> {
         if self.busy.swap(true, Ordering::SeqCst) {
             return Err(BrokerError::ResourceExhausted(
                 "a backup is already being taken; one at a time".into(),
             ));
         }
         let busy = Busy(self.busy.clone());
+        let backup_id: [u8; 16] = rand::random();
+        let entry = pb::AuditEntry {
+            kind: pb::EntryKind::BackupTaken as i32,
+            actor: actor.spiffe_id(),
+            rpc: "/caseshare.v1.Admin/Backup".into(),
+            subject: format!("backup {}", hex::encode(backup_id)),
+            ..Default::default()
+        };
+        self.writer
+            .call(|reply| crate::writer::Op::Record { entry, reply })
+            .await?;
         let started = Instant::now();
         let target = match &self.cluster {
             Some((journal, _)) => journal.last_sequence().await.map_err(|e| {
@@ -82,7 +102,6 @@ impl BackupSource {
             })?,
             None => 0,
         };
-        let backup_id: [u8; 16] = rand::random();
         let stage = self
             .data_dir
             .join(format!("{STAGE_PREFIX}{}", hex::encode(backup_id)));

@@ -607,6 +607,7 @@ pub async fn serve(
             .as_ref()
             .map(|(journal, _, progress, ..)| (journal.clone(), progress.clone())),
         busy: Arc::default(),
+        writer: shared.writer.clone(),
     });
     use pb::{
         admin_server::AdminServer, audit_server::AuditServer, consent_server::ConsentServer,

@@ -131,7 +131,7 @@ impl Admin for AdminService {
         req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         let actor = caller(&req)?;
-        tracing::info!(actor = %actor, "backup asked for");
-        Ok(Response::new(self.2.start().await?))
+        tracing::info!(actor = %actor.spiffe_id(), "backup asked for");
+        Ok(Response::new(self.2.start(&actor).await?))
     }
 }
