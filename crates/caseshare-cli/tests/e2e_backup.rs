@@ -482,3 +482,98 @@ async fn a_cluster_is_lost_whole_and_restored_from_a_replica_backup() {
     )
     .unwrap();
 }
+
+fn stages(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".backup-stage-"))
+        .collect()
+}
+
+/// One backup at a time: a second call while one streams is refused
+/// `RESOURCE_EXHAUSTED` at once; when the first caller goes away its
+/// staged copy is removed and the next backup is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_backup_at_a_time_and_an_abandoned_one_is_cleaned_up() {
+    let b = Broker::builder().topology(Topology::Single).start();
+    b.school_shares_with_social_care().await;
+    // A store well past what the connection buffers (HTTP/2 windows, the
+    // sockets, the four chunks queued): a caller that does not read holds
+    // its backup open.
+    const N: usize = 20_000;
+    let mut school = b.client(SCHOOL);
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let mut responses = school
+        .publisher
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let feeder = tokio::spawn(async move {
+        for i in 0..N {
+            let e = attendance_event(&format!("o-{i}"), CHILD_1);
+            tx.send(publish_request(e)).await.unwrap();
+        }
+    });
+    for _ in 0..N {
+        responses.message().await.unwrap().unwrap();
+    }
+    feeder.await.unwrap();
+    let store_bytes: u64 = files(&b.data().join("store"))
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    println!("store: {store_bytes} bytes");
+    let mut admin = b.client(ADMIN);
+    let first = admin
+        .admin
+        .backup(pb::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stages(&b.data()).len(), 1, "the first backup is staged");
+    let second = b.client(ADMIN).admin.backup(pb::BackupRequest {}).await;
+    let status = second.expect_err("a second backup is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    drop(first);
+    drop(admin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The client stays alive while its stream is read.
+    let mut admin = b.client(ADMIN);
+    let mut third = loop {
+        match admin.admin.backup(pb::BackupRequest {}).await {
+            Ok(s) => break s.into_inner(),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    let mut manifest = None;
+    while let Some(part) = tokio_stream::StreamExt::next(&mut third).await {
+        if let Some(pb::backup_chunk::Part::Manifest(m)) = part.unwrap().part {
+            manifest = Some(m);
+        }
+    }
+    let manifest = manifest.unwrap_or_else(|| panic!("no manifest; log:\n{}", b.log_tail(30)));
+    assert_eq!(manifest.last_sequence, N as u64);
+    println!(
+        "backup of {N} events: writes paused {:.1} ms",
+        manifest.paused_micros as f64 / 1000.0
+    );
+    // The stream is over: no staged copy is left behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stages(&b.data()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            stages(&b.data())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

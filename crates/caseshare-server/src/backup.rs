@@ -13,6 +13,7 @@
 //! - Staging runs on a blocking thread; the files are read and sealed on
 //!   another, one chunk ahead of the network (a channel of 4 chunks: about
 //!   1 MiB per backup in memory).
+//! - A caller that stops reading for 60 s loses its backup.
 //! - The staging folder (`<data>/.backup-stage-<id>`) is removed when the
 //!   stream ends or the caller goes away, and at the next start if the
 //!   broker died meanwhile.
@@ -33,6 +34,10 @@ use crate::errors::BrokerError;
 /// How long a replica may take to apply the journal as it stood when a
 /// backup was asked for.
 const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// How long a chunk may wait for the caller to read: a caller that stops
+/// reading loses its backup, and frees the staging folder and the slot.
+const STALL: Duration = Duration::from_secs(60);
 
 /// What a backup needs of the broker.
 pub(crate) struct BackupSource {
@@ -147,9 +152,13 @@ impl BackupSource {
         let sealer = Sealer::new(&self.pseudonym_key, &backup_id);
         let manifest = manifest(&staged, &backup_id, &sealer);
         let (tx, rx) = mpsc::channel(4);
+        let out = Out {
+            tx,
+            runtime: tokio::runtime::Handle::current(),
+        };
         std::thread::Builder::new()
             .name("caseshare-backup".into())
-            .spawn(move || stream_files(staged, sealer, manifest, tx, busy))
+            .spawn(move || stream_files(staged, sealer, manifest, out, busy))
             .map_err(|e| BrokerError::Internal(format!("starting the backup thread: {e}")))?;
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
@@ -187,41 +196,65 @@ fn part(p: pb::backup_chunk::Part) -> Result<pb::BackupChunk, Status> {
     Ok(pb::BackupChunk { part: Some(p) })
 }
 
+/// The stream's sending end, from the backup thread.
+struct Out {
+    tx: mpsc::Sender<Result<pb::BackupChunk, Status>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Out {
+    /// Sends one part; false if the caller went away or stalled past
+    /// [`STALL`].
+    fn send(&self, item: Result<pb::BackupChunk, Status>) -> bool {
+        // The timer is made inside `block_on`, in the runtime's context.
+        self.runtime
+            .block_on(async { tokio::time::timeout(STALL, self.tx.send(item)).await })
+            .is_ok_and(|sent| sent.is_ok())
+    }
+}
+
 /// The backup thread: each file's header and sealed chunks, then the
 /// manifest. Stops (and removes the staging folder) if the caller goes.
 fn stream_files(
     staged: Staged,
     sealer: Sealer,
     manifest: pb::BackupManifest,
-    tx: mpsc::Sender<Result<pb::BackupChunk, Status>>,
+    out: Out,
     _busy: Busy,
 ) {
     use pb::backup_chunk::Part;
     let started = Instant::now();
     for (number, file) in manifest.files.iter().enumerate() {
-        if tx.blocking_send(part(Part::File(file.clone()))).is_err() {
+        if !out.send(part(Part::File(file.clone()))) {
+            tracing::warn!(
+                "the backup's caller went away or stopped reading; the staged copy is removed"
+            );
             return;
         }
         let mut gone = false;
         let number = u32::try_from(number).unwrap_or(u32::MAX);
         let sent = seal_file(&staged, number, &sealer, |chunk| {
-            gone = tx.blocking_send(part(Part::Sealed(chunk))).is_err();
+            gone = !out.send(part(Part::Sealed(chunk)));
             !gone
         });
         if gone {
-            tracing::warn!("the backup's caller went away; the staged copy is removed");
+            tracing::warn!(
+                "the backup's caller went away or stopped reading; the staged copy is removed"
+            );
             return;
         }
         if let Err(e) = sent {
             tracing::error!(file = %file.path, error = %e, "a staged file could not be read; the backup is abandoned");
-            let _ = tx.blocking_send(Err(Status::internal(format!(
+            let _ = out.send(Err(Status::internal(format!(
                 "the staged copy of {} could not be read: {e}",
                 file.path
             ))));
             return;
         }
     }
-    let _ = tx.blocking_send(part(Part::Manifest(manifest)));
+    if !out.send(part(Part::Manifest(manifest))) {
+        return;
+    }
     metrics::counter!("caseshare_backups_total").increment(1);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "backup streamed");
 }
