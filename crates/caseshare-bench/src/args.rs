@@ -78,7 +78,8 @@ impl NatsSync {
 pub struct BenchArgs {
     /// Start what is measured on this machine: the broker in-process on a
     /// temporary data directory (its dev PKI under `<data_dir>/pki`) and, for
-    /// `--target nats|both`, `nats-server -js` on loopback.
+    /// `--target nats|both`, a `nats-server` with JetStream on loopback
+    /// (`sync_interval` from `--nats-sync`).
     #[arg(long, conflicts_with = "server")]
     pub embedded: bool,
     /// A running broker's gRPC address, e.g. `https://localhost:7443`.
@@ -200,7 +201,7 @@ pub struct BenchArgs {
     /// With `--embedded`, `--target nats|both`: start a JetStream cluster of
     /// this many `nats-server` nodes on loopback (the test kit's
     /// `NatsCluster`) and give the bench stream as many replicas (3 = R3);
-    /// 0 = one `nats-server -js` and an R1 stream.
+    /// 0 = one `nats-server` and an R1 stream.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
     pub nats_cluster: u32,
     /// `sync_interval` of the NATS servers the bench starts (the single

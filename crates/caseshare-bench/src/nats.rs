@@ -1,4 +1,4 @@
-//! Measuring NATS JetStream with the same workload: a `nats-server -js`
+//! Measuring NATS JetStream with the same workload: a `nats-server`
 //! started for the bench ([`EmbeddedNats`]), a cluster of them
 //! (`--nats-cluster N`, the test kit's `NatsCluster`, with an R`N` stream)
 //! or a running server; a file-backed stream with one durable pull
@@ -144,7 +144,7 @@ pub(crate) async fn nats_connect(urls: &[String]) -> Result<async_nats::Client> 
 
 /// What the bench started to measure NATS.
 pub(crate) enum NatsServers {
-    /// One `nats-server -js`.
+    /// One `nats-server` with JetStream.
     Single(EmbeddedNats),
     /// A JetStream cluster (`--nats-cluster`).
     Cluster(NatsCluster),
