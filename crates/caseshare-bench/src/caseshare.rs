@@ -23,7 +23,7 @@ use crate::measure::{
 };
 use crate::summary::RunSummary;
 use crate::workload::Workload;
-use crate::{AGREEMENT_ID, BenchArgs, PublishMode, SUBSCRIBER_AGENCY};
+use crate::{AGREEMENT_ID, BenchArgs, NatsSync, PublishMode, SUBSCRIBER_AGENCY};
 
 /// Measures the broker: embedded (one in-process broker, or with
 /// `--cluster N` N replicas in cluster mode) or at `--server`.
@@ -52,7 +52,13 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
         (None, Some(server)) => endpoints_remote(args, server)?,
         (None, None) => bail!("--target caseshare needs --embedded or --server URL"),
     };
-    let mut result = measure_caseshare(args, &endpoints, &[], out).await;
+    // A broker in this process is counted as the bench's own CPU; a
+    // running one only when `--server-pid` names it.
+    let pids: Vec<u32> = match embedded {
+        Some(_) => Vec::new(),
+        None => args.server_pid.into_iter().collect(),
+    };
+    let mut result = measure_caseshare(args, &endpoints, &pids, out).await;
     if let Some(b) = embedded {
         let stopped = b.stop(args.events).await;
         if let Ok(r) = &mut result {
@@ -93,14 +99,13 @@ async fn measure_caseshare(
         None => None,
     };
     // This process (and an in-process broker), and the cluster's processes.
-    let all_cpu = || -> f64 {
-        cpu_secs("self")
-            + server_pids
-                .iter()
-                .map(|p| cpu_secs(&p.to_string()))
-                .sum::<f64>()
+    let servers_cpu = || -> f64 {
+        server_pids
+            .iter()
+            .map(|p| cpu_secs(&p.to_string()))
+            .sum::<f64>()
     };
-    let cpu_before = all_cpu();
+    let (self_before, servers_before) = (cpu_secs("self"), servers_cpu());
     writeln!(
         out,
         "caseshare: publishing {} events with {} publisher(s)",
@@ -118,7 +123,8 @@ async fn measure_caseshare(
         });
     }
     let collected = collect(args, publishers, subscribers, start_ns).await?;
-    let cpu = all_cpu() - cpu_before;
+    let servers = servers_cpu() - servers_before;
+    let cpu = cpu_secs("self") - self_before + servers;
     let server = match (&e.ops, before) {
         (Some(ops), Some(before)) => {
             let after = scrape(ops).await?;
@@ -146,7 +152,17 @@ async fn measure_caseshare(
         server,
         cpu_secs: cpu,
         cpu_us_per_event: cpu * 1e6 / args.events as f64,
+        server_cpu_secs: (!server_pids.is_empty()).then_some(servers),
         traces: None,
+        // Cluster mode: its NATS nodes' setting (`both` starts them `always`).
+        nats_sync: (args.embedded && args.cluster > 0).then(|| {
+            if args.nats_sync.syncs_always() {
+                NatsSync::Always
+            } else {
+                NatsSync::Default
+            }
+        }),
+        workload: None,
     })
 }
 

@@ -9,7 +9,7 @@
 //! finds and SIGKILLs a stream's JetStream leader (the failover
 //! measurement) and lists every process whose CPU time a run counts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -25,10 +25,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a new stream leader may take to be elected after a kill.
 const ELECTION_LIMIT: Duration = Duration::from_secs(60);
 
-/// Starts a JetStream cluster of `nodes` nodes with `--nats-sync`.
-pub(crate) async fn start_nats(nodes: usize, sync: NatsSync) -> Result<NatsCluster> {
-    NatsCluster::builder(nodes)
-        .sync_always(sync == NatsSync::Always)
+/// Starts a JetStream cluster of `nodes` nodes with `--nats-sync` (`both`
+/// counts as `always`), running `--nats-server-bin` if given.
+pub(crate) async fn start_nats(
+    nodes: usize,
+    sync: NatsSync,
+    bin: Option<&Path>,
+) -> Result<NatsCluster> {
+    let mut builder = NatsCluster::builder(nodes).sync_always(sync.syncs_always());
+    if let Some(bin) = bin {
+        builder = builder.binary(bin);
+    }
+    builder
         .try_start()
         .await
         .map_err(|e| anyhow!("the NATS cluster did not start: {e}"))
@@ -41,9 +49,10 @@ pub(crate) fn nats_pids(nats: &NatsCluster) -> Vec<u32> {
 
 /// A one-line description of a NATS cluster the bench started.
 pub(crate) fn nats_label(nats: &NatsCluster, sync: NatsSync) -> String {
-    let sync = match sync {
-        NatsSync::Always => "always",
-        NatsSync::Default => "default",
+    let sync = if sync.syncs_always() {
+        "always"
+    } else {
+        "default"
     };
     format!(
         "{} nats-server nodes ({}), sync_interval {sync}",
@@ -67,7 +76,12 @@ impl CaseshareCluster {
     /// Starts the NATS cluster and `--cluster` replicas (in the temporary
     /// directory under `--data-dir`), and waits until every replica is ready.
     pub(crate) async fn start(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<Self> {
-        let nats = start_nats(CASESHARE_NATS_NODES, args.nats_sync).await?;
+        let nats = start_nats(
+            CASESHARE_NATS_NODES,
+            args.nats_sync,
+            args.nats_server_bin.as_deref(),
+        )
+        .await?;
         writeln!(out, "cluster: {}", nats_label(&nats, args.nats_sync))?;
         let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&parent)

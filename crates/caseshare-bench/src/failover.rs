@@ -271,7 +271,12 @@ async fn caseshare(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<Fa
 
 /// Raw JetStream: an R`--nats-cluster` stream, kill its leader.
 async fn nats(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<FailoverRun> {
-    let mut nats = start_nats(args.nats_cluster as usize, args.nats_sync).await?;
+    let mut nats = start_nats(
+        args.nats_cluster as usize,
+        args.nats_sync,
+        args.nats_server_bin.as_deref(),
+    )
+    .await?;
     let label = format!("R{}; {}", nats.len(), nats_label(&nats, args.nats_sync));
     writeln!(out, "failover (nats): started {label}")?;
     let w = Workload::new(args)?;

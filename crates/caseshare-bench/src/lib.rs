@@ -23,8 +23,18 @@
 //! storage, one replica) with one durable pull consumer per subscriber
 //! (explicit acks); `--target both` runs the broker first, then NATS, and
 //! reports the ratios. With `--embedded` the bench starts what it measures
-//! itself: the broker in-process on a temporary data directory, and
-//! `nats-server -js` on loopback on another.
+//! itself: the broker in-process on a temporary data directory, and a
+//! `nats-server` (≥ 2.10, `--nats-server-bin`) on loopback on another, with
+//! `sync_interval` as `--nats-sync` says; `--nats-sync both` measures
+//! JetStream twice, `always` then `default`, each on a fresh server.
+//!
+//! Like with like in one run (issue 18): `--suite` runs four workloads
+//! (pipelined with one subscriber, pipelined publishing alone, one
+//! subscriber at a fixed rate, one at a time publishing alone) against
+//! every system `--target` and `--nats-sync` name, and prints one table
+//! (module `table`) of every figure with the ratios Caseshare ÷ each
+//! JetStream setting; CPU per event counts the bench's process and the
+//! server processes it started (from `/proc`), for both sides.
 //!
 //! Cluster measurements (issue 15) start real processes through the test
 //! kit: `--nats-cluster N` measures JetStream on an N-node cluster with an
@@ -44,7 +54,8 @@
 //! `OTEL_TRACES_SAMPLER`/`_ARG` these measure the cost of tracing.
 //!
 //! Modules, by what each owns: `args` (the flags), `summary` (the figures
-//! and the `--json-out` keys), `print` (the readable summary), `workload`
+//! and the `--json-out` keys), `print` (the readable summary), `table` (the
+//! comparison table), `workload`
 //! (the events), `measure` (clock, histograms, schedule, publisher and
 //! subscriber specs, collecting results), `machine` (CPU and memory
 //! figures), `broker` (an embedded broker, endpoints, setup and `/metrics`),
@@ -54,7 +65,7 @@
 //! killing a stream leader) and `failover` (the time without writes after
 //! that kill).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 mod args;
 mod broker;
@@ -67,16 +78,18 @@ mod nats;
 mod otlp;
 mod print;
 mod summary;
+mod table;
 mod workload;
 
 pub use args::{BenchArgs, NatsSync, PublishMode, Target};
 pub use summary::{
-    DeliveryFigures, FailoverRun, Latency, Machine, PublishFigures, Ratios, RunSummary,
+    Comparison, DeliveryFigures, FailoverRun, Latency, Machine, PublishFigures, Ratios, RunSummary,
     ServerFigures, Summary, TraceFigures,
 };
+pub use table::{Table, TableRow};
 
 use print::{print_failover, print_ratios, print_run};
-use summary::ratios;
+use summary::comparisons;
 
 /// The agency that publishes.
 pub const PUBLISHER_AGENCY: &str = "school-b";
@@ -106,6 +119,16 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
         "machine: {} CPUs ({}), {:.1} GiB RAM, load {}",
         machine.nproc, machine.cpu_model, machine.mem_gib, machine.loadavg_at_start
     )?;
+    let starts_nats =
+        args.embedded && (matches!(args.target, Target::Nats | Target::Both) || args.cluster > 0);
+    if starts_nats {
+        // Before anything is measured: a missing or too old server fails now.
+        let bin = nats::nats_bin(&args)?;
+        let version = caseshare_testkit::server_version(&bin)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        writeln!(out, "nats-server: {} ({version})", bin.display())?;
+    }
     let mut runs = Vec::new();
     let mut failovers = Vec::new();
     if args.failover {
@@ -113,30 +136,52 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
         for r in &failovers {
             print_failover(out, r)?;
         }
-    } else if matches!(args.target, Target::Caseshare | Target::Both) {
-        let r = caseshare::run(&args, out).await?;
-        print_run(out, &r)?;
-        runs.push(r);
+    } else {
+        for (workload, w) in workloads(&args) {
+            if let Some(name) = workload {
+                writeln!(out, "=== workload {name}")?;
+            }
+            if matches!(w.target, Target::Caseshare | Target::Both) {
+                let mut r = caseshare::run(&w, out).await?;
+                r.workload = workload.map(str::to_string);
+                print_run(out, &r)?;
+                runs.push(r);
+            }
+            if matches!(w.target, Target::Nats | Target::Both) {
+                for sync in w.nats_sync.each() {
+                    let w = BenchArgs {
+                        nats_sync: sync,
+                        ..w.clone()
+                    };
+                    let mut r = nats::run(&w, out).await?;
+                    r.workload = workload.map(str::to_string);
+                    print_run(out, &r)?;
+                    runs.push(r);
+                }
+            }
+        }
     }
-    if !args.failover && matches!(args.target, Target::Nats | Target::Both) {
-        let r = nats::run(&args, out).await?;
-        print_run(out, &r)?;
-        runs.push(r);
+    let comparisons = comparisons(&runs);
+    for c in &comparisons {
+        print_ratios(out, c)?;
     }
-    let ratios = match (
-        runs.iter().find(|r| r.target == "caseshare"),
-        runs.iter().find(|r| r.target == "nats"),
-    ) {
-        (Some(c), Some(n)) => Some(ratios(c, n)),
-        _ => None,
-    };
-    if let Some(r) = &ratios {
-        print_ratios(out, r)?;
+    let ratios = comparisons.first().map(|c| c.ratios.clone());
+    let table = table::comparison(&runs);
+    if let Some(t) = &table {
+        writeln!(
+            out,
+            "\ncomparison ({} CPUs, load at start {}; ratios > 1 mean Caseshare higher: faster for rates, slower for latencies and CPU):\n{}",
+            machine.nproc,
+            machine.loadavg_at_start,
+            t.markdown()
+        )?;
     }
     let summary = Summary {
         machine,
         runs,
         ratios,
+        comparisons,
+        table,
         failover: failovers,
     };
     if let Some(path) = &args.json_out {
@@ -145,4 +190,102 @@ pub async fn run(args: BenchArgs, out: &mut impl std::io::Write) -> Result<Summa
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(summary)
+}
+
+/// The workloads one invocation runs: with `--suite` the four of issue 18
+/// (named), else the one the flags describe.
+fn workloads(args: &BenchArgs) -> Vec<(Option<&'static str>, BenchArgs)> {
+    if !args.suite {
+        return vec![(None, args.clone())];
+    }
+    let base = BenchArgs {
+        suite: false,
+        unary: false,
+        stream: false,
+        ..args.clone()
+    };
+    let paced_rate = if args.rate > 0.0 { args.rate } else { 2000.0 };
+    vec![
+        (
+            Some(table::PIPELINED_1_SUB),
+            BenchArgs {
+                subscribers: 1,
+                rate: 0.0,
+                ..base.clone()
+            },
+        ),
+        (
+            Some(table::PIPELINED_PUBLISH_ONLY),
+            BenchArgs {
+                subscribers: 0,
+                rate: 0.0,
+                ..base.clone()
+            },
+        ),
+        (
+            Some(table::PACED_1_SUB),
+            BenchArgs {
+                subscribers: 1,
+                rate: paced_rate,
+                events: args.paced_events,
+                ..base.clone()
+            },
+        ),
+        (
+            Some(table::UNARY_PUBLISH_ONLY),
+            BenchArgs {
+                subscribers: 0,
+                rate: 0.0,
+                unary: true,
+                events: args.paced_events,
+                ..base
+            },
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::args::testing::parse;
+    use super::*;
+
+    #[test]
+    fn the_suite_runs_the_four_workloads_of_issue_18() {
+        let a = parse(&[
+            "--embedded",
+            "--target",
+            "both",
+            "--nats-sync",
+            "both",
+            "--suite",
+            "--events",
+            "1000",
+            "--paced-events",
+            "300",
+            "--subscribers",
+            "3",
+        ]);
+        let w = workloads(&a);
+        let named: Vec<_> = w
+            .iter()
+            .map(|(n, a)| (n.unwrap_or(""), a.subscribers, a.rate, a.unary, a.events))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (table::PIPELINED_1_SUB, 1, 0.0, false, 1000),
+                (table::PIPELINED_PUBLISH_ONLY, 0, 0.0, false, 1000),
+                (table::PACED_1_SUB, 1, 2000.0, false, 300),
+                (table::UNARY_PUBLISH_ONLY, 0, 0.0, true, 300),
+            ]
+        );
+        assert!(w.iter().all(|(_, a)| !a.suite && a.target == Target::Both));
+        let paced = workloads(&parse(&["--embedded", "--suite", "--rate", "500"]));
+        assert_eq!(paced[2].1.rate, 500.0);
+        assert_eq!(paced[2].1.events, 20_000);
+        let one = workloads(&parse(&["--embedded", "--events", "7"]));
+        assert_eq!(one.len(), 1);
+        assert!(one[0].0.is_none());
+        assert_eq!(one[0].1.events, 7);
+    }
 }

@@ -1,16 +1,17 @@
-//! Measuring NATS JetStream with the same workload: a `nats-server -js`
+//! Measuring NATS JetStream with the same workload: a `nats-server`
 //! started for the bench ([`EmbeddedNats`]), a cluster of them
 //! (`--nats-cluster N`, the test kit's `NatsCluster`, with an R`N` stream)
 //! or a running server; a file-backed stream with one durable pull
 //! consumer per subscriber (explicit acks), and the run's summary.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use caseshare_proto::v1 as pb;
-use caseshare_testkit::NatsCluster;
+use caseshare_testkit::{NatsCluster, nats_server_bin, server_version};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -22,20 +23,50 @@ use crate::measure::{
 };
 use crate::summary::RunSummary;
 use crate::workload::Workload;
-use crate::{BenchArgs, PublishMode};
+use crate::{BenchArgs, NatsSync, PublishMode};
 
 /// How long a new stream (or consumer) may take to get a leader.
 const STREAM_READY: Duration = Duration::from_secs(30);
 
-/// A `nats-server -js` started for the bench.
+/// A `nats-server` with JetStream started for the bench: one server, a
+/// file store, `sync_interval` as `--nats-sync` says.
 pub(crate) struct EmbeddedNats {
     child: tokio::process::Child,
     _dir: tempfile::TempDir,
     url: String,
+    version: String,
+    sync: NatsSync,
+}
+
+/// The `nats-server` binary the bench runs: `--nats-server-bin`, else the
+/// test kit's choice (`$CASESHARE_NATS_SERVER`, the pinned copy in the
+/// target directory, `PATH`).
+pub(crate) fn nats_bin(args: &BenchArgs) -> Result<PathBuf> {
+    match &args.nats_server_bin {
+        Some(b) => Ok(b.clone()),
+        None => nats_server_bin().map_err(|e| anyhow!("{e}")),
+    }
+}
+
+/// One server's configuration: loopback only, JetStream on a file store
+/// under `store`, `sync_interval: always` when `sync` says so.
+pub(crate) fn single_config(port: u16, store: &Path, sync: NatsSync) -> String {
+    let sync = if sync.syncs_always() {
+        "\n  sync_interval: always"
+    } else {
+        ""
+    };
+    format!(
+        "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
+        store = store.display().to_string()
+    )
 }
 
 impl EmbeddedNats {
     async fn start(args: &BenchArgs) -> Result<Self> {
+        let bin = nats_bin(args)?;
+        // At least 2.10: older servers have no `sync_interval`.
+        let version = server_version(&bin).await.map_err(|e| anyhow!("{e}"))?;
         let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -47,20 +78,21 @@ impl EmbeddedNats {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
         };
+        let config = dir.path().join("nats-server.conf");
+        std::fs::write(
+            &config,
+            single_config(port, &dir.path().join("jetstream"), args.nats_sync),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
         let log = std::fs::File::create(dir.path().join("nats-server.log"))?;
-        let child = tokio::process::Command::new(&args.nats_server_bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path().join("jetstream"))
+        let child = tokio::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (install it with `apt-get install nats-server`)",
-                    args.nats_server_bin.display()
-                )
-            })?;
+            .with_context(|| format!("starting {}", bin.display()))?;
         let url = format!("nats://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -79,7 +111,19 @@ impl EmbeddedNats {
             child,
             _dir: dir,
             url,
+            version,
+            sync: args.nats_sync,
         })
+    }
+
+    /// The server, its version and `sync_interval`.
+    fn label(&self) -> String {
+        format!(
+            "embedded nats-server {} ({}), R1 file store, sync_interval {}",
+            self.url,
+            self.version.trim_start_matches("nats-server: "),
+            self.sync.name()
+        )
     }
 
     fn pid(&self) -> Option<u32> {
@@ -100,7 +144,7 @@ pub(crate) async fn nats_connect(urls: &[String]) -> Result<async_nats::Client> 
 
 /// What the bench started to measure NATS.
 pub(crate) enum NatsServers {
-    /// One `nats-server -js`.
+    /// One `nats-server` with JetStream.
     Single(EmbeddedNats),
     /// A JetStream cluster (`--nats-cluster`).
     Cluster(NatsCluster),
@@ -110,12 +154,18 @@ impl NatsServers {
     /// Starts one server or, with `--nats-cluster N`, a cluster of N.
     pub(crate) async fn start(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<Self> {
         if args.nats_cluster > 0 {
-            let c = start_nats(args.nats_cluster as usize, args.nats_sync).await?;
+            let c = start_nats(
+                args.nats_cluster as usize,
+                args.nats_sync,
+                args.nats_server_bin.as_deref(),
+            )
+            .await?;
             writeln!(out, "nats: started {}", nats_label(&c, args.nats_sync))?;
             Ok(NatsServers::Cluster(c))
         } else {
-            writeln!(out, "nats: starting {} -js", args.nats_server_bin.display())?;
-            Ok(NatsServers::Single(EmbeddedNats::start(args).await?))
+            let n = EmbeddedNats::start(args).await?;
+            writeln!(out, "nats: started {}", n.label())?;
+            Ok(NatsServers::Single(n))
         }
     }
 
@@ -129,7 +179,7 @@ impl NatsServers {
 
     fn label(&self, args: &BenchArgs) -> String {
         match self {
-            NatsServers::Single(n) => format!("embedded nats-server {}", n.url),
+            NatsServers::Single(n) => n.label(),
             NatsServers::Cluster(c) => format!("R{}; {}", c.len(), nats_label(c, args.nats_sync)),
         }
     }
@@ -170,7 +220,7 @@ pub(crate) async fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Resu
         None => (
             vec![args.nats_url.clone()],
             args.nats_url.clone(),
-            vec![],
+            args.nats_pid.into_iter().collect(),
             1,
         ),
     };
@@ -274,7 +324,7 @@ async fn measure_nats(
     }
     let clock = Clock::start();
     let servers_cpu = || -> f64 { server_pids.iter().map(|p| cpu_secs(&p.to_string())).sum() };
-    let cpu_before = cpu_secs("self") + servers_cpu();
+    let (self_before, servers_before) = (cpu_secs("self"), servers_cpu());
     let mut subscribers = Vec::new();
     for c in consumers {
         let client = nats_connect(urls).await?;
@@ -302,7 +352,8 @@ async fn measure_nats(
         publishers.push(tokio::spawn(nats_publish(js, subject, spec)));
     }
     let collected = collect(args, publishers, subscribers, start_ns).await;
-    let cpu = cpu_secs("self") + servers_cpu() - cpu_before;
+    let servers = servers_cpu() - servers_before;
+    let cpu = cpu_secs("self") - self_before + servers;
     let deleted = js.delete_stream(&stream_name).await;
     let collected = collected?;
     deleted.map_err(|e| anyhow!("deleting stream {stream_name}: {e}"))?;
@@ -325,7 +376,10 @@ async fn measure_nats(
         server: None,
         cpu_secs: cpu,
         cpu_us_per_event: cpu * 1e6 / args.events as f64,
+        server_cpu_secs: (!server_pids.is_empty()).then_some(servers),
         traces: None,
+        nats_sync: args.embedded.then_some(args.nats_sync),
+        workload: None,
     })
 }
 
@@ -507,4 +561,28 @@ fn has_leader(
     cluster: Option<&async_nats::jetstream::stream::ClusterInfo>,
 ) -> bool {
     replicas == 1 || cluster.and_then(|c| c.leader.as_ref()).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_server_syncs_as_told_on_loopback() {
+        let store = Path::new("/d/jetstream");
+        let always = single_config(4222, store, NatsSync::Always);
+        assert_eq!(
+            always,
+            "listen: 127.0.0.1:4222\njetstream {\n  store_dir: \"/d/jetstream\"\n  sync_interval: always\n}\n"
+        );
+        let default = single_config(4222, store, NatsSync::Default);
+        assert!(!default.contains("sync_interval"), "{default}");
+        assert!(default.contains("store_dir: \"/d/jetstream\""), "{default}");
+    }
+
+    #[test]
+    fn the_binary_given_is_the_one_run() {
+        let a = crate::args::testing::parse(&["--nats-server-bin", "/x/nats-server"]);
+        assert_eq!(nats_bin(&a).ok(), Some(PathBuf::from("/x/nats-server")));
+    }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::PublishMode;
-use crate::summary::{FailoverRun, Latency, Ratios, RunSummary};
+use crate::summary::{Comparison, FailoverRun, Latency, RunSummary};
 
 /// The percentiles of one latency, on one line.
 fn fmt_latency(l: &Latency) -> String {
@@ -118,17 +118,34 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
             )?;
         }
     }
+    let counted = match r.server_cpu_secs {
+        Some(s) => format!("bench {:.2} s + server processes {s:.2} s", r.cpu_secs - s),
+        None if r.target == "caseshare" && r.endpoint == "embedded" => {
+            "bench with the broker in-process".into()
+        }
+        None => "bench only: the server's own is not counted".into(),
+    };
     writeln!(
         out,
-        "  cpu       {:.2} s ({:.1} µs per event), elapsed {:.2} s",
+        "  cpu       {:.2} s ({:.1} µs per event; {counted}), elapsed {:.2} s",
         r.cpu_secs, r.cpu_us_per_event, r.elapsed_secs
     )?;
     Ok(())
 }
 
-/// Prints the caseshare ÷ NATS ratios.
-pub(crate) fn print_ratios(out: &mut impl std::io::Write, r: &Ratios) -> Result<()> {
-    writeln!(out, "caseshare ÷ nats:")?;
+/// Prints the caseshare ÷ NATS ratios of one workload and JetStream setting.
+pub(crate) fn print_ratios(out: &mut impl std::io::Write, c: &Comparison) -> Result<()> {
+    let r = &c.ratios;
+    let sync = c
+        .nats_sync
+        .map(|s| format!(" (sync_interval {})", s.name()))
+        .unwrap_or_default();
+    let workload = c
+        .workload
+        .as_deref()
+        .map(|w| format!(", {w}"))
+        .unwrap_or_default();
+    writeln!(out, "caseshare ÷ nats{sync}{workload}:")?;
     let x = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}×"));
     writeln!(
         out,

@@ -7,7 +7,8 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::PublishMode;
+use crate::table::Table;
+use crate::{NatsSync, PublishMode};
 
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -153,9 +154,19 @@ pub struct RunSummary {
     pub cpu_secs: f64,
     /// `cpu_secs` per published event, microseconds.
     pub cpu_us_per_event: f64,
+    /// The part of `cpu_secs` used by server processes of their own (an
+    /// embedded `nats-server`, cluster nodes and replicas), read from
+    /// `/proc/<pid>/stat`; `None` when the server runs inside the bench
+    /// (the embedded broker: its CPU is the bench's) or elsewhere.
+    pub server_cpu_secs: Option<f64>,
     /// The embedded broker's trace export (`None` for NATS and a remote
     /// broker).
     pub traces: Option<TraceFigures>,
+    /// The `sync_interval` of the NATS servers the bench started for this
+    /// run (JetStream, or a Caseshare cluster's journal); `None` otherwise.
+    pub nats_sync: Option<NatsSync>,
+    /// With `--suite`: which of its workloads this run is.
+    pub workload: Option<String>,
 }
 
 /// The embedded broker's trace export, and what `--otlp-sink` received.
@@ -262,10 +273,47 @@ pub struct Summary {
     pub machine: Machine,
     /// One run per target.
     pub runs: Vec<RunSummary>,
-    /// Caseshare ÷ NATS, with `--target both`.
+    /// Caseshare ÷ NATS, with `--target both` (the first of `comparisons`:
+    /// the first workload, the first `--nats-sync` setting).
     pub ratios: Option<Ratios>,
+    /// Caseshare ÷ NATS for every workload and every JetStream setting
+    /// measured.
+    pub comparisons: Vec<Comparison>,
+    /// The one table of every figure and the ratios (issue 18), when more
+    /// than one system or workload was measured.
+    pub table: Option<Table>,
     /// `--failover` runs (then `runs` is empty).
     pub failover: Vec<FailoverRun>,
+}
+
+/// Caseshare ÷ one JetStream setting, for one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The `--suite` workload (`None`: the one workload of the run).
+    pub workload: Option<String>,
+    /// JetStream's `sync_interval` (`None`: a server the bench did not
+    /// start).
+    pub nats_sync: Option<NatsSync>,
+    /// Caseshare ÷ that JetStream.
+    pub ratios: Ratios,
+}
+
+/// Caseshare ÷ every JetStream run of the same workload, in run order.
+pub(crate) fn comparisons(runs: &[RunSummary]) -> Vec<Comparison> {
+    let mut out = Vec::new();
+    for c in runs.iter().filter(|r| r.target == "caseshare") {
+        for n in runs
+            .iter()
+            .filter(|r| r.target == "nats" && r.workload == c.workload)
+        {
+            out.push(Comparison {
+                workload: c.workload.clone(),
+                nats_sync: n.nats_sync,
+                ratios: ratios(c, n),
+            });
+        }
+    }
+    out
 }
 
 /// Caseshare ÷ NATS for the same workload.
@@ -279,5 +327,102 @@ pub(crate) fn ratios(c: &RunSummary, n: &RunSummary) -> Ratios {
         delivery_p50: div(c.delivery.latency.p50_ms, n.delivery.latency.p50_ms),
         delivery_p99: div(c.delivery.latency.p99_ms, n.delivery.latency.p99_ms),
         cpu_per_event: div(c.cpu_us_per_event, n.cpu_us_per_event),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Made-up runs for the unit tests.
+    use super::*;
+
+    /// A run of `target` with round figures: 1,000 events/s published and
+    /// delivered, every latency 1 ms, 10 µs of CPU per event.
+    pub(crate) fn run(target: &str, sync: Option<NatsSync>, workload: Option<&str>) -> RunSummary {
+        let latency = Latency {
+            count: 1000,
+            mean_ms: 1.0,
+            p50_ms: 1.0,
+            p90_ms: 1.0,
+            p99_ms: 1.0,
+            p999_ms: 1.0,
+            max_ms: 1.0,
+        };
+        RunSummary {
+            target: target.into(),
+            endpoint: "embedded".into(),
+            mode: PublishMode::Stream,
+            publishers: 1,
+            subscribers: 1,
+            events: 1000,
+            event_bytes: 512,
+            rate: 0.0,
+            window: 1024,
+            max_outstanding: 1000,
+            ack_batch: 256,
+            ack_linger_ms: 0.0,
+            elapsed_secs: 1.0,
+            publish: PublishFigures {
+                events: 1000,
+                events_per_sec: 1000.0,
+                latency: latency.clone(),
+                schedule_lag: None,
+            },
+            delivery: DeliveryFigures {
+                deliveries: 1000,
+                redeliveries: 0,
+                foreign: 0,
+                ack_messages: 10,
+                ids_per_ack_message: 100.0,
+                events_per_sec: 1000.0,
+                latency,
+            },
+            server: None,
+            cpu_secs: 0.01,
+            cpu_us_per_event: 10.0,
+            server_cpu_secs: None,
+            traces: None,
+            nats_sync: sync,
+            workload: workload.map(str::to_string),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::testing::run;
+    use super::*;
+
+    #[test]
+    fn every_jetstream_setting_is_compared_within_its_workload() {
+        let mut c = run("caseshare", None, Some("a"));
+        c.publish.events_per_sec = 500.0;
+        let runs = [
+            c,
+            run("nats", Some(NatsSync::Always), Some("a")),
+            run("nats", Some(NatsSync::Default), Some("a")),
+            run("caseshare", None, Some("b")),
+            run("nats", Some(NatsSync::Always), Some("b")),
+        ];
+        let all = comparisons(&runs);
+        let keys: Vec<_> = all
+            .iter()
+            .map(|c| (c.workload.as_deref(), c.nats_sync))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (Some("a"), Some(NatsSync::Always)),
+                (Some("a"), Some(NatsSync::Default)),
+                (Some("b"), Some(NatsSync::Always)),
+            ]
+        );
+        assert_eq!(all[0].ratios.publish_events_per_sec, Some(0.5));
+        // The JSON keys scripts read are still there.
+        let v = serde_json::to_value(&runs[1]).unwrap();
+        assert_eq!(v["publish"]["events_per_sec"], 1000.0);
+        assert_eq!(v["delivery"]["latency"]["p99_ms"], 1.0);
+        assert_eq!(v["cpu_secs"], 0.01);
+        assert_eq!(v["nats_sync"], "always");
     }
 }

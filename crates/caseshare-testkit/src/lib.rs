@@ -128,7 +128,7 @@ pub use load::{Consumed, Consumer, PublishReport, Publisher};
 pub use loading::Loading;
 pub use nats::{
     MIN_NATS_VERSION, NATS_SERVER_ENV, NatsCluster, NatsClusterBuilder, NatsSetupError, NodeState,
-    StreamState, nats_server_bin,
+    StreamState, nats_server_bin, server_version,
 };
 pub use net::{H2_PREFACE, call_path, closed_within, http_get, raw_tls};
 pub use otlp::OtlpCollector;

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-pub use crate::nats_setup::{MIN_NATS_VERSION, NATS_SERVER_ENV, NatsSetupError, nats_server_bin};
-use crate::nats_setup::{Ports, node_config, server_version};
+pub use crate::nats_setup::{
+    MIN_NATS_VERSION, NATS_SERVER_ENV, NatsSetupError, nats_server_bin, server_version,
+};
+use crate::nats_setup::{Ports, node_config};
 use crate::partition::{Firewall, gid_of, own_hosts};
 
 /// How long a start or restart may take before the test fails.

@@ -95,8 +95,8 @@ fn locate(
 }
 
 /// Runs `bin --version` and checks it is at least [`MIN_NATS_VERSION`];
-/// returns the version line.
-pub(crate) async fn server_version(bin: &Path) -> Result<String, NatsSetupError> {
+/// returns the version line (`nats-server: v2.15.1`).
+pub async fn server_version(bin: &Path) -> Result<String, NatsSetupError> {
     let out = tokio::process::Command::new(bin)
         .arg("--version")
         .output()
