@@ -270,24 +270,7 @@ pub async fn assert_one_log(a: &Endpoint, b: &Endpoint) -> (pb::Checkpoint, pb::
             (&cb, &ca, a)
         };
         if old.tree_size > 0 {
-            let proof = prover
-                .client(AUDITOR)
-                .audit
-                .get_consistency_proof(pb::GetConsistencyProofRequest {
-                    from_size: old.tree_size,
-                    to_size: new.tree_size,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            caseshare_audit::merkle::verify_consistency(
-                old.tree_size,
-                new.tree_size,
-                &proof.hashes,
-                &old.root_hash,
-                &new.root_hash,
-            )
-            .unwrap_or_else(|e| {
+            consistent(prover, old, new).await.unwrap_or_else(|e| {
                 panic!(
                     "the brokers at {} and {} fork: {e}: {ca:?} {cb:?}",
                     a.grpc, b.grpc
@@ -332,4 +315,45 @@ impl Drop for BrokerCluster {
             self.dir.path().display()
         );
     }
+}
+
+/// Whether `prover`'s log proves (RFC 6962, checked with the audit crate)
+/// that checkpoint `new` extends checkpoint `old`.
+async fn consistent(
+    prover: &Endpoint,
+    old: &pb::Checkpoint,
+    new: &pb::Checkpoint,
+) -> Result<(), String> {
+    let proof = prover
+        .client(AUDITOR)
+        .audit
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            from_size: old.tree_size,
+            to_size: new.tree_size,
+        })
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    caseshare_audit::merkle::verify_consistency(
+        old.tree_size,
+        new.tree_size,
+        &proof.hashes,
+        &old.root_hash,
+        &new.root_hash,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The log behind `b` continues the one that signed `before` (a broker
+/// restored from a backup, or migrated): `b`'s checkpoint now is no
+/// smaller, carries the same log key and is proved consistent with
+/// `before`. Gives `b`'s checkpoint.
+pub async fn assert_extends(b: &Endpoint, before: &pb::Checkpoint) -> pb::Checkpoint {
+    let after = checkpoint(b).await;
+    assert!(after.tree_size >= before.tree_size, "{before:?} {after:?}");
+    assert_eq!(after.vkey, before.vkey, "one log key");
+    consistent(b, before, &after)
+        .await
+        .unwrap_or_else(|e| panic!("the log at {} does not extend {before:?}: {e}", b.grpc));
+    after
 }

@@ -118,7 +118,7 @@ pub use broker::{
     Broker, BrokerBuilder, Endpoint, Refused, TOPOLOGY_ENV, Topology, refusal_message,
 };
 pub use chaos::{CHAOS_FAULTS_ENV, CHAOS_SEED_ENV, Chaos, ChaosReport};
-pub use cluster::{BrokerCluster, assert_one_log};
+pub use cluster::{BrokerCluster, assert_extends, assert_one_log};
 pub use compose::{Compose, ComposeBroker, JOURNAL_STREAM, NatsImage, require_docker_compose};
 pub use container::{
     ContainerBroker, ContainerImage, IMAGE_UID, build_context_files, require_docker,
