@@ -23,6 +23,14 @@ use crate::writer::{Notice, Progress};
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 /// How often a running replica compares the journal's end with its own.
 const GUARD_EVERY: Duration = Duration::from_secs(2);
+/// How long the journal's end must stay below what a running replica
+/// applied before the guard trips for good. A NATS node that led the
+/// journal's stream and comes back from a partition shorter than its
+/// lost-quorum step-down still answers as the leader, with its stale end,
+/// for a few seconds (seen in the chaos run: about 10 s); a journal that
+/// really went back stays back. Meanwhile the replica refuses writes and
+/// is not ready.
+const GUARD_CONFIRM: Duration = Duration::from_secs(30);
 /// How often a replica puts itself in the roster and reads it back.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// How long one roster call may take before the round is skipped.
@@ -179,6 +187,8 @@ pub(crate) fn watch(
         );
         ready.store(true, Ordering::SeqCst);
         let mut tick = tokio::time::interval(GUARD_EVERY);
+        // Since when, and from which answer, the end has looked too low.
+        let mut suspect: Option<(Instant, u64)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -187,21 +197,53 @@ pub(crate) fn watch(
             let applied = progress.applied();
             match journal.last_sequence().await {
                 Ok(end) if end < applied => {
-                    let held = Held {
-                        position: applied,
-                        ..held
-                    };
-                    tracing::error!("{}", regression(end, &held));
-                    progress.refuse_writes();
-                    ready.store(false, Ordering::SeqCst);
-                    metrics::gauge!("caseshare_ready").set(0.0);
-                    return;
+                    let (since, first) = *suspect.get_or_insert_with(|| {
+                        tracing::warn!(
+                            end,
+                            applied,
+                            "the journal's end is below what this replica applied: refusing \
+                             writes and not ready while it lasts (a stale answer from a NATS \
+                             node back from a partition passes; the guard trips if it lasts \
+                             {GUARD_CONFIRM:?})"
+                        );
+                        set_serving(&progress, &ready, false);
+                        (Instant::now(), end)
+                    });
+                    if since.elapsed() >= GUARD_CONFIRM {
+                        let held = Held {
+                            position: applied,
+                            ..held
+                        };
+                        tracing::error!("{}", regression(first.min(end), &held));
+                        return;
+                    }
                 }
-                Ok(_) => {}
+                Ok(end) => {
+                    if suspect.take().is_some() {
+                        tracing::warn!(
+                            end,
+                            applied,
+                            "the journal's end is back at or past what this replica applied \
+                             (the lower end was a stale answer): taking writes again, ready"
+                        );
+                        set_serving(&progress, &ready, true);
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "journal end unknown for now"),
             }
         }
     })
+}
+
+/// Takes writes and is ready, or refuses writes and is not ready.
+fn set_serving(progress: &Progress, ready: &AtomicBool, serving: bool) {
+    if serving {
+        progress.allow_writes();
+    } else {
+        progress.refuse_writes();
+    }
+    ready.store(serving, Ordering::SeqCst);
+    metrics::gauge!("caseshare_ready").set(if serving { 1.0 } else { 0.0 });
 }
 
 /// Follows subscription changes made through other replicas.
