@@ -82,9 +82,12 @@ impl BrokerCluster {
         self.add_replica_with(Some(servers.join(",")))
     }
 
-    /// Starts one more replica under the command line `wrap` (e.g.
-    /// `env LD_PRELOAD=…libfaketimeMT.so.1 FAKETIME=+20s`; see [`crate::BrokerBuilder::wrap`]: a restart
-    /// runs it bare); gives its index.
+    /// Starts one more replica under the command line `wrap` (e.g. `env
+    /// LD_PRELOAD=…/libfaketimeMT.so.1 FAKETIME=+20s`; see
+    /// [`crate::BrokerBuilder::wrap`]: a restart runs it bare); gives its
+    /// index. The wrapper must exec the broker, as `env` does: one that
+    /// forks (the `faketime` command) gets the kit's signals in its place
+    /// and leaves the broker running after the test.
     pub fn add_replica_wrapped(&mut self, wrap: &[String]) -> usize {
         let i = self.brokers.len();
         match self.launch_replica_wrapped(None, wrap) {
