@@ -23,8 +23,13 @@ python3 -c 'import venv' 2>/dev/null || apt_install python3-venv
 need promtool || apt_install prometheus
 export CASESHARE_REQUIRE_PROMTOOL=1
 # iptables (Debian 12's is the nft backend): the partition test
-# (e2e_cluster_partition) cuts a NATS node off with it, as root.
+# (e2e_cluster_partition) and the chaos run (e2e_cluster_chaos) cut a NATS
+# node off with it, as root.
 need iptables || [ -x /usr/sbin/iptables ] || apt_install iptables
+# libfaketime (Debian's `faketime` package): the clock-skew test
+# (e2e_cluster_clock_skew) runs one replica with its clock 20 s off.
+compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null \
+  || [ -e /usr/lib/faketime/libfaketimeMT.so.1 ] || apt_install faketime
 
 echo "== alert rules (promtool)"
 promtool check rules deploy/prometheus/alerts.yaml

@@ -23,6 +23,14 @@ use crate::writer::{Notice, Progress};
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 /// How often a running replica compares the journal's end with its own.
 const GUARD_EVERY: Duration = Duration::from_secs(2);
+/// How long the journal's end must stay below what a running replica
+/// applied before the guard trips for good. A NATS node that led the
+/// journal's stream and comes back from a partition shorter than its
+/// lost-quorum step-down still answers as the leader, with its stale end,
+/// for a few seconds (seen in the chaos run: about 10 s); a journal that
+/// really went back stays back. Meanwhile the replica refuses writes and
+/// is not ready.
+const GUARD_CONFIRM: Duration = Duration::from_secs(30);
 /// How often a replica puts itself in the roster and reads it back.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// How long one roster call may take before the round is skipped.
@@ -140,23 +148,92 @@ fn dropped(from: u64, to: u64) -> String {
 }
 
 /// The checks at start: the journal must hold at least what this replica's
-/// store has applied (the regression guard), and still hold the message
-/// after it (a journal with `max_age` drops old messages). Gives the
-/// journal's end (the replica is ready once it has applied that far).
+/// store has applied (the regression guard: an end below it must last
+/// [`GUARD_CONFIRM`], asked again every [`GUARD_EVERY`], before the start
+/// is refused — a stale answer passes), and still hold the message after
+/// it (a journal with `max_age` drops old messages). Gives the journal's
+/// end (the replica is ready once it has applied that far).
 pub(crate) async fn check_at_start(journal: &Journal, held: &Held) -> Result<u64, ServeError> {
-    let (first, end) = bounds(journal).await?;
-    if end < held.position {
-        return Err(ServeError::Backend(regression(end, held)));
-    }
+    let mut suspicion = Suspicion::default();
+    let (first, end) = loop {
+        let (first, end) = bounds(journal).await?;
+        match suspicion.observe(end, held.position, Instant::now()) {
+            Guard::Fine | Guard::Cleared => break (first, end),
+            Guard::Suspect => tracing::warn!(
+                end,
+                position = held.position,
+                "the journal's end is below what this replica applied: asking again until it \
+                 is back (a stale answer from a NATS node back from a partition) or \
+                 {GUARD_CONFIRM:?} have passed"
+            ),
+            Guard::Waiting => {}
+            Guard::Trip { end } => return Err(ServeError::Backend(regression(end, held))),
+        }
+        tokio::time::sleep(GUARD_EVERY).await;
+    };
     if first > held.position.saturating_add(1) {
         return Err(ServeError::Backend(compacted(first, held)));
     }
     Ok(end)
 }
 
+/// What the guard makes of one answer for the journal's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// At or past this replica's position, as before.
+    Fine,
+    /// Below it, for the first time: refuse writes, not ready.
+    Suspect,
+    /// Below it still, for less than [`GUARD_CONFIRM`].
+    Waiting,
+    /// At or past it again after [`Guard::Suspect`]: it was a stale answer.
+    Cleared,
+    /// Below it for [`GUARD_CONFIRM`]: the journal went back (the lowest
+    /// end told).
+    Trip {
+        /// The lowest end told meanwhile.
+        end: u64,
+    },
+}
+
+/// Since when, and how low, the journal's end has looked below this
+/// replica's position.
+#[derive(Debug, Default)]
+struct Suspicion {
+    since: Option<(Instant, u64)>,
+}
+
+impl Suspicion {
+    /// The guard's verdict on the end `end` told at `now`, for a replica
+    /// at `position`.
+    fn observe(&mut self, end: u64, position: u64, now: Instant) -> Guard {
+        if end >= position {
+            return match self.since.take() {
+                Some(_) => Guard::Cleared,
+                None => Guard::Fine,
+            };
+        }
+        match &mut self.since {
+            None => {
+                self.since = Some((now, end));
+                Guard::Suspect
+            }
+            Some((since, lowest)) => {
+                *lowest = (*lowest).min(end);
+                if now.saturating_duration_since(*since) >= GUARD_CONFIRM {
+                    Guard::Trip { end: *lowest }
+                } else {
+                    Guard::Waiting
+                }
+            }
+        }
+    }
+}
+
 /// Marks the replica ready once it has applied through `target`, then
-/// watches the journal's end: if it falls below what this replica applied,
-/// writes are refused and the replica is not ready again, for good.
+/// watches the journal's end: while it is below what this replica applied,
+/// writes are refused and the replica is not ready; if that lasts
+/// [`GUARD_CONFIRM`], for good.
 pub(crate) fn watch(
     journal: Arc<Journal>,
     progress: Progress,
@@ -179,29 +256,64 @@ pub(crate) fn watch(
         );
         ready.store(true, Ordering::SeqCst);
         let mut tick = tokio::time::interval(GUARD_EVERY);
+        let mut suspicion = Suspicion::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
             let applied = progress.applied();
-            match journal.last_sequence().await {
-                Ok(end) if end < applied => {
+            let end = match journal.last_sequence().await {
+                Ok(end) => end,
+                Err(e) => {
+                    tracing::debug!(error = %e, "journal end unknown for now");
+                    continue;
+                }
+            };
+            match suspicion.observe(end, applied, Instant::now()) {
+                Guard::Fine | Guard::Waiting => {}
+                Guard::Suspect => {
+                    tracing::warn!(
+                        end,
+                        applied,
+                        "the journal's end is below what this replica applied: refusing \
+                         writes and not ready while it lasts (a stale answer from a NATS \
+                         node back from a partition passes; the guard trips if it lasts \
+                         {GUARD_CONFIRM:?})"
+                    );
+                    set_serving(&progress, &ready, false);
+                }
+                Guard::Cleared => {
+                    tracing::warn!(
+                        end,
+                        applied,
+                        "the journal's end is back at or past what this replica applied \
+                         (the lower end was a stale answer): taking writes again, ready"
+                    );
+                    set_serving(&progress, &ready, true);
+                }
+                Guard::Trip { end } => {
                     let held = Held {
                         position: applied,
                         ..held
                     };
                     tracing::error!("{}", regression(end, &held));
-                    progress.refuse_writes();
-                    ready.store(false, Ordering::SeqCst);
-                    metrics::gauge!("caseshare_ready").set(0.0);
                     return;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "journal end unknown for now"),
             }
         }
     })
+}
+
+/// Takes writes and is ready, or refuses writes and is not ready.
+fn set_serving(progress: &Progress, ready: &AtomicBool, serving: bool) {
+    if serving {
+        progress.allow_writes();
+    } else {
+        progress.refuse_writes();
+    }
+    ready.store(serving, Ordering::SeqCst);
+    metrics::gauge!("caseshare_ready").set(if serving { 1.0 } else { 0.0 });
 }
 
 /// Follows subscription changes made through other replicas.
@@ -318,4 +430,51 @@ pub(crate) fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard by table: a low end is suspected at once, cleared when
+    /// the end is back, and trips only after [`GUARD_CONFIRM`] of low
+    /// ends, naming the lowest.
+    #[test]
+    fn the_guard_waits_out_a_stale_end_by_table() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let c = GUARD_CONFIRM.as_secs();
+        // Each case: (end told, position, seconds) → verdict, in order.
+        let cases: [&[(u64, u64, u64, Guard)]; 4] = [
+            &[(10, 10, 0, Guard::Fine), (12, 11, 2, Guard::Fine)],
+            &[
+                (5, 10, 0, Guard::Suspect),
+                (5, 10, 2, Guard::Waiting),
+                (11, 11, 4, Guard::Cleared),
+                (12, 12, 6, Guard::Fine),
+                (3, 12, 8, Guard::Suspect),
+            ],
+            &[
+                (7, 10, 0, Guard::Suspect),
+                (4, 10, c - 1, Guard::Waiting),
+                (6, 10, c, Guard::Trip { end: 4 }),
+            ],
+            &[
+                (7, 10, 0, Guard::Suspect),
+                (10, 10, c - 1, Guard::Cleared),
+                (7, 10, c, Guard::Suspect),
+                (7, 10, c + 2, Guard::Waiting),
+            ],
+        ];
+        for (k, steps) in cases.iter().enumerate() {
+            let mut s = Suspicion::default();
+            for &(end, position, secs, want) in *steps {
+                assert_eq!(
+                    s.observe(end, position, at(secs)),
+                    want,
+                    "case {k}: end {end}, position {position}, at {secs} s"
+                );
+            }
+        }
+    }
 }

@@ -108,6 +108,30 @@ pub enum ServeError {
     Backend(String),
 }
 
+/// The `recorded_at` of the store's last audit entry, if it has one: no
+/// command is applied at an earlier time ([`Machine::apply`]).
+fn last_audit_time(
+    store: &dyn Storage,
+    audit_size: u64,
+) -> Result<Option<caseshare_core::time::Micros>, ServeError> {
+    let Some(last) = audit_size.checked_sub(1) else {
+        return Ok(None);
+    };
+    let leaves = store.audit_entries(last, audit_size)?;
+    let Some(leaf) = leaves.first() else {
+        return Ok(None);
+    };
+    let entry = caseshare_audit::entry::decode(leaf).map_err(|e| {
+        errors::BrokerError::Internal(format!(
+            "the last audit entry ({last}) does not decode: {e}"
+        ))
+    })?;
+    Ok(entry
+        .recorded_at
+        .as_ref()
+        .map(caseshare_core::time::Micros::from_timestamp))
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let context = context.into();
     move |source| ServeError::Io { context, source }
@@ -357,7 +381,10 @@ pub async fn serve(
         config.audit.origin.clone(),
     )?;
     tracing::info!(vkey = %log.vkey(), "audit log opened");
-    let machine = Machine::from_snapshot(&snapshot, pseudonym_key.clone());
+    let mut machine = Machine::from_snapshot(&snapshot, pseudonym_key.clone());
+    if let Some(t) = last_audit_time(&*store, snapshot.audit_size)? {
+        machine.set_time_floor(t);
+    }
     let (writer_task, head) =
         WriterTask::new(store.clone(), machine, config.store.max_batch, log.clone());
     let state = writer_task.shared_state();

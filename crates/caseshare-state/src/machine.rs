@@ -69,6 +69,8 @@ pub struct Draft {
     event_ids: HashMap<(String, String), usize>,
     sequence_before: u64,
     subscription_before: u64,
+    /// The time of the last audit entry, committed or in this draft.
+    time_floor: Micros,
 }
 
 impl Draft {
@@ -93,6 +95,7 @@ impl Draft {
         let index = self.batch.audit_first_index + self.batch.audit.len() as u64;
         e.index = index;
         e.recorded_at = Some(now.to_timestamp());
+        self.time_floor = self.time_floor.max(now);
         // The leaf bytes are prost's canonical encoding, as
         // `caseshare_audit::entry::encode` writes them.
         self.batch.audit.push(e.encode_to_vec());
@@ -126,6 +129,9 @@ pub struct Machine {
     state: Arc<RwLock<BrokerState>>,
     counters: Counters,
     pseudonym_key: Vec<u8>,
+    /// The time of the last committed audit entry: no command is applied
+    /// at an earlier time (see [`Machine::apply`]).
+    time_floor: Micros,
 }
 
 /// What one `apply` works with.
@@ -149,7 +155,20 @@ impl Machine {
             state: Arc::new(RwLock::new(state)),
             counters,
             pseudonym_key,
+            time_floor: Micros::default(),
         }
+    }
+
+    /// Sets the time of the last committed audit entry (its `recorded_at`;
+    /// the server reads it from the store at start). Commands are applied
+    /// at this time or later.
+    pub fn set_time_floor(&mut self, last_audit_time: Micros) {
+        self.time_floor = last_audit_time;
+    }
+
+    /// The time of the last audit entry committed (or sealed).
+    pub fn time_floor(&self) -> Micros {
+        self.time_floor
     }
 
     /// The machine a store's snapshot describes.
@@ -185,6 +204,7 @@ impl Machine {
             event_ids: HashMap::new(),
             sequence_before: self.counters.next_sequence,
             subscription_before: self.counters.next_subscription_id,
+            time_floor: self.time_floor,
         }
     }
 
@@ -195,7 +215,9 @@ impl Machine {
             event_ids,
             sequence_before,
             subscription_before,
+            time_floor,
         } = draft;
+        self.time_floor = time_floor;
         if self.counters.next_sequence != sequence_before {
             batch.next_sequence = Some(self.counters.next_sequence);
         }
@@ -209,6 +231,13 @@ impl Machine {
     /// Applies one command at time `now`, adding its writes to `draft`.
     /// Deterministic: the same state, command, time and lookups give the
     /// same state, writes and reply. A refusal changes nothing.
+    ///
+    /// Time never goes back: a `now` earlier than the last audit entry's
+    /// time (committed, or in `draft`) is raised to it, so the audit log's
+    /// `recorded_at` times never decrease — also when commands stamped by
+    /// replicas with different clocks (cluster mode) follow each other.
+    /// Every replica applies the same commands on the same audit log, so
+    /// every replica raises the same times.
     pub fn apply(
         &mut self,
         draft: &mut Draft,
@@ -216,6 +245,7 @@ impl Machine {
         command: Command,
         lookup: &dyn Lookup,
     ) -> Result<Reply, Refusal> {
+        let now = now.max(draft.time_floor);
         let mut step = Step { draft, now, lookup };
         match command {
             Command::RegisterAgency { actor, request } => self
@@ -356,5 +386,95 @@ impl Machine {
     /// The next event sequence, not taken.
     pub(crate) fn peek_sequence(&self) -> u64 {
         self.counters.next_sequence
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::refusal::LookupError;
+
+    struct Nothing;
+
+    impl Lookup for Nothing {
+        fn event_by_id(&self, _: &str, _: &str) -> Result<Option<StoredEvent>, LookupError> {
+            Ok(None)
+        }
+        fn deliveries_of(&self, _: &[u64], _: u64) -> Result<Vec<DeliveryRecord>, LookupError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn recorded(sealed: &Sealed) -> Vec<i64> {
+        sealed
+            .batch
+            .audit
+            .iter()
+            .map(|leaf| {
+                let e = pb::AuditEntry::decode(leaf.as_slice()).unwrap();
+                Micros::from_timestamp(&e.recorded_at.unwrap()).0
+            })
+            .collect()
+    }
+
+    /// Commands stamped by clocks that disagree (a change of proposer in
+    /// cluster mode): the audit log's times never go back, in a draft,
+    /// across drafts, and after a restart that read the last entry's time.
+    #[test]
+    fn time_never_goes_back_by_table() {
+        const S: i64 = 1_000_000;
+        // (the drafts, each the times its commands carry; the times the
+        // audit entries get)
+        let cases: [(&[&[i64]], &[i64]); 5] = [
+            (&[&[10 * S, 11 * S, 12 * S]], &[10 * S, 11 * S, 12 * S]),
+            (&[&[30 * S, 10 * S, 31 * S]], &[30 * S, 30 * S, 31 * S]),
+            (
+                &[&[30 * S], &[10 * S], &[29 * S, 32 * S]],
+                &[30 * S, 30 * S, 30 * S, 32 * S],
+            ),
+            (&[&[5 * S], &[4 * S, 6 * S]], &[5 * S, 5 * S, 6 * S]),
+            (&[&[-S], &[-2 * S]], &[-S, -S]),
+        ];
+        for (drafts, want) in cases {
+            let mut m = Machine::new(BrokerState::default(), Counters::default(), vec![]);
+            let mut m_floor = Micros(i64::MIN);
+            m.set_time_floor(m_floor);
+            let mut got = Vec::new();
+            for times in drafts {
+                let mut d = m.begin();
+                for &t in *times {
+                    let entry = pb::AuditEntry {
+                        kind: pb::EntryKind::AuditAccessed as i32,
+                        ..Default::default()
+                    };
+                    m.apply(&mut d, Micros(t), Command::Record { entry }, &Nothing)
+                        .unwrap();
+                }
+                let sealed = m.seal(d);
+                got.extend(recorded(&sealed));
+                // A restart: a new machine told the last entry's time.
+                m_floor = m.time_floor();
+                let counters = m.counters();
+                m = Machine::new(BrokerState::default(), counters, vec![]);
+                m.set_time_floor(m_floor);
+            }
+            assert_eq!(got, want, "drafts {drafts:?}");
+            assert_eq!(m_floor.0, *want.last().unwrap());
+        }
+    }
+
+    /// A draft dropped unsealed (a failed commit) leaves the floor where
+    /// the last commit put it.
+    #[test]
+    fn an_unsealed_draft_does_not_move_the_floor() {
+        let mut m = Machine::new(BrokerState::default(), Counters::default(), vec![]);
+        m.set_time_floor(Micros(5));
+        let mut d = m.begin();
+        let entry = pb::AuditEntry::default();
+        m.apply(&mut d, Micros(9), Command::Record { entry }, &Nothing)
+            .unwrap();
+        drop(d);
+        assert_eq!(m.time_floor(), Micros(5));
     }
 }

@@ -6,10 +6,17 @@
 //! replicas, under a steady idempotent publisher and two acknowledging
 //! subscribers (one ordered), it runs random faults one at a time —
 //! SIGKILL and restart, or SIGSTOP and SIGCONT, of a broker replica or a
-//! NATS node, and SIGKILL and restart of the journal's stream leader —
-//! chosen by a seeded generator (the seed is printed; the same seed makes
-//! the same choices). After every fault it checks that every replica is
-//! still running: a replica that exited on its own fails the run at once
+//! NATS node, SIGKILL and restart of the journal's stream leader, and,
+//! when iptables is usable (root), a network partition: one NATS node (at
+//! random, or the journal's stream leader) cut off with iptables for a
+//! while, then healed and waited for until it is current again — chosen
+//! by a seeded generator (the seed and the fault set are printed; the same
+//! seed with the same fault set makes the same choices). Faults never
+//! overlap, so at most one NATS node is ever down or cut off: the fault
+//! model is "any single failure". A run with partitions has at least one:
+//! if none was drawn by the last fault, the last fault is one. After every
+//! fault it checks that every replica is still running: a replica that
+//! exited on its own fails the run at once
 //! with its exit status and the end of its log (the kit restarts only what
 //! it killed; nothing restarts a replica that died). Then the invariants:
 //! no event id got two sequences; every acknowledged event was delivered on
@@ -25,17 +32,34 @@ use caseshare_proto::v1 as pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{BrokerCluster, Consumer, Endpoint, Publisher, SOCIAL_CARE};
+use crate::{BrokerCluster, Consumer, Endpoint, NatsCluster, Publisher, SOCIAL_CARE};
 
 /// How many faults a run has (`CASESHARE_CHAOS_FAULTS`).
 pub const CHAOS_FAULTS_ENV: &str = "CASESHARE_CHAOS_FAULTS";
 /// The seed to replay (`CASESHARE_CHAOS_SEED`, a u64).
 pub const CHAOS_SEED_ENV: &str = "CASESHARE_CHAOS_SEED";
+/// Whether partitions are among the faults (`CASESHARE_CHAOS_PARTITIONS`):
+/// `1` requires them (the run fails if iptables is not usable), `0` leaves
+/// them out (the fault set, and so the choices of a seed, of runs before
+/// partitions were added), unset uses them when iptables is usable.
+pub const CHAOS_PARTITIONS_ENV: &str = "CASESHARE_CHAOS_PARTITIONS";
+
+/// How long a partition lasts beyond the drawn hold: long enough for the
+/// majority to elect a new leader when the node cut off led the journal.
+const PARTITION_EXTRA: Duration = Duration::from_secs(4);
+/// The journal's stream.
+const JOURNAL: &str = "CASESHARE_JOURNAL";
+/// How long a healed node has to be current again (JetStream `/healthz`).
+const HEALED_WITHIN: Duration = Duration::from_secs(60);
 
 /// What a replica logs when its journal reader's consumer went past
 /// messages lost in transit and it reads them again (`caseshare-cluster`'s
 /// reader), counted for the report.
 const REREAD: &str = "the consumer skipped messages lost in transit";
+/// What a replica logs when the journal's end it was told is below its
+/// position, which the regression guard holds against it until it passes
+/// or lasts (`caseshare-server`'s `cluster::watch`).
+const SUSPECT: &str = "the journal's end is below what this replica applied";
 
 /// A chaos run's settings.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +68,20 @@ pub struct Chaos {
     pub faults: usize,
     /// The generator's seed.
     pub seed: u64,
+    /// Whether network partitions are among the faults.
+    pub partitions: Partitions,
+}
+
+/// Whether a run cuts NATS nodes off the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitions {
+    /// Never (process faults only).
+    Off,
+    /// When iptables is usable; otherwise the run says why and goes on
+    /// without them.
+    IfUsable,
+    /// Always: the run fails if iptables is not usable.
+    Required,
 }
 
 /// What a chaos run saw (every invariant held, or it panicked).
@@ -65,10 +103,15 @@ pub struct ChaosReport {
     /// gone past messages lost in transit and read them again (counted
     /// from the replicas' logs).
     pub reader_rereads: usize,
+    /// How many times a replica was told a journal end below its position
+    /// (a stale answer that passed: the run fails if the guard trips).
+    pub guard_suspicions: usize,
     /// How long the faults took.
     pub faults_took: Duration,
     /// The whole run, start of the cluster to the last check.
     pub took: Duration,
+    /// Whether partitions were among the faults.
+    pub partitions: bool,
 }
 
 impl Chaos {
@@ -90,8 +133,56 @@ impl Chaos {
             .ok()
             .map(|s| s.parse().expect("CASESHARE_CHAOS_SEED is a u64"))
             .unwrap_or_else(rand::random);
+        let partitions = match std::env::var(CHAOS_PARTITIONS_ENV).as_deref() {
+            Ok("0") => Partitions::Off,
+            Ok("1") => Partitions::Required,
+            Ok(other) => panic!("{CHAOS_PARTITIONS_ENV} is 0 or 1, not {other:?}"),
+            Err(_) => Partitions::IfUsable,
+        };
         println!("chaos seed: {seed} (replay with {CHAOS_SEED_ENV}={seed}), faults: {faults}");
-        Chaos { faults, seed }
+        Chaos {
+            faults,
+            seed,
+            partitions,
+        }
+    }
+
+    /// The NATS cluster: with its own addresses and iptables chains when
+    /// partitions are wanted and usable. Prints the fault set (a seed
+    /// replays its run with the same fault set).
+    async fn start_cluster(&self) -> (BrokerCluster, bool) {
+        let nats = match self.partitions {
+            Partitions::Off => None,
+            wanted => match NatsCluster::builder(3)
+                .own_addresses(true)
+                .try_start()
+                .await
+            {
+                Ok(n) => Some(n),
+                Err(e) if wanted == Partitions::Required => {
+                    panic!("{CHAOS_PARTITIONS_ENV}=1 but partitions are not usable: {e}")
+                }
+                Err(e) => {
+                    println!("no partitions in this run: {e}");
+                    None
+                }
+            },
+        };
+        let with = nats.is_some();
+        let nats = match nats {
+            Some(n) => n,
+            None => NatsCluster::start(3).await,
+        };
+        println!(
+            "fault set: {} (replay with {CHAOS_PARTITIONS_ENV}={})",
+            if with {
+                "process faults and partitions"
+            } else {
+                "process faults only"
+            },
+            u8::from(with)
+        );
+        (BrokerCluster::start_on(nats, &[0, 1, 2], 2, &[]), with)
     }
 
     /// Runs the faults and checks the invariants; panics (with the seed)
@@ -100,7 +191,8 @@ impl Chaos {
         let run_started = Instant::now();
         let seed = self.seed;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut c = BrokerCluster::start(2).await;
+        let (mut c, partitions) = self.start_cluster().await;
+        let mut partitioned = false;
         c.broker(0).school_shares_with_social_care().await;
         c.broker(0)
             .client(SOCIAL_CARE)
@@ -120,11 +212,16 @@ impl Chaos {
         let started = Instant::now();
         let mut done = Vec::new();
         for k in 0..self.faults {
-            // The same draws, in the same order, as every run before this
-            // module: a seed from an earlier run replays its faults.
+            // Without partitions, the same draws, in the same order, as
+            // every run before them: a seed from an earlier run replays its
+            // faults (with CASESHARE_CHAOS_PARTITIONS=0).
             let hold = Duration::from_millis(rng.gen_range(1_000..5_000));
             let at = started.elapsed();
-            let what = match rng.gen_range(0..5) {
+            let mut kind = rng.gen_range(0..if partitions { 6 } else { 5 });
+            if partitions && !partitioned && k + 1 == self.faults {
+                kind = 5;
+            }
+            let what = match kind {
                 0 => {
                     let i = rng.gen_range(0..2);
                     c.broker_mut(i).kill9();
@@ -153,13 +250,34 @@ impl Chaos {
                     c.nats.cont(j);
                     format!("SIGSTOP NATS node {j}, SIGCONT after")
                 }
-                _ => {
-                    let j = c.nats.stream_leader("CASESHARE_JOURNAL").await;
+                4 => {
+                    let j = c.nats.stream_leader(JOURNAL).await;
                     let j = j.unwrap_or_else(|| rng.gen_range(0..3));
                     c.nats.kill9(j);
                     tokio::time::sleep(hold).await;
                     c.nats.restart(j).await;
                     format!("SIGKILL the stream leader (NATS node {j}), restarted after")
+                }
+                _ => {
+                    partitioned = true;
+                    let (j, which) = if rng.gen_bool(0.5) {
+                        match c.nats.stream_leader(JOURNAL).await {
+                            Some(j) => (j, "the stream leader, "),
+                            None => (rng.gen_range(0..3), ""),
+                        }
+                    } else {
+                        (rng.gen_range(0..3), "")
+                    };
+                    c.nats.partition(j);
+                    tokio::time::sleep(hold + PARTITION_EXTRA).await;
+                    c.nats.heal(j);
+                    let current = self.until_current(&c, j, &done).await;
+                    format!(
+                        "cut off {which}NATS node {j} (caught up {:.1} s after the heal), \
+                         healed after {} s + the hold",
+                        current.as_secs_f64(),
+                        PARTITION_EXTRA.as_secs()
+                    )
                 }
             };
             let line = format!(
@@ -245,15 +363,22 @@ impl Chaos {
         );
         let digest = c.assert_same_state().await;
         println!("both replicas' stopped stores hold the same state: digest {digest}");
-        let reader_rereads = (0..c.len())
-            .map(|i| {
-                std::fs::read_to_string(c.broker(i).log_path())
-                    .unwrap_or_default()
-                    .matches(REREAD)
-                    .count()
-            })
-            .sum();
-        println!("journal readers re-read messages lost in transit {reader_rereads} times");
+        let logged = |what: &str| -> usize {
+            (0..c.len())
+                .map(|i| {
+                    std::fs::read_to_string(c.broker(i).log_path())
+                        .unwrap_or_default()
+                        .matches(what)
+                        .count()
+                })
+                .sum()
+        };
+        let reader_rereads = logged(REREAD);
+        let guard_suspicions = logged(SUSPECT);
+        println!(
+            "journal readers re-read messages lost in transit {reader_rereads} times; replicas \
+             were told a journal end below their position {guard_suspicions} times"
+        );
         ChaosReport {
             faults: done,
             acked: report.acked.len(),
@@ -262,8 +387,38 @@ impl Chaos {
             applied,
             tree_size,
             reader_rereads,
+            guard_suspicions,
             faults_took,
             took: run_started.elapsed(),
+            partitions,
+        }
+    }
+
+    /// Waits until healed node `j` is current again — its replica of the
+    /// journal holds the last message the others held at the heal, and
+    /// JetStream's `/healthz` answers 200 — so that the next fault never
+    /// meets two nodes behind; gives how long that took.
+    async fn until_current(&self, c: &BrokerCluster, j: usize, done: &[String]) -> Duration {
+        let healed = Instant::now();
+        let mut majority = 0;
+        for i in (0..c.nats.len()).filter(|&i| i != j) {
+            if let Some(s) = c.nats.stream_state(i, JOURNAL).await {
+                majority = majority.max(s.last_seq);
+            }
+        }
+        loop {
+            let held = c.nats.stream_state(j, JOURNAL).await.map(|s| s.last_seq);
+            if held.is_some_and(|l| l >= majority) && c.nats.healthy(j).await {
+                return healed.elapsed();
+            }
+            assert!(
+                healed.elapsed() < HEALED_WITHIN,
+                "seed {}: NATS node {j} not current {HEALED_WITHIN:?} after its heal (it holds \
+                 journal message {held:?}, the others {majority}; faults so far:\n{})",
+                self.seed,
+                done.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -82,6 +82,24 @@ impl BrokerCluster {
         self.add_replica_with(Some(servers.join(",")))
     }
 
+    /// Starts one more replica under the command line `wrap` (e.g. `env
+    /// LD_PRELOAD=…/libfaketimeMT.so.1 FAKETIME=+20s`; see
+    /// [`crate::BrokerBuilder::wrap`]: a restart runs it bare); gives its
+    /// index. The wrapper must exec the broker, as `env` does: one that
+    /// forks (the `faketime` command) gets the kit's signals in its place
+    /// and leaves the broker running after the test.
+    pub fn add_replica_wrapped(&mut self, wrap: &[String]) -> usize {
+        let i = self.brokers.len();
+        match self.launch_replica_wrapped(None, wrap) {
+            Ok(b) => self.brokers.push(Some(b)),
+            Err(r) => panic!(
+                "replica {i} did not start under {wrap:?} ({}); stderr:\n{}",
+                r.status, r.stderr
+            ),
+        }
+        i
+    }
+
     /// As [`BrokerCluster::add_replica`], but a replica that refuses to
     /// start is returned as [`Refused`] (its directory removed, no replica
     /// added).
@@ -112,6 +130,14 @@ impl BrokerCluster {
     }
 
     fn launch_replica(&self, servers: Option<String>) -> Result<Broker, Refused> {
+        self.launch_replica_wrapped(servers, &[])
+    }
+
+    fn launch_replica_wrapped(
+        &self,
+        servers: Option<String>,
+        wrap: &[String],
+    ) -> Result<Broker, Refused> {
         let i = self.brokers.len();
         let dir = self.replica_dir(i);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -133,6 +159,7 @@ impl BrokerCluster {
             .topology(crate::Topology::Single)
             .dir(&dir)
             .envs(&env)
+            .wrap(wrap)
             .try_start()
     }
 

@@ -117,7 +117,9 @@ pub use binary::{caseshare_bin, caseshare_command};
 pub use broker::{
     Broker, BrokerBuilder, Endpoint, Refused, TOPOLOGY_ENV, Topology, refusal_message,
 };
-pub use chaos::{CHAOS_FAULTS_ENV, CHAOS_SEED_ENV, Chaos, ChaosReport};
+pub use chaos::{
+    CHAOS_FAULTS_ENV, CHAOS_PARTITIONS_ENV, CHAOS_SEED_ENV, Chaos, ChaosReport, Partitions,
+};
 pub use cluster::{BrokerCluster, assert_extends, assert_one_log};
 pub use compose::{Compose, ComposeBroker, JOURNAL_STREAM, NatsImage, require_docker_compose};
 pub use container::{

@@ -152,11 +152,20 @@ impl Progress {
         self.0.applied.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Refuses every write from now on (the regression guard).
+    /// Refuses every write from now on (the regression guard), until
+    /// [`Progress::allow_writes`].
     pub fn refuse_writes(&self) {
         self.0
             .fenced
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes writes again: the journal's end the guard suspected was a
+    /// stale answer.
+    pub fn allow_writes(&self) {
+        self.0
+            .fenced
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
