@@ -478,7 +478,7 @@ async fn one_backup_at_a_time_and_an_abandoned_one_is_cleaned_up() {
         .admin
         .backup(pb::BackupRequest {})
         .await
-        .unwrap()
+        .unwrap_or_else(|s| panic!("{s:?}; log:\n{}", b.log_tail(40)))
         .into_inner();
     assert_eq!(stages(&b.data()).len(), 1, "the first backup is staged");
     let second = b.client(ADMIN).admin.backup(pb::BackupRequest {}).await;

@@ -123,17 +123,32 @@ pub fn remove_stale_stages(data_dir: &Path) -> std::io::Result<()> {
 }
 
 /// Whether a file of the store directory belongs in a backup: temporaries
-/// (a dot prefix, a `.tmp` suffix) do not.
+/// (a dot prefix, a `.tmp` suffix, sled's `snap.<lsn>.generating`) do not.
 fn wanted(name: &str) -> bool {
-    !name.starts_with('.') && !name.ends_with(".tmp")
+    !name.starts_with('.') && !name.ends_with(".tmp") && !name.ends_with(".generating")
 }
 
 /// Puts every file under `from` into `to` (segments linked, the rest
 /// copied), depth first, in name order; returns them.
+///
+/// Sled writes its snapshots (`snap.<lsn>`) from a thread of its own, which
+/// the commit gate does not hold: it writes a new one and removes the old.
+/// A file listed that is gone by the time it is linked or copied is left
+/// out — a snapshot is derived, and sled rebuilds it from its log at open
+/// (the store's recovery rules) — and everything else is staged as listed.
 pub(crate) fn stage_files(from: &Path, to: &Path) -> Result<Vec<StagedFile>, StoreError> {
     let mut out = Vec::new();
     stage_dir(from, to, "", &mut out)?;
     Ok(out)
+}
+
+/// `Ok(None)` for an I/O error that says the file is gone.
+fn unless_gone<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn stage_dir(
@@ -151,17 +166,23 @@ fn stage_dir(
             continue;
         }
         let rel = format!("{prefix}{name}");
-        let kind = entry.file_type()?;
+        let Some(kind) = unless_gone(entry.file_type())? else {
+            continue;
+        };
         if kind.is_dir() {
             stage_dir(&entry.path(), &to.join(&name), &format!("{rel}/"), out)?;
         } else if kind.is_file() {
             let target = to.join(&name);
-            if prefix == "events/" {
+            let staged = if prefix == "events/" {
                 // Appended to, never rewritten: a link is the copy, and the
                 // length noted now bounds what is read.
-                std::fs::hard_link(entry.path(), &target)?;
+                unless_gone(std::fs::hard_link(entry.path(), &target))?
             } else {
-                std::fs::copy(entry.path(), &target)?;
+                unless_gone(std::fs::copy(entry.path(), &target))?.map(|_| ())
+            };
+            if staged.is_none() {
+                tracing::debug!(file = %rel, "left out of the backup: removed while it was staged");
+                continue;
             }
             out.push(StagedFile {
                 path: rel,
@@ -170,6 +191,47 @@ fn stage_dir(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_are_not_staged() {
+        for (name, wanted_) in [
+            ("db", true),
+            ("conf", true),
+            ("snap.00000000000ABCDE", true),
+            ("snap.00000000000ABCDE.generating", false),
+            ("checkpoint", true),
+            ("checkpoint.tmp", false),
+            (".backup-stage-1", false),
+            ("00000000000000000001.seg", true),
+        ] {
+            assert_eq!(wanted(name), wanted_, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_file_gone_while_staging_is_left_out() {
+        assert!(
+            unless_gone::<()>(Err(std::io::ErrorKind::NotFound.into()))
+                .unwrap()
+                .is_none()
+        );
+        assert!(unless_gone::<()>(Err(std::io::ErrorKind::PermissionDenied.into())).is_err());
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        std::fs::write(from.path().join("db"), b"x").unwrap();
+        std::fs::create_dir(from.path().join("events")).unwrap();
+        std::fs::write(from.path().join("events/1.seg"), b"abc").unwrap();
+        std::fs::write(from.path().join("snap.1.generating"), b"").unwrap();
+        let staged = stage_files(from.path(), &to.path().join("s")).unwrap();
+        let names: Vec<(&str, u64)> = staged.iter().map(|f| (f.path.as_str(), f.size)).collect();
+        assert_eq!(names, [("db", 1), ("events/1.seg", 3)]);
+    }
 }
 
 impl crate::SledStore {
