@@ -153,17 +153,7 @@ async fn a_broker_backed_up_while_writing_is_destroyed_restored_and_verified() {
     // 30 events; social care acknowledges the first 12.
     let mut published = Vec::new();
     for i in 0..30 {
-        let r = old
-            .client(SCHOOL)
-            .publisher
-            .publish(publish_request(attendance_event(
-                &format!("e-{i}"),
-                CHILD_1,
-            )))
-            .await
-            .unwrap()
-            .into_inner();
-        published.push(r.sequence);
+        published.push(publish_id(&old, &format!("e-{i}"), CHILD_1).await);
     }
     let mut sub = Subscription::open(&old, SOCIAL_CARE, "main", 12).await;
     let mut acked = BTreeSet::new();
@@ -322,10 +312,11 @@ async fn a_broker_backed_up_while_writing_is_destroyed_restored_and_verified() {
     assert_extends(&new.endpoint(), &before).await;
 }
 
-async fn publish_id(b: &Broker, id: &str) -> u64 {
+/// The school publishes an attendance concern about `nhs`; gives its sequence.
+async fn publish_id(b: &Broker, id: &str, nhs: &str) -> u64 {
     b.client(SCHOOL)
         .publisher
-        .publish(publish_request(attendance_event(id, CHILD_2)))
+        .publish(publish_request(attendance_event(id, nhs)))
         .await
         .unwrap()
         .into_inner()
@@ -347,7 +338,7 @@ async fn a_cluster_is_lost_whole_and_restored_from_a_replica_backup() {
     let mut ids: Vec<(String, u64)> = Vec::new();
     for i in 0..20 {
         let id = format!("c-{i}");
-        let seq = publish_id(cluster.broker(i % 2), &id).await;
+        let seq = publish_id(cluster.broker(i % 2), &id, CHILD_2).await;
         ids.push((id, seq));
     }
     let before = checkpoint(cluster.broker(1)).await;
@@ -359,7 +350,7 @@ async fn a_cluster_is_lost_whole_and_restored_from_a_replica_backup() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Acknowledged through replica 0 just before the backup through
     // replica 1: the backup must hold it.
-    let just_before = publish_id(cluster.broker(0), "just-before").await;
+    let just_before = publish_id(cluster.broker(0), "just-before", CHILD_2).await;
     let backup = tmp.path().join("cluster-backup");
     let summary = ok(&backup_cli(cluster.broker(1), ADMIN, &backup));
     println!("{summary}");
@@ -427,7 +418,7 @@ async fn a_cluster_is_lost_whole_and_restored_from_a_replica_backup() {
         );
     }
     // The new cluster takes writes, continuing the sequence.
-    assert_eq!(publish_id(&new, "after-restore").await, last + 1);
+    assert_eq!(publish_id(&new, "after-restore", CHILD_2).await, last + 1);
     assert_extends(&new.endpoint(), &before).await;
 }
 

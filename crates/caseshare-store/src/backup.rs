@@ -199,6 +199,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_paths_inside_the_store_are_taken() {
+        for (path, inside) in [
+            ("db", true),
+            ("events/00000000000000000001.seg", true),
+            ("", false),
+            ("/etc/passwd", false),
+            ("../db", false),
+            ("events/../../x", false),
+            ("./db", false),
+        ] {
+            assert_eq!(inside_store(path).is_some(), inside, "{path:?}");
+        }
+    }
+
+    #[test]
     fn temporaries_are_not_staged() {
         for (name, wanted_) in [
             ("db", true),
@@ -387,6 +402,17 @@ pub struct Restored {
 
 mod restore;
 pub use restore::restore;
+
+/// A file's path in a backup as a relative path that stays inside the
+/// store (only plain components), or `None`: the one check for what the
+/// broker sends and what a manifest names.
+pub(crate) fn inside_store(path: &str) -> Option<&Path> {
+    let rel = Path::new(path);
+    let plain = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    (plain && !path.is_empty()).then_some(rel)
+}
 
 /// Writes `bytes` to `path` and syncs it.
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -78,14 +78,9 @@ impl Folder {
     /// A file starts.
     pub fn file(&mut self, meta: pb::BackupFile) -> std::io::Result<()> {
         self.close_current()?;
-        let rel = Path::new(&meta.path);
-        if meta.path.is_empty()
-            || !rel
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)))
-        {
+        let Some(rel) = super::inside_store(&meta.path) else {
             return Err(bad(format!("the broker named a file {:?}", meta.path)));
-        }
+        };
         if meta.chunks != chunk_count(meta.size) {
             return Err(bad(format!(
                 "{}: chunk count does not fit its size",

@@ -109,17 +109,13 @@ fn detach_journal(store_dir: &Path) -> Result<(), RestoreError> {
 
 /// The sealed file for `path`, which must stay inside the backup.
 fn sealed_path(backup: &Path, path: &str) -> Result<std::path::PathBuf, RestoreError> {
-    let rel = Path::new(path);
-    let inside = rel
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !inside || path.is_empty() {
-        return Err(RestoreError::Manifest {
+    match super::inside_store(path) {
+        Some(rel) => Ok(backup.join(FILES_DIR).join(rel)),
+        None => Err(RestoreError::Manifest {
             path: backup.join(super::MANIFEST_PB),
             detail: format!("names a file outside the store: {path:?}"),
-        });
+        }),
     }
-    Ok(backup.join(FILES_DIR).join(rel))
 }
 
 fn unseal_all(
