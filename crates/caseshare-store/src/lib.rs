@@ -29,6 +29,7 @@ pub mod audit_query;
 pub mod backup;
 pub mod check;
 pub mod checkpoint;
+mod delivery_chunks;
 #[cfg(test)]
 mod fault_tests;
 pub mod recovery;

@@ -20,10 +20,14 @@
 //! - `C` ‖ consent id → `ConsentRecord`
 //! - `S` ‖ subscription id → [`SubscriptionRecord`]
 //! - `F` ‖ subscription id → floor sequence
-//! - `D` ‖ subscription id ‖ sequence → [`DeliveryRecord`]
+//! - `K` ‖ subscription id ‖ first sequence → the delivery records of
+//!   [`delivery_chunks::CHUNK`] consecutive sequences (see
+//!   [`crate::delivery_chunks`]); `D` ‖ subscription id ‖ sequence → one
+//!   [`DeliveryRecord`]: only in stores written before chunks, read, never
+//!   written
 //! - `X` ‖ sequence → reason (retracted or superseded events)
-//! - `P` ‖ subscription id → (empty): a deleted subscription whose `D`
-//!   records are still being removed, [`PURGE_CHUNK`] per commit
+//! - `P` ‖ subscription id → (empty): a deleted subscription whose
+//!   delivery records are still being removed, [`PURGE_CHUNK`] per commit
 //! - `M` ‖ name → counters (`seq`, `sub`), `journal` (cluster mode: the
 //!   last journal message applied) and `first`, the first sequence
 //!   retention kept; `aidx`, the audit entries the audit index covers;
@@ -48,6 +52,7 @@ use caseshare_core::time::Micros;
 
 use crate::audit_index;
 use crate::audit_query::AuditTerm;
+use crate::delivery_chunks;
 
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 use crate::sled_open::{Tiles, audit_size, counters};
@@ -57,12 +62,13 @@ use crate::{
     SubscriptionRecord,
 };
 
-/// Most delivery records of a deleted subscription removed in one commit,
+/// Most delivery records of a deleted subscription removed in one commit
+/// (a chunk counts as the 64 it may hold),
 /// so that deleting a long-lived subscription never stalls the writer.
 pub const PURGE_CHUNK: usize = 1_000;
 
 /// Largest audit chunk record; a batch with more is split into several.
-const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
+const MAX_AUDIT_CHUNK_BYTES: usize = 6 * 1024;
 
 pub(crate) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -520,39 +526,22 @@ impl Storage for SledStore {
             .iter()
             .chain(&batch.purge_deliveries)
         {
-            let mut removed = 0;
-            for item in self
-                .tree
-                .scan_prefix(key(b'D', &[&be(*id)]))
-                .keys()
-                .take(PURGE_CHUNK)
-            {
-                b.remove(item?);
-                removed += 1;
-            }
+            let (removed, more) = delivery_chunks::purge(&self.tree, *id, PURGE_CHUNK, &mut b)?;
             stats.records += removed;
-            if removed == PURGE_CHUNK {
+            if more {
                 Self::put(&mut b, &mut stats, key(b'P', &[&be(*id)]), Vec::new());
             } else {
                 b.remove(key(b'P', &[&be(*id)]));
             }
         }
-        for (sub, from) in &batch.deleted_deliveries_from {
-            let start = key(b'D', &[&be(*sub), &be(*from)]);
-            let end = key(b'D', &[&be(*sub), &be(u64::MAX)]);
-            for item in self.tree.range(start..=end).keys() {
-                b.remove(item?);
-                stats.records += 1;
-            }
-        }
-        for d in &batch.deliveries {
-            Self::put(
-                &mut b,
-                &mut stats,
-                key(b'D', &[&be(d.subscription_id), &be(d.sequence)]),
-                d.encode_to_vec(),
-            );
-        }
+        // Seeks, then the new delivery records, chunked.
+        delivery_chunks::stage(
+            &self.tree,
+            &batch.deleted_deliveries_from,
+            &batch.deliveries,
+            &mut b,
+            &mut stats,
+        )?;
         for (seq, reason) in &batch.retracted {
             Self::put(
                 &mut b,
@@ -667,14 +656,7 @@ impl Storage for SledStore {
         subscription_id: u64,
         from: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let start = key(b'D', &[&be(subscription_id), &be(from)]);
-        let end = key(b'D', &[&be(subscription_id), &be(u64::MAX)]);
-        let mut out = Vec::new();
-        for item in self.tree.range(start..=end) {
-            let (k, v) = item?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
+        delivery_chunks::from(&self.tree, subscription_id, from)
     }
 
     fn deliveries_of(
@@ -682,14 +664,7 @@ impl Storage for SledStore {
         subscription_ids: &[u64],
         sequence: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let mut out = Vec::new();
-        for id in subscription_ids {
-            let k = key(b'D', &[&be(*id), &be(sequence)]);
-            if let Some(v) = self.tree.get(&k)? {
-                out.push(decode(&k, &v)?);
-            }
-        }
-        Ok(out)
+        delivery_chunks::of(&self.tree, subscription_ids, sequence)
     }
 
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
