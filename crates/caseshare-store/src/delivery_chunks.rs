@@ -245,6 +245,7 @@ pub(crate) fn stage(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::records::DeliveryState;
 
