@@ -6,8 +6,9 @@
 //! thread (`docs/BENCHMARKS.md`, issue #18). Records are therefore kept per
 //! subscription in chunks of [`CHUNK`] consecutive sequences: `K` ‖
 //! subscription id ‖ first sequence of the chunk → the chunk's records,
-//! sorted by sequence, each `u32` LE length ‖ [`DeliveryRecord`] encoding,
-//! after a format byte ([`FORMAT`]). A commit reads each chunk it touches
+//! sorted by sequence, each sequence (`u64` LE) ‖ `u32` LE length ‖
+//! [`DeliveryRecord`] encoding, after a format byte ([`FORMAT`]); a lookup
+//! of one sequence decodes only its record. A commit reads each chunk it touches
 //! (from sled's cache), merges the batch's records in and writes the chunk
 //! back: a window of 256 deliveries is about 5 inserts instead of 256.
 //!
@@ -52,8 +53,8 @@ fn damaged(k: &[u8], why: &str) -> StoreError {
     }
 }
 
-/// The records of one chunk value.
-pub(crate) fn decode(k: &[u8], v: &[u8]) -> Result<Vec<DeliveryRecord>, StoreError> {
+/// The entries of one chunk value: (sequence, the record's encoding).
+fn entries<'a>(k: &[u8], v: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, StoreError> {
     let Some((&format, mut rest)) = v.split_first() else {
         return Err(damaged(k, "empty value"));
     };
@@ -62,7 +63,10 @@ pub(crate) fn decode(k: &[u8], v: &[u8]) -> Result<Vec<DeliveryRecord>, StoreErr
     }
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+        let Some((seq, tail)) = rest.split_first_chunk::<8>() else {
+            return Err(damaged(k, "truncated sequence"));
+        };
+        let Some((len, tail)) = tail.split_first_chunk::<4>() else {
             return Err(damaged(k, "truncated length"));
         };
         let len = u32::from_le_bytes(*len) as usize;
@@ -70,16 +74,44 @@ pub(crate) fn decode(k: &[u8], v: &[u8]) -> Result<Vec<DeliveryRecord>, StoreErr
             return Err(damaged(k, "truncated record"));
         }
         let (bytes, tail) = tail.split_at(len);
-        out.push(DeliveryRecord::decode(bytes).map_err(|e| damaged(k, &e.to_string()))?);
+        out.push((u64::from_le_bytes(*seq), bytes));
         rest = tail;
     }
     Ok(out)
 }
 
+fn decode_one(k: &[u8], sequence: u64, bytes: &[u8]) -> Result<DeliveryRecord, StoreError> {
+    let r = DeliveryRecord::decode(bytes).map_err(|e| damaged(k, &e.to_string()))?;
+    if r.sequence != sequence {
+        return Err(damaged(
+            k,
+            &format!("entry for sequence {sequence} holds {}", r.sequence),
+        ));
+    }
+    Ok(r)
+}
+
+/// The records of one chunk value.
+pub(crate) fn decode(k: &[u8], v: &[u8]) -> Result<Vec<DeliveryRecord>, StoreError> {
+    entries(k, v)?
+        .into_iter()
+        .map(|(seq, bytes)| decode_one(k, seq, bytes))
+        .collect()
+}
+
+/// The record of one sequence in a chunk value, decoding only that one.
+fn find(k: &[u8], v: &[u8], sequence: u64) -> Result<Option<DeliveryRecord>, StoreError> {
+    match entries(k, v)?.into_iter().find(|(seq, _)| *seq == sequence) {
+        Some((seq, bytes)) => decode_one(k, seq, bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn encode(records: &BTreeMap<u64, DeliveryRecord>) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + records.len() * 40);
+    let mut v = Vec::with_capacity(1 + records.len() * 48);
     v.push(FORMAT);
-    for r in records.values() {
+    for (seq, r) in records {
+        v.extend_from_slice(&seq.to_le_bytes());
         let len = r.encoded_len();
         // A record is a handful of numbers and a short reason.
         v.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
@@ -381,7 +413,15 @@ mod tests {
         commit(&t, &[], &[rec(1, 1, DeliveryState::Delivered, 1)]);
         let k = chunk_key(1, 1);
         let v = t.get(&k).unwrap().unwrap().to_vec();
-        for bad in [vec![], vec![9u8], v[..v.len() - 1].to_vec()] {
+        let mut wrong_sequence = v.clone();
+        wrong_sequence[1] ^= 2;
+        for bad in [
+            vec![],
+            vec![9u8],
+            v[..v.len() - 1].to_vec(),
+            v[..5].to_vec(),
+            wrong_sequence,
+        ] {
             t.insert(&k, bad).unwrap();
             let e = from(&t, 1, 0).unwrap_err().to_string();
             assert!(e.contains("delivery chunk"), "{e}");
