@@ -164,7 +164,7 @@ pub(crate) fn of(
     for id in subscription_ids {
         let k = chunk_key(*id, sequence);
         let chunked = match tree.get(&k)? {
-            Some(v) => decode(&k, &v)?.into_iter().find(|r| r.sequence == sequence),
+            Some(v) => find(&k, &v, sequence)?,
             None => None,
         };
         if let Some(r) = chunked {
