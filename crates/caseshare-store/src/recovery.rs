@@ -398,10 +398,9 @@ impl BlobsGuard {
                 names,
             })),
             Err(e) => {
-                // A full disk: start without the guard, as for `db`.
+                // A full disk: sled is not opened without the copy.
                 let _ = std::fs::remove_dir_all(&links);
-                tracing::warn!(error = %e, "could not copy sled's blobs before opening it; a refusal to start may leave sled's own recovery writes in them");
-                Ok(None)
+                Err(no_guard(&blobs, &links, &e))
             }
         }
     }
@@ -432,11 +431,26 @@ impl BlobsGuard {
     }
 }
 
+/// The refusal when the copy sled is opened under cannot be made (a full
+/// disk, a file-size limit): sled writes into its files as it opens, so
+/// without the copy a later refusal could not leave them as they were.
+fn no_guard(file: &Path, copy: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Engine(format!(
+        "could not copy {} to {} before opening sled ({e}); sled writes into its files as it \
+         opens, and the broker opens them only with a copy to put back if it then refuses to \
+         start. Nothing was changed. Make room on the data directory's disk (as much again as \
+         {}) and start again",
+        file.display(),
+        copy.display(),
+        file.display()
+    ))
+}
+
 impl DbGuard {
     /// Copies `<dir>/db` to `<dir>/db.open-guard.tmp` (a leftover copy from
     /// an interrupted start is a temporary and is replaced). Without a `db`
-    /// (a new store) or when the copy cannot be made (a full disk) there is
-    /// no guard, and a refusal may leave sled's own writes behind (logged).
+    /// (a new store) there is nothing to guard. When the copy cannot be
+    /// made (a full disk) the open is refused before sled touches a byte.
     pub fn capture(dir: &Path) -> Result<Self, StoreError> {
         let db = dir.join("db");
         let copy = dir.join(DB_GUARD);
@@ -467,13 +481,10 @@ impl DbGuard {
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&copy);
-                tracing::warn!(error = %e, "could not copy sled's db before opening it; a refusal to start may leave sled's own recovery writes in it");
-                Ok(DbGuard {
-                    db,
-                    copy: None,
-                    absent,
-                    blobs,
-                })
+                if let Some(b) = &blobs {
+                    b.discard();
+                }
+                Err(no_guard(&db, &copy, &e))
             }
         }
     }
