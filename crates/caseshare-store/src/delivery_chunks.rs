@@ -208,6 +208,28 @@ pub(crate) fn purge(
     Ok((removed, false))
 }
 
+/// The chunk at `k` as this commit leaves it so far: read from sled the
+/// first time the commit touches it.
+fn chunk_mut<'t>(
+    tree: &sled::Tree,
+    touched: &'t mut BTreeMap<Vec<u8>, BTreeMap<u64, DeliveryRecord>>,
+    k: Vec<u8>,
+) -> Result<&'t mut BTreeMap<u64, DeliveryRecord>, StoreError> {
+    match touched.entry(k) {
+        std::collections::btree_map::Entry::Occupied(o) => Ok(o.into_mut()),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let loaded = match tree.get(v.key())? {
+                Some(bytes) => decode(v.key(), &bytes)?
+                    .into_iter()
+                    .map(|r| (r.sequence, r))
+                    .collect(),
+                None => BTreeMap::new(),
+            };
+            Ok(v.insert(loaded))
+        }
+    }
+}
+
 /// Adds a commit's delivery writes to its sled batch: first every seek's
 /// deletion (`subscription`, records from `sequence` up), then the new
 /// records, each replacing the one of its sequence. Reads the chunks it
@@ -221,15 +243,6 @@ pub(crate) fn stage(
 ) -> Result<(), StoreError> {
     // Chunk key → its records as this commit leaves them.
     let mut touched: BTreeMap<Vec<u8>, BTreeMap<u64, DeliveryRecord>> = BTreeMap::new();
-    let load = |k: &[u8]| -> Result<BTreeMap<u64, DeliveryRecord>, StoreError> {
-        Ok(match tree.get(k)? {
-            Some(v) => decode(k, &v)?
-                .into_iter()
-                .map(|r| (r.sequence, r))
-                .collect(),
-            None => BTreeMap::new(),
-        })
-    };
     for (sub, from) in deleted_from {
         let start = key(LEGACY, &[&be(*sub), &be(*from)]);
         let end = key(LEGACY, &[&be(*sub), &be(u64::MAX)]);
@@ -237,30 +250,17 @@ pub(crate) fn stage(
             b.remove(k?);
             stats.records += 1;
         }
+        // Chunks are loaded before any record is merged in, so every chunk
+        // this commit holds is in this range's scan.
         let start = chunk_key(*sub, *from);
         let end = key(PREFIX, &[&be(*sub), &be(u64::MAX)]);
         for k in tree.range(start..=end).keys() {
-            let k = k?.to_vec();
-            // Chunks are loaded before any record is merged in, so every
-            // chunk this commit holds is in this range's scan.
-            if !touched.contains_key(&k) {
-                let loaded = load(&k)?;
-                touched.insert(k.clone(), loaded);
-            }
-            if let Some(chunk) = touched.get_mut(&k) {
-                chunk.retain(|seq, _| seq < from);
-            }
+            chunk_mut(tree, &mut touched, k?.to_vec())?.retain(|seq, _| seq < from);
         }
     }
     for r in records {
         let k = chunk_key(r.subscription_id, r.sequence);
-        if !touched.contains_key(&k) {
-            let loaded = load(&k)?;
-            touched.insert(k.clone(), loaded);
-        }
-        if let Some(chunk) = touched.get_mut(&k) {
-            chunk.insert(r.sequence, r.clone());
-        }
+        chunk_mut(tree, &mut touched, k)?.insert(r.sequence, r.clone());
     }
     for (k, chunk) in touched {
         stats.records += 1;
