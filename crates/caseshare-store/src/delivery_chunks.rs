@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use crate::sled_backend::{be, key};
+use crate::sled_backend::{self, be, key};
 use crate::{CommitStats, DeliveryRecord, StoreError};
 
 /// Sequences per chunk.
@@ -92,7 +92,7 @@ fn decode_one(k: &[u8], sequence: u64, bytes: &[u8]) -> Result<DeliveryRecord, S
 }
 
 /// The records of one chunk value.
-pub(crate) fn decode(k: &[u8], v: &[u8]) -> Result<Vec<DeliveryRecord>, StoreError> {
+fn decode(k: &[u8], v: &[u8]) -> Result<Vec<DeliveryRecord>, StoreError> {
     entries(k, v)?
         .into_iter()
         .map(|(seq, bytes)| decode_one(k, seq, bytes))
@@ -107,24 +107,17 @@ fn find(k: &[u8], v: &[u8], sequence: u64) -> Result<Option<DeliveryRecord>, Sto
     }
 }
 
-fn encode(records: &BTreeMap<u64, DeliveryRecord>) -> Vec<u8> {
+fn encode(records: &BTreeMap<u64, DeliveryRecord>) -> Result<Vec<u8>, StoreError> {
     let mut v = Vec::with_capacity(1 + records.len() * 48);
     v.push(FORMAT);
     for (seq, r) in records {
         v.extend_from_slice(&seq.to_le_bytes());
-        let len = r.encoded_len();
-        // A record is a handful of numbers and a short reason.
-        v.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+        let len = u32::try_from(r.encoded_len())
+            .map_err(|_| StoreError::TooLarge("delivery record".into()))?;
+        v.extend_from_slice(&len.to_le_bytes());
         r.encode_raw(&mut v);
     }
-    v
-}
-
-fn decode_legacy(k: &[u8], v: &[u8]) -> Result<DeliveryRecord, StoreError> {
-    DeliveryRecord::decode(v).map_err(|e| StoreError::Corrupt {
-        key: format!("delivery record {k:02x?}"),
-        detail: e.to_string(),
-    })
+    Ok(v)
 }
 
 /// Every record of a subscription from `from` up, in sequence order.
@@ -138,7 +131,7 @@ pub(crate) fn from(
     let end = key(LEGACY, &[&be(subscription_id), &be(u64::MAX)]);
     for item in tree.range(start..=end) {
         let (k, v) = item?;
-        let r = decode_legacy(&k, &v)?;
+        let r = sled_backend::decode::<DeliveryRecord>(&k, &v)?;
         merged.insert(r.sequence, r);
     }
     let start = chunk_key(subscription_id, from);
@@ -173,7 +166,7 @@ pub(crate) fn of(
         }
         let k = key(LEGACY, &[&be(*id), &be(sequence)]);
         if let Some(v) = tree.get(&k)? {
-            out.push(decode_legacy(&k, &v)?);
+            out.push(sled_backend::decode::<DeliveryRecord>(&k, &v)?);
         }
     }
     Ok(out)
@@ -267,7 +260,7 @@ pub(crate) fn stage(
         if chunk.is_empty() {
             b.remove(k);
         } else {
-            let v = encode(&chunk);
+            let v = encode(&chunk)?;
             stats.bytes += k.len() + v.len();
             b.insert(k, v);
         }

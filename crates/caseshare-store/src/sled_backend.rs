@@ -91,7 +91,7 @@ pub(crate) fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(arr))
 }
 
-fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, StoreError> {
+pub(crate) fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, StoreError> {
     M::decode(v).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(&k[..k.len().min(24)]).into_owned(),
         detail: e.to_string(),
