@@ -41,6 +41,7 @@ use caseshare_proto::v1 as pb;
 use crate::StoreError;
 use crate::audit_query::{AuditTerm, recorded_at};
 use crate::sled_backend::{be, key, read_be};
+use crate::wal::Writes;
 
 pub(crate) mod open;
 pub(crate) mod verify;
@@ -234,7 +235,7 @@ pub(crate) fn index_entries(
     tree: &sled::Tree,
     first: u64,
     entries: &[pb::AuditEntry],
-    b: &mut sled::Batch,
+    b: &mut impl Writes,
 ) -> Result<(usize, usize), StoreError> {
     if entries.is_empty() {
         return Ok((0, 0));
@@ -291,7 +292,7 @@ pub(crate) fn index_entries(
         for item in tree.scan_prefix(key(RECENT, &[&be(ep)])) {
             let (k, v) = item?;
             earlier.extend(decode_table(&v)?);
-            b.remove(k);
+            b.delete(&k);
             removed += 1;
         }
         let mut merged: BTreeMap<u64, Table<'_>> = BTreeMap::new();
@@ -319,7 +320,7 @@ pub(crate) fn index_entries(
     for (k, v) in writes {
         records += 1;
         bytes += k.len() + v.len();
-        b.insert(k, v);
+        b.put(&k, &v);
     }
     Ok((records, bytes))
 }

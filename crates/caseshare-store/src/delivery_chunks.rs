@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use crate::sled_backend::{self, be, key};
+use crate::wal::Writes;
 use crate::{CommitStats, DeliveryRecord, StoreError};
 
 /// Sequences per chunk.
@@ -180,7 +181,7 @@ pub(crate) fn purge(
     tree: &sled::Tree,
     subscription_id: u64,
     budget: usize,
-    b: &mut sled::Batch,
+    b: &mut impl Writes,
 ) -> Result<(usize, bool), StoreError> {
     let mut spent = 0;
     let mut removed = 0;
@@ -193,7 +194,7 @@ pub(crate) fn purge(
             if spent + cost > budget {
                 return Ok((removed, true));
             }
-            b.remove(k);
+            b.delete(&k);
             spent += cost;
             removed += 1;
         }
@@ -231,7 +232,7 @@ pub(crate) fn stage(
     tree: &sled::Tree,
     deleted_from: &[(u64, u64)],
     records: &[DeliveryRecord],
-    b: &mut sled::Batch,
+    b: &mut impl Writes,
     stats: &mut CommitStats,
 ) -> Result<(), StoreError> {
     // Chunk key → its records as this commit leaves them.
@@ -240,7 +241,7 @@ pub(crate) fn stage(
         let start = key(LEGACY, &[&be(*sub), &be(*from)]);
         let end = key(LEGACY, &[&be(*sub), &be(u64::MAX)]);
         for k in tree.range(start..=end).keys() {
-            b.remove(k?);
+            b.delete(&k?);
             stats.records += 1;
         }
         // Chunks are loaded before any record is merged in, so every chunk
@@ -258,11 +259,11 @@ pub(crate) fn stage(
     for (k, chunk) in touched {
         stats.records += 1;
         if chunk.is_empty() {
-            b.remove(k);
+            b.delete(&k);
         } else {
             let v = encode(&chunk)?;
             stats.bytes += k.len() + v.len();
-            b.insert(k, v);
+            b.put(&k, &v);
         }
     }
     Ok(())
