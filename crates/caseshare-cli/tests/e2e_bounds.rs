@@ -581,12 +581,6 @@ fn damage_event(data: &std::path::Path, event_id: &str) {
             let Some(payload) = bytes.get(start..start + len) else {
                 break;
             };
-            let crc = u32::from_le_bytes(bytes[at + 4..start].try_into().unwrap());
-            if batch_end && crc == caseshare_store::segments::commit_crc(payload) {
-                // A commit frame (the batch's sled writes), not an event.
-                at = start + len;
-                continue;
-            }
             let mut stored = caseshare_store::StoredEvent::decode(payload).unwrap();
             if stored.event_id == event_id {
                 stored.event = vec![0xff; stored.event.len()];

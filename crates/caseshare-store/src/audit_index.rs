@@ -41,7 +41,6 @@ use caseshare_proto::v1 as pb;
 use crate::StoreError;
 use crate::audit_query::{AuditTerm, recorded_at};
 use crate::sled_backend::{be, key, read_be};
-use crate::wal::Writes;
 
 pub(crate) mod open;
 pub(crate) mod verify;
@@ -235,7 +234,7 @@ pub(crate) fn index_entries(
     tree: &sled::Tree,
     first: u64,
     entries: &[pb::AuditEntry],
-    b: &mut impl Writes,
+    b: &mut sled::Batch,
 ) -> Result<(usize, usize), StoreError> {
     if entries.is_empty() {
         return Ok((0, 0));
@@ -292,7 +291,7 @@ pub(crate) fn index_entries(
         for item in tree.scan_prefix(key(RECENT, &[&be(ep)])) {
             let (k, v) = item?;
             earlier.extend(decode_table(&v)?);
-            b.delete(&k);
+            b.remove(k);
             removed += 1;
         }
         let mut merged: BTreeMap<u64, Table<'_>> = BTreeMap::new();
@@ -320,7 +319,7 @@ pub(crate) fn index_entries(
     for (k, v) in writes {
         records += 1;
         bytes += k.len() + v.len();
-        b.put(&k, &v);
+        b.insert(k, v);
     }
     Ok((records, bytes))
 }

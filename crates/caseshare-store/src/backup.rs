@@ -255,10 +255,6 @@ impl crate::SledStore {
     pub fn stage(&self, stage: &Path) -> Result<Staged, StoreError> {
         let gate = self.gate()?;
         let started = Instant::now();
-        // Sled's files are copied: they must hold every commit, not rely on
-        // the event log's commit frames (a copy of both would do, but a
-        // restored store should not start with a replay).
-        self.sync()?;
         // Removes what was staged if anything below fails.
         let mut staged = Staged {
             dir: stage.to_path_buf(),

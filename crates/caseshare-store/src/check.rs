@@ -176,52 +176,6 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
             return out;
         }
     };
-    // Sled makes commits stable in the background: it may be behind the
-    // event log's commit frames, which the broker replays at start.
-    let replayed = if events_dir.is_dir() {
-        crate::wal::replay(&events_dir, &tree)
-    } else {
-        Ok(None)
-    };
-    match replayed {
-        Ok(Some(r)) => out.push(Finding::ok(
-            "commit frames",
-            &events_dir,
-            format!(
-                "sled had not made commits {} to {} stable; replayed from the event log (on the \
-                 copy), as the broker does at start",
-                r.from, r.to
-            ),
-        )),
-        Ok(None) => {}
-        Err(e) => {
-            out.push(Finding::from_error("commit frames", &db_path, e));
-            return out;
-        }
-    }
-    // Sled ahead of the log's last whole commit frame: the frames after it
-    // were damaged (or set aside at a start), after sled applied them.
-    let applied = tree
-        .get(crate::wal::applied_key())
-        .ok()
-        .flatten()
-        .and_then(|v| crate::sled_backend::read_be(&v, "commit").ok())
-        .unwrap_or(0);
-    if events_dir.is_dir()
-        && let Ok(last) = crate::wal::last_frame(&events_dir)
-        && applied > last.unwrap_or(0)
-    {
-        out.push(Finding::ok(
-            "commit frames",
-            &events_dir,
-            format!(
-                "sled has applied commit {applied}; the log's last whole commit frame is {}: \
-                 the frames after it are damaged or were set aside, and sled has already \
-                 applied them (nothing is lost; the bytes are left on disk)",
-                last.unwrap_or(0)
-            ),
-        ));
-    }
     let counters = crate::sled_open::counters(&tree);
     let (next_sequence, first_retained, audit_size, legacy_first) = match counters {
         Ok(c) => c,
@@ -311,7 +265,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
                 path,
                 format!(
                     "{valid} frames; at byte {o} {why}, after the committed events (a torn or \
-                     uncommitted tail, or damage to commit frames sled has applied; ignored)"
+                     uncommitted tail, ignored)"
                 ),
             ),
         };

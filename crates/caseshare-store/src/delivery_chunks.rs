@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use crate::sled_backend::{self, be, key};
-use crate::wal::Writes;
 use crate::{CommitStats, DeliveryRecord, StoreError};
 
 /// Sequences per chunk.
@@ -181,7 +180,7 @@ pub(crate) fn purge(
     tree: &sled::Tree,
     subscription_id: u64,
     budget: usize,
-    b: &mut impl Writes,
+    b: &mut sled::Batch,
 ) -> Result<(usize, bool), StoreError> {
     let mut spent = 0;
     let mut removed = 0;
@@ -194,7 +193,7 @@ pub(crate) fn purge(
             if spent + cost > budget {
                 return Ok((removed, true));
             }
-            b.delete(&k);
+            b.remove(k);
             spent += cost;
             removed += 1;
         }
@@ -232,7 +231,7 @@ pub(crate) fn stage(
     tree: &sled::Tree,
     deleted_from: &[(u64, u64)],
     records: &[DeliveryRecord],
-    b: &mut impl Writes,
+    b: &mut sled::Batch,
     stats: &mut CommitStats,
 ) -> Result<(), StoreError> {
     // Chunk key → its records as this commit leaves them.
@@ -241,7 +240,7 @@ pub(crate) fn stage(
         let start = key(LEGACY, &[&be(*sub), &be(*from)]);
         let end = key(LEGACY, &[&be(*sub), &be(u64::MAX)]);
         for k in tree.range(start..=end).keys() {
-            b.delete(&k?);
+            b.remove(k?);
             stats.records += 1;
         }
         // Chunks are loaded before any record is merged in, so every chunk
@@ -259,11 +258,11 @@ pub(crate) fn stage(
     for (k, chunk) in touched {
         stats.records += 1;
         if chunk.is_empty() {
-            b.delete(&k);
+            b.remove(k);
         } else {
             let v = encode(&chunk)?;
             stats.bytes += k.len() + v.len();
-            b.put(&k, &v);
+            b.insert(k, v);
         }
     }
     Ok(())

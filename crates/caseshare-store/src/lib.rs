@@ -6,12 +6,8 @@
 //!   backend-neutral.
 //! - [`Storage`]: what the server needs from a backend: apply a batch
 //!   atomically and durably, and read back what it wrote.
-//! - [`sled_backend`]: the embedded default: events in the event log
-//!   ([`segments`]), everything else in one sled tree with key prefixes.
-//!   `wal`: the event log is the write-ahead log of the whole commit (each
-//!   batch's sled writes in a commit frame, one `fdatasync` per commit,
-//!   replayed into sled at open); `stable`: sled made stable in the
-//!   background.
+//! - [`sled_backend`]: the embedded default, one sled tree with key
+//!   prefixes, `fdatasync`ed once per batch.
 //!
 //! - [`recovery`]: the rules the store follows when it opens damaged or
 //!   half-written files (verify everything first, change only afterwards,
@@ -40,10 +36,6 @@ pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
 pub mod sled_open;
-mod stable;
-mod wal;
-#[cfg(test)]
-mod wal_tests;
 
 /// The record types live with the state machine that produces them.
 pub use caseshare_state::{

@@ -24,30 +24,25 @@
 //!    operator can do. A damaged derived file that is rebuilt is first set
 //!    aside as `<name>.damaged-<n>` ([`set_aside`]), never deleted.
 //! 3. **The only bytes ignored at open are a tail that provably was never
-//!    acknowledged**: a torn frame after the last whole commit frame, or the
-//!    events of the one batch appended without its commit frame ([`crate::wal`]:
-//!    a commit is acknowledged only once its commit frame is durable). They
-//!    are not cut: the log continues in a new segment and the scan ignores a
+//!    acknowledged**: a torn frame after the last committed event, or the
+//!    records of the one batch that was appended but whose sled commit never
+//!    happened (sled's next-sequence counter is the authority). They are not
+//!    cut: the log continues in a new segment and the scan ignores a
 //!    segment's records at or past the next segment's first sequence; a
 //!    whole segment that holds only the uncommitted batch is renamed to
-//!    `<name>.uncommitted-<n>` (one holding only commit frames sled has
-//!    applied and a torn write, `<name>.applied-<n>`). A damaged frame with
-//!    a whole commit frame somewhere after it is not a torn write: that is a
-//!    refusal. Nothing in the event log is ever truncated.
-//! 4. **Sled going back is caught up, or refused.** Sled applies each
-//!    batch after its commit frame is durable and records the frame's
-//!    number with it; it is made stable in the background. At open the
-//!    frames after sled's number are replayed into it (sled recovers a
-//!    prefix of its batches, so replay brings it to exactly the committed
-//!    state), and sled is made stable, before any other check; the guards
-//!    put sled's files back if the open then refuses. The store refuses when
-//!    the frames sled needs are not all in the log (deleted segments hold
-//!    only frames sled had made stable first). After the replay, the rules
-//!    of the event log against sled's counter still hold: more than one
-//!    batch beyond it, or a counter not on a batch boundary, is a refusal.
-//!    The latest signed checkpoint (size, root, note) is also persisted
-//!    outside sled; the store refuses if sled's audit log, replayed, is
-//!    shorter than it or has another root at its size.
+//!    `<name>.uncommitted-<n>`. Nothing in the event log is ever truncated.
+//! 4. **Sled going back is detected.** The log is synced before sled, and
+//!    batch N+1 is appended only after batch N's sled commit; the last frame
+//!    of every batch carries a batch-end flag. The store refuses when the log
+//!    holds more than one batch beyond sled's counter, or when the counter is
+//!    not on a batch boundary. Ack-only batches never touch the log, so the
+//!    latest signed checkpoint (size, root, note) is also persisted outside
+//!    sled; the store refuses if sled's audit log is shorter than it or has
+//!    another root at its size. Residual window: sled losing exactly its
+//!    last event batch (one group commit) *and* every audit entry committed
+//!    since the last persisted checkpoint (at most ~1 s of commits) is not
+//!    detected — those writes are indistinguishable from a batch whose
+//!    commit never happened.
 //! 5. **New files are written to a temporary name, synced, renamed, and the
 //!    directory synced** ([`write_atomic`]). Temporaries left by an
 //!    interrupted start or a full disk are recognised and removed (they are

@@ -27,20 +27,12 @@
 //! Retention deletes a prefix of the log: [`EventLog::set_first`] moves the
 //! first retained sequence and removes segments wholly below it.
 //!
-//! Commit frames ([`crate::wal`]): a batch written by the store ends with a
-//! frame holding its sled writes, flagged [`BATCH_END`] with its CRC XORed
-//! with [`COMMIT_CRC`]; its events then carry no flag. A commit without
-//! events is a commit frame alone (a segment is named by its first event,
-//! or by the next sequence if it has none yet, and rolls over only once it
-//! holds an event).
-//!
-//! Architecture Invariant: a batch is committed once its commit frame is
-//! durable; the store applies it to sled after that and appends batch N+1
-//! only after batch N's sled apply, so after the replay at open sled's
-//! next-sequence counter is the authority. At open ([`open`]) every frame is
-//! verified before anything changes; frames at or after the counter (at
-//! most the one batch whose commit never happened) and a torn tail are
-//! ignored, never cut, and any
+//! Architecture Invariant: the store appends and syncs a batch's events
+//! before it commits the batch's sled records, and appends batch N+1 only
+//! after batch N's sled commit; sled's next-sequence counter is the
+//! authority. At open ([`open`]) every frame is verified before anything
+//! changes; frames at or after the counter (at most the one batch whose
+//! commit never happened) and a torn tail are ignored, never cut, and any
 //! other damage is a refusal ([`crate::recovery`] has the rules).
 
 use std::collections::BTreeMap;
@@ -70,15 +62,6 @@ pub const LEN_MASK: u32 = BATCH_END - 1;
 /// XORed into the CRC of a batch's last frame.
 pub const BATCH_END_CRC: u32 = 0x5bd1_e995;
 
-/// XORed into the CRC of a commit frame ([`crate::wal`]), which always
-/// ends its batch.
-pub const COMMIT_CRC: u32 = 0x2c1b_3c6d;
-
-/// The CRC stored in a commit frame's header.
-pub fn commit_crc(payload: &[u8]) -> u32 {
-    crc32fast::hash(payload) ^ COMMIT_CRC
-}
-
 /// The CRC stored in a frame's header.
 pub fn frame_crc(payload: &[u8], batch_end: bool) -> u32 {
     let crc = crc32fast::hash(payload);
@@ -92,11 +75,8 @@ struct Segment {
     path: PathBuf,
     file: Arc<File>,
     /// `offsets[i]` is where sequence `first + i` starts; `end` is where the
-    /// last frame ends.
+    /// last record ends.
     offsets: Vec<u64>,
-    /// Where record `i` ends, for the records not followed directly by the
-    /// next (a commit frame comes between): one per batch.
-    short_ends: std::collections::HashMap<u64, u64>,
     end: u64,
 }
 
@@ -135,8 +115,6 @@ pub struct EventLog {
     /// The last segment has bytes after its committed events (a torn or
     /// uncommitted tail, left on disk): the next append starts a new one.
     fresh_segment: Mutex<bool>,
-    /// The sequence a new segment is named after when the log holds none.
-    empty_next: u64,
 }
 
 /// The fingerprint of the ids key in `dir`: `Ok(None)` if there is none,
@@ -171,7 +149,7 @@ pub(crate) fn check_ids_file(
     })
 }
 
-pub(crate) fn segment_name(first: u64) -> String {
+pub(super) fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
 
@@ -210,20 +188,8 @@ impl EventLog {
     /// Appends events (consecutive sequences, continuing the log) and
     /// `fdatasync`s them. Returns the bytes written.
     pub fn append(&self, events: &[StoredEvent]) -> Result<usize, StoreError> {
-        self.append_commit(events, None)
-    }
-
-    /// Appends events and, after them, the commit frame `commit` (see
-    /// [`crate::wal`]), with one `fdatasync`. Returns the bytes written.
-    pub(crate) fn append_commit(
-        &self,
-        events: &[StoredEvent],
-        commit: Option<&[u8]>,
-    ) -> Result<usize, StoreError> {
-        let first_new = match events.first() {
-            Some(e) => e.sequence,
-            None if commit.is_some() => self.next_sequence().unwrap_or(self.empty_next),
-            None => return Ok(0),
+        let Some(first_new) = events.first().map(|e| e.sequence) else {
+            return Ok(0);
         };
         let mut active = self
             .active
@@ -242,7 +208,7 @@ impl EventLog {
             .iter()
             .map(|e| (self.hasher.hash(&e.source_agency, &e.event_id), e.sequence))
             .collect();
-        let last = events.len().wrapping_sub(1);
+        let last = events.len() - 1;
         for (i, (expected, e)) in (first_new..).zip(events).enumerate() {
             if e.sequence != expected {
                 return Err(StoreError::Engine(format!(
@@ -255,39 +221,18 @@ impl EventLog {
                 .ok()
                 .filter(|l| l & BATCH_END == 0)
                 .ok_or_else(|| StoreError::TooLarge(format!("event {}", e.sequence)))?;
-            let batch_end = i == last && commit.is_none();
+            let batch_end = i == last;
             let word = if batch_end { len | BATCH_END } else { len };
             starts.push(buf.len() as u64);
             buf.extend_from_slice(&word.to_le_bytes());
             buf.extend_from_slice(&frame_crc(&payload, batch_end).to_le_bytes());
             buf.extend_from_slice(&payload);
         }
-        // The end of the batch's last event, when a commit frame follows.
-        let short_end = commit
-            .filter(|_| !events.is_empty())
-            .map(|_| buf.len() as u64);
-        if let Some(frame) = commit {
-            let len = u32::try_from(frame.len())
-                .ok()
-                .filter(|l| l & BATCH_END == 0)
-                .ok_or_else(|| StoreError::TooLarge("commit frame".into()))?;
-            buf.extend_from_slice(&(len | BATCH_END).to_le_bytes());
-            buf.extend_from_slice(&commit_crc(frame).to_le_bytes());
-            buf.extend_from_slice(frame);
-        }
-        // Roll over to a new segment when the active one is full and holds
-        // an event (segments are named by their first event), or none is
-        // open yet; the new file's name is made durable with the data.
+        // Roll over to a new segment when the active one is full (or none
+        // is open yet); the new file's name is made durable with the data.
         let mut new_segment = None;
         let need_new = match active.as_ref() {
-            Some(a) => {
-                a.len >= self.segment_bytes
-                    && self
-                        .read_index()
-                        .segments
-                        .get(&a.first)
-                        .is_some_and(|s| s.next() > s.first)
-            }
+            Some(a) => a.len >= self.segment_bytes,
             None => true,
         };
         let mut fresh = self
@@ -302,10 +247,8 @@ impl EventLog {
                 .next_back()
                 .map(|s| (s.first, s.path.clone(), s.end, s.next()));
             match existing {
-                Some((first, path, end, next))
-                    if active.is_none()
-                        && (end < self.segment_bytes || next == first)
-                        && !*fresh =>
+                Some((first, path, end, _))
+                    if active.is_none() && end < self.segment_bytes && !*fresh =>
                 {
                     // Reopened after a restart: continue the last segment.
                     let file = OpenOptions::new().append(true).open(&path)?;
@@ -367,7 +310,6 @@ impl EventLog {
                     path,
                     file,
                     offsets: Vec::new(),
-                    short_ends: Default::default(),
                     end: 0,
                 },
             );
@@ -376,10 +318,6 @@ impl EventLog {
             .segments
             .get_mut(&active_first)
             .ok_or_else(|| StoreError::Engine("active segment not indexed".into()))?;
-        if let Some(e) = short_end {
-            let last_index = (seg.offsets.len() + starts.len() - 1) as u64;
-            seg.short_ends.insert(last_index, base + e);
-        }
         seg.offsets.extend(starts.iter().map(|s| base + s));
         seg.end = end;
         for (h, seq) in hashes {
@@ -397,10 +335,7 @@ impl EventLog {
         let (_, seg) = index.segments.range(..=sequence).next_back()?;
         let i = usize::try_from(sequence - seg.first).ok()?;
         let start = *seg.offsets.get(i)?;
-        let end = match seg.short_ends.get(&(i as u64)) {
-            Some(e) => *e,
-            None => seg.offsets.get(i + 1).copied().unwrap_or(seg.end),
-        };
+        let end = seg.offsets.get(i + 1).copied().unwrap_or(seg.end);
         Some((Arc::clone(&seg.file), start, end - start))
     }
 

@@ -2,16 +2,12 @@
 //! store, everything else in one sled tree with one key prefix per record
 //! kind, so the rest of a [`Batch`] is one atomic `apply_batch`.
 //!
-//! Durability, per batch: the batch's events and, after them, a commit
-//! frame holding every sled write of the batch are appended to the event
-//! log and made durable by one `fdatasync` ([`crate::wal`]); then sled
-//! applies the writes without a flush. Sled is made stable
-//! ([`crate::stable`]) about once a second in the background, before
-//! segments are deleted, before a backup and at close; at open the commit
-//! frames sled had not made stable are replayed into it, so sled is
-//! current before anything else is read or checked. A commit frame that
-//! is whole is a committed batch; events after the last one are the one
-//! batch whose commit never happened.
+//! Durability, per batch: the batch's events are appended and
+//! `fdatasync`ed first; then sled's `apply_batch`, `flush` (which sled
+//! implements with `sync_file_range`, enough for a killed process) and
+//! `fdatasync` of its data file and of any blob files it wrote, so an
+//! acknowledged commit also survives a power loss. Sled's next-sequence
+//! counter decides, at open, which logged events were committed.
 //!
 //! Key layout (big-endian numbers, so keys sort numerically):
 //! - `A` ‖ first index → a chunk of audit entries (`u32` LE length ‖ bytes)*
@@ -32,8 +28,7 @@
 //! - `X` ‖ sequence → reason (retracted or superseded events)
 //! - `P` ‖ subscription id → (empty): a deleted subscription whose
 //!   delivery records are still being removed, [`PURGE_CHUNK`] per commit
-//! - `M` ‖ name → counters (`seq`, `sub`), `commit` (the last commit
-//!   frame applied, [`crate::wal`]), `journal` (cluster mode: the
+//! - `M` ‖ name → counters (`seq`, `sub`), `journal` (cluster mode: the
 //!   last journal message applied) and `first`, the first sequence
 //!   retention kept; `aidx`, the audit entries the audit index covers;
 //!   `jtdrop`, the journal sequence through which kept times were dropped
@@ -44,8 +39,10 @@
 //!   the audit index, written with the entries (see
 //!   [`crate::audit_index`])
 
+use std::collections::HashSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use caseshare_proto::v1 as pb;
 use prost::Message;
@@ -56,8 +53,6 @@ use caseshare_core::time::Micros;
 use crate::audit_index;
 use crate::audit_query::AuditTerm;
 use crate::delivery_chunks;
-use crate::stable::{Background, Stable};
-use crate::wal::{WalBatch, Writes, replay_commits};
 
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 use crate::sled_open::{Tiles, audit_size, counters};
@@ -123,10 +118,11 @@ pub(crate) fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
 
 /// The sled store.
 pub struct SledStore {
+    db: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
-    stable: Arc<Stable>,
-    background: Background,
+    data_file: File,
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     events: EventLog,
     /// The size of the last checkpoint persisted.
     persisted_checkpoint: Mutex<u64>,
@@ -136,17 +132,6 @@ pub struct SledStore {
     audit_indexed: Mutex<u64>,
     /// Held by each commit, and by a backup while it stages the files.
     commit_gate: Mutex<()>,
-    /// The number of the last commit frame written ([`crate::wal`]).
-    commits: Mutex<u64>,
-}
-
-impl Drop for SledStore {
-    /// Makes sled stable, so that the next open has nothing to replay.
-    fn drop(&mut self) {
-        if let Err(e) = self.sync() {
-            tracing::warn!(error = %e, "could not make sled stable at close; the next start replays the commits from the event log");
-        }
-    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -219,11 +204,7 @@ impl SledStore {
         tree: sled::Tree,
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
-        let stable = Arc::new(Stable::new(db.clone(), dir.to_path_buf())?);
-        // Sled first catches up with the commits it had not made stable
-        // (its state is a prefix of them); a refusal below puts its files
-        // back (the guards in `open_with_segments`).
-        let commits = replay_commits(dir, &db, &tree)?;
+        let data_file = File::open(dir.join("db"))?;
         let (next_sequence, first_retained, audit_size, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
         verify_audit_checkpoint(dir, &tree)?;
@@ -246,16 +227,16 @@ impl SledStore {
         }
         let events = plan.apply(segment_bytes)?;
         let store = SledStore {
+            db,
             tree,
             path: dir.to_path_buf(),
-            stable: Arc::clone(&stable),
-            background: Background::start(stable)?,
+            data_file,
+            synced_blobs: Mutex::new(HashSet::new()),
             events,
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
             audit_indexed: Mutex::new(audit_size),
             commit_gate: Mutex::new(()),
-            commits: Mutex::new(commits),
         };
         store.move_legacy_events()?;
         store.update_audit_index(index_plan, audit_size)?;
@@ -324,9 +305,31 @@ impl SledStore {
         self.sync()
     }
 
-    /// Makes everything written so far stable ([`crate::stable`]).
+    /// Makes everything written so far stable: sled's flush, then
+    /// `fdatasync` of the data file and of blob files not yet synced.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
-        self.stable.sync()
+        self.db.flush()?;
+        self.data_file.sync_data()?;
+        let blobs = self.path.join("blobs");
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            let mut synced = self
+                .synced_blobs
+                .lock()
+                .map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
+            let mut new_files = false;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !synced.contains(&name) {
+                    File::open(entry.path())?.sync_data()?;
+                    synced.insert(name);
+                    new_files = true;
+                }
+            }
+            if new_files {
+                File::open(&blobs)?.sync_all()?;
+            }
+        }
+        Ok(())
     }
 
     /// Holds commits off (see [`crate::backup`]).
@@ -346,10 +349,10 @@ impl SledStore {
         &self.tree
     }
 
-    fn put(b: &mut WalBatch, stats: &mut CommitStats, k: Vec<u8>, v: Vec<u8>) {
+    fn put(b: &mut sled::Batch, stats: &mut CommitStats, k: Vec<u8>, v: Vec<u8>) {
         stats.records += 1;
         stats.bytes += k.len() + v.len();
-        b.put(&k, &v);
+        b.insert(k, v);
     }
 
     /// [`Storage::load`], without the panic guard.
@@ -425,12 +428,7 @@ impl Storage for SledStore {
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.take();
         }
-        let number = *self
-            .commits
-            .lock()
-            .map_err(|_| StoreError::Engine("commit counter poisoned".into()))?
-            + 1;
-        let mut b = WalBatch::new(number);
+        let mut b = sled::Batch::default();
         let mut stats = CommitStats::default();
         // Audit entries, packed into chunks.
         let mut chunk_start = batch.audit_first_index;
@@ -481,6 +479,9 @@ impl Storage for SledStore {
                 bytes.clone(),
             );
         }
+        // Events first, synced, so sled never commits a sequence the log
+        // does not hold.
+        stats.bytes += self.events.append(&batch.events)?;
         for a in &batch.agencies {
             Self::put(
                 &mut b,
@@ -514,8 +515,8 @@ impl Storage for SledStore {
             );
         }
         for id in &batch.deleted_subscriptions {
-            b.delete(&key(b'S', &[&be(*id)]));
-            b.delete(&key(b'F', &[&be(*id)]));
+            b.remove(key(b'S', &[&be(*id)]));
+            b.remove(key(b'F', &[&be(*id)]));
             stats.records += 2;
         }
         // Delivery records of a deleted subscription go with it, a bounded
@@ -530,7 +531,7 @@ impl Storage for SledStore {
             if more {
                 Self::put(&mut b, &mut stats, key(b'P', &[&be(*id)]), Vec::new());
             } else {
-                b.delete(&key(b'P', &[&be(*id)]));
+                b.remove(key(b'P', &[&be(*id)]));
             }
         }
         // Seeks, then the new delivery records, chunked.
@@ -552,7 +553,7 @@ impl Storage for SledStore {
         // Retention deletes a prefix of the log.
         let new_first = batch.deleted_events.iter().map(|(seq, _, _)| seq + 1).max();
         for (seq, _, _) in &batch.deleted_events {
-            b.delete(&key(b'X', &[&be(*seq)]));
+            b.remove(key(b'X', &[&be(*seq)]));
             stats.records += 1;
         }
         if let Some(first) = new_first {
@@ -585,7 +586,7 @@ impl Storage for SledStore {
         if let Some(through) = batch.journal_times_dropped_through {
             for item in self.tree.range(key(b'J', &[])..=key(b'J', &[&be(through)])) {
                 let (k, _) = item?;
-                b.delete(&k);
+                b.remove(k);
                 stats.records += 1;
             }
             Self::put(
@@ -603,20 +604,9 @@ impl Storage for SledStore {
                 time.to_be_bytes().to_vec(),
             );
         }
-        // The batch's events and its sled writes, as one commit frame, made
-        // durable by one `fdatasync` ([`crate::wal`]); then sled applies the
-        // writes, to be made stable in the background or at a replay.
-        let (sled_batch, frame) = b.into_parts();
-        stats.bytes += self.events.append_commit(&batch.events, Some(&frame))?;
-        self.tree.apply_batch(sled_batch)?;
-        if let Ok(mut n) = self.commits.lock() {
-            *n = number;
-        }
-        self.background.nudge();
+        self.tree.apply_batch(b)?;
+        self.sync()?;
         if let Some(first) = new_first {
-            // Segments about to be deleted hold commit frames: sled must
-            // not need them.
-            self.sync()?;
             self.events.set_first(first)?;
         }
         if !batch.audit.is_empty()

@@ -17,7 +17,7 @@
 //! last segment, and the records of the one uncommitted batch, are ignored
 //! and left on disk: the next append starts a new segment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use prost::Message;
 
 use super::ids::{self, IdHasher, IdIndex, IdsFile};
-use super::{BATCH_END, EventLog, HEADER, Index, LEN_MASK, Segment, commit_crc, frame_crc};
+use super::{BATCH_END, EventLog, HEADER, Index, LEN_MASK, Segment, frame_crc};
 use crate::StoreError;
 use crate::StoredEvent;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
@@ -59,53 +59,13 @@ pub(crate) struct Scanned {
     pub stop: Stop,
     /// The file's length.
     pub file_len: u64,
-    /// The commit frames ([`crate::wal`]), in order.
-    pub commits: Vec<crate::wal::Found>,
-    /// The end of the last whole frame, event or commit.
-    pub whole_end: u64,
 }
 
 /// Reads a segment's frames up to the first one that is not whole and
 /// valid (read-only).
 pub(crate) fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
-    Ok(scan_bytes(path, first)?.1)
-}
-
-/// [`scan`], also returning the file's bytes.
-pub(crate) fn scan_bytes(path: &Path, first: u64) -> Result<(Vec<u8>, Scanned), StoreError> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    let s = scan_in(&bytes, first);
-    Ok((bytes, s))
-}
-
-/// Where a scan stopped short of the end of the file, if it did.
-pub(crate) fn stop_offset(stop: &Stop) -> Option<u64> {
-    match stop {
-        Stop::Eof => None,
-        Stop::Torn(o, _) | Stop::Invalid(o, _) => Some(*o),
-    }
-}
-
-/// The offset of a whole commit frame starting after byte `at` (a torn
-/// write is the last thing written, so nothing whole follows it). Used
-/// only when a scan stopped short.
-pub(crate) fn commit_frame_after(bytes: &[u8], at: u64) -> Option<u64> {
-    let start = usize::try_from(at).ok()?.checked_add(1)?;
-    (start..bytes.len().saturating_sub(HEADER)).find_map(|p| {
-        let header = bytes.get(p..p + HEADER)?;
-        let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let len = (word & LEN_MASK) as usize;
-        if word & BATCH_END == 0 || len < 9 {
-            return None;
-        }
-        let payload = bytes.get(p + HEADER..p + HEADER + len)?;
-        (payload[0] == crate::wal::FORMAT && commit_crc(payload) == crc).then_some(p as u64)
-    })
-}
-
-fn scan_in(bytes: &[u8], first: u64) -> Scanned {
     let mut s = Scanned {
         offsets: Vec::new(),
         batch_end: Vec::new(),
@@ -113,11 +73,7 @@ fn scan_in(bytes: &[u8], first: u64) -> Scanned {
         ends: Vec::new(),
         stop: Stop::Eof,
         file_len: bytes.len() as u64,
-        commits: Vec::new(),
-        whole_end: 0,
     };
-    // Events before this index belong to a batch already closed.
-    let mut closed = 0usize;
     let mut at = 0usize;
     while at < bytes.len() {
         let off = at as u64;
@@ -138,29 +94,6 @@ fn scan_in(bytes: &[u8], first: u64) -> Scanned {
             s.stop = Stop::Torn(off, format!("a frame of {len} bytes runs past the end"));
             break;
         };
-        if end_of_batch && commit_crc(payload) == crc {
-            // A commit frame: it ends the batch of the events before it.
-            match crate::wal::number(payload) {
-                Ok(number) => s.commits.push(crate::wal::Found {
-                    number,
-                    offset: off,
-                    payload: start..start + len,
-                }),
-                Err(why) => {
-                    s.stop = Stop::Invalid(off, why);
-                    break;
-                }
-            }
-            if s.offsets.len() > closed
-                && let Some(last) = s.batch_end.last_mut()
-            {
-                *last = true;
-            }
-            closed = s.offsets.len();
-            at = start + len;
-            s.whole_end = at as u64;
-            continue;
-        }
         if frame_crc(payload, end_of_batch) != crc {
             s.stop = Stop::Torn(off, "a frame whose checksum does not match".into());
             break;
@@ -188,12 +121,8 @@ fn scan_in(bytes: &[u8], first: u64) -> Scanned {
         s.ids.push((event.source_agency, event.event_id));
         at = start + len;
         s.ends.push(at as u64);
-        s.whole_end = at as u64;
-        if end_of_batch {
-            closed = s.offsets.len();
-        }
     }
-    s
+    Ok(s)
 }
 
 /// The segment files in `dir` by first sequence.
@@ -222,8 +151,6 @@ struct Kept {
     path: PathBuf,
     /// Committed frames only.
     offsets: Vec<u64>,
-    /// See [`Segment::short_ends`].
-    short_ends: HashMap<u64, u64>,
     end: u64,
     file_len: u64,
     ids: Vec<(String, String)>,
@@ -251,10 +178,6 @@ pub(crate) struct Plan {
     doomed: Vec<PathBuf>,
     /// A last segment holding only the batch whose commit never happened.
     uncommitted_segment: Option<PathBuf>,
-    /// A last segment holding only applied commit frames and a torn tail.
-    applied_segment: Option<PathBuf>,
-    /// Where the next event goes.
-    next_sequence: u64,
     /// Frames ignored after the committed ones: (segment, offset, why).
     ignored_tail: Option<(PathBuf, u64, String)>,
     temporaries: Vec<PathBuf>,
@@ -283,8 +206,6 @@ pub(crate) fn verify(
         kept: Vec::new(),
         doomed: Vec::new(),
         uncommitted_segment: None,
-        applied_segment: None,
-        next_sequence,
         ignored_tail: None,
         temporaries: crate::recovery::temporaries(dir)?,
     };
@@ -309,31 +230,21 @@ pub(crate) fn verify(
         // Started by the batch whose commit never happened (if it holds
         // more than one batch, sled went back).
         let s = scan(&path, first)?;
-        // A segment holding only commit frames (commits without events,
-        // which sled has applied) is kept and appended to.
-        let only_commits =
-            s.offsets.is_empty() && matches!(s.stop, Stop::Eof) && !s.commits.is_empty();
-        if !only_commits {
-            if let Some(i) = s.batch_end.iter().position(|b| *b)
-                && i + 1 < s.offsets.len()
-            {
-                return Err(sled_behind(
-                    &sled_db,
-                    next_sequence,
-                    &path,
-                    s.offsets[i + 1],
-                ));
-            }
-            if let Stop::Invalid(off, why) = &s.stop {
-                return Err(damaged(&path, Some(*off), why.clone(), ADVICE_RESTORE));
-            }
-            if s.offsets.is_empty() && !s.commits.is_empty() {
-                plan.applied_segment = Some(path);
-            } else {
-                plan.uncommitted_segment = Some(path);
-            }
-            names.pop();
+        if let Some(i) = s.batch_end.iter().position(|b| *b)
+            && i + 1 < s.offsets.len()
+        {
+            return Err(sled_behind(
+                &sled_db,
+                next_sequence,
+                &path,
+                s.offsets[i + 1],
+            ));
         }
+        if let Stop::Invalid(off, why) = &s.stop {
+            return Err(damaged(&path, Some(*off), why.clone(), ADVICE_RESTORE));
+        }
+        plan.uncommitted_segment = Some(path);
+        names.pop();
     }
     let count = names.len();
     for (i, (first, path)) in names.iter().enumerate() {
@@ -424,27 +335,11 @@ pub(crate) fn verify(
                 plan.ignored_tail = Some((path.clone(), *off, format!("{why} (a torn write)")));
             }
         }
-        // Committed frames end after the last committed event or the last
-        // commit frame (sled has applied every whole one), whichever is
-        // later: only an uncommitted batch's events come after both.
-        let events_end = if committed == 0 {
+        let end = if committed == 0 {
             0
         } else {
             s.ends[committed - 1]
         };
-        let end = s
-            .commits
-            .last()
-            .map_or(events_end, |c| events_end.max(c.payload.end as u64));
-        // Events not followed directly by the next one (a commit frame in
-        // between): their ends, so a read takes only the event.
-        let short_ends: HashMap<u64, u64> = (0..committed)
-            .filter_map(|i| {
-                let follows = s.offsets.get(i + 1).copied().filter(|_| i + 1 < committed);
-                let e = s.ends[i];
-                (follows.unwrap_or(end) != e).then_some((i as u64, e))
-            })
-            .collect();
         let ids_file = if last {
             None
         } else {
@@ -463,23 +358,11 @@ pub(crate) fn verify(
             first,
             path: path.clone(),
             offsets,
-            short_ends,
             end,
             file_len: s.file_len,
             ids: seg_ids,
             ids_file,
         });
-    }
-    // A last segment holding no event, only commit frames (which sled has
-    // applied) and a torn tail: appends cannot continue it (a torn tail is
-    // never cut) nor start a segment of the same name, so it is set aside.
-    if plan.uncommitted_segment.is_none()
-        && plan.applied_segment.is_none()
-        && let Some(k) = plan.kept.last()
-        && k.offsets.is_empty()
-        && k.file_len != k.end
-    {
-        plan.applied_segment = plan.kept.pop().map(|k| k.path);
     }
     match plan.kept.last() {
         None if next_sequence > first_retained.max(1) => {
@@ -578,10 +461,6 @@ impl Plan {
             let moved = crate::recovery::set_aside_as(p, None, "uncommitted")?;
             tracing::warn!(segment = %p.display(), set_aside = %moved.display(), "a segment holding only a batch whose commit never happened was set aside");
         }
-        if let Some(p) = &self.applied_segment {
-            let moved = crate::recovery::set_aside_as(p, None, "applied")?;
-            tracing::warn!(segment = %p.display(), set_aside = %moved.display(), "a segment holding no event, only commit frames sled has applied and a torn write after them, was set aside");
-        }
         if let Some((p, offset, why)) = &self.ignored_tail {
             tracing::warn!(segment = %p.display(), offset, %why, "ignoring the end of the event log after the committed events (left on disk; appends continue in a new segment)");
         }
@@ -637,7 +516,6 @@ impl Plan {
                     file: Arc::new(File::open(&k.path)?),
                     path: k.path,
                     offsets: k.offsets,
-                    short_ends: k.short_ends,
                     end: k.end,
                 },
             );
@@ -653,7 +531,6 @@ impl Plan {
             }),
             active: Mutex::new(None),
             fresh_segment: Mutex::new(fresh_segment),
-            empty_next: self.next_sequence,
         };
         // Retention's deletions: segments wholly below the first retained
         // sequence (sled committed that), and their ids files.
