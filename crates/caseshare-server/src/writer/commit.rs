@@ -8,6 +8,7 @@
 //! the batch in commit first, then from the store.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use caseshare_state::{DeliveryRecord, Lookup, LookupError, Reply, Sealed, StoredEvent};
@@ -82,12 +83,40 @@ impl Lookup for Durable<'_> {
     }
 }
 
+/// How many batches the commit thread has finished, and a wake-up for a
+/// writer waiting for it to be free: while it is busy the writer keeps
+/// applying ops into the next batch instead of sealing it early.
+#[derive(Default)]
+pub(super) struct Finished {
+    count: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl Finished {
+    /// Batches finished so far.
+    pub(super) fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the next [`Finished::done`] (or at once if one
+    /// happened since the last wait: the caller re-checks [`Finished::count`]).
+    pub(super) async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    fn done(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
 /// The commit thread's loop.
 pub(super) fn commit_loop(
     store: &dyn Storage,
     log: &crate::auditlog::AuditLog,
     head: &watch::Sender<u64>,
     commits: &std::sync::mpsc::Receiver<ToCommit>,
+    finished: &Finished,
 ) {
     while let Ok(job) = commits.recv() {
         let batch = &job.batch.batch;
@@ -133,5 +162,6 @@ pub(super) fn commit_loop(
         if !committed {
             std::process::exit(75);
         }
+        finished.done();
     }
 }

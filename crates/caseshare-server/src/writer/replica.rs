@@ -180,7 +180,7 @@ impl Applier {
                 reason: "the applier needs a runtime to read the journal".into(),
             });
         };
-        let (to_commit, committer) = self.task.start_committer();
+        let (to_commit, committer, _finished) = self.task.start_committer();
         let result = 'run: loop {
             let next = runtime.block_on(async {
                 tokio::time::timeout(Duration::from_millis(100), entries.recv()).await
