@@ -32,6 +32,8 @@ mod conns;
 mod datadir;
 mod delivery;
 mod errors;
+#[cfg(test)]
+mod gated_store;
 pub mod keymode;
 mod keys;
 mod limits;

@@ -6,51 +6,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use caseshare_audit::merkle::{verify_consistency, verify_inclusion};
-use caseshare_store::{Batch, CommitStats, DeliveryRecord, SledStore, Snapshot, StoredEvent};
+use caseshare_store::{Batch, SledStore};
 
 use super::*;
-
-/// A sled store whose next tile read, once armed, says so and then waits
-/// to be let go.
-struct Gated {
-    inner: SledStore,
-    gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
-}
-
-impl Storage for Gated {
-    fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
-        self.inner.commit(batch)
-    }
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
-    }
-    fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
-        self.inner.event(sequence)
-    }
-    fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.events_from(from, max)
-    }
-    fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.sequence_of(agency_id, event_id)
-    }
-    fn deliveries_from(&self, sub: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.deliveries_from(sub, from)
-    }
-    fn deliveries_of(&self, subs: &[u64], seq: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.deliveries_of(subs, seq)
-    }
-    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.audit_entries(start, end)
-    }
-    fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let armed = self.gate.lock().unwrap().take();
-        if let Some((reading, go)) = armed {
-            reading.send(()).unwrap();
-            go.recv().unwrap();
-        }
-        self.inner.tile(level, index)
-    }
-}
+use crate::gated_store::{At, Gated};
 
 fn leaves(from: u64, n: u64) -> Vec<Vec<u8>> {
     (from..from + n)
@@ -86,25 +45,18 @@ fn append_and_commit(log: &AuditLog, store: &dyn Storage, from: u64, n: u64) -> 
 #[test]
 fn an_append_goes_through_while_a_proof_reads_tiles() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Gated {
-        inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
-        gate: Mutex::new(None),
-    });
+    let store = Arc::new(Gated::open(dir.path()));
     let signer = NoteSigner::generate("test.example/log", &mut rand::rngs::OsRng).unwrap();
     let log = AuditLog::open(store.clone(), 0, signer, "test.example/log".into()).unwrap();
     let (size, root) = append_and_commit(&log, store.as_ref(), 0, 1_000);
 
     // Arm the gate: the proof's first tile read stops until let go.
-    let (reading_tx, reading) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel();
-    *store.gate.lock().unwrap() = Some((reading_tx, go_rx));
+    let held = store.arm(At::Tile);
     let proving = {
         let log = log.clone();
         std::thread::spawn(move || log.inclusion_proof(300, size))
     };
-    reading
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the proof reads a tile");
+    assert!(held.entered(), "the proof reads a tile");
 
     // The proof is stopped inside a tile read. The writer's append must not
     // wait for it.
@@ -119,7 +71,7 @@ fn an_append_goes_through_while_a_proof_reads_tiles() {
     };
     let got = appended.recv_timeout(Duration::from_secs(30));
     // Let the proof go whatever happened, so that a failure does not hang.
-    go.send(()).unwrap();
+    held.release();
     let (new_size, new_root) = got.expect("the append finished while the proof was stopped");
     appending.join().unwrap();
     assert_eq!(new_size, 1_500);

@@ -5,74 +5,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Barrier, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use caseshare_core::pb;
 use caseshare_core::time::Micros;
 use caseshare_state::delivery::{Backoff, Input, Phase};
-use caseshare_state::{Batch, BrokerState, DeliveryRecord, Snapshot, StoredEvent};
-use caseshare_store::{CommitStats, SledStore, Storage, StoreError};
+use caseshare_state::{Batch, BrokerState, StoredEvent};
+use caseshare_store::Storage;
 use prost::Message;
 use tokio::sync::watch;
 
 use super::pick::{LogReader, Pick};
 use super::registry::{Clock, SubInner, SubRuntime, loaded, policy};
-
-/// Where a held read waits.
-struct Gate {
-    entered: Barrier,
-    proceed: Barrier,
-}
-
-/// A real store whose next event read (by sequence or from a sequence)
-/// waits at a gate when one is armed.
-struct Gated {
-    inner: SledStore,
-    gate: Mutex<Option<Arc<Gate>>>,
-}
-
-impl Gated {
-    fn hold(&self) {
-        let gate = self.gate.lock().unwrap().take();
-        if let Some(g) = gate {
-            g.entered.wait();
-            g.proceed.wait();
-        }
-    }
-}
-
-impl Storage for Gated {
-    fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
-        self.inner.commit(batch)
-    }
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
-    }
-    fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
-        self.hold();
-        self.inner.event(sequence)
-    }
-    fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.hold();
-        self.inner.events_from(from, max)
-    }
-    fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.sequence_of(agency_id, event_id)
-    }
-    fn deliveries_from(&self, id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.deliveries_from(id, from)
-    }
-    fn deliveries_of(&self, ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.deliveries_of(ids, sequence)
-    }
-    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.audit_entries(start, end)
-    }
-    fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.tile(level, index)
-    }
-}
+use crate::gated_store::{At, Gated, Held};
 
 const HEAD: u64 = 6;
 
@@ -118,17 +64,13 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let inner = SledStore::open(dir.path(), 8 << 20).unwrap();
-    inner
+    let store = Arc::new(Gated::open(dir.path()));
+    store
         .commit(&Batch {
             events: (1..=HEAD).map(event).collect(),
             ..Batch::default()
         })
         .unwrap();
-    let store = Arc::new(Gated {
-        inner,
-        gate: Mutex::new(None),
-    });
     let (head_tx, head) = watch::channel(HEAD);
     let state = Arc::new(RwLock::new(BrokerState::default()));
     let as_storage: Arc<dyn Storage> = store.clone();
@@ -168,29 +110,16 @@ async fn pick_held(
     f: &Fixture,
     rt: &Arc<SubRuntime>,
     want: usize,
-) -> (Arc<Gate>, tokio::task::JoinHandle<Vec<Pick>>) {
-    let gate = Arc::new(Gate {
-        entered: Barrier::new(2),
-        proceed: Barrier::new(2),
-    });
-    *f.store.gate.lock().unwrap() = Some(gate.clone());
+) -> (Held, tokio::task::JoinHandle<Vec<Pick>>) {
+    let held = f.store.arm(At::EventRead);
     let (reader, rt2, clock) = (f.reader.clone(), rt.clone(), f.clock);
     let task = tokio::spawn(async move { reader.pick(&rt2, 7, want, &clock).await.unwrap() });
-    let g = gate.clone();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::task::spawn_blocking(move || g.entered.wait()),
-    )
-    .await
-    .expect("the pick reached the store")
-    .unwrap();
-    (gate, task)
+    let held = held.entered_async("the pick reached the store").await;
+    (held, task)
 }
 
-async fn release(gate: Arc<Gate>, task: tokio::task::JoinHandle<Vec<Pick>>) -> Vec<Pick> {
-    tokio::task::spawn_blocking(move || gate.proceed.wait())
-        .await
-        .unwrap();
+async fn release(held: Held, task: tokio::task::JoinHandle<Vec<Pick>>) -> Vec<Pick> {
+    held.release();
     task.await.unwrap()
 }
 

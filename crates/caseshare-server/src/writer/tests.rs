@@ -1,65 +1,20 @@
-//! The writer's group commit against a real store whose commits can be held:
+//! The writer's group commit against a real store whose commit can be held:
 //! while the commit thread is busy, ops that arrive are applied at once into
 //! the open batch and committed together when it is free.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use caseshare_audit::note::NoteSigner;
 use caseshare_core::pb;
 use caseshare_core::principal::{Principal, Role};
-use caseshare_state::{Batch, DeliveryRecord, Machine, Snapshot, StoredEvent};
-use caseshare_store::{CommitStats, SledStore, Storage, StoreError};
+use caseshare_state::Machine;
+use caseshare_store::Storage;
 
 use super::{Op, WriterTask};
 use crate::auditlog::AuditLog;
-
-/// A real store whose next commit waits until let go, once armed; it
-/// records the agencies of every commit.
-struct CommitGated {
-    inner: SledStore,
-    gate: Mutex<Option<(std_mpsc::Sender<()>, std_mpsc::Receiver<()>)>>,
-    commits: Mutex<Vec<Vec<String>>>,
-}
-
-impl Storage for CommitGated {
-    fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
-        let gate = self.gate.lock().unwrap().take();
-        if let Some((entered, go)) = gate {
-            entered.send(()).unwrap();
-            go.recv().unwrap();
-        }
-        let agencies = batch.agencies.iter().map(|a| a.agency_id.clone());
-        self.commits.lock().unwrap().push(agencies.collect());
-        self.inner.commit(batch)
-    }
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
-    }
-    fn event(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
-        self.inner.event(sequence)
-    }
-    fn events_from(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.events_from(from, max)
-    }
-    fn sequence_of(&self, agency_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.sequence_of(agency_id, event_id)
-    }
-    fn deliveries_from(&self, id: u64, from: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.deliveries_from(id, from)
-    }
-    fn deliveries_of(&self, ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.deliveries_of(ids, sequence)
-    }
-    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.audit_entries(start, end)
-    }
-    fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.tile(level, index)
-    }
-}
+use crate::gated_store::{At, Gated};
 
 fn register(id: &str) -> impl FnOnce(super::ReplyTx<pb::Agency>) -> Op {
     let actor = Arc::new(Principal {
@@ -96,11 +51,7 @@ async fn applied(state: &std::sync::RwLock<caseshare_state::BrokerState>, id: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CommitGated {
-        inner: SledStore::open(dir.path(), 8 << 20).unwrap(),
-        gate: Mutex::new(None),
-        commits: Mutex::new(Vec::new()),
-    });
+    let store = Arc::new(Gated::open(dir.path()));
     let snapshot = store.load().unwrap();
     let signer = NoteSigner::generate("test.example/log", &mut rand::rngs::OsRng).unwrap();
     let log = AuditLog::open(store.clone(), 0, signer, "test.example/log".into()).unwrap();
@@ -110,14 +61,11 @@ async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together
     let (writer, join) = task.spawn().unwrap();
 
     // The first op's commit is held at the gate.
-    let (entered_tx, entered) = std_mpsc::channel();
-    let (go, go_rx) = std_mpsc::channel();
-    *store.gate.lock().unwrap() = Some((entered_tx, go_rx));
+    let held = store.arm(At::Commit);
     let first = writer.submit(register("a")).await.unwrap();
-    tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(20)))
-        .await
-        .unwrap()
-        .expect("the first commit reached the store");
+    let held = held
+        .entered_async("the first commit reached the store")
+        .await;
 
     // Two ops arrive one after the other while it is held: each is applied
     // at once (not left in the queue behind a sealed batch).
@@ -125,20 +73,15 @@ async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together
     applied(&state, "b").await;
     let third = writer.submit(register("c")).await.unwrap();
     applied(&state, "c").await;
-    assert_eq!(
-        store.commits.lock().unwrap().len(),
-        0,
-        "nothing committed yet"
-    );
+    assert_eq!(store.commits().len(), 0, "nothing committed yet");
 
-    go.send(()).unwrap();
+    held.release();
     for (reply, id) in [(first, "a"), (second, "b"), (third, "c")] {
         let agency = reply.await.unwrap().unwrap();
         assert_eq!(agency.agency_id, id);
     }
-    let commits = store.commits.lock().unwrap().clone();
     assert_eq!(
-        commits,
+        store.commits(),
         vec![
             vec!["a".to_string()],
             vec!["b".to_string(), "c".to_string()]
