@@ -114,14 +114,37 @@ pub struct Compose {
     down: bool,
 }
 
-/// A free TCP port on the host (bound and released; the daemon binds it
-/// moments later).
+/// A free TCP port on the host for the daemon to publish a container's port
+/// on, moments later. Taken below the kernel's ephemeral range (so no
+/// outgoing connection, such as another container's proxy, takes it in
+/// between, as one did in CI with ports bound to `:0`), never twice in one
+/// test process, and only if it binds now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = low + u16::try_from((start + i) % span).unwrap_or(0);
+        if handed.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high}");
 }
 
 impl Compose {
