@@ -13,6 +13,7 @@ use crate::upn::validate_upn;
 mod bounds;
 pub mod limits;
 pub mod text;
+mod wire;
 
 pub use bounds::{Bounded, REQUEST_MESSAGES, check_bounds, check_encoded};
 
@@ -534,3 +535,5 @@ pub fn validate_consent(k: &pb::ConsentRecord) -> Result<(), Violations> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;

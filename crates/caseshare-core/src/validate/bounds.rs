@@ -5,6 +5,11 @@
 //! checked for control characters ([`super::text`]); lists are bounded in
 //! items; floating-point numbers must be finite; timestamps must be real
 //! instants (years 1-9999).
+//!
+//! The walk reads the encoded request itself ([`super::wire`]). Only what
+//! that walk does not take — an encoding it refuses, such as a group in an
+//! unknown field — is decoded into a `DynamicMessage` and walked here, as
+//! every request was before; its tests compare the two walks.
 
 use std::fmt::Write as _;
 
@@ -17,7 +22,7 @@ use super::text::text_problem;
 use super::{Collector, Violations};
 
 /// The package every bounded message lives in.
-const PACKAGE: &str = "caseshare.v1";
+pub(super) const PACKAGE: &str = "caseshare.v1";
 
 /// A request message of one of the services, bounded by the table.
 pub trait Bounded: prost::Message + Sized {
@@ -70,7 +75,7 @@ bounded!(
 
 /// A field the table has no row for (a test keeps there being none) is
 /// still bounded, as an identifier.
-const FALLBACK: FieldLimit = FieldLimit {
+pub(super) const FALLBACK: FieldLimit = FieldLimit {
     message: "",
     field: "",
     max_bytes: ID_BYTES,
@@ -100,6 +105,19 @@ pub(super) fn collect<M: Bounded>(c: &mut Collector, request: &M) {
 }
 
 fn collect_encoded(c: &mut Collector, message: &str, encoded: &[u8]) {
+    if let Some(plans) = super::wire::Plans::get()
+        && let Some(root) = plans.root(message)
+    {
+        let mut found = Collector::default();
+        if super::wire::walk(&mut found, plans, root, encoded, &mut String::new(), 0).is_ok() {
+            for v in found.0 {
+                c.add(v.field, v.description);
+            }
+            return;
+        }
+    }
+    // Malformed, or well-formed in a way the wire walk does not take: the
+    // decoder says which.
     let desc = crate::minimise::descriptor_pool()
         .and_then(|p| p.get_message_by_name(&format!("{PACKAGE}.{message}")));
     let Some(desc) = desc else {
@@ -110,6 +128,32 @@ fn collect_encoded(c: &mut Collector, message: &str, encoded: &[u8]) {
         Ok(dynamic) => walk(c, &dynamic, &mut String::new()),
         Err(e) => c.add("", format!("the request could not be read: {e}")),
     }
+}
+
+/// The walk over a decoded message, as it was before [`super::wire`]: the
+/// oracle of the tests. `Err` if `encoded` does not decode.
+#[cfg(test)]
+pub(super) fn check_decoded(
+    message: &str,
+    encoded: &[u8],
+) -> Result<Vec<(String, String)>, String> {
+    let desc = crate::minimise::descriptor_pool()
+        .and_then(|p| p.get_message_by_name(&format!("{PACKAGE}.{message}")))
+        .ok_or("no such message")?;
+    let dynamic = DynamicMessage::decode(desc, encoded).map_err(|e| e.to_string())?;
+    let mut c = Collector::default();
+    walk(&mut c, &dynamic, &mut String::new());
+    Ok(c.0.into_iter().map(|v| (v.field, v.description)).collect())
+}
+
+/// The wire walk alone: `Err` where it leaves the request to the decoder.
+#[cfg(test)]
+pub(super) fn check_wire(message: &str, encoded: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let plans = super::wire::Plans::get().ok_or("no schema")?;
+    let root = plans.root(message).ok_or("no such message")?;
+    let mut c = Collector::default();
+    super::wire::walk(&mut c, plans, root, encoded, &mut String::new(), 0)?;
+    Ok(c.0.into_iter().map(|v| (v.field, v.description)).collect())
 }
 
 /// Walks `msg`; `path` is its path from the request, extended and restored

@@ -341,7 +341,11 @@ fn every_string_and_repeated_field_of_every_request_has_a_bound() {
 
 /// A request (by name) with the field of `limit` set to `n` items or
 /// bytes, plus what its path is called.
-fn request_with(limit: &FieldLimit, n: usize, filler: &str) -> (String, String, Vec<u8>) {
+pub(super) fn request_with(
+    limit: &FieldLimit,
+    n: usize,
+    filler: &str,
+) -> (String, String, Vec<u8>) {
     let reached = reachable();
     let (root, path, _) = reached
         .iter()
