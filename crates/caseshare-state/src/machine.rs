@@ -37,6 +37,57 @@ pub trait Lookup {
         subscription_ids: &[u64],
         sequence: u64,
     ) -> Result<Vec<DeliveryRecord>, LookupError>;
+    /// The newest delivery record of one event for one subscription: the
+    /// last of [`Lookup::deliveries_of`], which an implementation may find
+    /// without reading them all.
+    fn newest_delivery(
+        &self,
+        subscription_id: u64,
+        sequence: u64,
+    ) -> Result<Option<DeliveryRecord>, LookupError> {
+        Ok(self
+            .deliveries_of(&[subscription_id], sequence)?
+            .into_iter()
+            .last())
+    }
+}
+
+/// Where the newest delivery record of each (subscription, sequence) is in
+/// a batch's `deliveries`, for the records added through
+/// [`Draft::push_delivery`]; a batch changed otherwise is searched instead.
+#[derive(Debug, Default)]
+pub struct DeliveryIndex {
+    newest: HashMap<(u64, u64), usize>,
+    indexed: usize,
+}
+
+impl DeliveryIndex {
+    fn push(&mut self, deliveries: &mut Vec<DeliveryRecord>, record: DeliveryRecord) {
+        if self.indexed == deliveries.len() {
+            self.newest
+                .insert((record.subscription_id, record.sequence), deliveries.len());
+            self.indexed += 1;
+        }
+        deliveries.push(record);
+    }
+
+    fn newest<'a>(
+        &self,
+        deliveries: &'a [DeliveryRecord],
+        subscription_id: u64,
+        sequence: u64,
+    ) -> Option<&'a DeliveryRecord> {
+        if self.indexed == deliveries.len() {
+            self.newest
+                .get(&(subscription_id, sequence))
+                .and_then(|i| deliveries.get(*i))
+        } else {
+            deliveries
+                .iter()
+                .rev()
+                .find(|r| r.subscription_id == subscription_id && r.sequence == sequence)
+        }
+    }
 }
 
 /// The counters that number what the machine creates.
@@ -67,6 +118,7 @@ pub struct Draft {
     pub batch: Batch,
     /// (agency, event id) → position in `batch.events`.
     event_ids: HashMap<(String, String), usize>,
+    deliveries: DeliveryIndex,
     sequence_before: u64,
     subscription_before: u64,
     /// The time of the last audit entry, committed or in this draft.
@@ -79,6 +131,21 @@ impl Draft {
         self.event_ids
             .get(&(agency.to_string(), event_id.to_string()))
             .and_then(|i| self.batch.events.get(*i))
+    }
+
+    /// Adds a delivery record.
+    pub(crate) fn push_delivery(&mut self, record: DeliveryRecord) {
+        self.deliveries.push(&mut self.batch.deliveries, record);
+    }
+
+    /// The newest record of (`subscription_id`, `sequence`) in this draft.
+    pub(crate) fn newest_delivery(
+        &self,
+        subscription_id: u64,
+        sequence: u64,
+    ) -> Option<&DeliveryRecord> {
+        self.deliveries
+            .newest(&self.batch.deliveries, subscription_id, sequence)
     }
 
     /// Adds an event.
@@ -111,9 +178,17 @@ pub struct Sealed {
     pub batch: Batch,
     /// (agency, event id) → position in `batch.events`.
     pub event_ids: HashMap<(String, String), usize>,
+    /// Where the newest record of each delivery is in `batch.deliveries`.
+    pub deliveries: DeliveryIndex,
 }
 
 impl Sealed {
+    /// The newest record of (`subscription_id`, `sequence`) in this batch.
+    pub fn newest_delivery(&self, subscription_id: u64, sequence: u64) -> Option<&DeliveryRecord> {
+        self.deliveries
+            .newest(&self.batch.deliveries, subscription_id, sequence)
+    }
+
     /// The event `agency` published as `event_id` in this batch.
     pub fn event(&self, agency: &str, event_id: &str) -> Option<&StoredEvent> {
         self.event_ids
@@ -202,6 +277,7 @@ impl Machine {
                 ..Batch::default()
             },
             event_ids: HashMap::new(),
+            deliveries: DeliveryIndex::default(),
             sequence_before: self.counters.next_sequence,
             subscription_before: self.counters.next_subscription_id,
             time_floor: self.time_floor,
@@ -213,6 +289,7 @@ impl Machine {
         let Draft {
             mut batch,
             event_ids,
+            deliveries,
             sequence_before,
             subscription_before,
             time_floor,
@@ -225,7 +302,11 @@ impl Machine {
             batch.next_subscription_id = Some(self.counters.next_subscription_id);
         }
         self.counters.audit_size += batch.audit.len() as u64;
-        Sealed { batch, event_ids }
+        Sealed {
+            batch,
+            event_ids,
+            deliveries,
+        }
     }
 
     /// Applies one command at time `now`, adding its writes to `draft`.
@@ -394,6 +475,62 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::refusal::LookupError;
+
+    #[test]
+    fn the_delivery_index_finds_what_a_backward_search_finds() {
+        let record = |sub: u64, seq: u64, attempts: u32| DeliveryRecord {
+            subscription_id: sub,
+            sequence: seq,
+            attempts,
+            ..Default::default()
+        };
+        let search = |batch: &Batch, sub: u64, seq: u64| {
+            batch
+                .deliveries
+                .iter()
+                .rev()
+                .find(|r| r.subscription_id == sub && r.sequence == seq)
+                .cloned()
+        };
+        let machine = Machine::new(BrokerState::default(), Counters::default(), vec![7; 32]);
+        let mut draft = machine.begin();
+        // Keys repeat: the newest record of each is the one found.
+        for (i, (sub, seq)) in [(1, 1), (1, 2), (2, 1), (1, 1), (1, 2), (1, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            draft.push_delivery(record(sub, seq, i as u32));
+        }
+        let keys = [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)];
+        for (sub, seq) in keys {
+            assert_eq!(
+                draft.newest_delivery(sub, seq).cloned(),
+                search(&draft.batch, sub, seq),
+                "{sub}/{seq}"
+            );
+        }
+        assert_eq!(draft.newest_delivery(1, 1).map(|r| r.attempts), Some(5));
+        // A record added past the index is still found (by searching).
+        draft.batch.deliveries.push(record(1, 2, 99));
+        draft.push_delivery(record(2, 2, 100));
+        for (sub, seq) in keys {
+            assert_eq!(
+                draft.newest_delivery(sub, seq).cloned(),
+                search(&draft.batch, sub, seq),
+                "{sub}/{seq} after a direct push"
+            );
+        }
+        assert_eq!(draft.newest_delivery(1, 2).map(|r| r.attempts), Some(99));
+        // The sealed batch answers alike.
+        let mut machine = machine;
+        let sealed = machine.seal(draft);
+        for (sub, seq) in keys {
+            assert_eq!(
+                sealed.newest_delivery(sub, seq).cloned(),
+                search(&sealed.batch, sub, seq)
+            );
+        }
+    }
 
     struct Nothing;
 

@@ -81,6 +81,33 @@ impl Lookup for Durable<'_> {
         }
         Ok(out)
     }
+
+    fn newest_delivery(
+        &self,
+        subscription_id: u64,
+        sequence: u64,
+    ) -> Result<Option<DeliveryRecord>, LookupError> {
+        // As `deliveries_of(..).last()`: the batch in commit's newest record,
+        // else the store's unless a seek in that batch deleted it.
+        if let Some(c) = self.in_commit {
+            if let Some(r) = c.newest_delivery(subscription_id, sequence) {
+                return Ok(Some(r.clone()));
+            }
+            if c.batch
+                .deleted_deliveries_from
+                .iter()
+                .any(|(s, from)| *s == subscription_id && sequence >= *from)
+            {
+                return Ok(None);
+            }
+        }
+        Ok(self
+            .store
+            .deliveries_of(&[subscription_id], sequence)
+            .map_err(lookup_error)?
+            .into_iter()
+            .last())
+    }
 }
 
 /// How many batches the commit thread has finished, and a wake-up for a

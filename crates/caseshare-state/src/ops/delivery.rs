@@ -30,27 +30,19 @@ fn newest_record(
     subscription: u64,
     sequence: u64,
 ) -> Result<Option<DeliveryRecord>, LookupError> {
-    let batch = &step.draft.batch;
-    if let Some(r) = batch
-        .deliveries
-        .iter()
-        .rev()
-        .find(|r| r.subscription_id == subscription && r.sequence == sequence)
-    {
+    if let Some(r) = step.draft.newest_delivery(subscription, sequence) {
         return Ok(Some(r.clone()));
     }
-    if batch
+    if step
+        .draft
+        .batch
         .deleted_deliveries_from
         .iter()
         .any(|(s, from)| *s == subscription && sequence >= *from)
     {
         return Ok(None);
     }
-    Ok(step
-        .lookup
-        .deliveries_of(&[subscription], sequence)?
-        .into_iter()
-        .last())
+    step.lookup.newest_delivery(subscription, sequence)
 }
 
 /// How deliveries were settled, for [`Machine::settle`].
@@ -209,7 +201,7 @@ impl Machine {
         if let Some(e) = entry {
             step.audit(e);
         }
-        step.draft.batch.deliveries.push(record);
+        step.draft.push_delivery(record);
         verdict
     }
 
@@ -291,7 +283,7 @@ impl Machine {
                 attempt: a.attempts,
                 ..Default::default()
             });
-            step.draft.batch.deliveries.push(DeliveryRecord {
+            step.draft.push_delivery(DeliveryRecord {
                 subscription_id: subscription.id,
                 sequence: a.sequence,
                 state: how.state as i32,

@@ -131,7 +131,7 @@ impl Machine {
         floor: Option<u64>,
     ) {
         for seq in sequences {
-            step.draft.batch.deliveries.push(DeliveryRecord {
+            step.draft.push_delivery(DeliveryRecord {
                 subscription_id: subscription.id,
                 sequence: *seq,
                 state: DeliveryState::Delivered as i32,
