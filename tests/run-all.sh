@@ -26,6 +26,9 @@ export CASESHARE_REQUIRE_PROMTOOL=1
 # (e2e_cluster_partition) and the chaos run (e2e_cluster_chaos) cut a NATS
 # node off with it, as root.
 need iptables || [ -x /usr/sbin/iptables ] || apt_install iptables
+# ss (iproute2): the chaos run resets a healed node's connections with
+# `ss -K` if it has not caught up 20 s after the heal.
+need ss || apt_install iproute2
 # libfaketime (Debian's `faketime` package): the clock-skew test
 # (e2e_cluster_clock_skew) runs one replica with its clock 20 s off.
 compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null \

@@ -325,6 +325,16 @@ impl NatsCluster {
             .unwrap_or_else(|e| panic!("healing node {i}: {e}"));
     }
 
+    /// Resets every TCP connection to or from node `i` (see
+    /// `Firewall::reset`).
+    pub fn reset_connections(&self, i: usize) {
+        self.firewall
+            .as_ref()
+            .expect("resets need a cluster built with own_addresses(true)")
+            .reset(i)
+            .unwrap_or_else(|e| panic!("resetting node {i}'s connections: {e}"));
+    }
+
     /// Whether node `i` is cut off.
     pub fn is_partitioned(&self, i: usize) -> bool {
         self.firewall.as_ref().is_some_and(|f| f.is_cut(i))

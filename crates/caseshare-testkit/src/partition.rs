@@ -154,6 +154,28 @@ impl Firewall {
         Ok(())
     }
 
+    /// Aborts every established TCP connection to or from node `i`'s
+    /// address (`ss -K`; the kernel resets both ends): routes, clients and
+    /// monitoring are dialled again at once. A connection that lived through
+    /// a cut may otherwise stay stalled in TCP's backed-off retransmissions
+    /// (or in what the node made of them) long after the heal.
+    pub(crate) fn reset(&self, i: usize) -> Result<(), NatsSetupError> {
+        let host = self.hosts[i].to_string();
+        for side in ["src", "dst"] {
+            let out = Command::new("ss")
+                .args(["-K", "-n", "-t", "state", "established", side, &host])
+                .output()
+                .map_err(|e| NatsSetupError(format!("ss -K: {e}")))?;
+            if !out.status.success() {
+                return Err(NatsSetupError(format!(
+                    "ss -K {side} {host}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn rules(&self, i: usize, op: &str) -> Result<(), NatsSetupError> {
         let host = self.hosts[i].to_string();
         for m in ["--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctrepldst"] {
@@ -284,6 +306,44 @@ mod tests {
         }
         assert_ne!(a[0].octets()[..3], b[0].octets()[..3]);
         assert_eq!(gid_of(Ipv4Addr::new(127, 1, 2, 11)), 0x7f01_020b);
+    }
+
+    #[test]
+    fn a_reset_aborts_the_connections_of_that_node_only() {
+        use std::io::Read;
+        let hosts = own_hosts(2);
+        // Root and iptables, as the partition tests need.
+        let fw = Firewall::install(&hosts).expect("iptables (run as root)");
+        let pair = |host: Ipv4Addr| {
+            let listener = std::net::TcpListener::bind((host, 0)).unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            client
+                .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .unwrap();
+            (client, server)
+        };
+        let (mut to_0, _held_0) = pair(hosts[0]);
+        let (mut to_1, _held_1) = pair(hosts[1]);
+        fw.reset(0).unwrap();
+        let mut buf = [0u8; 1];
+        let aborted = to_0.read(&mut buf);
+        let was_aborted = match &aborted {
+            Ok(n) => *n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        assert!(was_aborted, "node 0's connection is aborted: {aborted:?}");
+        let other = to_1.read(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                other.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "node 1's connection is untouched (a read times out): {other:?}"
+        );
     }
 
     #[test]
