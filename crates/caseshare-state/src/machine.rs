@@ -502,24 +502,21 @@ mod tests {
             draft.push_delivery(record(sub, seq, i as u32));
         }
         let keys = [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)];
-        for (sub, seq) in keys {
-            assert_eq!(
-                draft.newest_delivery(sub, seq).cloned(),
-                search(&draft.batch, sub, seq),
-                "{sub}/{seq}"
-            );
-        }
+        let agrees = |draft: &Draft, when: &str| {
+            for (sub, seq) in keys {
+                assert_eq!(
+                    draft.newest_delivery(sub, seq).cloned(),
+                    search(&draft.batch, sub, seq),
+                    "{sub}/{seq} {when}"
+                );
+            }
+        };
+        agrees(&draft, "indexed");
         assert_eq!(draft.newest_delivery(1, 1).map(|r| r.attempts), Some(5));
         // A record added past the index is still found (by searching).
         draft.batch.deliveries.push(record(1, 2, 99));
         draft.push_delivery(record(2, 2, 100));
-        for (sub, seq) in keys {
-            assert_eq!(
-                draft.newest_delivery(sub, seq).cloned(),
-                search(&draft.batch, sub, seq),
-                "{sub}/{seq} after a direct push"
-            );
-        }
+        agrees(&draft, "after a direct push");
         assert_eq!(draft.newest_delivery(1, 2).map(|r| r.attempts), Some(99));
         // The sealed batch answers alike.
         let mut machine = machine;

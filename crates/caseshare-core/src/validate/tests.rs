@@ -2,7 +2,7 @@
 //! limit and one past it.
 use super::*;
 
-fn event() -> pb::CaseEvent {
+pub(super) fn event() -> pb::CaseEvent {
     pb::CaseEvent {
         event_id: "e-1".into(),
         child: Some(pb::ChildRef {
