@@ -59,6 +59,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Whether a seek in this batch deletes the records of
+    /// (`subscription_id`, `sequence`) written before it.
+    pub fn seek_deletes(&self, subscription_id: u64, sequence: u64) -> bool {
+        self.deleted_deliveries_from
+            .iter()
+            .any(|(s, from)| *s == subscription_id && sequence >= *from)
+    }
+
     /// True if there is nothing to write. Every field is named (the
     /// destructuring has no `..`), so a field added to `Batch` does not
     /// compile until it is handled here.

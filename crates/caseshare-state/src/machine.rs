@@ -62,6 +62,15 @@ pub struct DeliveryIndex {
 }
 
 impl DeliveryIndex {
+    /// Indexes `deliveries` afresh (after records were removed).
+    fn rebuild(&mut self, deliveries: &[DeliveryRecord]) {
+        self.newest.clear();
+        for (i, r) in deliveries.iter().enumerate() {
+            self.newest.insert((r.subscription_id, r.sequence), i);
+        }
+        self.indexed = deliveries.len();
+    }
+
     fn push(&mut self, deliveries: &mut Vec<DeliveryRecord>, record: DeliveryRecord) {
         if self.indexed == deliveries.len() {
             self.newest
@@ -77,16 +86,19 @@ impl DeliveryIndex {
         subscription_id: u64,
         sequence: u64,
     ) -> Option<&'a DeliveryRecord> {
+        let is =
+            |r: &&DeliveryRecord| r.subscription_id == subscription_id && r.sequence == sequence;
         if self.indexed == deliveries.len() {
-            self.newest
-                .get(&(subscription_id, sequence))
-                .and_then(|i| deliveries.get(*i))
-        } else {
-            deliveries
-                .iter()
-                .rev()
-                .find(|r| r.subscription_id == subscription_id && r.sequence == sequence)
+            let found = self.newest.get(&(subscription_id, sequence));
+            // A found position always holds the key; missing keys are absent.
+            match found.and_then(|i| deliveries.get(*i)) {
+                Some(r) if is(&r) => return Some(r),
+                None if found.is_none() => return None,
+                // Changed behind the index's back: search.
+                _ => {}
+            }
         }
+        deliveries.iter().rev().find(is)
     }
 }
 
@@ -136,6 +148,18 @@ impl Draft {
     /// Adds a delivery record.
     pub(crate) fn push_delivery(&mut self, record: DeliveryRecord) {
         self.deliveries.push(&mut self.batch.deliveries, record);
+    }
+
+    /// A seek of subscription `subscription_id` to `target`: every record
+    /// of it at or after `target` is deleted, this draft's own included.
+    pub(crate) fn delete_deliveries_from(&mut self, subscription_id: u64, target: u64) {
+        self.batch
+            .deliveries
+            .retain(|r| !(r.subscription_id == subscription_id && r.sequence >= target));
+        self.batch
+            .deleted_deliveries_from
+            .push((subscription_id, target));
+        self.deliveries.rebuild(&self.batch.deliveries);
     }
 
     /// The newest record of (`subscription_id`, `sequence`) in this draft.
@@ -518,6 +542,16 @@ mod tests {
         draft.push_delivery(record(2, 2, 100));
         agrees(&draft, "after a direct push");
         assert_eq!(draft.newest_delivery(1, 2).map(|r| r.attempts), Some(99));
+        // A seek removes records; pushes after it bring the count back to
+        // what was indexed before: positions must not be stale.
+        let before = draft.batch.deliveries.len();
+        draft.delete_deliveries_from(1, 2);
+        while draft.batch.deliveries.len() < before {
+            let n = draft.batch.deliveries.len() as u32;
+            draft.push_delivery(record(3, 1, 200 + n));
+        }
+        agrees(&draft, "after a seek");
+        assert_eq!(draft.newest_delivery(1, 2), None);
         // The sealed batch answers alike.
         let mut machine = machine;
         let sealed = machine.seal(draft);

@@ -108,13 +108,12 @@ fn collect_encoded(c: &mut Collector, message: &str, encoded: &[u8]) {
     if let Some(plans) = super::wire::Plans::get()
         && let Some(root) = plans.root(message)
     {
-        let mut found = Collector::default();
-        if super::wire::walk(&mut found, plans, root, encoded, &mut String::new(), 0).is_ok() {
-            for v in found.0 {
-                c.add(v.field, v.description);
-            }
+        let mark = c.0.len();
+        if super::wire::walk(c, plans, root, encoded, &mut String::new(), 0).is_ok() {
             return;
         }
+        // What it found before giving up is not the answer.
+        c.0.truncate(mark);
     }
     // Malformed, or well-formed in a way the wire walk does not take: the
     // decoder says which.

@@ -63,12 +63,7 @@ impl Lookup for Durable<'_> {
         if let Some(c) = self.in_commit {
             // A seek in the batch in commit deletes the records from its
             // target: the store's copies are no longer there.
-            let deleted = &c.batch.deleted_deliveries_from;
-            out.retain(|r| {
-                !deleted
-                    .iter()
-                    .any(|(s, from)| *s == r.subscription_id && r.sequence >= *from)
-            });
+            out.retain(|r| !c.batch.seek_deletes(r.subscription_id, r.sequence));
             out.extend(
                 c.batch
                     .deliveries
@@ -93,11 +88,7 @@ impl Lookup for Durable<'_> {
             if let Some(r) = c.newest_delivery(subscription_id, sequence) {
                 return Ok(Some(r.clone()));
             }
-            if c.batch
-                .deleted_deliveries_from
-                .iter()
-                .any(|(s, from)| *s == subscription_id && sequence >= *from)
-            {
+            if c.batch.seek_deletes(subscription_id, sequence) {
                 return Ok(None);
             }
         }

@@ -33,13 +33,7 @@ fn newest_record(
     if let Some(r) = step.draft.newest_delivery(subscription, sequence) {
         return Ok(Some(r.clone()));
     }
-    if step
-        .draft
-        .batch
-        .deleted_deliveries_from
-        .iter()
-        .any(|(s, from)| *s == subscription && sequence >= *from)
-    {
+    if step.draft.batch.seek_deletes(subscription, sequence) {
         return Ok(None);
     }
     step.lookup.newest_delivery(subscription, sequence)

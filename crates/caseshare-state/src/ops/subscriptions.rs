@@ -102,14 +102,7 @@ impl Machine {
         // own: records this batch wrote before the seek (an inline ack just
         // ahead of it) go too, so that the batch means what its ops did in
         // order.
-        step.draft
-            .batch
-            .deliveries
-            .retain(|r| !(r.subscription_id == subscription.id && r.sequence >= target));
-        step.draft
-            .batch
-            .deleted_deliveries_from
-            .push((subscription.id, target));
+        step.draft.delete_deliveries_from(subscription.id, target);
         step.draft.batch.floors.push((subscription.id, target));
         step.audit(pb::AuditEntry {
             kind: pb::EntryKind::SubscriptionChanged as i32,
