@@ -78,6 +78,7 @@ fn kind_of(rel: &str) -> String {
         ("store/events", "ids.key") => rel.to_string(),
         ("store/events", n) if n.ends_with(".seg") => "store/events/*.seg".into(),
         ("store/events", n) if n.ends_with(".ids") => "store/events/*.ids".into(),
+        ("store/audit", n) if n.ends_with(".log") => "store/audit/*.log".into(),
         _ => format!("other:{rel}"),
     }
 }

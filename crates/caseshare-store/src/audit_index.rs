@@ -374,7 +374,11 @@ pub(crate) fn postings(
 
 /// The stored audit entries at `indexes` (ascending), reading each chunk
 /// once however many of them it holds.
-pub(crate) fn entries_at(tree: &sled::Tree, indexes: &[u64]) -> Result<Vec<Vec<u8>>, StoreError> {
+pub(crate) fn entries_at(
+    tree: &sled::Tree,
+    log: &crate::audit_log::AuditLog,
+    indexes: &[u64],
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::with_capacity(indexes.len());
     // The chunk in hand: its first index, its bytes, each entry's span.
     let mut chunk: Option<Chunk> = None;
@@ -391,6 +395,7 @@ pub(crate) fn entries_at(tree: &sled::Tree, indexes: &[u64]) -> Result<Vec<Vec<u
                 return Err(not_stored(index));
             };
             let first = read_be(&k[1..], "audit chunk key")?;
+            let v = log.resolve(v)?;
             let spans = chunk_spans(&v)?;
             chunk = Some((first, v, spans));
         }

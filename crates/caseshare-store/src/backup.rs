@@ -173,7 +173,7 @@ fn stage_dir(
             stage_dir(&entry.path(), &to.join(&name), &format!("{rel}/"), out)?;
         } else if kind.is_file() {
             let target = to.join(&name);
-            let staged = if prefix == "events/" {
+            let staged = if prefix == "events/" || prefix == "audit/" {
                 // Appended to, never rewritten: a link is the copy, and the
                 // length noted now bounds what is read.
                 unless_gone(std::fs::hard_link(entry.path(), &target))?

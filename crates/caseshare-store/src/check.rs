@@ -74,7 +74,10 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let name = entry.file_name();
         let path = entry.path();
         // The event log and set-aside files are not sled's.
-        if name == "events" || name == crate::recovery::SLED_SET_ASIDE_DIR {
+        if name == "events"
+            || name == crate::audit_log::DIR
+            || name == crate::recovery::SLED_SET_ASIDE_DIR
+        {
             continue;
         }
         if path.is_dir() {
@@ -206,9 +209,41 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
         },
         Err(e) => out.push(Finding::from_error("audit checkpoint", &cp_path, e)),
     }
-    // Audit leaves against the tiles, and against their index.
-    out.push(check_audit_tree(&db_path, &tree, audit_size));
-    out.push(check_audit_index(&db_path, &tree, audit_size));
+    // The audit log's files against sled's pointers, then the leaves
+    // against the tiles and against their index.
+    let audit_dir = store_dir.join(crate::audit_log::DIR);
+    let log = match crate::audit_log::AuditLog::open(store_dir) {
+        Ok(log) => log,
+        Err(e) => {
+            out.push(Finding::from_error("audit log files", &audit_dir, e));
+            return out;
+        }
+    };
+    match crate::sled_open::verify_audit_chunks(store_dir, &tree, &log) {
+        Ok(found) => {
+            out.push(Finding::ok(
+                "audit log files",
+                &audit_dir,
+                "every chunk sled points at is whole and matches its checksum",
+            ));
+            for (file, from) in found.ignored_tails {
+                out.push(Finding::ok(
+                    "audit log files",
+                    &file,
+                    format!(
+                        "bytes from {from} on follow the committed entries (a torn write or a \
+                         batch that never committed): ignored, never cut"
+                    ),
+                ));
+            }
+        }
+        Err(e) => {
+            out.push(Finding::from_error("audit log files", &audit_dir, e));
+            return out;
+        }
+    }
+    out.push(check_audit_tree(&db_path, &tree, &log, audit_size));
+    out.push(check_audit_index(&db_path, &tree, &log, audit_size));
     // Segments, one by one.
     let segments = segment_files(&events_dir).unwrap_or_default();
     let key = crate::segments::key_fingerprint(&events_dir);
@@ -317,10 +352,15 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
     out
 }
 
-fn check_audit_tree(db_path: &Path, tree: &sled::Tree, size: u64) -> Finding {
+fn check_audit_tree(
+    db_path: &Path,
+    tree: &sled::Tree,
+    log: &crate::audit_log::AuditLog,
+    size: u64,
+) -> Finding {
     let tiles = crate::sled_open::tiles(tree);
     let mut hashes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    match crate::sled_open::all_audit_entries(tree) {
+    match crate::sled_open::all_audit_entries(tree, log) {
         Ok(entries) => hashes.extend(entries.iter().map(|e| leaf_hash(e))),
         Err(e) => return Finding::from_error("audit log", db_path, e),
     }
@@ -349,9 +389,14 @@ fn check_audit_tree(db_path: &Path, tree: &sled::Tree, size: u64) -> Finding {
     }
 }
 
-fn check_audit_index(db_path: &Path, tree: &sled::Tree, size: u64) -> Finding {
+fn check_audit_index(
+    db_path: &Path,
+    tree: &sled::Tree,
+    log: &crate::audit_log::AuditLog,
+    size: u64,
+) -> Finding {
     const CHECK: &str = "audit index";
-    let verdict = match crate::audit_index::verify(tree, size) {
+    let verdict = match crate::audit_index::verify(tree, log, size) {
         Ok(v) => v,
         Err(e) => return Finding::from_error(CHECK, db_path, e),
     };

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_index;
+pub mod audit_log;
 pub mod audit_query;
 pub mod backup;
 pub mod check;

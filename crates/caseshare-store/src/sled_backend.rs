@@ -9,8 +9,13 @@
 //! acknowledged commit also survives a power loss. Sled's next-sequence
 //! counter decides, at open, which logged events were committed.
 //!
+//! Audit entries go to the [`AuditLog`] beside sled, written and synced
+//! with the events, before sled's batch: sled holds a pointer per chunk.
+//!
 //! Key layout (big-endian numbers, so keys sort numerically):
-//! - `A` ‖ first index → a chunk of audit entries (`u32` LE length ‖ bytes)*
+//! - `A` ‖ first index → a [`crate::audit_log::Pointer`] to a chunk of
+//!   audit entries in the audit log; in stores written before it, the chunk
+//!   itself (`u32` LE length ‖ bytes)*, read, never written
 //! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes)
 //! - `E` ‖ sequence → [`StoredEvent`]: only in stores written before the
 //!   event log; moved into it at open
@@ -51,6 +56,7 @@ use caseshare_audit::tiles::TileStore;
 use caseshare_core::time::Micros;
 
 use crate::audit_index;
+use crate::audit_log::AuditLog;
 use crate::audit_query::AuditTerm;
 use crate::delivery_chunks;
 
@@ -124,6 +130,7 @@ pub struct SledStore {
     data_file: File,
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     events: EventLog,
+    audit_log: AuditLog,
     /// The size of the last checkpoint persisted.
     persisted_checkpoint: Mutex<u64>,
     /// What the open read and checked, for the first `load`.
@@ -208,8 +215,9 @@ impl SledStore {
         let (next_sequence, first_retained, audit_size, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
         verify_audit_checkpoint(dir, &tree)?;
-        crate::sled_open::verify_audit_chunks(dir, &tree)?;
-        let index_plan = audit_index::plan(dir, &tree, audit_size)?;
+        let audit_log = AuditLog::open(dir)?;
+        let audit_found = crate::sled_open::verify_audit_chunks(dir, &tree, &audit_log)?;
+        let index_plan = audit_index::plan(dir, &tree, &audit_log, audit_size)?;
         let events_dir = dir.join("events");
         std::fs::create_dir_all(&events_dir)?;
         // A store written before the event log keeps events in sled (`E`
@@ -226,6 +234,14 @@ impl SledStore {
             tracing::info!(file = %tmp.display(), "removed a temporary left by an interrupted write");
         }
         let events = plan.apply(segment_bytes)?;
+        for (file, from) in &audit_found.ignored_tails {
+            tracing::warn!(
+                file = %file.display(),
+                from,
+                "audit log: bytes after the committed entries (a torn write or a batch that \
+                 never committed) are left as they are; the next entries go to a new file"
+            );
+        }
         let store = SledStore {
             db,
             tree,
@@ -233,6 +249,7 @@ impl SledStore {
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
             events,
+            audit_log,
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
             audit_indexed: Mutex::new(audit_size),
@@ -301,7 +318,7 @@ impl SledStore {
                 "the audit index covered entries sled no longer holds; cut back to the entries held"
             ),
         }
-        audit_index::apply(&self.tree, plan, size)?;
+        audit_index::apply(&self.tree, &self.audit_log, plan, size)?;
         self.sync()
     }
 
@@ -342,6 +359,12 @@ impl SledStore {
     /// The store directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.path
+    }
+
+    /// The audit log beside sled.
+    #[cfg(test)]
+    pub(crate) fn audit_log(&self) -> &AuditLog {
+        &self.audit_log
     }
 
     /// The tree.
@@ -430,18 +453,17 @@ impl Storage for SledStore {
         }
         let mut b = sled::Batch::default();
         let mut stats = CommitStats::default();
-        // Audit entries, packed into chunks.
-        let mut chunk_start = batch.audit_first_index;
+        // Audit entries, packed into chunks, written to the audit log;
+        // sled gets a pointer per chunk.
+        let mut starts = Vec::new();
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
         let mut chunk: Vec<u8> = Vec::new();
         for (index, entry) in (batch.audit_first_index..).zip(&batch.audit) {
-            if !chunk.is_empty() && chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
-                Self::put(
-                    &mut b,
-                    &mut stats,
-                    key(b'A', &[&be(chunk_start)]),
-                    std::mem::take(&mut chunk),
-                );
-                chunk_start = index;
+            if chunk.is_empty() {
+                starts.push(index);
+            } else if chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
+                chunks.push(std::mem::take(&mut chunk));
+                starts.push(index);
             }
             let len = u32::try_from(entry.len())
                 .map_err(|_| StoreError::TooLarge("audit entry".into()))?;
@@ -449,7 +471,7 @@ impl Storage for SledStore {
             chunk.extend_from_slice(entry);
         }
         if !chunk.is_empty() {
-            Self::put(&mut b, &mut stats, key(b'A', &[&be(chunk_start)]), chunk);
+            chunks.push(chunk);
         }
         // Their index, in the same atomic batch.
         let audit_end = batch.audit_first_index + batch.audit.len() as u64;
@@ -479,9 +501,23 @@ impl Storage for SledStore {
                 bytes.clone(),
             );
         }
-        // Events first, synced, so sled never commits a sequence the log
-        // does not hold.
+        // Events and audit entries first, synced, so sled never commits a
+        // sequence the event log does not hold or points at audit entries
+        // that are not durable.
+        let pointers = self.audit_log.append(&chunks)?;
+        for (start, pointer) in starts.iter().zip(&pointers) {
+            Self::put(
+                &mut b,
+                &mut stats,
+                key(b'A', &[&be(*start)]),
+                pointer.encode(),
+            );
+        }
+        stats.bytes += chunks.iter().map(Vec::len).sum::<usize>();
         stats.bytes += self.events.append(&batch.events)?;
+        if !chunks.is_empty() {
+            self.audit_log.sync()?;
+        }
         for a in &batch.agencies {
             Self::put(
                 &mut b,
@@ -668,7 +704,7 @@ impl Storage for SledStore {
     }
 
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        crate::sled_open::audit_entries(&self.tree, start, end)
+        crate::sled_open::audit_entries(&self.tree, &self.audit_log, start, end)
     }
 
     fn audit_entries_with(
@@ -679,7 +715,7 @@ impl Storage for SledStore {
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let indexes = audit_index::postings(&self.tree, term, start, end, max)?;
-        let entries = audit_index::entries_at(&self.tree, &indexes)?;
+        let entries = audit_index::entries_at(&self.tree, &self.audit_log, &indexes)?;
         Ok(indexes.into_iter().zip(entries).collect())
     }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use caseshare_audit::tiles::{TileStore, TiledTree};
 
 use crate::StoreError;
+use crate::audit_log::{AuditLog, Pointer, Verified};
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::sled_backend::{be, key, read_be, split_chunk};
 
@@ -25,7 +26,10 @@ pub(crate) fn tiles(tree: &sled::Tree) -> Tiles<'_> {
 }
 
 /// Every audit entry in `tree`, in order.
-pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, StoreError> {
+pub(crate) fn all_audit_entries(
+    tree: &sled::Tree,
+    log: &AuditLog,
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::new();
     for item in tree.scan_prefix([b'A']) {
         let (k, v) = item?;
@@ -36,7 +40,7 @@ pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, Store
                 detail: format!("expected a chunk starting at {}", out.len()),
             });
         }
-        out.extend(split_chunk(&v)?);
+        out.extend(split_chunk(&log.resolve(v)?)?);
     }
     Ok(out)
 }
@@ -44,6 +48,7 @@ pub(crate) fn all_audit_entries(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, Store
 /// The audit entries in `tree` with index in `[start, end)`.
 pub(crate) fn audit_entries(
     tree: &sled::Tree,
+    log: &AuditLog,
     start: u64,
     end: u64,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -62,7 +67,7 @@ pub(crate) fn audit_entries(
     for item in tree.range(first_key.to_vec()..key(b'A', &[&be(end)])) {
         let (k, v) = item?;
         let first = read_be(&k[1..], "audit chunk key")?;
-        for (idx, entry) in (first..).zip(split_chunk(&v)?) {
+        for (idx, entry) in (first..).zip(split_chunk(&log.resolve(v)?)?) {
             if idx >= start && idx < end {
                 out.push(entry);
             }
@@ -105,17 +110,23 @@ impl TileStore for Tiles<'_> {
 /// The number of audit entries in sled (from its last chunk).
 pub(crate) fn audit_size(tree: &sled::Tree) -> Result<u64, StoreError> {
     match tree.scan_prefix([b'A']).next_back().transpose()? {
-        Some((k, v)) => Ok(read_be(&k[1..], "audit chunk key")? + split_chunk(&v)?.len() as u64),
+        Some((k, v)) => Ok(read_be(&k[1..], "audit chunk key")? + AuditLog::count(&v)?),
         None => Ok(0),
     }
 }
 
 /// Checks that sled's audit chunks are contiguous from index 0 (read-only,
-/// one pass, constant memory): a node of the tree that sled lost (a blob
-/// file gone) removes a run of chunks while the last one, and so the size,
-/// stays.
-pub fn verify_audit_chunks(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
+/// one pass): a node of the tree that sled lost (a blob file gone) removes
+/// a run of chunks while the last one, and so the size, stays. Then every
+/// chunk sled points at in the audit log is read and checked
+/// ([`AuditLog::verify`]; 28 bytes per chunk in memory meanwhile).
+pub(crate) fn verify_audit_chunks(
+    dir: &Path,
+    tree: &sled::Tree,
+    log: &AuditLog,
+) -> Result<Verified, StoreError> {
     let mut expected = 0u64;
+    let mut pointers = Vec::new();
     for item in tree.scan_prefix([b'A']) {
         let (k, v) = item?;
         let first = read_be(&k[1..], "audit chunk key")?;
@@ -131,9 +142,15 @@ pub fn verify_audit_chunks(dir: &Path, tree: &sled::Tree) -> Result<(), StoreErr
                 ADVICE_SLED_BEHIND,
             ));
         }
-        expected += split_chunk(&v)?.len() as u64;
+        match Pointer::decode(&v)? {
+            Some(p) => {
+                expected += u64::from(p.count);
+                pointers.push(p);
+            }
+            None => expected += split_chunk(&v)?.len() as u64,
+        }
     }
-    Ok(())
+    log.verify(&pointers)
 }
 
 /// Checks sled's audit log against the persisted checkpoint (read-only):

@@ -12,6 +12,7 @@ use super::{
     encode_table, index_entries, split_key, time_value,
 };
 use crate::StoreError;
+use crate::audit_log::AuditLog;
 use crate::audit_query::{decode_leaf, recorded_at};
 use crate::recovery::{ADVICE_RESTORE, damaged};
 use crate::sled_backend::{be, key, read_be};
@@ -43,7 +44,12 @@ pub(crate) enum Plan {
 /// Decides, read-only, what the open must do to the index of a log of
 /// `size` entries; every entry it would index must decode, or the store is
 /// refused naming it.
-pub(crate) fn plan(dir: &Path, tree: &sled::Tree, size: u64) -> Result<Plan, StoreError> {
+pub(crate) fn plan(
+    dir: &Path,
+    tree: &sled::Tree,
+    log: &AuditLog,
+    size: u64,
+) -> Result<Plan, StoreError> {
     let (from, clear) = match covered(tree)? {
         Some(n) if n == size => return Ok(Plan::UpToDate),
         Some(n) if n > size => return Ok(Plan::Trim { size }),
@@ -53,7 +59,7 @@ pub(crate) fn plan(dir: &Path, tree: &sled::Tree, size: u64) -> Result<Plan, Sto
     let mut at = from;
     while at < size {
         let to = size.min(at + BUILD_WINDOW);
-        let leaves = crate::sled_open::audit_entries(tree, at, to)?;
+        let leaves = crate::sled_open::audit_entries(tree, log, at, to)?;
         if leaves.len() as u64 != to - at {
             return Err(damaged(
                 &dir.join("db"),
@@ -86,7 +92,12 @@ pub(crate) fn plan(dir: &Path, tree: &sled::Tree, size: u64) -> Result<Plan, Sto
 }
 
 /// Carries out a [`Plan`] for a log of `size` entries (the caller syncs).
-pub(crate) fn apply(tree: &sled::Tree, plan: Plan, size: u64) -> Result<(), StoreError> {
+pub(crate) fn apply(
+    tree: &sled::Tree,
+    log: &AuditLog,
+    plan: Plan,
+    size: u64,
+) -> Result<(), StoreError> {
     match plan {
         Plan::UpToDate => Ok(()),
         Plan::Build { from, clear } => {
@@ -96,7 +107,7 @@ pub(crate) fn apply(tree: &sled::Tree, plan: Plan, size: u64) -> Result<(), Stor
             let mut at = from;
             while at < size {
                 let to = size.min(at + BUILD_WINDOW);
-                let entries = crate::sled_open::audit_entries(tree, at, to)?
+                let entries = crate::sled_open::audit_entries(tree, log, at, to)?
                     .iter()
                     .zip(at..)
                     .map(|(leaf, index)| decode_leaf(index, leaf))
@@ -111,7 +122,7 @@ pub(crate) fn apply(tree: &sled::Tree, plan: Plan, size: u64) -> Result<(), Stor
             }
             Ok(())
         }
-        Plan::Trim { size } => trim(tree, size),
+        Plan::Trim { size } => trim(tree, log, size),
     }
 }
 
@@ -128,7 +139,7 @@ fn remove_all(tree: &sled::Tree) -> Result<(), StoreError> {
 
 /// Cuts the index back to the first `size` entries. A complete epoch
 /// that is no longer complete gets its postings back as one `L` record.
-fn trim(tree: &sled::Tree, size: u64) -> Result<(), StoreError> {
+fn trim(tree: &sled::Tree, log: &AuditLog, size: u64) -> Result<(), StoreError> {
     let mut b = sled::Batch::default();
     let partial = size >> EPOCH_BITS;
     let mut reopened: Vec<super::TermPostings> = Vec::new();
@@ -182,6 +193,7 @@ fn trim(tree: &sled::Tree, size: u64) -> Result<(), StoreError> {
         let mut span: Option<(Micros, Micros)> = None;
         for (index, leaf) in (block * TIME_BLOCK..).zip(crate::sled_open::audit_entries(
             tree,
+            log,
             block * TIME_BLOCK,
             size,
         )?) {

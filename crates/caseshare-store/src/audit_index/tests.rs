@@ -218,7 +218,7 @@ fn the_index_is_written_with_the_entries_and_answers_as_a_scan_does() {
     );
     assert_eq!(store.raw_tree().scan_prefix([TIME]).count(), 5);
     assert_answers_like_a_scan(&store, 5_000);
-    let v = verify(store.raw_tree(), 5_000).unwrap();
+    let v = verify(store.raw_tree(), store.audit_log(), 5_000).unwrap();
     assert_eq!(v.mismatch, None);
     assert_eq!(v.covered, Some(5_000));
     let expected: usize = entries.iter().map(|e| AuditTerm::of(e).len()).sum();
@@ -342,7 +342,7 @@ fn an_older_store_gets_its_index_at_open() {
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(3_000));
-    assert_eq!(verify(store.raw_tree(), 3_000).unwrap().mismatch, None);
+    assert_eq!(verify(store.raw_tree(), store.audit_log(), 3_000).unwrap().mismatch, None);
     assert_answers_like_a_scan(&store, 3_000);
     // And it goes on from there.
     fill(&store, 4, 500, 100);
@@ -355,15 +355,15 @@ fn an_index_behind_the_entries_is_completed_at_open() {
     {
         let store = open_store(dir.path()).unwrap();
         fill(&store, 5, 2_500, 300);
-        apply(store.raw_tree(), Plan::Trim { size: 1_500 }, 2_500).unwrap();
+        apply(store.raw_tree(), store.audit_log(), Plan::Trim { size: 1_500 }, 2_500).unwrap();
         assert_eq!(covered(store.raw_tree()).unwrap(), Some(1_500));
-        let v = verify(store.raw_tree(), 2_500).unwrap();
+        let v = verify(store.raw_tree(), store.audit_log(), 2_500).unwrap();
         assert_eq!(v.mismatch, None, "the part covered still matches");
         store.sync().unwrap();
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(2_500));
-    assert_eq!(verify(store.raw_tree(), 2_500).unwrap().mismatch, None);
+    assert_eq!(verify(store.raw_tree(), store.audit_log(), 2_500).unwrap().mismatch, None);
     assert_answers_like_a_scan(&store, 2_500);
 }
 
@@ -374,16 +374,30 @@ fn an_index_ahead_of_the_entries_is_cut_back_at_open() {
     {
         let store = open_store(dir.path()).unwrap();
         fill(&store, 6, 2_000, 250);
-        // Sled loses the last chunks (no checkpoint was signed to notice).
+        kept = store.load().unwrap().audit_size;
+        // One more commit, of several chunks.
+        let mut rng = StdRng::seed_from_u64(60);
+        let last: Vec<pb::AuditEntry> = (kept..kept + 300)
+            .map(|i| entry(&mut rng, i, 40, 12))
+            .collect();
+        store
+            .commit(&Batch {
+                audit: last.iter().map(caseshare_audit::entry::encode).collect(),
+                audit_first_index: kept,
+                ..Batch::default()
+            })
+            .unwrap();
+        // Sled loses that commit's chunks (no checkpoint was signed to
+        // notice); the audit log keeps them, as the one batch that never
+        // committed.
         let tree = store.raw_tree();
         let chunks: Vec<sled::IVec> = tree
-            .scan_prefix([b'A'])
+            .range(key(b'A', &[&be(kept)])..key(b'B', &[]))
             .keys()
             .map(Result::unwrap)
             .collect();
-        let from = chunks.len() - 3;
-        kept = read_be(&chunks[from][1..], "key").unwrap();
-        for k in &chunks[from..] {
+        assert!(chunks.len() > 1, "{} chunks", chunks.len());
+        for k in &chunks {
             tree.remove(k).unwrap();
         }
         store.sync().unwrap();
@@ -391,7 +405,7 @@ fn an_index_ahead_of_the_entries_is_cut_back_at_open() {
     let store = open_store(dir.path()).unwrap();
     assert_eq!(store.load().unwrap().audit_size, kept);
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(kept));
-    assert_eq!(verify(store.raw_tree(), kept).unwrap().mismatch, None);
+    assert_eq!(verify(store.raw_tree(), store.audit_log(), kept).unwrap().mismatch, None);
     assert_answers_like_a_scan(&store, kept);
     fill(&store, 7, 300, 100);
     assert_answers_like_a_scan(&store, kept + 300);
@@ -405,16 +419,19 @@ fn a_damaged_entry_refuses_the_build_naming_it_and_changes_nothing() {
         fill(&store, 8, 600, 100);
         let tree = store.raw_tree();
         tree.remove(key(b'M', &[COUNTER])).unwrap();
-        // Entry 5 becomes bytes that are no audit entry.
-        let (k, v) = tree.scan_prefix([b'A']).next().unwrap().unwrap();
-        let mut leaves = crate::sled_backend::split_chunk(&v).unwrap();
+        // Entry 5 becomes bytes that are no audit entry (in a frame whose
+        // checksum holds).
+        let (_, v) = tree.scan_prefix([b'A']).next().unwrap().unwrap();
+        let pointer = crate::audit_log::Pointer::decode(&v).unwrap().unwrap();
+        let log = crate::audit_log::AuditLog::open(dir.path()).unwrap();
+        let mut leaves = crate::sled_backend::split_chunk(&log.resolve(v).unwrap()).unwrap();
         leaves[5] = vec![0xff; leaves[5].len()];
         let mut chunk = Vec::new();
         for l in &leaves {
             chunk.extend_from_slice(&(l.len() as u32).to_le_bytes());
             chunk.extend_from_slice(l);
         }
-        tree.insert(k, chunk).unwrap();
+        crate::audit_log::tests::rewrite(dir.path(), &pointer, &chunk);
         store.sync().unwrap();
     }
     // Let sled's threads let go before the files are read.
@@ -517,7 +534,7 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
         let (ep, b) = split_key(&k).unwrap();
         tree.insert(bucket_key(ep + 1_000, b), v).unwrap();
         assert!(
-            verify(tree, 1_200)
+            verify(tree, store.audit_log(), 1_200)
                 .unwrap()
                 .mismatch
                 .is_some_and(|m| m.contains("another epoch or bucket"))
@@ -531,7 +548,7 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
         tree.insert(key(TIME, &[&be(0)]), time_value(Micros(0), Micros(1)))
             .unwrap();
         store.sync().unwrap();
-        assert!(verify(tree, 1_200).unwrap().mismatch.is_some());
+        assert!(verify(tree, store.audit_log(), 1_200).unwrap().mismatch.is_some());
     }
 }
 

@@ -52,7 +52,11 @@ impl Digest {
 /// Checks, read-only, that the stored index is exactly the index of the
 /// entries it claims to cover (every posting and time block, nothing
 /// else), in constant memory but for one record per time block.
-pub(crate) fn verify(tree: &sled::Tree, size: u64) -> Result<Verdict, StoreError> {
+pub(crate) fn verify(
+    tree: &sled::Tree,
+    log: &crate::audit_log::AuditLog,
+    size: u64,
+) -> Result<Verdict, StoreError> {
     let Some(covered) = covered(tree)? else {
         return Ok(Verdict {
             covered: None,
@@ -66,7 +70,7 @@ pub(crate) fn verify(tree: &sled::Tree, size: u64) -> Result<Verdict, StoreError
     let mut at = 0;
     while at < n {
         let to = n.min(at + WINDOW);
-        for (index, leaf) in (at..).zip(crate::sled_open::audit_entries(tree, at, to)?) {
+        for (index, leaf) in (at..).zip(crate::sled_open::audit_entries(tree, log, at, to)?) {
             let e = decode_leaf(index, &leaf)?;
             for term in AuditTerm::of(&e) {
                 expected.add(&term_prefix(&term)?, index);

@@ -1,0 +1,475 @@
+//! The audit log's leaves, beside (not inside) sled: each commit's audit
+//! entries are appended as frames to numbered append-only files and
+//! `fdatasync`ed with the commit, and sled keeps only a small *pointer*
+//! per chunk of entries where it used to keep the entries themselves.
+//!
+//! Why: audit entries are most of what sled held (four or so per event,
+//! never changed), and sled copies and re-serialises the leaf nodes they
+//! sit in on every insert and keeps them in its cache, so its memory grew
+//! with the audit log (issue #18, items 2 and 5). Here a chunk costs one
+//! `memcpy` into the commit's write.
+//!
+//! Layout: `<store>/audit/<serial, 20 digits>.log`, each a run of frames
+//! `len: u32 LE ‖ crc: u32 LE ‖ payload`, framed as the event log's
+//! ([`crate::segments::frame_crc`], [`crate::segments::BATCH_END`] on a
+//! commit's last frame). A payload is an audit chunk exactly as sled held
+//! one: `(len: u32 LE ‖ entry)*`. The sled record `A` ‖ first index holds
+//! either such a chunk (stores written before this module, read, never
+//! written) or a [`Pointer`]: [`POINTER_TAG`] ‖ serial ‖ offset ‖ payload
+//! length ‖ entry count. A chunk is resolved by [`AuditLog::resolve`],
+//! which checks the frame's length, checksum and count.
+//!
+//! Architecture Invariant: a commit's frames are written and synced
+//! before the sled batch holding their pointers, so sled never points at
+//! bytes that are not durable; sled is the authority. At open
+//! ([`AuditLog::verify`], read-only) every pointed frame is read and
+//! checked, the frames of each file that are pointed at form a prefix of
+//! it, and what follows them (a torn write, or the one batch whose commit
+//! never happened) is ignored and left on disk: more than one whole batch
+//! there means sled lost committed writes, a refusal. The next append
+//! starts a new file whenever the last one has such a tail.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::StoreError;
+use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
+use crate::segments::{BATCH_END, LEN_MASK, frame_crc};
+
+/// The directory of the audit log in a store directory.
+pub const DIR: &str = "audit";
+
+/// The first four bytes of a pointer record: as the length of an inline
+/// chunk's first entry it would be 4 GiB, which no entry can be.
+pub const POINTER_TAG: [u8; 4] = [0xff; 4];
+
+const POINTER_LEN: usize = 4 + 8 + 8 + 4 + 4;
+const HEADER: u64 = 8;
+
+/// Size at which a new file starts (checked before each commit's frames).
+pub const DEFAULT_FILE_BYTES: u64 = 64 << 20;
+
+/// Where a chunk of audit entries lies in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointer {
+    /// The file's serial number.
+    pub serial: u64,
+    /// The frame's offset in it.
+    pub offset: u64,
+    /// The payload's length.
+    pub len: u32,
+    /// How many entries the chunk holds.
+    pub count: u32,
+}
+
+impl Pointer {
+    /// The sled value that holds this pointer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(POINTER_LEN);
+        v.extend_from_slice(&POINTER_TAG);
+        v.extend_from_slice(&self.serial.to_le_bytes());
+        v.extend_from_slice(&self.offset.to_le_bytes());
+        v.extend_from_slice(&self.len.to_le_bytes());
+        v.extend_from_slice(&self.count.to_le_bytes());
+        v
+    }
+
+    /// The pointer in a sled value, or `None` for an inline chunk.
+    pub fn decode(v: &[u8]) -> Result<Option<Pointer>, StoreError> {
+        if !v.starts_with(&POINTER_TAG) {
+            return Ok(None);
+        }
+        if v.len() != POINTER_LEN {
+            return Err(StoreError::Corrupt {
+                key: "audit chunk".into(),
+                detail: format!("a pointer of {} bytes", v.len()),
+            });
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&v[at..at + 4]);
+            u32::from_le_bytes(b)
+        };
+        Ok(Some(Pointer {
+            serial: u64_at(4),
+            offset: u64_at(12),
+            len: u32_at(20),
+            count: u32_at(24),
+        }))
+    }
+
+    fn end(&self) -> u64 {
+        self.offset + HEADER + u64::from(self.len)
+    }
+}
+
+/// The name of file `serial`.
+pub fn file_name(serial: u64) -> String {
+    format!("{serial:020}.log")
+}
+
+/// The append handle of the last file (the commit's).
+#[derive(Debug)]
+struct Active {
+    serial: u64,
+    file: File,
+    len: u64,
+}
+
+/// The audit log's files: read handles for all, the append handle for the
+/// last.
+#[derive(Debug)]
+pub struct AuditLog {
+    dir: PathBuf,
+    file_bytes: u64,
+    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    /// The file appends go to; `None` until the first append (which then
+    /// continues the last file if it ends where its pointed frames do).
+    active: Mutex<Option<Active>>,
+    /// Where the last file's pointed frames end (from [`AuditLog::verify`]);
+    /// `None` makes the next append start a new file.
+    resume: Mutex<Option<(u64, u64)>>,
+}
+
+/// What [`AuditLog::verify`] found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Files whose tail (bytes after their pointed frames) is ignored.
+    pub ignored_tails: Vec<(PathBuf, u64)>,
+}
+
+impl AuditLog {
+    /// Opens the audit log of the store in `store_dir` for reading,
+    /// changing nothing (the directory is made by the first append).
+    pub fn open(store_dir: &Path) -> Result<AuditLog, StoreError> {
+        let dir = store_dir.join(DIR);
+        let mut files = BTreeMap::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Some(serial) = name.strip_suffix(".log").and_then(|s| s.parse().ok())
+                    else {
+                        continue;
+                    };
+                    files.insert(serial, Arc::new(File::open(entry.path())?));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(AuditLog {
+            dir,
+            file_bytes: DEFAULT_FILE_BYTES,
+            files: RwLock::new(files),
+            active: Mutex::new(None),
+            resume: Mutex::new(None),
+        })
+    }
+
+    /// The path of file `serial`.
+    pub fn path(&self, serial: u64) -> PathBuf {
+        self.dir.join(file_name(serial))
+    }
+
+    fn file(&self, serial: u64) -> Result<Option<Arc<File>>, StoreError> {
+        Ok(self
+            .files
+            .read()
+            .map_err(|_| StoreError::Engine("audit log lock poisoned".into()))?
+            .get(&serial)
+            .cloned())
+    }
+
+    /// The chunk a sled `A` value stands for: the value itself for an
+    /// inline chunk, else the payload of the frame it points at, checked.
+    pub fn resolve(&self, value: sled::IVec) -> Result<sled::IVec, StoreError> {
+        match Pointer::decode(&value)? {
+            None => Ok(value),
+            Some(p) => Ok(self.read(&p)?.into()),
+        }
+    }
+
+    /// How many entries a sled `A` value holds (a pointer says; an inline
+    /// chunk is counted).
+    pub fn count(value: &[u8]) -> Result<u64, StoreError> {
+        match Pointer::decode(value)? {
+            Some(p) => Ok(u64::from(p.count)),
+            None => Ok(crate::sled_backend::split_chunk(value)?.len() as u64),
+        }
+    }
+
+    /// The payload of the frame at `p`, checked against the pointer.
+    fn read(&self, p: &Pointer) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(p.serial);
+        let bad = |detail: String| damaged(&path, Some(p.offset), detail, ADVICE_RESTORE);
+        let Some(file) = self.file(p.serial)? else {
+            return Err(damaged(
+                &path,
+                None,
+                format!(
+                    "the file is missing, but sled points at a chunk of {} audit entries in it",
+                    p.count
+                ),
+                ADVICE_RESTORE,
+            ));
+        };
+        let mut buf = vec![0u8; HEADER as usize + p.len as usize];
+        if let Err(e) = file.read_exact_at(&mut buf, p.offset) {
+            return Err(bad(format!(
+                "the committed frame of {} bytes cannot be read whole ({e})",
+                p.len
+            )));
+        }
+        let word = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let payload = buf.split_off(HEADER as usize);
+        if word & LEN_MASK != p.len {
+            return Err(bad(format!(
+                "a committed frame of {} bytes where sled expects {}",
+                word & LEN_MASK,
+                p.len
+            )));
+        }
+        if frame_crc(&payload, word & BATCH_END != 0) != crc {
+            return Err(bad("a committed frame whose checksum does not match".into()));
+        }
+        let count = crate::sled_backend::split_chunk(&payload)
+            .map_err(|_| bad("a committed frame whose entries do not parse".into()))?
+            .len();
+        if count != p.count as usize {
+            return Err(bad(format!(
+                "a committed frame of {count} entries where sled expects {}",
+                p.count
+            )));
+        }
+        Ok(payload)
+    }
+
+    /// Writes `chunks` (each a payload) as one commit's frames, the last
+    /// marked as the batch's end, and returns where each went. Not synced:
+    /// [`AuditLog::sync`] follows before sled holds the pointers.
+    pub fn append(&self, chunks: &[Vec<u8>]) -> Result<Vec<Pointer>, StoreError> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut active = self
+            .active
+            .lock()
+            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?;
+        if active.as_ref().is_none_or(|a| a.len >= self.file_bytes) {
+            *active = Some(self.next_file(active.as_ref().map(|a| a.serial))?);
+        }
+        let a = active
+            .as_mut()
+            .ok_or_else(|| StoreError::Engine("no active audit file".into()))?;
+        let mut buf = Vec::with_capacity(chunks.iter().map(|c| c.len() + 8).sum());
+        let mut pointers = Vec::with_capacity(chunks.len());
+        let last = chunks.len() - 1;
+        for (i, payload) in chunks.iter().enumerate() {
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| l & BATCH_END == 0)
+                .ok_or_else(|| StoreError::TooLarge("audit chunk".into()))?;
+            let count = u32::try_from(crate::sled_backend::split_chunk(payload)?.len())
+                .map_err(|_| StoreError::TooLarge("audit chunk".into()))?;
+            let batch_end = i == last;
+            pointers.push(Pointer {
+                serial: a.serial,
+                offset: a.len + buf.len() as u64,
+                len,
+                count,
+            });
+            let word = if batch_end { len | BATCH_END } else { len };
+            buf.extend_from_slice(&word.to_le_bytes());
+            buf.extend_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        if let Err(e) = a.file.write_all(&buf) {
+            // Bytes may be half written: later commits start a new file.
+            let serial = a.serial;
+            *active = Some(self.next_file(Some(serial))?);
+            return Err(e.into());
+        }
+        a.len += buf.len() as u64;
+        Ok(pointers)
+    }
+
+    /// The file the next append goes to: the last one continued if it ends
+    /// where its pointed frames do (after [`AuditLog::verify`]), else a new
+    /// one, whose name is made durable here.
+    fn next_file(&self, after: Option<u64>) -> Result<Active, StoreError> {
+        let resume = self
+            .resume
+            .lock()
+            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?
+            .take();
+        if after.is_none()
+            && let Some((serial, end)) = resume
+            && end < self.file_bytes
+        {
+            let file = OpenOptions::new().append(true).open(self.path(serial))?;
+            if file.metadata()?.len() == end {
+                return Ok(Active {
+                    serial,
+                    file,
+                    len: end,
+                });
+            }
+        }
+        let last = self
+            .files
+            .read()
+            .map_err(|_| StoreError::Engine("audit log lock poisoned".into()))?
+            .keys()
+            .next_back()
+            .copied();
+        let serial = last.max(after).map_or(1, |s| s + 1);
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(serial);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        crate::recovery::sync_dir(&self.dir)?;
+        if let Some(parent) = self.dir.parent() {
+            crate::recovery::sync_dir(parent)?;
+        }
+        self.files
+            .write()
+            .map_err(|_| StoreError::Engine("audit log lock poisoned".into()))?
+            .insert(serial, Arc::new(File::open(&path)?));
+        Ok(Active {
+            serial,
+            file,
+            len: 0,
+        })
+    }
+
+    /// Makes the appended frames durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let active = self
+            .active
+            .lock()
+            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?;
+        if let Some(a) = active.as_ref() {
+            a.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Checks the audit log against sled's pointers (read-only), given
+    /// every pointer in index order: each frame is read and checked, the
+    /// pointed frames of each file are a prefix of it, and the rest of
+    /// each file holds at most one batch. Remembers where the last file's
+    /// pointed frames end, for the first append.
+    pub fn verify(&self, pointers: &[Pointer]) -> Result<Verified, StoreError> {
+        let mut out = Verified::default();
+        // Pointed frames per file: their end, and that they follow on.
+        let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut previous = 0;
+        for p in pointers {
+            if p.serial < previous {
+                return Err(damaged(
+                    &self.path(p.serial),
+                    Some(p.offset),
+                    format!(
+                        "sled points at this file after file {}: the audit log's files are                          out of order",
+                        file_name(previous)
+                    ),
+                    ADVICE_RESTORE,
+                ));
+            }
+            previous = p.serial;
+            let end = ends.entry(p.serial).or_insert(0);
+            if p.offset != *end {
+                return Err(damaged(
+                    &self.path(p.serial),
+                    Some(p.offset),
+                    format!(
+                        "sled points at a frame at byte {} where the one before ends at {end}",
+                        p.offset
+                    ),
+                    ADVICE_RESTORE,
+                ));
+            }
+            self.read(p)?;
+            *end = p.end();
+        }
+        let files: Vec<(u64, Arc<File>)> = self
+            .files
+            .read()
+            .map_err(|_| StoreError::Engine("audit log lock poisoned".into()))?
+            .iter()
+            .map(|(s, f)| (*s, f.clone()))
+            .collect();
+        let mut last_clean = None;
+        for (serial, file) in files {
+            let from = ends.get(&serial).copied().unwrap_or(0);
+            let len = file.metadata()?.len();
+            if len > from {
+                let batches = whole_batches(&file, from, len)?;
+                if batches > 1 {
+                    return Err(damaged(
+                        &self.path(serial),
+                        Some(from),
+                        format!(
+                            "{batches} committed batches of audit entries follow the last one \
+                             sled points at"
+                        ),
+                        ADVICE_SLED_BEHIND,
+                    ));
+                }
+                out.ignored_tails.push((self.path(serial), from));
+                last_clean = None;
+            } else {
+                last_clean = Some((serial, len));
+            }
+        }
+        *self
+            .resume
+            .lock()
+            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))? = last_clean;
+        Ok(out)
+    }
+}
+
+/// How many whole batches the valid frames of `file` from `from` to `len`
+/// hold, stopping at the first frame that is not whole and valid.
+fn whole_batches(file: &File, from: u64, len: u64) -> Result<usize, StoreError> {
+    let mut bytes = Vec::new();
+    let mut f = file.try_clone()?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from))?;
+    f.take(len - from).read_to_end(&mut bytes)?;
+    let mut at = 0usize;
+    let mut batches = 0;
+    while let Some(header) = bytes.get(at..at + HEADER as usize) {
+        let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let start = at + HEADER as usize;
+        let Some(payload) = bytes.get(start..start + (word & LEN_MASK) as usize) else {
+            break;
+        };
+        if word & LEN_MASK == 0 || frame_crc(payload, word & BATCH_END != 0) != crc {
+            break;
+        }
+        if word & BATCH_END != 0 {
+            batches += 1;
+        }
+        at = start + payload.len();
+    }
+    Ok(batches)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

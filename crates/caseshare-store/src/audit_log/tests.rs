@@ -1,0 +1,291 @@
+//! Tests of the audit log beside sled: pointers, reads, and the recovery
+//! rules at open (damage refused naming the file, a tail of one batch
+//! ignored, sled behind by more refused, old inline chunks still read).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use caseshare_proto::v1 as pb;
+
+use super::*;
+use crate::sled_backend::{be, key};
+use crate::{Batch, SledStore, Storage};
+
+/// Opens the store in `dir`, retrying while sled's lock is still held by
+/// the threads of a store just dropped in this process.
+fn open(dir: &Path) -> Result<SledStore, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir, 8 << 20) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn entries(from: u64, n: u64) -> Vec<Vec<u8>> {
+    (from..from + n)
+        .map(|i| {
+            caseshare_audit::entry::encode(&pb::AuditEntry {
+                index: i,
+                subject: "s".repeat(60 + (i as usize % 200)),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Commits `n` entries in one batch; returns them.
+fn commit(store: &SledStore, n: u64) -> Vec<Vec<u8>> {
+    let from = store.load().unwrap().audit_size;
+    let e = entries(from, n);
+    store
+        .commit(&Batch {
+            audit: e.clone(),
+            audit_first_index: from,
+            ..Batch::default()
+        })
+        .unwrap();
+    e
+}
+
+/// Writes `payload` over the frame at `p`, with a checksum that holds and
+/// the frame's batch flag kept (so only what the payload says is wrong).
+pub(crate) fn rewrite(store_dir: &Path, p: &Pointer, payload: &[u8]) {
+    let path = store_dir.join(DIR).join(file_name(p.serial));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = p.offset as usize;
+    let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!((word & LEN_MASK) as usize, payload.len(), "same length only");
+    let crc = frame_crc(payload, word & BATCH_END != 0);
+    bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    bytes[at + 8..at + 8 + payload.len()].copy_from_slice(payload);
+    std::fs::write(&path, bytes).unwrap();
+}
+
+fn pointers(store: &SledStore) -> Vec<(sled::IVec, Pointer)> {
+    store
+        .raw_tree()
+        .scan_prefix([b'A'])
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            (k, Pointer::decode(&v).unwrap().expect("a pointer"))
+        })
+        .collect()
+}
+
+fn refusal(dir: &Path) -> (PathBuf, Option<u64>, String, &'static str) {
+    let before = crate::segments::tests::files(dir);
+    let err = open(dir).expect_err("refused");
+    assert_eq!(
+        crate::segments::tests::files(dir),
+        before,
+        "a refusal changes nothing"
+    );
+    match err {
+        StoreError::Damaged {
+            path,
+            offset,
+            detail,
+            advice,
+        } => (path, offset, detail, advice),
+        other => panic!("not a refusal: {other}"),
+    }
+}
+
+#[test]
+fn pointers_round_trip_and_are_told_from_inline_chunks() {
+    let p = Pointer {
+        serial: 7,
+        offset: 1 << 40,
+        len: 6_000,
+        count: 31,
+    };
+    assert_eq!(Pointer::decode(&p.encode()).unwrap(), Some(p));
+    let mut inline = Vec::new();
+    inline.extend_from_slice(&3u32.to_le_bytes());
+    inline.extend_from_slice(b"abc");
+    assert_eq!(Pointer::decode(&inline).unwrap(), None);
+    assert_eq!(AuditLog::count(&inline).unwrap(), 1);
+    assert_eq!(AuditLog::count(&p.encode()).unwrap(), 31);
+    let mut short = p.encode();
+    short.pop();
+    assert!(Pointer::decode(&short).is_err());
+}
+
+#[test]
+fn entries_live_in_the_audit_log_and_sled_holds_pointers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    {
+        let store = open(dir.path()).unwrap();
+        for n in [1, 170, 3, 400] {
+            all.extend(commit(&store, n));
+        }
+        let ps = pointers(&store);
+        assert!(ps.len() >= 4, "{} chunks", ps.len());
+        for (_, v) in store.raw_tree().scan_prefix([b'A']).map(Result::unwrap) {
+            assert_eq!(v.len(), POINTER_LEN);
+        }
+        assert_eq!(store.audit_entries(0, 574).unwrap(), all);
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path().join(DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, [file_name(1)]);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.audit_entries(0, 574).unwrap(), all);
+    assert_eq!(store.audit_entries(170, 175).unwrap(), all[170..175].to_vec());
+    // Reopened on a clean end, appends continue the same file.
+    all.extend(commit(&store, 50));
+    assert_eq!(pointers(&store).last().unwrap().1.serial, 1);
+    assert_eq!(store.audit_entries(0, 624).unwrap(), all);
+}
+
+#[test]
+fn a_flipped_byte_in_a_committed_frame_is_refused_naming_the_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let target;
+    {
+        let store = open(dir.path()).unwrap();
+        commit(&store, 100);
+        commit(&store, 100);
+        target = pointers(&store)[1].1;
+    }
+    let path = dir.path().join(DIR).join(file_name(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[target.offset as usize + 20] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+    let (file, offset, detail, advice) = refusal(dir.path());
+    assert_eq!(file, path);
+    assert_eq!(offset, Some(target.offset));
+    assert!(detail.contains("checksum"), "{detail}");
+    assert_eq!(advice, ADVICE_RESTORE);
+}
+
+#[test]
+fn a_truncated_or_missing_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        commit(&store, 300);
+    }
+    let path = dir.path().join(DIR).join(file_name(1));
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
+    let (file, _, detail, _) = refusal(dir.path());
+    assert_eq!(file, path);
+    assert!(detail.contains("cannot be read whole"), "{detail}");
+    std::fs::remove_file(&path).unwrap();
+    let (file, _, detail, _) = refusal(dir.path());
+    assert_eq!(file, path);
+    assert!(detail.contains("missing"), "{detail}");
+}
+
+#[test]
+fn one_uncommitted_batch_and_a_torn_tail_are_left_and_the_next_file_is_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept;
+    {
+        let store = open(dir.path()).unwrap();
+        kept = commit(&store, 120);
+        // A batch written to the audit log whose sled commit never came,
+        // then half a frame.
+        let log = AuditLog::open(dir.path()).unwrap();
+        let mut chunk = Vec::new();
+        for e in entries(120, 10) {
+            chunk.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            chunk.extend_from_slice(&e);
+        }
+        log.resume.lock().unwrap().replace((1, {
+            let ps = pointers(&store);
+            ps.last().unwrap().1.end()
+        }));
+        log.append(&[chunk.clone(), chunk]).unwrap();
+        log.sync().unwrap();
+        let path = dir.path().join(DIR).join(file_name(1));
+        let mut f = OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(&[1, 2, 3]).unwrap();
+    }
+    let before = std::fs::read(dir.path().join(DIR).join(file_name(1))).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.load().unwrap().audit_size, 120);
+    assert_eq!(store.audit_entries(0, 200).unwrap(), kept);
+    let more = commit(&store, 30);
+    assert_eq!(pointers(&store).last().unwrap().1.serial, 2);
+    drop(store);
+    // The tail is never cut; a reopen reads both files.
+    assert_eq!(
+        std::fs::read(dir.path().join(DIR).join(file_name(1))).unwrap(),
+        before
+    );
+    let store = open(dir.path()).unwrap();
+    let mut all = kept;
+    all.extend(more);
+    assert_eq!(store.audit_entries(0, 200).unwrap(), all);
+}
+
+#[test]
+fn sled_behind_the_audit_log_by_more_than_one_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        commit(&store, 50);
+        let size = store.load().unwrap().audit_size;
+        commit(&store, 20);
+        commit(&store, 20);
+        // Sled loses the last two commits' pointers.
+        let tree = store.raw_tree();
+        for k in tree
+            .range(key(b'A', &[&be(size)])..key(b'B', &[]))
+            .keys()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+        {
+            tree.remove(k).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let (file, _, detail, advice) = refusal(dir.path());
+    assert_eq!(file, dir.path().join(DIR).join(file_name(1)));
+    assert!(detail.contains("2 committed batches"), "{detail}");
+    assert_eq!(advice, ADVICE_SLED_BEHIND);
+}
+
+#[test]
+fn a_store_with_inline_chunks_reads_them_and_appends_pointers_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = entries(0, 40);
+    {
+        // What a store written before the audit log holds: chunks in sled.
+        let store = open(dir.path()).unwrap();
+        for (first, part) in [(0u64, &old[..25]), (25, &old[25..])] {
+            let mut chunk = Vec::new();
+            for e in part {
+                chunk.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                chunk.extend_from_slice(e);
+            }
+            store
+                .raw_tree()
+                .insert(key(b'A', &[&be(first)]), chunk)
+                .unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.load().unwrap().audit_size, 40);
+    assert_eq!(store.audit_entries(0, 40).unwrap(), old);
+    let new = commit(&store, 60);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    let mut all = old;
+    all.extend(new);
+    assert_eq!(store.audit_entries(0, 100).unwrap(), all);
+    assert_eq!(store.audit_entries(20, 60).unwrap(), all[20..60].to_vec());
+}
