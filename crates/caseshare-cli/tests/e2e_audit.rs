@@ -423,21 +423,27 @@ async fn verify_catches_an_altered_entry() {
 
     assert!(b.stop().await.success());
     {
-        let store = caseshare_store::SledStore::open(&b.data().join("store"), 8 << 20).unwrap();
-        let tree = store.raw_tree();
-        let (key, value, pos) = tree
-            .scan_prefix([b'A'])
-            .filter_map(Result::ok)
-            .find_map(|(k, v)| {
-                v.windows(8)
-                    .position(|w| w == b"school-b")
-                    .map(|p| (k, v, p))
-            })
-            .expect("a chunk naming school-b");
-        let mut altered = value.to_vec();
-        altered[pos + 7] = b'x';
-        tree.insert(key, altered).unwrap();
-        store.commit(&caseshare_store::Batch::default()).unwrap();
+        // An insider alters an entry in the audit log's files, and fixes
+        // the frame's checksum so that the broker starts.
+        use caseshare_store::segments::{BATCH_END, LEN_MASK, frame_crc};
+        let dir = b.data().join("store").join(caseshare_store::audit_log::DIR);
+        let path = dir.join(caseshare_store::audit_log::file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut at = 0;
+        let mut altered = false;
+        while at + 8 <= bytes.len() && !altered {
+            let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let end = at + 8 + (word & LEN_MASK) as usize;
+            if let Some(pos) = bytes[at + 8..end].windows(8).position(|w| w == b"school-b") {
+                bytes[at + 8 + pos + 7] = b'x';
+                let crc = frame_crc(&bytes[at + 8..end], word & BATCH_END != 0);
+                bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                altered = true;
+            }
+            at = end;
+        }
+        assert!(altered, "a chunk naming school-b");
+        std::fs::write(&path, bytes).unwrap();
     }
     b.restart();
     let out = verify_cli(&b, &vkey, &state);
@@ -475,10 +481,25 @@ async fn verify_catches_a_rolled_back_log() {
             .filter_map(Result::ok)
             .filter(|k| k[0] == b'A')
             .collect();
+        // And the audit log's files from that chunk on, as a restore of
+        // an older copy would leave them.
+        let pointer =
+            caseshare_store::audit_log::Pointer::decode(&tree.get(&from).unwrap().unwrap())
+                .unwrap()
+                .expect("a pointer");
         for k in doomed {
             tree.remove(k).unwrap();
         }
         store.commit(&caseshare_store::Batch::default()).unwrap();
+        let dir = b.data().join("store").join(caseshare_store::audit_log::DIR);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(caseshare_store::audit_log::file_name(pointer.serial)))
+            .unwrap();
+        file.set_len(pointer.offset).unwrap();
+        for later in pointer.serial + 1..pointer.serial + 100 {
+            let _ = std::fs::remove_file(dir.join(caseshare_store::audit_log::file_name(later)));
+        }
     }
     // The broker itself notices: the last checkpoint it signed is saved
     // beside sled, and sled now holds fewer entries.

@@ -121,7 +121,7 @@ pub fn file_name(serial: u64) -> String {
 #[derive(Debug)]
 struct Active {
     serial: u64,
-    file: File,
+    file: Arc<File>,
     len: u64,
 }
 
@@ -138,6 +138,27 @@ pub struct AuditLog {
     /// Where the last file's pointed frames end (from [`AuditLog::verify`]);
     /// `None` makes the next append start a new file.
     resume: Mutex<Option<(u64, u64)>>,
+    /// The sync thread's queue, started by the first sync.
+    syncer: Mutex<Option<std::sync::mpsc::Sender<SyncJob>>>,
+}
+
+type SyncJob = (Arc<File>, std::sync::mpsc::SyncSender<std::io::Result<()>>);
+
+/// An `fdatasync` under way on the audit log's sync thread.
+#[derive(Debug)]
+pub struct PendingSync(Option<std::sync::mpsc::Receiver<std::io::Result<()>>>);
+
+impl PendingSync {
+    /// Waits for it.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx
+                .recv()
+                .map_err(|_| StoreError::Engine("audit log syncer gone".into()))?
+                .map_err(StoreError::from),
+        }
+    }
 }
 
 /// What [`AuditLog::verify`] found.
@@ -174,6 +195,7 @@ impl AuditLog {
             files: RwLock::new(files),
             active: Mutex::new(None),
             resume: Mutex::new(None),
+            syncer: Mutex::new(None),
         })
     }
 
@@ -295,7 +317,7 @@ impl AuditLog {
             buf.extend_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
             buf.extend_from_slice(payload);
         }
-        if let Err(e) = a.file.write_all(&buf) {
+        if let Err(e) = (&*a.file).write_all(&buf) {
             // Bytes may be half written: later commits start a new file.
             let serial = a.serial;
             *active = Some(self.next_file(Some(serial))?);
@@ -322,7 +344,7 @@ impl AuditLog {
             if file.metadata()?.len() == end {
                 return Ok(Active {
                     serial,
-                    file,
+                    file: Arc::new(file),
                     len: end,
                 });
             }
@@ -351,21 +373,53 @@ impl AuditLog {
             .insert(serial, Arc::new(File::open(&path)?));
         Ok(Active {
             serial,
-            file,
+            file: Arc::new(file),
             len: 0,
         })
     }
 
     /// Makes the appended frames durable.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let active = self
+        self.sync_in_background()?.wait()
+    }
+
+    /// Starts making the appended frames durable on the log's sync thread,
+    /// so that the commit can sync the event log meanwhile (two
+    /// `fdatasync`s at once cost the disk about one).
+    pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
+        let file = self
             .active
             .lock()
-            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?;
-        if let Some(a) = active.as_ref() {
-            a.file.sync_data()?;
+            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?
+            .as_ref()
+            .map(|a| a.file.clone());
+        let Some(file) = file else {
+            return Ok(PendingSync(None));
+        };
+        let mut syncer = self
+            .syncer
+            .lock()
+            .map_err(|_| StoreError::Engine("audit log syncer poisoned".into()))?;
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let queued = match syncer.as_ref() {
+            Some(s) => s.send((file, done)),
+            None => Err(std::sync::mpsc::SendError((file, done))),
+        };
+        if let Err(std::sync::mpsc::SendError(job)) = queued {
+            // No thread yet (or it is gone): start one.
+            let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+            std::thread::Builder::new()
+                .name("audit-log-sync".into())
+                .spawn(move || {
+                    for (file, done) in rx {
+                        let _ = done.send(file.sync_data());
+                    }
+                })?;
+            tx.send(job)
+                .map_err(|_| StoreError::Engine("audit log syncer gone".into()))?;
+            *syncer = Some(tx);
         }
-        Ok(())
+        Ok(PendingSync(Some(result)))
     }
 
     /// Checks the audit log against sled's pointers (read-only), given

@@ -514,9 +514,15 @@ impl Storage for SledStore {
             );
         }
         stats.bytes += chunks.iter().map(Vec::len).sum::<usize>();
+        // Both files' `fdatasync`s at once.
+        let audit_synced = if chunks.is_empty() {
+            None
+        } else {
+            Some(self.audit_log.sync_in_background()?)
+        };
         stats.bytes += self.events.append(&batch.events)?;
-        if !chunks.is_empty() {
-            self.audit_log.sync()?;
+        if let Some(pending) = audit_synced {
+            pending.wait()?;
         }
         for a in &batch.agencies {
             Self::put(

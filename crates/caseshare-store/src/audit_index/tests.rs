@@ -342,7 +342,12 @@ fn an_older_store_gets_its_index_at_open() {
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(3_000));
-    assert_eq!(verify(store.raw_tree(), store.audit_log(), 3_000).unwrap().mismatch, None);
+    assert_eq!(
+        verify(store.raw_tree(), store.audit_log(), 3_000)
+            .unwrap()
+            .mismatch,
+        None
+    );
     assert_answers_like_a_scan(&store, 3_000);
     // And it goes on from there.
     fill(&store, 4, 500, 100);
@@ -355,7 +360,13 @@ fn an_index_behind_the_entries_is_completed_at_open() {
     {
         let store = open_store(dir.path()).unwrap();
         fill(&store, 5, 2_500, 300);
-        apply(store.raw_tree(), store.audit_log(), Plan::Trim { size: 1_500 }, 2_500).unwrap();
+        apply(
+            store.raw_tree(),
+            store.audit_log(),
+            Plan::Trim { size: 1_500 },
+            2_500,
+        )
+        .unwrap();
         assert_eq!(covered(store.raw_tree()).unwrap(), Some(1_500));
         let v = verify(store.raw_tree(), store.audit_log(), 2_500).unwrap();
         assert_eq!(v.mismatch, None, "the part covered still matches");
@@ -363,7 +374,12 @@ fn an_index_behind_the_entries_is_completed_at_open() {
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(2_500));
-    assert_eq!(verify(store.raw_tree(), store.audit_log(), 2_500).unwrap().mismatch, None);
+    assert_eq!(
+        verify(store.raw_tree(), store.audit_log(), 2_500)
+            .unwrap()
+            .mismatch,
+        None
+    );
     assert_answers_like_a_scan(&store, 2_500);
 }
 
@@ -405,7 +421,12 @@ fn an_index_ahead_of_the_entries_is_cut_back_at_open() {
     let store = open_store(dir.path()).unwrap();
     assert_eq!(store.load().unwrap().audit_size, kept);
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(kept));
-    assert_eq!(verify(store.raw_tree(), store.audit_log(), kept).unwrap().mismatch, None);
+    assert_eq!(
+        verify(store.raw_tree(), store.audit_log(), kept)
+            .unwrap()
+            .mismatch,
+        None
+    );
     assert_answers_like_a_scan(&store, kept);
     fill(&store, 7, 300, 100);
     assert_answers_like_a_scan(&store, kept + 300);
@@ -548,7 +569,12 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
         tree.insert(key(TIME, &[&be(0)]), time_value(Micros(0), Micros(1)))
             .unwrap();
         store.sync().unwrap();
-        assert!(verify(tree, store.audit_log(), 1_200).unwrap().mismatch.is_some());
+        assert!(
+            verify(tree, store.audit_log(), 1_200)
+                .unwrap()
+                .mismatch
+                .is_some()
+        );
     }
 }
 

@@ -61,7 +61,11 @@ pub(crate) fn rewrite(store_dir: &Path, p: &Pointer, payload: &[u8]) {
     let mut bytes = std::fs::read(&path).unwrap();
     let at = p.offset as usize;
     let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    assert_eq!((word & LEN_MASK) as usize, payload.len(), "same length only");
+    assert_eq!(
+        (word & LEN_MASK) as usize,
+        payload.len(),
+        "same length only"
+    );
     let crc = frame_crc(payload, word & BATCH_END != 0);
     bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
     bytes[at + 8..at + 8 + payload.len()].copy_from_slice(payload);
@@ -141,7 +145,10 @@ fn entries_live_in_the_audit_log_and_sled_holds_pointers() {
     assert_eq!(files, [file_name(1)]);
     let store = open(dir.path()).unwrap();
     assert_eq!(store.audit_entries(0, 574).unwrap(), all);
-    assert_eq!(store.audit_entries(170, 175).unwrap(), all[170..175].to_vec());
+    assert_eq!(
+        store.audit_entries(170, 175).unwrap(),
+        all[170..175].to_vec()
+    );
     // Reopened on a clean end, appends continue the same file.
     all.extend(commit(&store, 50));
     assert_eq!(pointers(&store).last().unwrap().1.serial, 1);
