@@ -423,28 +423,16 @@ impl AuditLog {
     }
 
     /// Checks the audit log against sled's pointers (read-only), given
-    /// every pointer in index order: each frame is read and checked, the
+    /// every pointer (audit chunks and full tiles): each frame is read and checked, the
     /// pointed frames of each file are a prefix of it, and the rest of
     /// each file holds at most one batch. Remembers where the last file's
     /// pointed frames end, for the first append.
-    pub fn verify(&self, pointers: &[Pointer]) -> Result<Verified, StoreError> {
+    pub fn verify(&self, pointers: &mut [Pointer]) -> Result<Verified, StoreError> {
+        pointers.sort_unstable_by_key(|p| (p.serial, p.offset));
         let mut out = Verified::default();
         // Pointed frames per file: their end, and that they follow on.
         let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut previous = 0;
-        for p in pointers {
-            if p.serial < previous {
-                return Err(damaged(
-                    &self.path(p.serial),
-                    Some(p.offset),
-                    format!(
-                        "sled points at this file after file {}: the audit log's files are                          out of order",
-                        file_name(previous)
-                    ),
-                    ADVICE_RESTORE,
-                ));
-            }
-            previous = p.serial;
+        for p in pointers.iter() {
             let end = ends.entry(p.serial).or_insert(0);
             if p.offset != *end {
                 return Err(damaged(
@@ -474,12 +462,18 @@ impl AuditLog {
             if len > from {
                 let batches = whole_batches(&file, from, len)?;
                 if batches > 1 {
+                    // Sled is what went back: it is named, as the event
+                    // log's check names it.
+                    let db = self.dir.parent().unwrap_or(&self.dir).join("db");
                     return Err(damaged(
-                        &self.path(serial),
-                        Some(from),
+                        &db,
+                        None,
                         format!(
-                            "{batches} committed batches of audit entries follow the last one \
-                             sled points at"
+                            "{batches} committed batches of audit entries in {} from byte \
+                             {from} on follow the last chunk sled points at: sled lost \
+                             committed writes ({})",
+                            self.path(serial).display(),
+                            crate::sled_open::SLED_FILES
                         ),
                         ADVICE_SLED_BEHIND,
                     ));

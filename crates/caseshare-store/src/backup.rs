@@ -269,7 +269,7 @@ impl crate::SledStore {
             Some(v) => crate::sled_backend::read_be(&v, "journal position")?,
             None => 0,
         };
-        let tiles = crate::sled_open::tiles(self.tree());
+        let tiles = crate::sled_open::tiles(self.tree(), self.audit_log());
         let unreadable =
             |e: String| StoreError::Engine(format!("the audit tree cannot be read: {e}"));
         let audit_root = caseshare_audit::tiles::TiledTree::open(audit_size, &tiles)

@@ -192,25 +192,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
         &db_path,
         format!("opened (a copy); next event sequence {next_sequence}, {audit_size} audit entries"),
     ));
-    // The persisted checkpoint.
-    let cp_path = crate::checkpoint::path(store_dir);
-    match crate::sled_open::verify_audit_checkpoint(store_dir, &tree) {
-        Ok(()) => match crate::checkpoint::read(store_dir) {
-            Ok(Some(cp)) => out.push(Finding::ok(
-                "audit checkpoint",
-                &cp_path,
-                format!("size {} matches sled's audit log", cp.size),
-            )),
-            _ => out.push(Finding::ok(
-                "audit checkpoint",
-                &cp_path,
-                "none persisted yet (nothing to compare)",
-            )),
-        },
-        Err(e) => out.push(Finding::from_error("audit checkpoint", &cp_path, e)),
-    }
-    // The audit log's files against sled's pointers, then the leaves
-    // against the tiles and against their index.
+    // The audit log's files against sled's pointers.
     let audit_dir = store_dir.join(crate::audit_log::DIR);
     let log = match crate::audit_log::AuditLog::open(store_dir) {
         Ok(log) => log,
@@ -224,7 +206,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
             out.push(Finding::ok(
                 "audit log files",
                 &audit_dir,
-                "every chunk sled points at is whole and matches its checksum",
+                "every chunk and full tile sled points at is whole and matches its checksum",
             ));
             for (file, from) in found.ignored_tails {
                 out.push(Finding::ok(
@@ -242,6 +224,24 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
             return out;
         }
     }
+    // The persisted checkpoint.
+    let cp_path = crate::checkpoint::path(store_dir);
+    match crate::sled_open::verify_audit_checkpoint(store_dir, &tree, &log) {
+        Ok(()) => match crate::checkpoint::read(store_dir) {
+            Ok(Some(cp)) => out.push(Finding::ok(
+                "audit checkpoint",
+                &cp_path,
+                format!("size {} matches sled's audit log", cp.size),
+            )),
+            _ => out.push(Finding::ok(
+                "audit checkpoint",
+                &cp_path,
+                "none persisted yet (nothing to compare)",
+            )),
+        },
+        Err(e) => out.push(Finding::from_error("audit checkpoint", &cp_path, e)),
+    }
+    // The leaves against the tiles and against their index.
     out.push(check_audit_tree(&db_path, &tree, &log, audit_size));
     out.push(check_audit_index(&db_path, &tree, &log, audit_size));
     // Segments, one by one.
@@ -358,7 +358,7 @@ fn check_audit_tree(
     log: &crate::audit_log::AuditLog,
     size: u64,
 ) -> Finding {
-    let tiles = crate::sled_open::tiles(tree);
+    let tiles = crate::sled_open::tiles(tree, log);
     let mut hashes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     match crate::sled_open::all_audit_entries(tree, log) {
         Ok(entries) => hashes.extend(entries.iter().map(|e| leaf_hash(e))),

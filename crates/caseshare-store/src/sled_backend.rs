@@ -52,7 +52,7 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
-use caseshare_audit::tiles::TileStore;
+use caseshare_audit::tiles::{FULL_TILE_BYTES, TileStore};
 use caseshare_core::time::Micros;
 
 use crate::audit_index;
@@ -61,8 +61,9 @@ use crate::audit_query::AuditTerm;
 use crate::delivery_chunks;
 
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
+pub use crate::sled_open::open_sled;
+use crate::sled_open::verify_audit_checkpoint;
 use crate::sled_open::{Tiles, audit_size, counters};
-pub use crate::sled_open::{open_sled, verify_audit_checkpoint};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
@@ -214,9 +215,9 @@ impl SledStore {
         let data_file = File::open(dir.join("db"))?;
         let (next_sequence, first_retained, audit_size, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
-        verify_audit_checkpoint(dir, &tree)?;
         let audit_log = AuditLog::open(dir)?;
         let audit_found = crate::sled_open::verify_audit_chunks(dir, &tree, &audit_log)?;
+        verify_audit_checkpoint(dir, &tree, &audit_log)?;
         let index_plan = audit_index::plan(dir, &tree, &audit_log, audit_size)?;
         let events_dir = dir.join("events");
         std::fs::create_dir_all(&events_dir)?;
@@ -362,7 +363,6 @@ impl SledStore {
     }
 
     /// The audit log beside sled.
-    #[cfg(test)]
     pub(crate) fn audit_log(&self) -> &AuditLog {
         &self.audit_log
     }
@@ -493,25 +493,39 @@ impl Storage for SledStore {
             stats.records += records;
             stats.bytes += bytes;
         }
+        // Tiles: a partial one (rewritten as leaves arrive) in sled; a full
+        // one, which never changes, into the audit log once, sled pointing
+        // at it.
+        let mut full_tiles = Vec::new();
         for (level, idx, bytes) in &batch.tiles {
-            Self::put(
-                &mut b,
-                &mut stats,
-                key(b'T', &[&[*level], &be(*idx)]),
-                bytes.clone(),
-            );
+            let k = key(b'T', &[&[*level], &be(*idx)]);
+            if bytes.len() != FULL_TILE_BYTES {
+                Self::put(&mut b, &mut stats, k, bytes.clone());
+                continue;
+            }
+            if let Some(v) = self.tree.get(&k)?
+                && crate::audit_log::Pointer::decode(&v)?.is_some()
+            {
+                continue;
+            }
+            let len =
+                u32::try_from(bytes.len()).map_err(|_| StoreError::TooLarge("tile".into()))?;
+            let mut payload = Vec::with_capacity(4 + bytes.len());
+            payload.extend_from_slice(&len.to_le_bytes());
+            payload.extend_from_slice(bytes);
+            full_tiles.push(k);
+            chunks.push(payload);
         }
         // Events and audit entries first, synced, so sled never commits a
         // sequence the event log does not hold or points at audit entries
         // that are not durable.
         let pointers = self.audit_log.append(&chunks)?;
-        for (start, pointer) in starts.iter().zip(&pointers) {
-            Self::put(
-                &mut b,
-                &mut stats,
-                key(b'A', &[&be(*start)]),
-                pointer.encode(),
-            );
+        let keys = starts
+            .iter()
+            .map(|start| key(b'A', &[&be(*start)]))
+            .chain(full_tiles);
+        for (k, pointer) in keys.zip(&pointers) {
+            Self::put(&mut b, &mut stats, k, pointer.encode());
         }
         stats.bytes += chunks.iter().map(Vec::len).sum::<usize>();
         // Both files' `fdatasync`s at once.
@@ -744,7 +758,7 @@ impl Storage for SledStore {
     }
 
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Tiles(&self.tree).get_tile(level, index)
+        Tiles(&self.tree, &self.audit_log).get_tile(level, index)
     }
 
     fn stage_backup(&self, stage: &Path) -> Result<crate::backup::Staged, StoreError> {

@@ -17,12 +17,13 @@ use crate::sled_backend::{be, key, read_be, split_chunk};
 /// a whole, so the operator is told which files that covers.
 pub const SLED_FILES: &str = "sled keeps its database in db, conf, snap.* and blobs/ of this directory and does not say which of them is damaged";
 
-/// Sled's tiles, for checking the audit log at open.
-pub(crate) struct Tiles<'a>(pub(crate) &'a sled::Tree);
+/// The stored Merkle tiles: partial ones in sled, full ones (which never
+/// change) in the audit log, sled pointing at them.
+pub(crate) struct Tiles<'a>(pub(crate) &'a sled::Tree, pub(crate) &'a AuditLog);
 
-/// The tiles stored in `tree`.
-pub(crate) fn tiles(tree: &sled::Tree) -> Tiles<'_> {
-    Tiles(tree)
+/// The tiles stored in `tree` and `log`.
+pub(crate) fn tiles<'a>(tree: &'a sled::Tree, log: &'a AuditLog) -> Tiles<'a> {
+    Tiles(tree, log)
 }
 
 /// Every audit entry in `tree`, in order.
@@ -100,10 +101,20 @@ pub(crate) fn counters(tree: &sled::Tree) -> Result<(u64, u64, u64, Option<u64>)
 impl TileStore for Tiles<'_> {
     type Error = StoreError;
     fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .0
-            .get(key(b'T', &[&[level], &be(index)]))?
-            .map(|v| v.to_vec()))
+        let Some(v) = self.0.get(key(b'T', &[&[level], &be(index)]))? else {
+            return Ok(None);
+        };
+        if Pointer::decode(&v)?.is_none() {
+            return Ok(Some(v.to_vec()));
+        }
+        let mut one = split_chunk(&self.1.resolve(v)?)?;
+        match (one.pop(), one.is_empty()) {
+            (Some(tile), true) => Ok(Some(tile)),
+            _ => Err(StoreError::Corrupt {
+                key: format!("tile {level}/{index}"),
+                detail: "a full tile's frame holds other than one tile".into(),
+            }),
+        }
     }
 }
 
@@ -150,12 +161,23 @@ pub(crate) fn verify_audit_chunks(
             None => expected += split_chunk(&v)?.len() as u64,
         }
     }
-    log.verify(&pointers)
+    // Full tiles live in the audit log too.
+    for item in tree.scan_prefix([b'T']) {
+        let (_, v) = item?;
+        if let Some(p) = Pointer::decode(&v)? {
+            pointers.push(p);
+        }
+    }
+    log.verify(&mut pointers)
 }
 
 /// Checks sled's audit log against the persisted checkpoint (read-only):
 /// it must hold at least as many entries, with the same root at that size.
-pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), StoreError> {
+pub(crate) fn verify_audit_checkpoint(
+    dir: &Path,
+    tree: &sled::Tree,
+    log: &AuditLog,
+) -> Result<(), StoreError> {
     let Some(cp) = crate::checkpoint::read(dir)? else {
         return Ok(());
     };
@@ -177,7 +199,7 @@ pub fn verify_audit_checkpoint(dir: &Path, tree: &sled::Tree) -> Result<(), Stor
     if cp.size == 0 {
         return Ok(());
     }
-    let tiles = Tiles(tree);
+    let tiles = Tiles(tree, log);
     let root = TiledTree::open(size, &tiles)
         .map_err(|e| e.to_string())
         .and_then(|t| t.root(cp.size, &tiles).map_err(|e| e.to_string()));

@@ -260,8 +260,13 @@ fn sled_behind_the_audit_log_by_more_than_one_batch_is_refused() {
         store.sync().unwrap();
     }
     let (file, _, detail, advice) = refusal(dir.path());
-    assert_eq!(file, dir.path().join(DIR).join(file_name(1)));
+    assert_eq!(file, dir.path().join("db"));
     assert!(detail.contains("2 committed batches"), "{detail}");
+    let audit_file = dir.path().join(DIR).join(file_name(1));
+    assert!(
+        detail.contains(&audit_file.display().to_string()),
+        "{detail}"
+    );
     assert_eq!(advice, ADVICE_SLED_BEHIND);
 }
 
@@ -295,4 +300,63 @@ fn a_store_with_inline_chunks_reads_them_and_appends_pointers_after() {
     all.extend(new);
     assert_eq!(store.audit_entries(0, 100).unwrap(), all);
     assert_eq!(store.audit_entries(20, 60).unwrap(), all[20..60].to_vec());
+}
+
+#[test]
+fn full_tiles_go_to_the_audit_log_once_and_partial_ones_stay_in_sled() {
+    use caseshare_audit::tiles::FULL_TILE_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let full = vec![7u8; FULL_TILE_BYTES];
+    let partial = vec![1u8; 64];
+    let tile_value = |store: &SledStore, index: u64| {
+        store
+            .raw_tree()
+            .get(key(b'T', &[&[0], &be(index)]))
+            .unwrap()
+            .unwrap()
+    };
+    let file_len = |d: &Path| {
+        std::fs::metadata(d.join(DIR).join(file_name(1)))
+            .unwrap()
+            .len()
+    };
+    {
+        let store = open(dir.path()).unwrap();
+        let e = entries(0, 3);
+        store
+            .commit(&Batch {
+                audit: e,
+                audit_first_index: 0,
+                tiles: vec![(0, 0, full.clone()), (0, 1, partial.clone())],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(Pointer::decode(&tile_value(&store, 0)).unwrap().is_some());
+        assert_eq!(&tile_value(&store, 1)[..], &partial[..]);
+        assert_eq!(store.tile(0, 0).unwrap(), Some(full.clone()));
+        assert_eq!(store.tile(0, 1).unwrap(), Some(partial.clone()));
+        // The same full tile again is not written again.
+        let before = file_len(dir.path());
+        store
+            .commit(&Batch {
+                tiles: vec![(0, 0, full.clone())],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(file_len(dir.path()), before);
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.tile(0, 0).unwrap(), Some(full));
+    assert_eq!(store.tile(0, 1).unwrap(), Some(partial));
+    let p = Pointer::decode(&tile_value(&store, 0)).unwrap().unwrap();
+    drop(store);
+    // A flipped byte in the full tile's frame is a refusal naming the file.
+    let path = dir.path().join(DIR).join(file_name(p.serial));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[p.offset as usize + 100] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let (file, offset, detail, _) = refusal(dir.path());
+    assert_eq!(file, path);
+    assert_eq!(offset, Some(p.offset));
+    assert!(detail.contains("checksum"), "{detail}");
 }
