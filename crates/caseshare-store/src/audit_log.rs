@@ -17,7 +17,10 @@
 //! either such a chunk (stores written before this module, read, never
 //! written) or a [`Pointer`]: [`POINTER_TAG`] ‖ serial ‖ offset ‖ payload
 //! length ‖ entry count. A chunk is resolved by [`AuditLog::resolve`],
-//! which checks the frame's length, checksum and count.
+//! which checks the frame's length, checksum and count. Full Merkle tiles
+//! (which never change) are written here once too, as a chunk of one
+//! entry, and sled's `T` record points at them; partial tiles stay in
+//! sled.
 //!
 //! Architecture Invariant: a commit's frames are written and synced
 //! before the sled batch holding their pointers, so sled never points at

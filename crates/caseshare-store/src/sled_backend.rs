@@ -16,7 +16,8 @@
 //! - `A` ‖ first index → a [`crate::audit_log::Pointer`] to a chunk of
 //!   audit entries in the audit log; in stores written before it, the chunk
 //!   itself (`u32` LE length ‖ bytes)*, read, never written
-//! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes)
+//! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes) if
+//!   partial; a [`crate::audit_log::Pointer`] to it in the audit log if full
 //! - `E` ‖ sequence → [`StoredEvent`]: only in stores written before the
 //!   event log; moved into it at open
 //! - `I` ‖ agency ‖ 0 ‖ event id → sequence: only in stores written before
