@@ -32,9 +32,34 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             let installed = metrics::set_global_recorder(recorder).ok().map(|_| handle);
             catalogue::register_at_start();
+            if let Some(h) = &installed {
+                start_upkeep(h.clone());
+            }
             installed
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A recorder made with `build_recorder` keeps every histogram sample
+/// until something drains it: a scrape, or this upkeep. Without it the
+/// samples of a broker nobody scrapes grew with every publish (~14 bytes
+/// each: 7 MB after 500,000 events in `heaptrack`), so it runs on a thread
+/// of its own, as the exporter's own listener would run it.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread: histogram samples are drained only by scrapes");
+    }
 }
 
 fn respond(status: u16, body: String, content_type: &str) -> http::Response<Full<Bytes>> {
