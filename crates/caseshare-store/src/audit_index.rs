@@ -16,7 +16,10 @@
 //!   `u16` length ‖ term ‖ `u32` count ‖ LEB128 first index and deltas).
 //!   A commit writes one record however many children it names.
 //! - `Q` ‖ epoch ‖ `u16` bucket → the postings of a complete epoch, one
-//!   table per bucket of terms ([`bucket`], [`BUCKETS`] buckets).
+//!   table per bucket of terms ([`bucket`], [`BUCKETS`] buckets). They
+//!   never change, so a commit that completes an epoch writes them to the
+//!   audit log and `Q` holds a pointer ([`crate::audit_log`]); an index
+//!   built at open keeps them in sled; both are read.
 //!   The commit that completes an epoch turns its `L` records into these,
 //!   in its own batch: [`BUCKETS`] records per 16,384 entries.
 //! - `W` ‖ block → the least and greatest `recorded_at` (µs, i64) of the
@@ -227,17 +230,28 @@ fn read_time_value(v: &[u8]) -> Result<(Micros, Micros), StoreError> {
     Ok((Micros(min as i64), Micros(max as i64)))
 }
 
+/// What [`index_entries`] wrote: sled records and bytes, and the bucket
+/// records of epochs it completed, which never change again, for the
+/// caller to store (in the audit log, sled pointing at them; or in sled).
+#[derive(Debug, Default)]
+pub(crate) struct Indexed {
+    pub records: usize,
+    pub bytes: usize,
+    pub buckets: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Adds to `b` the index records of `entries` (decoded, with consecutive
-/// indexes from `first`, continuing the covered log) and the new counter;
-/// returns how many records and bytes it wrote.
+/// indexes from `first`, continuing the covered log) and the new counter,
+/// except the buckets of completed epochs, returned.
 pub(crate) fn index_entries(
     tree: &sled::Tree,
     first: u64,
     entries: &[pb::AuditEntry],
     b: &mut sled::Batch,
-) -> Result<(usize, usize), StoreError> {
+) -> Result<Indexed, StoreError> {
+    let mut out = Indexed::default();
     if entries.is_empty() {
-        return Ok((0, 0));
+        return Ok(out);
     }
     let mut postings: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
     let mut blocks: BTreeMap<u64, (Micros, Micros)> = BTreeMap::new();
@@ -308,25 +322,27 @@ pub(crate) fn index_entries(
                 .extend(indexes);
         }
         for (bucket, table) in merged {
-            writes.push((bucket_key(ep, bucket), encode_table(&table)));
+            out.buckets
+                .push((bucket_key(ep, bucket), encode_table(&table)));
         }
     }
     for (block, (min, max)) in blocks {
         writes.push((key(TIME, &[&be(block)]), time_value(min, max)));
     }
     writes.push((key(b'M', &[COUNTER]), be(end).to_vec()));
-    let (mut records, mut bytes) = (removed, 0);
+    out.records = removed;
     for (k, v) in writes {
-        records += 1;
-        bytes += k.len() + v.len();
+        out.records += 1;
+        out.bytes += k.len() + v.len();
         b.insert(k, v);
     }
-    Ok((records, bytes))
+    Ok(out)
 }
 
 /// Indexes carrying `term` in `[start, end)`, ascending, at most `max`.
 pub(crate) fn postings(
     tree: &sled::Tree,
+    log: &crate::audit_log::AuditLog,
     term: &AuditTerm,
     start: u64,
     end: u64,
@@ -358,7 +374,7 @@ pub(crate) fn postings(
             take(decode_table(&item?.1)?);
         }
         if let Some(v) = tree.get(bucket_key(ep, bucket))? {
-            take(decode_table(&v)?);
+            take(decode_table(&log.resolve_one(v)?)?);
         }
         found.sort_unstable();
         found.dedup();

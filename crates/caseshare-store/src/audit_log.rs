@@ -17,20 +17,24 @@
 //! either such a chunk (stores written before this module, read, never
 //! written) or a [`Pointer`]: [`POINTER_TAG`] ‖ serial ‖ offset ‖ payload
 //! length ‖ entry count. A chunk is resolved by [`AuditLog::resolve`],
-//! which checks the frame's length, checksum and count. Full Merkle tiles
-//! (which never change) are written here once too, as a chunk of one
-//! entry, and sled's `T` record points at them; partial tiles stay in
-//! sled.
+//! which checks the frame's length, checksum and count. Records that
+//! never change once written are kept here too, each as a chunk of one
+//! ([`one_record`], [`AuditLog::resolve_one`]): full Merkle tiles (sled's
+//! `T` record points at them; partial tiles stay in sled) and the audit
+//! index's buckets of a complete epoch (`Q`).
 //!
 //! Architecture Invariant: a commit's frames are written and synced
 //! before the sled batch holding their pointers, so sled never points at
 //! bytes that are not durable; sled is the authority. At open
 //! ([`AuditLog::verify`], read-only) every pointed frame is read and
-//! checked, the frames of each file that are pointed at form a prefix of
-//! it, and what follows them (a torn write, or the one batch whose commit
-//! never happened) is ignored and left on disk: more than one whole batch
-//! there means sled lost committed writes, a refusal. The next append
-//! starts a new file whenever the last one has such a tail.
+//! checked, pointed frames never overlap, and what follows the last one
+//! in each file (a torn write, or the one batch whose commit never
+//! happened) is ignored and left on disk: more than one whole batch there
+//! means sled lost committed writes, a refusal. Frames between pointed
+//! ones that nothing points at are allowed: derived records (the audit
+//! index's) dropped when the index is rebuilt or cut back; a lost chunk of
+//! entries is seen by the count of entries, a lost tile by the tree. The
+//! next append starts a new file whenever the last one has a tail.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -113,6 +117,16 @@ impl Pointer {
     fn end(&self) -> u64 {
         self.offset + HEADER + u64::from(self.len)
     }
+}
+
+/// A record as a chunk of one, for [`AuditLog::append`] (read back with
+/// [`AuditLog::resolve_one`]).
+pub fn one_record(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| StoreError::TooLarge("record".into()))?;
+    let mut payload = Vec::with_capacity(4 + bytes.len());
+    payload.extend_from_slice(&len.to_le_bytes());
+    payload.extend_from_slice(bytes);
+    Ok(payload)
 }
 
 /// The name of file `serial`.
@@ -222,6 +236,23 @@ impl AuditLog {
         match Pointer::decode(&value)? {
             None => Ok(value),
             Some(p) => Ok(self.read(&p)?.into()),
+        }
+    }
+
+    /// A value stored either in sled itself or, once it could no longer
+    /// change, in the audit log as a chunk of one (a full tile, a complete
+    /// epoch's bucket of the audit index): the value.
+    pub fn resolve_one(&self, value: sled::IVec) -> Result<sled::IVec, StoreError> {
+        if Pointer::decode(&value)?.is_none() {
+            return Ok(value);
+        }
+        let mut one = crate::sled_backend::split_chunk(&self.resolve(value)?)?;
+        match (one.pop(), one.is_empty()) {
+            (Some(v), true) => Ok(v.into()),
+            _ => Err(StoreError::Corrupt {
+                key: "audit log record".into(),
+                detail: "a frame that should hold one record holds another number".into(),
+            }),
         }
     }
 
@@ -426,9 +457,10 @@ impl AuditLog {
     }
 
     /// Checks the audit log against sled's pointers (read-only), given
-    /// every pointer (audit chunks and full tiles): each frame is read and checked, the
-    /// pointed frames of each file are a prefix of it, and the rest of
-    /// each file holds at most one batch. Remembers where the last file's
+    /// every pointer (audit chunks, full tiles, complete epochs of the
+    /// index): each frame is read and checked, none overlaps another, and
+    /// the rest of each file after its last pointed frame holds at most
+    /// one batch. Remembers where the last file's
     /// pointed frames end, for the first append.
     pub fn verify(&self, pointers: &mut [Pointer]) -> Result<Verified, StoreError> {
         pointers.sort_unstable_by_key(|p| (p.serial, p.offset));
@@ -437,12 +469,15 @@ impl AuditLog {
         let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
         for p in pointers.iter() {
             let end = ends.entry(p.serial).or_insert(0);
-            if p.offset != *end {
+            // Frames no longer pointed at may lie between (derived records
+            // dropped when the audit index was rebuilt); overlaps never.
+            if p.offset < *end {
                 return Err(damaged(
                     &self.path(p.serial),
                     Some(p.offset),
                     format!(
-                        "sled points at a frame at byte {} where the one before ends at {end}",
+                        "sled points at a frame at byte {} inside the one before, which ends \
+                         at {end}",
                         p.offset
                     ),
                     ADVICE_RESTORE,

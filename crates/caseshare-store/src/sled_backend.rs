@@ -474,6 +474,9 @@ impl Storage for SledStore {
         if !chunk.is_empty() {
             chunks.push(chunk);
         }
+        // Records that never change again go to the audit log as chunks of
+        // one, after the entries' chunks, sled pointing at them.
+        let mut sealed_keys: Vec<Vec<u8>> = Vec::new();
         // Their index, in the same atomic batch.
         let audit_end = batch.audit_first_index + batch.audit.len() as u64;
         if !batch.audit.is_empty() {
@@ -489,15 +492,19 @@ impl Storage for SledStore {
                 )));
             }
             let entries = audit_index::decode_all(batch.audit_first_index, &batch.audit)?;
-            let (records, bytes) =
+            let indexed =
                 audit_index::index_entries(&self.tree, batch.audit_first_index, &entries, &mut b)?;
-            stats.records += records;
-            stats.bytes += bytes;
+            stats.records += indexed.records;
+            stats.bytes += indexed.bytes;
+            // A complete epoch's buckets.
+            for (k, v) in indexed.buckets {
+                chunks.push(crate::audit_log::one_record(&v)?);
+                sealed_keys.push(k);
+            }
         }
         // Tiles: a partial one (rewritten as leaves arrive) in sled; a full
         // one, which never changes, into the audit log once, sled pointing
         // at it.
-        let mut full_tiles = Vec::new();
         for (level, idx, bytes) in &batch.tiles {
             let k = key(b'T', &[&[*level], &be(*idx)]);
             if bytes.len() != FULL_TILE_BYTES {
@@ -509,13 +516,8 @@ impl Storage for SledStore {
             {
                 continue;
             }
-            let len =
-                u32::try_from(bytes.len()).map_err(|_| StoreError::TooLarge("tile".into()))?;
-            let mut payload = Vec::with_capacity(4 + bytes.len());
-            payload.extend_from_slice(&len.to_le_bytes());
-            payload.extend_from_slice(bytes);
-            full_tiles.push(k);
-            chunks.push(payload);
+            chunks.push(crate::audit_log::one_record(bytes)?);
+            sealed_keys.push(k);
         }
         // Events and audit entries first, synced, so sled never commits a
         // sequence the event log does not hold or points at audit entries
@@ -524,7 +526,7 @@ impl Storage for SledStore {
         let keys = starts
             .iter()
             .map(|start| key(b'A', &[&be(*start)]))
-            .chain(full_tiles);
+            .chain(sealed_keys);
         for (k, pointer) in keys.zip(&pointers) {
             Self::put(&mut b, &mut stats, k, pointer.encode());
         }
@@ -735,7 +737,7 @@ impl Storage for SledStore {
         end: u64,
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let indexes = audit_index::postings(&self.tree, term, start, end, max)?;
+        let indexes = audit_index::postings(&self.tree, &self.audit_log, term, start, end, max)?;
         let entries = audit_index::entries_at(&self.tree, &self.audit_log, &indexes)?;
         Ok(indexes.into_iter().zip(entries).collect())
     }

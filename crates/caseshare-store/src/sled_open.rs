@@ -104,17 +104,7 @@ impl TileStore for Tiles<'_> {
         let Some(v) = self.0.get(key(b'T', &[&[level], &be(index)]))? else {
             return Ok(None);
         };
-        if Pointer::decode(&v)?.is_none() {
-            return Ok(Some(v.to_vec()));
-        }
-        let mut one = split_chunk(&self.1.resolve(v)?)?;
-        match (one.pop(), one.is_empty()) {
-            (Some(tile), true) => Ok(Some(tile)),
-            _ => Err(StoreError::Corrupt {
-                key: format!("tile {level}/{index}"),
-                detail: "a full tile's frame holds other than one tile".into(),
-            }),
-        }
+        Ok(Some(self.1.resolve_one(v)?.to_vec()))
     }
 }
 
@@ -161,11 +151,13 @@ pub(crate) fn verify_audit_chunks(
             None => expected += split_chunk(&v)?.len() as u64,
         }
     }
-    // Full tiles live in the audit log too.
-    for item in tree.scan_prefix([b'T']) {
-        let (_, v) = item?;
-        if let Some(p) = Pointer::decode(&v)? {
-            pointers.push(p);
+    // Full tiles and complete epochs of the audit index live there too.
+    for prefix in [b'T', crate::audit_index::BUCKETED] {
+        for item in tree.scan_prefix([prefix]) {
+            let (_, v) = item?;
+            if let Some(p) = Pointer::decode(&v)? {
+                pointers.push(p);
+            }
         }
     }
     log.verify(&mut pointers)

@@ -113,7 +113,10 @@ pub(crate) fn apply(
                     .map(|(leaf, index)| decode_leaf(index, leaf))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut b = sled::Batch::default();
-                index_entries(tree, at, &entries, &mut b)?;
+                // Built at open: complete epochs' buckets stay in sled.
+                for (k, v) in index_entries(tree, at, &entries, &mut b)?.buckets {
+                    b.insert(k, v);
+                }
                 tree.apply_batch(b)?;
                 at = to;
             }
@@ -151,7 +154,7 @@ fn trim(tree: &sled::Tree, log: &AuditLog, size: u64) -> Result<(), StoreError> 
         }
         b.remove(k);
         if ep == partial {
-            reopened.extend(decode_table(&v)?);
+            reopened.extend(decode_table(&log.resolve_one(v)?)?);
         }
     }
     for item in tree.scan_prefix([RECENT]) {
@@ -163,7 +166,7 @@ fn trim(tree: &sled::Tree, log: &AuditLog, size: u64) -> Result<(), StoreError> 
         }
         b.remove(k);
         if ep == partial {
-            reopened.extend(decode_table(&v)?);
+            reopened.extend(decode_table(&log.resolve_one(v)?)?);
         }
     }
     let mut table: Table<'_> = BTreeMap::new();

@@ -88,7 +88,7 @@ pub(crate) fn verify(
         for item in tree.scan_prefix([prefix]) {
             let (k, v) = item?;
             let (ep, second) = split_key(&k)?;
-            for (term, indexes) in decode_table(&v)? {
+            for (term, indexes) in decode_table(&log.resolve_one(v)?)? {
                 if bucketed && bucket(&term) != second {
                     misplaced += indexes.len() as u64;
                 }
