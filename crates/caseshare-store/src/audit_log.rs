@@ -129,6 +129,27 @@ pub fn one_record(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     Ok(payload)
 }
 
+/// How many entries a chunk `(len: u32 LE ‖ entry)*` holds, checking
+/// that the lengths add up (without copying them out, as
+/// [`crate::sled_backend::split_chunk`] does).
+fn count_entries(chunk: &[u8]) -> Result<usize, StoreError> {
+    let mut at = 0usize;
+    let mut n = 0;
+    while at < chunk.len() {
+        let len = chunk
+            .get(at..at + 4)
+            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+            .filter(|len| chunk.len() - (at + 4) >= *len)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: "audit chunk".into(),
+                detail: "truncated entry".into(),
+            })?;
+        at += 4 + len;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// The name of file `serial`.
 pub fn file_name(serial: u64) -> String {
     format!("{serial:020}.log")
@@ -261,7 +282,7 @@ impl AuditLog {
     pub fn count(value: &[u8]) -> Result<u64, StoreError> {
         match Pointer::decode(value)? {
             Some(p) => Ok(u64::from(p.count)),
-            None => Ok(crate::sled_backend::split_chunk(value)?.len() as u64),
+            None => Ok(count_entries(value)? as u64),
         }
     }
 
@@ -300,9 +321,8 @@ impl AuditLog {
         if frame_crc(&payload, word & BATCH_END != 0) != crc {
             return Err(bad("a committed frame whose checksum does not match".into()));
         }
-        let count = crate::sled_backend::split_chunk(&payload)
-            .map_err(|_| bad("a committed frame whose entries do not parse".into()))?
-            .len();
+        let count = count_entries(&payload)
+            .map_err(|_| bad("a committed frame whose entries do not parse".into()))?;
         if count != p.count as usize {
             return Err(bad(format!(
                 "a committed frame of {count} entries where sled expects {}",
@@ -337,7 +357,7 @@ impl AuditLog {
                 .ok()
                 .filter(|l| l & BATCH_END == 0)
                 .ok_or_else(|| StoreError::TooLarge("audit chunk".into()))?;
-            let count = u32::try_from(crate::sled_backend::split_chunk(payload)?.len())
+            let count = u32::try_from(count_entries(payload)?)
                 .map_err(|_| StoreError::TooLarge("audit chunk".into()))?;
             let batch_end = i == last;
             pointers.push(Pointer {

@@ -360,3 +360,20 @@ fn full_tiles_go_to_the_audit_log_once_and_partial_ones_stay_in_sled() {
     assert_eq!(offset, Some(p.offset));
     assert!(detail.contains("checksum"), "{detail}");
 }
+
+#[test]
+fn entries_are_counted_as_split_and_a_short_chunk_is_refused() {
+    let mut chunk = Vec::new();
+    for e in entries(0, 7) {
+        chunk.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        chunk.extend_from_slice(&e);
+    }
+    assert_eq!(
+        count_entries(&chunk).unwrap(),
+        crate::sled_backend::split_chunk(&chunk).unwrap().len()
+    );
+    assert_eq!(count_entries(&[]).unwrap(), 0);
+    for cut in [1, 3, 5, chunk.len() - 1] {
+        assert!(count_entries(&chunk[..cut]).is_err(), "cut at {cut}");
+    }
+}
