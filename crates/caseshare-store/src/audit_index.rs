@@ -575,4 +575,4 @@ pub(crate) fn decode_all(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -17,7 +17,9 @@ use crate::audit_query::{
 };
 use crate::{Batch, DeliveryRecord, SledStore, Snapshot, Storage, StoredEvent};
 
-fn open_store(dir: &Path) -> Result<SledStore, StoreError> {
+/// Opens the store in `dir`, retrying while sled's lock is still held by
+/// the threads of a store just dropped in this process.
+pub(crate) fn open_store(dir: &Path) -> Result<SledStore, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match SledStore::open(dir, 8 << 20) {

@@ -8,25 +8,9 @@ use std::path::Path;
 use caseshare_proto::v1 as pb;
 
 use super::*;
+use crate::audit_index::tests::open_store as open;
 use crate::sled_backend::{be, key};
 use crate::{Batch, SledStore, Storage};
-
-/// Opens the store in `dir`, retrying while sled's lock is still held by
-/// the threads of a store just dropped in this process.
-fn open(dir: &Path) -> Result<SledStore, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir, 8 << 20) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other,
-        }
-    }
-}
 
 fn entries(from: u64, n: u64) -> Vec<Vec<u8>> {
     (from..from + n)
