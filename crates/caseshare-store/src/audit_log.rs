@@ -55,6 +55,10 @@ pub const DIR: &str = "audit";
 pub const POINTER_TAG: [u8; 4] = [0xff; 4];
 
 const POINTER_LEN: usize = 4 + 8 + 8 + 4 + 4;
+
+/// Frames longer than this are checked against their file's length before
+/// they are read (chunks are at most 6 KiB, tiles 8 KiB).
+const LARGE_FRAME: u64 = 64 << 10;
 const HEADER: u64 = 8;
 
 /// Size at which a new file starts (checked before each commit's frames).
@@ -301,6 +305,17 @@ impl AuditLog {
                 ADVICE_RESTORE,
             ));
         };
+        // A length no chunk reaches is checked against the file before
+        // anything is allocated for it (a damaged pointer must be a
+        // refusal, not an allocation of gigabytes).
+        if u64::from(p.len) > LARGE_FRAME
+            && p.offset + HEADER + u64::from(p.len) > file.metadata()?.len()
+        {
+            return Err(bad(format!(
+                "sled expects a committed frame of {} bytes, which runs past the end of the file",
+                p.len
+            )));
+        }
         let mut buf = vec![0u8; HEADER as usize + p.len as usize];
         if let Err(e) = file.read_exact_at(&mut buf, p.offset) {
             return Err(bad(format!(

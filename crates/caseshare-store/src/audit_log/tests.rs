@@ -361,3 +361,22 @@ fn entries_are_counted_as_split_and_a_short_chunk_is_refused() {
         assert!(count_entries(&chunk[..cut]).is_err(), "cut at {cut}");
     }
 }
+
+#[test]
+fn a_pointer_past_the_end_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DIR).join(file_name(1));
+    {
+        let store = open(dir.path()).unwrap();
+        commit(&store, 40);
+        let (k, mut p) = pointers(&store).pop().unwrap();
+        // A length of 2 GiB: reading it would allocate that much.
+        p.len = LEN_MASK;
+        store.raw_tree().insert(k, p.encode()).unwrap();
+        store.sync().unwrap();
+    }
+    let (file, _, detail, advice) = refusal(dir.path());
+    assert_eq!(file, path);
+    assert!(detail.contains("runs past the end"), "{detail}");
+    assert_eq!(advice, ADVICE_RESTORE);
+}
