@@ -36,17 +36,19 @@
 //! each copying a sled node, and the commit path was three to ten times
 //! slower (see `docs/BENCHMARKS.md`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use caseshare_core::time::Micros;
-use caseshare_proto::v1 as pb;
 
 use crate::StoreError;
-use crate::audit_query::{AuditTerm, recorded_at};
+use crate::audit_query::AuditTerm;
 use crate::sled_backend::{be, key, read_be};
 
 pub(crate) mod open;
 pub(crate) mod verify;
+mod view;
+
+pub(crate) use view::EntryView;
 
 pub(crate) use open::{Plan, apply, plan};
 pub(crate) use verify::verify;
@@ -76,10 +78,15 @@ pub const EPOCH_BITS: u32 = 9;
 
 /// A term's bytes: `prefix ‖ u16 length ‖ value`.
 pub(crate) fn term_prefix(term: &AuditTerm) -> Result<Vec<u8>, StoreError> {
-    let (prefix, value) = match term {
-        AuditTerm::Child(p) => (CHILD, p.as_slice()),
-        AuditTerm::Agency(a) => (AGENCY, a.as_bytes()),
-    };
+    match term {
+        AuditTerm::Child(p) => term_key(CHILD, p),
+        AuditTerm::Agency(a) => term_key(AGENCY, a.as_bytes()),
+    }
+}
+
+/// A term's key: its first byte ([`CHILD`] or [`AGENCY`]) ‖ `u16` length ‖
+/// value.
+pub(crate) fn term_key(prefix: u8, value: &[u8]) -> Result<Vec<u8>, StoreError> {
     let len = u16::try_from(value.len())
         .map_err(|_| StoreError::TooLarge(format!("audit index term of {} bytes", value.len())))?;
     let mut k = Vec::with_capacity(3 + value.len());
@@ -246,23 +253,27 @@ pub(crate) struct Indexed {
 pub(crate) fn index_entries(
     tree: &sled::Tree,
     first: u64,
-    entries: &[pb::AuditEntry],
+    entries: &[EntryView<'_>],
     b: &mut sled::Batch,
 ) -> Result<Indexed, StoreError> {
     let mut out = Indexed::default();
     if entries.is_empty() {
         return Ok(out);
     }
-    let mut postings: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    // Per term (its first byte and value, borrowed), its indexes; the
+    // term's key is made once per commit below.
+    let mut by_term: HashMap<(u8, &[u8]), Vec<u64>> = HashMap::new();
     let mut blocks: BTreeMap<u64, (Micros, Micros)> = BTreeMap::new();
     for (index, e) in (first..).zip(entries) {
-        for term in AuditTerm::of(e) {
-            postings.entry(term_prefix(&term)?).or_default().push(index);
-        }
-        let t = recorded_at(e);
+        e.terms(|prefix, value| by_term.entry((prefix, value)).or_default().push(index));
+        let t = e.recorded_at;
         let block = blocks.entry(index / TIME_BLOCK).or_insert((t, t));
         block.0 = block.0.min(t);
         block.1 = block.1.max(t);
+    }
+    let mut postings: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    for ((prefix, value), indexes) in by_term {
+        postings.insert(term_key(prefix, value)?, indexes);
     }
     // The first block may already hold earlier entries.
     if let Some((&block, span)) = blocks.iter_mut().next()
@@ -511,65 +522,20 @@ pub(crate) fn covered(tree: &sled::Tree) -> Result<Option<u64>, StoreError> {
     }
 }
 
-/// The fields of an `AuditEntry` the index reads (same tags): decoding
-/// only these skips the allocations of every other string on the writer's
-/// path.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct IndexedFields {
-    /// `recorded_at`.
-    #[prost(message, optional, tag = "3")]
-    pub recorded_at: Option<prost_types::Timestamp>,
-    /// `actor`.
-    #[prost(string, tag = "4")]
-    pub actor: String,
-    /// `child_pseudonym`.
-    #[prost(bytes = "vec", tag = "5")]
-    pub child_pseudonym: Vec<u8>,
-    /// `source_agency`.
-    #[prost(string, tag = "9")]
-    pub source_agency: String,
-    /// `recipient_agency`.
-    #[prost(string, tag = "10")]
-    pub recipient_agency: String,
-    /// `subject`.
-    #[prost(string, tag = "23")]
-    pub subject: String,
-}
-
-impl From<IndexedFields> for pb::AuditEntry {
-    fn from(f: IndexedFields) -> Self {
-        pb::AuditEntry {
-            recorded_at: f.recorded_at,
-            actor: f.actor,
-            child_pseudonym: f.child_pseudonym,
-            source_agency: f.source_agency,
-            recipient_agency: f.recipient_agency,
-            subject: f.subject,
-            ..pb::AuditEntry::default()
-        }
-    }
-}
-
-/// Decodes what the index needs of a batch's entries (indexes from
-/// `first`), for the commit: bytes that are no protobuf message are
-/// refused. (The writer encodes entries from typed values; every field
-/// and the canonical form are checked where entries are read back, and
-/// checking them here would cost the writer's path a full decode and a
-/// second encode of every entry.)
-pub(crate) fn decode_all(
-    first: u64,
-    leaves: &[Vec<u8>],
-) -> Result<Vec<pb::AuditEntry>, StoreError> {
-    use prost::Message as _;
+/// Reads what the index needs of a batch's entries (indexes from
+/// `first`), for the commit, borrowing the leaves: bytes that are no
+/// protobuf message are refused. (The writer encodes entries from typed
+/// values; every field and the canonical form are checked where entries
+/// are read back, and checking them here would cost the writer's path a
+/// full decode and a second encode of every entry.)
+pub(crate) fn read_all(first: u64, leaves: &[Vec<u8>]) -> Result<Vec<EntryView<'_>>, StoreError> {
     (first..)
         .zip(leaves)
         .map(|(index, leaf)| {
-            IndexedFields::decode(leaf.as_slice())
-                .map(pb::AuditEntry::from)
-                .map_err(|e| StoreError::Corrupt {
-                    key: format!("audit entry {index}"),
-                    detail: e.to_string(),
-                })
+            EntryView::read(leaf).map_err(|detail| StoreError::Corrupt {
+                key: format!("audit entry {index}"),
+                detail,
+            })
         })
         .collect()
 }

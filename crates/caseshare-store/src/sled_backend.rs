@@ -491,7 +491,7 @@ impl Storage for SledStore {
                     batch.audit_first_index
                 )));
             }
-            let entries = audit_index::decode_all(batch.audit_first_index, &batch.audit)?;
+            let entries = audit_index::read_all(batch.audit_first_index, &batch.audit)?;
             let indexed =
                 audit_index::index_entries(&self.tree, batch.audit_first_index, &entries, &mut b)?;
             stats.records += indexed.records;

@@ -8,8 +8,8 @@ use std::path::Path;
 use caseshare_core::time::Micros;
 
 use super::{
-    BUCKETED, COUNTER, EPOCH_BITS, RECENT, TIME, TIME_BLOCK, Table, covered, decode_table,
-    encode_table, index_entries, split_key, time_value,
+    BUCKETED, COUNTER, EPOCH_BITS, EntryView, RECENT, TIME, TIME_BLOCK, Table, covered,
+    decode_table, encode_table, index_entries, split_key, time_value,
 };
 use crate::StoreError;
 use crate::audit_log::AuditLog;
@@ -112,9 +112,10 @@ pub(crate) fn apply(
                     .zip(at..)
                     .map(|(leaf, index)| decode_leaf(index, leaf))
                     .collect::<Result<Vec<_>, _>>()?;
+                let views: Vec<EntryView<'_>> = entries.iter().map(EntryView::of).collect();
                 let mut b = sled::Batch::default();
                 // Built at open: complete epochs' buckets stay in sled.
-                for (k, v) in index_entries(tree, at, &entries, &mut b)?.buckets {
+                for (k, v) in index_entries(tree, at, &views, &mut b)?.buckets {
                     b.insert(k, v);
                 }
                 tree.apply_batch(b)?;

@@ -16,6 +16,7 @@ use crate::audit_query::{
     shares_of_by_scan,
 };
 use crate::{Batch, DeliveryRecord, SledStore, Snapshot, Storage, StoredEvent};
+use caseshare_proto::v1 as pb;
 
 /// Opens the store in `dir`, retrying while sled's lock is still held by
 /// the threads of a store just dropped in this process.
@@ -591,10 +592,12 @@ fn the_fields_decoded_at_commit_are_those_of_an_entry() {
     let leaves: Vec<Vec<u8>> = (0..500)
         .map(|i| caseshare_audit::entry::encode(&entry(&mut rng, i, 30, 9)))
         .collect();
-    for (index, e) in (0..).zip(decode_all(0, &leaves).unwrap()) {
+    for (index, v) in (0..).zip(read_all(0, &leaves).unwrap()) {
         let full = decode_leaf(index, &leaves[index as usize]).unwrap();
-        assert_eq!(AuditTerm::of(&e), AuditTerm::of(&full));
-        assert_eq!(recorded_at(&e), recorded_at(&full));
+        assert_eq!(v, EntryView::of(&full));
+        let mut terms = Vec::new();
+        v.terms(|p, t| terms.push((p, t.to_vec())));
+        assert_eq!(terms, super::view::owned_terms(&full));
     }
 }
 
