@@ -453,23 +453,7 @@ fn not_stored(index: u64) -> StoreError {
 
 /// Where each entry of a chunk record lies (offset, length).
 fn chunk_spans(v: &[u8]) -> Result<Vec<(usize, usize)>, StoreError> {
-    let mut spans = Vec::new();
-    let mut at = 0usize;
-    while at < v.len() {
-        let corrupt = || StoreError::Corrupt {
-            key: "audit chunk".into(),
-            detail: "truncated entry".into(),
-        };
-        let len = v.get(at..at + 4).ok_or_else(corrupt)?;
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let start = at + 4;
-        if v.len() - start < len {
-            return Err(corrupt());
-        }
-        spans.push((start, len));
-        at = start + len;
-    }
-    Ok(spans)
+    crate::audit_log::chunk_entries(v).collect()
 }
 
 /// Ranges of `[start, end)` whose time blocks may hold entries recorded in

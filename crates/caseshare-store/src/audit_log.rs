@@ -133,25 +133,50 @@ pub fn one_record(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     Ok(payload)
 }
 
-/// How many entries a chunk `(len: u32 LE ‖ entry)*` holds, checking
-/// that the lengths add up (without copying them out, as
-/// [`crate::sled_backend::split_chunk`] does).
-fn count_entries(chunk: &[u8]) -> Result<usize, StoreError> {
-    let mut at = 0usize;
-    let mut n = 0;
-    while at < chunk.len() {
-        let len = chunk
-            .get(at..at + 4)
+/// The entries of an audit chunk `(len: u32 LE ‖ entry)*`, each as its
+/// span (start, length) in the chunk, checking that the lengths add up:
+/// the one walk of the format ([`count_entries`],
+/// [`crate::sled_backend::split_chunk`], the audit index's reads).
+pub(crate) fn chunk_entries(chunk: &[u8]) -> ChunkEntries<'_> {
+    ChunkEntries { chunk, at: 0 }
+}
+
+/// See [`chunk_entries`].
+pub(crate) struct ChunkEntries<'a> {
+    chunk: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for ChunkEntries<'_> {
+    type Item = Result<(usize, usize), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.chunk.len() {
+            return None;
+        }
+        let start = self.at + 4;
+        let len = self
+            .chunk
+            .get(self.at..start)
             .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
-            .filter(|len| chunk.len() - (at + 4) >= *len)
-            .ok_or_else(|| StoreError::Corrupt {
+            .filter(|len| self.chunk.len() - start >= *len);
+        let Some(len) = len else {
+            // Nothing after a bad length can be read.
+            self.at = self.chunk.len();
+            return Some(Err(StoreError::Corrupt {
                 key: "audit chunk".into(),
                 detail: "truncated entry".into(),
-            })?;
-        at += 4 + len;
-        n += 1;
+            }));
+        };
+        self.at = start + len;
+        Some(Ok((start, len)))
     }
-    Ok(n)
+}
+
+/// How many entries a chunk holds, checking that the lengths add up
+/// (without copying them out).
+fn count_entries(chunk: &[u8]) -> Result<usize, StoreError> {
+    chunk_entries(chunk).try_fold(0, |n, span| span.map(|_| n + 1))
 }
 
 /// The name of file `serial`.

@@ -108,20 +108,9 @@ pub(crate) fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, Stor
 
 /// Splits a chunk record into its entries.
 pub(crate) fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut out = Vec::new();
-    let mut rest = v;
-    while !rest.is_empty() {
-        let corrupt = || StoreError::Corrupt {
-            key: "audit chunk".into(),
-            detail: "truncated entry".into(),
-        };
-        let (len, tail) = rest.split_at_checked(4).ok_or_else(corrupt)?;
-        let len = u32::from_le_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
-        let (entry, tail) = tail.split_at_checked(len).ok_or_else(corrupt)?;
-        out.push(entry.to_vec());
-        rest = tail;
-    }
-    Ok(out)
+    crate::audit_log::chunk_entries(v)
+        .map(|span| span.map(|(start, len)| v[start..start + len].to_vec()))
+        .collect()
 }
 
 /// The sled store.

@@ -153,7 +153,7 @@ impl<'a> EntryView<'a> {
         push(self.recipient_agency.as_bytes());
         push(self.subject.as_bytes());
         let actor = self.actor.as_bytes();
-        for i in 0..actor.len() {
+        for (i, _) in actor.iter().enumerate().filter(|(_, b)| **b == b'/') {
             if actor[i..].starts_with(AGENCY_PATH) {
                 push(&actor[i + AGENCY_PATH.len()..]);
             }

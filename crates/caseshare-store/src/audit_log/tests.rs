@@ -352,13 +352,19 @@ fn entries_are_counted_as_split_and_a_short_chunk_is_refused() {
         chunk.extend_from_slice(&(e.len() as u32).to_le_bytes());
         chunk.extend_from_slice(&e);
     }
+    assert_eq!(count_entries(&chunk).unwrap(), 7);
     assert_eq!(
-        count_entries(&chunk).unwrap(),
-        crate::sled_backend::split_chunk(&chunk).unwrap().len()
+        crate::sled_backend::split_chunk(&chunk).unwrap(),
+        entries(0, 7)
     );
     assert_eq!(count_entries(&[]).unwrap(), 0);
     for cut in [1, 3, 5, chunk.len() - 1] {
         assert!(count_entries(&chunk[..cut]).is_err(), "cut at {cut}");
+        assert!(crate::sled_backend::split_chunk(&chunk[..cut]).is_err());
+        // The walk stops at the damage: one error, then nothing.
+        let spans: Vec<_> = chunk_entries(&chunk[..cut]).collect();
+        assert!(spans.last().is_some_and(|s| s.is_err()), "cut at {cut}");
+        assert_eq!(spans.iter().filter(|s| s.is_err()).count(), 1);
     }
 }
 

@@ -387,3 +387,34 @@ mod damaged_files {
         }
     }
 }
+
+#[test]
+fn a_range_equals_reading_each_event_across_segments_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, so ranges cross files; one event longer than many.
+    let log = EventLog::open(dir.path(), 1, 0, 40_000).unwrap();
+    let mut all = events(1..3_000);
+    all[1_500].event = vec![7; 300_000];
+    for part in all.chunks(97) {
+        log.append(part).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    log.set_first(11).unwrap();
+    for (from, max) in [
+        (0, 5_000),
+        (11, 1),
+        (12, 300),
+        (1_400, 200),
+        (1_501, 2),
+        (2_990, 50),
+    ] {
+        let got = log.range(from, max).unwrap();
+        let want: Vec<StoredEvent> = (from.max(11)..3_000)
+            .take(max)
+            .map(|s| log.get(s).unwrap().unwrap())
+            .collect();
+        assert_eq!(got, want, "range({from}, {max})");
+    }
+    assert!(log.range(3_000, 10).unwrap().is_empty());
+    assert!(log.range(0, 0).unwrap().is_empty());
+}
