@@ -96,6 +96,12 @@ pub(crate) fn term_key(prefix: u8, value: &[u8]) -> Result<Vec<u8>, StoreError> 
     Ok(k)
 }
 
+/// Whether a commit of the entries `first..end` completes an epoch (its
+/// buckets are then written: [`index_entries`]'s `buckets`).
+pub(crate) fn completes_epoch(first: u64, end: u64) -> bool {
+    end > first && epoch(end) > epoch(first)
+}
+
 /// The epoch of an index.
 pub(crate) fn epoch(index: u64) -> u64 {
     index >> EPOCH_BITS

@@ -472,9 +472,18 @@ impl AuditLog {
         })
     }
 
-    /// Makes the appended frames durable.
+    /// Makes the appended frames durable, on the calling thread.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.sync_in_background()?.wait()
+        let file = self
+            .active
+            .lock()
+            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?
+            .as_ref()
+            .map(|a| a.file.clone());
+        match file {
+            Some(file) => Ok(file.sync_data()?),
+            None => Ok(()),
+        }
     }
 
     /// Starts making the appended frames durable on the log's sync thread,

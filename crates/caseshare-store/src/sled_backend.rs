@@ -53,13 +53,14 @@ use std::sync::Mutex;
 use caseshare_proto::v1 as pb;
 use prost::Message;
 
-use caseshare_audit::tiles::{FULL_TILE_BYTES, TileStore};
+use caseshare_audit::tiles::TileStore;
 use caseshare_core::time::Micros;
 
 use crate::audit_index;
 use crate::audit_log::AuditLog;
 use crate::audit_query::AuditTerm;
 use crate::delivery_chunks;
+use audit_writes::AuditWrites;
 
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 pub use crate::sled_open::open_sled;
@@ -443,30 +444,6 @@ impl Storage for SledStore {
         }
         let mut b = sled::Batch::default();
         let mut stats = CommitStats::default();
-        // Audit entries, packed into chunks, written to the audit log;
-        // sled gets a pointer per chunk.
-        let mut starts = Vec::new();
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut chunk: Vec<u8> = Vec::new();
-        for (index, entry) in (batch.audit_first_index..).zip(&batch.audit) {
-            if chunk.is_empty() {
-                starts.push(index);
-            } else if chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
-                chunks.push(std::mem::take(&mut chunk));
-                starts.push(index);
-            }
-            let len = u32::try_from(entry.len())
-                .map_err(|_| StoreError::TooLarge("audit entry".into()))?;
-            chunk.extend_from_slice(&len.to_le_bytes());
-            chunk.extend_from_slice(entry);
-        }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
-        // Records that never change again go to the audit log as chunks of
-        // one, after the entries' chunks, sled pointing at them.
-        let mut sealed_keys: Vec<Vec<u8>> = Vec::new();
-        // Their index, in the same atomic batch.
         let audit_end = batch.audit_first_index + batch.audit.len() as u64;
         if !batch.audit.is_empty() {
             let covered = *self
@@ -480,56 +457,13 @@ impl Storage for SledStore {
                     batch.audit_first_index
                 )));
             }
-            let entries = audit_index::read_all(batch.audit_first_index, &batch.audit)?;
-            let indexed =
-                audit_index::index_entries(&self.tree, batch.audit_first_index, &entries, &mut b)?;
-            stats.records += indexed.records;
-            stats.bytes += indexed.bytes;
-            // A complete epoch's buckets.
-            for (k, v) in indexed.buckets {
-                chunks.push(crate::audit_log::one_record(&v)?);
-                sealed_keys.push(k);
-            }
         }
-        // Tiles: a partial one (rewritten as leaves arrive) in sled; a full
-        // one, which never changes, into the audit log once, sled pointing
-        // at it.
-        for (level, idx, bytes) in &batch.tiles {
-            let k = key(b'T', &[&[*level], &be(*idx)]);
-            if bytes.len() != FULL_TILE_BYTES {
-                Self::put(&mut b, &mut stats, k, bytes.clone());
-                continue;
-            }
-            if let Some(v) = self.tree.get(&k)?
-                && crate::audit_log::Pointer::decode(&v)?.is_some()
-            {
-                continue;
-            }
-            chunks.push(crate::audit_log::one_record(bytes)?);
-            sealed_keys.push(k);
-        }
-        // Events and audit entries first, synced, so sled never commits a
-        // sequence the event log does not hold or points at audit entries
-        // that are not durable.
-        let pointers = self.audit_log.append(&chunks)?;
-        let keys = starts
-            .iter()
-            .map(|start| key(b'A', &[&be(*start)]))
-            .chain(sealed_keys);
-        for (k, pointer) in keys.zip(&pointers) {
-            Self::put(&mut b, &mut stats, k, pointer.encode());
-        }
-        stats.bytes += chunks.iter().map(Vec::len).sum::<usize>();
-        // Both files' `fdatasync`s at once.
-        let audit_synced = if chunks.is_empty() {
-            None
-        } else {
-            Some(self.audit_log.sync_in_background()?)
-        };
-        stats.bytes += self.events.append(&batch.events)?;
-        if let Some(pending) = audit_synced {
-            pending.wait()?;
-        }
+        // Events and audit entries (with the records that never change
+        // again) first, synced, so sled never commits a sequence the event
+        // log does not hold or points at audit log frames that are not
+        // durable; the audit index's records come with them.
+        let writes = AuditWrites::plan(self, batch, &mut b, &mut stats)?;
+        stats.bytes += writes.write(self, batch, &mut b, &mut stats)?;
         for a in &batch.agencies {
             Self::put(
                 &mut b,
@@ -778,5 +712,13 @@ impl Storage for SledStore {
     }
 }
 
+mod audit_writes;
+
+/// Audit bytes from which a commit writes the audit log on a thread of its
+/// own (for tests).
+#[cfg(test)]
+pub(crate) fn audit_writes_parallel_bytes() -> usize {
+    audit_writes::PARALLEL_BYTES
+}
 #[cfg(test)]
 mod tests;

@@ -386,3 +386,64 @@ fn a_pointer_past_the_end_is_refused_without_reading_it() {
     assert!(detail.contains("runs past the end"), "{detail}");
     assert_eq!(advice, ADVICE_RESTORE);
 }
+
+#[test]
+fn commits_large_and_small_write_both_logs_in_either_order_of_work() {
+    use crate::StoredEvent;
+    use crate::sled_backend::audit_writes_parallel_bytes as parallel;
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    let mut next_seq = 1u64;
+    // (events, entries): below and above the size written on a thread of
+    // its own, without events, and one that completes an epoch of the
+    // audit index (16,384 entries).
+    let plan = [
+        (3, 5, false),
+        (50, 400, true),
+        (0, 100, false),
+        (1, 16_384 - 505, true),
+        (20, 2_000, true),
+    ];
+    {
+        let store = open(dir.path()).unwrap();
+        for (events, n, large) in plan {
+            let from = all.len() as u64;
+            let e = entries(from, n);
+            let bytes: usize = e.iter().map(Vec::len).sum();
+            assert_eq!(bytes >= parallel(), large, "{n} entries make {bytes} bytes");
+            let evs: Vec<StoredEvent> = (next_seq..next_seq + events)
+                .map(|s| StoredEvent {
+                    sequence: s,
+                    source_agency: "a".into(),
+                    event_id: format!("e{s}"),
+                    ..Default::default()
+                })
+                .collect();
+            next_seq += events;
+            store
+                .commit(&Batch {
+                    events: evs,
+                    next_sequence: Some(next_seq),
+                    audit: e.clone(),
+                    audit_first_index: from,
+                    ..Batch::default()
+                })
+                .unwrap();
+            all.extend(e);
+        }
+        assert!(
+            store.raw_tree().scan_prefix([b'Q']).next().is_some(),
+            "an epoch completed"
+        );
+    }
+    let store = open(dir.path()).unwrap();
+    let size = all.len() as u64;
+    assert_eq!(store.load().unwrap().audit_size, size);
+    assert_eq!(store.audit_entries(0, size).unwrap(), all);
+    assert_eq!(
+        store.events_from(1, 10_000).unwrap().len() as u64,
+        next_seq - 1
+    );
+    let verdict = crate::audit_index::verify(store.raw_tree(), store.audit_log(), size).unwrap();
+    assert_eq!(verdict.mismatch, None);
+}
