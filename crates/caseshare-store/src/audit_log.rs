@@ -472,15 +472,19 @@ impl AuditLog {
         })
     }
 
-    /// Makes the appended frames durable, on the calling thread.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        let file = self
+    /// The file appends go to, if any has been opened.
+    fn active_file(&self) -> Result<Option<Arc<File>>, StoreError> {
+        Ok(self
             .active
             .lock()
             .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?
             .as_ref()
-            .map(|a| a.file.clone());
-        match file {
+            .map(|a| a.file.clone()))
+    }
+
+    /// Makes the appended frames durable, on the calling thread.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        match self.active_file()? {
             Some(file) => Ok(file.sync_data()?),
             None => Ok(()),
         }
@@ -490,13 +494,7 @@ impl AuditLog {
     /// so that the commit can sync the event log meanwhile (two
     /// `fdatasync`s at once cost the disk about one).
     pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
-        let file = self
-            .active
-            .lock()
-            .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?
-            .as_ref()
-            .map(|a| a.file.clone());
-        let Some(file) = file else {
+        let Some(file) = self.active_file()? else {
             return Ok(PendingSync(None));
         };
         let mut syncer = self
