@@ -604,24 +604,10 @@ fn whole_batches(file: &File, from: u64, len: u64) -> Result<usize, StoreError> 
     let mut f = file.try_clone()?;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from))?;
     f.take(len - from).read_to_end(&mut bytes)?;
-    let mut at = 0usize;
-    let mut batches = 0;
-    while let Some(header) = bytes.get(at..at + HEADER as usize) {
-        let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let start = at + HEADER as usize;
-        let Some(payload) = bytes.get(start..start + (word & LEN_MASK) as usize) else {
-            break;
-        };
-        if word & LEN_MASK == 0 || frame_crc(payload, word & BATCH_END != 0) != crc {
-            break;
-        }
-        if word & BATCH_END != 0 {
-            batches += 1;
-        }
-        at = start + payload.len();
-    }
-    Ok(batches)
+    Ok(crate::segments::frames(&bytes, from)
+        .map_while(Result::ok)
+        .filter(|frame| frame.batch_end)
+        .count())
 }
 
 #[cfg(test)]

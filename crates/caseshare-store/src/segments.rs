@@ -68,6 +68,81 @@ pub fn frame_crc(payload: &[u8], batch_end: bool) -> u32 {
     if batch_end { crc ^ BATCH_END_CRC } else { crc }
 }
 
+/// One whole, valid frame of a crc-framed file (the event log's segments,
+/// the audit log's files).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frame<'a> {
+    /// Where the frame starts in the file.
+    pub offset: u64,
+    pub payload: &'a [u8],
+    /// The last frame of a commit's batch.
+    pub batch_end: bool,
+}
+
+impl Frame<'_> {
+    /// Where the frame ends in the file.
+    pub fn end(&self) -> u64 {
+        self.offset + (HEADER + self.payload.len()) as u64
+    }
+}
+
+/// The frames of `bytes`, read from the file at offset `base`, up to the
+/// first that is not whole and valid, which ends the walk with one error:
+/// (its offset, what is wrong). The one reading of the frame format.
+pub(crate) fn frames(bytes: &[u8], base: u64) -> Frames<'_> {
+    Frames { bytes, base, at: 0 }
+}
+
+/// See [`frames`].
+pub(crate) struct Frames<'a> {
+    bytes: &'a [u8],
+    base: u64,
+    at: usize,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, (u64, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let at = self.at;
+        if at >= self.bytes.len() {
+            return None;
+        }
+        // A bad frame ends the walk.
+        self.at = self.bytes.len();
+        let offset = self.base + at as u64;
+        let Some(header) = self.bytes.get(at..at + HEADER) else {
+            return Some(Err((offset, "an incomplete frame header".into())));
+        };
+        let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let batch_end = word & BATCH_END != 0;
+        let len = (word & LEN_MASK) as usize;
+        if len == 0 {
+            return Some(Err((offset, "a zero-length frame".into())));
+        }
+        let start = at + HEADER;
+        let Some(payload) = self.bytes.get(start..start + len) else {
+            return Some(Err((
+                offset,
+                format!("a frame of {len} bytes runs past the end"),
+            )));
+        };
+        if frame_crc(payload, batch_end) != crc {
+            return Some(Err((
+                offset,
+                "a frame whose checksum does not match".into(),
+            )));
+        }
+        self.at = start + len;
+        Some(Ok(Frame {
+            offset,
+            payload,
+            batch_end,
+        }))
+    }
+}
+
 /// One segment: its read handle and where each record starts.
 #[derive(Debug)]
 struct Segment {

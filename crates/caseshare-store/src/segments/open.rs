@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use prost::Message;
 
 use super::ids::{self, IdHasher, IdIndex, IdsFile};
-use super::{BATCH_END, EventLog, HEADER, Index, LEN_MASK, Segment, frame_crc};
+use super::{EventLog, Index, Segment};
 use crate::StoreError;
 use crate::StoredEvent;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
@@ -74,32 +74,17 @@ pub(crate) fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
         stop: Stop::Eof,
         file_len: bytes.len() as u64,
     };
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let off = at as u64;
-        let Some(header) = bytes.get(at..at + HEADER) else {
-            s.stop = Stop::Torn(off, "an incomplete frame header".into());
-            break;
+    for frame in super::frames(&bytes, 0) {
+        let frame = match frame {
+            Ok(f) => f,
+            Err((off, why)) => {
+                s.stop = Stop::Torn(off, why);
+                break;
+            }
         };
-        let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let end_of_batch = word & BATCH_END != 0;
-        let len = (word & LEN_MASK) as usize;
-        let start = at + HEADER;
-        if len == 0 {
-            s.stop = Stop::Torn(off, "a zero-length frame".into());
-            break;
-        }
-        let Some(payload) = bytes.get(start..start + len) else {
-            s.stop = Stop::Torn(off, format!("a frame of {len} bytes runs past the end"));
-            break;
-        };
-        if frame_crc(payload, end_of_batch) != crc {
-            s.stop = Stop::Torn(off, "a frame whose checksum does not match".into());
-            break;
-        }
+        let off = frame.offset;
         let expected = first + s.offsets.len() as u64;
-        let event = match StoredEvent::decode(payload) {
+        let event = match StoredEvent::decode(frame.payload) {
             Ok(e) => e,
             Err(e) => {
                 s.stop = Stop::Invalid(off, format!("a frame that does not decode: {e}"));
@@ -117,10 +102,9 @@ pub(crate) fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
             break;
         }
         s.offsets.push(off);
-        s.batch_end.push(end_of_batch);
+        s.batch_end.push(frame.batch_end);
         s.ids.push((event.source_agency, event.event_id));
-        at = start + len;
-        s.ends.push(at as u64);
+        s.ends.push(frame.end());
     }
     Ok(s)
 }

@@ -418,3 +418,38 @@ fn a_range_equals_reading_each_event_across_segments_and_retention() {
     assert!(log.range(3_000, 10).unwrap().is_empty());
     assert!(log.range(0, 0).unwrap().is_empty());
 }
+
+#[test]
+fn the_frame_walk_yields_whole_frames_then_one_error() {
+    let mut bytes = Vec::new();
+    for (i, payload) in [&b"abc"[..], b"defgh", b"ij"].iter().enumerate() {
+        let end = i == 1;
+        let len = payload.len() as u32 | if end { BATCH_END } else { 0 };
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&frame_crc(payload, end).to_le_bytes());
+        bytes.extend_from_slice(payload);
+    }
+    let all: Vec<_> = frames(&bytes, 100).map(Result::unwrap).collect();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        (all[1].offset, all[1].payload, all[1].batch_end),
+        (111, &b"defgh"[..], true)
+    );
+    assert_eq!(all[1].end(), 124);
+    assert_eq!(all[2].end(), 100 + bytes.len() as u64);
+    // A flipped byte in the second frame: the first, then one error there.
+    let mut bad = bytes.clone();
+    bad[20] ^= 1;
+    let walked: Vec<_> = frames(&bad, 100).collect();
+    assert_eq!(walked.len(), 2);
+    assert!(walked[0].is_ok());
+    assert_eq!(walked[1].as_ref().map_err(|e| e.0).unwrap_err(), 111);
+    // Cut inside the last frame, and a zero-length frame.
+    assert!(
+        frames(&bytes[..bytes.len() - 1], 0)
+            .last()
+            .unwrap()
+            .is_err()
+    );
+    assert!(frames(&[0u8; 8], 0).next().unwrap().is_err());
+}
