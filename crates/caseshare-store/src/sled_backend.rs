@@ -712,13 +712,6 @@ impl Storage for SledStore {
     }
 }
 
-mod audit_writes;
-
-/// Audit bytes from which a commit writes the audit log on a thread of its
-/// own (for tests).
-#[cfg(test)]
-pub(crate) fn audit_writes_parallel_bytes() -> usize {
-    audit_writes::PARALLEL_BYTES
-}
+pub(crate) mod audit_writes;
 #[cfg(test)]
 mod tests;

@@ -390,7 +390,7 @@ fn a_pointer_past_the_end_is_refused_without_reading_it() {
 #[test]
 fn commits_large_and_small_write_both_logs_in_either_order_of_work() {
     use crate::StoredEvent;
-    use crate::sled_backend::audit_writes_parallel_bytes as parallel;
+    use crate::sled_backend::audit_writes::PARALLEL_BYTES;
     let dir = tempfile::tempdir().unwrap();
     let mut all = Vec::new();
     let mut next_seq = 1u64;
@@ -410,7 +410,11 @@ fn commits_large_and_small_write_both_logs_in_either_order_of_work() {
             let from = all.len() as u64;
             let e = entries(from, n);
             let bytes: usize = e.iter().map(Vec::len).sum();
-            assert_eq!(bytes >= parallel(), large, "{n} entries make {bytes} bytes");
+            assert_eq!(
+                bytes >= PARALLEL_BYTES,
+                large,
+                "{n} entries make {bytes} bytes"
+            );
             let evs: Vec<StoredEvent> = (next_seq..next_seq + events)
                 .map(|s| StoredEvent {
                     sequence: s,

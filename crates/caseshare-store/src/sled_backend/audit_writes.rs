@@ -20,7 +20,7 @@ use crate::{Batch, CommitStats, StoreError};
 
 /// Audit bytes from which a commit writes the audit log on a thread of its
 /// own (about the cost of starting one, ~30 µs, in copying).
-pub(super) const PARALLEL_BYTES: usize = 32 << 10;
+pub(crate) const PARALLEL_BYTES: usize = 32 << 10;
 
 /// What a commit writes to the audit log, and the sled key of each chunk.
 #[derive(Default)]
@@ -98,24 +98,14 @@ impl AuditWrites {
         stats: &mut CommitStats,
     ) -> Result<usize, StoreError> {
         let audit_bytes: usize = self.chunks.iter().map(Vec::len).sum();
-        let (pointers, event_bytes) = if audit_bytes >= PARALLEL_BYTES && !batch.events.is_empty() {
-            self.write_in_parallel(store, batch, b, stats)?
+        let parallel = if audit_bytes >= PARALLEL_BYTES && !batch.events.is_empty() {
+            self.write_in_parallel(store, batch, b, stats)
         } else {
-            let pointers = store.audit_log.append(&self.chunks)?;
-            // Both files' `fdatasync`s at once.
-            let synced = if self.chunks.is_empty() {
-                None
-            } else {
-                Some(store.audit_log.sync_in_background()?)
-            };
-            let event_bytes = store.events.append(&batch.events)?;
-            if !self.indexed {
-                index_into(store, batch, b, stats)?;
-            }
-            if let Some(pending) = synced {
-                pending.wait()?;
-            }
-            (pointers, event_bytes)
+            None
+        };
+        let (pointers, event_bytes) = match parallel {
+            Some(written) => written?,
+            None => self.write_in_order(store, batch, b, stats)?,
         };
         if pointers.len() != self.keys.len() {
             return Err(StoreError::Engine(format!(
@@ -130,15 +120,41 @@ impl AuditWrites {
         Ok(audit_bytes + event_bytes)
     }
 
-    /// The audit log appended and synced on a scoped thread, the events
-    /// and the index records on this one.
-    fn write_in_parallel(
+    /// Both files written here, the audit log's sync on its sync thread
+    /// while the event log's runs here (two `fdatasync`s at once).
+    fn write_in_order(
         &self,
         store: &SledStore,
         batch: &Batch,
         b: &mut sled::Batch,
         stats: &mut CommitStats,
     ) -> Result<(Vec<Pointer>, usize), StoreError> {
+        let pointers = store.audit_log.append(&self.chunks)?;
+        let synced = if self.chunks.is_empty() {
+            None
+        } else {
+            Some(store.audit_log.sync_in_background()?)
+        };
+        let event_bytes = store.events.append(&batch.events)?;
+        if !self.indexed {
+            index_into(store, batch, b, stats)?;
+        }
+        if let Some(pending) = synced {
+            pending.wait()?;
+        }
+        Ok((pointers, event_bytes))
+    }
+
+    /// The audit log appended and synced on a scoped thread, the events
+    /// and the index records on this one; `None` if no thread could be
+    /// started (nothing was written: the caller writes in order).
+    fn write_in_parallel(
+        &self,
+        store: &SledStore,
+        batch: &Batch,
+        b: &mut sled::Batch,
+        stats: &mut CommitStats,
+    ) -> Option<Result<(Vec<Pointer>, usize), StoreError>> {
         std::thread::scope(|s| {
             let audit = std::thread::Builder::new()
                 .name("audit-log-append".into())
@@ -146,32 +162,23 @@ impl AuditWrites {
                     let pointers = store.audit_log.append(&self.chunks)?;
                     store.audit_log.sync()?;
                     Ok::<_, StoreError>(pointers)
-                });
-            let audit = match audit {
-                Ok(handle) => handle,
-                // No thread to be had: one after the other, here.
-                Err(_) => {
-                    let pointers = store.audit_log.append(&self.chunks)?;
-                    store.audit_log.sync()?;
-                    let event_bytes = store.events.append(&batch.events)?;
-                    if !self.indexed {
-                        index_into(store, batch, b, stats)?;
-                    }
-                    return Ok((pointers, event_bytes));
-                }
-            };
+                })
+                .ok()?;
             let events = store.events.append(&batch.events);
             let indexed = if self.indexed {
                 Ok(())
             } else {
                 index_into(store, batch, b, stats)
             };
-            let pointers = audit
-                .join()
-                .map_err(|_| StoreError::Engine("the audit log's writer panicked".into()))??;
-            let event_bytes = events?;
-            indexed?;
-            Ok((pointers, event_bytes))
+            let written = match audit.join() {
+                Ok(pointers) => pointers.and_then(|pointers| {
+                    let event_bytes = events?;
+                    indexed?;
+                    Ok((pointers, event_bytes))
+                }),
+                Err(_) => Err(StoreError::Engine("the audit log's writer panicked".into())),
+            };
+            Some(written)
         })
     }
 }
