@@ -395,8 +395,9 @@ fn commits_large_and_small_write_both_logs_in_either_order_of_work() {
     let mut all = Vec::new();
     let mut next_seq = 1u64;
     // (events, entries): below and above the size written on a thread of
-    // its own, without events, and one that completes an epoch of the
-    // audit index (16,384 entries).
+    // its own, without events, and one that ends on an epoch boundary of
+    // the audit index (16,384 entries; 512 in test builds, so the large
+    // commits complete epochs too).
     let plan = [
         (3, 5, false),
         (50, 400, true),
