@@ -440,6 +440,35 @@ pub(crate) async fn open_bucket(
     Ok((js, store))
 }
 
+/// Runs an append (`attempt`) again while its outcome is unknown
+/// ([`AppendError::Unavailable`]: a new stream electing its leader, a lost
+/// acknowledgement), for at most `patience`, with pauses doubling from
+/// 25 ms to 500 ms; gives the first other answer. The attempt must use
+/// the same message id each time, so that one that did land answers
+/// [`AppendError::Duplicate`] (or its sequence, for [`Journal::propose`]),
+/// never a second message.
+pub async fn retry_unavailable<T, F, Fut>(
+    patience: std::time::Duration,
+    mut attempt: F,
+) -> Result<T, AppendError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AppendError>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(25);
+    loop {
+        match attempt().await {
+            Err(AppendError::Unavailable(e)) if started.elapsed() < patience => {
+                tracing::debug!(error = %e, "journal unavailable; retrying the append");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -29,6 +29,6 @@ pub use config::{
     PING_INTERVAL, connect,
 };
 pub use error::{AppendError, ClusterError, LeaseLost};
-pub use journal::{Entry, Journal};
+pub use journal::{Entry, Journal, retry_unavailable};
 pub use lease::{Current, DEFAULT_BUCKET, Held, LEADER_KEY, LeaderInfo, Lease, LeaseConfig};
 pub use roster::{MAX_MEMBERS, Member, ROSTER_TTL, Roster, bucket_name};

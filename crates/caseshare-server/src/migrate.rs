@@ -90,7 +90,15 @@ pub async fn migrate(config: &Config) -> Result<Migrated, ServeError> {
     }
     let base = base_message(counters)?;
     let journal = crate::cluster::open(config).await?;
-    let position = match append_base(&journal, &base_id(counters), base.into()).await {
+    // Retried under the same message id while the journal is unavailable:
+    // a retry of an append that did land answers `Duplicate`.
+    let base: bytes::Bytes = base.into();
+    let id = base_id(counters);
+    let appended = caseshare_cluster::retry_unavailable(APPEND_PATIENCE, || {
+        journal.append(0, &id, base.clone())
+    })
+    .await;
+    let position = match appended {
         Ok(seq) => seq,
         // This store's own base message, appended by an earlier run that
         // stopped before it recorded the position.
@@ -151,26 +159,3 @@ fn base_id(c: Counters) -> String {
 /// How long `migrate` retries an append whose outcome is unknown (a new
 /// R3 stream answers "no stream found" until its leader is elected).
 const APPEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Appends the base message with `Nats-Expected-Last-Sequence: 0`,
-/// retrying under the same message id while the journal is unavailable:
-/// a retry of an append that did land answers `Duplicate` (JetStream's
-/// duplicate window), never a second message.
-async fn append_base(
-    journal: &caseshare_cluster::Journal,
-    msg_id: &str,
-    bytes: bytes::Bytes,
-) -> Result<u64, AppendError> {
-    let started = std::time::Instant::now();
-    let mut pause = std::time::Duration::from_millis(25);
-    loop {
-        match journal.append(0, msg_id, bytes.clone()).await {
-            Err(AppendError::Unavailable(e)) if started.elapsed() < APPEND_PATIENCE => {
-                tracing::info!(error = %e, "journal not available yet; retrying the base message");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(500));
-            }
-            other => return other,
-        }
-    }
-}

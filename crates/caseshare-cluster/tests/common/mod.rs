@@ -42,18 +42,10 @@ pub async fn append(
     msg_id: &str,
     bytes: bytes::Bytes,
 ) -> Result<u64, caseshare_cluster::AppendError> {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        match journal.append(expected_last, msg_id, bytes.clone()).await {
-            Err(caseshare_cluster::AppendError::Unavailable(why))
-                if std::time::Instant::now() < deadline =>
-            {
-                eprintln!("append {msg_id}: not available yet ({why}); retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
+    caseshare_cluster::retry_unavailable(PATIENCE, || {
+        journal.append(expected_last, msg_id, bytes.clone())
+    })
+    .await
 }
 
 /// Appends `bytes` as the next message after `last`, retrying while the

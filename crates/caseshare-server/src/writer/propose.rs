@@ -295,17 +295,12 @@ impl Proposer {
 
 /// Appends, retrying while the outcome is unknown, under one message id.
 async fn append(journal: &Journal, msg_id: &str, bytes: bytes::Bytes) -> Result<u64, AppendError> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(25);
-    loop {
-        match journal.propose(msg_id, bytes.clone()).await {
-            Ok(seq) | Err(AppendError::Duplicate { sequence: seq }) => return Ok(seq),
-            Err(AppendError::Unavailable(e)) if started.elapsed() < APPEND_PATIENCE => {
-                tracing::debug!(error = %e, msg_id, "journal unavailable; retrying the append");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e),
-        }
+    match caseshare_cluster::retry_unavailable(APPEND_PATIENCE, || {
+        journal.propose(msg_id, bytes.clone())
+    })
+    .await
+    {
+        Ok(seq) | Err(AppendError::Duplicate { sequence: seq }) => Ok(seq),
+        Err(e) => Err(e),
     }
 }
