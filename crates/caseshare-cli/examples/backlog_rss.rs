@@ -1,7 +1,10 @@
 //! Measures the broker's resident memory as a stalled subscriber's backlog
 //! grows: starts the real `caseshare serve` binary, opens a subscription
 //! that reads one window and never acknowledges, publishes events with
-//! PublishStream, and reads VmRSS from /proc at checkpoints.
+//! PublishStream, and reads VmRSS from /proc at checkpoints: the highest
+//! reading while publishing (sampled every 20 ms), the reading just after
+//! the last acknowledgement, and the reading after two seconds at rest (the
+//! allocator returns freed pages to the system after a delay).
 //!
 //! `cargo run --release -p caseshare-cli --example backlog_rss -- target/release/caseshare 1000000`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -97,8 +100,20 @@ async fn main() {
         n
     });
     let empty = rss_mib(pid);
-    println!("events in backlog,RSS MiB");
-    println!("0,{empty:.1}");
+    println!("events in backlog,peak while publishing MiB,after the last ack MiB,at rest MiB");
+    println!("0,,{empty:.1},");
+    // The highest reading since the last checkpoint.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let kib = (rss_mib(pid) * 1024.0) as u64;
+                peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
     let checkpoints = [total / 10, total / 4, total / 2, total];
     let mut published = 0u64;
     for &target in &checkpoints {
@@ -143,8 +158,13 @@ async fn main() {
             t.await.unwrap();
         }
         published = target;
-        println!("{published},{:.1}", rss_mib(pid));
+        let after = rss_mib(pid);
+        let high = peak.swap(0, std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let rest = rss_mib(pid);
+        println!("{published},{:.1},{after:.1},{rest:.1}", high.max(after));
     }
+    sampler.abort();
     drop(served);
     reader.abort();
 }

@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -389,8 +389,11 @@ impl AuditLog {
         let a = active
             .as_mut()
             .ok_or_else(|| StoreError::Engine("no active audit file".into()))?;
-        let mut buf = Vec::with_capacity(chunks.iter().map(|c| c.len() + 8).sum());
+        // Each frame's header, written with the chunks by one `writev`
+        // (the chunks are not copied).
+        let mut headers: Vec<[u8; 8]> = Vec::with_capacity(chunks.len());
         let mut pointers = Vec::with_capacity(chunks.len());
+        let mut at = a.len;
         let last = chunks.len() - 1;
         for (i, payload) in chunks.iter().enumerate() {
             let len = u32::try_from(payload.len())
@@ -402,22 +405,29 @@ impl AuditLog {
             let batch_end = i == last;
             pointers.push(Pointer {
                 serial: a.serial,
-                offset: a.len + buf.len() as u64,
+                offset: at,
                 len,
                 count,
             });
+            at += 8 + u64::from(len);
             let word = if batch_end { len | BATCH_END } else { len };
-            buf.extend_from_slice(&word.to_le_bytes());
-            buf.extend_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
-            buf.extend_from_slice(payload);
+            let mut header = [0; 8];
+            header[..4].copy_from_slice(&word.to_le_bytes());
+            header[4..].copy_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
+            headers.push(header);
         }
-        if let Err(e) = (&*a.file).write_all(&buf) {
+        let mut slices: Vec<IoSlice<'_>> = headers
+            .iter()
+            .zip(chunks)
+            .flat_map(|(h, c)| [IoSlice::new(h), IoSlice::new(c)])
+            .collect();
+        if let Err(e) = write_all_vectored(&a.file, &mut slices) {
             // Bytes may be half written: later commits start a new file.
             let serial = a.serial;
             *active = Some(self.next_file(Some(serial))?);
             return Err(e.into());
         }
-        a.len += buf.len() as u64;
+        a.len = at;
         Ok(pointers)
     }
 
@@ -608,6 +618,20 @@ fn whole_batches(file: &File, from: u64, len: u64) -> Result<usize, StoreError> 
         .map_while(Result::ok)
         .filter(|frame| frame.batch_end)
         .count())
+}
+
+/// Writes every byte of `bufs` to `file` (`Write::write_all_vectored`,
+/// which is not yet stable).
+fn write_all_vectored(mut file: &File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

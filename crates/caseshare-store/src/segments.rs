@@ -15,9 +15,10 @@
 //! flag is caught (frames written before batches were marked have no flag
 //! and a plain CRC). Sequences inside a segment are consecutive; a
 //! new segment starts once the active one passes `segment_bytes`, or after a
-//! restart that found bytes after the committed events. Which
-//! record is where is kept in memory (8 bytes per event), rebuilt by reading
-//! the segments at open.
+//! restart that found bytes after the committed events, or when the next
+//! batch would start a frame past 4 GiB. Which record is where is kept in
+//! memory (4 bytes per event: a frame's offset in its segment), rebuilt by
+//! reading the segments at open.
 //!
 //! The log also answers idempotent publish ([`ids`]): a map in memory for
 //! the last segment, a sorted `.ids` file and a Bloom filter for each sealed
@@ -53,6 +54,19 @@ use ids::{IdHasher, IdIndex};
 /// Default size at which a new segment starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
+/// The last offset a frame may start at: offsets are kept as `u32`.
+#[cfg(not(test))]
+const MAX_FRAME_OFFSET: u64 = u32::MAX as u64;
+/// Small in unit tests, so that the limit can be reached.
+#[cfg(test)]
+const MAX_FRAME_OFFSET: u64 = 1 << 20;
+
+/// The append buffer's capacity kept between batches (a larger one is
+/// given back): reusing it spares the allocator a multi-megabyte
+/// allocation and free per commit, which it would hold for a while before
+/// returning the pages.
+const KEEP_BUFFER_BYTES: usize = 8 << 20;
+
 const HEADER: usize = 8;
 
 /// The flag in a frame's length word that marks the last frame of a batch.
@@ -66,6 +80,25 @@ pub const BATCH_END_CRC: u32 = 0x5bd1_e995;
 pub fn frame_crc(payload: &[u8], batch_end: bool) -> u32 {
     let crc = crc32fast::hash(payload);
     if batch_end { crc ^ BATCH_END_CRC } else { crc }
+}
+
+/// Appends `event`'s frame to `buf`, encoding it in place.
+fn frame_into(buf: &mut Vec<u8>, event: &StoredEvent, batch_end: bool) -> Result<(), StoreError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    event
+        .encode(buf)
+        .map_err(|e| StoreError::Engine(format!("event {}: {e}", event.sequence)))?;
+    let payload = &buf[start + HEADER..];
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| l & BATCH_END == 0)
+        .ok_or_else(|| StoreError::TooLarge(format!("event {}", event.sequence)))?;
+    let word = if batch_end { len | BATCH_END } else { len };
+    let crc = frame_crc(payload, batch_end);
+    buf[start..start + 4].copy_from_slice(&word.to_le_bytes());
+    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// One whole, valid frame of a crc-framed file (the event log's segments,
@@ -151,7 +184,7 @@ struct Segment {
     file: Arc<File>,
     /// `offsets[i]` is where sequence `first + i` starts; `end` is where the
     /// last record ends.
-    offsets: Vec<u64>,
+    offsets: Vec<u32>,
     end: u64,
 }
 
@@ -187,6 +220,8 @@ pub struct EventLog {
     hasher: IdHasher,
     index: RwLock<Index>,
     active: Mutex<Option<Active>>,
+    /// The batch being framed (the writer's; kept for the next batch).
+    buf: Mutex<Vec<u8>>,
     /// The last segment has bytes after its committed events (a torn or
     /// uncommitted tail, left on disk): the next append starts a new one.
     fresh_segment: Mutex<bool>,
@@ -277,7 +312,11 @@ impl EventLog {
                 "event log append at {first_new}, expected {next}"
             )));
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(events.len() * 700);
+        let mut buf = self
+            .buf
+            .lock()
+            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
+        buf.clear();
         let mut starts: Vec<u64> = Vec::with_capacity(events.len());
         let hashes: Vec<(u64, u64)> = events
             .iter()
@@ -291,23 +330,22 @@ impl EventLog {
                     e.sequence
                 )));
             }
-            let payload = e.encode_to_vec();
-            let len = u32::try_from(payload.len())
-                .ok()
-                .filter(|l| l & BATCH_END == 0)
-                .ok_or_else(|| StoreError::TooLarge(format!("event {}", e.sequence)))?;
-            let batch_end = i == last;
-            let word = if batch_end { len | BATCH_END } else { len };
-            starts.push(buf.len() as u64);
-            buf.extend_from_slice(&word.to_le_bytes());
-            buf.extend_from_slice(&frame_crc(&payload, batch_end).to_le_bytes());
-            buf.extend_from_slice(&payload);
+            let start = buf.len();
+            starts.push(start as u64);
+            frame_into(&mut buf, e, i == last)?;
         }
         // Roll over to a new segment when the active one is full (or none
         // is open yet); the new file's name is made durable with the data.
         let mut new_segment = None;
+        let batch_len = buf.len() as u64;
+        let fits = |len: u64| len + batch_len <= MAX_FRAME_OFFSET;
+        if !fits(0) {
+            return Err(StoreError::TooLarge(format!(
+                "event log batch of {batch_len} bytes at {first_new}"
+            )));
+        }
         let need_new = match active.as_ref() {
-            Some(a) => a.len >= self.segment_bytes,
+            Some(a) => a.len >= self.segment_bytes || !fits(a.len),
             None => true,
         };
         let mut fresh = self
@@ -323,7 +361,7 @@ impl EventLog {
                 .map(|s| (s.first, s.path.clone(), s.end, s.next()));
             match existing {
                 Some((first, path, end, _))
-                    if active.is_none() && end < self.segment_bytes && !*fresh =>
+                    if active.is_none() && end < self.segment_bytes && fits(end) && !*fresh =>
                 {
                     // Reopened after a restart: continue the last segment.
                     let file = OpenOptions::new().append(true).open(&path)?;
@@ -366,18 +404,33 @@ impl EventLog {
         let a = active
             .as_mut()
             .ok_or_else(|| StoreError::Engine("no active segment".into()))?;
+        let base = a.len;
+        let offsets = starts
+            .iter()
+            .map(|s| u32::try_from(base + s))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| StoreError::Engine(format!("event log frame past 4 GiB at {base}")))?;
         a.file.write_all(&buf)?;
         a.file.sync_data()?;
+        let written = buf.len();
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            buf.clear();
+            buf.shrink_to(KEEP_BUFFER_BYTES);
+        }
+        drop(buf);
         if new_segment.is_some() {
             crate::recovery::sync_dir(&self.dir)?;
         }
-        let base = a.len;
-        a.len += buf.len() as u64;
+        a.len += written as u64;
         let active_first = a.first;
         let end = a.len;
         drop(active);
         let mut index = self.write_index();
         if let Some((path, file)) = new_segment {
+            // The last segment is sealed: give back its spare capacity.
+            if let Some(sealed) = index.segments.values_mut().next_back() {
+                sealed.offsets.shrink_to_fit();
+            }
             index.segments.insert(
                 active_first,
                 Segment {
@@ -393,12 +446,12 @@ impl EventLog {
             .segments
             .get_mut(&active_first)
             .ok_or_else(|| StoreError::Engine("active segment not indexed".into()))?;
-        seg.offsets.extend(starts.iter().map(|s| base + s));
+        seg.offsets.extend_from_slice(&offsets);
         seg.end = end;
         for (h, seq) in hashes {
             index.ids.add(h, seq);
         }
-        Ok(buf.len())
+        Ok(written)
     }
 
     /// Where a sequence's record is: (file, offset, length).
@@ -409,8 +462,8 @@ impl EventLog {
         }
         let (_, seg) = index.segments.range(..=sequence).next_back()?;
         let i = usize::try_from(sequence - seg.first).ok()?;
-        let start = *seg.offsets.get(i)?;
-        let end = seg.offsets.get(i + 1).copied().unwrap_or(seg.end);
+        let start = u64::from(*seg.offsets.get(i)?);
+        let end = seg.offsets.get(i + 1).map_or(seg.end, |o| u64::from(*o));
         Some((Arc::clone(&seg.file), start, end - start))
     }
 

@@ -83,6 +83,16 @@ pub(crate) fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
             }
         };
         let off = frame.offset;
+        if off > super::MAX_FRAME_OFFSET {
+            s.stop = Stop::Invalid(
+                off,
+                format!(
+                    "a frame that starts past byte {}, which this broker never writes",
+                    super::MAX_FRAME_OFFSET
+                ),
+            );
+            break;
+        }
         let expected = first + s.offsets.len() as u64;
         let event = match StoredEvent::decode(frame.payload) {
             Ok(e) => e,
@@ -134,7 +144,7 @@ struct Kept {
     first: u64,
     path: PathBuf,
     /// Committed frames only.
-    offsets: Vec<u64>,
+    offsets: Vec<u32>,
     end: u64,
     file_len: u64,
     ids: Vec<(String, String)>,
@@ -334,8 +344,14 @@ pub(crate) fn verify(
                 fingerprint,
             )?)
         };
-        let mut offsets = s.offsets;
-        offsets.truncate(committed);
+        // Every offset fits: `scan` stops at a frame past 4 GiB.
+        let offsets = s
+            .offsets
+            .iter()
+            .take(committed)
+            .map(|&o| u32::try_from(o))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| StoreError::Engine(format!("{}: a frame past 4 GiB", path.display())))?;
         let mut seg_ids = s.ids;
         seg_ids.truncate(committed);
         plan.kept.push(Kept {
@@ -514,6 +530,7 @@ impl Plan {
                 ids,
             }),
             active: Mutex::new(None),
+            buf: Mutex::new(Vec::new()),
             fresh_segment: Mutex::new(fresh_segment),
         };
         // Retention's deletions: segments wholly below the first retained

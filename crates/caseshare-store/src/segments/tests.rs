@@ -159,6 +159,60 @@ fn a_corrupt_committed_record_is_an_error_not_a_silent_cut() {
 }
 
 #[test]
+fn a_batch_that_would_start_a_frame_past_the_offset_limit_starts_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), 1, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+    // ~170 bytes a frame: batches of 500 reach the limit in a dozen.
+    let mut next = 1;
+    while log.read_index().segments.len() < 2 {
+        log.append(&events(next..next + 500)).unwrap();
+        next += 500;
+    }
+    let segments: Vec<(u64, u64)> = log
+        .read_index()
+        .segments
+        .values()
+        .map(|s| (s.first, s.end))
+        .collect();
+    assert!(segments[0].1 <= MAX_FRAME_OFFSET, "{segments:?}");
+    assert_eq!(segments[1].0, next - 500, "the batch that did not fit");
+    assert_eq!(
+        seqs(&log.range(1, next as usize).unwrap()),
+        (1..next).collect::<Vec<_>>()
+    );
+    drop(log);
+    let log = EventLog::open(dir.path(), next, 0, DEFAULT_SEGMENT_BYTES).unwrap();
+    assert_eq!(
+        seqs(&log.range(1, next as usize).unwrap()),
+        (1..next).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_committed_frame_past_the_offset_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(segment_name(1));
+    // Frames as the log writes them, but more than one segment may hold.
+    let mut bytes = Vec::new();
+    let mut n = 0;
+    loop {
+        let start = bytes.len() as u64;
+        n += 1;
+        frame_into(&mut bytes, &event(n), true).unwrap();
+        if start > MAX_FRAME_OFFSET {
+            break;
+        }
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let before = files(dir.path());
+    let err = EventLog::open(dir.path(), n + 1, 0, DEFAULT_SEGMENT_BYTES).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&segment_name(1)), "{text}");
+    assert!(text.contains("which this broker never writes"), "{text}");
+    assert_eq!(files(dir.path()), before, "nothing changed");
+}
+
+#[test]
 fn more_than_one_batch_beyond_sleds_counter_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
