@@ -57,7 +57,7 @@ pub const POINTER_TAG: [u8; 4] = [0xff; 4];
 const POINTER_LEN: usize = 4 + 8 + 8 + 4 + 4;
 
 /// Frames longer than this are checked against their file's length before
-/// they are read (chunks are at most 6 KiB, tiles 8 KiB).
+/// they are read (chunks are at most 32 KiB, tiles 8 KiB).
 const LARGE_FRAME: u64 = 64 << 10;
 const HEADER: u64 = 8;
 

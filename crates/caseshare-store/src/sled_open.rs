@@ -68,9 +68,15 @@ pub(crate) fn audit_entries(
     for item in tree.range(first_key.to_vec()..key(b'A', &[&be(end)])) {
         let (k, v) = item?;
         let first = read_be(&k[1..], "audit chunk key")?;
-        for (idx, entry) in (first..).zip(split_chunk(&log.resolve(v)?)?) {
-            if idx >= start && idx < end {
-                out.push(entry);
+        let chunk = log.resolve(v)?;
+        // Only the entries asked for are copied out of the chunk.
+        for (idx, span) in (first..).zip(crate::audit_log::chunk_entries(&chunk)) {
+            let (at, len) = span?;
+            if idx >= end {
+                break;
+            }
+            if idx >= start {
+                out.push(chunk[at..at + len].to_vec());
             }
         }
     }
