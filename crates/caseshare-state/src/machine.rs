@@ -128,8 +128,7 @@ impl Default for Counters {
 pub struct Draft {
     /// The writes so far.
     pub batch: Batch,
-    /// (agency, event id) → position in `batch.events`.
-    event_ids: HashMap<(String, String), usize>,
+    event_ids: EventIds,
     deliveries: DeliveryIndex,
     sequence_before: u64,
     subscription_before: u64,
@@ -141,8 +140,8 @@ impl Draft {
     /// The event `agency` published as `event_id` in this draft.
     pub fn event(&self, agency: &str, event_id: &str) -> Option<&StoredEvent> {
         self.event_ids
-            .get(&(agency.to_string(), event_id.to_string()))
-            .and_then(|i| self.batch.events.get(*i))
+            .get(agency, event_id)
+            .and_then(|i| self.batch.events.get(i))
     }
 
     /// Adds a delivery record.
@@ -175,7 +174,8 @@ impl Draft {
     /// Adds an event.
     pub(crate) fn push_event(&mut self, event: StoredEvent) {
         self.event_ids.insert(
-            (event.source_agency.clone(), event.event_id.clone()),
+            &event.source_agency,
+            &event.event_id,
             self.batch.events.len(),
         );
         self.batch.events.push(event);
@@ -200,8 +200,7 @@ impl Draft {
 pub struct Sealed {
     /// The writes.
     pub batch: Batch,
-    /// (agency, event id) → position in `batch.events`.
-    pub event_ids: HashMap<(String, String), usize>,
+    event_ids: EventIds,
     /// Where the newest record of each delivery is in `batch.deliveries`.
     pub deliveries: DeliveryIndex,
 }
@@ -216,8 +215,33 @@ impl Sealed {
     /// The event `agency` published as `event_id` in this batch.
     pub fn event(&self, agency: &str, event_id: &str) -> Option<&StoredEvent> {
         self.event_ids
-            .get(&(agency.to_string(), event_id.to_string()))
-            .and_then(|i| self.batch.events.get(*i))
+            .get(agency, event_id)
+            .and_then(|i| self.batch.events.get(i))
+    }
+}
+
+/// A batch's events by (agency, event id) → position in `batch.events`,
+/// looked up with borrowed strings (no allocation per lookup).
+#[derive(Debug, Default)]
+struct EventIds(HashMap<String, HashMap<String, usize>>);
+
+impl EventIds {
+    fn insert(&mut self, agency: &str, event_id: &str, position: usize) {
+        match self.0.get_mut(agency) {
+            Some(ids) => {
+                ids.insert(event_id.to_string(), position);
+            }
+            None => {
+                self.0.insert(
+                    agency.to_string(),
+                    HashMap::from([(event_id.to_string(), position)]),
+                );
+            }
+        }
+    }
+
+    fn get(&self, agency: &str, event_id: &str) -> Option<usize> {
+        self.0.get(agency)?.get(event_id).copied()
     }
 }
 
@@ -300,7 +324,7 @@ impl Machine {
                 audit_first_index: self.counters.audit_size,
                 ..Batch::default()
             },
-            event_ids: HashMap::new(),
+            event_ids: EventIds::default(),
             deliveries: DeliveryIndex::default(),
             sequence_before: self.counters.next_sequence,
             subscription_before: self.counters.next_subscription_id,

@@ -363,3 +363,39 @@ fn an_ack_then_a_seek_in_one_batch_leaves_the_delivery_owed() {
     );
     assert_eq!(draft.batch.deliveries[0].state(), DeliveryState::Delivered);
 }
+
+#[test]
+fn a_publish_repeated_in_one_draft_answers_the_first_and_another_agencys_id_does_not() {
+    let mut given = given::sharing();
+    given.push(given::register("nhs-trust-a", pb::AgencyKind::Health));
+    let (mut m, store) = prepared(given);
+    let mut draft = m.begin();
+    let now = Micros(T0 + 1_000_000);
+    let sequence = |r: Reply| match r {
+        Reply::Published(p) => (p.sequence, p.duplicate),
+        other => panic!("not a publish reply: {other:?}"),
+    };
+    let first = m.apply(&mut draft, now, given::publish("att-1"), &store);
+    let again = m.apply(&mut draft, now, given::publish("att-1"), &store);
+    let other = m.apply(&mut draft, now, given::publish("att-2"), &store);
+    assert_eq!(sequence(first.unwrap()), (1, false));
+    assert_eq!(
+        sequence(again.unwrap()),
+        (1, true),
+        "answered from the draft"
+    );
+    assert_eq!(sequence(other.unwrap()), (2, false));
+    // The same event id from another agency is another event.
+    let mut from_health = given::publish("att-1");
+    if let Command::Publish { actor, .. } = &mut from_health {
+        *actor = given::agency("nhs-trust-a");
+    }
+    let health = m.apply(&mut draft, now, from_health, &store);
+    assert_eq!(sequence(health.unwrap()), (3, false));
+    let sealed = m.seal(draft);
+    assert_eq!(sealed.batch.events.len(), 3);
+    assert!(sealed.event("nhs-trust-a", "att-1").is_some());
+    assert!(sealed.event("school-b", "att-1").is_some());
+    assert!(sealed.event("school-b", "att-2").is_some());
+    assert!(sealed.event("school-b", "att-3").is_none());
+}
