@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
-use crate::segments::{BATCH_END, LEN_MASK, frame_crc};
+use crate::segments::{BATCH_END, LEN_MASK, frame_crc, frame_header};
 
 /// The directory of the audit log in a store directory.
 pub const DIR: &str = "audit";
@@ -396,13 +396,12 @@ impl AuditLog {
         let mut at = a.len;
         let last = chunks.len() - 1;
         for (i, payload) in chunks.iter().enumerate() {
-            let len = u32::try_from(payload.len())
-                .ok()
-                .filter(|l| l & BATCH_END == 0)
+            let batch_end = i == last;
+            let header = frame_header(payload, batch_end)
                 .ok_or_else(|| StoreError::TooLarge("audit chunk".into()))?;
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) & LEN_MASK;
             let count = u32::try_from(count_entries(payload)?)
                 .map_err(|_| StoreError::TooLarge("audit chunk".into()))?;
-            let batch_end = i == last;
             pointers.push(Pointer {
                 serial: a.serial,
                 offset: at,
@@ -410,10 +409,6 @@ impl AuditLog {
                 count,
             });
             at += 8 + u64::from(len);
-            let word = if batch_end { len | BATCH_END } else { len };
-            let mut header = [0; 8];
-            header[..4].copy_from_slice(&word.to_le_bytes());
-            header[4..].copy_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
             headers.push(header);
         }
         let mut slices: Vec<IoSlice<'_>> = headers

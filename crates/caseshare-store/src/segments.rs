@@ -82,6 +82,20 @@ pub fn frame_crc(payload: &[u8], batch_end: bool) -> u32 {
     if batch_end { crc ^ BATCH_END_CRC } else { crc }
 }
 
+/// The header of a frame holding `payload` (the one writing of the frame
+/// format, as [`frames`] is its one reading): `None` if the payload is too
+/// long for a frame.
+pub(crate) fn frame_header(payload: &[u8], batch_end: bool) -> Option<[u8; HEADER]> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| l & BATCH_END == 0)?;
+    let word = if batch_end { len | BATCH_END } else { len };
+    let mut header = [0; HEADER];
+    header[..4].copy_from_slice(&word.to_le_bytes());
+    header[4..].copy_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
+    Some(header)
+}
+
 /// Appends `event`'s frame to `buf`, encoding it in place.
 fn frame_into(buf: &mut Vec<u8>, event: &StoredEvent, batch_end: bool) -> Result<(), StoreError> {
     let start = buf.len();
@@ -89,15 +103,9 @@ fn frame_into(buf: &mut Vec<u8>, event: &StoredEvent, batch_end: bool) -> Result
     event
         .encode(buf)
         .map_err(|e| StoreError::Engine(format!("event {}: {e}", event.sequence)))?;
-    let payload = &buf[start + HEADER..];
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|l| l & BATCH_END == 0)
+    let header = frame_header(&buf[start + HEADER..], batch_end)
         .ok_or_else(|| StoreError::TooLarge(format!("event {}", event.sequence)))?;
-    let word = if batch_end { len | BATCH_END } else { len };
-    let crc = frame_crc(payload, batch_end);
-    buf[start..start + 4].copy_from_slice(&word.to_le_bytes());
-    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    buf[start..start + HEADER].copy_from_slice(&header);
     Ok(())
 }
 
