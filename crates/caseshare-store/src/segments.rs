@@ -219,6 +219,18 @@ struct Active {
     len: u64,
 }
 
+/// What only `append` uses, under one lock.
+#[derive(Debug, Default)]
+struct Writer {
+    /// The append handle of the active segment.
+    active: Option<Active>,
+    /// The batch being framed (kept for the next batch).
+    buf: Vec<u8>,
+    /// The last segment has bytes after its committed events (a torn or
+    /// uncommitted tail, left on disk): the next append starts a new one.
+    fresh: bool,
+}
+
 /// The event log.
 #[derive(Debug)]
 pub struct EventLog {
@@ -227,12 +239,7 @@ pub struct EventLog {
     /// The store's key of the id hash.
     hasher: IdHasher,
     index: RwLock<Index>,
-    active: Mutex<Option<Active>>,
-    /// The batch being framed (the writer's; kept for the next batch).
-    buf: Mutex<Vec<u8>>,
-    /// The last segment has bytes after its committed events (a torn or
-    /// uncommitted tail, left on disk): the next append starts a new one.
-    fresh_segment: Mutex<bool>,
+    writer: Mutex<Writer>,
 }
 
 /// The fingerprint of the ids key in `dir`: `Ok(None)` if there is none,
@@ -309,10 +316,11 @@ impl EventLog {
         let Some(first_new) = events.first().map(|e| e.sequence) else {
             return Ok(0);
         };
-        let mut active = self
-            .active
+        let mut writer = self
+            .writer
             .lock()
             .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
+        let Writer { active, buf, fresh } = &mut *writer;
         if let Some(next) = self.next_sequence()
             && next != first_new
         {
@@ -320,10 +328,6 @@ impl EventLog {
                 "event log append at {first_new}, expected {next}"
             )));
         }
-        let mut buf = self
-            .buf
-            .lock()
-            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
         buf.clear();
         let mut starts: Vec<u64> = Vec::with_capacity(events.len());
         let hashes: Vec<(u64, u64)> = events
@@ -340,7 +344,7 @@ impl EventLog {
             }
             let start = buf.len();
             starts.push(start as u64);
-            frame_into(&mut buf, e, i == last)?;
+            frame_into(buf, e, i == last)?;
         }
         // Roll over to a new segment when the active one is full (or none
         // is open yet); the new file's name is made durable with the data.
@@ -356,10 +360,6 @@ impl EventLog {
             Some(a) => a.len >= self.segment_bytes || !fits(a.len),
             None => true,
         };
-        let mut fresh = self
-            .fresh_segment
-            .lock()
-            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
         if need_new {
             let existing = self
                 .read_index()
@@ -418,21 +418,20 @@ impl EventLog {
             .map(|s| u32::try_from(base + s))
             .collect::<Result<Vec<u32>, _>>()
             .map_err(|_| StoreError::Engine(format!("event log frame past 4 GiB at {base}")))?;
-        a.file.write_all(&buf)?;
+        a.file.write_all(buf)?;
         a.file.sync_data()?;
         let written = buf.len();
         if buf.capacity() > KEEP_BUFFER_BYTES {
             buf.clear();
             buf.shrink_to(KEEP_BUFFER_BYTES);
         }
-        drop(buf);
         if new_segment.is_some() {
             crate::recovery::sync_dir(&self.dir)?;
         }
         a.len += written as u64;
         let active_first = a.first;
         let end = a.len;
-        drop(active);
+        drop(writer);
         let mut index = self.write_index();
         if let Some((path, file)) = new_segment {
             // The last segment is sealed: give back its spare capacity.
@@ -563,9 +562,10 @@ impl EventLog {
 
     fn remove_below(&self, first: u64) -> Result<(), StoreError> {
         let active_first = self
-            .active
+            .writer
             .lock()
             .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?
+            .active
             .as_ref()
             .map(|a| a.first);
         let doomed: Vec<PathBuf> = {

@@ -529,9 +529,10 @@ impl Plan {
                 first_retained: self.first_retained,
                 ids,
             }),
-            active: Mutex::new(None),
-            buf: Mutex::new(Vec::new()),
-            fresh_segment: Mutex::new(fresh_segment),
+            writer: Mutex::new(super::Writer {
+                fresh: fresh_segment,
+                ..Default::default()
+            }),
         };
         // Retention's deletions: segments wholly below the first retained
         // sequence (sled committed that), and their ids files.
