@@ -49,6 +49,16 @@ fn agency(a: u64) -> String {
 /// between agencies, registrations naming an agency as subject, auditor
 /// calls, refusals; times mostly forward, sometimes back, sometimes absent;
 /// an actor in which "/agency/" occurs twice, overlapping.
+/// A child of `0..children`; past 40 children, half of them among the
+/// first 40 (which the queries of [`filters`] name).
+fn child(rng: &mut StdRng, children: u64) -> u64 {
+    if children > 40 && rng.gen_bool(0.5) {
+        rng.gen_range(0..40)
+    } else {
+        rng.gen_range(0..children)
+    }
+}
+
 fn entry(rng: &mut StdRng, index: u64, children: u64, agencies: u64) -> pb::AuditEntry {
     let (from, to) = (rng.gen_range(0..agencies), rng.gen_range(0..agencies));
     let micros = 1_700_000_000_000_000 + index as i64 * 1_000 - rng.gen_range(0..3) * 700_000;
@@ -60,7 +70,7 @@ fn entry(rng: &mut StdRng, index: u64, children: u64, agencies: u64) -> pb::Audi
     match rng.gen_range(0..10) {
         0..=5 => {
             e.kind = [2, 3, 4, 1][rng.gen_range(0..4)];
-            e.child_pseudonym = pseudonym(rng.gen_range(0..children));
+            e.child_pseudonym = pseudonym(child(rng, children));
             e.source_agency = agency(from);
             e.recipient_agency = agency(to);
             e.actor = format!("spiffe://caseshare.local/agency/{}", agency(from));
@@ -75,7 +85,7 @@ fn entry(rng: &mut StdRng, index: u64, children: u64, agencies: u64) -> pb::Audi
             e.kind = pb::EntryKind::AuditAccessed as i32;
             e.actor = "spiffe://caseshare.local/auditor/dpo".into();
             e.subject = format!("query child=- agency={} kinds=[]", agency(to));
-            e.child_pseudonym = pseudonym(rng.gen_range(0..children));
+            e.child_pseudonym = pseudonym(child(rng, children));
         }
         8 => {
             e.kind = pb::EntryKind::AuthDenied as i32;
@@ -85,7 +95,7 @@ fn entry(rng: &mut StdRng, index: u64, children: u64, agencies: u64) -> pb::Audi
         _ => {
             e.kind = pb::EntryKind::ConsentRecorded as i32;
             e.actor = "system".into();
-            e.child_pseudonym = pseudonym(rng.gen_range(0..children));
+            e.child_pseudonym = pseudonym(child(rng, children));
             e.source_agency = agency(from);
         }
     }
@@ -94,6 +104,17 @@ fn entry(rng: &mut StdRng, index: u64, children: u64, agencies: u64) -> pb::Audi
 
 /// Commits `n` entries in batches of 1..=`max_batch`; returns them.
 fn fill(store: &SledStore, seed: u64, n: u64, max_batch: u64) -> Vec<pb::AuditEntry> {
+    fill_with(store, seed, n, max_batch, 40)
+}
+
+/// As [`fill`], naming up to `children` children.
+fn fill_with(
+    store: &SledStore,
+    seed: u64,
+    n: u64,
+    max_batch: u64,
+    children: u64,
+) -> Vec<pb::AuditEntry> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut all = Vec::new();
     let mut first = store.load().unwrap().audit_size;
@@ -101,7 +122,7 @@ fn fill(store: &SledStore, seed: u64, n: u64, max_batch: u64) -> Vec<pb::AuditEn
     while first < end {
         let len = rng.gen_range(1..=max_batch).min(end - first);
         let entries: Vec<pb::AuditEntry> = (first..first + len)
-            .map(|i| entry(&mut rng, i, 40, 12))
+            .map(|i| entry(&mut rng, i, children, 12))
             .collect();
         store
             .commit(&Batch {
@@ -720,4 +741,98 @@ fn complete_epochs_are_kept_in_the_audit_log_and_read_back() {
         None
     );
     assert_answers_like_a_scan(&store, 1_500);
+}
+
+#[test]
+fn small_commits_share_the_epochs_records_and_answer_as_a_scan_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).unwrap();
+    // Commits of one or two entries, as a broker at a modest rate makes,
+    // about many children: two complete epochs, then most of a third.
+    let n = 2 * (1 << EPOCH_BITS) + 400;
+    let entries = fill_with(&store, 21, n, 2, 1_000_000);
+    let tree = store.raw_tree();
+    let records: Vec<(Vec<u8>, usize)> = tree
+        .scan_prefix([RECENT])
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            (k.to_vec(), v.len())
+        })
+        .collect();
+    // About 270 commits wrote the current epoch's 400 entries; merged,
+    // its records are each at least MERGE_BELOW but the last, and
+    // only the current epoch has any.
+    assert!(records.len() > 1, "the entries pass MERGE_BELOW");
+    assert!(records.len() < 20, "{} records", records.len());
+    let prefix = key(RECENT, &[&be(epoch(n - 1))]);
+    assert!(records.iter().all(|(k, _)| k.starts_with(&prefix)));
+    assert!(
+        records[..records.len() - 1]
+            .iter()
+            .all(|(_, len)| *len >= MERGE_BELOW)
+    );
+    assert_answers_like_a_scan(&store, n);
+    let v = verify(tree, store.audit_log(), n).unwrap();
+    assert_eq!(v.mismatch, None);
+    let expected: usize = entries.iter().map(|e| AuditTerm::of(e).len()).sum();
+    assert_eq!(v.postings, expected as u64);
+    drop(store);
+    let store = open_store(dir.path()).unwrap();
+    assert_answers_like_a_scan(&store, n);
+}
+
+#[test]
+fn a_commit_joins_the_last_record_only_while_it_is_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).unwrap();
+    let mut rng = StdRng::seed_from_u64(22);
+    let mut first = 0;
+    let mut commit = |n: u64| {
+        let entries: Vec<Vec<u8>> = (first..first + n)
+            .map(|i| {
+                // A decision; every other one about a child of its own
+                // (the others about the children the queries name).
+                let mut e = entry(&mut rng, i, 40, 12);
+                e.kind = pb::EntryKind::ShareDecided as i32;
+                e.child_pseudonym = if i % 2 == 1 {
+                    pseudonym(1_000 + i)
+                } else {
+                    pseudonym([0, 5, 39][(i / 2 % 3) as usize])
+                };
+                caseshare_audit::entry::encode(&e)
+            })
+            .collect();
+        store
+            .commit(&Batch {
+                audit: entries,
+                audit_first_index: first,
+                ..Batch::default()
+            })
+            .unwrap();
+        first += n;
+    };
+    let recent = |store: &SledStore| -> Vec<usize> {
+        store
+            .raw_tree()
+            .scan_prefix([RECENT])
+            .values()
+            .map(|v| v.unwrap().len())
+            .collect()
+    };
+    // A small commit, then one that takes its record past MERGE_BELOW:
+    // still one record; the next commit starts another.
+    commit(1);
+    commit(200);
+    let one = recent(&store);
+    assert_eq!(one.len(), 1, "the small record took the large commit's");
+    assert!(one[0] >= MERGE_BELOW, "{one:?}");
+    commit(1);
+    assert_eq!(
+        recent(&store).len(),
+        2,
+        "a record past MERGE_BELOW takes no more"
+    );
+    assert_answers_like_a_scan(&store, 202);
+    let v = verify(store.raw_tree(), store.audit_log(), 202).unwrap();
+    assert_eq!(v.mismatch, None);
 }
