@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
-use crate::segments::{BATCH_END, LEN_MASK, frame_crc, frame_header};
+use crate::segments::{LEN_MASK, frame_header};
 
 /// The directory of the audit log in a store directory.
 pub const DIR: &str = "audit";
@@ -348,19 +348,25 @@ impl AuditLog {
                 p.len
             )));
         }
-        let word = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let payload = buf.split_off(HEADER as usize);
-        if word & LEN_MASK != p.len {
+        // The one reading of the frame format: whole, checksummed, and of
+        // the length sled expects.
+        let len = match crate::segments::frames(&buf, p.offset).next() {
+            Some(Ok(frame)) => frame.payload.len(),
+            Some(Err((_, e))) => {
+                return Err(bad(format!(
+                    "a committed frame that does not read back: {e}"
+                )));
+            }
+            None => 0,
+        };
+        if len != p.len as usize {
             return Err(bad(format!(
-                "a committed frame of {} bytes where sled expects {}",
-                word & LEN_MASK,
+                "a committed frame of {len} bytes where sled expects {}",
                 p.len
             )));
         }
-        if frame_crc(&payload, word & BATCH_END != 0) != crc {
-            return Err(bad("a committed frame whose checksum does not match".into()));
-        }
+        buf.drain(..HEADER as usize);
+        let payload = buf;
         let count = count_entries(&payload)
             .map_err(|_| bad("a committed frame whose entries do not parse".into()))?;
         if count != p.count as usize {

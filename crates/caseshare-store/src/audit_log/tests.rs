@@ -9,6 +9,7 @@ use caseshare_proto::v1 as pb;
 
 use super::*;
 use crate::audit_index::tests::open_store as open;
+use crate::segments::{BATCH_END, frame_crc};
 use crate::sled_backend::{be, key};
 use crate::{Batch, SledStore, Storage};
 
@@ -158,6 +159,38 @@ fn a_flipped_byte_in_a_committed_frame_is_refused_naming_the_file_and_offset() {
     assert_eq!(offset, Some(target.offset));
     assert!(detail.contains("checksum"), "{detail}");
     assert_eq!(advice, ADVICE_RESTORE);
+}
+
+#[test]
+fn a_frame_whose_length_is_not_the_pointers_is_refused_naming_the_offset() {
+    for (delta, expect) in [(-4i64, "where sled expects"), (4, "runs past the end")] {
+        let dir = tempfile::tempdir().unwrap();
+        let target;
+        {
+            let store = open(dir.path()).unwrap();
+            commit(&store, 100);
+            commit(&store, 100);
+            target = pointers(&store)[1].1;
+        }
+        // A header that holds together (its checksum matches what it
+        // claims) but claims another length than sled's pointer.
+        let path = dir.path().join(DIR).join(file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = target.offset as usize;
+        let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let len = (i64::from(word & LEN_MASK) + delta) as usize;
+        let claimed = (word & !LEN_MASK) | len as u32;
+        let payload = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
+        let crc = frame_crc(payload, word & BATCH_END != 0);
+        bytes[at..at + 4].copy_from_slice(&claimed.to_le_bytes());
+        bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let (file, offset, detail, advice) = refusal(dir.path());
+        assert_eq!(file, path);
+        assert_eq!(offset, Some(target.offset));
+        assert!(detail.contains(expect), "{delta}: {detail}");
+        assert_eq!(advice, ADVICE_RESTORE);
+    }
 }
 
 #[test]
