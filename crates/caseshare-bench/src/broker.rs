@@ -302,6 +302,32 @@ pub(crate) async fn scrape(addr: &str) -> Result<HashMap<String, f64>> {
         .collect())
 }
 
+/// The commit histogram's buckets, up to the bound and its closing `"}`.
+const COMMIT_BUCKET: &str = "caseshare_store_commit_seconds_bucket{le=";
+
+/// The least finite bucket bound (ms) holding every commit of the run:
+/// `after` names the buckets, `d` gives a metric's delta.
+fn slowest_within(after: &HashMap<String, f64>, d: &dyn Fn(&str) -> f64) -> Option<f64> {
+    let total = d("caseshare_store_commit_seconds_count");
+    let mut bounds: Vec<(f64, &str)> = after
+        .keys()
+        .filter_map(|k| {
+            let le = k
+                .strip_prefix(COMMIT_BUCKET)?
+                .trim_matches(|c| c == '"' || c == '}');
+            Some((
+                le.parse::<f64>().ok().filter(|v| v.is_finite())?,
+                k.as_str(),
+            ))
+        })
+        .collect();
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (total > 0.0)
+        .then(|| bounds.into_iter().find(|(_, k)| d(k) >= total))
+        .flatten()
+        .map(|(le, _)| le * 1000.0)
+}
+
 /// The broker's figures from two `/metrics` scrapes `elapsed_secs` apart.
 pub(crate) fn server_figures(
     before: &HashMap<String, f64>,
@@ -327,6 +353,13 @@ pub(crate) fn server_figures(
             commit_secs * 1000.0,
             d("caseshare_store_commit_seconds_count"),
         ),
+        commits_over_10ms: {
+            let within = format!("{COMMIT_BUCKET}\"0.01\"}}");
+            after
+                .contains_key(&within)
+                .then(|| d("caseshare_store_commit_seconds_count") - d(&within))
+        },
+        slowest_commit_within_ms: slowest_within(after, &d),
         writer_busy_fraction: per(commit_secs, elapsed_secs),
         records_per_event: per(records, published),
         deliveries: d("caseshare_deliveries_total"),
@@ -356,11 +389,46 @@ mod tests {
         ]
         .into();
         let s = server_figures(&before, &after, 2.0);
+        assert_eq!(s.commits_over_10ms, None, "no histogram: not known");
+        assert_eq!(s.slowest_commit_within_ms, None);
         assert_eq!(s.commits, 100.0);
         assert_eq!(s.flushes_per_sec, 50.0);
         assert_eq!(s.events_per_commit, 20.0);
         assert_eq!(s.records_per_event, 4.0);
         assert!((s.mean_commit_ms - 5.0).abs() < 1e-9);
         assert!((s.writer_busy_fraction - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slow_commits_from_the_histogram() {
+        let bucket = |le: &str| format!("{COMMIT_BUCKET}\"{le}\"}}");
+        let before: HashMap<String, f64> = [
+            ("caseshare_store_commit_seconds_count".to_string(), 10.0),
+            (bucket("0.005"), 10.0),
+            (bucket("0.01"), 10.0),
+            (bucket("0.025"), 10.0),
+            (bucket("0.05"), 10.0),
+            (bucket("+Inf"), 10.0),
+        ]
+        .into();
+        let mut after = before.clone();
+        // 100 commits more: 95 within 5 ms, 4 within 25 ms, 1 within 50.
+        for (k, v) in [
+            ("caseshare_store_commit_seconds_count".to_string(), 110.0),
+            (bucket("0.005"), 105.0),
+            (bucket("0.01"), 107.0),
+            (bucket("0.025"), 109.0),
+            (bucket("0.05"), 110.0),
+            (bucket("+Inf"), 110.0),
+        ] {
+            after.insert(k, v);
+        }
+        let s = server_figures(&before, &after, 1.0);
+        assert_eq!(s.commits_over_10ms, Some(3.0));
+        assert_eq!(s.slowest_commit_within_ms, Some(50.0));
+        // A commit past the largest finite bucket has no bound.
+        after.insert(bucket("0.05"), 109.0);
+        let s = server_figures(&before, &after, 1.0);
+        assert_eq!(s.slowest_commit_within_ms, None);
     }
 }

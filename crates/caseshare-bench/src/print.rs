@@ -69,14 +69,20 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
     if let Some(s) = &r.server {
         writeln!(
             out,
-            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, commit thread busy {:.0}%",
+            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, commit thread busy {:.0}%; {} commits over 10 ms, the slowest {}",
             s.flushes_per_sec,
             s.events_per_commit,
             s.records_per_commit,
             s.records_per_event,
             s.ops_per_commit,
             s.mean_commit_ms,
-            s.writer_busy_fraction * 100.0
+            s.writer_busy_fraction * 100.0,
+            s.commits_over_10ms
+                .map_or_else(|| "?".into(), |n| format!("{n:.0}")),
+            s.slowest_commit_within_ms.map_or_else(
+                || "past the largest bucket".into(),
+                |ms| format!("within {ms} ms")
+            )
         )?;
         if s.journal_applied > 0.0 {
             writeln!(

@@ -99,6 +99,13 @@ pub struct ServerFigures {
     pub ops_per_commit: f64,
     /// Mean time from a batch's first op to its commit being durable.
     pub mean_commit_ms: f64,
+    /// Commits that took over 10 ms (the broker's commit histogram): each
+    /// holds back every op behind it, so they make the latency tail.
+    /// (`None`: the broker gave no histogram.)
+    pub commits_over_10ms: Option<f64>,
+    /// The upper bound of the histogram bucket holding the slowest commit,
+    /// ms (`None`: no commit, or one past the largest finite bucket).
+    pub slowest_commit_within_ms: Option<f64>,
     /// Fraction of the run the writer thread spent in batches.
     pub writer_busy_fraction: f64,
     /// sled records written per published event.
