@@ -293,6 +293,24 @@ async fn measure_nats(
         replicas,
     )
     .await?;
+    // Each publisher's connection is made ready before anything is
+    // measured: a server that has not yet learnt a new replicated
+    // stream's subjects answers "no stream found" although the stream
+    // has its leader (seen with R3). The probes are purged before the
+    // consumers exist.
+    let mut contexts = Vec::new();
+    for _ in 0..args.publishers {
+        let client = nats_connect(urls).await?;
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(args.window as usize)
+            .build(client);
+        probe(&js, format!("{subject_root}.ready"), out).await?;
+        contexts.push(js);
+    }
+    stream
+        .purge()
+        .await
+        .map_err(|e| anyhow!("purging the probes from {stream_name}: {e}"))?;
     let mut consumers = Vec::new();
     for i in 0..args.subscribers {
         let name = format!("sub-{i}");
@@ -342,11 +360,7 @@ async fn measure_nats(
     let start_ns = clock.now_ns();
     let start = tokio::time::Instant::now();
     let mut publishers = Vec::new();
-    for p in 0..args.publishers {
-        let client = nats_connect(urls).await?;
-        let js = jetstream::ContextBuilder::new()
-            .max_ack_inflight(args.window as usize)
-            .build(client);
+    for (p, js) in (0..args.publishers).zip(contexts) {
         let subject = format!("{subject_root}.{p}");
         let spec = PubSpec::new(args, &w, clock, start, p);
         publishers.push(tokio::spawn(nats_publish(js, subject, spec)));
@@ -381,6 +395,33 @@ async fn measure_nats(
         nats_sync: args.embedded.then_some(args.nats_sync),
         workload: None,
     })
+}
+
+/// Publishes to `subject` until JetStream acknowledges (see
+/// `measure_nats`), for at most [`STREAM_READY`].
+async fn probe(
+    js: &jetstream::Context,
+    subject: String,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let acked = match js.publish(subject.clone(), "ready".into()).await {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match acked {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() < STREAM_READY => {
+                writeln!(out, "nats: the stream takes no publish yet ({e}); retrying")?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => bail!(
+                "the stream took no publish within {} s: {e}",
+                STREAM_READY.as_secs()
+            ),
+        }
+    }
 }
 
 /// Waits until a consumer of an R`replicas` stream has a leader.
