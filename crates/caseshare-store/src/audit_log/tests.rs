@@ -140,38 +140,40 @@ fn entries_live_in_the_audit_log_and_sled_holds_pointers() {
     assert_eq!(store.audit_entries(0, 624).unwrap(), all);
 }
 
+/// A new store in `dir` with two commits; the second one's pointer.
+fn two_commits(dir: &Path) -> Pointer {
+    let store = open(dir).unwrap();
+    commit(&store, 100);
+    commit(&store, 100);
+    pointers(&store)[1].1
+}
+
+/// Opening the store in `dir` is refused naming the first file, the
+/// offset of `target`'s frame and `expect` in the detail.
+fn assert_refused_at(dir: &Path, target: &Pointer, expect: &str) {
+    let (file, offset, detail, advice) = refusal(dir);
+    assert_eq!(file, dir.join(DIR).join(file_name(1)));
+    assert_eq!(offset, Some(target.offset));
+    assert!(detail.contains(expect), "{detail}");
+    assert_eq!(advice, ADVICE_RESTORE);
+}
+
 #[test]
 fn a_flipped_byte_in_a_committed_frame_is_refused_naming_the_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let target;
-    {
-        let store = open(dir.path()).unwrap();
-        commit(&store, 100);
-        commit(&store, 100);
-        target = pointers(&store)[1].1;
-    }
+    let target = two_commits(dir.path());
     let path = dir.path().join(DIR).join(file_name(1));
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[target.offset as usize + 20] ^= 0x04;
     std::fs::write(&path, bytes).unwrap();
-    let (file, offset, detail, advice) = refusal(dir.path());
-    assert_eq!(file, path);
-    assert_eq!(offset, Some(target.offset));
-    assert!(detail.contains("checksum"), "{detail}");
-    assert_eq!(advice, ADVICE_RESTORE);
+    assert_refused_at(dir.path(), &target, "checksum");
 }
 
 #[test]
 fn a_frame_whose_length_is_not_the_pointers_is_refused_naming_the_offset() {
     for (delta, expect) in [(-4i64, "where sled expects"), (4, "runs past the end")] {
         let dir = tempfile::tempdir().unwrap();
-        let target;
-        {
-            let store = open(dir.path()).unwrap();
-            commit(&store, 100);
-            commit(&store, 100);
-            target = pointers(&store)[1].1;
-        }
+        let target = two_commits(dir.path());
         // A header that holds together (its checksum matches what it
         // claims) but claims another length than sled's pointer.
         let path = dir.path().join(DIR).join(file_name(1));
@@ -185,11 +187,7 @@ fn a_frame_whose_length_is_not_the_pointers_is_refused_naming_the_offset() {
         bytes[at..at + 4].copy_from_slice(&claimed.to_le_bytes());
         bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, bytes).unwrap();
-        let (file, offset, detail, advice) = refusal(dir.path());
-        assert_eq!(file, path);
-        assert_eq!(offset, Some(target.offset));
-        assert!(detail.contains(expect), "{delta}: {detail}");
-        assert_eq!(advice, ADVICE_RESTORE);
+        assert_refused_at(dir.path(), &target, expect);
     }
 }
 
