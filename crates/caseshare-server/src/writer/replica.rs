@@ -56,6 +56,8 @@ struct Group {
     jobs: Vec<(Finisher, Result<Reply, BrokerError>)>,
     seq_before: u64,
     last: u64,
+    /// Journal messages applied into it.
+    messages: usize,
 }
 
 /// A change made through another replica that this replica's delivery
@@ -170,9 +172,13 @@ impl Applier {
     }
 
     /// Applies entries until the channel closes or the proposer has
-    /// stopped with nothing of its own left to apply. Entries already
-    /// waiting are applied together, up to [`GROUP`], and committed once:
-    /// one local commit (and fsync) for many journal messages.
+    /// stopped with nothing of its own left to apply. Entries are applied
+    /// into one open group, which is sealed and committed once the commit
+    /// thread is free (or the group holds [`GROUP`] messages): while the
+    /// previous group is being committed, the messages that arrive join
+    /// this one, so groups grow with the commit's time, as the embedded
+    /// writer's batches do — one local commit (and fsync) for many journal
+    /// messages.
     pub(super) fn run(mut self, mut entries: mpsc::Receiver<Entry>) -> Result<(), ApplyError> {
         let Some(runtime) = self.task.runtime.clone() else {
             return Err(ApplyError::Message {
@@ -180,41 +186,76 @@ impl Applier {
                 reason: "the applier needs a runtime to read the journal".into(),
             });
         };
-        let (to_commit, committer, _finished) = self.task.start_committer();
+        let (to_commit, committer, finished) = self.task.start_committer();
+        // Groups handed to the commit thread; it is free once it has
+        // finished as many.
+        let mut sent: u64 = 0;
+        let mut open: Option<Group> = None;
+        let mut queue: VecDeque<Entry> = VecDeque::new();
         let result = 'run: loop {
-            let next = runtime.block_on(async {
-                tokio::time::timeout(Duration::from_millis(100), entries.recv()).await
-            });
-            let first = match next {
-                Ok(Some(e)) => e,
-                Err(_) => {
-                    if self.pending.closed.load(Ordering::SeqCst) && self.pending.is_empty() {
-                        break Ok(());
+            if open.is_none() && queue.is_empty() {
+                let next = runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(100), entries.recv()).await
+                });
+                match next {
+                    Ok(Some(e)) => queue.push_back(e),
+                    Err(_) => {
+                        if self.pending.closed.load(Ordering::SeqCst) && self.pending.is_empty() {
+                            break Ok(());
+                        }
+                        continue;
                     }
-                    continue;
+                    Ok(None) => break Ok(()),
                 }
-                Ok(None) => break Ok(()),
-            };
-            let mut queue = VecDeque::from([first]);
-            while queue.len() < GROUP {
+            }
+            let mut closed = false;
+            let held = open.as_ref().map_or(0, |g| g.messages);
+            while held + queue.len() < GROUP {
                 match entries.try_recv() {
                     Ok(e) => queue.push_back(e),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
             // One commit job at a time: lookups while applying see the
-            // batch in commit and the store, so each group is handed over
-            // (and the one before it committed) before the next is applied.
-            while !queue.is_empty() {
-                let job = match self.apply_group(&mut queue) {
-                    Ok(job) => job,
-                    Err((sequence, reason)) => {
-                        break 'run Err(ApplyError::Message { sequence, reason });
+            // group in commit and the store, so a group is handed over only
+            // once the one before it is committed (the rendezvous below).
+            let job = match self.apply_some(&mut queue, &mut open) {
+                Ok(job) => job,
+                Err((sequence, reason)) => {
+                    break 'run Err(ApplyError::Message { sequence, reason });
+                }
+            };
+            let job = match job {
+                Some(job) => Some(job),
+                None => {
+                    let full = open.as_ref().is_some_and(|g| g.messages >= GROUP);
+                    if !full && !closed && finished.count() < sent {
+                        // The commit thread is busy: take what arrives
+                        // meanwhile into this group, in bulk at most every
+                        // `BUSY_POLL`.
+                        runtime.block_on(async {
+                            tokio::select! {
+                                () = finished.wait() => {}
+                                () = tokio::time::sleep(super::BUSY_POLL) => {}
+                            }
+                        });
+                        continue;
                     }
-                };
+                    open.take().map(|g| self.seal_group(g))
+                }
+            };
+            if let Some(job) = job {
                 if to_commit.send(job).is_err() {
                     break 'run Ok(());
                 }
+                sent += 1;
+            }
+            if closed && open.is_none() && queue.is_empty() {
+                break Ok(());
             }
         };
         drop(to_commit);
@@ -222,20 +263,24 @@ impl Applier {
         result
     }
 
-    /// Applies messages from the front of `queue` into one draft, and gives
-    /// its commit job. A message that names where it applies (a
-    /// migration's base message) is applied on its own: it ends a group
-    /// (left in the queue) or, first, is the whole job.
-    fn apply_group(&mut self, queue: &mut VecDeque<Entry>) -> Result<ToCommit, (u64, String)> {
-        let mut group: Option<Group> = None;
+    /// Applies the messages of `queue` into the open group (opening one),
+    /// leaving it open: `None` once the queue is empty. A message that
+    /// names where it applies (a migration's base message) is applied on
+    /// its own: it seals the open group, whose job is given (the message
+    /// left in the queue), or, with no group open, is a job by itself.
+    fn apply_some(
+        &mut self,
+        queue: &mut VecDeque<Entry>,
+        group: &mut Option<Group>,
+    ) -> Result<Option<ToCommit>, (u64, String)> {
         while let Some(entry) = queue.pop_front() {
             let sequence = entry.sequence;
             let err = |e: String| (sequence, e);
             let (header, ops) = decode_batch(&entry.payload).map_err(|e| err(e.to_string()))?;
             let placed = header.before.is_some() || header.after.is_some();
-            if placed && group.is_some() {
+            if placed && let Some(g) = group.take() {
                 queue.push_front(entry);
-                break;
+                return Ok(Some(self.seal_group(g)));
             }
             self.remember(sequence, entry.time_micros);
             let (finishers, waited_for) = self.waiting(&header);
@@ -248,9 +293,11 @@ impl Applier {
                     jobs: Vec::new(),
                     seq_before,
                     last: sequence,
+                    messages: 0,
                 },
             };
             g.last = sequence;
+            g.messages += 1;
             let n = ops.len();
             if stale {
                 metrics::counter!("caseshare_journal_stale_refused_total").increment(1);
@@ -277,7 +324,7 @@ impl Applier {
                     Vec::new(),
                     waited_for,
                 );
-                group = Some(g);
+                *group = Some(g);
             } else {
                 let kinds: Vec<Kind> = ops.iter().map(|(_, c)| kind(c)).collect();
                 let settled: Vec<Settled> = ops.iter().map(|(_, c)| settled_count(c)).collect();
@@ -307,7 +354,9 @@ impl Applier {
                     self.answer(&mut g, replies, finishers, kinds, settled, waited_for);
                     self.pending.applied.store(sequence, Ordering::SeqCst);
                     metrics::gauge!("caseshare_journal_applied_sequence").set(sequence as f64);
-                    return Ok(self.finish_sealed(sealed, g.jobs, sequence, seq_before));
+                    return Ok(Some(
+                        self.finish_sealed(sealed, g.jobs, sequence, seq_before),
+                    ));
                 } else {
                     let mut replies = Vec::with_capacity(n);
                     for (i, (now, command)) in ops.into_iter().enumerate() {
@@ -321,16 +370,13 @@ impl Applier {
                         }
                     }
                     self.answer(&mut g, replies, finishers, kinds, settled, waited_for);
-                    group = Some(g);
+                    *group = Some(g);
                 }
             }
             self.pending.applied.store(sequence, Ordering::SeqCst);
             metrics::gauge!("caseshare_journal_applied_sequence").set(sequence as f64);
         }
-        match group {
-            Some(g) => Ok(self.seal_group(g)),
-            None => Err((0, "an empty group of journal messages".into())),
-        }
+        Ok(None)
     }
 
     /// The finishers this replica's callers wait on for this message, and
