@@ -249,23 +249,21 @@ pub(crate) async fn create_stream(
         })
         .await
         .map_err(|e| anyhow!("creating stream {name}: {e}"))?;
-    let started = Instant::now();
-    loop {
-        let led = stream
-            .info()
-            .await
-            .is_ok_and(|info| has_leader(replicas, info.cluster.as_ref()));
-        if led {
-            return Ok(stream);
-        }
-        if started.elapsed() > STREAM_READY {
-            bail!(
-                "stream {name} had no leader within {} s",
-                STREAM_READY.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(
+        &format!("stream {name} had no leader"),
+        POLL,
+        |_| Ok(()),
+        async || {
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            if has_leader(replicas, info.cluster.as_ref()) {
+                Ok(())
+            } else {
+                Err("no leader yet".to_string())
+            }
+        },
+    )
+    .await?;
+    Ok(stream)
 }
 
 /// Creates the stream and consumers, runs the workload and deletes the stream.
@@ -322,22 +320,21 @@ async fn measure_nats(
             ..Default::default()
         };
         // A new consumer of a replicated stream elects its own leader.
-        let started = Instant::now();
-        loop {
-            match stream.create_consumer(config.clone()).await {
-                Ok(mut c) => {
-                    // Pulls before the consumer's own leader is elected
-                    // get "no responders".
-                    wait_consumer_leader(&mut c, replicas, &name).await?;
-                    break;
-                }
-                Err(e) if started.elapsed() < STREAM_READY => {
-                    writeln!(out, "nats: consumer {name} not created yet ({e}); retrying")?;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => bail!("creating consumer {name}: {e}"),
-            }
-        }
+        let mut c = until_ready(
+            &format!("consumer {name} was not created"),
+            Duration::from_millis(200),
+            |e| writeln!(out, "nats: consumer {name} not created yet ({e}); retrying"),
+            async || {
+                stream
+                    .create_consumer(config.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
+        // Pulls before the consumer's own leader is elected get "no
+        // responders".
+        wait_consumer_leader(&mut c, replicas, &name).await?;
         consumers.push(name);
     }
     let clock = Clock::start();
@@ -404,22 +401,43 @@ async fn probe(
     subject: String,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
+    until_ready(
+        "the stream took no publish",
+        Duration::from_millis(100),
+        |e| writeln!(out, "nats: the stream takes no publish yet ({e}); retrying"),
+        async || {
+            let ack = js
+                .publish(subject.clone(), "ready".into())
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(drop).map_err(|e| e.to_string())
+        },
+    )
+    .await
+}
+
+/// How often a leader is asked for while waiting for one.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs `attempt` every `pause` until it succeeds, for at most
+/// [`STREAM_READY`] (what a new replicated stream or consumer may take to
+/// be usable), telling `retrying` of each failure; past that, the error
+/// says `what` and the last failure.
+async fn until_ready<T>(
+    what: &str,
+    pause: Duration,
+    mut retrying: impl FnMut(&str) -> std::io::Result<()>,
+    mut attempt: impl AsyncFnMut() -> std::result::Result<T, String>,
+) -> Result<T> {
     let started = Instant::now();
     loop {
-        let acked = match js.publish(subject.clone(), "ready".into()).await {
-            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match acked {
-            Ok(()) => return Ok(()),
+        match attempt().await {
+            Ok(v) => return Ok(v),
             Err(e) if started.elapsed() < STREAM_READY => {
-                writeln!(out, "nats: the stream takes no publish yet ({e}); retrying")?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                retrying(&e)?;
+                tokio::time::sleep(pause).await;
             }
-            Err(e) => bail!(
-                "the stream took no publish within {} s: {e}",
-                STREAM_READY.as_secs()
-            ),
+            Err(e) => bail!("{what} within {} s: {e}", STREAM_READY.as_secs()),
         }
     }
 }
@@ -430,23 +448,20 @@ async fn wait_consumer_leader(
     replicas: usize,
     name: &str,
 ) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        let led = c
-            .info()
-            .await
-            .is_ok_and(|info| has_leader(replicas, info.cluster.as_ref()));
-        if led {
-            return Ok(());
-        }
-        if started.elapsed() > STREAM_READY {
-            bail!(
-                "consumer {name} had no leader within {} s",
-                STREAM_READY.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(
+        &format!("consumer {name} had no leader"),
+        POLL,
+        |_| Ok(()),
+        async || {
+            let info = c.info().await.map_err(|e| e.to_string())?;
+            if has_leader(replicas, info.cluster.as_ref()) {
+                Ok(())
+            } else {
+                Err("no leader yet".to_string())
+            }
+        },
+    )
+    .await
 }
 
 /// One publisher: JetStream publishes, acks awaited one at a time or

@@ -79,10 +79,11 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
             s.writer_busy_fraction * 100.0,
             s.commits_over_10ms
                 .map_or_else(|| "?".into(), |n| format!("{n:.0}")),
-            s.slowest_commit_within_ms.map_or_else(
-                || "past the largest bucket".into(),
-                |ms| format!("within {ms} ms")
-            )
+            match (s.commits_over_10ms, s.slowest_commit_within_ms) {
+                (_, Some(ms)) => format!("within {ms} ms"),
+                (Some(_), None) if s.commits > 0.0 => "past the largest bucket".to_string(),
+                _ => "?".to_string(),
+            }
         )?;
         if s.journal_applied > 0.0 {
             writeln!(
