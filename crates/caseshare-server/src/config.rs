@@ -168,6 +168,10 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The default of `store.commit_delay_us` (see `docs/BENCHMARKS.md`,
+/// "The commit delay").
+pub const DEFAULT_COMMIT_DELAY_US: u64 = 1_000;
+
 /// Storage tuning.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -176,6 +180,12 @@ pub struct StoreConfig {
     pub cache_mib: u64,
     /// Most operations in one group commit.
     pub max_batch: usize,
+    /// How long, µs, a batch whose commit thread is free may wait for more
+    /// operations, while it holds fewer than the last batch and they
+    /// arrive faster than that (0 ..= 10,000, default 1,000; 0 never
+    /// waits; env `CASESHARE_STORE_COMMIT_DELAY_US`). One client that
+    /// publishes one at a time is not made to wait.
+    pub commit_delay_us: u64,
     /// Size at which the event log starts a new segment file, KiB
     /// (64 ..= 1,048,576; env `CASESHARE_STORE_SEGMENT_KIB`).
     pub segment_kib: u64,
@@ -192,6 +202,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_mib: 64,
             max_batch: 2_048,
+            commit_delay_us: DEFAULT_COMMIT_DELAY_US,
             segment_kib: 64 * 1024,
             backend: "embedded".into(),
             nats: NatsConfig::default(),

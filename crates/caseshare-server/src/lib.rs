@@ -389,6 +389,9 @@ pub async fn serve(
     }
     let (writer_task, head) =
         WriterTask::new(store.clone(), machine, config.store.max_batch, log.clone());
+    let writer_task = writer_task.with_commit_delay(std::time::Duration::from_micros(
+        config.store.commit_delay_us,
+    ));
     let state = writer_task.shared_state();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut replica = None;

@@ -223,6 +223,8 @@ pub(crate) const KEYS: &[Key] = &[
         store.cache_mib: u64, 1, 1024 * 1024),
     int!("store.max_batch", "CASESHARE_STORE_MAX_BATCH", "operations",
         store.max_batch: usize, 1, 65_536),
+    int!("store.commit_delay_us", "CASESHARE_STORE_COMMIT_DELAY_US", "µs",
+        store.commit_delay_us: u64, 0, crate::writer::MAX_COMMIT_DELAY_US),
     int!("store.segment_kib", "CASESHARE_STORE_SEGMENT_KIB", "KiB",
         store.segment_kib: u64, 64, 1_048_576),
     int!("store.nats.replicas", "CASESHARE_NATS_REPLICAS", "replicas",

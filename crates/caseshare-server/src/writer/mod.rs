@@ -36,6 +36,7 @@ mod replica;
 #[cfg(test)]
 mod tests;
 mod times;
+mod trigger;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +53,8 @@ pub use replica::Notice;
 use crate::errors::BrokerError;
 use commit::{Durable, Finished, ToCommit, commit_loop};
 use ops::{Finisher, intake};
+pub use trigger::MAX_COMMIT_DELAY_US;
+use trigger::Trigger;
 
 /// The current time.
 pub fn now() -> Micros {
@@ -191,6 +194,8 @@ pub struct WriterTask {
     in_commit: Option<Arc<Sealed>>,
     /// The runtime, for waiting on the queue with a timeout.
     runtime: Option<tokio::runtime::Handle>,
+    /// When a batch waits for more ops (`store.commit_delay_us`).
+    trigger: Trigger,
 }
 
 /// The ops of one batch being built, with their answers.
@@ -217,9 +222,19 @@ impl WriterTask {
                 log,
                 in_commit: None,
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                trigger: Trigger::new(std::time::Duration::ZERO),
             },
             head_rx,
         )
+    }
+
+    /// Lets a batch whose commit thread is free wait up to `delay` for
+    /// more ops while they arrive faster than that (`store.commit_delay_us`;
+    /// the rules are in `writer::trigger`). Zero, the default of `new`,
+    /// never waits.
+    pub fn with_commit_delay(mut self, delay: std::time::Duration) -> Self {
+        self.trigger = Trigger::new(delay);
+        self
     }
 
     /// The configuration state, for readers.
@@ -364,8 +379,10 @@ impl WriterTask {
     /// to `max_batch`). While the commit thread is still busy with the
     /// previous batch (`finished` below `sent`), ops that arrive join this
     /// batch instead of the next, so the batch closes when the disk is free
-    /// rather than when the queue first ran dry; and a batch of inline acks
-    /// only waits up to [`LAZY_COMMIT_DELAY`] for an op someone waits for.
+    /// rather than when the queue first ran dry; a batch of inline acks
+    /// only waits up to [`LAZY_COMMIT_DELAY`] for an op someone waits for;
+    /// and while ops arrive faster than the commit delay, a batch whose
+    /// commit thread is free waits up to that delay for more ([`Trigger`]).
     /// Returns false once the queue is closed.
     fn gather(
         &mut self,
@@ -378,28 +395,36 @@ impl WriterTask {
     ) -> bool {
         let opened = Instant::now();
         let mut all_lazy = first.is_lazy();
+        let mut ops = 1;
+        self.trigger.arrived(opened);
         self.apply(first, draft, answers);
-        while answers.len() < self.max_batch {
+        let open = loop {
+            if answers.len() >= self.max_batch {
+                break true;
+            }
             match rx.try_recv() {
                 Ok(Queued { op, .. }) => {
                     all_lazy &= op.is_lazy();
+                    ops += 1;
+                    self.trigger.arrived(Instant::now());
                     self.apply(op, draft, answers);
                     continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => break false,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
             let Some(handle) = self.runtime.clone() else {
-                break;
+                break true;
             };
             let busy = finished.count() < sent;
-            let lazy_left = if all_lazy {
-                LAZY_COMMIT_DELAY.saturating_sub(opened.elapsed())
+            let now = Instant::now();
+            let wait_left = if all_lazy {
+                LAZY_COMMIT_DELAY.saturating_sub(now.saturating_duration_since(opened))
             } else {
-                std::time::Duration::ZERO
+                self.trigger.wait_left(opened, now, ops)
             };
-            if !busy && lazy_left.is_zero() {
-                break;
+            if !busy && wait_left.is_zero() {
+                break true;
             }
             // Timers are made inside `block_on`, in the runtime's context.
             if busy {
@@ -414,20 +439,23 @@ impl WriterTask {
                 });
                 continue;
             }
-            // Only inline acks so far: wait a little for an op whose caller
-            // is waiting, and share its commit.
-            let waited =
-                handle.block_on(async { tokio::time::timeout(lazy_left, rx.recv()).await });
-            match waited {
+            // Only inline acks so far, or ops arriving faster than the
+            // commit delay: wait a little for another op to share the
+            // commit.
+            let next = handle.block_on(async { tokio::time::timeout(wait_left, rx.recv()).await });
+            match next {
                 Ok(Some(Queued { op, .. })) => {
                     all_lazy &= op.is_lazy();
+                    ops += 1;
+                    self.trigger.arrived(Instant::now());
                     self.apply(op, draft, answers);
                 }
-                Ok(None) => return false,
-                Err(_) => break,
+                Ok(None) => break false,
+                Err(_) => break true,
             }
-        }
-        true
+        };
+        self.trigger.sealed(ops);
+        open
     }
 
     /// Starts the commit thread. Rendezvous: a batch is handed over only

@@ -1,6 +1,7 @@
 //! The writer's group commit against a real store whose commit can be held:
 //! while the commit thread is busy, ops that arrive are applied at once into
-//! the open batch and committed together when it is free.
+//! the open batch and committed together when it is free; with a commit
+//! delay, a batch smaller than the last waits for the next op.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -87,6 +88,57 @@ async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together
             vec!["b".to_string(), "c".to_string()]
         ],
         "the ops that arrived during the first commit share the second"
+    );
+    drop(writer);
+    tokio::task::spawn_blocking(move || join.join().unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_commit_delay_a_batch_smaller_than_the_last_waits_for_the_next_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Gated::open(dir.path()));
+    let snapshot = store.load().unwrap();
+    let signer = NoteSigner::generate("test.example/log", &mut rand::rngs::OsRng).unwrap();
+    let log = AuditLog::open(store.clone(), 0, signer, "test.example/log".into()).unwrap();
+    let machine = Machine::from_snapshot(&snapshot, vec![7; 32]);
+    let (task, _head) = WriterTask::new(store.clone(), machine, 1_000, log);
+    // A delay far longer than the test: a batch that waits is sealed only
+    // by the op it waits for.
+    let task = task.with_commit_delay(Duration::from_secs(300));
+    let state = task.shared_state();
+    let (writer, join) = task.spawn().unwrap();
+
+    // A first batch of one, then a batch of two (arriving during its
+    // commit), as in the test above.
+    let held = store.arm(At::Commit);
+    let a = writer.submit(register("a")).await.unwrap();
+    let held = held
+        .entered_async("the first commit reached the store")
+        .await;
+    let b = writer.submit(register("b")).await.unwrap();
+    let c = writer.submit(register("c")).await.unwrap();
+    applied(&state, "c").await;
+    held.release();
+    for reply in [a, b, c] {
+        reply.await.unwrap().unwrap();
+    }
+    assert_eq!(store.commits().len(), 2);
+
+    // One op while the commit thread is free: fewer than the last batch,
+    // so it waits for the next instead of committing alone.
+    let d = writer.submit(register("d")).await.unwrap();
+    applied(&state, "d").await;
+    assert_eq!(store.commits().len(), 2, "d is waiting for company");
+    let e = writer.submit(register("e")).await.unwrap();
+    for reply in [d, e] {
+        reply.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store.commits()[2],
+        vec!["d".to_string(), "e".to_string()],
+        "d waited for e and they share a commit"
     );
     drop(writer);
     tokio::task::spawn_blocking(move || join.join().unwrap())
