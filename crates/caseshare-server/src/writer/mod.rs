@@ -9,7 +9,8 @@
 //! and adds the op's writes to one draft batch. The batch is sealed once the
 //! commit thread is free, so it closes when the disk is, not when the queue
 //! first runs dry: a lone op is committed at once, and ops that arrive
-//! during a commit share the next one. The sealed
+//! during a commit share the next one (with the commit delay, a batch
+//! smaller than the last waits a little for more: [`trigger`]). The sealed
 //! batch goes to the commit thread ([`commit`]), which commits it once —
 //! one event-log append and `fdatasync`, one sled `apply_batch`, flush and
 //! `fdatasync` — and only then replies to all of them. Concurrent
