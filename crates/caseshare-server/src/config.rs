@@ -184,7 +184,7 @@ pub struct StoreConfig {
     /// operations, while it holds fewer than the last batch and they
     /// arrive faster than that (0 ..= 10,000, default 1,000; 0 never
     /// waits; env `CASESHARE_STORE_COMMIT_DELAY_US`). One client that
-    /// publishes one at a time is not made to wait.
+    /// publishes one at a time is not made to wait. Embedded store only.
     pub commit_delay_us: u64,
     /// Size at which the event log starts a new segment file, KiB
     /// (64 ..= 1,048,576; env `CASESHARE_STORE_SEGMENT_KIB`).
