@@ -229,10 +229,10 @@ impl WriterTask {
         )
     }
 
-    /// Lets a batch whose commit thread is free wait up to `delay` for
-    /// more ops while they arrive faster than that (`store.commit_delay_us`;
-    /// the rules are in `writer::trigger`). Zero, the default of `new`,
-    /// never waits.
+    /// Lets a batch whose commit thread is free, smaller than the last
+    /// batch, wait up to `delay` for more ops while they arrive faster than
+    /// that (`store.commit_delay_us`; the rules are in `writer::trigger`).
+    /// Zero, the default of `new`, never waits.
     pub fn with_commit_delay(mut self, delay: std::time::Duration) -> Self {
         self.trigger = Trigger::new(delay);
         self
@@ -382,8 +382,9 @@ impl WriterTask {
     /// batch instead of the next, so the batch closes when the disk is free
     /// rather than when the queue first ran dry; a batch of inline acks
     /// only waits up to [`LAZY_COMMIT_DELAY`] for an op someone waits for;
-    /// and while ops arrive faster than the commit delay, a batch whose
-    /// commit thread is free waits up to that delay for more ([`Trigger`]).
+    /// and a batch whose commit thread is free, smaller than the last batch,
+    /// waits up to the commit delay for more while ops arrive faster than
+    /// that ([`Trigger`]).
     /// Returns false once the queue is closed.
     fn gather(
         &mut self,
@@ -396,7 +397,6 @@ impl WriterTask {
     ) -> bool {
         let opened = Instant::now();
         let mut all_lazy = first.is_lazy();
-        let mut ops = 1;
         self.trigger.arrived(opened);
         self.apply(first, draft, answers);
         let open = loop {
@@ -406,7 +406,6 @@ impl WriterTask {
             match rx.try_recv() {
                 Ok(Queued { op, .. }) => {
                     all_lazy &= op.is_lazy();
-                    ops += 1;
                     self.trigger.arrived(Instant::now());
                     self.apply(op, draft, answers);
                     continue;
@@ -422,7 +421,7 @@ impl WriterTask {
             let wait_left = if all_lazy {
                 LAZY_COMMIT_DELAY.saturating_sub(now.saturating_duration_since(opened))
             } else {
-                self.trigger.wait_left(opened, now, ops)
+                self.trigger.wait_left(opened, now, answers.len())
             };
             if !busy && wait_left.is_zero() {
                 break true;
@@ -447,7 +446,6 @@ impl WriterTask {
             match next {
                 Ok(Some(Queued { op, .. })) => {
                     all_lazy &= op.is_lazy();
-                    ops += 1;
                     self.trigger.arrived(Instant::now());
                     self.apply(op, draft, answers);
                 }
@@ -455,7 +453,7 @@ impl WriterTask {
                 Err(_) => break true,
             }
         };
-        self.trigger.sealed(ops);
+        self.trigger.sealed(answers.len());
         open
     }
 

@@ -69,9 +69,13 @@ impl Trigger {
         if self.delay.is_zero() || ops >= self.last_ops {
             return Duration::ZERO;
         }
-        let deadline = opened + self.delay;
+        // (A delay past what an `Instant` can hold never waits rather than
+        // panicking.)
+        let Some(deadline) = opened.checked_add(self.delay) else {
+            return Duration::ZERO;
+        };
         match (self.last, self.gap) {
-            (Some(last), Some(gap)) if last + gap <= deadline => {
+            (Some(last), Some(gap)) if last.checked_add(gap).is_some_and(|n| n <= deadline) => {
                 deadline.saturating_duration_since(now)
             }
             _ => Duration::ZERO,
@@ -130,6 +134,14 @@ mod tests {
                  {since_open} µs after opening"
             );
         }
+    }
+
+    #[test]
+    fn a_delay_no_instant_can_hold_never_waits() {
+        let t0 = Instant::now();
+        let mut t = steady(0, 100, 4, t0);
+        t.delay = Duration::MAX;
+        assert_eq!(t.wait_left(t0, t0, 1), Duration::ZERO);
     }
 
     #[test]
