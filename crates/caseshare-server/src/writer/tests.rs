@@ -49,8 +49,17 @@ async fn applied(state: &std::sync::RwLock<caseshare_state::BrokerState>, id: &s
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together() {
+/// A writer over a fresh gated store.
+struct Started {
+    _dir: tempfile::TempDir,
+    store: Arc<Gated>,
+    state: Arc<std::sync::RwLock<caseshare_state::BrokerState>>,
+    writer: super::Writer,
+    join: std::thread::JoinHandle<()>,
+}
+
+/// Starts a writer with this commit delay over a fresh gated store.
+fn start(delay: Duration) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Gated::open(dir.path()));
     let snapshot = store.load().unwrap();
@@ -58,23 +67,36 @@ async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together
     let log = AuditLog::open(store.clone(), 0, signer, "test.example/log".into()).unwrap();
     let machine = Machine::from_snapshot(&snapshot, vec![7; 32]);
     let (task, _head) = WriterTask::new(store.clone(), machine, 1_000, log);
+    let task = task.with_commit_delay(delay);
     let state = task.shared_state();
     let (writer, join) = task.spawn().unwrap();
+    Started {
+        _dir: dir,
+        store,
+        state,
+        writer,
+        join,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together() {
+    let w = start(Duration::ZERO);
 
     // The first op's commit is held at the gate.
-    let held = store.arm(At::Commit);
-    let first = writer.submit(register("a")).await.unwrap();
+    let held = w.store.arm(At::Commit);
+    let first = w.writer.submit(register("a")).await.unwrap();
     let held = held
         .entered_async("the first commit reached the store")
         .await;
 
     // Two ops arrive one after the other while it is held: each is applied
     // at once (not left in the queue behind a sealed batch).
-    let second = writer.submit(register("b")).await.unwrap();
-    applied(&state, "b").await;
-    let third = writer.submit(register("c")).await.unwrap();
-    applied(&state, "c").await;
-    assert_eq!(store.commits().len(), 0, "nothing committed yet");
+    let second = w.writer.submit(register("b")).await.unwrap();
+    applied(&w.state, "b").await;
+    let third = w.writer.submit(register("c")).await.unwrap();
+    applied(&w.state, "c").await;
+    assert_eq!(w.store.commits().len(), 0, "nothing committed yet");
 
     held.release();
     for (reply, id) in [(first, "a"), (second, "b"), (third, "c")] {
@@ -82,66 +104,57 @@ async fn ops_arriving_during_a_commit_are_applied_at_once_and_committed_together
         assert_eq!(agency.agency_id, id);
     }
     assert_eq!(
-        store.commits(),
+        w.store.commits(),
         vec![
             vec!["a".to_string()],
             vec!["b".to_string(), "c".to_string()]
         ],
         "the ops that arrived during the first commit share the second"
     );
-    drop(writer);
-    tokio::task::spawn_blocking(move || join.join().unwrap())
+    drop(w.writer);
+    tokio::task::spawn_blocking(move || w.join.join().unwrap())
         .await
         .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_commit_delay_a_batch_smaller_than_the_last_waits_for_the_next_op() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Gated::open(dir.path()));
-    let snapshot = store.load().unwrap();
-    let signer = NoteSigner::generate("test.example/log", &mut rand::rngs::OsRng).unwrap();
-    let log = AuditLog::open(store.clone(), 0, signer, "test.example/log".into()).unwrap();
-    let machine = Machine::from_snapshot(&snapshot, vec![7; 32]);
-    let (task, _head) = WriterTask::new(store.clone(), machine, 1_000, log);
     // A delay far longer than the test: a batch that waits is sealed only
     // by the op it waits for.
-    let task = task.with_commit_delay(Duration::from_secs(300));
-    let state = task.shared_state();
-    let (writer, join) = task.spawn().unwrap();
+    let w = start(Duration::from_secs(300));
 
     // A first batch of one, then a batch of two (arriving during its
     // commit), as in the test above.
-    let held = store.arm(At::Commit);
-    let a = writer.submit(register("a")).await.unwrap();
+    let held = w.store.arm(At::Commit);
+    let a = w.writer.submit(register("a")).await.unwrap();
     let held = held
         .entered_async("the first commit reached the store")
         .await;
-    let b = writer.submit(register("b")).await.unwrap();
-    let c = writer.submit(register("c")).await.unwrap();
-    applied(&state, "c").await;
+    let b = w.writer.submit(register("b")).await.unwrap();
+    let c = w.writer.submit(register("c")).await.unwrap();
+    applied(&w.state, "c").await;
     held.release();
     for reply in [a, b, c] {
         reply.await.unwrap().unwrap();
     }
-    assert_eq!(store.commits().len(), 2);
+    assert_eq!(w.store.commits().len(), 2);
 
     // One op while the commit thread is free: fewer than the last batch,
     // so it waits for the next instead of committing alone.
-    let d = writer.submit(register("d")).await.unwrap();
-    applied(&state, "d").await;
-    assert_eq!(store.commits().len(), 2, "d is waiting for company");
-    let e = writer.submit(register("e")).await.unwrap();
+    let d = w.writer.submit(register("d")).await.unwrap();
+    applied(&w.state, "d").await;
+    assert_eq!(w.store.commits().len(), 2, "d is waiting for company");
+    let e = w.writer.submit(register("e")).await.unwrap();
     for reply in [d, e] {
         reply.await.unwrap().unwrap();
     }
     assert_eq!(
-        store.commits()[2],
+        w.store.commits()[2],
         vec!["d".to_string(), "e".to_string()],
         "d waited for e and they share a commit"
     );
-    drop(writer);
-    tokio::task::spawn_blocking(move || join.join().unwrap())
+    drop(w.writer);
+    tokio::task::spawn_blocking(move || w.join.join().unwrap())
         .await
         .unwrap();
 }
