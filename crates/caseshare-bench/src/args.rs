@@ -145,6 +145,11 @@ pub struct BenchArgs {
     /// JetStream `max_ack_pending`).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_outstanding: u32,
+    /// The embedded broker's `store.commit_delay_us` (default: the
+    /// broker's own); a server the bench did not start takes
+    /// `CASESHARE_STORE_COMMIT_DELAY_US`.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub commit_delay_us: Option<u64>,
     /// Most delivery ids per ack message on the Subscribe stream (acks are
     /// sent as soon as no further delivery is waiting, or at this many).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -305,6 +310,13 @@ impl BenchArgs {
                     "no process {pid} on this machine (--server-pid, --nats-pid)"
                 ));
             }
+        }
+        if self.commit_delay_us.is_some() && !(caseshare && self.embedded && self.cluster == 0) {
+            return Err(
+                "--commit-delay-us sets the embedded broker's (--embedded, no \
+                        --cluster); a running server takes CASESHARE_STORE_COMMIT_DELAY_US"
+                    .into(),
+            );
         }
         if self.suite && self.paced_events == 0 {
             return Err("--paced-events must be at least 1".into());
@@ -473,6 +485,21 @@ mod tests {
             let mut argv = vec!["bench"];
             argv.extend_from_slice(bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        // The commit delay is the embedded broker's to set.
+        let delay = parse(&["--embedded", "--commit-delay-us", "0"]);
+        assert_eq!(delay.commit_delay_us, Some(0));
+        assert!(delay.check().is_ok());
+        for elsewhere in [
+            &["--server", "https://h:7443", "--commit-delay-us", "0"][..],
+            &["--embedded", "--cluster", "2", "--commit-delay-us", "0"],
+            &["--embedded", "--target", "nats", "--commit-delay-us", "0"],
+        ] {
+            let err = parse(elsewhere).check().unwrap_err();
+            assert!(
+                err.contains("CASESHARE_STORE_COMMIT_DELAY_US"),
+                "{elsewhere:?}: {err}"
+            );
         }
         let me = std::process::id().to_string();
         let remote = parse(&["--server", "https://h:7443", "--server-pid", &me]);

@@ -59,6 +59,9 @@ impl EmbeddedBroker {
         config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.ops_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.limits.max_outstanding = config.limits.max_outstanding.max(args.max_outstanding);
+        if let Some(us) = args.commit_delay_us {
+            config.store.commit_delay_us = us;
+        }
         let sink = if args.otlp_sink {
             let (sink, endpoint) = OtlpSink::start().await?;
             config.telemetry.otlp_endpoint = endpoint;
