@@ -397,7 +397,6 @@ impl WriterTask {
     ) -> bool {
         let opened = Instant::now();
         let mut all_lazy = first.is_lazy();
-        self.trigger.arrived(opened);
         self.apply(first, draft, answers);
         let open = loop {
             if answers.len() >= self.max_batch {
@@ -406,7 +405,6 @@ impl WriterTask {
             match rx.try_recv() {
                 Ok(Queued { op, .. }) => {
                     all_lazy &= op.is_lazy();
-                    self.trigger.arrived(Instant::now());
                     self.apply(op, draft, answers);
                     continue;
                 }
@@ -446,7 +444,6 @@ impl WriterTask {
             match next {
                 Ok(Some(Queued { op, .. })) => {
                     all_lazy &= op.is_lazy();
-                    self.trigger.arrived(Instant::now());
                     self.apply(op, draft, answers);
                 }
                 Ok(None) => break false,
@@ -485,8 +482,10 @@ impl WriterTask {
         }
     }
 
-    /// Applies one op to the machine; its answer waits for the commit.
+    /// Applies one op to the machine (counting its arrival for the commit
+    /// delay); its answer waits for the commit.
     fn apply(&mut self, mut op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+        self.trigger.arrived(Instant::now());
         // A traced publish: its decision span starts here (telemetry::spans).
         let trace = op.take_trace().map(|t| (t, SystemTime::now()));
         let (command, finish) = intake(op);
