@@ -79,6 +79,7 @@ fn kind_of(rel: &str) -> String {
         ("store/events", n) if n.ends_with(".seg") => "store/events/*.seg".into(),
         ("store/events", n) if n.ends_with(".ids") => "store/events/*.ids".into(),
         ("store/audit", n) if n.ends_with(".log") => "store/audit/*.log".into(),
+        ("store/wal", n) if n.ends_with(".wal") => "store/wal/*.wal".into(),
         _ => format!("other:{rel}"),
     }
 }

@@ -274,7 +274,7 @@ pub(crate) fn index_entries(
     tree: &sled::Tree,
     first: u64,
     entries: &[EntryView<'_>],
-    b: &mut sled::Batch,
+    b: &mut crate::wal::Writes,
 ) -> Result<Indexed, StoreError> {
     let mut out = Indexed::default();
     if entries.is_empty() {

@@ -6,8 +6,9 @@
 //! folder beside it: the event log's segments, which are only ever
 //! appended to, are hard-linked and their lengths noted; sled's files
 //! (`db`, `conf`, `snap.*`, `blobs/`) and the saved checkpoint are copied.
-//! Every commit ends with sled's flush and an `fdatasync`, and nothing else
-//! writes sled, so the copy is what a `kill -9` between two commits would
+//! Sled is made stable first (its flush and `fdatasync`), the write-ahead
+//! log (`wal/`) is copied with it, and nothing else writes sled, so the
+//! copy is what a `kill -9` between two commits would
 //! leave — the state every store open already recovers — taken without
 //! stopping the broker. Writes wait only for the links and copies
 //! ([`Staged::paused`]); streaming the staged files happens afterwards.
@@ -262,6 +263,9 @@ impl crate::SledStore {
             facts: Facts::default(),
             paused: Duration::ZERO,
         };
+        // Sled is made stable first, so that its files are not written
+        // while they are copied (the WAL, copied too, covers it anyway).
+        self.stabilise_now()?;
         staged.files = stage_files(self.dir(), stage)?;
         let (next, first, audit_size, _) = crate::sled_open::counters(self.tree())?;
         let position_key = crate::sled_backend::key(b'M', &[b"journal"]);

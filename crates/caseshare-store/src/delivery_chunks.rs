@@ -255,7 +255,7 @@ pub(crate) fn purge(
     tree: &sled::Tree,
     subscription_id: u64,
     budget: usize,
-    b: &mut sled::Batch,
+    b: &mut crate::wal::Writes,
 ) -> Result<(usize, bool), StoreError> {
     let mut spent = 0;
     let mut removed = 0;
@@ -306,7 +306,7 @@ pub(crate) fn stage(
     tree: &sled::Tree,
     deleted_from: &[(u64, u64)],
     records: &[DeliveryRecord],
-    b: &mut sled::Batch,
+    b: &mut crate::wal::Writes,
     stats: &mut CommitStats,
 ) -> Result<(), StoreError> {
     // Chunk key → its records as this commit leaves them.
@@ -367,10 +367,10 @@ mod tests {
     }
 
     fn commit(t: &sled::Tree, deleted: &[(u64, u64)], records: &[DeliveryRecord]) {
-        let mut b = sled::Batch::default();
+        let mut b = crate::wal::Writes::default();
         let mut stats = CommitStats::default();
         stage(t, deleted, records, &mut b, &mut stats).unwrap();
-        t.apply_batch(b).unwrap();
+        t.apply_batch(b.into_sled_batch()).unwrap();
     }
 
     fn seqs(t: &sled::Tree, sub: u64, from_seq: u64) -> Vec<(u64, u32)> {
@@ -466,12 +466,12 @@ mod tests {
         // A purge removes both kinds, at most `max` keys at a time.
         commit(&t, &[], &[rec(1, 300, DeliveryState::Delivered, 1)]);
         // Budget 64: the old record (1), then not the chunk (64 more).
-        let mut b = sled::Batch::default();
+        let mut b = crate::wal::Writes::default();
         assert_eq!(purge(&t, 1, 64, &mut b).unwrap(), (1, true));
-        t.apply_batch(b).unwrap();
-        let mut b = sled::Batch::default();
+        t.apply_batch(b.into_sled_batch()).unwrap();
+        let mut b = crate::wal::Writes::default();
         assert_eq!(purge(&t, 1, 64, &mut b).unwrap(), (1, false));
-        t.apply_batch(b).unwrap();
+        t.apply_batch(b.into_sled_batch()).unwrap();
         assert!(from(&t, 1, 0).unwrap().is_empty());
     }
 

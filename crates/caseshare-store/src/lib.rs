@@ -7,7 +7,10 @@
 //! - [`Storage`]: what the server needs from a backend: apply a batch
 //!   atomically and durably, and read back what it wrote.
 //! - [`sled_backend`]: the embedded default, one sled tree with key
-//!   prefixes, `fdatasync`ed once per batch.
+//!   prefixes, beside the event log and the audit log.
+//! - [`wal`]: the write-ahead log of sled's writes (one frame per commit,
+//!   synced; sled applies without its flush) and the digest that checks
+//!   sled whole at open.
 //!
 //! - [`recovery`]: the rules the store follows when it opens damaged or
 //!   half-written files (verify everything first, change only afterwards,
@@ -37,6 +40,7 @@ pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
 pub mod sled_open;
+pub mod wal;
 
 /// The record types live with the state machine that produces them.
 pub use caseshare_state::{

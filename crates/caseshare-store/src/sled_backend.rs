@@ -1,13 +1,17 @@
 //! The embedded backend: events in the append-only [`EventLog`] beside the
 //! store, everything else in one sled tree with one key prefix per record
-//! kind, so the rest of a [`Batch`] is one atomic `apply_batch`.
+//! kind, the rest of a [`Batch`] being one commit frame of the
+//! [`crate::wal`].
 //!
-//! Durability, per batch: the batch's events are appended and
-//! `fdatasync`ed first; then sled's `apply_batch`, `flush` (which sled
-//! implements with `sync_file_range`, enough for a killed process) and
-//! `fdatasync` of its data file and of any blob files it wrote, so an
-//! acknowledged commit also survives a power loss. Sled's next-sequence
-//! counter decides, at open, which logged events were committed.
+//! Durability, per batch: the batch's events and audit entries are
+//! appended and `fdatasync`ed first; then its sled writes are recorded as
+//! one commit frame in the write-ahead log and `fdatasync`ed; only then are
+//! they applied to sled, without sled's flush (a thread of its own makes
+//! sled stable about once a second; at open the frames sled lacks are
+//! replayed and sled is checked whole against the last frame's digest). So
+//! an acknowledged commit survives a killed process and a power loss.
+//! Sled's next-sequence counter (as the frames leave it) decides, at open,
+//! which logged events were committed.
 //!
 //! Audit entries go to the [`AuditLog`] beside sled, written and synced
 //! with the events, before sled's batch: sled holds a pointer per chunk.
@@ -45,10 +49,8 @@
 //!   the audit index, written with the entries (see
 //!   [`crate::audit_index`])
 
-use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use caseshare_proto::v1 as pb;
 use prost::Message;
@@ -66,6 +68,7 @@ use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 pub use crate::sled_open::open_sled;
 use crate::sled_open::verify_audit_checkpoint;
 use crate::sled_open::{Tiles, audit_size, counters};
+use crate::wal::{SledFiles, Stabiliser, Wal, Writes};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
@@ -120,11 +123,13 @@ pub(crate) fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
 
 /// The sled store.
 pub struct SledStore {
-    db: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
-    data_file: File,
-    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    /// Sled's files, made stable off the commit's path.
+    files: Arc<SledFiles>,
+    /// The write-ahead log of sled's writes ([`crate::wal`]).
+    wal: Wal,
+    stabiliser: Stabiliser,
     events: EventLog,
     audit_log: AuditLog,
     /// The size of the last checkpoint persisted.
@@ -207,7 +212,16 @@ impl SledStore {
         tree: sled::Tree,
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
-        let data_file = File::open(dir.join("db"))?;
+        // Sled is brought up to the WAL's last commit and checked whole
+        // against its digest before anything is read from it.
+        let recovered = crate::wal::recover(dir, &tree)?;
+        if recovered.replayed > 0 {
+            tracing::info!(
+                frames = recovered.replayed,
+                "replayed the write-ahead log's commits sled had not made stable"
+            );
+        }
+        let files = Arc::new(SledFiles::new(db, dir.to_path_buf())?);
         let (next_sequence, first_retained, audit_size, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
         let audit_log = AuditLog::open(dir)?;
@@ -238,12 +252,17 @@ impl SledStore {
                  never committed) are left as they are; the next entries go to a new file"
             );
         }
+        if recovered.replayed > 0 {
+            files.sync()?;
+        }
+        let next_frame = recovered.next;
+        let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
         let store = SledStore {
-            db,
             tree,
             path: dir.to_path_buf(),
-            data_file,
-            synced_blobs: Mutex::new(HashSet::new()),
+            files,
+            wal: Wal::start(dir, next_frame, recovered.digest, recovered.files),
+            stabiliser,
             events,
             audit_log,
             persisted_checkpoint: Mutex::new(0),
@@ -251,8 +270,8 @@ impl SledStore {
             audit_indexed: Mutex::new(audit_size),
             commit_gate: Mutex::new(()),
         };
-        store.move_legacy_events()?;
-        store.update_audit_index(index_plan, audit_size)?;
+        let moved = store.move_legacy_events()?;
+        let indexed = store.update_audit_index(index_plan, audit_size)?;
         // Reading everything the broker loads is part of the check (a
         // damaged tree can fail or panic only when read); the first
         // `load` is answered from it.
@@ -261,12 +280,20 @@ impl SledStore {
             .loaded
             .lock()
             .map_err(|_| StoreError::Engine("snapshot lock poisoned".into()))? = Some(snapshot);
+        // Every open ends with a frame: sled's digest as the open leaves it
+        // (read again if the open wrote to sled), for the next open to check.
+        if moved || indexed {
+            store.wal.rebase(&store.tree)?;
+        } else {
+            store.wal.commit(&store.tree, Writes::default())?;
+        }
+        store.files.sync()?;
         Ok(store)
     }
 
     /// Moves events a store written before the event log kept in sled
     /// (`E` records) into the log, once.
-    fn move_legacy_events(&self) -> Result<(), StoreError> {
+    fn move_legacy_events(&self) -> Result<bool, StoreError> {
         let mut legacy = Vec::new();
         let mut keys = Vec::new();
         for item in self.tree.scan_prefix([b'E']) {
@@ -275,7 +302,7 @@ impl SledStore {
             keys.push(k);
         }
         if legacy.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let next = self.events.next_sequence().unwrap_or(0);
         legacy.retain(|e| e.sequence >= next);
@@ -297,14 +324,14 @@ impl SledStore {
         self.tree.apply_batch(b)?;
         self.sync()?;
         tracing::info!(events = legacy.len(), "moved events into the event log");
-        Ok(())
+        Ok(true)
     }
 
     /// Builds the audit index of a store written before it, or cuts back an
     /// index that covers entries sled no longer holds (derived data).
-    fn update_audit_index(&self, plan: audit_index::Plan, size: u64) -> Result<(), StoreError> {
+    fn update_audit_index(&self, plan: audit_index::Plan, size: u64) -> Result<bool, StoreError> {
         match plan {
-            audit_index::Plan::UpToDate => return Ok(()),
+            audit_index::Plan::UpToDate => return Ok(false),
             audit_index::Plan::Build { from, .. } if from < size => {
                 tracing::info!(from, size, "building the audit index");
             }
@@ -315,34 +342,33 @@ impl SledStore {
             ),
         }
         audit_index::apply(&self.tree, &self.audit_log, plan, size)?;
-        self.sync()
+        self.sync()?;
+        Ok(true)
     }
 
-    /// Makes everything written so far stable: sled's flush, then
-    /// `fdatasync` of the data file and of blob files not yet synced.
+    /// Makes everything sled holds stable (its flush and `fdatasync`s):
+    /// after writes made outside commits, and before a backup.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.data_file.sync_data()?;
-        let blobs = self.path.join("blobs");
-        if let Ok(entries) = std::fs::read_dir(&blobs) {
-            let mut synced = self
-                .synced_blobs
-                .lock()
-                .map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
-            let mut new_files = false;
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if !synced.contains(&name) {
-                    File::open(entry.path())?.sync_data()?;
-                    synced.insert(name);
-                    new_files = true;
-                }
-            }
-            if new_files {
-                File::open(&blobs)?.sync_all()?;
-            }
-        }
+        self.files.sync()
+    }
+
+    /// Makes sled stable now, and says so to the stabiliser (WAL files
+    /// it covers go with the next commit).
+    pub(crate) fn stabilise_now(&self) -> Result<(), StoreError> {
+        let applied = self.stabiliser.last_applied();
+        self.files.sync()?;
+        self.stabiliser.made_stable(applied);
         Ok(())
+    }
+
+    /// Takes sled's present contents as they are, for the next open's
+    /// check ([`crate::wal`]): for tests and tools that change sled's
+    /// records directly ([`SledStore::raw_tree`]), as a restore of an
+    /// older copy would leave them.
+    pub fn accept_sled_as_it_is(&self) -> Result<(), StoreError> {
+        let _gate = self.gate()?;
+        self.wal.rebase(&self.tree)?;
+        self.files.sync()
     }
 
     /// Holds commits off (see [`crate::backup`]).
@@ -367,7 +393,7 @@ impl SledStore {
         &self.tree
     }
 
-    fn put(b: &mut sled::Batch, stats: &mut CommitStats, k: Vec<u8>, v: Vec<u8>) {
+    fn put(b: &mut Writes, stats: &mut CommitStats, k: Vec<u8>, v: Vec<u8>) {
         stats.records += 1;
         stats.bytes += k.len() + v.len();
         b.insert(k, v);
@@ -446,7 +472,7 @@ impl Storage for SledStore {
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.take();
         }
-        let mut b = sled::Batch::default();
+        let mut b = Writes::default();
         let mut stats = CommitStats::default();
         let audit_end = batch.audit_first_index + batch.audit.len() as u64;
         if !batch.audit.is_empty() {
@@ -590,8 +616,10 @@ impl Storage for SledStore {
                 time.to_be_bytes().to_vec(),
             );
         }
-        self.tree.apply_batch(b)?;
-        self.sync()?;
+        let (number, frame_bytes) = self.wal.commit(&self.tree, b)?;
+        stats.bytes += frame_bytes;
+        self.stabiliser.applied(number);
+        self.wal.trim(self.stabiliser.stable())?;
         if let Some(first) = new_first {
             self.events.set_first(first)?;
         }

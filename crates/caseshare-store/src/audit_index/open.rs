@@ -113,12 +113,12 @@ pub(crate) fn apply(
                     .map(|(leaf, index)| decode_leaf(index, leaf))
                     .collect::<Result<Vec<_>, _>>()?;
                 let views: Vec<EntryView<'_>> = entries.iter().map(EntryView::of).collect();
-                let mut b = sled::Batch::default();
+                let mut b = crate::wal::Writes::default();
                 // Built at open: complete epochs' buckets stay in sled.
                 for (k, v) in index_entries(tree, at, &views, &mut b)?.buckets {
                     b.insert(k, v);
                 }
-                tree.apply_batch(b)?;
+                tree.apply_batch(b.into_sled_batch())?;
                 at = to;
             }
             if clear && size == 0 {

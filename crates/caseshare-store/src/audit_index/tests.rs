@@ -362,7 +362,7 @@ fn an_older_store_gets_its_index_at_open() {
             }
         }
         tree.remove(key(b'M', &[COUNTER])).unwrap();
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(3_000));
@@ -394,7 +394,7 @@ fn an_index_behind_the_entries_is_completed_at_open() {
         assert_eq!(covered(store.raw_tree()).unwrap(), Some(1_500));
         let v = verify(store.raw_tree(), store.audit_log(), 2_500).unwrap();
         assert_eq!(v.mismatch, None, "the part covered still matches");
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(covered(store.raw_tree()).unwrap(), Some(2_500));
@@ -440,7 +440,7 @@ fn an_index_ahead_of_the_entries_is_cut_back_at_open() {
         for k in &chunks {
             tree.remove(k).unwrap();
         }
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     let store = open_store(dir.path()).unwrap();
     assert_eq!(store.load().unwrap().audit_size, kept);
@@ -477,7 +477,7 @@ fn a_damaged_entry_refuses_the_build_naming_it_and_changes_nothing() {
             chunk.extend_from_slice(l);
         }
         crate::audit_log::tests::rewrite(dir.path(), &pointer, &chunk);
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     // Let sled's threads let go before the files are read.
     drop(open_store(dir.path()).err());
@@ -567,7 +567,7 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
             .map(|(t, ix)| (t.as_slice(), ix.clone()))
             .collect();
         tree.insert(&k, encode_table(&table)).unwrap();
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     let f = index_finding(dir.path());
     assert!(!f.ok, "{f:?}");
@@ -589,7 +589,7 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
                 .mismatch
                 .is_some_and(|m| m.contains("another epoch or bucket"))
         );
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     {
         // A time block that lies.
@@ -597,7 +597,7 @@ fn check_finds_an_index_that_does_not_match_the_entries() {
         let tree = store.raw_tree();
         tree.insert(key(TIME, &[&be(0)]), time_value(Micros(0), Micros(1)))
             .unwrap();
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
         assert!(
             verify(tree, store.audit_log(), 1_200)
                 .unwrap()

@@ -91,6 +91,9 @@ fn detach_journal(store_dir: &Path) -> Result<(), RestoreError> {
     let detach = || -> Result<(), crate::StoreError> {
         let db = crate::sled_open::open_sled(store_dir, 16 << 20)?;
         let tree = db.open_tree("caseshare")?;
+        // Sled as its write-ahead log says, checked whole, first; the
+        // change is then recorded in a frame of its own.
+        let recovered = crate::wal::recover(store_dir, &tree)?;
         let mut batch = sled::Batch::default();
         batch.remove(key(b'M', &[b"journal"]));
         batch.remove(key(b'M', &[b"jtdrop"]));
@@ -98,6 +101,9 @@ fn detach_journal(store_dir: &Path) -> Result<(), RestoreError> {
             batch.remove(k?);
         }
         tree.apply_batch(batch)?;
+        db.flush()?;
+        crate::wal::Wal::start(store_dir, recovered.next, recovered.digest, recovered.files)
+            .rebase(&tree)?;
         db.flush()?;
         Ok(())
     };

@@ -16,6 +16,7 @@ use caseshare_audit::tiles::FULL_TILE_BYTES;
 use super::{MAX_AUDIT_CHUNK_BYTES, SledStore, be, key};
 use crate::audit_index;
 use crate::audit_log::{Pointer, one_record};
+use crate::wal::Writes;
 use crate::{Batch, CommitStats, StoreError};
 
 /// Audit bytes from which a commit writes the audit log on a thread of its
@@ -40,7 +41,7 @@ impl AuditWrites {
     pub(super) fn plan(
         store: &SledStore,
         batch: &Batch,
-        b: &mut sled::Batch,
+        b: &mut Writes,
         stats: &mut CommitStats,
     ) -> Result<AuditWrites, StoreError> {
         let mut out = AuditWrites::default();
@@ -94,7 +95,7 @@ impl AuditWrites {
         self,
         store: &SledStore,
         batch: &Batch,
-        b: &mut sled::Batch,
+        b: &mut Writes,
         stats: &mut CommitStats,
     ) -> Result<usize, StoreError> {
         let audit_bytes: usize = self.chunks.iter().map(Vec::len).sum();
@@ -126,7 +127,7 @@ impl AuditWrites {
         &self,
         store: &SledStore,
         batch: &Batch,
-        b: &mut sled::Batch,
+        b: &mut Writes,
         stats: &mut CommitStats,
     ) -> Result<(Vec<Pointer>, usize), StoreError> {
         let pointers = store.audit_log.append(&self.chunks)?;
@@ -152,7 +153,7 @@ impl AuditWrites {
         &self,
         store: &SledStore,
         batch: &Batch,
-        b: &mut sled::Batch,
+        b: &mut Writes,
         stats: &mut CommitStats,
     ) -> Option<Result<(Vec<Pointer>, usize), StoreError>> {
         std::thread::scope(|s| {
@@ -191,7 +192,7 @@ type Records = Vec<(Vec<u8>, Vec<u8>)>;
 fn index(
     store: &SledStore,
     batch: &Batch,
-    b: &mut sled::Batch,
+    b: &mut Writes,
     stats: &mut CommitStats,
 ) -> Result<Records, StoreError> {
     if batch.audit.is_empty() {
@@ -208,7 +209,7 @@ fn index(
 fn index_into(
     store: &SledStore,
     batch: &Batch,
-    b: &mut sled::Batch,
+    b: &mut Writes,
     stats: &mut CommitStats,
 ) -> Result<(), StoreError> {
     let buckets = index(store, batch, b, stats)?;

@@ -120,7 +120,7 @@ fn events_kept_in_sled_by_an_older_version_move_into_the_event_log() {
                 .unwrap();
         }
         tree.insert(key(b'M', &[b"seq"]), be(6).to_vec()).unwrap();
-        store.sync().unwrap();
+        store.accept_sled_as_it_is().unwrap();
     }
     for _ in 0..2 {
         let store = open_store(dir.path());

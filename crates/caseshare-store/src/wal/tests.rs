@@ -1,0 +1,328 @@
+//! The WAL's frames, its replay at open, and the digest check.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use caseshare_proto::v1 as pb;
+
+use super::*;
+use crate::{Batch, SledStore, Storage};
+
+/// Opens the store in `dir`, retrying while sled's lock is still held by
+/// the threads of a store dropped just before (a restart never sees it).
+fn open(dir: &Path) -> Result<SledStore, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir, 8 << 20) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A commit that registers agency `a<i>` with a name `len` bytes long.
+fn agency(store: &SledStore, i: usize, len: usize) {
+    store
+        .commit(&Batch {
+            agencies: vec![pb::Agency {
+                agency_id: format!("a{i}"),
+                display_name: "x".repeat(len),
+                ..Default::default()
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+}
+
+fn agencies(store: &SledStore) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .load()
+        .unwrap()
+        .agencies
+        .into_iter()
+        .map(|a| a.agency_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Sled's own files (not the logs beside it).
+fn sled_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            p.is_file() && (name == "db" || name == "conf" || name.starts_with("snap."))
+        })
+        .collect()
+}
+
+/// Copies sled's files of `dir` aside (sled synced first).
+fn copy_sled(store: &SledStore, dir: &Path, to: &Path) {
+    store.sync().unwrap();
+    std::fs::create_dir_all(to).unwrap();
+    for f in sled_files(dir) {
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Puts sled's files copied aside back, as a crash before sled wrote
+/// anything after the copy would leave them.
+fn put_back_sled(dir: &Path, from: &Path) {
+    for f in sled_files(dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn frames_round_trip_and_the_digest_does_not_depend_on_order() {
+    let mut w = Writes::default();
+    w.insert(b"k1", b"v1".to_vec());
+    w.remove(b"k2");
+    w.insert(b"k3", Vec::new());
+    w.insert(b"k1", b"v1 again".to_vec());
+    let mut d = Digest::default();
+    d.add(b"k1", b"v1 again");
+    let mut buf = Vec::new();
+    encode(7, d, &w, &mut buf);
+    let f = decode(&buf).unwrap();
+    assert_eq!(f.number, 7);
+    let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = f
+        .writes
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (b"k1".to_vec(), Some(b"v1 again".to_vec())),
+            (b"k2".to_vec(), None),
+            (b"k3".to_vec(), Some(Vec::new())),
+        ]
+    );
+    // Every cut of a frame is refused, never a panic.
+    for cut in 0..buf.len() {
+        let _ = decode(&buf[..cut]);
+    }
+    assert!(decode(&buf[..buf.len() - 1]).is_err());
+
+    let (mut a, mut b) = (Digest::default(), Digest::default());
+    a.add(b"x", b"1");
+    a.add(b"y", b"2");
+    a.add(b"z", b"3");
+    a.sub(b"y", b"2");
+    b.add(b"z", b"3");
+    b.add(b"x", b"1");
+    assert_eq!(a, b);
+    b.sub(b"x", b"1");
+    b.add(b"x", b"2");
+    assert_ne!(a, b, "another value is another digest");
+}
+
+#[test]
+fn commits_sled_had_not_made_stable_are_replayed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        agency(&store, 0, 10);
+        copy_sled(&store, dir.path(), aside.path());
+        for i in 1..=20 {
+            agency(&store, i, 300);
+        }
+    }
+    put_back_sled(dir.path(), aside.path());
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store).len(), 21, "every commit is back");
+    agency(&store, 21, 10);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store).len(), 22);
+}
+
+#[test]
+fn sled_changed_behind_the_log_is_refused_naming_it_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        for i in 0..5 {
+            agency(&store, i, 10);
+        }
+        // An older value of one record, as sled's recovery from a damaged
+        // byte can leave it, with its frame number current.
+        store
+            .raw_tree()
+            .insert(crate::sled_backend::key(b'G', &[b"a3"]), b"old".to_vec())
+            .unwrap();
+        store.sync().unwrap();
+    }
+    drop(open(dir.path()).err());
+    let before = crate::segments::tests::files(dir.path());
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged { path, detail, .. } = &err else {
+        panic!("not a refusal: {err}");
+    };
+    assert_eq!(path, &dir.path().join("db"), "{err}");
+    assert!(
+        detail.contains("do not match the write-ahead log"),
+        "{detail}"
+    );
+    assert_eq!(crate::segments::tests::files(dir.path()), before);
+    // `check` says the same, about the store, not its copy.
+    let scratch = tempfile::tempdir().unwrap();
+    let finding = crate::check::check_store(dir.path(), scratch.path())
+        .into_iter()
+        .find(|f| f.check == "write-ahead log")
+        .expect("a finding about the log");
+    assert!(!finding.ok);
+    assert_eq!(finding.file, dir.path().join("db"));
+}
+
+#[test]
+fn frames_sled_needs_that_are_gone_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        agency(&store, 0, 10);
+        copy_sled(&store, dir.path(), aside.path());
+        for i in 1..=30 {
+            agency(&store, i, 400);
+        }
+    }
+    put_back_sled(dir.path(), aside.path());
+    // The files holding the frames after sled's copy: the first after it
+    // goes.
+    let files = wal_files(dir.path());
+    assert!(files.len() > 2, "{files:?}");
+    std::fs::remove_file(&files[files.len() - 2]).unwrap();
+    let err = open(dir.path()).expect_err("refused");
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+
+    // And the whole log gone, with sled having applied some of it.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        agency(&store, 0, 10);
+    }
+    std::fs::remove_dir_all(dir.path().join(DIR)).unwrap();
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged { path, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(path, &dir.path().join(DIR));
+}
+
+#[test]
+fn a_torn_last_frame_is_left_and_the_log_goes_on_in_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        agency(&store, 0, 10);
+    }
+    let last = wal_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    // Half of a copy of the last frame: a write cut short.
+    let torn = bytes[bytes.len() / 2..].to_vec();
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&last, &bytes).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store), vec!["a0"]);
+    // The open's own frame went to a new file; the torn one is as it was
+    // (it goes once sled holds its frames stably, with the next commit).
+    assert_eq!(std::fs::read(&last).unwrap(), bytes, "left as it is");
+    assert_eq!(wal_files(dir.path()).len(), 2);
+    agency(&store, 1, 10);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store), vec!["a0", "a1"]);
+}
+
+#[test]
+fn damage_followed_by_whole_frames_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        copy_sled(&store, dir.path(), aside.path());
+        for i in 0..4 {
+            agency(&store, i, 10);
+        }
+    }
+    put_back_sled(dir.path(), aside.path());
+    let file = wal_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    // A byte of the second frame's payload.
+    let first_len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) & crate::segments::LEN_MASK;
+    let at = 8 + first_len as usize + 8 + 20;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged { path, detail, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(path, &file);
+    assert!(
+        detail.contains("followed by whole commit frames"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn files_sled_holds_stably_are_trimmed_and_the_store_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        for i in 0..40 {
+            agency(&store, i, 400);
+        }
+        let before = wal_files(dir.path()).len();
+        assert!(before > 3, "{before} files");
+        // Everything is stable now: the next commit removes every file
+        // but the active one (and the one it may start).
+        store.stabilise_now().unwrap();
+        agency(&store, 40, 10);
+        let after = wal_files(dir.path()).len();
+        assert!(after <= 2, "{before} files, then {after}");
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store).len(), 41);
+}
+
+#[test]
+fn damage_in_frames_sled_holds_stably_does_not_stop_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        for i in 0..4 {
+            agency(&store, i, 10);
+        }
+        // Sled holds every frame stably (a clean stop does the same).
+        store.sync().unwrap();
+    }
+    let file = wal_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[8 + 20] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store).len(), 4);
+}
