@@ -157,11 +157,17 @@ async fn a_byte_flipped_in_the_middle_of_sled_never_loses_events_silently() {
     let (code, report) = caseshare_check(&tmp.path().join("data"), false);
     println!("{report}");
     let refused = restart_refuses_or_keeps_everything(tmp.path(), "db", &ids, &seqs).await;
-    // Before the fix the broker started with the sled counter gone back and
-    // cut the event log to match; now that is a refusal.
-    assert!(refused, "sled lost committed writes and the broker started");
-    assert_eq!(code, 1, "{report}");
-    assert!(report.contains("DAMAGED"), "{report}");
+    // Sled recovers a damaged byte as lost writes. Once that made the
+    // broker cut the event log to match; then it was a refusal; now the
+    // write-ahead log (all of this young store's frames are still there)
+    // gives them back, checked against its digest, and `check`, which
+    // does the same on its copy, agrees with the broker either way.
+    if refused {
+        assert_eq!(code, 1, "{report}");
+        assert!(report.contains("DAMAGED"), "{report}");
+    } else {
+        assert_eq!(code, 0, "the broker started but check says: {report}");
+    }
 }
 
 #[tokio::test]

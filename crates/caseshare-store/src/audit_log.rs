@@ -216,6 +216,13 @@ type SyncJob = (Arc<File>, std::sync::mpsc::SyncSender<std::io::Result<()>>);
 pub struct PendingSync(Option<std::sync::mpsc::Receiver<std::io::Result<()>>>);
 
 impl PendingSync {
+    /// No sync: nothing was appended.
+    pub fn none() -> Self {
+        PendingSync(None)
+    }
+}
+
+impl PendingSync {
     /// Waits for it.
     pub fn wait(self) -> Result<(), StoreError> {
         match self.0 {

@@ -73,9 +73,11 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         let path = entry.path();
-        // The event log and set-aside files are not sled's.
+        // The event log, the audit log, the WAL and set-aside files are
+        // not sled's.
         if name == "events"
             || name == crate::audit_log::DIR
+            || name == crate::wal::DIR
             || name == crate::recovery::SLED_SET_ASIDE_DIR
         {
             continue;
@@ -180,9 +182,11 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
         }
     };
     // Sled brought up to the write-ahead log's last commit, and checked
-    // whole against its digest, as the broker does at start (on the copy).
+    // whole against its digest, as the broker does at start: the log and
+    // the files its last frame names are read where they are, and only
+    // the copy of sled is written.
     let wal_dir = store_dir.join(crate::wal::DIR);
-    match crate::wal::recover(&copy, &tree) {
+    match crate::wal::recover(store_dir, &tree) {
         Ok(r) => out.push(Finding::ok(
             "write-ahead log",
             &wal_dir,
@@ -193,11 +197,7 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
             ),
         )),
         Err(e) => {
-            let mut f = Finding::from_error("write-ahead log", &wal_dir, e);
-            if let Ok(rel) = f.file.strip_prefix(&copy) {
-                f.file = store_dir.join(rel);
-            }
-            out.push(f);
+            out.push(Finding::from_error("write-ahead log", &wal_dir, e));
             return out;
         }
     }

@@ -274,7 +274,7 @@ pub(crate) fn check_ids_file(
     })
 }
 
-pub(super) fn segment_name(first: u64) -> String {
+pub(crate) fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
 
@@ -313,8 +313,39 @@ impl EventLog {
     /// Appends events (consecutive sequences, continuing the log) and
     /// `fdatasync`s them. Returns the bytes written.
     pub fn append(&self, events: &[StoredEvent]) -> Result<usize, StoreError> {
+        self.append_batch(events, true).map(|(written, _)| written)
+    }
+
+    /// Appends events as [`EventLog::append`] does, without the
+    /// `fdatasync` (the caller then calls [`EventLog::sync`]). Returns the
+    /// bytes written and where they end: (the segment's first sequence,
+    /// its length), `None` with no events.
+    pub fn append_unsynced(
+        &self,
+        events: &[StoredEvent],
+    ) -> Result<(usize, Option<(u64, u64)>), StoreError> {
+        self.append_batch(events, false)
+    }
+
+    /// Makes what was appended to the active segment durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
+        if let Some(a) = writer.active.as_ref() {
+            a.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn append_batch(
+        &self,
+        events: &[StoredEvent],
+        sync: bool,
+    ) -> Result<(usize, Option<(u64, u64)>), StoreError> {
         let Some(first_new) = events.first().map(|e| e.sequence) else {
-            return Ok(0);
+            return Ok((0, None));
         };
         let mut writer = self
             .writer
@@ -419,7 +450,9 @@ impl EventLog {
             .collect::<Result<Vec<u32>, _>>()
             .map_err(|_| StoreError::Engine(format!("event log frame past 4 GiB at {base}")))?;
         a.file.write_all(buf)?;
-        a.file.sync_data()?;
+        if sync {
+            a.file.sync_data()?;
+        }
         let written = buf.len();
         if buf.capacity() > KEEP_BUFFER_BYTES {
             buf.clear();
@@ -458,7 +491,7 @@ impl EventLog {
         for (h, seq) in hashes {
             index.ids.add(h, seq);
         }
-        Ok(written)
+        Ok((written, Some((active_first, end))))
     }
 
     /// Where a sequence's record is: (file, offset, length).

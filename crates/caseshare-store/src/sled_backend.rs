@@ -489,11 +489,13 @@ impl Storage for SledStore {
             }
         }
         // Events and audit entries (with the records that never change
-        // again) first, synced, so sled never commits a sequence the event
-        // log does not hold or points at audit log frames that are not
-        // durable; the audit index's records come with them.
+        // again) first, then the commit frame; all three synced before
+        // sled applies the frame, so sled never commits a sequence the
+        // event log does not hold or points at audit log frames that are
+        // not durable; the audit index's records come with them.
         let writes = AuditWrites::plan(self, batch, &mut b, &mut stats)?;
-        stats.bytes += writes.write(self, batch, &mut b, &mut stats)?;
+        let (bytes, audit_synced, extents) = writes.write(self, batch, &mut b, &mut stats)?;
+        stats.bytes += bytes;
         for a in &batch.agencies {
             Self::put(
                 &mut b,
@@ -616,7 +618,16 @@ impl Storage for SledStore {
                 time.to_be_bytes().to_vec(),
             );
         }
-        let (number, frame_bytes) = self.wal.commit(&self.tree, b)?;
+        // The commit frame, then the three files made durable at once
+        // (the audit log's sync has been running meanwhile); only then
+        // does sled apply it.
+        let staged = self.wal.write(&self.tree, b, extents)?;
+        if extents.events.is_some() {
+            self.events.sync()?;
+        }
+        self.wal.sync()?;
+        audit_synced.wait()?;
+        let (number, frame_bytes) = self.wal.apply(&self.tree, staged)?;
         stats.bytes += frame_bytes;
         self.stabiliser.applied(number);
         self.wal.trim(self.stabiliser.stable())?;

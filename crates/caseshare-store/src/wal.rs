@@ -4,8 +4,9 @@
 //! A commit's sled writes (every insert and remove, with the values as
 //! they were computed) are recorded as one numbered *commit frame* in
 //! `<store>/wal/<first number>.wal` (crc-framed as the event log), made
-//! durable by one `fdatasync` after the commit's events and audit entries
-//! are, and only then applied to sled, without sled's flush. A thread of
+//! durable together with the commit's events and audit entries (the three
+//! files' `fdatasync`s run at once), and only then applied to sled,
+//! without sled's flush. A thread of
 //! its own ([`Stabiliser`]) makes sled stable (its flush, `fdatasync` of
 //! its files) about once a second while commits arrive; a WAL file whose
 //! frames sled holds stably is then deleted (it is a redo log, never
@@ -31,14 +32,26 @@
 //! It is a check against damage, not against an adversary who can write
 //! the store (who could write a matching digest).
 //!
+//! **A commit cut short.** The three syncs run at once, so a crash (a power
+//! loss; a killed process loses nothing written) can leave the frame on
+//! disk and the commit's events or audit entries not. The frame records
+//! where the commit's bytes end in the event log's segment and in the audit
+//! log's file ([`Extents`]); at open, a last frame sled has not applied
+//! whose files are shorter than that is a commit that was never
+//! acknowledged: it is set aside (left as it is, superseded by the next
+//! file, which starts at its number). Files long enough but damaged are
+//! the event log's and audit log's own checks' to refuse.
+//!
 //! Frame payload: format byte [`FORMAT`], number (`u64` LE), digest
-//! (32 bytes), then per write `1 ‖ key len u32 LE ‖ key ‖ value len u32 LE
+//! (32 bytes), the extents (segment's first sequence, end; audit file's
+//! serial, end; `u64` LE each, all ones for none; not in format 1), then
+//! per write `1 ‖ key len u32 LE ‖ key ‖ value len u32 LE
 //! ‖ value` or `2 ‖ key len u32 LE ‖ key`, in key order, one per key.
 //!
-//! Architecture Invariant: a commit's frame is durable before sled holds
-//! any of its writes and before the commit is acknowledged; the commit's
-//! events and audit entries are durable before its frame is written, so a
-//! frame on disk means its whole commit is.
+//! Architecture Invariant: a commit's frame, events and audit entries are
+//! durable before sled holds any of its writes and before the commit is
+//! acknowledged; a frame on disk whose extents are on disk means its whole
+//! commit is.
 
 mod files;
 mod stabiliser;
@@ -59,11 +72,31 @@ pub(crate) use stabiliser::{SledFiles, Stabiliser};
 pub const DIR: &str = "wal";
 
 /// The format byte of a commit frame's payload.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The first format, without [`Extents`] (still read).
+const FORMAT_1: u8 = 1;
 const INSERT: u8 = 1;
 const REMOVE: u8 = 2;
 /// Format byte, number, digest.
-const PAYLOAD_HEADER: usize = 1 + 8 + 32;
+const PAYLOAD_HEADER_1: usize = 1 + 8 + 32;
+/// Format byte, number, digest, extents.
+const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_1 + 32;
+/// An extent that is not there.
+const NONE: u64 = u64::MAX;
+
+/// Where a commit's bytes end in the event log and in the audit log, so
+/// that at open a frame whose commit was cut short by a crash (its frame
+/// durable, the other files not yet: the three are synced at once) is
+/// told from a whole one by the files' lengths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extents {
+    /// The segment (its first sequence) and the end of the commit's
+    /// events in it.
+    pub(crate) events: Option<(u64, u64)>,
+    /// The audit log file (its serial) and the end of the commit's frames
+    /// in it.
+    pub(crate) audit: Option<(u64, u64)>,
+}
 
 /// Sled's record of the last commit frame it applied.
 pub(crate) fn applied_key() -> Vec<u8> {
@@ -198,11 +231,23 @@ pub(crate) struct Frame {
     pub(crate) writes: Writes,
 }
 
-/// Encodes frame `number` with `digest` and `writes` into `out`.
-pub(crate) fn encode(number: u64, digest: Digest, writes: &Writes, out: &mut Vec<u8>) {
+/// Encodes frame `number` with `digest`, `extents` and `writes` into
+/// `out`.
+pub(crate) fn encode(
+    number: u64,
+    digest: Digest,
+    extents: Extents,
+    writes: &Writes,
+    out: &mut Vec<u8>,
+) {
     out.push(FORMAT);
     out.extend_from_slice(&number.to_le_bytes());
     out.extend_from_slice(&digest.to_bytes());
+    for extent in [extents.events, extents.audit] {
+        let (a, b) = extent.unwrap_or((NONE, NONE));
+        out.extend_from_slice(&a.to_le_bytes());
+        out.extend_from_slice(&b.to_le_bytes());
+    }
     for (k, v) in writes.iter() {
         out.push(if v.is_some() { INSERT } else { REMOVE });
         push_bytes(out, k);
@@ -222,15 +267,38 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 /// The number of a frame's payload, without decoding the rest.
 pub(crate) fn number_of(payload: &[u8]) -> Option<u64> {
     match payload {
-        [FORMAT, rest @ ..] => Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)),
+        [FORMAT | FORMAT_1, rest @ ..] => Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)),
         _ => None,
     }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// A frame's extents (none in the first format).
+pub(crate) fn extents_of(payload: &[u8]) -> Result<Extents, String> {
+    if payload.first() == Some(&FORMAT_1) {
+        return Ok(Extents::default());
+    }
+    let at = PAYLOAD_HEADER_1;
+    let field = |i: usize| u64_at(payload, at + 8 * i).ok_or("a frame cut short");
+    let extent = |a: u64, b: u64| (a != NONE).then_some((a, b));
+    Ok(Extents {
+        events: extent(field(0)?, field(1)?),
+        audit: extent(field(2)?, field(3)?),
+    })
 }
 
 /// Decodes a frame's payload: `Err(what is wrong)`.
 pub(crate) fn decode(payload: &[u8]) -> Result<Frame, String> {
     let number = number_of(payload).ok_or("not a commit frame of a known format")?;
-    let mut rest = payload.get(PAYLOAD_HEADER..).ok_or("a frame cut short")?;
+    let header = if payload.first() == Some(&FORMAT_1) {
+        PAYLOAD_HEADER_1
+    } else {
+        PAYLOAD_HEADER
+    };
+    let mut rest = payload.get(header..).ok_or("a frame cut short")?;
     let mut writes = Writes::default();
     while let [op, tail @ ..] = rest {
         let (k, tail) = take_bytes(tail).ok_or("a write cut short")?;

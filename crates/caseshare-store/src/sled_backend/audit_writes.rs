@@ -4,24 +4,23 @@
 //! the audit index's records, which can be worked out while the files are
 //! written.
 //!
-//! Written beside the event log: with enough audit bytes to be worth a
-//! thread ([`PARALLEL_BYTES`]), the audit log's `write` and `fdatasync` run
-//! on a scoped thread while the commit thread appends and syncs the events
-//! and builds the index records; otherwise the commit thread writes both
-//! files and the audit log's sync overlaps the event log's. Either way both
-//! are durable before sled's batch, which holds the pointers, is applied.
+//! Written beside the event log: the commit thread writes both files and
+//! the audit log's `fdatasync` runs on its sync thread meanwhile; the
+//! commit then writes its frame to the WAL and syncs the event log and the
+//! WAL while that sync runs. All three are durable before the commit is
+//! acknowledged and before sled, which holds the pointers, applies it.
 
 use caseshare_audit::tiles::FULL_TILE_BYTES;
 
 use super::{MAX_AUDIT_CHUNK_BYTES, SledStore, be, key};
 use crate::audit_index;
+use crate::audit_log::PendingSync;
 use crate::audit_log::{Pointer, one_record};
-use crate::wal::Writes;
+use crate::wal::{Extents, Writes};
 use crate::{Batch, CommitStats, StoreError};
 
-/// Audit bytes from which a commit writes the audit log on a thread of its
-/// own (about the cost of starting one, ~30 µs, in copying).
-pub(crate) const PARALLEL_BYTES: usize = 32 << 10;
+/// A frame's header in the audit log's files.
+const FRAME_HEADER: u64 = 8;
 
 /// What a commit writes to the audit log, and the sled key of each chunk.
 #[derive(Default)]
@@ -88,26 +87,30 @@ impl AuditWrites {
         Ok(out)
     }
 
-    /// Appends the chunks and the batch's events, both made durable, and
-    /// adds the index records (unless [`AuditWrites::plan`] did) and the
-    /// pointers to the sled batch. Returns the bytes written to both files.
+    /// Appends the chunks (their `fdatasync` started on the audit log's
+    /// sync thread) and the batch's events (not synced: the caller syncs
+    /// them with the commit frame, [`crate::wal`]), and adds the index
+    /// records (unless [`AuditWrites::plan`] did) and the pointers to the
+    /// sled batch. Returns the bytes written to both files, the audit
+    /// log's pending sync and where the commit's bytes end in each file.
     pub(super) fn write(
         self,
         store: &SledStore,
         batch: &Batch,
         b: &mut Writes,
         stats: &mut CommitStats,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, PendingSync, Extents), StoreError> {
         let audit_bytes: usize = self.chunks.iter().map(Vec::len).sum();
-        let parallel = if audit_bytes >= PARALLEL_BYTES && !batch.events.is_empty() {
-            self.write_in_parallel(store, batch, b, stats)
+        let pointers = store.audit_log.append(&self.chunks)?;
+        let synced = if self.chunks.is_empty() {
+            PendingSync::none()
         } else {
-            None
+            store.audit_log.sync_in_background()?
         };
-        let (pointers, event_bytes) = match parallel {
-            Some(written) => written?,
-            None => self.write_in_order(store, batch, b, stats)?,
-        };
+        let (event_bytes, events_end) = store.events.append_unsynced(&batch.events)?;
+        if !self.indexed {
+            index_into(store, batch, b, stats)?;
+        }
         if pointers.len() != self.keys.len() {
             return Err(StoreError::Engine(format!(
                 "the audit log placed {} of {} chunks",
@@ -115,72 +118,18 @@ impl AuditWrites {
                 self.keys.len()
             )));
         }
+        let audit_end = pointers
+            .iter()
+            .map(|p| (p.serial, p.offset + FRAME_HEADER + u64::from(p.len)))
+            .max();
         for (k, pointer) in self.keys.into_iter().zip(&pointers) {
             SledStore::put(b, stats, k, pointer.encode());
         }
-        Ok(audit_bytes + event_bytes)
-    }
-
-    /// Both files written here, the audit log's sync on its sync thread
-    /// while the event log's runs here (two `fdatasync`s at once).
-    fn write_in_order(
-        &self,
-        store: &SledStore,
-        batch: &Batch,
-        b: &mut Writes,
-        stats: &mut CommitStats,
-    ) -> Result<(Vec<Pointer>, usize), StoreError> {
-        let pointers = store.audit_log.append(&self.chunks)?;
-        let synced = if self.chunks.is_empty() {
-            None
-        } else {
-            Some(store.audit_log.sync_in_background()?)
+        let extents = Extents {
+            events: events_end,
+            audit: audit_end,
         };
-        let event_bytes = store.events.append(&batch.events)?;
-        if !self.indexed {
-            index_into(store, batch, b, stats)?;
-        }
-        if let Some(pending) = synced {
-            pending.wait()?;
-        }
-        Ok((pointers, event_bytes))
-    }
-
-    /// The audit log appended and synced on a scoped thread, the events
-    /// and the index records on this one; `None` if no thread could be
-    /// started (nothing was written: the caller writes in order).
-    fn write_in_parallel(
-        &self,
-        store: &SledStore,
-        batch: &Batch,
-        b: &mut Writes,
-        stats: &mut CommitStats,
-    ) -> Option<Result<(Vec<Pointer>, usize), StoreError>> {
-        std::thread::scope(|s| {
-            let audit = std::thread::Builder::new()
-                .name("audit-log-append".into())
-                .spawn_scoped(s, || {
-                    let pointers = store.audit_log.append(&self.chunks)?;
-                    store.audit_log.sync()?;
-                    Ok::<_, StoreError>(pointers)
-                })
-                .ok()?;
-            let events = store.events.append(&batch.events);
-            let indexed = if self.indexed {
-                Ok(())
-            } else {
-                index_into(store, batch, b, stats)
-            };
-            let written = match audit.join() {
-                Ok(pointers) => pointers.and_then(|pointers| {
-                    let event_bytes = events?;
-                    indexed?;
-                    Ok((pointers, event_bytes))
-                }),
-                Err(_) => Err(StoreError::Engine("the audit log's writer panicked".into())),
-            };
-            Some(written)
-        })
+        Ok((audit_bytes + event_bytes, synced, extents))
     }
 }
 

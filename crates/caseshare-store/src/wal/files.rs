@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{DIR, Digest, Writes, applied_key, decode, encode, number_of};
+use super::{DIR, Digest, Extents, Writes, applied_key, decode, encode, extents_of, number_of};
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{frame_header, frames};
@@ -53,6 +53,15 @@ struct Inner {
     /// A write, sync or apply failed: the state of the file or of sled is
     /// unknown, so nothing more is committed until the store is reopened.
     broken: bool,
+}
+
+/// A frame written, not yet applied.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    number: u64,
+    digest: Digest,
+    writes: Writes,
+    size: usize,
 }
 
 /// The write-ahead log of sled's writes.
@@ -120,12 +129,28 @@ impl Wal {
 
     /// Records `writes` as the next commit frame, durable, then applies
     /// them to `tree` (the frame's number last). Returns the frame's
-    /// number and its size in bytes.
+    /// number and its size in bytes. For frames of no other file's bytes
+    /// (at open); a commit uses [`Wal::write`], [`Wal::sync`] and
+    /// [`Wal::apply`] to sync its frame with the event log.
     pub(crate) fn commit(
         &self,
         tree: &sled::Tree,
-        mut writes: Writes,
+        writes: Writes,
     ) -> Result<(u64, usize), StoreError> {
+        let staged = self.write(tree, writes, Extents::default())?;
+        self.sync()?;
+        self.apply(tree, staged)
+    }
+
+    /// Writes `writes` as the next commit frame (not yet synced), with
+    /// sled's digest after them. Nothing more is committed until
+    /// [`Wal::apply`] has applied it.
+    pub(crate) fn write(
+        &self,
+        tree: &sled::Tree,
+        mut writes: Writes,
+        extents: Extents,
+    ) -> Result<Staged, StoreError> {
         let mut inner = self
             .inner
             .lock()
@@ -145,7 +170,6 @@ impl Wal {
             }
             inner.len = 0;
         }
-        inner.broken = false;
         let Some((_, active)) = inner.active.as_ref() else {
             return Err(StoreError::Engine("no WAL file".into()));
         };
@@ -163,26 +187,61 @@ impl Wal {
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
         buf.extend_from_slice(&[0; 8]);
-        encode(number, digest, &writes, &mut buf);
+        encode(number, digest, extents, &writes, &mut buf);
         let header = frame_header(&buf[8..], true)
             .ok_or_else(|| StoreError::TooLarge(format!("commit frame {number}")))?;
         buf[..8].copy_from_slice(&header);
-        inner.broken = true;
         let Some((file, _)) = inner.active.as_mut() else {
             return Err(StoreError::Engine("no WAL file".into()));
         };
         file.write_all(&buf)?;
-        file.sync_data()?;
         inner.len += buf.len() as u64;
-        apply(tree, &writes, number)?;
-        inner.broken = false;
-        inner.next = number + 1;
-        inner.digest = digest;
         let size = buf.len();
         if buf.capacity() <= 8 << 20 {
             inner.buf = buf;
         }
-        Ok((number, size))
+        Ok(Staged {
+            number,
+            digest,
+            writes,
+            size,
+        })
+    }
+
+    /// Makes the frames written durable.
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Engine("WAL lock poisoned".into()))?;
+        if let Some((file, _)) = inner.active.as_ref() {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Applies a frame [`Wal::write`] wrote (and the caller made durable)
+    /// to `tree`. Returns its number and size.
+    pub(crate) fn apply(
+        &self,
+        tree: &sled::Tree,
+        staged: Staged,
+    ) -> Result<(u64, usize), StoreError> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Engine("WAL lock poisoned".into()))?;
+        if staged.number != inner.next {
+            return Err(StoreError::Engine(format!(
+                "WAL frame {} applied where {} is next",
+                staged.number, inner.next
+            )));
+        }
+        apply(tree, &staged.writes, staged.number)?;
+        inner.broken = false;
+        inner.next = staged.number + 1;
+        inner.digest = staged.digest;
+        Ok((staged.number, staged.size))
     }
 
     /// Deletes the closed files whose every frame is at most `stable`
@@ -324,8 +383,21 @@ pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, 
     let m = applied.unwrap_or(0);
     let mut found: Vec<Found<'_>> = Vec::new();
     for (i, (file, bytes)) in files.iter().zip(&contents).enumerate() {
+        // A file starting at or before frames already found was started
+        // by an open that set those frames aside (a commit cut short):
+        // they are superseded.
+        let kept = found.partition_point(|f| f.number < file.first);
+        if kept < found.len() {
+            tracing::info!(
+                file = %file.path.display(),
+                from = file.first,
+                "WAL: frames of a commit cut short by a crash are superseded by a later file"
+            );
+            found.truncate(kept);
+        }
         walk_file(i, file, bytes, m, &mut found)?;
     }
+    let cut_short = set_aside_cut_short(store_dir, &files, &mut found, m)?;
     let Some(last) = found.last() else {
         if let Some(m) = applied {
             return Err(missing(
@@ -333,7 +405,7 @@ pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, 
                 format!("sled has applied commit frame {m}, and the write-ahead log holds none"),
             ));
         }
-        let next = files.last().map_or(1, |f| f.first.max(1));
+        let next = cut_short.unwrap_or_else(|| files.last().map_or(1, |f| f.first.max(1)));
         return Ok(Recovered {
             next,
             digest: Digest::of_tree(tree)?,
@@ -481,10 +553,73 @@ fn walk_file<'a>(
     Ok(())
 }
 
+/// Sets aside the last frame if sled has not applied it and the event
+/// log or the audit log does not reach where it says its commit's bytes
+/// end: the frame was synced, the other files not (a crash while the three
+/// syncs ran), so the commit was never acknowledged. Returns its number.
+fn set_aside_cut_short(
+    store_dir: &Path,
+    files: &[WalFile],
+    found: &mut Vec<Found<'_>>,
+    m: u64,
+) -> Result<Option<u64>, StoreError> {
+    let Some(last) = found.last() else {
+        return Ok(None);
+    };
+    if last.number <= m {
+        return Ok(None);
+    }
+    let extents = extents_of(last.payload).map_err(|why| {
+        damaged(
+            &files[last.file].path,
+            Some(last.offset),
+            why,
+            ADVICE_RESTORE,
+        )
+    })?;
+    let reaches = |path: PathBuf, end: u64| -> Result<Option<PathBuf>, StoreError> {
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() >= end => Ok(None),
+            Ok(_) => Ok(Some(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(path)),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let mut short = None;
+    if let Some((first, end)) = extents.events {
+        let path = store_dir
+            .join("events")
+            .join(crate::segments::segment_name(first));
+        short = reaches(path, end)?;
+    }
+    if short.is_none()
+        && let Some((serial, end)) = extents.audit
+    {
+        let path = store_dir
+            .join(crate::audit_log::DIR)
+            .join(crate::audit_log::file_name(serial));
+        short = reaches(path, end)?;
+    }
+    let Some(path) = short else {
+        return Ok(None);
+    };
+    let number = last.number;
+    tracing::warn!(
+        frame = number,
+        wal = %files[last.file].path.display(),
+        file = %path.display(),
+        "WAL: the last commit frame's bytes are not all in {}: a commit cut short by a crash \
+         (never acknowledged); its frame is left as it is and superseded",
+        path.display()
+    );
+    found.pop();
+    Ok(Some(number))
+}
+
 /// The digest of a frame's payload.
 fn decode_digest(payload: &[u8]) -> Result<Digest, String> {
     payload
-        .get(9..super::PAYLOAD_HEADER)
+        .get(9..super::PAYLOAD_HEADER_1)
         .and_then(Digest::from_bytes)
         .ok_or_else(|| "a frame cut short".to_string())
 }
@@ -535,7 +670,7 @@ fn parse_applied(v: &[u8]) -> Result<(u64, Option<String>), StoreError> {
 fn whole_frame_after(bytes: &[u8], bad: u64, expected: u64) -> Option<(u64, u64)> {
     let bad = usize::try_from(bad).ok()?;
     let header = 8;
-    for at in bad + 1..bytes.len().saturating_sub(header + super::PAYLOAD_HEADER) {
+    for at in bad + 1..bytes.len().saturating_sub(header + super::PAYLOAD_HEADER_1) {
         let payload = &bytes[at + header..];
         let Some(n) = number_of(payload) else {
             continue;
