@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{LEN_MASK, frame_header};
+use crate::sync_thread::SyncThread;
 
 /// The directory of the audit log in a store directory.
 pub const DIR: &str = "audit";
@@ -206,34 +207,10 @@ pub struct AuditLog {
     /// `None` makes the next append start a new file.
     resume: Mutex<Option<(u64, u64)>>,
     /// The sync thread's queue, started by the first sync.
-    syncer: Mutex<Option<std::sync::mpsc::Sender<SyncJob>>>,
+    syncer: SyncThread,
 }
 
-type SyncJob = (Arc<File>, std::sync::mpsc::SyncSender<std::io::Result<()>>);
-
-/// An `fdatasync` under way on the audit log's sync thread.
-#[derive(Debug)]
-pub struct PendingSync(Option<std::sync::mpsc::Receiver<std::io::Result<()>>>);
-
-impl PendingSync {
-    /// No sync: nothing was appended.
-    pub fn none() -> Self {
-        PendingSync(None)
-    }
-}
-
-impl PendingSync {
-    /// Waits for it.
-    pub fn wait(self) -> Result<(), StoreError> {
-        match self.0 {
-            None => Ok(()),
-            Some(rx) => rx
-                .recv()
-                .map_err(|_| StoreError::Engine("audit log syncer gone".into()))?
-                .map_err(StoreError::from),
-        }
-    }
-}
+pub use crate::sync_thread::PendingSync;
 
 /// What [`AuditLog::verify`] found.
 #[derive(Debug, Default)]
@@ -269,7 +246,7 @@ impl AuditLog {
             files: RwLock::new(files),
             active: Mutex::new(None),
             resume: Mutex::new(None),
-            syncer: Mutex::new(None),
+            syncer: SyncThread::new("audit-log-sync"),
         })
     }
 
@@ -513,32 +490,9 @@ impl AuditLog {
     /// `fdatasync`s at once cost the disk about one).
     pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
         let Some(file) = self.active_file()? else {
-            return Ok(PendingSync(None));
+            return Ok(PendingSync::none());
         };
-        let mut syncer = self
-            .syncer
-            .lock()
-            .map_err(|_| StoreError::Engine("audit log syncer poisoned".into()))?;
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let queued = match syncer.as_ref() {
-            Some(s) => s.send((file, done)),
-            None => Err(std::sync::mpsc::SendError((file, done))),
-        };
-        if let Err(std::sync::mpsc::SendError(job)) = queued {
-            // No thread yet (or it is gone): start one.
-            let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
-            std::thread::Builder::new()
-                .name("audit-log-sync".into())
-                .spawn(move || {
-                    for (file, done) in rx {
-                        let _ = done.send(file.sync_data());
-                    }
-                })?;
-            tx.send(job)
-                .map_err(|_| StoreError::Engine("audit log syncer gone".into()))?;
-            *syncer = Some(tx);
-        }
-        Ok(PendingSync(Some(result)))
+        self.syncer.sync(file)
     }
 
     /// Checks the audit log against sled's pointers (read-only), given

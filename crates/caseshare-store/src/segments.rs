@@ -36,6 +36,7 @@
 //! commit never happened) and a torn tail are ignored, never cut, and any
 //! other damage is a refusal ([`crate::recovery`] has the rules).
 
+use crate::sync_thread::{PendingSync, SyncThread};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -215,7 +216,7 @@ struct Index {
 #[derive(Debug)]
 struct Active {
     first: u64,
-    file: File,
+    file: Arc<File>,
     len: u64,
 }
 
@@ -240,6 +241,8 @@ pub struct EventLog {
     hasher: IdHasher,
     index: RwLock<Index>,
     writer: Mutex<Writer>,
+    /// Where commits' syncs of the active segment run.
+    syncer: SyncThread,
 }
 
 /// The fingerprint of the ids key in `dir`: `Ok(None)` if there is none,
@@ -327,16 +330,20 @@ impl EventLog {
         self.append_batch(events, false)
     }
 
-    /// Makes what was appended to the active segment durable.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        let writer = self
+    /// Starts making what was appended to the active segment durable, on
+    /// the event log's sync thread.
+    pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
+        let file = self
             .writer
             .lock()
-            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
-        if let Some(a) = writer.active.as_ref() {
-            a.file.sync_data()?;
+            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?
+            .active
+            .as_ref()
+            .map(|a| a.file.clone());
+        match file {
+            Some(file) => self.syncer.sync(file),
+            None => Ok(PendingSync::none()),
         }
-        Ok(())
     }
 
     fn append_batch(
@@ -406,7 +413,7 @@ impl EventLog {
                     let file = OpenOptions::new().append(true).open(&path)?;
                     *active = Some(Active {
                         first,
-                        file,
+                        file: Arc::new(file),
                         len: end,
                     });
                 }
@@ -434,7 +441,7 @@ impl EventLog {
                     *fresh = false;
                     *active = Some(Active {
                         first: first_new,
-                        file,
+                        file: Arc::new(file),
                         len: 0,
                     });
                 }
@@ -449,7 +456,7 @@ impl EventLog {
             .map(|s| u32::try_from(base + s))
             .collect::<Result<Vec<u32>, _>>()
             .map_err(|_| StoreError::Engine(format!("event log frame past 4 GiB at {base}")))?;
-        a.file.write_all(buf)?;
+        (&*a.file).write_all(buf)?;
         if sync {
             a.file.sync_data()?;
         }

@@ -618,14 +618,17 @@ impl Storage for SledStore {
                 time.to_be_bytes().to_vec(),
             );
         }
-        // The commit frame, then the three files made durable at once
-        // (the audit log's sync has been running meanwhile); only then
-        // does sled apply it.
+        // The commit frame, then the three files made durable at once (the
+        // audit log's and the segment's syncs on their threads, the WAL's
+        // here); only then does sled apply it.
         let staged = self.wal.write(&self.tree, b, extents)?;
-        if extents.events.is_some() {
-            self.events.sync()?;
-        }
+        let events_synced = if extents.events.is_some() {
+            self.events.sync_in_background()?
+        } else {
+            crate::audit_log::PendingSync::none()
+        };
         self.wal.sync()?;
+        events_synced.wait()?;
         audit_synced.wait()?;
         let (number, frame_bytes) = self.wal.apply(&self.tree, staged)?;
         stats.bytes += frame_bytes;

@@ -5,7 +5,8 @@
 //! they were computed) are recorded as one numbered *commit frame* in
 //! `<store>/wal/<first number>.wal` (crc-framed as the event log), made
 //! durable together with the commit's events and audit entries (the three
-//! files' `fdatasync`s run at once), and only then applied to sled,
+//! files' `fdatasync`s run at once, two on sync threads of their own), and
+//! only then applied to sled,
 //! without sled's flush. A thread of
 //! its own ([`Stabiliser`]) makes sled stable (its flush, `fdatasync` of
 //! its files) about once a second while commits arrive; a WAL file whose

@@ -523,6 +523,7 @@ impl Plan {
         let log = EventLog {
             dir: dir.clone(),
             segment_bytes: segment_bytes.max(1),
+            syncer: crate::sync_thread::SyncThread::new("event-log-sync"),
             hasher,
             index: RwLock::new(Index {
                 segments,

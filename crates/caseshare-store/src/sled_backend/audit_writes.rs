@@ -6,8 +6,8 @@
 //!
 //! Written beside the event log: the commit thread writes both files and
 //! the audit log's `fdatasync` runs on its sync thread meanwhile; the
-//! commit then writes its frame to the WAL and syncs the event log and the
-//! WAL while that sync runs. All three are durable before the commit is
+//! commit then writes its frame to the WAL and syncs the event log (on its
+//! sync thread) and the WAL while that sync runs. All three are durable before the commit is
 //! acknowledged and before sled, which holds the pointers, applies it.
 
 use caseshare_audit::tiles::FULL_TILE_BYTES;
