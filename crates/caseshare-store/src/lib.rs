@@ -98,6 +98,10 @@ pub struct CommitStats {
     pub records: usize,
     /// Bytes written.
     pub bytes: usize,
+    /// Commit frames sled has applied and not yet made stable (a start
+    /// would replay them): about a second's commits; it grows while sled
+    /// cannot be made stable. 0 for backends without a write-ahead log.
+    pub wal_unstable_frames: u64,
 }
 
 /// A storage backend.

@@ -352,6 +352,12 @@ impl SledStore {
         self.files.sync()
     }
 
+    /// What sled has applied and made stable of the WAL.
+    #[cfg(test)]
+    pub(crate) fn stabiliser(&self) -> &Stabiliser {
+        &self.stabiliser
+    }
+
     /// Makes sled stable now, and says so to the stabiliser (WAL files
     /// it covers go with the next commit).
     pub(crate) fn stabilise_now(&self) -> Result<(), StoreError> {
@@ -633,7 +639,9 @@ impl Storage for SledStore {
         let (number, frame_bytes) = self.wal.apply(&self.tree, staged)?;
         stats.bytes += frame_bytes;
         self.stabiliser.applied(number);
-        self.wal.trim(self.stabiliser.stable())?;
+        let stable = self.stabiliser.stable();
+        stats.wal_unstable_frames = number.saturating_sub(stable);
+        self.wal.trim(stable)?;
         if let Some(first) = new_first {
             self.events.set_first(first)?;
         }

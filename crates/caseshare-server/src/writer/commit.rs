@@ -151,6 +151,8 @@ pub(super) fn commit_loop(
                         .record(job.finishers.len() as f64);
                     metrics::histogram!("caseshare_store_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
+                    metrics::gauge!("caseshare_store_wal_unstable_frames")
+                        .set(stats.wal_unstable_frames as f64);
                     true
                 }
                 Err(e) => {

@@ -408,3 +408,27 @@ fn a_frame_whose_files_all_reached_the_disk_is_replayed() {
     assert_eq!(store.load().unwrap().next_sequence, 21);
     assert_eq!(store.events_from(1, 100).unwrap().len(), 20);
 }
+
+#[test]
+fn the_stabiliser_thread_makes_sled_stable_and_the_log_is_trimmed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    for i in 0..40 {
+        agency(&store, i, 400);
+    }
+    let files = wal_files(dir.path()).len();
+    assert!(files > 3, "{files} files");
+    let applied = store.stabiliser().last_applied();
+    // The thread makes sled stable about once a second on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.stabiliser().stable() < applied {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sled was not made stable within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    agency(&store, 40, 10);
+    let after = wal_files(dir.path()).len();
+    assert!(after <= 2, "{files} files, then {after}");
+}
