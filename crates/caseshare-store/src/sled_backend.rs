@@ -4,9 +4,9 @@
 //! [`crate::wal`].
 //!
 //! Durability, per batch: the batch's events and audit entries are
-//! appended and `fdatasync`ed first; then its sled writes are recorded as
-//! one commit frame in the write-ahead log and `fdatasync`ed; only then are
-//! they applied to sled, without sled's flush (a thread of its own makes
+//! appended, its sled writes recorded as one commit frame in the
+//! write-ahead log, and the three files `fdatasync`ed at once; only then
+//! are the writes applied to sled, without sled's flush (a thread of its own makes
 //! sled stable about once a second; at open the frames sled lacks are
 //! replayed and sled is checked whole against the last frame's digest). So
 //! an acknowledged commit survives a killed process and a power loss.

@@ -333,6 +333,18 @@ struct Found<'a> {
     file: usize,
 }
 
+impl Found<'_> {
+    /// A refusal naming this frame's file and offset.
+    fn damaged(&self, files: &[WalFile], why: String) -> StoreError {
+        damaged(
+            &files[self.file].path,
+            Some(self.offset),
+            why,
+            ADVICE_RESTORE,
+        )
+    }
+}
+
 /// Brings sled up to the last commit frame of the WAL in `store_dir` and
 /// checks it whole against that frame's digest. Writes only to sled (the
 /// caller's guards put its files back on a refusal).
@@ -442,19 +454,11 @@ pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, 
     }
     let mut replayed = 0;
     for f in &found[start..] {
-        let frame = decode(f.payload)
-            .map_err(|why| damaged(&files[f.file].path, Some(f.offset), why, ADVICE_RESTORE))?;
+        let frame = decode(f.payload).map_err(|why| f.damaged(&files, why))?;
         apply(tree, &frame.writes, frame.number)?;
         replayed += 1;
     }
-    let expected_digest = decode_digest(last.payload).map_err(|why| {
-        damaged(
-            &files[last.file].path,
-            Some(last.offset),
-            why,
-            ADVICE_RESTORE,
-        )
-    })?;
+    let expected_digest = decode_digest(last.payload).map_err(|why| last.damaged(&files, why))?;
     let digest = Digest::of_tree(tree)?;
     if digest != expected_digest {
         return Err(damaged(
@@ -569,14 +573,7 @@ fn set_aside_cut_short(
     if last.number <= m {
         return Ok(None);
     }
-    let extents = extents_of(last.payload).map_err(|why| {
-        damaged(
-            &files[last.file].path,
-            Some(last.offset),
-            why,
-            ADVICE_RESTORE,
-        )
-    })?;
+    let extents = extents_of(last.payload).map_err(|why| last.damaged(files, why))?;
     let reaches = |path: PathBuf, end: u64| -> Result<Option<PathBuf>, StoreError> {
         match std::fs::metadata(&path) {
             Ok(meta) if meta.len() >= end => Ok(None),

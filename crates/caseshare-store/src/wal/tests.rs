@@ -8,22 +8,7 @@ use caseshare_proto::v1 as pb;
 use super::*;
 use crate::{Batch, SledStore, Storage};
 
-/// Opens the store in `dir`, retrying while sled's lock is still held by
-/// the threads of a store dropped just before (a restart never sees it).
-fn open(dir: &Path) -> Result<SledStore, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir, 8 << 20) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other,
-        }
-    }
-}
+use crate::audit_index::tests::open_store as open;
 
 /// A commit that registers agency `a<i>` with a name `len` bytes long.
 fn agency(store: &SledStore, i: usize, len: usize) {
