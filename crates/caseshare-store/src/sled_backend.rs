@@ -252,9 +252,6 @@ impl SledStore {
                  never committed) are left as they are; the next entries go to a new file"
             );
         }
-        if recovered.replayed > 0 {
-            files.sync()?;
-        }
         let next_frame = recovered.next;
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
         let store = SledStore {
@@ -631,7 +628,7 @@ impl Storage for SledStore {
         let events_synced = if extents.events.is_some() {
             self.events.sync_in_background()?
         } else {
-            crate::audit_log::PendingSync::none()
+            crate::sync_thread::PendingSync::none()
         };
         self.wal.sync()?;
         events_synced.wait()?;

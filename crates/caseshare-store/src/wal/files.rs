@@ -161,7 +161,6 @@ impl Wal {
             ));
         }
         let number = inner.next;
-        inner.broken = true;
         if inner.active.is_none() || inner.len >= FILE_BYTES {
             std::fs::create_dir_all(&self.dir)?;
             let new = new_file(&self.dir, number)?;
@@ -173,8 +172,7 @@ impl Wal {
         let Some((_, active)) = inner.active.as_ref() else {
             return Err(StoreError::Engine("no WAL file".into()));
         };
-        let applied = applied_key();
-        writes.insert(&applied, applied_value(number, &active.path));
+        writes.insert(applied_key(), applied_value(number, &active.path));
         let mut digest = inner.digest;
         for (k, v) in writes.iter() {
             if let Some(old) = tree.get(k)? {
@@ -191,6 +189,9 @@ impl Wal {
         let header = frame_header(&buf[8..], true)
             .ok_or_else(|| StoreError::TooLarge(format!("commit frame {number}")))?;
         buf[..8].copy_from_slice(&header);
+        // From the first byte written until the frame is applied, a failure
+        // leaves the file or sled in a state only a reopen sorts out.
+        inner.broken = true;
         let Some((file, _)) = inner.active.as_mut() else {
             return Err(StoreError::Engine("no WAL file".into()));
         };
