@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caseshare_cluster::{DEFAULT_STREAM, Journal};
+use caseshare_cluster::DEFAULT_STREAM;
 use futures::StreamExt;
 
 /// Appends before the kill, and in all.
@@ -20,8 +20,8 @@ const TOTAL: u64 = 180;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_and_reads_continue_across_a_stream_leader_kill() {
     let mut c = common::cluster().await;
-    let journal = Journal::open(&common::config(&c)).await.unwrap();
-    let reader_journal = Journal::open(&common::config_via(&c, 1)).await.unwrap();
+    let journal = common::open(&common::config(&c)).await;
+    let reader_journal = common::open(&common::config_via(&c, 1)).await;
 
     // The follower: everything from 1, as it comes.
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use caseshare_cluster::{AppendError, ClusterError, Journal, JournalConfig};
+use caseshare_cluster::{AppendError, ClusterError, JournalConfig};
 use futures::StreamExt;
 
 fn payload(i: u64) -> Bytes {
@@ -19,7 +19,7 @@ fn payload(i: u64) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_read_in_order_from_any_sequence_and_followed() {
     let c = common::cluster().await;
-    let journal = Journal::open(&common::config(&c)).await.unwrap();
+    let journal = common::open(&common::config(&c)).await;
     assert_eq!(journal.last_sequence().await.unwrap(), 0);
     for i in 1..=40u64 {
         let seq = common::append(&journal, i - 1, &format!("id-{i}"), payload(i))
@@ -45,7 +45,7 @@ async fn appends_are_read_in_order_from_any_sequence_and_followed() {
         let (seq, bytes) = follow.next().await.unwrap().unwrap();
         assert_eq!((seq, bytes), (i, payload(i)));
     }
-    let other = Journal::open(&common::config_via(&c, 2)).await.unwrap();
+    let other = common::open(&common::config_via(&c, 2)).await;
     for i in 41..=45u64 {
         assert_eq!(
             common::append(&other, i - 1, &format!("id-{i}"), payload(i)).await,
@@ -65,8 +65,8 @@ async fn appends_are_read_in_order_from_any_sequence_and_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_appender_is_fenced_and_writes_nothing() {
     let c = common::cluster().await;
-    let old = Journal::open(&common::config_via(&c, 0)).await.unwrap();
-    let new = Journal::open(&common::config_via(&c, 1)).await.unwrap();
+    let old = common::open(&common::config_via(&c, 0)).await;
+    let new = common::open(&common::config_via(&c, 1)).await;
     for i in 1..=3u64 {
         common::append(&old, i - 1, &format!("old-{i}"), payload(i))
             .await
@@ -104,7 +104,7 @@ async fn a_stale_appender_is_fenced_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_append_is_not_stored_twice() {
     let c = common::cluster().await;
-    let journal = Journal::open(&common::config(&c)).await.unwrap();
+    let journal = common::open(&common::config(&c)).await;
     assert_eq!(common::append(&journal, 0, "m-1", payload(1)).await, Ok(1));
     // The retry of an append whose acknowledgement was lost carries the
     // same id and expectation: it is answered with the first copy.
@@ -125,10 +125,10 @@ async fn a_retried_append_is_not_stored_twice() {
 async fn an_existing_stream_of_another_shape_is_refused() {
     let c = common::cluster().await;
     let config = common::config(&c);
-    let journal = Journal::open(&config).await.unwrap();
+    let journal = common::open(&config).await;
     common::append(&journal, 0, "a", payload(1)).await.unwrap();
     // Opening again with the same shape is fine and sees the message.
-    let again = Journal::open(&config).await.unwrap();
+    let again = common::open(&config).await;
     assert_eq!(again.last_sequence().await.unwrap(), 1);
 
     let other = JournalConfig {
@@ -136,7 +136,7 @@ async fn an_existing_stream_of_another_shape_is_refused() {
         subject: "other.subject".into(),
         ..config.clone()
     };
-    match Journal::open(&other).await {
+    match common::open_result(&other).await {
         Err(ClusterError::Mismatch { what, differences }) => {
             assert_eq!(what, "stream CASESHARE_JOURNAL");
             assert!(
@@ -149,14 +149,14 @@ async fn an_existing_stream_of_another_shape_is_refused() {
     }
     // Nothing was changed by the refusal.
     assert_eq!(again.last_sequence().await.unwrap(), 1);
-    assert!(Journal::open(&config).await.is_ok());
+    common::open(&config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_retention_is_updated_in_place() {
     let c = common::cluster().await;
     let config = common::config(&c);
-    let journal = Journal::open(&config).await.unwrap();
+    let journal = common::open(&config).await;
     common::append(&journal, 0, "a", payload(1)).await.unwrap();
     assert_eq!(journal.bounds().await.unwrap(), (1, 1));
     let stream_config = |config: JournalConfig| async move {
@@ -175,7 +175,7 @@ async fn another_retention_is_updated_in_place() {
         duplicate_window: Duration::from_secs(60),
         ..config.clone()
     };
-    let reopened = Journal::open(&aged).await.unwrap();
+    let reopened = common::open(&aged).await;
     let found = stream_config(aged.clone()).await;
     assert_eq!(found.max_age, Duration::from_secs(3600));
     assert_eq!(found.duplicate_window, Duration::from_secs(60));
@@ -183,7 +183,7 @@ async fn another_retention_is_updated_in_place() {
     assert_eq!(reopened.bounds().await.unwrap(), (1, 1));
 
     // And back to keeping everything.
-    Journal::open(&config).await.unwrap();
+    common::open(&config).await;
     let found = stream_config(config.clone()).await;
     assert_eq!(found.max_age, Duration::ZERO);
     assert_eq!(found.duplicate_window, config.duplicate_window);
@@ -193,7 +193,7 @@ async fn another_retention_is_updated_in_place() {
         max_age: Duration::from_secs(30),
         ..config.clone()
     };
-    match Journal::open(&short).await {
+    match common::open_result(&short).await {
         Err(ClusterError::Config(m)) => assert!(m.contains("max_age"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -206,7 +206,7 @@ async fn an_oversized_append_is_refused_not_retried() {
         max_message_bytes: 1024,
         ..common::config(&c)
     };
-    let journal = Journal::open(&config).await.unwrap();
+    let journal = common::open(&config).await;
     let big = Bytes::from(vec![7u8; 4096]);
     // A brand-new R3 stream may answer "no stream found" for a moment
     // (retried by `common::append`); the size refusal must come once it

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use caseshare_cluster::{ClusterError, Journal, LeaderInfo, Lease, LeaseConfig, LeaseLost};
+use caseshare_cluster::{ClusterError, LeaderInfo, Lease, LeaseConfig, LeaseLost};
 
 fn replica(id: &str) -> LeaderInfo {
     LeaderInfo {
@@ -20,7 +20,7 @@ fn replica(id: &str) -> LeaderInfo {
 const TTL: Duration = Duration::from_secs(2);
 
 async fn lease_via(c: &caseshare_testkit::NatsCluster, i: usize) -> Lease {
-    let journal = Journal::open(&common::config_via(c, i)).await.unwrap();
+    let journal = common::open(&common::config_via(c, i)).await;
     let config = LeaseConfig {
         ttl: TTL,
         ..LeaseConfig::default()
@@ -97,7 +97,7 @@ async fn the_lease_is_exclusive_while_renewed_and_taken_over_after_its_ttl() {
 async fn a_lease_bucket_of_another_shape_is_refused() {
     let c = common::cluster().await;
     let _first = lease_via(&c, 0).await;
-    let journal = Journal::open(&common::config(&c)).await.unwrap();
+    let journal = common::open(&common::config(&c)).await;
     let other = LeaseConfig {
         ttl: Duration::from_secs(9),
         ..LeaseConfig::default()

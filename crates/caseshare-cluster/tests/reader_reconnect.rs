@@ -39,7 +39,7 @@ async fn append_next(journal: &Journal, last: &mut u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_whose_server_dies_skips_nothing_and_reports_no_gap() {
     let mut c = common::cluster().await;
-    let journal = Journal::open(&common::config(&c)).await.unwrap();
+    let journal = common::open(&common::config(&c)).await;
     let mut last = common::append_retrying(&journal, 0, "m-1", Bytes::from("p-1"))
         .await
         .0;
@@ -51,12 +51,11 @@ async fn a_reader_whose_server_dies_skips_nothing_and_reports_no_gap() {
     // The reader's server is not the stream leader: the consumer outlives
     // it. The client learns the other servers from the cluster.
     let node = (leader + 1) % 3;
-    let reader_journal = Journal::open(&JournalConfig {
+    let reader_journal = common::open(&JournalConfig {
         client_name: Some("reader-under-test".into()),
         ..JournalConfig::new(vec![c.url(node)])
     })
-    .await
-    .unwrap();
+    .await;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     let follower = tokio::spawn(async move {
         let mut stream = Box::pin(reader_journal.read_from(1));
@@ -69,12 +68,11 @@ async fn a_reader_whose_server_dies_skips_nothing_and_reports_no_gap() {
 
     // The appender reaches the leader's node only, so that it keeps
     // appending while the reader's server is stopped.
-    let appender = Journal::open(&JournalConfig {
+    let appender = common::open(&JournalConfig {
         client_name: Some("appender".into()),
         ..JournalConfig::new(vec![c.url(leader)])
     })
-    .await
-    .unwrap();
+    .await;
     for _ in 1..BEFORE {
         append_next(&appender, &mut last).await;
     }

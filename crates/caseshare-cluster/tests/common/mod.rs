@@ -32,6 +32,36 @@ pub fn config_via(c: &NatsCluster, i: usize) -> JournalConfig {
 /// A bound for waits that should finish much sooner.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Opens the journal as the broker does (`caseshare_server`'s cluster
+/// start): a connection or JetStream error (a node still joining the
+/// meta group answers a request late) is tried again for up to
+/// [`PATIENCE`], printing each wait; every other answer is returned.
+pub async fn open_result(
+    config: &JournalConfig,
+) -> Result<caseshare_cluster::Journal, caseshare_cluster::ClusterError> {
+    use caseshare_cluster::ClusterError;
+    let started = std::time::Instant::now();
+    loop {
+        match caseshare_cluster::Journal::open(config).await {
+            Err(e @ (ClusterError::Connect(_) | ClusterError::JetStream(_)))
+                if started.elapsed() < PATIENCE =>
+            {
+                eprintln!("opening the journal: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`open_result`], which must succeed.
+pub async fn open(config: &JournalConfig) -> caseshare_cluster::Journal {
+    match open_result(config).await {
+        Ok(journal) => journal,
+        Err(e) => panic!("the journal did not open within {PATIENCE:?}: {e}"),
+    }
+}
+
 /// Appends as a caller must: `Unavailable` (a stream that is new or
 /// electing a leader answers "no stream found" or times out) is retried
 /// with the same id and expected sequence, up to [`PATIENCE`]; every other
