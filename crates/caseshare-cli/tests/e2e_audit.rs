@@ -406,10 +406,65 @@ fn verify_cli(b: &Broker, vkey: &str, state: &std::path::Path) -> std::process::
         .unwrap()
 }
 
+/// The audit log's size, from a checkpoint.
+async fn audit_size(b: &Broker) -> u64 {
+    b.client("auditor")
+        .audit
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size
+}
+
+/// Alters the first audit entry naming school-b in the audit log's files
+/// (`school-b` becomes `school-x`) and makes its frame's checksum good
+/// again, as an insider would; gives the file.
+fn alter_an_entry(b: &Broker) -> std::path::PathBuf {
+    use caseshare_store::segments::{BATCH_END, LEN_MASK, frame_crc};
+    let dir = b.data().join("store").join(caseshare_store::audit_log::DIR);
+    let path = dir.join(caseshare_store::audit_log::file_name(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut at = 0;
+    let mut altered = false;
+    while at + 8 <= bytes.len() && !altered {
+        let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let end = at + 8 + (word & LEN_MASK) as usize;
+        if let Some(pos) = bytes[at + 8..end].windows(8).position(|w| w == b"school-b") {
+            bytes[at + 8 + pos + 7] = b'x';
+            let crc = frame_crc(&bytes[at + 8..end], word & BATCH_END != 0);
+            bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+            altered = true;
+        }
+        at = end;
+    }
+    assert!(altered, "a chunk naming school-b");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 #[tokio::test]
 async fn verify_catches_an_altered_entry() {
     let mut b = Broker::start();
     scenario(&b).await;
+    // Past the first whole tile of leaf hashes (256 leaves): the entry
+    // altered below is one of them, and the broker, which hashes only the
+    // leaves after the last whole tile again at start, serves it.
+    let mut school = b.client("school-b");
+    let mut i = 0;
+    while audit_size(&b).await <= 300 {
+        for _ in 0..20 {
+            school
+                .publisher
+                .publish(publish_request(attendance_event(
+                    &format!("more-{i}"),
+                    CHILD_1,
+                )))
+                .await
+                .unwrap();
+            i += 1;
+        }
+    }
     let vkey = vkey_of(&b);
     let state = b.dir.join("verify-state.json");
     let ok = verify_cli(&b, &vkey, &state);
@@ -421,29 +476,7 @@ async fn verify_catches_an_altered_entry() {
     assert!(String::from_utf8_lossy(&ok.stdout).starts_with("verified:"));
 
     assert!(b.stop().await.success());
-    {
-        // An insider alters an entry in the audit log's files, and fixes
-        // the frame's checksum so that the broker starts.
-        use caseshare_store::segments::{BATCH_END, LEN_MASK, frame_crc};
-        let dir = b.data().join("store").join(caseshare_store::audit_log::DIR);
-        let path = dir.join(caseshare_store::audit_log::file_name(1));
-        let mut bytes = std::fs::read(&path).unwrap();
-        let mut at = 0;
-        let mut altered = false;
-        while at + 8 <= bytes.len() && !altered {
-            let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-            let end = at + 8 + (word & LEN_MASK) as usize;
-            if let Some(pos) = bytes[at + 8..end].windows(8).position(|w| w == b"school-b") {
-                bytes[at + 8 + pos + 7] = b'x';
-                let crc = frame_crc(&bytes[at + 8..end], word & BATCH_END != 0);
-                bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-                altered = true;
-            }
-            at = end;
-        }
-        assert!(altered, "a chunk naming school-b");
-        std::fs::write(&path, bytes).unwrap();
-    }
+    alter_an_entry(&b);
     b.restart();
     let out = verify_cli(&b, &vkey, &state);
     assert!(!out.status.success());
@@ -453,6 +486,32 @@ async fn verify_catches_an_altered_entry() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+}
+
+#[tokio::test]
+async fn an_altered_entry_after_the_last_whole_tile_is_refused_at_start() {
+    let mut b = Broker::start();
+    scenario(&b).await;
+    let size = audit_size(&b).await;
+    assert!(size < 256, "{size} entries: all after the last whole tile");
+    assert!(b.stop().await.success());
+    let path = alter_an_entry(&b);
+    let before = digest_tree(&b.data().join("store"));
+    let refused = match b.try_restart() {
+        Ok(()) => panic!("an altered entry must be refused"),
+        Err(r) => r,
+    };
+    let msg = refusal_message(&refused);
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("do not hash to the root of the checkpoint"),
+        "{msg}"
+    );
+    assert_eq!(
+        digest_tree(&b.data().join("store")),
+        before,
+        "nothing changed"
+    );
 }
 
 #[tokio::test]

@@ -202,7 +202,8 @@ pub trait Storage: Send + Sync + 'static {
         }
         Ok(out)
     }
-    /// One stored tile of Merkle hashes.
+    /// One tile of Merkle hashes, as of the last commit (the partial tile
+    /// of leaf hashes is derived from the entries, not stored).
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Persists the latest signed audit checkpoint outside the engine, so
     /// that an engine that went back is caught at open (see

@@ -21,7 +21,10 @@
 //!   audit entries in the audit log; in stores written before it, the chunk
 //!   itself (`u32` LE length ‖ bytes)*, read, never written
 //! - `T` ‖ level ‖ index → a Merkle tile (concatenated 32-byte hashes) if
-//!   partial; a [`crate::audit_log::Pointer`] to it in the audit log if full
+//!   partial; a [`crate::audit_log::Pointer`] to it in the audit log if full.
+//!   The partial tile of leaf hashes (level 0) is not written: it is hashed
+//!   from the entries when read (stores written before hold a shorter copy,
+//!   not read, replaced by the pointer once that tile is full)
 //! - `E` ‖ sequence → [`StoredEvent`]: only in stores written before the
 //!   event log; moved into it at open
 //! - `I` ‖ agency ‖ 0 ‖ event id → sequence: only in stores written before
@@ -50,7 +53,7 @@
 //!   [`crate::audit_index`])
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use caseshare_proto::v1 as pb;
 use prost::Message;
@@ -138,6 +141,10 @@ pub struct SledStore {
     loaded: Mutex<Option<Snapshot>>,
     /// Audit entries stored and indexed: where the next batch's must start.
     audit_indexed: Mutex<u64>,
+    /// The partial tile of leaf hashes last committed (its index and
+    /// bytes), which is not stored: served from here rather than hashed
+    /// again from the entries for every proof.
+    leaf_tile: RwLock<Option<(u64, Vec<u8>)>>,
     /// Held by each commit, and by a backup while it stages the files.
     commit_gate: Mutex<()>,
 }
@@ -265,6 +272,7 @@ impl SledStore {
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
             audit_indexed: Mutex::new(audit_size),
+            leaf_tile: RwLock::new(None),
             commit_gate: Mutex::new(()),
         };
         let moved = store.move_legacy_events()?;
@@ -647,6 +655,7 @@ impl Storage for SledStore {
         {
             *covered = audit_end;
         }
+        self.remember_leaf_tile(&batch.tiles);
         Ok(stats)
     }
 
@@ -735,6 +744,13 @@ impl Storage for SledStore {
     }
 
     fn tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if level == 0
+            && let Ok(held) = self.leaf_tile.read()
+            && let Some((i, bytes)) = held.as_ref()
+            && *i == index
+        {
+            return Ok(Some(bytes.clone()));
+        }
         Tiles(&self.tree, &self.audit_log).get_tile(level, index)
     }
 

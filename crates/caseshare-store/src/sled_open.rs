@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use caseshare_audit::tiles::{TileStore, TiledTree};
+use caseshare_audit::tiles::{FULL_TILE_BYTES, TILE_WIDTH, TileStore, TiledTree};
 
 use crate::StoreError;
 use crate::audit_log::{AuditLog, Pointer, Verified};
@@ -17,8 +17,11 @@ use crate::sled_backend::{be, key, read_be, split_chunk};
 /// a whole, so the operator is told which files that covers.
 pub const SLED_FILES: &str = "sled keeps its database in db, conf, snap.* and blobs/ of this directory and does not say which of them is damaged";
 
-/// The stored Merkle tiles: partial ones in sled, full ones (which never
-/// change) in the audit log, sled pointing at them.
+/// The stored Merkle tiles: full ones (which never change) in the audit
+/// log, sled pointing at them; partial ones above the leaves in sled; and
+/// the partial tile of leaf hashes, which would change at every commit,
+/// nowhere: it is derived from the audit entries it covers
+/// ([`partial_leaf_tile`]).
 pub(crate) struct Tiles<'a>(pub(crate) &'a sled::Tree, pub(crate) &'a AuditLog);
 
 /// The tiles stored in `tree` and `log`.
@@ -107,11 +110,53 @@ pub(crate) fn counters(tree: &sled::Tree) -> Result<(u64, u64, u64, Option<u64>)
 impl TileStore for Tiles<'_> {
     type Error = StoreError;
     fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(v) = self.0.get(key(b'T', &[&[level], &be(index)]))? else {
-            return Ok(None);
+        let stored = match self.0.get(key(b'T', &[&[level], &be(index)]))? {
+            Some(v) => Some(self.1.resolve_one(v)?.to_vec()),
+            None => None,
         };
-        Ok(Some(self.1.resolve_one(v)?.to_vec()))
+        if level != 0 {
+            return Ok(stored);
+        }
+        // A whole tile of leaf hashes is stored; a shorter one (written by
+        // versions before the partial tile was derived, and replaced once
+        // that tile is whole) is not read.
+        match stored {
+            Some(bytes) if bytes.len() == FULL_TILE_BYTES => Ok(Some(bytes)),
+            _ => partial_leaf_tile(self.0, self.1, index),
+        }
     }
+}
+
+/// The leaf hashes of tile `index` at tile level 0, computed from the
+/// audit entries it covers (fewer than 256 at the tree's right edge);
+/// `None` if the log holds none of them.
+pub(crate) fn partial_leaf_tile(
+    tree: &sled::Tree,
+    log: &AuditLog,
+    index: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let size = audit_size(tree)?;
+    let start = index.saturating_mul(TILE_WIDTH);
+    if start >= size {
+        return Ok(None);
+    }
+    let end = size.min(start.saturating_add(TILE_WIDTH));
+    let entries = audit_entries(tree, log, start, end)?;
+    if entries.len() as u64 != end - start {
+        return Err(StoreError::Corrupt {
+            key: format!("audit entries {start}..{end}"),
+            detail: format!(
+                "{} of {} entries could be read to hash the tree's leaves",
+                entries.len(),
+                end - start
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(entries.len() * caseshare_audit::merkle::HASH_LEN);
+    for entry in &entries {
+        out.extend_from_slice(&caseshare_audit::merkle::leaf_hash(entry));
+    }
+    Ok(Some(out))
 }
 
 /// The number of audit entries in sled (from its last chunk).
@@ -203,17 +248,35 @@ pub(crate) fn verify_audit_checkpoint(
         .and_then(|t| t.root(cp.size, &tiles).map_err(|e| e.to_string()));
     match root {
         Ok(r) if r == cp.root => Ok(()),
-        Ok(_) => Err(damaged(
-            &db,
-            None,
-            format!(
-                "sled's audit log has another root at size {} than the checkpoint signed at \
-                 that size ({}; {SLED_FILES})",
-                cp.size,
-                crate::checkpoint::path(dir).display()
+        Ok(_) => Err(match edge_entries(dir, tree, cp.size)? {
+            // The leaves at the right edge are hashed from the entries as
+            // they are now: an entry altered there (its frame's checksum
+            // made good again) gives another root. Sled's tiles are checked
+            // by the write-ahead log's digest before this.
+            Some((path, offset, start)) => damaged(
+                &path,
+                Some(offset),
+                format!(
+                    "the audit entries from index {start} do not hash to the root of the \
+                     checkpoint signed at size {} ({}): an entry was altered after it was \
+                     written",
+                    cp.size,
+                    crate::checkpoint::path(dir).display()
+                ),
+                ADVICE_RESTORE,
             ),
-            ADVICE_RESTORE,
-        )),
+            None => damaged(
+                &db,
+                None,
+                format!(
+                    "sled's audit log has another root at size {} than the checkpoint signed \
+                     at that size ({}; {SLED_FILES})",
+                    cp.size,
+                    crate::checkpoint::path(dir).display()
+                ),
+                ADVICE_RESTORE,
+            ),
+        }),
         Err(e) => Err(damaged(
             &db,
             None,
@@ -221,6 +284,35 @@ pub(crate) fn verify_audit_checkpoint(
             ADVICE_RESTORE,
         )),
     }
+}
+
+/// Where the entries of the partial tile of leaf hashes of a tree of
+/// `size` begin, when the audit log file holds them: its path, the offset
+/// of their chunk, and the first entry's index.
+fn edge_entries(
+    dir: &Path,
+    tree: &sled::Tree,
+    size: u64,
+) -> Result<Option<(std::path::PathBuf, u64, u64)>, StoreError> {
+    if size.is_multiple_of(TILE_WIDTH) {
+        return Ok(None);
+    }
+    let start = size / TILE_WIDTH * TILE_WIDTH;
+    let Some(item) = tree
+        .range(key(b'A', &[&be(0)])..=key(b'A', &[&be(start)]))
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    let (_, v) = item?;
+    Ok(Pointer::decode(&v)?.map(|p| {
+        (
+            dir.join(crate::audit_log::DIR)
+                .join(crate::audit_log::file_name(p.serial)),
+            p.offset,
+            start,
+        )
+    }))
 }
 
 /// Opens sled on `dir` (after [`crate::recovery::prepare_sled_dir`]).

@@ -317,17 +317,51 @@ fn a_store_with_inline_chunks_reads_them_and_appends_pointers_after() {
     assert_eq!(store.audit_entries(20, 60).unwrap(), all[20..60].to_vec());
 }
 
+/// Commits `n` entries with the tiles a tree of the store's size gives
+/// for them, as the writer does; returns the entries.
+fn commit_with_tiles(
+    store: &SledStore,
+    tree: &mut caseshare_audit::tiles::TiledTree,
+    n: u64,
+) -> Vec<Vec<u8>> {
+    let from = store.load().unwrap().audit_size;
+    let e = entries(from, n);
+    let hashes: Vec<_> = e
+        .iter()
+        .map(|l| caseshare_audit::merkle::leaf_hash(l))
+        .collect();
+    let tiles = tree
+        .append(&hashes)
+        .into_iter()
+        .map(|t| (t.level, t.index, t.data))
+        .collect();
+    store
+        .commit(&Batch {
+            audit: e.clone(),
+            audit_first_index: from,
+            tiles,
+            ..Batch::default()
+        })
+        .unwrap();
+    e
+}
+
+/// The leaf hashes of `entries`, concatenated as a tile holds them.
+fn leaf_tile(entries: &[Vec<u8>]) -> Vec<u8> {
+    entries
+        .iter()
+        .flat_map(|e| caseshare_audit::merkle::leaf_hash(e))
+        .collect()
+}
+
 #[test]
-fn full_tiles_go_to_the_audit_log_once_and_partial_ones_stay_in_sled() {
-    use caseshare_audit::tiles::FULL_TILE_BYTES;
+fn full_tiles_go_to_the_audit_log_once_and_the_partial_leaf_tile_is_derived() {
+    use caseshare_audit::tiles::{FULL_TILE_BYTES, TiledTree};
     let dir = tempfile::tempdir().unwrap();
-    let full = vec![7u8; FULL_TILE_BYTES];
-    let partial = vec![1u8; 64];
-    let tile_value = |store: &SledStore, index: u64| {
+    let tile_value = |store: &SledStore, level: u8, index: u64| {
         store
             .raw_tree()
-            .get(key(b'T', &[&[0], &be(index)]))
-            .unwrap()
+            .get(key(b'T', &[&[level], &be(index)]))
             .unwrap()
     };
     let file_len = |d: &Path| {
@@ -335,21 +369,28 @@ fn full_tiles_go_to_the_audit_log_once_and_partial_ones_stay_in_sled() {
             .unwrap()
             .len()
     };
+    let (full, partial, level1);
     {
         let store = open(dir.path()).unwrap();
-        let e = entries(0, 3);
-        store
-            .commit(&Batch {
-                audit: e,
-                audit_first_index: 0,
-                tiles: vec![(0, 0, full.clone()), (0, 1, partial.clone())],
-                ..Batch::default()
-            })
-            .unwrap();
-        assert!(Pointer::decode(&tile_value(&store, 0)).unwrap().is_some());
-        assert_eq!(&tile_value(&store, 1)[..], &partial[..]);
+        let mut tree = TiledTree::new();
+        let e = commit_with_tiles(&store, &mut tree, 259);
+        full = leaf_tile(&e[..256]);
+        partial = leaf_tile(&e[256..]);
+        assert_eq!(full.len(), FULL_TILE_BYTES);
+        // The full tile is a pointer into the audit log; the partial tile
+        // of leaf hashes is not stored; the one above it is, in sled.
+        assert!(
+            Pointer::decode(&tile_value(&store, 0, 0).unwrap())
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(tile_value(&store, 0, 1), None);
+        level1 = tile_value(&store, 1, 0).unwrap().to_vec();
+        assert_eq!(level1.len(), 32);
         assert_eq!(store.tile(0, 0).unwrap(), Some(full.clone()));
         assert_eq!(store.tile(0, 1).unwrap(), Some(partial.clone()));
+        assert_eq!(store.tile(1, 0).unwrap(), Some(level1.clone()));
+        assert_eq!(store.tile(0, 2).unwrap(), None);
         // The same full tile again is not written again.
         let before = file_len(dir.path());
         store
@@ -360,10 +401,14 @@ fn full_tiles_go_to_the_audit_log_once_and_partial_ones_stay_in_sled() {
             .unwrap();
         assert_eq!(file_len(dir.path()), before);
     }
+    // Reopened, the partial tile is hashed from the entries.
     let store = open(dir.path()).unwrap();
-    assert_eq!(store.tile(0, 0).unwrap(), Some(full));
+    assert_eq!(store.tile(0, 0).unwrap(), Some(full.clone()));
     assert_eq!(store.tile(0, 1).unwrap(), Some(partial));
-    let p = Pointer::decode(&tile_value(&store, 0)).unwrap().unwrap();
+    assert_eq!(store.tile(1, 0).unwrap(), Some(level1));
+    let p = Pointer::decode(&tile_value(&store, 0, 0).unwrap())
+        .unwrap()
+        .unwrap();
     drop(store);
     // A flipped byte in the full tile's frame is a refusal naming the file.
     let path = dir.path().join(DIR).join(file_name(p.serial));
@@ -374,6 +419,51 @@ fn full_tiles_go_to_the_audit_log_once_and_partial_ones_stay_in_sled() {
     assert_eq!(file, path);
     assert_eq!(offset, Some(p.offset));
     assert!(detail.contains("checksum"), "{detail}");
+}
+
+/// The store's tiles, as the broker reads them.
+struct StoreTiles<'a>(&'a SledStore);
+
+impl caseshare_audit::tiles::TileStore for StoreTiles<'_> {
+    type Error = crate::StoreError;
+    fn get_tile(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, crate::StoreError> {
+        self.0.tile(level, index)
+    }
+}
+
+#[test]
+fn a_partial_leaf_tile_stored_by_an_older_version_is_not_read() {
+    use caseshare_audit::tiles::TiledTree;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(b'T', &[&[0], &be(0)]);
+    let first = {
+        let store = open(dir.path()).unwrap();
+        let e = commit_with_tiles(&store, &mut TiledTree::new(), 10);
+        // As versions before this one left it: the tile of the first five
+        // leaves, inline in sled.
+        store.raw_tree().insert(&k, leaf_tile(&e[..5])).unwrap();
+        store.accept_sled_as_it_is().unwrap();
+        e
+    };
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.tile(0, 0).unwrap(), Some(leaf_tile(&first)));
+    let mut tree = TiledTree::open(10, &StoreTiles(&store)).unwrap();
+    let rest = commit_with_tiles(&store, &mut tree, 250);
+    // Whole, the tile is written to the audit log in its place.
+    let all: Vec<_> = first.into_iter().chain(rest).collect();
+    assert!(
+        Pointer::decode(&store.raw_tree().get(&k).unwrap().unwrap())
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.tile(0, 0).unwrap(), Some(leaf_tile(&all[..256])));
+    assert_eq!(store.tile(0, 1).unwrap(), Some(leaf_tile(&all[256..])));
+    assert_eq!(
+        tree.current_root(),
+        TiledTree::open(260, &StoreTiles(&store))
+            .unwrap()
+            .current_root()
+    );
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! the records that never change again (a complete epoch's index buckets,
 //! full Merkle tiles) as chunks of one, and the sled pointers to them; and
 //! the audit index's records, which can be worked out while the files are
-//! written.
+//! written. The partial tile of leaf hashes is not written: the store
+//! keeps the last committed one in memory ([`SledStore::remember_leaf_tile`])
+//! and derives it from the entries after a restart.
 //!
 //! Written beside the event log: the commit thread writes both files and
 //! the audit log's `fdatasync` runs on its sync thread meanwhile; the
@@ -68,12 +70,16 @@ impl AuditWrites {
             }
             out.indexed = true;
         }
-        // A partial tile is rewritten as leaves arrive: sled. A full one
-        // never changes: the audit log, once.
+        // A partial tile is rewritten as leaves arrive: sled, except the
+        // tile of leaf hashes, rewritten at every commit, which is derived
+        // from the entries when read (`sled_open::partial_leaf_tile`). A
+        // full one never changes: the audit log, once.
         for (level, idx, bytes) in &batch.tiles {
             let k = key(b'T', &[&[*level], &be(*idx)]);
             if bytes.len() != FULL_TILE_BYTES {
-                SledStore::put(b, stats, k, bytes.clone());
+                if *level != 0 {
+                    SledStore::put(b, stats, k, bytes.clone());
+                }
                 continue;
             }
             if let Some(v) = store.tree.get(&k)?
@@ -168,5 +174,26 @@ fn index_into(
         Err(StoreError::Engine(
             "the audit index completed an epoch the commit did not expect".into(),
         ))
+    }
+}
+
+impl SledStore {
+    /// After a commit (sled holds its full tiles): the partial tile of leaf
+    /// hashes it wrote becomes the one served; one that became whole is
+    /// read from the store again.
+    pub(super) fn remember_leaf_tile(&self, tiles: &[(u8, u64, Vec<u8>)]) {
+        let Ok(mut held) = self.leaf_tile.write() else {
+            return;
+        };
+        for (level, index, bytes) in tiles {
+            if *level != 0 {
+                continue;
+            }
+            if bytes.len() < caseshare_audit::tiles::FULL_TILE_BYTES {
+                *held = Some((*index, bytes.clone()));
+            } else if held.as_ref().is_some_and(|(i, _)| i == index) {
+                *held = None;
+            }
+        }
     }
 }
