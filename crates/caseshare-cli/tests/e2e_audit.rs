@@ -406,17 +406,6 @@ fn verify_cli(b: &Broker, vkey: &str, state: &std::path::Path) -> std::process::
         .unwrap()
 }
 
-/// The audit log's size, from a checkpoint.
-async fn audit_size(b: &Broker) -> u64 {
-    b.client("auditor")
-        .audit
-        .get_checkpoint(pb::GetCheckpointRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .tree_size
-}
-
 /// Alters the first audit entry naming school-b in the audit log's files
 /// (`school-b` becomes `school-x`) and makes its frame's checksum good
 /// again, as an insider would; gives the file.
@@ -452,7 +441,7 @@ async fn verify_catches_an_altered_entry() {
     // leaves after the last whole tile again at start, serves it.
     let mut school = b.client("school-b");
     let mut i = 0;
-    while audit_size(&b).await <= 300 {
+    while b.checkpoint().await.tree_size <= 300 {
         for _ in 0..20 {
             school
                 .publisher
@@ -492,7 +481,7 @@ async fn verify_catches_an_altered_entry() {
 async fn an_altered_entry_after_the_last_whole_tile_is_refused_at_start() {
     let mut b = Broker::start();
     scenario(&b).await;
-    let size = audit_size(&b).await;
+    let size = b.checkpoint().await.tree_size;
     assert!(size < 256, "{size} entries: all after the last whole tile");
     assert!(b.stop().await.success());
     let path = alter_an_entry(&b);

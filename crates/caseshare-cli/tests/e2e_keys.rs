@@ -20,13 +20,7 @@ fn leftovers(data: &Path) -> Vec<String> {
 }
 
 async fn vkey(b: &Broker) -> String {
-    b.client("auditor")
-        .audit
-        .get_checkpoint(pb::GetCheckpointRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .vkey
+    b.checkpoint().await.vkey
 }
 
 async fn sar(b: &Broker) -> usize {

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use caseshare_audit::merkle::leaf_hash;
 use caseshare_audit::tiles::TiledTree;
 use rand::{Rng, SeedableRng};
 
@@ -66,12 +65,7 @@ fn build(dir: &Path) -> Vec<Vec<u8>> {
                 })
             })
             .collect();
-        let hashes: Vec<_> = entries.iter().map(|e| leaf_hash(e)).collect();
-        let tiles = tree
-            .append(&hashes)
-            .into_iter()
-            .map(|t| (t.level, t.index, t.data))
-            .collect();
+        let tiles = crate::audit_log::tests::tree_tiles(&mut tree, &entries);
         store
             .commit(&Batch {
                 events,

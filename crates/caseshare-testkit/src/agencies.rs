@@ -88,18 +88,23 @@ impl Broker {
         self.endpoint().school_shares_with_social_care().await;
     }
 
-    /// Every audit entry, via the Audit service as the auditor. The size
-    /// comes from a checkpoint, which is answered only after every earlier
-    /// commit, so nothing already written is missed.
-    pub async fn audit_entries(&self) -> Vec<pb::AuditEntry> {
-        let mut auditor = self.client(AUDITOR);
-        let size = auditor
+    /// The signed checkpoint of the audit log as it is now, as the auditor
+    /// gets it (answered only after every earlier commit).
+    pub async fn checkpoint(&self) -> pb::Checkpoint {
+        self.client(AUDITOR)
             .audit
             .get_checkpoint(pb::GetCheckpointRequest {})
             .await
             .unwrap()
             .into_inner()
-            .tree_size;
+    }
+
+    /// Every audit entry, via the Audit service as the auditor. The size
+    /// comes from a checkpoint, which is answered only after every earlier
+    /// commit, so nothing already written is missed.
+    pub async fn audit_entries(&self) -> Vec<pb::AuditEntry> {
+        let size = self.checkpoint().await.tree_size;
+        let mut auditor = self.client(AUDITOR);
         let mut out = Vec::new();
         let mut stream = auditor
             .audit

@@ -326,15 +326,7 @@ fn commit_with_tiles(
 ) -> Vec<Vec<u8>> {
     let from = store.load().unwrap().audit_size;
     let e = entries(from, n);
-    let hashes: Vec<_> = e
-        .iter()
-        .map(|l| caseshare_audit::merkle::leaf_hash(l))
-        .collect();
-    let tiles = tree
-        .append(&hashes)
-        .into_iter()
-        .map(|t| (t.level, t.index, t.data))
-        .collect();
+    let tiles = tree_tiles(tree, &e);
     store
         .commit(&Batch {
             audit: e.clone(),
@@ -344,6 +336,22 @@ fn commit_with_tiles(
         })
         .unwrap();
     e
+}
+
+/// Appends `entries` to `tree` as the writer does: the tile writes a
+/// commit of them carries.
+pub(crate) fn tree_tiles(
+    tree: &mut caseshare_audit::tiles::TiledTree,
+    entries: &[Vec<u8>],
+) -> Vec<(u8, u64, Vec<u8>)> {
+    let hashes: Vec<_> = entries
+        .iter()
+        .map(|e| caseshare_audit::merkle::leaf_hash(e))
+        .collect();
+    tree.append(&hashes)
+        .into_iter()
+        .map(|t| (t.level, t.index, t.data))
+        .collect()
 }
 
 /// The leaf hashes of `entries`, concatenated as a tile holds them.
