@@ -259,6 +259,7 @@ impl SledStore {
                  never committed) are left as they are; the next entries go to a new file"
             );
         }
+        let leaf_tile = crate::sled_open::edge_leaf_tile(&tree, &audit_log, audit_size)?;
         let next_frame = recovered.next;
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
         let store = SledStore {
@@ -272,7 +273,7 @@ impl SledStore {
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
             audit_indexed: Mutex::new(audit_size),
-            leaf_tile: RwLock::new(None),
+            leaf_tile: RwLock::new(leaf_tile),
             commit_gate: Mutex::new(()),
         };
         let moved = store.move_legacy_events()?;

@@ -127,6 +127,21 @@ impl TileStore for Tiles<'_> {
     }
 }
 
+/// The partial tile of leaf hashes of a log of `size` entries, with its
+/// index (`None` when the last tile is whole): what the store serves
+/// proofs from until the next commit.
+pub(crate) fn edge_leaf_tile(
+    tree: &sled::Tree,
+    log: &AuditLog,
+    size: u64,
+) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    if size.is_multiple_of(TILE_WIDTH) {
+        return Ok(None);
+    }
+    let index = size / TILE_WIDTH;
+    Ok(partial_leaf_tile(tree, log, index)?.map(|bytes| (index, bytes)))
+}
+
 /// The leaf hashes of tile `index` at tile level 0, computed from the
 /// audit entries it covers (fewer than 256 at the tree's right edge);
 /// `None` if the log holds none of them.

@@ -446,7 +446,13 @@ fn a_partial_leaf_tile_stored_by_an_older_version_is_not_read() {
     let k = key(b'T', &[&[0], &be(0)]);
     let first = {
         let store = open(dir.path()).unwrap();
-        let e = commit_with_tiles(&store, &mut TiledTree::new(), 10);
+        let mut tree = TiledTree::new();
+        let e = commit_with_tiles(&store, &mut tree, 10);
+        // The open checks the tree against this checkpoint, through the
+        // tiles as stored.
+        store
+            .persist_checkpoint(10, tree.current_root(), "note")
+            .unwrap();
         // As versions before this one left it: the tile of the first five
         // leaves, inline in sled.
         store.raw_tree().insert(&k, leaf_tile(&e[..5])).unwrap();
