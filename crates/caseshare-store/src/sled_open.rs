@@ -263,7 +263,7 @@ pub(crate) fn verify_audit_checkpoint(
         .and_then(|t| t.root(cp.size, &tiles).map_err(|e| e.to_string()));
     match root {
         Ok(r) if r == cp.root => Ok(()),
-        Ok(_) => Err(match edge_entries(dir, tree, cp.size)? {
+        Ok(_) => Err(match edge_entries(dir, tree, cp.size, size)? {
             // The leaves at the right edge are hashed from the entries as
             // they are now: an entry altered there (its frame's checksum
             // made good again) gives another root. Sled's tiles are checked
@@ -302,14 +302,16 @@ pub(crate) fn verify_audit_checkpoint(
 }
 
 /// Where the entries of the partial tile of leaf hashes of a tree of
-/// `size` begin, when the audit log file holds them: its path, the offset
-/// of their chunk, and the first entry's index.
+/// `size` begin, when they are hashed from the entries (the log of `held`
+/// entries has not filled that tile since) and the audit log file holds
+/// them: its path, the offset of their chunk, and the first entry's index.
 fn edge_entries(
     dir: &Path,
     tree: &sled::Tree,
     size: u64,
+    held: u64,
 ) -> Result<Option<(std::path::PathBuf, u64, u64)>, StoreError> {
-    if size.is_multiple_of(TILE_WIDTH) {
+    if size.is_multiple_of(TILE_WIDTH) || size / TILE_WIDTH != held / TILE_WIDTH {
         return Ok(None);
     }
     let start = size / TILE_WIDTH * TILE_WIDTH;
