@@ -304,6 +304,13 @@ impl EventLog {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The appending side (an error if a writer panicked holding it).
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>, StoreError> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))
+    }
+
     /// The sequence the next append must start with (0 when empty).
     pub fn next_sequence(&self) -> Option<u64> {
         self.read_index()
@@ -333,13 +340,7 @@ impl EventLog {
     /// Starts making what was appended to the active segment durable, on
     /// the event log's sync thread.
     pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
-        let file = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?
-            .active
-            .as_ref()
-            .map(|a| a.file.clone());
+        let file = self.writer()?.active.as_ref().map(|a| a.file.clone());
         match file {
             Some(file) => self.syncer.sync(file),
             None => Ok(PendingSync::none()),
@@ -354,10 +355,7 @@ impl EventLog {
         let Some(first_new) = events.first().map(|e| e.sequence) else {
             return Ok((0, None));
         };
-        let mut writer = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?;
+        let mut writer = self.writer()?;
         let Writer { active, buf, fresh } = &mut *writer;
         if let Some(next) = self.next_sequence()
             && next != first_new
@@ -601,13 +599,7 @@ impl EventLog {
     }
 
     fn remove_below(&self, first: u64) -> Result<(), StoreError> {
-        let active_first = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Engine("event log writer poisoned".into()))?
-            .active
-            .as_ref()
-            .map(|a| a.first);
+        let active_first = self.writer()?.active.as_ref().map(|a| a.first);
         let doomed: Vec<PathBuf> = {
             let mut index = self.write_index();
             let gone: Vec<u64> = index

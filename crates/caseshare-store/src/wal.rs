@@ -129,25 +129,24 @@ impl Digest {
 
     /// Adds record `(k, v)`.
     pub(crate) fn add(&mut self, k: &[u8], v: &[u8]) {
-        let r = Self::record(k, v);
+        self.add_limbs(Self::record(k, v));
+    }
+
+    /// Removes record `(k, v)` (added earlier): adds its negation mod
+    /// 2^256 (every bit flipped, plus one).
+    pub(crate) fn sub(&mut self, k: &[u8], v: &[u8]) {
+        self.add_limbs(Self::record(k, v).map(|l| !l));
+        self.add_limbs([1, 0, 0, 0]);
+    }
+
+    /// Adds a 256-bit number (little-endian limbs), mod 2^256.
+    fn add_limbs(&mut self, r: [u64; 4]) {
         let mut carry = false;
         for (a, b) in self.0.iter_mut().zip(r) {
             let (s, c1) = a.overflowing_add(b);
             let (s, c2) = s.overflowing_add(u64::from(carry));
             *a = s;
             carry = c1 || c2;
-        }
-    }
-
-    /// Removes record `(k, v)` (added earlier).
-    pub(crate) fn sub(&mut self, k: &[u8], v: &[u8]) {
-        let r = Self::record(k, v);
-        let mut borrow = false;
-        for (a, b) in self.0.iter_mut().zip(r) {
-            let (s, b1) = a.overflowing_sub(b);
-            let (s, b2) = s.overflowing_sub(u64::from(borrow));
-            *a = s;
-            borrow = b1 || b2;
         }
     }
 

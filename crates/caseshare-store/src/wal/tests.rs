@@ -69,6 +69,24 @@ fn put_back_sled(dir: &Path, from: &Path) {
     }
 }
 
+/// A store whose sled was copied aside after `before` commits and put
+/// back after `after` more (agency records of `len` bytes): sled lacks
+/// the later commits, which the WAL holds.
+fn sled_left_behind(dir: &Path, before: usize, after: usize, len: usize) {
+    let aside = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir).unwrap();
+        for i in 0..before {
+            agency(&store, i, 10);
+        }
+        copy_sled(&store, dir, aside.path());
+        for i in before..before + after {
+            agency(&store, i, len);
+        }
+    }
+    put_back_sled(dir, aside.path());
+}
+
 fn wal_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(DIR))
         .unwrap()
@@ -131,16 +149,7 @@ fn frames_round_trip_and_the_digest_does_not_depend_on_order() {
 #[test]
 fn commits_sled_had_not_made_stable_are_replayed_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let aside = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        agency(&store, 0, 10);
-        copy_sled(&store, dir.path(), aside.path());
-        for i in 1..=20 {
-            agency(&store, i, 300);
-        }
-    }
-    put_back_sled(dir.path(), aside.path());
+    sled_left_behind(dir.path(), 1, 20, 300);
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store).len(), 21, "every commit is back");
     agency(&store, 21, 10);
@@ -190,16 +199,7 @@ fn sled_changed_behind_the_log_is_refused_naming_it_and_nothing_is_changed() {
 #[test]
 fn frames_sled_needs_that_are_gone_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let aside = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        agency(&store, 0, 10);
-        copy_sled(&store, dir.path(), aside.path());
-        for i in 1..=30 {
-            agency(&store, i, 400);
-        }
-    }
-    put_back_sled(dir.path(), aside.path());
+    sled_left_behind(dir.path(), 1, 30, 400);
     // The files holding the frames after sled's copy: the first after it
     // goes.
     let files = wal_files(dir.path());
@@ -250,15 +250,7 @@ fn a_torn_last_frame_is_left_and_the_log_goes_on_in_a_new_file() {
 #[test]
 fn damage_followed_by_whole_frames_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let aside = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        copy_sled(&store, dir.path(), aside.path());
-        for i in 0..4 {
-            agency(&store, i, 10);
-        }
-    }
-    put_back_sled(dir.path(), aside.path());
+    sled_left_behind(dir.path(), 0, 4, 10);
     let file = wal_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     // A byte of the second frame's payload.
