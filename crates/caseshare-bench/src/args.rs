@@ -132,7 +132,7 @@ pub struct BenchArgs {
     /// Events per second across all publishers; 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Pipelined publishing (`PublishStream`) [default].
+    /// Pipelined publishing (`PublishStream`), the default.
     #[arg(long, conflicts_with = "unary")]
     pub stream: bool,
     /// One-at-a-time publishing (unary `Publish`).

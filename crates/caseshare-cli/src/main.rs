@@ -131,8 +131,8 @@ enum Command {
         /// or empty.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The pseudonym key of the broker that took the backup [default:
-        /// the configuration's, else <data-dir>/secrets/pseudonym.key].
+        /// The pseudonym key of the broker that took the backup (default:
+        /// the configuration's, else `<data-dir>/secrets/pseudonym.key`).
         #[arg(long, env = "CASESHARE_PSEUDONYM_KEY")]
         pseudonym_key: Option<PathBuf>,
         /// TOML configuration file (its `[audit] pseudonym_key`).

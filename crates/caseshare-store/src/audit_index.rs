@@ -6,7 +6,7 @@
 //! entries it covers ([`index_entries`]), and rebuilt from the entries at
 //! open when it is missing or behind (a store written before it), or cut
 //! back when it covers entries sled no longer holds ([`open`]); `caseshare
-//! check` compares it with the entries ([`verify`]).
+//! check` compares it with the entries ([`verify()`]).
 //!
 //! Postings (which entry carries which term of [`AuditTerm::of`]) are
 //! grouped by *epoch*, `index >> EPOCH_BITS` (16,384 entries). Key layout

@@ -1,7 +1,7 @@
 //! Backups of a live store and their restore (`caseshare backup`,
 //! `caseshare restore`).
 //!
-//! **Staging** ([`SledStore::stage`]): with commits held off (the store's
+//! **Staging** ([`crate::SledStore::stage`]): with commits held off (the store's
 //! commit gate), every file of the store directory is put into a staging
 //! folder beside it: the event log's segments, which are only ever
 //! appended to, are hard-linked and their lengths noted; sled's files

@@ -327,7 +327,7 @@ impl EventLog {
     }
 
     /// Appends events as [`EventLog::append`] does, without the
-    /// `fdatasync` (the caller then calls [`EventLog::sync`]). Returns the
+    /// `fdatasync` (the caller then calls [`EventLog::sync_in_background`]). Returns the
     /// bytes written and where they end: (the segment's first sequence,
     /// its length), `None` with no events.
     pub fn append_unsynced(
