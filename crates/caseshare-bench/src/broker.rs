@@ -364,6 +364,9 @@ pub(crate) fn server_figures(
         },
         slowest_commit_within_ms: slowest_within(after, &d),
         writer_busy_fraction: per(commit_secs, elapsed_secs),
+        writer_idle_fraction: (d("caseshare_writer_batch_seconds_count") > 0.0).then(|| {
+            (1.0 - per(d("caseshare_writer_batch_seconds_sum"), elapsed_secs)).clamp(0.0, 1.0)
+        }),
         records_per_event: per(records, published),
         deliveries: d("caseshare_deliveries_total"),
         acks: d("caseshare_acks_total"),
@@ -400,6 +403,44 @@ mod tests {
         assert_eq!(s.records_per_event, 4.0);
         assert!((s.mean_commit_ms - 5.0).abs() < 1e-9);
         assert!((s.writer_busy_fraction - 0.25).abs() < 1e-9);
+        assert_eq!(
+            s.writer_idle_fraction, None,
+            "no writer histogram: not known"
+        );
+    }
+
+    #[test]
+    fn writer_idle_from_its_batch_histogram() {
+        let before: HashMap<String, f64> = [
+            ("caseshare_writer_batch_seconds_sum".to_string(), 7.0),
+            ("caseshare_writer_batch_seconds_count".to_string(), 70.0),
+        ]
+        .into();
+        let at = |sum: f64| -> HashMap<String, f64> {
+            [
+                ("caseshare_writer_batch_seconds_sum".to_string(), sum),
+                ("caseshare_writer_batch_seconds_count".to_string(), 170.0),
+            ]
+            .into()
+        };
+        // Batches open 1.5 s of a 2 s run: idle a quarter of it.
+        let s = server_figures(&before, &at(8.5), 2.0);
+        assert!(
+            s.writer_idle_fraction
+                .is_some_and(|f| (f - 0.25).abs() < 1e-9),
+            "{:?}",
+            s.writer_idle_fraction
+        );
+        // A batch open since before the run counts whole: never below 0.
+        assert_eq!(
+            server_figures(&before, &at(10.0), 2.0).writer_idle_fraction,
+            Some(0.0)
+        );
+        // No batch in the run: not known.
+        assert_eq!(
+            server_figures(&before, &before, 2.0).writer_idle_fraction,
+            None
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
     if let Some(s) = &r.server {
         writeln!(
             out,
-            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, commit thread busy {:.0}%; {} commits over 10 ms, the slowest {}",
+            "  server    {:.0} flushes/s, {:.1} events/commit, {:.1} records/commit ({:.1} per event), {:.1} ops/commit, mean commit {:.3} ms, commit thread busy {:.0}%{}; {} commits over 10 ms, the slowest {}",
             s.flushes_per_sec,
             s.events_per_commit,
             s.records_per_commit,
@@ -77,6 +77,10 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
             s.ops_per_commit,
             s.mean_commit_ms,
             s.writer_busy_fraction * 100.0,
+            s.writer_idle_fraction.map_or_else(String::new, |f| format!(
+                ", writer without an op {:.0}%",
+                f * 100.0
+            )),
             s.commits_over_10ms
                 .map_or_else(|| "?".into(), |n| format!("{n:.0}")),
             match (s.commits_over_10ms, s.slowest_commit_within_ms) {

@@ -106,8 +106,14 @@ pub struct ServerFigures {
     /// The upper bound of the histogram bucket holding the slowest commit,
     /// ms (`None`: no commit, or one past the largest finite bucket).
     pub slowest_commit_within_ms: Option<f64>,
-    /// Fraction of the run the writer thread spent in batches.
+    /// Fraction of the run the commit thread spent committing (the key
+    /// predates the commit thread, when the writer committed itself).
     pub writer_busy_fraction: f64,
+    /// Fraction of the run the writer had no operation in hand (between
+    /// batches): high while the broker is not the bottleneck, for example
+    /// when a client's window, not the broker, sets the pace. `None`: the
+    /// broker does not report it (cluster mode, older brokers).
+    pub writer_idle_fraction: Option<f64>,
     /// sled records written per published event.
     pub records_per_event: f64,
     /// Deliveries recorded.

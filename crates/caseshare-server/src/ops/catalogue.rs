@@ -109,6 +109,7 @@ pub const CATALOGUE: &[Metric] = &[
     m("caseshare_store_commit_seconds", Histogram, "seconds", &[], "Time to write and sync one group commit"),
     m("caseshare_store_ops_per_commit", Histogram, "operations", &[], "Operations in one group commit (batch size)"),
     m("caseshare_store_events_per_commit", Histogram, "events", &[], "Events in one group commit"),
+    m("caseshare_writer_batch_seconds", Histogram, "seconds", &[], "Embedded mode: time a batch was open in the writer, from its first operation to its hand-over to the commit thread; between batches the writer waits for an operation"),
     m("caseshare_store_wal_unstable_frames", Gauge, "frames", &[], "Commit frames sled has applied but not yet made stable (a start replays them); about a second of commits, growing while sled cannot be made stable"),
     m("caseshare_audit_entries_total", Counter, "entries", &[], "Audit entries written"),
     m("caseshare_audit_size", Gauge, "entries", &[], "Audit log (Merkle tree) size"),

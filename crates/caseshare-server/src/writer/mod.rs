@@ -333,6 +333,7 @@ impl WriterTask {
         // finished as many.
         let mut sent: u64 = 0;
         while let Some(Queued { op: first, .. }) = rx.blocking_recv() {
+            let first_op = Instant::now();
             let mut draft = self.machine.begin();
             let mut answers: Answers = Vec::new();
             let seq_before = self.machine.counters().next_sequence;
@@ -364,6 +365,10 @@ impl WriterTask {
                 // process after a failed commit.
                 break;
             }
+            // Between batches the writer has no op: how much of the time
+            // that is says whether the clients or the broker set the pace.
+            metrics::histogram!("caseshare_writer_batch_seconds")
+                .record(first_op.elapsed().as_secs_f64());
             sent += 1;
             // The previous batch is committed (the commit thread took this
             // one only after finishing it); lookups now see this one.
