@@ -1,10 +1,10 @@
 //! Backups of a live store and their restore (`caseshare backup`,
 //! `caseshare restore`).
 //!
-//! **Staging** ([`crate::SledStore::stage`]): with commits held off (the store's
-//! commit gate), every file of the store directory is put into a staging
-//! folder beside it: the event log's segments, which are only ever
-//! appended to, are hard-linked and their lengths noted; sled's files
+//! **Staging** ([`crate::SledStore::stage`]): with commits held off (the
+//! store's commit gate), every file of the store directory is put into a
+//! staging folder beside it: the event log's segments, which are only
+//! ever appended to, are hard-linked and their lengths noted; sled's files
 //! (`db`, `conf`, `snap.*`, `blobs/`) and the saved checkpoint are copied.
 //! Sled is made stable first (its flush and `fdatasync`), the write-ahead
 //! log (`wal/`) is copied with it, and nothing else writes sled, so the

@@ -327,9 +327,10 @@ impl EventLog {
     }
 
     /// Appends events as [`EventLog::append`] does, without the
-    /// `fdatasync` (the caller then calls [`EventLog::sync_in_background`]). Returns the
-    /// bytes written and where they end: (the segment's first sequence,
-    /// its length), `None` with no events.
+    /// `fdatasync` (the caller then calls
+    /// [`EventLog::sync_in_background`]). Returns the bytes written and
+    /// where they end: (the segment's first sequence, its length), `None`
+    /// with no events.
     pub fn append_unsynced(
         &self,
         events: &[StoredEvent],
