@@ -379,21 +379,24 @@ pub(crate) fn server_figures(
 mod tests {
     use super::*;
 
+    /// A `/metrics` scrape holding `values`.
+    fn scrape(values: &[(&str, f64)]) -> HashMap<String, f64> {
+        values.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
     #[test]
     fn metrics_deltas() {
-        let before: HashMap<String, f64> = [
-            ("caseshare_store_commits_total".to_string(), 10.0),
-            ("caseshare_events_published_total".to_string(), 100.0),
-        ]
-        .into();
-        let after: HashMap<String, f64> = [
-            ("caseshare_store_commits_total".to_string(), 110.0),
-            ("caseshare_events_published_total".to_string(), 2100.0),
-            ("caseshare_store_records_total".to_string(), 8000.0),
-            ("caseshare_store_commit_seconds_sum".to_string(), 0.5),
-            ("caseshare_store_commit_seconds_count".to_string(), 100.0),
-        ]
-        .into();
+        let before = scrape(&[
+            ("caseshare_store_commits_total", 10.0),
+            ("caseshare_events_published_total", 100.0),
+        ]);
+        let after = scrape(&[
+            ("caseshare_store_commits_total", 110.0),
+            ("caseshare_events_published_total", 2100.0),
+            ("caseshare_store_records_total", 8000.0),
+            ("caseshare_store_commit_seconds_sum", 0.5),
+            ("caseshare_store_commit_seconds_count", 100.0),
+        ]);
         let s = server_figures(&before, &after, 2.0);
         assert_eq!(s.commits_over_10ms, None, "no histogram: not known");
         assert_eq!(s.slowest_commit_within_ms, None);
@@ -411,17 +414,15 @@ mod tests {
 
     #[test]
     fn writer_idle_from_its_batch_histogram() {
-        let before: HashMap<String, f64> = [
-            ("caseshare_writer_batch_seconds_sum".to_string(), 7.0),
-            ("caseshare_writer_batch_seconds_count".to_string(), 70.0),
-        ]
-        .into();
-        let at = |sum: f64| -> HashMap<String, f64> {
-            [
-                ("caseshare_writer_batch_seconds_sum".to_string(), sum),
-                ("caseshare_writer_batch_seconds_count".to_string(), 170.0),
-            ]
-            .into()
+        let before = scrape(&[
+            ("caseshare_writer_batch_seconds_sum", 7.0),
+            ("caseshare_writer_batch_seconds_count", 70.0),
+        ]);
+        let at = |sum: f64| {
+            scrape(&[
+                ("caseshare_writer_batch_seconds_sum", sum),
+                ("caseshare_writer_batch_seconds_count", 170.0),
+            ])
         };
         // Batches open 1.5 s of a 2 s run: idle a quarter of it.
         let s = server_figures(&before, &at(8.5), 2.0);
