@@ -109,7 +109,7 @@ fn collect_encoded(c: &mut Collector, message: &str, encoded: &[u8]) {
         && let Some(root) = plans.root(message)
     {
         let mark = c.0.len();
-        if super::wire::walk(c, plans, root, encoded, &mut String::new(), 0).is_ok() {
+        if super::wire::walk(c, plans, root, encoded, &mut String::with_capacity(64), 0).is_ok() {
             return;
         }
         // What it found before giving up is not the answer.

@@ -7,6 +7,15 @@ use super::limits::Text;
 /// Why a string was refused, in words for a field violation; `None` when
 /// it is acceptable.
 pub fn text_problem(s: &str, text: Text) -> Option<String> {
+    // Most text is printable ASCII: checked a byte at a time, without
+    // decoding characters (every byte of a multi-byte character is ≥ 0x80,
+    // so a string of bytes in 0x20..0x7F holds no control character).
+    let lines = text == Text::Lines;
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || (lines && (b == b'\n' || b == b'\t')))
+    {
+        return None;
+    }
     let allowed = |c: char| text == Text::Lines && matches!(c, '\n' | '\t');
     let (at, c) = s
         .chars()
@@ -44,6 +53,12 @@ mod tests {
             ("c1\u{85}", Text::Lines, false),
             ("c1\u{9b}31m", Text::Line, false),
             ("", Text::Id, true),
+            ("tab\there", Text::Line, false),
+            ("tilde~", Text::Id, true),
+            ("space ", Text::Id, true),
+            ("us\u{1f}", Text::Line, false),
+            ("café\n", Text::Lines, true),
+            ("café\u{1}", Text::Lines, false),
         ];
         for (s, kind, ok) in cases {
             assert_eq!(text_problem(s, *kind).is_none(), *ok, "{s:?} as {kind:?}");

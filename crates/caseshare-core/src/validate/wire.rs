@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 use prost::encoding::decode_varint;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
+use smallvec::SmallVec;
 
 use crate::time::timestamp_is_valid;
 
@@ -291,9 +292,11 @@ pub(super) fn walk(
     // Pass 1: the items of each repeated field. A singular field written
     // twice, or two fields of one oneof, are left to the decoder (which
     // keeps the last, and merges messages).
-    let mut counts: Vec<(u32, usize, usize)> = Vec::new();
-    let mut singles: Vec<u32> = Vec::new();
-    let mut oneofs: Vec<usize> = Vec::new();
+    // On the stack for messages of up to 16 fields (every message of the
+    // schema today): the walk runs for every request.
+    let mut counts: SmallVec<[(u32, usize, usize); 4]> = SmallVec::new();
+    let mut singles: SmallVec<[u32; 16]> = SmallVec::new();
+    let mut oneofs: SmallVec<[usize; 4]> = SmallVec::new();
     for item in (Fields { buf }) {
         let (number, raw) = item?;
         let Some(field) = plan.field(number) else {
