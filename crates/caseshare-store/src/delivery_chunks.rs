@@ -93,7 +93,7 @@ fn entries_2<'a>(k: &[u8], v: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, StoreErr
     }
     let start = key_part(k, 9)?;
     let mut rest = body.get(1..).unwrap_or_default();
-    let mut out: Vec<(u64, &[u8])> = Vec::new();
+    let mut out: Vec<(u64, &[u8])> = Vec::with_capacity(CHUNK as usize);
     while let Some((&offset, tail)) = rest.split_first() {
         let sequence = start + u64::from(offset);
         if u64::from(offset) >= CHUNK || out.last().is_some_and(|(s, _)| *s >= sequence) {
@@ -114,7 +114,7 @@ fn entries_2<'a>(k: &[u8], v: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, StoreErr
 
 /// Format 1's entries.
 fn entries_1<'a>(k: &[u8], mut rest: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, StoreError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(CHUNK as usize);
     while !rest.is_empty() {
         let Some((seq, tail)) = rest.split_first_chunk::<8>() else {
             return Err(damaged(k, "truncated sequence"));
@@ -222,11 +222,20 @@ pub(crate) fn from(
     Ok(merged.into_values().collect())
 }
 
-/// The record of each subscription for one sequence, where there is one.
+/// Whether the tree holds any record of the old one-per-delivery layout.
+/// None is ever written again, so a store found without one at open never
+/// has one, and [`of`] need not look for them.
+pub(crate) fn has_legacy(tree: &sled::Tree) -> Result<bool, StoreError> {
+    Ok(tree.scan_prefix([LEGACY]).next().transpose()?.is_some())
+}
+
+/// The record of each subscription for one sequence, where there is one;
+/// with `legacy` ([`has_legacy`]), also in the old layout.
 pub(crate) fn of(
     tree: &sled::Tree,
     subscription_ids: &[u64],
     sequence: u64,
+    legacy: bool,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut out = Vec::new();
     for id in subscription_ids {
@@ -237,6 +246,9 @@ pub(crate) fn of(
         };
         if let Some(r) = chunked {
             out.push(r);
+            continue;
+        }
+        if !legacy {
             continue;
         }
         let k = key(LEGACY, &[&be(*id), &be(sequence)]);
@@ -409,11 +421,12 @@ mod tests {
         assert_eq!(all[4].attempts, 2);
         assert_eq!(seqs(&t, 1, 64).first(), Some(&(64, 2)));
         assert_eq!(seqs(&t, 2, 0), vec![(63, 1)]);
-        let got = of(&t, &[1, 2, 3], 63).unwrap();
+        let got = of(&t, &[1, 2, 3], 63, false).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].state(), DeliveryState::Acked);
         assert_eq!(got[1].subscription_id, 2);
-        assert!(of(&t, &[1], 70).unwrap().is_empty());
+        assert!(of(&t, &[1], 70, false).unwrap().is_empty());
+        assert!(!has_legacy(&t).unwrap());
     }
 
     #[test]
@@ -455,10 +468,18 @@ mod tests {
         let all = from(&t, 1, 0).unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].state(), DeliveryState::Acked);
-        assert_eq!(of(&t, &[1], 6).unwrap()[0].state(), DeliveryState::Acked);
+        assert!(has_legacy(&t).unwrap());
         assert_eq!(
-            of(&t, &[1], 7).unwrap()[0].state(),
+            of(&t, &[1], 6, true).unwrap()[0].state(),
+            DeliveryState::Acked
+        );
+        assert_eq!(
+            of(&t, &[1], 7, true).unwrap()[0].state(),
             DeliveryState::Delivered
+        );
+        assert!(
+            of(&t, &[1], 7, false).unwrap().is_empty(),
+            "the flag is what finds the old record"
         );
         // A seek removes both kinds from its sequence.
         commit(&t, &[(1, 6)], &[]);
@@ -528,7 +549,7 @@ mod tests {
         let old: Vec<_> = [128u64, 130, 191].iter().map(|s| full(9, *s)).collect();
         t.insert(chunk_key(9, 128), format_1(&old)).unwrap();
         assert_eq!(from(&t, 9, 0).unwrap(), old);
-        assert_eq!(of(&t, &[9], 130).unwrap(), vec![old[1].clone()]);
+        assert_eq!(of(&t, &[9], 130, false).unwrap(), vec![old[1].clone()]);
         // Touched by a commit: rewritten in format 2, shorter, and equal.
         let newer = full(9, 131);
         commit(&t, &[], std::slice::from_ref(&newer));
@@ -538,8 +559,8 @@ mod tests {
         want.insert(2, newer);
         assert!(v.len() < format_1(&want).len());
         assert_eq!(from(&t, 9, 0).unwrap(), want);
-        assert_eq!(of(&t, &[9], 191).unwrap(), vec![want[3].clone()]);
-        assert!(of(&t, &[9], 129).unwrap().is_empty());
+        assert_eq!(of(&t, &[9], 191, false).unwrap(), vec![want[3].clone()]);
+        assert!(of(&t, &[9], 129, false).unwrap().is_empty());
         // A record whose own encoding names a sequence is refused in format 2.
         let mut bad = vec![FORMAT, 0];
         let named = full(0, 5).encode_to_vec();

@@ -147,6 +147,8 @@ pub struct SledStore {
     leaf_tile: RwLock<Option<(u64, Vec<u8>)>>,
     /// Held by each commit, and by a backup while it stages the files.
     commit_gate: Mutex<()>,
+    /// Whether delivery records of the old layout exist (found at open).
+    legacy_deliveries: bool,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -262,6 +264,7 @@ impl SledStore {
         let leaf_tile = crate::sled_open::edge_leaf_tile(&tree, &audit_log, audit_size)?;
         let next_frame = recovered.next;
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
+        let legacy_deliveries = crate::delivery_chunks::has_legacy(&tree)?;
         let store = SledStore {
             tree,
             path: dir.to_path_buf(),
@@ -275,6 +278,7 @@ impl SledStore {
             audit_indexed: Mutex::new(audit_size),
             leaf_tile: RwLock::new(leaf_tile),
             commit_gate: Mutex::new(()),
+            legacy_deliveries,
         };
         let moved = store.move_legacy_events()?;
         let indexed = store.update_audit_index(index_plan, audit_size)?;
@@ -707,7 +711,12 @@ impl Storage for SledStore {
         subscription_ids: &[u64],
         sequence: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        delivery_chunks::of(&self.tree, subscription_ids, sequence)
+        delivery_chunks::of(
+            &self.tree,
+            subscription_ids,
+            sequence,
+            self.legacy_deliveries,
+        )
     }
 
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -1,6 +1,7 @@
 //! Tests of the sled backend: commits, reopening, the event log beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
+use crate::DeliveryState;
 
 /// Opens the store in `dir`. Reopening in the same process right after
 /// dropping a store can find sled's file lock still held by its
@@ -144,6 +145,43 @@ fn events_kept_in_sled_by_an_older_version_move_into_the_event_log() {
         })
         .unwrap();
     assert_eq!(store.event(6).unwrap(), Some(event(6)));
+}
+
+#[test]
+fn delivery_records_of_the_old_layout_are_found_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |sequence: u64, state: DeliveryState| DeliveryRecord {
+        subscription_id: 7,
+        sequence,
+        state: state as i32,
+        attempts: 1,
+        ..Default::default()
+    };
+    {
+        let store = open_store(dir.path());
+        assert!(!store.legacy_deliveries, "a new store has none");
+        store
+            .commit(&Batch {
+                deliveries: vec![record(2, DeliveryState::Delivered)],
+                ..Batch::default()
+            })
+            .unwrap();
+        // As the one-record-per-delivery layout wrote them: `D` records.
+        store
+            .raw_tree()
+            .insert(
+                key(b'D', &[&be(7), &be(3)]),
+                record(3, DeliveryState::Acked).encode_to_vec(),
+            )
+            .unwrap();
+        store.accept_sled_as_it_is().unwrap();
+    }
+    let store = open_store(dir.path());
+    assert!(store.legacy_deliveries);
+    let of = |seq| store.deliveries_of(&[7], seq).unwrap();
+    assert_eq!(of(3), vec![record(3, DeliveryState::Acked)]);
+    assert_eq!(of(2), vec![record(2, DeliveryState::Delivered)]);
+    assert!(of(4).is_empty());
 }
 
 #[test]
