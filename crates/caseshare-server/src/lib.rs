@@ -456,6 +456,7 @@ pub async fn serve(
         &snapshot.floors,
     )?;
     let shared = Shared {
+        publish_duration: metrics::histogram!("caseshare_publish_duration_seconds"),
         writer: writer.clone(),
         state,
         store,

@@ -95,6 +95,9 @@ pub struct Deliveries {
     max_outstanding: u32,
     backoff: Backoff,
     send_gate: Arc<tokio::sync::RwLock<()>>,
+    /// `caseshare_delivery_latency_seconds`, looked up once rather than
+    /// per delivery (made after the process's recorder is installed).
+    latency: metrics::Histogram,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -120,6 +123,7 @@ impl Deliveries {
             max_outstanding: parts.max_outstanding,
             backoff: parts.backoff,
             send_gate: parts.send_gate,
+            latency: metrics::histogram!("caseshare_delivery_latency_seconds"),
         });
         let floors: HashMap<u64, u64> = floors.iter().copied().collect();
         let records: Vec<SubscriptionRecord> =

@@ -257,8 +257,7 @@ impl Deliveries {
                 let waited = delivered_at
                     .0
                     .saturating_sub(pick.event.published_at_micros);
-                metrics::histogram!("caseshare_delivery_latency_seconds")
-                    .record(waited.max(0) as f64 / 1e6);
+                self.latency.record(waited.max(0) as f64 / 1e6);
             }
         }
         metrics::counter!("caseshare_deliveries_sent_total").increment(sent);

@@ -48,6 +48,9 @@ pub struct Shared {
     pub refusals: Arc<crate::refusals::Refusals>,
     /// Bytes queued for sending per stream and per principal.
     pub send_budget: Arc<crate::sendq::QueueBudget>,
+    /// `caseshare_publish_duration_seconds`, looked up once (not per
+    /// publish) after the recorder is installed.
+    pub publish_duration: metrics::Histogram,
 }
 
 impl std::fmt::Debug for Shared {

@@ -74,13 +74,16 @@ impl PublisherService {
     }
 }
 
-/// Waits for the writer's answer; the publish's duration is recorded.
-async fn resolve((started, rx, span): Pending) -> Result<pb::PublishResponse, BrokerError> {
+/// Waits for the writer's answer; the publish's duration is recorded in
+/// `duration` (`Shared::publish_duration`).
+async fn resolve(
+    (started, rx, span): Pending,
+    duration: &metrics::Histogram,
+) -> Result<pb::PublishResponse, BrokerError> {
     let answer = rx
         .await
         .map_err(|_| BrokerError::Unavailable("the broker's writer stopped".into()))?;
-    metrics::histogram!("caseshare_publish_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
+    duration.record(started.elapsed().as_secs_f64());
     drop(span);
     answer
 }
@@ -116,7 +119,9 @@ impl Publisher for PublisherService {
         let pending = self
             .submit(actor, req.into_inner(), call_trace.as_ref(), span)
             .await?;
-        Ok(Response::new(resolve(pending).await?))
+        Ok(Response::new(
+            resolve(pending, &self.0.publish_duration).await?,
+        ))
     }
 
     type PublishStreamStream =
@@ -136,6 +141,7 @@ impl Publisher for PublisherService {
             mpsc::channel::<Result<Pending, BrokerError>>(STREAM_PIPELINE);
         let (out_tx, out_rx) = mpsc::channel(64);
         let this = self.clone();
+        let duration = self.0.publish_duration.clone();
         // Reader: validates and submits each request at once, without
         // waiting for earlier ones to commit (pipelining).
         tokio::spawn(async move {
@@ -185,7 +191,7 @@ impl Publisher for PublisherService {
         tokio::spawn(async move {
             while let Some(item) = order_rx.recv().await {
                 let result = match item {
-                    Ok(pending) => resolve(pending).await,
+                    Ok(pending) => resolve(pending, &duration).await,
                     Err(e) => Err(e),
                 };
                 let stop = result.is_err();

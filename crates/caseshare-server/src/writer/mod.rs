@@ -31,6 +31,7 @@
 //! commit order, from the store's size at start, so the log has no gaps.
 
 mod commit;
+mod counts;
 mod ops;
 mod propose;
 mod replica;
@@ -42,9 +43,8 @@ mod trigger;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use caseshare_core::pb;
 use caseshare_core::time::Micros;
-use caseshare_state::{BrokerState, Command, Machine, Reply, Sealed};
+use caseshare_state::{BrokerState, Machine, Reply, Sealed};
 use caseshare_store::Storage;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -53,6 +53,7 @@ pub use replica::Notice;
 
 use crate::errors::BrokerError;
 use commit::{Durable, Finished, ToCommit, commit_loop};
+use counts::{Counts, Settled, settled_count};
 use ops::{Finisher, intake};
 pub use trigger::MAX_COMMIT_DELAY_US;
 use trigger::Trigger;
@@ -197,6 +198,8 @@ pub struct WriterTask {
     runtime: Option<tokio::runtime::Handle>,
     /// When a batch waits for more ops (`store.commit_delay_us`).
     trigger: Trigger,
+    /// The per-op counters.
+    counts: Counts,
 }
 
 /// The ops of one batch being built, with their answers.
@@ -224,6 +227,7 @@ impl WriterTask {
                 in_commit: None,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 trigger: Trigger::new(std::time::Duration::ZERO),
+                counts: Counts::new(),
             },
             head_rx,
         )
@@ -503,70 +507,11 @@ impl WriterTask {
             .machine
             .apply(draft, now(), command, &lookup)
             .map_err(BrokerError::from);
-        count(settled, &result);
+        self.counts.count(settled, &result);
         let finish = match trace {
             Some((trace, started)) => trace.decided(started, &result, finish),
             None => finish,
         };
         answers.push((finish, result));
-    }
-}
-
-/// What metrics need from a command before the machine consumes it.
-enum Settled {
-    Acks(usize),
-    Expunged(usize),
-    Other,
-}
-
-fn settled_count(command: &Command) -> Settled {
-    match command {
-        Command::Ack { acks, .. } => Settled::Acks(acks.len()),
-        Command::Expunge { events } => Settled::Expunged(events.len()),
-        _ => Settled::Other,
-    }
-}
-
-/// Counts what an applied op did, from its reply.
-fn count(settled: Settled, result: &Result<Reply, BrokerError>) {
-    match settled {
-        Settled::Acks(n) => metrics::counter!("caseshare_acks_total").increment(n as u64),
-        Settled::Expunged(n) => {
-            metrics::counter!("caseshare_events_expunged_total").increment(n as u64)
-        }
-        Settled::Other => {}
-    }
-    match result {
-        Ok(Reply::Published(p)) if p.duplicate => {
-            metrics::counter!("caseshare_publish_duplicates_total").increment(1);
-        }
-        Ok(Reply::Published(p)) => {
-            metrics::counter!("caseshare_events_published_total").increment(1);
-            for d in &p.decisions {
-                let label = if d.decision == pb::Decision::Shared as i32 {
-                    "shared"
-                } else {
-                    "withheld"
-                };
-                metrics::counter!("caseshare_share_decisions_total", "decision" => label)
-                    .increment(1);
-            }
-        }
-        Ok(Reply::Verdicts(verdicts)) => {
-            for v in verdicts {
-                match v {
-                    Verdict::Shared(_) | Verdict::Notice => {
-                        metrics::counter!("caseshare_deliveries_total").increment(1)
-                    }
-                    Verdict::Stopped(_) => {
-                        metrics::counter!("caseshare_deliveries_stopped_total").increment(1)
-                    }
-                    Verdict::Expired => {
-                        metrics::counter!("caseshare_deliveries_expired_total").increment(1)
-                    }
-                }
-            }
-        }
-        _ => {}
     }
 }

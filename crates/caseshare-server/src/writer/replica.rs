@@ -44,7 +44,7 @@ use super::commit::{Durable, ToCommit};
 use super::ops::Finisher;
 use super::propose::{Pending, Waiting};
 use super::times::{KeptTimes, Verdict};
-use super::{Settled, WriterTask, count, settled_count};
+use super::{Settled, WriterTask, settled_count};
 use crate::errors::BrokerError;
 
 /// Most journal messages applied together and committed once.
@@ -412,7 +412,7 @@ impl Applier {
         let mut settled = settled.into_iter();
         for result in replies {
             if let Some(s) = settled.next() {
-                count(s, &result);
+                self.task.counts.count(s, &result);
             }
             let kind = kinds.next().unwrap_or(Kind::Other);
             match finishers.next().flatten() {
