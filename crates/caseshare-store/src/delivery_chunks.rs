@@ -20,7 +20,8 @@
 //! Stores written before chunks hold one `D` ‖ subscription id ‖ sequence
 //! record each. They are read as they are and never rewritten: a chunk's
 //! record for a sequence wins over a `D` record for it (chunks are only
-//! written later), and a seek or a purge removes both kinds.
+//! written later), and a seek or a purge removes both kinds. A lookup looks
+//! for them only if the store held any when it was opened.
 //!
 //! Architecture Invariant: a chunk is rewritten whole inside the commit's
 //! one sled batch, under the store's commit gate, so readers see either
