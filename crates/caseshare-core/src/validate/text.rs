@@ -16,7 +16,7 @@ pub fn text_problem(s: &str, text: Text) -> Option<String> {
     {
         return None;
     }
-    let allowed = |c: char| text == Text::Lines && matches!(c, '\n' | '\t');
+    let allowed = |c: char| lines && matches!(c, '\n' | '\t');
     let (at, c) = s
         .chars()
         .enumerate()
