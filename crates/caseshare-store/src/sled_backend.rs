@@ -510,7 +510,7 @@ impl Storage for SledStore {
         // event log does not hold or points at audit log frames that are
         // not durable; the audit index's records come with them.
         let writes = AuditWrites::plan(self, batch, &mut b, &mut stats)?;
-        let (bytes, audit_synced, extents) = writes.write(self, batch, &mut b, &mut stats)?;
+        let (bytes, logs_synced, extents) = writes.write(self, batch, &mut b, &mut stats)?;
         stats.bytes += bytes;
         for a in &batch.agencies {
             Self::put(
@@ -634,18 +634,14 @@ impl Storage for SledStore {
                 time.to_be_bytes().to_vec(),
             );
         }
-        // The commit frame, then the three files made durable at once (the
-        // audit log's and the segment's syncs on their threads, the WAL's
-        // here); only then does sled apply it.
+        // The commit frame, synced here while the two logs' syncs (started
+        // once they were written) finish on their threads; only once all
+        // three files are durable does sled apply it.
         let staged = self.wal.write(&self.tree, b, extents)?;
-        let events_synced = if extents.events.is_some() {
-            self.events.sync_in_background()?
-        } else {
-            crate::sync_thread::PendingSync::none()
-        };
         self.wal.sync()?;
-        events_synced.wait()?;
-        audit_synced.wait()?;
+        for synced in logs_synced {
+            synced.wait()?;
+        }
         let (number, frame_bytes) = self.wal.apply(&self.tree, staged)?;
         stats.bytes += frame_bytes;
         self.stabiliser.applied(number);

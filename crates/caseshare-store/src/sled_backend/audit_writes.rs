@@ -7,10 +7,11 @@
 //! and derives it from the entries after a restart.
 //!
 //! Written beside the event log: the commit thread writes both files and
-//! the audit log's `fdatasync` runs on its sync thread meanwhile; the
-//! commit then writes its frame to the WAL and syncs the event log (on its
-//! sync thread) and the WAL while that sync runs. All three are durable before the commit is
-//! acknowledged and before sled, which holds the pointers, applies it.
+//! their `fdatasync`s run on their sync threads while it works out the
+//! index and stages the sled writes; the commit then writes its frame to
+//! the WAL and syncs it while those syncs finish. All three are durable
+//! before the commit is acknowledged and before sled, which holds the
+//! pointers, applies it.
 
 use caseshare_audit::tiles::FULL_TILE_BYTES;
 
@@ -93,27 +94,33 @@ impl AuditWrites {
         Ok(out)
     }
 
-    /// Appends the chunks (their `fdatasync` started on the audit log's
-    /// sync thread) and the batch's events (not synced: the caller syncs
-    /// them with the commit frame, [`crate::wal`]), and adds the index
+    /// Appends the chunks and the batch's events, and starts their
+    /// `fdatasync`s on the two logs' sync threads (they run while the index
+    /// is worked out and the sled writes staged; the caller waits for both
+    /// after syncing the commit frame, [`crate::wal`]); adds the index
     /// records (unless [`AuditWrites::plan`] did) and the pointers to the
-    /// sled batch. Returns the bytes written to both files, the audit
-    /// log's pending sync and where the commit's bytes end in each file.
+    /// sled batch. Returns the bytes written to both files, the two pending
+    /// syncs and where the commit's bytes end in each file.
     pub(super) fn write(
         self,
         store: &SledStore,
         batch: &Batch,
         b: &mut Writes,
         stats: &mut CommitStats,
-    ) -> Result<(usize, PendingSync, Extents), StoreError> {
+    ) -> Result<(usize, [PendingSync; 2], Extents), StoreError> {
         let audit_bytes: usize = self.chunks.iter().map(Vec::len).sum();
         let pointers = store.audit_log.append(&self.chunks)?;
-        let synced = if self.chunks.is_empty() {
+        let audit_synced = if self.chunks.is_empty() {
             PendingSync::none()
         } else {
             store.audit_log.sync_in_background()?
         };
         let (event_bytes, events_end) = store.events.append_unsynced(&batch.events)?;
+        let events_synced = if events_end.is_some() {
+            store.events.sync_in_background()?
+        } else {
+            PendingSync::none()
+        };
         if !self.indexed {
             index_into(store, batch, b, stats)?;
         }
@@ -135,7 +142,11 @@ impl AuditWrites {
             events: events_end,
             audit: audit_end,
         };
-        Ok((audit_bytes + event_bytes, synced, extents))
+        Ok((
+            audit_bytes + event_bytes,
+            [audit_synced, events_synced],
+            extents,
+        ))
     }
 }
 
