@@ -544,6 +544,13 @@ fn backoff_doubles_up_to_the_cap() {
 #[test]
 fn delivery_ids_round_trip() {
     assert_eq!(parse_delivery_id(&delivery_id(3, 99, 2)), Some((3, 99, 2)));
+    assert_eq!(delivery_id(3, 99, 2), "3-99-2");
+    let widest = delivery_id(u64::MAX, u64::MAX, u32::MAX);
+    assert_eq!(widest, format!("{0}-{0}-{1}", u64::MAX, u32::MAX));
+    assert_eq!(
+        parse_delivery_id(&widest),
+        Some((u64::MAX, u64::MAX, u32::MAX))
+    );
     for bad in ["", "1-2", "a-2-3", "1-2-3-4", "1--3", "1-2-x"] {
         assert_eq!(parse_delivery_id(bad), None, "{bad}");
     }
