@@ -456,7 +456,6 @@ pub async fn serve(
         &snapshot.floors,
     )?;
     let shared = Shared {
-        publish_duration: metrics::histogram!("caseshare_publish_duration_seconds"),
         writer: writer.clone(),
         state,
         store,
@@ -484,6 +483,7 @@ pub async fn serve(
             config.limits.max_principal_queued_bytes,
             std::time::Duration::from_millis(config.limits.slow_reader_grace_ms),
         )),
+        publish_duration: metrics::histogram!("caseshare_publish_duration_seconds"),
     };
     // Hardening (issue 13): refusals flushed as aggregated AUTH_DENIED
     // entries; connections bounded (caps, timeouts, descriptor reserve).

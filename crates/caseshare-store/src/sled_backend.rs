@@ -264,7 +264,7 @@ impl SledStore {
         let leaf_tile = crate::sled_open::edge_leaf_tile(&tree, &audit_log, audit_size)?;
         let next_frame = recovered.next;
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
-        let legacy_deliveries = crate::delivery_chunks::has_legacy(&tree)?;
+        let legacy_deliveries = delivery_chunks::has_legacy(&tree)?;
         let store = SledStore {
             tree,
             path: dir.to_path_buf(),
