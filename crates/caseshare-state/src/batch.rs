@@ -59,6 +59,56 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Empties the batch for reuse, keeping what its vectors have
+    /// allocated: a writer that reuses its last committed batch fills the
+    /// next one without growing the large vectors again, which would
+    /// otherwise be freed and reallocated at every commit. Every field is
+    /// named (no `..`), as in [`Batch::is_empty`].
+    pub fn clear(&mut self) {
+        let Batch {
+            events,
+            audit,
+            audit_first_index,
+            tiles,
+            agencies,
+            agreements,
+            consents,
+            subscriptions,
+            deleted_subscriptions,
+            purge_deliveries,
+            deliveries,
+            deleted_deliveries_from,
+            retracted,
+            deleted_events,
+            floors,
+            next_sequence,
+            next_subscription_id,
+            journal_position,
+            journal_times,
+            journal_times_dropped_through,
+        } = self;
+        events.clear();
+        audit.clear();
+        *audit_first_index = 0;
+        tiles.clear();
+        agencies.clear();
+        agreements.clear();
+        consents.clear();
+        subscriptions.clear();
+        deleted_subscriptions.clear();
+        purge_deliveries.clear();
+        deliveries.clear();
+        deleted_deliveries_from.clear();
+        retracted.clear();
+        deleted_events.clear();
+        floors.clear();
+        *next_sequence = None;
+        *next_subscription_id = None;
+        *journal_position = None;
+        journal_times.clear();
+        *journal_times_dropped_through = None;
+    }
+
     /// Whether a seek in this batch deletes the records of
     /// (`subscription_id`, `sequence`) written before it.
     pub fn seek_deletes(&self, subscription_id: u64, sequence: u64) -> bool {

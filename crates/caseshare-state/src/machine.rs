@@ -62,6 +62,12 @@ pub struct DeliveryIndex {
 }
 
 impl DeliveryIndex {
+    /// Forgets every record, keeping the map's allocation.
+    fn clear(&mut self) {
+        self.newest.clear();
+        self.indexed = 0;
+    }
+
     /// Indexes `deliveries` afresh (after records were removed).
     fn rebuild(&mut self, deliveries: &[DeliveryRecord]) {
         self.newest.clear();
@@ -243,6 +249,13 @@ impl EventIds {
     fn get(&self, agency: &str, event_id: &str) -> Option<usize> {
         self.0.get(agency)?.get(event_id).copied()
     }
+
+    /// Forgets every id; each agency's map keeps its allocation.
+    fn clear(&mut self) {
+        for ids in self.0.values_mut() {
+            ids.clear();
+        }
+    }
 }
 
 /// The broker's core. Readers share the configuration state through
@@ -319,13 +332,26 @@ impl Machine {
 
     /// Opens a group commit.
     pub fn begin(&self) -> Draft {
+        self.begin_reusing(Sealed::default())
+    }
+
+    /// Opens a group commit in the memory of `spare`, a batch already
+    /// committed: it is emptied and only its allocations are kept, so the
+    /// draft is the same as [`Machine::begin`]'s.
+    pub fn begin_reusing(&self, spare: Sealed) -> Draft {
+        let Sealed {
+            mut batch,
+            mut event_ids,
+            mut deliveries,
+        } = spare;
+        batch.clear();
+        batch.audit_first_index = self.counters.audit_size;
+        event_ids.clear();
+        deliveries.clear();
         Draft {
-            batch: Batch {
-                audit_first_index: self.counters.audit_size,
-                ..Batch::default()
-            },
-            event_ids: EventIds::default(),
-            deliveries: DeliveryIndex::default(),
+            batch,
+            event_ids,
+            deliveries,
             sequence_before: self.counters.next_sequence,
             subscription_before: self.counters.next_subscription_id,
             time_floor: self.time_floor,
@@ -585,6 +611,51 @@ mod tests {
                 search(&sealed.batch, sub, seq)
             );
         }
+    }
+
+    /// A committed batch reused for the next draft: the draft is empty and
+    /// finds nothing of the old batch, as a fresh one, but keeps the
+    /// vectors' allocations.
+    #[test]
+    fn a_reused_batch_starts_empty_and_keeps_its_allocations() {
+        let mut machine = Machine::new(BrokerState::default(), Counters::default(), vec![7; 32]);
+        let mut draft = machine.begin();
+        for i in 0..100u64 {
+            draft.push_event(StoredEvent {
+                sequence: i + 1,
+                source_agency: "school-b".into(),
+                event_id: format!("e-{i}"),
+                ..Default::default()
+            });
+            draft.push_delivery(DeliveryRecord {
+                subscription_id: 1,
+                sequence: i + 1,
+                ..Default::default()
+            });
+            draft.audit(Micros(5), pb::AuditEntry::default());
+        }
+        draft.delete_deliveries_from(2, 1);
+        draft.batch.next_sequence = Some(101);
+        draft.batch.journal_position = Some(9);
+        draft.batch.journal_times.push((9, 1));
+        let sealed = machine.seal(draft);
+        let (events, audit) = (
+            sealed.batch.events.capacity(),
+            sealed.batch.audit.capacity(),
+        );
+        let reused = machine.begin_reusing(sealed);
+        assert!(reused.batch.is_empty(), "{:?}", reused.batch);
+        assert_eq!(reused.batch.audit_first_index, 100);
+        assert_eq!(
+            format!("{:?}", reused.batch),
+            format!("{:?}", machine.begin().batch)
+        );
+        assert_eq!(reused.event("school-b", "e-5"), None);
+        assert_eq!(reused.newest_delivery(1, 5), None);
+        assert!(!reused.batch.seek_deletes(2, 1));
+        assert_eq!(reused.batch.events.capacity(), events);
+        assert_eq!(reused.batch.audit.capacity(), audit);
+        assert!(events >= 100 && audit >= 100);
     }
 
     struct Nothing;

@@ -242,7 +242,9 @@ impl LogReader {
         crate::off_runtime(move || {
             let mut read = Read {
                 taken: Vec::with_capacity(taken.len()),
-                eligible: Vec::new(),
+                // Room for a chunk's worth at once, rather than growing
+                // from one by doubling.
+                eligible: Vec::with_capacity(scan.as_ref().map_or(0, |s| s.want.min(SCAN_CHUNK))),
                 next: 0,
             };
             for (seq, attempt) in taken {

@@ -21,7 +21,7 @@ use crate::errors::BrokerError;
 /// A sealed batch handed to the commit thread, with its answers.
 pub(super) struct ToCommit {
     pub(super) batch: Arc<Sealed>,
-    pub(super) finishers: Vec<(Finisher, Result<Reply, BrokerError>)>,
+    pub(super) finishers: Answers,
     pub(super) new_head: Option<(u64, caseshare_audit::merkle::Hash)>,
     pub(super) audit_size: u64,
     pub(super) last_sequence: Option<u64>,
@@ -108,7 +108,13 @@ impl Lookup for Durable<'_> {
 pub(super) struct Finished {
     count: AtomicU64,
     notify: tokio::sync::Notify,
+    /// The last batch's list of answers, emptied, for the writer's next
+    /// batch (it grows to the batch's size: reused, it is not regrown).
+    spare: std::sync::Mutex<Option<Answers>>,
 }
+
+/// A batch's ops with their answers, in order.
+pub(super) type Answers = Vec<(Finisher, Result<Reply, BrokerError>)>;
 
 impl Finished {
     /// Batches finished so far.
@@ -120,6 +126,21 @@ impl Finished {
     /// happened since the last wait: the caller re-checks [`Finished::count`]).
     pub(super) async fn wait(&self) {
         self.notify.notified().await;
+    }
+
+    /// An empty list for the next batch's answers.
+    pub(super) fn answers(&self) -> Answers {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.take())
+            .unwrap_or_default()
+    }
+
+    fn keep(&self, answers: Answers) {
+        if let Ok(mut spare) = self.spare.lock() {
+            *spare = Some(answers);
+        }
     }
 
     fn done(&self) {
@@ -176,12 +197,14 @@ pub(super) fn commit_loop(
         // Traced publishes record their commit span as they are answered.
         let _scope =
             crate::telemetry::CommitScope::enter(started, job.finishers.len(), batch.events.len());
-        for (finish, result) in job.finishers {
+        let mut finishers = job.finishers;
+        for (finish, result) in finishers.drain(..) {
             finish(committed, result);
         }
         if !committed {
             std::process::exit(75);
         }
+        finished.keep(finishers);
         finished.done();
     }
 }

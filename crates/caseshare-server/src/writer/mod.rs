@@ -44,7 +44,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use caseshare_core::time::Micros;
-use caseshare_state::{BrokerState, Machine, Reply, Sealed};
+use caseshare_state::{BrokerState, Machine, Sealed};
 use caseshare_store::Storage;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -52,9 +52,9 @@ pub use ops::{AckIntent, DeliveryIntent, Op, ReplyTx, Verdict};
 pub use replica::Notice;
 
 use crate::errors::BrokerError;
-use commit::{Durable, Finished, ToCommit, commit_loop};
+use commit::{Answers, Durable, Finished, ToCommit, commit_loop};
 use counts::{Counts, Settled, settled_count};
-use ops::{Finisher, intake};
+use ops::intake;
 pub use trigger::MAX_COMMIT_DELAY_US;
 use trigger::Trigger;
 
@@ -202,9 +202,6 @@ pub struct WriterTask {
     counts: Counts,
 }
 
-/// The ops of one batch being built, with their answers.
-type Answers = Vec<(Finisher, Result<Reply, BrokerError>)>;
-
 impl WriterTask {
     /// Prepares the writer around the state machine loaded from the store.
     /// Returns the task and a receiver of the last committed event sequence.
@@ -336,10 +333,15 @@ impl WriterTask {
         // Batches handed to the commit thread; it is free once it has
         // finished as many.
         let mut sent: u64 = 0;
+        // The next draft, opened in the memory of the batch last committed:
+        // the large vectors are allocated once, not freed and grown again
+        // at every commit. (Nothing is applied between a seal and the next
+        // draft, so opening it early opens the same draft.)
+        let mut next = None;
         while let Some(Queued { op: first, .. }) = rx.blocking_recv() {
             let first_op = Instant::now();
-            let mut draft = self.machine.begin();
-            let mut answers: Answers = Vec::new();
+            let mut draft = next.take().unwrap_or_else(|| self.machine.begin());
+            let mut answers = finished.answers();
             let seq_before = self.machine.counters().next_sequence;
             let open = self.gather(&mut rx, first, &mut draft, &mut answers, &finished, sent);
             let mut sealed = self.machine.seal(draft);
@@ -375,8 +377,13 @@ impl WriterTask {
                 .record(first_op.elapsed().as_secs_f64());
             sent += 1;
             // The previous batch is committed (the commit thread took this
-            // one only after finishing it); lookups now see this one.
-            self.in_commit = Some(in_commit);
+            // one only after finishing it, and dropped its handle before
+            // taking it); lookups now see this one.
+            next = self
+                .in_commit
+                .replace(in_commit)
+                .and_then(|done| Arc::try_unwrap(done).ok())
+                .map(|done| self.machine.begin_reusing(done));
             if !open {
                 break;
             }

@@ -144,6 +144,9 @@ pub(super) struct Applier {
     notices: mpsc::Sender<Notice>,
     /// The journal times kept for the stale-proposal rule.
     times: KeptTimes,
+    /// The batch last committed, if the commit thread let go of it: the
+    /// next group's draft reuses its allocations.
+    spare: Option<Sealed>,
 }
 
 /// Why the applier stopped.
@@ -168,6 +171,7 @@ impl Applier {
             replica: parts.replica,
             notices: parts.notices,
             times: KeptTimes::new(parts.stale_after, parts.times, parts.times_dropped_through),
+            spare: None,
         }
     }
 
@@ -289,7 +293,10 @@ impl Applier {
             let mut g = match group.take() {
                 Some(g) => g,
                 None => Group {
-                    draft: self.task.machine.begin(),
+                    draft: match self.spare.take() {
+                        Some(spare) => self.task.machine.begin_reusing(spare),
+                        None => self.task.machine.begin(),
+                    },
                     jobs: Vec::new(),
                     seq_before,
                     last: sequence,
@@ -464,7 +471,11 @@ impl Applier {
         }
         let counters = self.task.machine.counters();
         let in_commit = Arc::new(sealed);
-        self.task.in_commit = Some(Arc::clone(&in_commit));
+        self.spare = self
+            .task
+            .in_commit
+            .replace(Arc::clone(&in_commit))
+            .and_then(|done| Arc::try_unwrap(done).ok());
         ToCommit {
             batch: in_commit,
             finishers: jobs,
