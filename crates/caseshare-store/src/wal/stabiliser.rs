@@ -8,8 +8,10 @@
 //! after it: WAL files up to there can go ([`super::Wal::trim`]).
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
-use std::path::PathBuf;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ pub(crate) struct SledFiles {
     db: sled::Db,
     dir: PathBuf,
     data_file: File,
-    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    synced_blobs: Mutex<HashSet<OsString>>,
     /// One sync at a time.
     running: Mutex<()>,
 }
@@ -53,27 +55,50 @@ impl SledFiles {
             .map_err(|_| StoreError::Engine("sled sync lock poisoned".into()))?;
         self.db.flush()?;
         self.data_file.sync_data()?;
-        let blobs = self.dir.join("blobs");
-        if let Ok(entries) = std::fs::read_dir(&blobs) {
-            let mut synced = self
-                .synced_blobs
-                .lock()
-                .map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
-            let mut new_files = false;
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if !synced.contains(&name) {
-                    File::open(entry.path())?.sync_data()?;
-                    synced.insert(name);
-                    new_files = true;
-                }
-            }
-            if new_files {
-                File::open(&blobs)?.sync_all()?;
-            }
-        }
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .map_err(|_| StoreError::Engine("blob set poisoned".into()))?;
+        sync_blobs(&self.dir.join("blobs"), &mut synced)?;
         Ok(())
     }
+}
+
+/// Syncs the blob files in `blobs` that are not in `synced` (then the
+/// folder, if there were any), and leaves in `synced` exactly the files
+/// found. Sled writes a new blob for each new version of a large value and
+/// deletes the old one when it likes: a blob listed but gone by the time
+/// it is opened needs no sync, and the set of names holds only files that
+/// exist, however many blobs a long-running broker has written.
+fn sync_blobs(blobs: &Path, synced: &mut HashSet<OsString>) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            synced.clear();
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut present = HashSet::with_capacity(synced.len());
+    let mut new_files = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !synced.contains(&name) {
+            match File::open(entry.path()) {
+                Ok(file) => file.sync_data()?,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            new_files = true;
+        }
+        present.insert(name);
+    }
+    if new_files {
+        File::open(blobs)?.sync_all()?;
+    }
+    *synced = present;
+    Ok(())
 }
 
 /// The thread that makes sled stable, and what it has made stable.
@@ -155,5 +180,45 @@ fn run(files: &SledFiles, applied: &AtomicU64, stable: &AtomicU64, stopped: &Rec
                 "could not make sled stable; the write-ahead log keeps every commit since"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn names(set: &HashSet<OsString>) -> Vec<String> {
+        let mut v: Vec<String> = set
+            .iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Blobs come and go under sled: one listed but gone when opened (here
+    /// a dangling link, which `read_dir` lists and `open` cannot follow)
+    /// is no error, and the set of synced names holds only files present.
+    #[test]
+    fn blobs_that_sled_removed_are_skipped_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        let mut synced = HashSet::new();
+        // No folder yet: nothing to do.
+        sync_blobs(&blobs, &mut synced).unwrap();
+        assert!(synced.is_empty());
+        std::fs::create_dir(&blobs).unwrap();
+        std::fs::write(blobs.join("10"), b"a").unwrap();
+        std::fs::write(blobs.join("11"), b"b").unwrap();
+        std::os::unix::fs::symlink(blobs.join("gone"), blobs.join("12")).unwrap();
+        sync_blobs(&blobs, &mut synced).unwrap();
+        assert_eq!(names(&synced), ["10", "11"]);
+        std::fs::remove_file(blobs.join("10")).unwrap();
+        std::fs::remove_file(blobs.join("12")).unwrap();
+        std::fs::write(blobs.join("13"), b"c").unwrap();
+        sync_blobs(&blobs, &mut synced).unwrap();
+        assert_eq!(names(&synced), ["11", "13"]);
     }
 }
