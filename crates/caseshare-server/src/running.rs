@@ -73,3 +73,36 @@ impl Running {
         self.task.is_finished()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let mut config = Config::load(None, |_| None).unwrap();
+        config.data_dir = dir.to_path_buf();
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.ops_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
+    /// Once `stop` returns the store is closed: the same data directory
+    /// opens again at once in the same process (sled takes a lock on its
+    /// files, so a store still held by a lingering task would refuse).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_broker_has_closed_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        for round in 0..3 {
+            let running = start(config(&data))
+                .await
+                .unwrap_or_else(|e| panic!("start {round}: {e}"));
+            running.stop().await.unwrap();
+            let reopened =
+                caseshare_store::sled_backend::SledStore::open(&data.join("store"), 1 << 20);
+            assert!(reopened.is_ok(), "round {round}: {:?}", reopened.err());
+        }
+    }
+}
