@@ -136,6 +136,13 @@ impl Storage for Gated {
     fn deliveries_of(&self, ids: &[u64], sequence: u64) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.inner.deliveries_of(ids, sequence)
     }
+    fn newest_deliveries(
+        &self,
+        id: u64,
+        sequences: &[u64],
+    ) -> Result<Vec<Option<DeliveryRecord>>, StoreError> {
+        self.inner.newest_deliveries(id, sequences)
+    }
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
         self.inner.audit_entries(start, end)
     }

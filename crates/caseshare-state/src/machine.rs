@@ -50,6 +50,18 @@ pub trait Lookup {
             .into_iter()
             .last())
     }
+    /// [`Lookup::newest_delivery`] of each of `sequences`, in order, in one
+    /// call (an ack or a window names many): the default asks for each.
+    fn newest_deliveries(
+        &self,
+        subscription_id: u64,
+        sequences: &[u64],
+    ) -> Result<Vec<Option<DeliveryRecord>>, LookupError> {
+        sequences
+            .iter()
+            .map(|s| self.newest_delivery(subscription_id, *s))
+            .collect()
+    }
 }
 
 /// Where the newest delivery record of each (subscription, sequence) is in

@@ -260,6 +260,48 @@ pub(crate) fn of(
     Ok(out)
 }
 
+/// The newest record of (`subscription_id`, s) for each s of `sequences`,
+/// in order: what [`of`] finds for each, with each run of sequences in one
+/// chunk read, checked and parsed once (an ack or a window names up to a
+/// few hundred sequences, mostly consecutive).
+pub(crate) fn newest_of(
+    tree: &sled::Tree,
+    subscription_id: u64,
+    sequences: &[u64],
+    legacy: bool,
+) -> Result<Vec<Option<DeliveryRecord>>, StoreError> {
+    let mut out = Vec::with_capacity(sequences.len());
+    let mut rest = sequences;
+    while let Some(&first) = rest.first() {
+        let start = chunk_start(first);
+        let run = rest
+            .iter()
+            .take_while(|s| chunk_start(**s) == start)
+            .count();
+        let (now, later) = rest.split_at(run);
+        rest = later;
+        let k = chunk_key(subscription_id, first);
+        let value = tree.get(&k)?;
+        let parsed = value.as_deref().map(|v| entries(&k, v)).transpose()?;
+        for &sequence in now {
+            let mut found = None;
+            if let Some((format, list)) = &parsed
+                && let Some((seq, bytes)) = list.iter().find(|(s, _)| *s == sequence)
+            {
+                found = Some(decode_one(&k, *format, *seq, bytes)?);
+            }
+            if found.is_none() && legacy {
+                let k = key(LEGACY, &[&be(subscription_id), &be(sequence)]);
+                if let Some(v) = tree.get(&k)? {
+                    found = Some(sled_backend::decode::<DeliveryRecord>(&k, &v)?);
+                }
+            }
+            out.push(found);
+        }
+    }
+    Ok(out)
+}
+
 /// Removes a deleted subscription's records (both kinds), at most
 /// `budget` records' worth: an old-layout record counts one, a chunk
 /// [`CHUNK`] (what it may hold). Returns the keys removed and whether
@@ -495,6 +537,56 @@ mod tests {
         assert_eq!(purge(&t, 1, 64, &mut b).unwrap(), (1, false));
         t.apply_batch(b.into_sled_batch()).unwrap();
         assert!(from(&t, 1, 0).unwrap().is_empty());
+    }
+
+    /// One lookup for many sequences finds what a lookup of each finds:
+    /// across chunks, in any order, repeated, absent, in the old layout.
+    #[test]
+    fn newest_of_many_sequences_is_of_each_by_table() {
+        let (_d, t) = tree();
+        for s in [5u64, 6, 130] {
+            t.insert(
+                key(LEGACY, &[&be(1), &be(s)]),
+                rec(1, s, DeliveryState::Delivered, 1).encode_to_vec(),
+            )
+            .unwrap();
+        }
+        let recs: Vec<_> = (0..150)
+            .filter(|s| s % 3 != 0)
+            .map(|s| rec(1, s, DeliveryState::Delivered, 1))
+            .chain([rec(2, 6, DeliveryState::Acked, 2)])
+            .collect();
+        commit(&t, &[], &recs);
+        commit(&t, &[], &[rec(1, 64, DeliveryState::Acked, 1)]);
+        let cases: [&[u64]; 6] = [
+            &[],
+            &[1, 2, 3, 4, 5, 6],
+            &[63, 64, 65, 127, 128, 129, 130],
+            &[140, 2, 64, 2, 300, 5],
+            &[6, 6, 6],
+            &[1000, 1001],
+        ];
+        for legacy in [true, false] {
+            for sub in [1u64, 2, 3] {
+                for seqs in cases {
+                    let want: Vec<_> = seqs
+                        .iter()
+                        .map(|s| of(&t, &[sub], *s, legacy).unwrap().into_iter().last())
+                        .collect();
+                    assert_eq!(
+                        newest_of(&t, sub, seqs, legacy).unwrap(),
+                        want,
+                        "sub {sub} {seqs:?} legacy {legacy}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            newest_of(&t, 1, &[64, 5], true).unwrap()[0]
+                .as_ref()
+                .map(|r| r.state()),
+            Some(DeliveryState::Acked)
+        );
     }
 
     #[test]

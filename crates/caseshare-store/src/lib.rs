@@ -150,6 +150,20 @@ pub trait Storage: Send + Sync + 'static {
         subscription_ids: &[u64],
         sequence: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// The newest delivery record of (`subscription_id`, s) for each s of
+    /// `sequences`, in order (`None` where there is none): the last of
+    /// [`Storage::deliveries_of`] for each, which this default asks; a
+    /// backend may read each stored group of records once.
+    fn newest_deliveries(
+        &self,
+        subscription_id: u64,
+        sequences: &[u64],
+    ) -> Result<Vec<Option<DeliveryRecord>>, StoreError> {
+        sequences
+            .iter()
+            .map(|s| Ok(self.deliveries_of(&[subscription_id], *s)?.pop()))
+            .collect()
+    }
     /// Raw audit entries with index in `[start, end)`.
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The raw audit entries with index in `[start, end)` that carry `term`

@@ -715,6 +715,14 @@ impl Storage for SledStore {
         )
     }
 
+    fn newest_deliveries(
+        &self,
+        id: u64,
+        seqs: &[u64],
+    ) -> Result<Vec<Option<DeliveryRecord>>, StoreError> {
+        delivery_chunks::newest_of(&self.tree, id, seqs, self.legacy_deliveries)
+    }
+
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
         crate::sled_open::audit_entries(&self.tree, &self.audit_log, start, end)
     }

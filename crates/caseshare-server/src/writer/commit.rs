@@ -99,6 +99,53 @@ impl Lookup for Durable<'_> {
             .into_iter()
             .last())
     }
+
+    fn newest_deliveries(
+        &self,
+        subscription_id: u64,
+        sequences: &[u64],
+    ) -> Result<Vec<Option<DeliveryRecord>>, LookupError> {
+        // As `newest_delivery` for each, with the ones the batch in commit
+        // does not answer read from the store in one call.
+        let mut out = Vec::with_capacity(sequences.len());
+        let mut stored = Vec::new();
+        for &sequence in sequences {
+            if let Some(c) = self.in_commit {
+                if let Some(r) = c.newest_delivery(subscription_id, sequence) {
+                    out.push(Some(r.clone()));
+                    continue;
+                }
+                if c.batch.seek_deletes(subscription_id, sequence) {
+                    out.push(None);
+                    continue;
+                }
+            }
+            stored.push((out.len(), sequence));
+            out.push(None);
+        }
+        if stored.is_empty() {
+            return Ok(out);
+        }
+        let asked: Vec<u64> = stored.iter().map(|(_, s)| *s).collect();
+        let found = self
+            .store
+            .newest_deliveries(subscription_id, &asked)
+            .map_err(lookup_error)?;
+        if found.len() != asked.len() {
+            return Err(LookupError(
+                format!(
+                    "the store answered {} delivery records for {} asked",
+                    found.len(),
+                    asked.len()
+                )
+                .into(),
+            ));
+        }
+        for ((at, _), r) in stored.into_iter().zip(found) {
+            out[at] = r;
+        }
+        Ok(out)
+    }
 }
 
 /// How many batches the commit thread has finished, and a wake-up for a
@@ -206,5 +253,93 @@ pub(super) fn commit_loop(
         }
         finished.keep(finishers);
         finished.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use caseshare_state::{Batch, DeliveryState};
+    use caseshare_store::sled_backend::SledStore;
+
+    use super::*;
+
+    fn record(sequence: u64, state: DeliveryState, attempts: u32) -> DeliveryRecord {
+        DeliveryRecord {
+            subscription_id: 1,
+            sequence,
+            state: state as i32,
+            attempts,
+            ..Default::default()
+        }
+    }
+
+    /// Many sequences in one lookup find what one lookup each finds: the
+    /// batch in commit's records first, its seek hiding the store's, then
+    /// the store's, in the order asked.
+    #[test]
+    fn newest_deliveries_is_newest_delivery_of_each_by_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        store
+            .commit(&Batch {
+                deliveries: (1..=100)
+                    .map(|s| record(s, DeliveryState::Delivered, 1))
+                    .collect(),
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut in_commit = Sealed::default();
+        in_commit.batch.deliveries = vec![
+            record(5, DeliveryState::Acked, 1),
+            record(95, DeliveryState::Delivered, 2),
+            record(5, DeliveryState::DeadLettered, 1),
+        ];
+        in_commit.batch.deleted_deliveries_from = vec![(1, 90)];
+        let cases: [&[u64]; 5] = [
+            &[],
+            &[1, 5, 6],
+            &[89, 90, 91, 95, 100, 101],
+            &[100, 5, 1, 5, 200],
+            &[64, 63, 65, 128],
+        ];
+        for in_commit in [None, Some(&in_commit)] {
+            let lookup = Durable {
+                store: &store,
+                in_commit,
+            };
+            for seqs in cases {
+                let each: Vec<_> = seqs
+                    .iter()
+                    .map(|s| lookup.newest_delivery(1, *s).unwrap())
+                    .collect();
+                assert_eq!(
+                    lookup.newest_deliveries(1, seqs).unwrap(),
+                    each,
+                    "{seqs:?}, in commit: {}",
+                    in_commit.is_some()
+                );
+            }
+        }
+        let lookup = Durable {
+            store: &store,
+            in_commit: Some(&in_commit),
+        };
+        let states: Vec<_> = lookup
+            .newest_deliveries(1, &[5, 6, 91, 95])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.map(|r| r.state()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                Some(DeliveryState::DeadLettered),
+                Some(DeliveryState::Delivered),
+                None,
+                Some(DeliveryState::Delivered)
+            ]
+        );
     }
 }

@@ -17,26 +17,46 @@ use crate::refusal::LookupError;
 /// The reason given for an intent whose delivery was already settled.
 pub const ALREADY_SETTLED: &str = "already settled";
 
-/// Whether the newest record of (`subscription`, `sequence`) is settled.
-fn already_settled(step: &Step<'_>, subscription: u64, sequence: u64) -> Result<bool, LookupError> {
-    Ok(newest_record(step, subscription, sequence)?.is_some_and(|r| r.is_settled()))
-}
-
-/// The newest record of (`subscription`, `sequence`): this draft first (its
-/// records, then its seeks, which delete records from their target), then
-/// the durable records.
-fn newest_record(
+/// The newest record of (`subscription`, s) for each s of `sequences`, in
+/// order: this draft first (its records, then its seeks, which delete
+/// records from their target), then the durable records, asked for in one
+/// lookup.
+fn newest_records(
     step: &Step<'_>,
     subscription: u64,
-    sequence: u64,
-) -> Result<Option<DeliveryRecord>, LookupError> {
-    if let Some(r) = step.draft.newest_delivery(subscription, sequence) {
-        return Ok(Some(r.clone()));
+    sequences: &[u64],
+) -> Result<Vec<Option<DeliveryRecord>>, LookupError> {
+    let mut out = Vec::with_capacity(sequences.len());
+    let mut durable = Vec::new();
+    for &sequence in sequences {
+        if let Some(r) = step.draft.newest_delivery(subscription, sequence) {
+            out.push(Some(r.clone()));
+        } else {
+            if !step.draft.batch.seek_deletes(subscription, sequence) {
+                durable.push((out.len(), sequence));
+            }
+            out.push(None);
+        }
     }
-    if step.draft.batch.seek_deletes(subscription, sequence) {
-        return Ok(None);
+    if durable.is_empty() {
+        return Ok(out);
     }
-    step.lookup.newest_delivery(subscription, sequence)
+    let asked: Vec<u64> = durable.iter().map(|(_, s)| *s).collect();
+    let found = step.lookup.newest_deliveries(subscription, &asked)?;
+    if found.len() != asked.len() {
+        return Err(LookupError(
+            format!(
+                "{} delivery records answered for {} asked",
+                found.len(),
+                asked.len()
+            )
+            .into(),
+        ));
+    }
+    for ((at, _), r) in durable.into_iter().zip(found) {
+        out[at] = r;
+    }
+    Ok(out)
 }
 
 /// How deliveries were settled, for [`Machine::settle`].
@@ -84,13 +104,17 @@ impl Machine {
         step: &mut Step<'_>,
         intents: Vec<DeliveryIntent>,
     ) -> Result<Vec<Verdict>, LookupError> {
+        // One lookup per run of intents of one subscription (a window's
+        // are all of one).
         let mut settled = Vec::with_capacity(intents.len());
-        for intent in &intents {
-            settled.push(already_settled(
-                step,
-                intent.subscription_id,
-                intent.sequence,
-            )?);
+        for run in intents.chunk_by(|a, b| a.subscription_id == b.subscription_id) {
+            let sequences: Vec<u64> = run.iter().map(|i| i.sequence).collect();
+            let records = newest_records(step, run[0].subscription_id, &sequences)?;
+            settled.extend(
+                records
+                    .into_iter()
+                    .map(|r| r.is_some_and(|r| r.is_settled())),
+            );
         }
         let mut verdicts = Vec::with_capacity(intents.len());
         for (intent, settled) in intents.into_iter().zip(settled) {
@@ -256,13 +280,15 @@ impl Machine {
         if !self.read().subscriptions.contains_key(&subscription.id) {
             return Ok(());
         }
-        let mut out = Vec::with_capacity(items.len());
-        for a in &items {
-            let current = newest_record(step, subscription.id, a.sequence)?;
-            out.push(current.is_some_and(|r| {
-                r.state() == DeliveryState::Delivered && r.attempts == a.attempts
-            }));
-        }
+        let sequences: Vec<u64> = items.iter().map(|a| a.sequence).collect();
+        let current = newest_records(step, subscription.id, &sequences)?;
+        let out: Vec<bool> = items
+            .iter()
+            .zip(current)
+            .map(|(a, r)| {
+                r.is_some_and(|r| r.state() == DeliveryState::Delivered && r.attempts == a.attempts)
+            })
+            .collect();
         let floor = if out.iter().all(|o| *o) { floor } else { None };
         for (a, _) in items.into_iter().zip(out).filter(|(_, o)| *o) {
             step.audit(pb::AuditEntry {
