@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use caseshare_core::pb;
-use caseshare_core::pseudonym::child_pseudonym;
+use caseshare_core::pseudonym::PseudonymKey;
 use caseshare_core::time::Micros;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -276,7 +276,7 @@ impl EventIds {
 pub struct Machine {
     state: Arc<RwLock<BrokerState>>,
     counters: Counters,
-    pseudonym_key: Vec<u8>,
+    pseudonym_key: PseudonymKey,
     /// The time of the last committed audit entry: no command is applied
     /// at an earlier time (see [`Machine::apply`]).
     time_floor: Micros,
@@ -302,7 +302,7 @@ impl Machine {
         Machine {
             state: Arc::new(RwLock::new(state)),
             counters,
-            pseudonym_key,
+            pseudonym_key: PseudonymKey::new(&pseudonym_key),
             time_floor: Micros::default(),
         }
     }
@@ -525,7 +525,7 @@ impl Machine {
     }
 
     pub(crate) fn pseudonym(&self, nhs_number: &str) -> Vec<u8> {
-        child_pseudonym(&self.pseudonym_key, nhs_number).to_vec()
+        self.pseudonym_key.child(nhs_number).to_vec()
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, BrokerState> {
