@@ -47,7 +47,7 @@ pub mod testing;
 
 pub use batch::Batch;
 pub use command::{AckIntent, Command, DeliveryIntent, Reply, SubscriptionRef, Verdict};
-pub use machine::{Counters, DeliveryIndex, Draft, Lookup, Machine, Sealed};
+pub use machine::{Counters, DeliveryIndex, Draft, Lookup, Machine, Sealed, newest_over};
 pub use records::{DeliveryRecord, DeliveryState, StoredEvent, SubscriptionRecord};
 pub use refusal::{LookupError, Refusal};
 pub use snapshot::Snapshot;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use caseshare_state::{DeliveryRecord, Lookup, LookupError, Reply, Sealed, StoredEvent};
+use caseshare_state::{
+    DeliveryRecord, Lookup, LookupError, Reply, Sealed, StoredEvent, newest_over,
+};
 use caseshare_store::Storage;
 use tokio::sync::watch;
 
@@ -107,44 +109,24 @@ impl Lookup for Durable<'_> {
     ) -> Result<Vec<Option<DeliveryRecord>>, LookupError> {
         // As `newest_delivery` for each, with the ones the batch in commit
         // does not answer read from the store in one call.
-        let mut out = Vec::with_capacity(sequences.len());
-        let mut stored = Vec::new();
-        for &sequence in sequences {
-            if let Some(c) = self.in_commit {
-                if let Some(r) = c.newest_delivery(subscription_id, sequence) {
-                    out.push(Some(r.clone()));
-                    continue;
+        newest_over(
+            sequences,
+            |sequence| {
+                let c = self.in_commit?;
+                match c.newest_delivery(subscription_id, sequence) {
+                    Some(r) => Some(Some(r.clone())),
+                    None => c
+                        .batch
+                        .seek_deletes(subscription_id, sequence)
+                        .then_some(None),
                 }
-                if c.batch.seek_deletes(subscription_id, sequence) {
-                    out.push(None);
-                    continue;
-                }
-            }
-            stored.push((out.len(), sequence));
-            out.push(None);
-        }
-        if stored.is_empty() {
-            return Ok(out);
-        }
-        let asked: Vec<u64> = stored.iter().map(|(_, s)| *s).collect();
-        let found = self
-            .store
-            .newest_deliveries(subscription_id, &asked)
-            .map_err(lookup_error)?;
-        if found.len() != asked.len() {
-            return Err(LookupError(
-                format!(
-                    "the store answered {} delivery records for {} asked",
-                    found.len(),
-                    asked.len()
-                )
-                .into(),
-            ));
-        }
-        for ((at, _), r) in stored.into_iter().zip(found) {
-            out[at] = r;
-        }
-        Ok(out)
+            },
+            |asked| {
+                self.store
+                    .newest_deliveries(subscription_id, asked)
+                    .map_err(lookup_error)
+            },
+        )
     }
 }
 

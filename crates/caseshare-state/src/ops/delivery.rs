@@ -10,7 +10,7 @@ use caseshare_core::time::Micros;
 
 use super::decision_entry;
 use crate::command::{AckIntent, DeliveryIntent, SubscriptionRef, Verdict};
-use crate::machine::{Machine, Step};
+use crate::machine::{Machine, Step, newest_over};
 use crate::records::{DeliveryRecord, DeliveryState};
 use crate::refusal::LookupError;
 
@@ -26,37 +26,18 @@ fn newest_records(
     subscription: u64,
     sequences: &[u64],
 ) -> Result<Vec<Option<DeliveryRecord>>, LookupError> {
-    let mut out = Vec::with_capacity(sequences.len());
-    let mut durable = Vec::new();
-    for &sequence in sequences {
-        if let Some(r) = step.draft.newest_delivery(subscription, sequence) {
-            out.push(Some(r.clone()));
-        } else {
-            if !step.draft.batch.seek_deletes(subscription, sequence) {
-                durable.push((out.len(), sequence));
-            }
-            out.push(None);
-        }
-    }
-    if durable.is_empty() {
-        return Ok(out);
-    }
-    let asked: Vec<u64> = durable.iter().map(|(_, s)| *s).collect();
-    let found = step.lookup.newest_deliveries(subscription, &asked)?;
-    if found.len() != asked.len() {
-        return Err(LookupError(
-            format!(
-                "{} delivery records answered for {} asked",
-                found.len(),
-                asked.len()
-            )
-            .into(),
-        ));
-    }
-    for ((at, _), r) in durable.into_iter().zip(found) {
-        out[at] = r;
-    }
-    Ok(out)
+    let draft = &*step.draft;
+    newest_over(
+        sequences,
+        |sequence| match draft.newest_delivery(subscription, sequence) {
+            Some(r) => Some(Some(r.clone())),
+            None => draft
+                .batch
+                .seek_deletes(subscription, sequence)
+                .then_some(None),
+        },
+        |asked| step.lookup.newest_deliveries(subscription, asked),
+    )
 }
 
 /// How deliveries were settled, for [`Machine::settle`].
