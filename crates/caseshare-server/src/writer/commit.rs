@@ -79,29 +79,6 @@ impl Lookup for Durable<'_> {
         Ok(out)
     }
 
-    fn newest_delivery(
-        &self,
-        subscription_id: u64,
-        sequence: u64,
-    ) -> Result<Option<DeliveryRecord>, LookupError> {
-        // As `deliveries_of(..).last()`: the batch in commit's newest record,
-        // else the store's unless a seek in that batch deleted it.
-        if let Some(c) = self.in_commit {
-            if let Some(r) = c.newest_delivery(subscription_id, sequence) {
-                return Ok(Some(r.clone()));
-            }
-            if c.batch.seek_deletes(subscription_id, sequence) {
-                return Ok(None);
-            }
-        }
-        Ok(self
-            .store
-            .deliveries_of(&[subscription_id], sequence)
-            .map_err(lookup_error)?
-            .into_iter()
-            .last())
-    }
-
     fn newest_deliveries(
         &self,
         subscription_id: u64,
@@ -257,9 +234,10 @@ mod tests {
         }
     }
 
-    /// Many sequences in one lookup find what one lookup each finds: the
-    /// batch in commit's records first, its seek hiding the store's, then
-    /// the store's, in the order asked.
+    /// Many sequences in one lookup find what one lookup each finds (the
+    /// last of `deliveries_of`, another path): the batch in commit's
+    /// records first, its seek hiding the store's, then the store's, in
+    /// the order asked.
     #[test]
     fn newest_deliveries_is_newest_delivery_of_each_by_table() {
         let dir = tempfile::tempdir().unwrap();
