@@ -59,54 +59,23 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Empties the batch for reuse, keeping what its vectors have
-    /// allocated: a writer that reuses its last committed batch fills the
-    /// next one without growing the large vectors again, which would
-    /// otherwise be freed and reallocated at every commit. Every field is
-    /// named (no `..`), as in [`Batch::is_empty`].
+    /// Empties the batch for reuse: every field as in `Batch::default()`,
+    /// except that the vectors that grow with the batch (events, audit
+    /// entries, delivery records) keep what they have allocated, so a
+    /// writer that reuses its last committed batch does not free and grow
+    /// them again at every commit.
     pub fn clear(&mut self) {
-        let Batch {
-            events,
-            audit,
-            audit_first_index,
-            tiles,
-            agencies,
-            agreements,
-            consents,
-            subscriptions,
-            deleted_subscriptions,
-            purge_deliveries,
-            deliveries,
-            deleted_deliveries_from,
-            retracted,
-            deleted_events,
-            floors,
-            next_sequence,
-            next_subscription_id,
-            journal_position,
-            journal_times,
-            journal_times_dropped_through,
-        } = self;
-        events.clear();
-        audit.clear();
-        *audit_first_index = 0;
-        tiles.clear();
-        agencies.clear();
-        agreements.clear();
-        consents.clear();
-        subscriptions.clear();
-        deleted_subscriptions.clear();
-        purge_deliveries.clear();
-        deliveries.clear();
-        deleted_deliveries_from.clear();
-        retracted.clear();
-        deleted_events.clear();
-        floors.clear();
-        *next_sequence = None;
-        *next_subscription_id = None;
-        *journal_position = None;
-        journal_times.clear();
-        *journal_times_dropped_through = None;
+        fn emptied<T>(v: &mut Vec<T>) -> Vec<T> {
+            let mut v = std::mem::take(v);
+            v.clear();
+            v
+        }
+        *self = Batch {
+            events: emptied(&mut self.events),
+            audit: emptied(&mut self.audit),
+            deliveries: emptied(&mut self.deliveries),
+            ..Batch::default()
+        };
     }
 
     /// Whether a seek in this batch deletes the records of

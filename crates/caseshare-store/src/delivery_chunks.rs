@@ -249,15 +249,23 @@ pub(crate) fn of(
             out.push(r);
             continue;
         }
-        if !legacy {
-            continue;
-        }
-        let k = key(LEGACY, &[&be(*id), &be(sequence)]);
-        if let Some(v) = tree.get(&k)? {
-            out.push(sled_backend::decode::<DeliveryRecord>(&k, &v)?);
+        if legacy && let Some(r) = legacy_record(tree, *id, sequence)? {
+            out.push(r);
         }
     }
     Ok(out)
+}
+
+/// The old layout's record of (`subscription_id`, `sequence`), if any.
+fn legacy_record(
+    tree: &sled::Tree,
+    subscription_id: u64,
+    sequence: u64,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    let k = key(LEGACY, &[&be(subscription_id), &be(sequence)]);
+    tree.get(&k)?
+        .map(|v| sled_backend::decode::<DeliveryRecord>(&k, &v))
+        .transpose()
 }
 
 /// The newest record of (`subscription_id`, s) for each s of `sequences`,
@@ -291,10 +299,7 @@ pub(crate) fn newest_of(
                 found = Some(decode_one(&k, *format, *seq, bytes)?);
             }
             if found.is_none() && legacy {
-                let k = key(LEGACY, &[&be(subscription_id), &be(sequence)]);
-                if let Some(v) = tree.get(&k)? {
-                    found = Some(sled_backend::decode::<DeliveryRecord>(&k, &v)?);
-                }
+                found = legacy_record(tree, subscription_id, sequence)?;
             }
             out.push(found);
         }
