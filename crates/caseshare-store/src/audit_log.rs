@@ -46,7 +46,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{LEN_MASK, frame_header};
-use crate::sync_thread::SyncThread;
 
 /// The directory of the audit log in a store directory.
 pub const DIR: &str = "audit";
@@ -206,11 +205,7 @@ pub struct AuditLog {
     /// Where the last file's pointed frames end (from [`AuditLog::verify`]);
     /// `None` makes the next append start a new file.
     resume: Mutex<Option<(u64, u64)>>,
-    /// The sync thread's queue, started by the first sync.
-    syncer: SyncThread,
 }
-
-pub use crate::sync_thread::PendingSync;
 
 /// What [`AuditLog::verify`] found.
 #[derive(Debug, Default)]
@@ -246,7 +241,6 @@ impl AuditLog {
             files: RwLock::new(files),
             active: Mutex::new(None),
             resume: Mutex::new(None),
-            syncer: SyncThread::new("audit-log-sync"),
         })
     }
 
@@ -363,9 +357,16 @@ impl AuditLog {
     }
 
     /// Writes `chunks` (each a payload) as one commit's frames, the last
-    /// marked as the batch's end, and returns where each went. Not synced:
-    /// [`AuditLog::sync`] follows before sled holds the pointers.
-    pub fn append(&self, chunks: &[Vec<u8>]) -> Result<Vec<Pointer>, StoreError> {
+    /// marked as the batch's end, and returns where each went; puts a copy
+    /// of the bytes written, and where they went, in `copy`. Not synced:
+    /// the commit frame carries the copy, and the stabiliser syncs the file
+    /// later ([`AuditLog::sync`]); a file is synced as the next one starts.
+    pub(crate) fn append(
+        &self,
+        chunks: &[Vec<u8>],
+        copy: &mut crate::wal::LogBytes,
+    ) -> Result<Vec<Pointer>, StoreError> {
+        copy.clear();
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
@@ -374,6 +375,9 @@ impl AuditLog {
             .lock()
             .map_err(|_| StoreError::Engine("audit log writer poisoned".into()))?;
         if active.as_ref().is_none_or(|a| a.len >= self.file_bytes) {
+            if let Some(full) = active.as_ref() {
+                full.file.sync_data()?;
+            }
             *active = Some(self.next_file(active.as_ref().map(|a| a.serial))?);
         }
         let a = active
@@ -411,6 +415,12 @@ impl AuditLog {
             let serial = a.serial;
             *active = Some(self.next_file(Some(serial))?);
             return Err(e.into());
+        }
+        copy.file = a.serial;
+        copy.offset = a.len;
+        for (h, c) in headers.iter().zip(chunks) {
+            copy.bytes.extend_from_slice(h);
+            copy.bytes.extend_from_slice(c);
         }
         a.len = at;
         Ok(pointers)
@@ -483,16 +493,6 @@ impl AuditLog {
             Some(file) => Ok(file.sync_data()?),
             None => Ok(()),
         }
-    }
-
-    /// Starts making the appended frames durable on the log's sync thread,
-    /// so that the commit can sync the event log meanwhile (two
-    /// `fdatasync`s at once cost the disk about one).
-    pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
-        let Some(file) = self.active_file()? else {
-            return Ok(PendingSync::none());
-        };
-        self.syncer.sync(file)
     }
 
     /// Checks the audit log against sled's pointers (read-only), given

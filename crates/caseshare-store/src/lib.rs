@@ -40,7 +40,6 @@ pub mod recovery;
 pub mod segments;
 pub mod sled_backend;
 pub mod sled_open;
-mod sync_thread;
 pub mod wal;
 
 /// The record types live with the state machine that produces them.

@@ -36,7 +36,6 @@
 //! commit never happened) and a torn tail are ignored, never cut, and any
 //! other damage is a refusal ([`crate::recovery`] has the rules).
 
-use crate::sync_thread::{PendingSync, SyncThread};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -241,8 +240,6 @@ pub struct EventLog {
     hasher: IdHasher,
     index: RwLock<Index>,
     writer: Mutex<Writer>,
-    /// Where commits' syncs of the active segment run.
-    syncer: SyncThread,
 }
 
 /// The fingerprint of the ids key in `dir`: `Ok(None)` if there is none,
@@ -323,38 +320,40 @@ impl EventLog {
     /// Appends events (consecutive sequences, continuing the log) and
     /// `fdatasync`s them. Returns the bytes written.
     pub fn append(&self, events: &[StoredEvent]) -> Result<usize, StoreError> {
-        self.append_batch(events, true).map(|(written, _)| written)
+        self.append_batch(events, None)
     }
 
     /// Appends events as [`EventLog::append`] does, without the
-    /// `fdatasync` (the caller then calls
-    /// [`EventLog::sync_in_background`]). Returns the bytes written and
-    /// where they end: (the segment's first sequence, its length), `None`
-    /// with no events.
-    pub fn append_unsynced(
+    /// `fdatasync`, and puts a copy of the bytes written, and where they
+    /// went, in `copy` (which the commit frame carries; the stabiliser
+    /// syncs the segment later, [`EventLog::sync`]). Returns the bytes
+    /// written.
+    pub(crate) fn append_unsynced(
         &self,
         events: &[StoredEvent],
-    ) -> Result<(usize, Option<(u64, u64)>), StoreError> {
-        self.append_batch(events, false)
+        copy: &mut crate::wal::LogBytes,
+    ) -> Result<usize, StoreError> {
+        self.append_batch(events, Some(copy))
     }
 
-    /// Starts making what was appended to the active segment durable, on
-    /// the event log's sync thread.
-    pub fn sync_in_background(&self) -> Result<PendingSync, StoreError> {
+    /// Makes what was appended to the active segment durable (a sealed
+    /// segment was synced as it was sealed).
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
         let file = self.writer()?.active.as_ref().map(|a| a.file.clone());
-        match file {
-            Some(file) => self.syncer.sync(file),
-            None => Ok(PendingSync::none()),
+        if let Some(file) = file {
+            file.sync_data()?;
         }
+        Ok(())
     }
 
+    /// Appends `events`: synced here without `copy`, else copied into it.
     fn append_batch(
         &self,
         events: &[StoredEvent],
-        sync: bool,
-    ) -> Result<(usize, Option<(u64, u64)>), StoreError> {
+        copy: Option<&mut crate::wal::LogBytes>,
+    ) -> Result<usize, StoreError> {
         let Some(first_new) = events.first().map(|e| e.sequence) else {
-            return Ok((0, None));
+            return Ok(0);
         };
         let mut writer = self.writer()?;
         let Writer { active, buf, fresh } = &mut *writer;
@@ -417,6 +416,11 @@ impl EventLog {
                     });
                 }
                 _ => {
+                    // The segment being sealed is made durable: the
+                    // stabiliser syncs only the active one.
+                    if let Some(old) = active.as_ref() {
+                        old.file.sync_data()?;
+                    }
                     if let Some((first, _, _, next)) = existing {
                         // The last segment is full: seal its ids (written
                         // outside the lock; until installed they stay in the
@@ -456,8 +460,14 @@ impl EventLog {
             .collect::<Result<Vec<u32>, _>>()
             .map_err(|_| StoreError::Engine(format!("event log frame past 4 GiB at {base}")))?;
         (&*a.file).write_all(buf)?;
-        if sync {
-            a.file.sync_data()?;
+        match copy {
+            None => a.file.sync_data()?,
+            Some(copy) => {
+                copy.file = a.first;
+                copy.offset = a.len;
+                copy.bytes.clear();
+                copy.bytes.extend_from_slice(buf);
+            }
         }
         let written = buf.len();
         if buf.capacity() > KEEP_BUFFER_BYTES {
@@ -497,7 +507,7 @@ impl EventLog {
         for (h, seq) in hashes {
             index.ids.add(h, seq);
         }
-        Ok((written, Some((active_first, end))))
+        Ok(written)
     }
 
     /// Where a sequence's record is: (file, offset, length).

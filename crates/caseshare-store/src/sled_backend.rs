@@ -4,17 +4,19 @@
 //! [`crate::wal`].
 //!
 //! Durability, per batch: the batch's events and audit entries are
-//! appended, its sled writes recorded as one commit frame in the
-//! write-ahead log, and the three files `fdatasync`ed at once; only then
-//! are the writes applied to sled, without sled's flush (a thread of its own makes
+//! appended (not synced), and its sled writes recorded with a copy of
+//! those bytes as one commit frame in the write-ahead log, whose
+//! `fdatasync` is the commit's only one; only then are the writes applied
+//! to sled, without sled's flush (a thread of its own makes the logs and
 //! sled stable about once a second; at open the frames sled lacks are
-//! replayed and sled is checked whole against the last frame's digest). So
-//! an acknowledged commit survives a killed process and a power loss.
-//! Sled's next-sequence counter (as the frames leave it) decides, at open,
-//! which logged events were committed.
+//! replayed, sled is checked whole against the last frame's digest, and
+//! log bytes a crash kept from the disk are written back from the
+//! frames). So an acknowledged commit survives a killed process and a
+//! power loss. Sled's next-sequence counter (as the frames leave it)
+//! decides, at open, which logged events were committed.
 //!
-//! Audit entries go to the [`AuditLog`] beside sled, written and synced
-//! with the events, before sled's batch: sled holds a pointer per chunk.
+//! Audit entries go to the [`AuditLog`] beside sled, written with the
+//! events, before sled's batch: sled holds a pointer per chunk.
 //!
 //! Key layout (big-endian numbers, so keys sort numerically):
 //! - `A` ‖ first index → a [`crate::audit_log::Pointer`] to a chunk of
@@ -66,12 +68,13 @@ use crate::audit_log::AuditLog;
 use crate::audit_query::AuditTerm;
 use crate::delivery_chunks;
 use audit_writes::AuditWrites;
+pub(crate) use keys::{be, decode, key, read_be, split_chunk};
 
 use crate::segments::{DEFAULT_SEGMENT_BYTES, EventLog};
 pub use crate::sled_open::open_sled;
 use crate::sled_open::verify_audit_checkpoint;
 use crate::sled_open::{Tiles, audit_size, counters};
-use crate::wal::{SledFiles, Stabiliser, Wal, Writes};
+use crate::wal::{Appended, SledFiles, Stabiliser, Wal, Writes};
 use crate::{
     Batch, CommitStats, DeliveryRecord, Snapshot, Storage, StoreError, StoredEvent,
     SubscriptionRecord,
@@ -89,40 +92,9 @@ pub const PURGE_CHUNK: usize = 1_000;
 /// entry (a query by child +0.3–0.5 ms at 1M entries; docs/BENCHMARKS.md).
 const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
 
-pub(crate) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
-    k.push(prefix);
-    for p in parts {
-        k.extend_from_slice(p);
-    }
-    k
-}
-
-pub(crate) fn be(n: u64) -> [u8; 8] {
-    n.to_be_bytes()
-}
-
-pub(crate) fn read_be(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        key: what.to_string(),
-        detail: format!("expected 8 bytes, found {}", bytes.len()),
-    })?;
-    Ok(u64::from_be_bytes(arr))
-}
-
-pub(crate) fn decode<M: Message + Default>(k: &[u8], v: &[u8]) -> Result<M, StoreError> {
-    M::decode(v).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(&k[..k.len().min(24)]).into_owned(),
-        detail: e.to_string(),
-    })
-}
-
-/// Splits a chunk record into its entries.
-pub(crate) fn split_chunk(v: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-    crate::audit_log::chunk_entries(v)
-        .map(|span| span.map(|(start, len)| v[start..start + len].to_vec()))
-        .collect()
-}
+/// The commit frame's copy of the logs' bytes keeps its allocation for
+/// the next commit up to this size.
+const KEEP_APPENDED: usize = 16 << 20;
 
 /// The sled store.
 pub struct SledStore {
@@ -133,8 +105,10 @@ pub struct SledStore {
     /// The write-ahead log of sled's writes ([`crate::wal`]).
     wal: Wal,
     stabiliser: Stabiliser,
-    events: EventLog,
-    audit_log: AuditLog,
+    events: Arc<EventLog>,
+    audit_log: Arc<AuditLog>,
+    /// The bytes a commit appended to the two logs, for its frame.
+    appended: Mutex<Appended>,
     /// The size of the last checkpoint persisted.
     persisted_checkpoint: Mutex<u64>,
     /// What the open read and checked, for the first `load`.
@@ -222,15 +196,17 @@ impl SledStore {
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
         // Sled is brought up to the WAL's last commit and checked whole
-        // against its digest before anything is read from it.
-        let recovered = crate::wal::recover(dir, &tree)?;
+        // against its digest before anything is read from it; then the
+        // logs get the bytes of the WAL's commits that a crash kept from
+        // the disk (put back if the open refuses below).
+        let recovered = crate::wal::recover(dir, &tree, crate::wal::Logs::Restore)?;
         if recovered.replayed > 0 {
             tracing::info!(
                 frames = recovered.replayed,
                 "replayed the write-ahead log's commits sled had not made stable"
             );
         }
-        let files = Arc::new(SledFiles::new(db, dir.to_path_buf())?);
+        let restored = recovered.restored;
         let (next_sequence, first_retained, audit_size, legacy_first) = counters(&tree)?;
         // Decide first (read-only)...
         let audit_log = AuditLog::open(dir)?;
@@ -252,7 +228,14 @@ impl SledStore {
             std::fs::remove_file(&tmp)?;
             tracing::info!(file = %tmp.display(), "removed a temporary left by an interrupted write");
         }
-        let events = plan.apply(segment_bytes)?;
+        let events = Arc::new(plan.apply(segment_bytes)?);
+        let audit_log = Arc::new(audit_log);
+        let files = Arc::new(SledFiles::new(
+            db,
+            dir.to_path_buf(),
+            events.clone(),
+            audit_log.clone(),
+        )?);
         for (file, from) in &audit_found.ignored_tails {
             tracing::warn!(
                 file = %file.display(),
@@ -273,6 +256,7 @@ impl SledStore {
             stabiliser,
             events,
             audit_log,
+            appended: Mutex::new(Appended::default()),
             persisted_checkpoint: Mutex::new(0),
             loaded: Mutex::new(None),
             audit_indexed: Mutex::new(audit_size),
@@ -298,6 +282,7 @@ impl SledStore {
             store.wal.commit(&store.tree, Writes::default())?;
         }
         store.files.sync()?;
+        restored.keep();
         Ok(store)
     }
 
@@ -505,13 +490,17 @@ impl Storage for SledStore {
             }
         }
         // Events and audit entries (with the records that never change
-        // again) first, then the commit frame; all three synced before
-        // sled applies the frame, so sled never commits a sequence the
-        // event log does not hold or points at audit log frames that are
-        // not durable; the audit index's records come with them.
+        // again) first, then the commit frame, which carries a copy of
+        // them: the frame's sync makes the commit durable before sled
+        // applies it, so sled never commits a sequence or points at audit
+        // log frames that an open cannot restore; the audit index's
+        // records come with them.
+        let mut appended = self
+            .appended
+            .lock()
+            .map_err(|_| StoreError::Engine("commit buffer lock poisoned".into()))?;
         let writes = AuditWrites::plan(self, batch, &mut b, &mut stats)?;
-        let (bytes, logs_synced, extents) = writes.write(self, batch, &mut b, &mut stats)?;
-        stats.bytes += bytes;
+        stats.bytes += writes.write(self, batch, &mut b, &mut stats, &mut appended)?;
         for a in &batch.agencies {
             Self::put(
                 &mut b,
@@ -634,14 +623,14 @@ impl Storage for SledStore {
                 time.to_be_bytes().to_vec(),
             );
         }
-        // The commit frame, synced here while the two logs' syncs (started
-        // once they were written) finish on their threads; only once all
-        // three files are durable does sled apply it.
-        let staged = self.wal.write(&self.tree, b, extents)?;
-        self.wal.sync()?;
-        for synced in logs_synced {
-            synced.wait()?;
+        // The commit frame, synced: the commit's one `fdatasync`. Only then
+        // does sled apply it.
+        let staged = self.wal.write(&self.tree, b, &appended)?;
+        if appended.events.bytes.capacity() + appended.audit.bytes.capacity() > KEEP_APPENDED {
+            *appended = Appended::default();
         }
+        drop(appended);
+        self.wal.sync()?;
         let (number, frame_bytes) = self.wal.apply(&self.tree, staged)?;
         stats.bytes += frame_bytes;
         self.stabiliser.applied(number);
@@ -794,5 +783,6 @@ impl Storage for SledStore {
 }
 
 pub(crate) mod audit_writes;
+mod keys;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,24 +1,30 @@
-//! The write-ahead log of sled's writes, and the digest that proves sled
-//! whole at open.
+//! The write-ahead log: one file a commit syncs, holding sled's writes
+//! and a copy of the bytes the commit appended to the event log and the
+//! audit log; and the digest that proves sled whole at open.
 //!
 //! A commit's sled writes (every insert and remove, with the values as
 //! they were computed) are recorded as one numbered *commit frame* in
-//! `<store>/wal/<first number>.wal` (crc-framed as the event log), made
-//! durable together with the commit's events and audit entries (the three
-//! files' `fdatasync`s run at once, two on sync threads of their own), and
-//! only then applied to sled,
-//! without sled's flush. A thread of
-//! its own ([`Stabiliser`]) makes sled stable (its flush, `fdatasync` of
-//! its files) about once a second while commits arrive; a WAL file whose
-//! frames sled holds stably is then deleted (it is a redo log, never
-//! evidence; the active file and the last frame are always kept).
+//! `<store>/wal/<first number>.wal` (crc-framed as the event log), with
+//! the bytes the commit appended to the two logs ([`Appended`]). The
+//! frame's `fdatasync` is the commit's only one: once it returns the
+//! commit is durable and is acknowledged, and only then are the writes
+//! applied to sled, without sled's flush. A thread of its own
+//! ([`Stabiliser`]) makes the two logs' active files and sled stable
+//! about once a second while commits arrive (a log file is synced, too,
+//! as the next one starts); a WAL file whose frames are all stable is then
+//! deleted (it is a redo log, never evidence; the active file and the last
+//! frame are always kept).
 //!
 //! Sled records the number of the last frame it applied (`M` ‖ `commit`,
 //! written after the frame's other writes). At open, [`recover`] replays
 //! the frames after that number into sled, in order: each holds the final
 //! value of every key its commit wrote, so replaying it over sled's state
 //! before the commit (or over that state with part of the commit already
-//! applied) gives sled's state after it.
+//! applied) gives sled's state after it. Then every frame's copy of the
+//! logs' bytes is compared with the logs (`redo`): bytes a crash kept
+//! from the disk (a log cut short, or zeros where it grew) are written
+//! back from the copy; bytes that differ are a refusal naming the log's
+//! file.
 //!
 //! **The digest.** Sled's recovery from a damaged byte is not a prefix of
 //! its writes: it can keep a current `M commit` and an older version of
@@ -33,28 +39,30 @@
 //! It is a check against damage, not against an adversary who can write
 //! the store (who could write a matching digest).
 //!
-//! **A commit cut short.** The three syncs run at once, so a crash (a power
-//! loss; a killed process loses nothing written) can leave the frame on
-//! disk and the commit's events or audit entries not. The frame records
-//! where the commit's bytes end in the event log's segment and in the audit
-//! log's file ([`Extents`]); at open, a last frame sled has not applied
-//! whose files are shorter than that is a commit that was never
-//! acknowledged: it is set aside (left as it is, superseded by the next
-//! file, which starts at its number). Files long enough but damaged are
-//! the event log's and audit log's own checks' to refuse.
+//! **Frames of earlier formats.** Before format 3 a commit synced three
+//! files at once (the frame, the segment, the audit log), and a frame
+//! records only where the commit's bytes end in each ([`Extents`]); at
+//! open, a last frame of that kind which sled has not applied and whose
+//! files are shorter than that is a commit that was never acknowledged:
+//! it is set aside (left as it is, superseded by the next file, which
+//! starts at its number).
 //!
 //! Frame payload: format byte [`FORMAT`], number (`u64` LE), digest
 //! (32 bytes), the extents (segment's first sequence, end; audit file's
 //! serial, end; `u64` LE each, all ones for none; not in format 1), then
-//! per write `1 ‖ key len u32 LE ‖ key ‖ value len u32 LE
-//! ‖ value` or `2 ‖ key len u32 LE ‖ key`, in key order, one per key.
+//! (format 3) for each log with an extent, `len u32 LE ‖ the bytes` (they
+//! start at end − len), then per write `1 ‖ key len u32 LE ‖ key ‖ value
+//! len u32 LE ‖ value` or `2 ‖ key len u32 LE ‖ key`, in key order, one
+//! per key.
 //!
-//! Architecture Invariant: a commit's frame, events and audit entries are
-//! durable before sled holds any of its writes and before the commit is
-//! acknowledged; a frame on disk whose extents are on disk means its whole
-//! commit is.
+//! Architecture Invariant: a commit's frame, with its copy of the logs'
+//! bytes, is durable before sled holds any of its writes and before the
+//! commit is acknowledged; a WAL file is deleted only once the logs'
+//! bytes and sled's writes of all its frames are durable in their own
+//! files.
 
 mod files;
+mod redo;
 mod stabiliser;
 #[cfg(test)]
 mod tests;
@@ -66,14 +74,18 @@ use sha2::{Digest as _, Sha256};
 use crate::StoreError;
 use crate::sled_backend::key;
 
-pub(crate) use files::{Wal, recover};
+pub(crate) use files::{Logs, Wal, recover};
 pub(crate) use stabiliser::{SledFiles, Stabiliser};
 
 /// The directory of the WAL files, in the store directory.
 pub const DIR: &str = "wal";
 
-/// The format byte of a commit frame's payload.
-const FORMAT: u8 = 2;
+/// The format byte of a commit frame's payload: with the bytes the commit
+/// appended to the two logs.
+const FORMAT: u8 = 3;
+/// The second format, with [`Extents`] and without the logs' bytes (still
+/// read).
+const FORMAT_2: u8 = 2;
 /// The first format, without [`Extents`] (still read).
 const FORMAT_1: u8 = 1;
 const INSERT: u8 = 1;
@@ -85,10 +97,11 @@ const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_1 + 32;
 /// An extent that is not there.
 const NONE: u64 = u64::MAX;
 
-/// Where a commit's bytes end in the event log and in the audit log, so
-/// that at open a frame whose commit was cut short by a crash (its frame
-/// durable, the other files not yet: the three are synced at once) is
-/// told from a whole one by the files' lengths.
+/// Where a commit's bytes end in the event log and in the audit log. In
+/// the first two formats, it told at open a frame whose commit was cut
+/// short by a crash (its frame durable, the other files not yet) from a
+/// whole one by the files' lengths; since [`FORMAT`] 3 the frame holds
+/// the bytes themselves ([`Appended`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Extents {
     /// The segment (its first sequence) and the end of the commit's
@@ -97,6 +110,72 @@ pub(crate) struct Extents {
     /// The audit log file (its serial) and the end of the commit's frames
     /// in it.
     pub(crate) audit: Option<(u64, u64)>,
+}
+
+/// The bytes a commit appended to one of the two logs: the file (the
+/// segment's first sequence, or the audit file's serial), where they
+/// start, and a copy of them, which the commit frame carries.
+#[derive(Debug, Default)]
+pub(crate) struct LogBytes {
+    pub(crate) file: u64,
+    pub(crate) offset: u64,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl LogBytes {
+    /// Empties it, keeping its allocation.
+    pub(crate) fn clear(&mut self) {
+        self.file = 0;
+        self.offset = 0;
+        self.bytes.clear();
+    }
+
+    fn extent(&self) -> Option<(u64, u64)> {
+        (!self.bytes.is_empty()).then(|| (self.file, self.offset + self.bytes.len() as u64))
+    }
+}
+
+/// What a commit appended to the event log and to the audit log (either
+/// may be empty): its frame carries both, so that the frame's one
+/// `fdatasync` makes the whole commit durable.
+#[derive(Debug, Default)]
+pub(crate) struct Appended {
+    pub(crate) events: LogBytes,
+    pub(crate) audit: LogBytes,
+}
+
+impl Appended {
+    /// Empties both, keeping their allocations.
+    pub(crate) fn clear(&mut self) {
+        self.events.clear();
+        self.audit.clear();
+    }
+
+    /// Where the commit's bytes end in each log.
+    pub(crate) fn extents(&self) -> Extents {
+        Extents {
+            events: self.events.extent(),
+            audit: self.audit.extent(),
+        }
+    }
+}
+
+/// A region of a frame: bytes a commit appended to a log, as the frame
+/// holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Region<'a> {
+    /// The log: the event log or the audit log.
+    pub(crate) log: Log,
+    pub(crate) file: u64,
+    pub(crate) offset: u64,
+    pub(crate) bytes: &'a [u8],
+}
+
+/// One of the two logs a frame can carry bytes of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Log {
+    Events,
+    Audit,
 }
 
 /// Sled's record of the last commit frame it applied.
@@ -231,22 +310,28 @@ pub(crate) struct Frame {
     pub(crate) writes: Writes,
 }
 
-/// Encodes frame `number` with `digest`, `extents` and `writes` into
-/// `out`.
+/// Encodes frame `number` with `digest`, the logs' bytes `appended` and
+/// `writes` into `out`.
 pub(crate) fn encode(
     number: u64,
     digest: Digest,
-    extents: Extents,
+    appended: &Appended,
     writes: &Writes,
     out: &mut Vec<u8>,
 ) {
     out.push(FORMAT);
     out.extend_from_slice(&number.to_le_bytes());
     out.extend_from_slice(&digest.to_bytes());
+    let extents = appended.extents();
     for extent in [extents.events, extents.audit] {
         let (a, b) = extent.unwrap_or((NONE, NONE));
         out.extend_from_slice(&a.to_le_bytes());
         out.extend_from_slice(&b.to_le_bytes());
+    }
+    for log in [&appended.events, &appended.audit] {
+        if !log.bytes.is_empty() {
+            push_bytes(out, &log.bytes);
+        }
     }
     for (k, v) in writes.iter() {
         out.push(if v.is_some() { INSERT } else { REMOVE });
@@ -267,7 +352,7 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 /// The number of a frame's payload, without decoding the rest.
 pub(crate) fn number_of(payload: &[u8]) -> Option<u64> {
     match payload {
-        [FORMAT | FORMAT_1, rest @ ..] => Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)),
+        [FORMAT | FORMAT_2 | FORMAT_1, rest @ ..] => Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)),
         _ => None,
     }
 }
@@ -290,15 +375,41 @@ pub(crate) fn extents_of(payload: &[u8]) -> Result<Extents, String> {
     })
 }
 
+/// The logs' bytes a frame carries (none before [`FORMAT`] 3), and the
+/// rest of the payload after them: `Err(what is wrong)`.
+pub(crate) fn regions_of(payload: &[u8]) -> Result<(Vec<Region<'_>>, &[u8]), String> {
+    if payload.first() == Some(&FORMAT_1) {
+        return Ok((Vec::new(), payload.get(PAYLOAD_HEADER_1..).ok_or("a frame cut short")?));
+    }
+    let extents = extents_of(payload)?;
+    let mut rest = payload.get(PAYLOAD_HEADER..).ok_or("a frame cut short")?;
+    let mut regions = Vec::new();
+    if payload.first() != Some(&FORMAT) {
+        return Ok((regions, rest));
+    }
+    for (log, extent) in [(Log::Events, extents.events), (Log::Audit, extents.audit)] {
+        let Some((file, end)) = extent else {
+            continue;
+        };
+        let (bytes, tail) = take_bytes(rest).ok_or("a log's bytes cut short")?;
+        let offset = end
+            .checked_sub(bytes.len() as u64)
+            .ok_or("a log's bytes longer than where they end")?;
+        regions.push(Region {
+            log,
+            file,
+            offset,
+            bytes,
+        });
+        rest = tail;
+    }
+    Ok((regions, rest))
+}
+
 /// Decodes a frame's payload: `Err(what is wrong)`.
 pub(crate) fn decode(payload: &[u8]) -> Result<Frame, String> {
     let number = number_of(payload).ok_or("not a commit frame of a known format")?;
-    let header = if payload.first() == Some(&FORMAT_1) {
-        PAYLOAD_HEADER_1
-    } else {
-        PAYLOAD_HEADER
-    };
-    let mut rest = payload.get(header..).ok_or("a frame cut short")?;
+    let (_, mut rest) = regions_of(payload)?;
     let mut writes = Writes::default();
     while let [op, tail @ ..] = rest {
         let (k, tail) = take_bytes(tail).ok_or("a write cut short")?;
@@ -316,6 +427,12 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Frame, String> {
         }
     }
     Ok(Frame { number, writes })
+}
+
+/// Whether a frame carries its commit's log bytes (format 3 on): if not,
+/// a crash could leave it durable and them not.
+pub(crate) fn carries_log_bytes(payload: &[u8]) -> bool {
+    payload.first() == Some(&FORMAT)
 }
 
 fn take_bytes(bytes: &[u8]) -> Option<(&[u8], &[u8])> {

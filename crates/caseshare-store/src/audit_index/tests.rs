@@ -462,6 +462,7 @@ fn a_damaged_entry_refuses_the_build_naming_it_and_changes_nothing() {
     {
         let store = open_store(dir.path()).unwrap();
         fill(&store, 8, 600, 100);
+        crate::sled_backend::tests::settle(&store);
         let tree = store.raw_tree();
         tree.remove(key(b'M', &[COUNTER])).unwrap();
         // Entry 5 becomes bytes that are no audit entry (in a frame whose

@@ -26,7 +26,7 @@ fn entries(from: u64, n: u64) -> Vec<Vec<u8>> {
 }
 
 /// Commits `n` entries in one batch; returns them.
-fn commit(store: &SledStore, n: u64) -> Vec<Vec<u8>> {
+pub(crate) fn commit(store: &SledStore, n: u64) -> Vec<Vec<u8>> {
     let from = store.load().unwrap().audit_size;
     let e = entries(from, n);
     store
@@ -145,6 +145,7 @@ fn two_commits(dir: &Path) -> Pointer {
     let store = open(dir).unwrap();
     commit(&store, 100);
     commit(&store, 100);
+    crate::sled_backend::tests::settle(&store);
     pointers(&store)[1].1
 }
 
@@ -197,6 +198,7 @@ fn a_truncated_or_missing_file_is_refused_naming_it() {
     {
         let store = open(dir.path()).unwrap();
         commit(&store, 300);
+        crate::sled_backend::tests::settle(&store);
     }
     let path = dir.path().join(DIR).join(file_name(1));
     let whole = std::fs::read(&path).unwrap();
@@ -229,7 +231,8 @@ fn one_uncommitted_batch_and_a_torn_tail_are_left_and_the_next_file_is_new() {
             let ps = pointers(&store);
             ps.last().unwrap().1.end()
         }));
-        log.append(&[chunk.clone(), chunk]).unwrap();
+        log.append(&[chunk.clone(), chunk], &mut crate::wal::LogBytes::default())
+            .unwrap();
         log.sync().unwrap();
         let path = dir.path().join(DIR).join(file_name(1));
         let mut f = OpenOptions::new().append(true).open(path).unwrap();
@@ -417,6 +420,7 @@ fn full_tiles_go_to_the_audit_log_once_and_the_partial_leaf_tile_is_derived() {
     let p = Pointer::decode(&tile_value(&store, 0, 0).unwrap())
         .unwrap()
         .unwrap();
+    crate::sled_backend::tests::settle(&store);
     drop(store);
     // A flipped byte in the full tile's frame is a refusal naming the file.
     let path = dir.path().join(DIR).join(file_name(p.serial));

@@ -93,7 +93,8 @@ fn detach_journal(store_dir: &Path) -> Result<(), RestoreError> {
         let tree = db.open_tree("caseshare")?;
         // Sled as its write-ahead log says, checked whole, first; the
         // change is then recorded in a frame of its own.
-        let recovered = crate::wal::recover(store_dir, &tree)?;
+        let recovered = crate::wal::recover(store_dir, &tree, crate::wal::Logs::Restore)?;
+        recovered.restored.keep();
         let mut batch = sled::Batch::default();
         batch.remove(key(b'M', &[b"journal"]));
         batch.remove(key(b'M', &[b"jtdrop"]));

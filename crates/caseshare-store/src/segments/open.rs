@@ -523,7 +523,6 @@ impl Plan {
         let log = EventLog {
             dir: dir.clone(),
             segment_bytes: segment_bytes.max(1),
-            syncer: crate::sync_thread::SyncThread::new("event-log-sync"),
             hasher,
             index: RwLock::new(Index {
                 segments,

@@ -6,24 +6,21 @@
 //! keeps the last committed one in memory ([`SledStore::remember_leaf_tile`])
 //! and derives it from the entries after a restart.
 //!
-//! Written beside the event log: the commit thread writes both files and
-//! their `fdatasync`s run on their sync threads while it works out the
-//! index and stages the sled writes; the commit then writes its frame to
-//! the WAL and syncs it while those syncs finish. All three are durable
-//! before the commit is acknowledged and before sled, which holds the
-//! pointers, applies it.
+//! Written beside the event log: the commit thread writes both files,
+//! keeping a copy of the bytes, works out the index and stages the sled
+//! writes; the commit then writes its frame, which carries the copy, to
+//! the WAL and syncs it: one `fdatasync` makes the whole commit durable
+//! before it is acknowledged and before sled, which holds the pointers,
+//! applies it. The stabiliser syncs the two logs later
+//! ([`crate::wal`]).
 
 use caseshare_audit::tiles::FULL_TILE_BYTES;
 
 use super::{MAX_AUDIT_CHUNK_BYTES, SledStore, be, key};
 use crate::audit_index;
-use crate::audit_log::PendingSync;
 use crate::audit_log::{Pointer, one_record};
-use crate::wal::{Extents, Writes};
+use crate::wal::{Appended, Writes};
 use crate::{Batch, CommitStats, StoreError};
-
-/// A frame's header in the audit log's files.
-const FRAME_HEADER: u64 = 8;
 
 /// What a commit writes to the audit log, and the sled key of each chunk.
 #[derive(Default)]
@@ -94,33 +91,24 @@ impl AuditWrites {
         Ok(out)
     }
 
-    /// Appends the chunks and the batch's events, and starts their
-    /// `fdatasync`s on the two logs' sync threads (they run while the index
-    /// is worked out and the sled writes staged; the caller waits for both
-    /// after syncing the commit frame, [`crate::wal`]); adds the index
-    /// records (unless [`AuditWrites::plan`] did) and the pointers to the
-    /// sled batch. Returns the bytes written to both files, the two pending
-    /// syncs and where the commit's bytes end in each file.
+    /// Appends the chunks and the batch's events (not synced), copying
+    /// the bytes written into `appended` for the commit frame; adds the
+    /// index records (unless [`AuditWrites::plan`] did) and the pointers
+    /// to the sled batch. Returns the bytes written to both files.
     pub(super) fn write(
         self,
         store: &SledStore,
         batch: &Batch,
         b: &mut Writes,
         stats: &mut CommitStats,
-    ) -> Result<(usize, [PendingSync; 2], Extents), StoreError> {
+        appended: &mut Appended,
+    ) -> Result<usize, StoreError> {
+        appended.clear();
         let audit_bytes: usize = self.chunks.iter().map(Vec::len).sum();
-        let pointers = store.audit_log.append(&self.chunks)?;
-        let audit_synced = if self.chunks.is_empty() {
-            PendingSync::none()
-        } else {
-            store.audit_log.sync_in_background()?
-        };
-        let (event_bytes, events_end) = store.events.append_unsynced(&batch.events)?;
-        let events_synced = if events_end.is_some() {
-            store.events.sync_in_background()?
-        } else {
-            PendingSync::none()
-        };
+        let pointers = store.audit_log.append(&self.chunks, &mut appended.audit)?;
+        let event_bytes = store
+            .events
+            .append_unsynced(&batch.events, &mut appended.events)?;
         if !self.indexed {
             index_into(store, batch, b, stats)?;
         }
@@ -131,22 +119,10 @@ impl AuditWrites {
                 self.keys.len()
             )));
         }
-        let audit_end = pointers
-            .iter()
-            .map(|p| (p.serial, p.offset + FRAME_HEADER + u64::from(p.len)))
-            .max();
         for (k, pointer) in self.keys.into_iter().zip(&pointers) {
             SledStore::put(b, stats, k, pointer.encode());
         }
-        let extents = Extents {
-            events: events_end,
-            audit: audit_end,
-        };
-        Ok((
-            audit_bytes + event_bytes,
-            [audit_synced, events_synced],
-            extents,
-        ))
+        Ok(audit_bytes + event_bytes)
     }
 }
 

@@ -12,7 +12,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{DIR, Digest, Extents, Writes, applied_key, decode, encode, extents_of, number_of};
+use super::redo::{self, FrameRegions, Restored};
+use super::{
+    Appended, DIR, Digest, Writes, applied_key, carries_log_bytes, decode, encode, extents_of,
+    number_of, regions_of,
+};
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{frame_header, frames};
@@ -131,25 +135,26 @@ impl Wal {
     /// them to `tree` (the frame's number last). Returns the frame's
     /// number and its size in bytes. For frames of no other file's bytes
     /// (at open); a commit uses [`Wal::write`], [`Wal::sync`] and
-    /// [`Wal::apply`] to sync its frame with the event log.
+    /// [`Wal::apply`], its frame carrying the logs' bytes.
     pub(crate) fn commit(
         &self,
         tree: &sled::Tree,
         writes: Writes,
     ) -> Result<(u64, usize), StoreError> {
-        let staged = self.write(tree, writes, Extents::default())?;
+        let staged = self.write(tree, writes, &Appended::default())?;
         self.sync()?;
         self.apply(tree, staged)
     }
 
     /// Writes `writes` as the next commit frame (not yet synced), with
-    /// sled's digest after them. Nothing more is committed until
+    /// sled's digest after them and a copy of the bytes the commit
+    /// appended to the two logs. Nothing more is committed until
     /// [`Wal::apply`] has applied it.
     pub(crate) fn write(
         &self,
         tree: &sled::Tree,
         mut writes: Writes,
-        extents: Extents,
+        appended: &Appended,
     ) -> Result<Staged, StoreError> {
         let mut inner = self
             .inner
@@ -185,7 +190,7 @@ impl Wal {
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
         buf.extend_from_slice(&[0; 8]);
-        encode(number, digest, extents, &writes, &mut buf);
+        encode(number, digest, appended, &writes, &mut buf);
         let header = frame_header(&buf[8..], true)
             .ok_or_else(|| StoreError::TooLarge(format!("commit frame {number}")))?;
         buf[..8].copy_from_slice(&header);
@@ -198,7 +203,7 @@ impl Wal {
         file.write_all(&buf)?;
         inner.len += buf.len() as u64;
         let size = buf.len();
-        if buf.capacity() <= 8 << 20 {
+        if buf.capacity() <= 32 << 20 {
             inner.buf = buf;
         }
         Ok(Staged {
@@ -272,6 +277,15 @@ impl Wal {
         Ok(removed)
     }
 
+    /// Makes the next frame start a new file (for tests that want the
+    /// frames so far trimmed).
+    #[cfg(test)]
+    pub(crate) fn roll(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.len = FILE_BYTES;
+        }
+    }
+
     /// Takes sled's present contents as they are: recomputes the digest
     /// from `tree` and records it in an empty frame. For writes made to
     /// sled outside commits (at open, and by tests that tamper with it).
@@ -324,6 +338,20 @@ pub(crate) struct Recovered {
     pub(crate) replayed: u64,
     /// The WAL files found, oldest first.
     pub(crate) files: Vec<WalFile>,
+    /// The logs' bytes written from the frames' copies (put back if the
+    /// open refuses later).
+    pub(crate) restored: Restored,
+    /// Bytes the logs lacked, found by a check that writes nothing.
+    pub(crate) missing: u64,
+}
+
+/// Whether [`recover`] writes to the logs the bytes they lack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Logs {
+    /// Write them (the store's open).
+    Restore,
+    /// Only count them (`caseshare check`).
+    Count,
 }
 
 /// A whole frame of a file: its number and where it is.
@@ -347,9 +375,15 @@ impl Found<'_> {
 }
 
 /// Brings sled up to the last commit frame of the WAL in `store_dir` and
-/// checks it whole against that frame's digest. Writes only to sled (the
-/// caller's guards put its files back on a refusal).
-pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, StoreError> {
+/// checks it whole against that frame's digest, then the two logs against
+/// the bytes the frames carry ([`redo`]). Writes to sled (the caller's
+/// guards put its files back on a refusal) and, with [`Logs::Restore`],
+/// the bytes the logs lack ([`Recovered::restored`] puts them back).
+pub(crate) fn recover(
+    store_dir: &Path,
+    tree: &sled::Tree,
+    logs: Logs,
+) -> Result<Recovered, StoreError> {
     let dir = store_dir.join(DIR);
     let (applied, applied_file) = match tree.get(applied_key())? {
         Some(v) => {
@@ -375,6 +409,8 @@ pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, 
             digest: Digest::of_tree(tree)?,
             replayed: 0,
             files: Vec::new(),
+            restored: Restored::default(),
+            missing: 0,
         });
     }
     let files = list(&dir)?;
@@ -424,6 +460,8 @@ pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, 
             digest: Digest::of_tree(tree)?,
             replayed: 0,
             files,
+            restored: Restored::default(),
+            missing: 0,
         });
     };
     let last_number = last.number;
@@ -474,11 +512,32 @@ pub(crate) fn recover(store_dir: &Path, tree: &sled::Tree) -> Result<Recovered, 
             ADVICE_SLED_BEHIND,
         ));
     }
+    // The logs' bytes of every frame the WAL holds: sled's files are
+    // whole, so a refusal here names a log's file.
+    let mut with_bytes = Vec::new();
+    for f in &found {
+        let (regions, _) = regions_of(f.payload).map_err(|why| f.damaged(&files, why))?;
+        if !regions.is_empty() {
+            with_bytes.push(FrameRegions {
+                number: f.number,
+                wal: &files[f.file].path,
+                regions,
+            });
+        }
+    }
+    let plan = redo::plan(store_dir, &with_bytes)?;
+    let missing = plan.missing();
+    let restored = match logs {
+        Logs::Restore => plan.write()?,
+        Logs::Count => Restored::default(),
+    };
     Ok(Recovered {
         next: last_number + 1,
         digest,
         replayed,
         files,
+        restored,
+        missing,
     })
 }
 
@@ -558,10 +617,11 @@ fn walk_file<'a>(
     Ok(())
 }
 
-/// Sets aside the last frame if sled has not applied it and the event
-/// log or the audit log does not reach where it says its commit's bytes
-/// end: the frame was synced, the other files not (a crash while the three
-/// syncs ran), so the commit was never acknowledged. Returns its number.
+/// Sets aside the last frame if it is of a format without its logs'
+/// bytes, sled has not applied it, and the event log or the audit log
+/// does not reach where it says its commit's bytes end: the frame was
+/// synced, the other files not (a crash while that format's three syncs
+/// ran), so the commit was never acknowledged. Returns its number.
 fn set_aside_cut_short(
     store_dir: &Path,
     files: &[WalFile],
@@ -571,7 +631,7 @@ fn set_aside_cut_short(
     let Some(last) = found.last() else {
         return Ok(None);
     };
-    if last.number <= m {
+    if last.number <= m || carries_log_bytes(last.payload) {
         return Ok(None);
     }
     let extents = extents_of(last.payload).map_err(|why| last.damaged(files, why))?;

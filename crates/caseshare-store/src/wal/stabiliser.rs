@@ -1,11 +1,14 @@
-//! Making sled stable off the commit's path: [`SledFiles::sync`] (sled's
-//! flush, then `fdatasync` of its data file and of blob files not synced
-//! yet), run by a thread of its own about once a second while commits
-//! arrive, and directly before a backup is staged.
+//! Making sled and the two logs stable off the commit's path:
+//! [`SledFiles::sync`] (`fdatasync` of the event log's active segment and
+//! the audit log's active file, then sled's flush and `fdatasync` of its
+//! data file and of blob files not synced yet), run by a thread of its own
+//! about once a second while commits arrive, and directly before a backup
+//! is staged.
 //!
-//! A flush makes stable everything sled had applied when it began, so the
-//! number of the last frame applied, read before the flush, is stable
-//! after it: WAL files up to there can go ([`super::Wal::trim`]).
+//! The syncs make stable everything appended and applied when they began,
+//! so the number of the last frame applied, read before them, is stable
+//! after them: WAL files up to there can go ([`super::Wal::trim`]), their
+//! copies of the logs' bytes no longer needed.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -19,15 +22,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::StoreError;
+use crate::audit_log::AuditLog;
+use crate::segments::EventLog;
 
 /// How often sled is made stable while commits arrive.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);
 
-/// Sled's files.
+/// Sled's files, and the two logs'.
 #[derive(Debug)]
 pub(crate) struct SledFiles {
     db: sled::Db,
     dir: PathBuf,
+    events: Arc<EventLog>,
+    audit_log: Arc<AuditLog>,
     data_file: File,
     synced_blobs: Mutex<HashSet<OsString>>,
     /// One sync at a time.
@@ -35,24 +42,34 @@ pub(crate) struct SledFiles {
 }
 
 impl SledFiles {
-    /// Sled's files in store directory `dir`.
-    pub(crate) fn new(db: sled::Db, dir: PathBuf) -> Result<Self, StoreError> {
+    /// Sled's files in store directory `dir`, and the two logs.
+    pub(crate) fn new(
+        db: sled::Db,
+        dir: PathBuf,
+        events: Arc<EventLog>,
+        audit_log: Arc<AuditLog>,
+    ) -> Result<Self, StoreError> {
         let data_file = File::open(dir.join("db"))?;
         Ok(SledFiles {
             db,
             dir,
+            events,
+            audit_log,
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
             running: Mutex::new(()),
         })
     }
 
-    /// Makes everything sled has applied so far stable.
+    /// Makes everything appended to the logs and applied to sled so far
+    /// stable.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
         let _one = self
             .running
             .lock()
             .map_err(|_| StoreError::Engine("sled sync lock poisoned".into()))?;
+        self.events.sync()?;
+        self.audit_log.sync()?;
         self.db.flush()?;
         self.data_file.sync_data()?;
         let mut synced = self
@@ -177,7 +194,8 @@ fn run(files: &SledFiles, applied: &AtomicU64, stable: &AtomicU64, stopped: &Rec
             }
             Err(e) => tracing::error!(
                 error = %e,
-                "could not make sled stable; the write-ahead log keeps every commit since"
+                "could not make sled and the logs stable; the write-ahead log keeps every \
+                 commit since"
             ),
         }
     }

@@ -106,14 +106,32 @@ fn frames_round_trip_and_the_digest_does_not_depend_on_order() {
     let mut d = Digest::default();
     d.add(b"k1", b"v1 again");
     let mut buf = Vec::new();
+    let appended = Appended {
+        events: LogBytes {
+            file: 5,
+            offset: 1200,
+            bytes: vec![9; 34],
+        },
+        ..Appended::default()
+    };
+    encode(7, d, &appended, &w, &mut buf);
+    let f = decode(&buf).unwrap();
+    assert_eq!(f.number, 7);
     let extents = Extents {
         events: Some((5, 1234)),
         audit: None,
     };
-    encode(7, d, extents, &w, &mut buf);
-    let f = decode(&buf).unwrap();
-    assert_eq!(f.number, 7);
     assert_eq!(extents_of(&buf).unwrap(), extents);
+    let (regions, _) = regions_of(&buf).unwrap();
+    assert_eq!(
+        regions,
+        [Region {
+            log: Log::Events,
+            file: 5,
+            offset: 1200,
+            bytes: &[9; 34],
+        }]
+    );
     let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = f
         .writes
         .iter()
@@ -328,46 +346,150 @@ fn events(store: &SledStore, from: u64, to: u64) {
         .unwrap();
 }
 
-#[test]
-fn a_frame_whose_events_never_reached_the_disk_is_set_aside_as_never_committed() {
-    let dir = tempfile::tempdir().unwrap();
+/// The last (active) segment of the event log in `dir`.
+fn segment(dir: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("events"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v.pop().unwrap()
+}
+
+/// A store of events 1..=20 in two commits, sled copied aside after the
+/// first and put back (a crash before sled applied the second); returns
+/// the segment's length after the first commit and its whole bytes.
+fn second_commit_in_the_wal_only(dir: &Path) -> (u64, Vec<u8>) {
     let aside = tempfile::tempdir().unwrap();
-    let segment = |dir: &Path| {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("events"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .collect();
-        v.sort();
-        v.pop().unwrap()
-    };
     let kept_len;
+    {
+        let store = open(dir).unwrap();
+        events(&store, 1, 11);
+        copy_sled(&store, dir, aside.path());
+        kept_len = std::fs::metadata(segment(dir)).unwrap().len();
+        events(&store, 11, 21);
+    }
+    put_back_sled(dir, aside.path());
+    (kept_len, std::fs::read(segment(dir)).unwrap())
+}
+
+#[test]
+fn a_commits_log_bytes_a_crash_kept_from_the_disk_are_restored_from_its_frame() {
+    // A power loss after the frame's sync: the segment lost the commit's
+    // events (cut 10 bytes in), or the file grew and holds zeros.
+    for zeros in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept_len, whole) = second_commit_in_the_wal_only(dir.path());
+        let seg = segment(dir.path());
+        let mut damaged = whole[..kept_len as usize + 10].to_vec();
+        if zeros {
+            damaged.resize(whole.len() - 7, 0);
+        }
+        std::fs::write(&seg, &damaged).unwrap();
+        let store = open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap().next_sequence, 21, "zeros {zeros}");
+        assert_eq!(store.events_from(1, 100).unwrap().len(), 20);
+        assert_eq!(std::fs::read(&seg).unwrap(), whole, "zeros {zeros}");
+        // The log goes on in the same segment, and reopens.
+        events(&store, 21, 26);
+        drop(store);
+        let store = open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap().next_sequence, 26);
+        assert_eq!(store.events_from(1, 100).unwrap().len(), 25);
+    }
+}
+
+#[test]
+fn log_bytes_unlike_the_frames_copy_are_refused_naming_the_file_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept_len, mut whole) = second_commit_in_the_wal_only(dir.path());
+    let seg = segment(dir.path());
+    let at = kept_len as usize + 30;
+    whole[at] ^= 0x10;
+    std::fs::write(&seg, &whole).unwrap();
+    let before = crate::segments::tests::files(dir.path());
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged {
+        path,
+        offset,
+        detail,
+        ..
+    } = err
+    else {
+        panic!("not a refusal: {err}");
+    };
+    assert_eq!(path, seg);
+    assert_eq!(offset, Some(at as u64));
+    assert!(detail.contains("differ from the copy in commit frame"), "{detail}");
+    assert_eq!(crate::segments::tests::files(dir.path()), before);
+}
+
+#[test]
+fn a_log_cut_before_bytes_the_wal_holds_is_refused_naming_it_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path()).unwrap();
         events(&store, 1, 11);
-        copy_sled(&store, dir.path(), aside.path());
-        kept_len = std::fs::metadata(segment(dir.path())).unwrap().len();
+        crate::sled_backend::tests::settle(&store);
         events(&store, 11, 21);
     }
-    // A power loss while the three syncs ran: the frame reached the disk,
-    // sled had not applied it, and the segment lost the commit's events.
-    put_back_sled(dir.path(), aside.path());
+    // The first commit's frame is trimmed: bytes of it that are lost
+    // cannot come back, and the second's have nowhere to go.
     let seg = segment(dir.path());
-    let bytes = std::fs::read(&seg).unwrap();
-    std::fs::write(&seg, &bytes[..kept_len as usize + 10]).unwrap();
-    let store = open(dir.path()).unwrap();
+    let whole = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &whole[..40]).unwrap();
+    let before = crate::segments::tests::files(dir.path());
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged { path, detail, .. } = err else {
+        panic!("not a refusal: {err}");
+    };
+    assert_eq!(path, seg);
+    assert!(detail.contains("bytes of earlier commits are missing"), "{detail}");
+    assert_eq!(crate::segments::tests::files(dir.path()), before);
+}
+
+#[test]
+fn restored_log_bytes_are_put_back_when_the_open_refuses_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_file;
+    let whole;
+    {
+        let store = open(dir.path()).unwrap();
+        crate::audit_log::tests::commit(&store, 50);
+        crate::sled_backend::tests::settle(&store);
+        events(&store, 1, 11);
+        audit_file = std::fs::read_dir(dir.path().join(crate::audit_log::DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .next()
+            .unwrap();
+        whole = std::fs::read(segment(dir.path())).unwrap();
+    }
+    // The events' commit lost its bytes (restorable); the audit log's
+    // settled bytes are damaged (refused after the restore).
+    let seg = segment(dir.path());
+    std::fs::write(&seg, &whole[..25]).unwrap();
+    let mut audit = std::fs::read(&audit_file).unwrap();
+    audit[40] ^= 0x01;
+    std::fs::write(&audit_file, &audit).unwrap();
+    let before = crate::segments::tests::files(dir.path());
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged { path, .. } = err else {
+        panic!("not a refusal: {err}");
+    };
+    assert_eq!(path, audit_file);
     assert_eq!(
-        store.load().unwrap().next_sequence,
-        11,
-        "the commit never happened"
+        crate::segments::tests::files(dir.path()),
+        before,
+        "the segment is cut back to where the open found it"
     );
-    assert_eq!(store.events_from(1, 100).unwrap().len(), 10);
-    // The log goes on; the set-aside frame stays superseded at every open.
-    events(&store, 11, 16);
-    drop(store);
+    // Mended, the store opens with the events restored.
+    audit[40] ^= 0x01;
+    std::fs::write(&audit_file, &audit).unwrap();
     let store = open(dir.path()).unwrap();
-    assert_eq!(store.load().unwrap().next_sequence, 16);
-    assert_eq!(store.events_from(1, 100).unwrap().len(), 15);
+    assert_eq!(store.events_from(1, 100).unwrap().len(), 10);
+    assert_eq!(std::fs::read(&seg).unwrap(), whole);
 }
 
 #[test]
