@@ -197,6 +197,9 @@ pub fn check_store(store_dir: &Path, scratch: &Path) -> Vec<Finding> {
                     r.replayed
                 ),
             ));
+            if let Some(e) = r.log_damage {
+                out.push(Finding::from_error("write-ahead log", &wal_dir, e));
+            }
             if r.missing > 0 {
                 out.push(Finding::ok(
                     "write-ahead log",

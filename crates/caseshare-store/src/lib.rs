@@ -97,9 +97,10 @@ pub struct CommitStats {
     pub records: usize,
     /// Bytes written.
     pub bytes: usize,
-    /// Commit frames sled has applied and not yet made stable (a start
-    /// would replay them): about a second's commits; it grows while sled
-    /// cannot be made stable. 0 for backends without a write-ahead log.
+    /// Commit frames sled has applied and not yet made stable, with the
+    /// logs' bytes they carry (a start would replay them): about a
+    /// second's commits; it grows while sled or the logs cannot be made
+    /// stable. 0 for backends without a write-ahead log.
     pub wal_unstable_frames: u64,
 }
 

@@ -343,6 +343,9 @@ pub(crate) struct Recovered {
     pub(crate) restored: Restored,
     /// Bytes the logs lacked, found by a check that writes nothing.
     pub(crate) missing: u64,
+    /// What a check that writes nothing found wrong in the logs against
+    /// the frames (the open refuses with it).
+    pub(crate) log_damage: Option<StoreError>,
 }
 
 /// Whether [`recover`] writes to the logs the bytes they lack.
@@ -411,6 +414,7 @@ pub(crate) fn recover(
             files: Vec::new(),
             restored: Restored::default(),
             missing: 0,
+            log_damage: None,
         });
     }
     let files = list(&dir)?;
@@ -462,6 +466,7 @@ pub(crate) fn recover(
             files,
             restored: Restored::default(),
             missing: 0,
+            log_damage: None,
         });
     };
     let last_number = last.number;
@@ -525,11 +530,14 @@ pub(crate) fn recover(
             });
         }
     }
-    let plan = redo::plan(store_dir, &with_bytes)?;
-    let missing = plan.missing();
-    let restored = match logs {
-        Logs::Restore => plan.write()?,
-        Logs::Count => Restored::default(),
+    let (restored, missing, log_damage) = match (logs, redo::plan(store_dir, &with_bytes)) {
+        (Logs::Restore, plan) => {
+            let plan = plan?;
+            let missing = plan.missing();
+            (plan.write()?, missing, None)
+        }
+        (Logs::Count, Ok(plan)) => (Restored::default(), plan.missing(), None),
+        (Logs::Count, Err(e)) => (Restored::default(), 0, Some(e)),
     };
     Ok(Recovered {
         next: last_number + 1,
@@ -538,6 +546,7 @@ pub(crate) fn recover(
         files,
         restored,
         missing,
+        log_damage,
     })
 }
 
