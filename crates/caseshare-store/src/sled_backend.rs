@@ -248,11 +248,13 @@ impl SledStore {
         let next_frame = recovered.next;
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
         let legacy_deliveries = delivery_chunks::has_legacy(&tree)?;
+        let mut wal = Wal::start(dir, next_frame, recovered.digest, recovered.files);
+        wal.keep_spares()?;
         let store = SledStore {
             tree,
             path: dir.to_path_buf(),
             files,
-            wal: Wal::start(dir, next_frame, recovered.digest, recovered.files),
+            wal,
             stabiliser,
             events,
             audit_log,
@@ -282,6 +284,8 @@ impl SledStore {
             store.wal.commit(&store.tree, Writes::default())?;
         }
         store.files.sync()?;
+        // The first commit takes a zero-filled file.
+        store.wal.roll();
         restored.keep();
         Ok(store)
     }

@@ -63,6 +63,7 @@
 
 mod files;
 mod redo;
+mod spare;
 mod stabiliser;
 #[cfg(test)]
 mod tests;
@@ -352,7 +353,9 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 /// The number of a frame's payload, without decoding the rest.
 pub(crate) fn number_of(payload: &[u8]) -> Option<u64> {
     match payload {
-        [FORMAT | FORMAT_2 | FORMAT_1, rest @ ..] => Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)),
+        [FORMAT | FORMAT_2 | FORMAT_1, rest @ ..] => {
+            Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?))
+        }
         _ => None,
     }
 }
@@ -379,7 +382,10 @@ pub(crate) fn extents_of(payload: &[u8]) -> Result<Extents, String> {
 /// rest of the payload after them: `Err(what is wrong)`.
 pub(crate) fn regions_of(payload: &[u8]) -> Result<(Vec<Region<'_>>, &[u8]), String> {
     if payload.first() == Some(&FORMAT_1) {
-        return Ok((Vec::new(), payload.get(PAYLOAD_HEADER_1..).ok_or("a frame cut short")?));
+        return Ok((
+            Vec::new(),
+            payload.get(PAYLOAD_HEADER_1..).ok_or("a frame cut short")?,
+        ));
     }
     let extents = extents_of(payload)?;
     let mut rest = payload.get(PAYLOAD_HEADER..).ok_or("a frame cut short")?;

@@ -231,8 +231,11 @@ fn one_uncommitted_batch_and_a_torn_tail_are_left_and_the_next_file_is_new() {
             let ps = pointers(&store);
             ps.last().unwrap().1.end()
         }));
-        log.append(&[chunk.clone(), chunk], &mut crate::wal::LogBytes::default())
-            .unwrap();
+        log.append(
+            &[chunk.clone(), chunk],
+            &mut crate::wal::LogBytes::default(),
+        )
+        .unwrap();
         log.sync().unwrap();
         let path = dir.path().join(DIR).join(file_name(1));
         let mut f = OpenOptions::new().append(true).open(path).unwrap();

@@ -1,18 +1,20 @@
 //! The WAL's files: appending commit frames ([`Wal`]) and reading them
 //! back at open ([`recover`]).
 //!
-//! Files are named `<number of their first frame, 20 digits>[.<k>].wal`;
-//! every open starts a new one (`.<k>` if a file of a commit that never
+//! Files are named `<number of their first frame, 20 digits>[.<k>].wal`,
+//! zero-filled ahead when they can be ([`super::spare`]: the zeros after
+//! the last frame are the file's end); every open starts a new one (`.<k>` if a file of a commit that never
 //! completed already has the name), so a torn frame left by a crash is
 //! never written after: it stays at the end of its file, and the next
 //! file starts with its number.
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::redo::{self, FrameRegions, Restored};
+use super::spare::{self, Spares};
 use super::{
     Appended, DIR, Digest, Writes, applied_key, carries_log_bytes, decode, encode, extents_of,
     number_of, regions_of,
@@ -73,6 +75,8 @@ pub(crate) struct Staged {
 pub(crate) struct Wal {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Zero-filled files made ahead ([`Wal::keep_spares`]).
+    spares: Option<Spares>,
 }
 
 fn file_name(first: u64, k: u32) -> String {
@@ -100,6 +104,10 @@ fn list(dir: &Path) -> Result<Vec<WalFile>, StoreError> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            // A spare file ([`super::spare`]), not a WAL file.
+            continue;
+        }
         match parse_name(&name) {
             Some((first, k)) => found.push((first, k, entry.path())),
             None => tracing::warn!(file = %entry.path().display(), "not a WAL file; left as it is"),
@@ -128,6 +136,26 @@ impl Wal {
                 buf: Vec::new(),
                 broken: false,
             }),
+            spares: None,
+        }
+    }
+
+    /// Keeps a zero-filled file ready for the next file to start
+    /// ([`super::spare`]); removes spares an earlier run left. For the
+    /// store's open: a commit's sync then writes no file size.
+    pub(crate) fn keep_spares(&mut self) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.dir)?;
+        spare::remove_left_over(&self.dir)?;
+        self.spares = Some(Spares::start(&self.dir, FILE_BYTES + FILE_BYTES / 4)?);
+        Ok(())
+    }
+
+    /// Makes the next frame start a new file: the open's frame stays
+    /// alone in the file the open made, and the first commit takes a
+    /// spare.
+    pub(crate) fn roll(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.len = FILE_BYTES;
         }
     }
 
@@ -168,7 +196,22 @@ impl Wal {
         let number = inner.next;
         if inner.active.is_none() || inner.len >= FILE_BYTES {
             std::fs::create_dir_all(&self.dir)?;
-            let new = new_file(&self.dir, number)?;
+            let spare = match &self.spares {
+                Some(spares) => {
+                    spares.take((0..1000).map(|k| self.dir.join(file_name(number, k))))?
+                }
+                None => None,
+            };
+            let new = match spare {
+                Some((file, path)) => (
+                    file,
+                    WalFile {
+                        first: number,
+                        path,
+                    },
+                ),
+                None => new_file(&self.dir, number)?,
+            };
             if let Some((_, closed)) = inner.active.replace(new) {
                 inner.older.push(closed);
             }
@@ -197,10 +240,11 @@ impl Wal {
         // From the first byte written until the frame is applied, a failure
         // leaves the file or sled in a state only a reopen sorts out.
         inner.broken = true;
+        let at = inner.len;
         let Some((file, _)) = inner.active.as_mut() else {
             return Err(StoreError::Engine("no WAL file".into()));
         };
-        file.write_all(&buf)?;
+        file.write_all_at(&buf, at)?;
         inner.len += buf.len() as u64;
         let size = buf.len();
         if buf.capacity() <= 32 << 20 {
@@ -277,15 +321,6 @@ impl Wal {
         Ok(removed)
     }
 
-    /// Makes the next frame start a new file (for tests that want the
-    /// frames so far trimmed).
-    #[cfg(test)]
-    pub(crate) fn roll(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.len = FILE_BYTES;
-        }
-    }
-
     /// Takes sled's present contents as they are: recomputes the digest
     /// from `tree` and records it in an empty frame. For writes made to
     /// sled outside commits (at open, and by tests that tamper with it).
@@ -309,7 +344,7 @@ fn new_file(dir: &Path, first: u64) -> Result<(File, WalFile), StoreError> {
     for k in 0..1000 {
         let path = dir.join(file_name(first, k));
         match std::fs::OpenOptions::new()
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(&path)
         {
@@ -590,6 +625,13 @@ fn walk_file<'a>(
                         file: i,
                     });
                     expected += 1;
+                }
+                Err((offset, _))
+                    if bytes
+                        .get(usize::try_from(offset).unwrap_or(usize::MAX)..)
+                        .is_some_and(|rest| rest.iter().all(|b| *b == 0)) =>
+                {
+                    // The zeros of a file made ahead: its end.
                 }
                 Err((offset, why)) => match whole_frame_after(bytes, offset, expected) {
                     Some((later, n)) if n <= m.saturating_add(1) => {

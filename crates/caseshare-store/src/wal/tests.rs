@@ -91,6 +91,7 @@ fn wal_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
     v.sort();
     v
@@ -253,12 +254,13 @@ fn a_torn_last_frame_is_left_and_the_log_goes_on_in_a_new_file() {
     let torn = bytes[bytes.len() / 2..].to_vec();
     bytes.extend_from_slice(&torn[..torn.len() / 2]);
     std::fs::write(&last, &bytes).unwrap();
+    let files_before = wal_files(dir.path()).len();
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store), vec!["a0"]);
     // The open's own frame went to a new file; the torn one is as it was
     // (it goes once sled holds its frames stably, with the next commit).
     assert_eq!(std::fs::read(&last).unwrap(), bytes, "left as it is");
-    assert_eq!(wal_files(dir.path()).len(), 2);
+    assert_eq!(wal_files(dir.path()).len(), files_before + 1);
     agency(&store, 1, 10);
     drop(store);
     let store = open(dir.path()).unwrap();
@@ -421,7 +423,10 @@ fn log_bytes_unlike_the_frames_copy_are_refused_naming_the_file_and_nothing_is_c
     };
     assert_eq!(path, seg);
     assert_eq!(offset, Some(at as u64));
-    assert!(detail.contains("differ from the copy in commit frame"), "{detail}");
+    assert!(
+        detail.contains("differ from the copy in commit frame"),
+        "{detail}"
+    );
     assert_eq!(crate::segments::tests::files(dir.path()), before);
 }
 
@@ -445,7 +450,10 @@ fn a_log_cut_before_bytes_the_wal_holds_is_refused_naming_it_and_nothing_is_chan
         panic!("not a refusal: {err}");
     };
     assert_eq!(path, seg);
-    assert!(detail.contains("bytes of earlier commits are missing"), "{detail}");
+    assert!(
+        detail.contains("bytes of earlier commits are missing"),
+        "{detail}"
+    );
     assert_eq!(crate::segments::tests::files(dir.path()), before);
 }
 
@@ -530,4 +538,41 @@ fn the_stabiliser_thread_makes_sled_stable_and_the_log_is_trimmed_after_it() {
     agency(&store, 40, 10);
     let after = wal_files(dir.path()).len();
     assert!(after <= 2, "{files} files, then {after}");
+}
+
+#[test]
+fn a_commit_after_the_open_takes_a_zero_filled_file_whose_zeros_are_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join(DIR).join(".spare");
+    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
+    {
+        let store = open(dir.path()).unwrap();
+        // The spare thread makes one as the store opens; wait for it (a
+        // condition, with a deadline) so that the commit below takes it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !spare.exists() {
+            assert!(std::time::Instant::now() < deadline, "no spare made");
+            std::thread::yield_now();
+        }
+        agency(&store, 0, 10);
+        let last = wal_files(dir.path()).pop().unwrap();
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), made_ahead);
+        let bytes = std::fs::read(&last).unwrap();
+        let end = crate::segments::frames(&bytes, 0)
+            .map_while(Result::ok)
+            .last()
+            .unwrap()
+            .end();
+        assert!(end < made_ahead, "one small frame");
+        assert!(bytes[end as usize..].iter().all(|b| *b == 0));
+        agency(&store, 1, 10);
+    }
+    // Reopened (a spare may be lying there too, not a WAL file), the
+    // zeros end the file and both commits are there.
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store), vec!["a0", "a1"]);
+    agency(&store, 2, 10);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store), vec!["a0", "a1", "a2"]);
 }

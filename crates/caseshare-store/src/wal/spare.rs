@@ -1,0 +1,162 @@
+//! WAL files made ahead of need, already zero-filled and synced, so that
+//! a commit's `fdatasync` writes its frame's blocks and nothing else: on
+//! a file that grows, the file system must also write the file's size
+//! (its inode) with every sync, a second wait per commit (PostgreSQL's
+//! `wal_init_zero` for the same reason).
+//!
+//! A thread of its own writes `wal/.spare.tmp` (zeros, synced) and renames
+//! it `wal/.spare`; the WAL takes it as its next file by linking it to
+//! the file's name (never over an existing one) and syncing the folder,
+//! and the thread starts the next. If no spare is ready, the WAL makes a
+//! new, empty file as before. Names starting with `.` are not WAL files
+//! (the listing at open skips them, a backup leaves them out), and an
+//! open removes them. The zeros after a file's last frame are its end,
+//! not a torn frame ([`super::files`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::StoreError;
+
+/// The spare being written.
+const TMP: &str = ".spare.tmp";
+/// The spare ready to be taken.
+const READY: &str = ".spare";
+
+/// The thread that keeps one spare WAL file ready.
+#[derive(Debug)]
+pub(super) struct Spares {
+    dir: PathBuf,
+    ready: Arc<Mutex<bool>>,
+    wake: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Removes spares left by an earlier run from `dir` (they may be half
+/// written).
+pub(super) fn remove_left_over(dir: &Path) -> Result<(), StoreError> {
+    for name in [TMP, READY] {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+impl Spares {
+    /// Starts the thread, which makes a first spare of `bytes` zeros in
+    /// `dir` at once.
+    pub(super) fn start(dir: &Path, bytes: u64) -> Result<Spares, StoreError> {
+        let ready = Arc::new(Mutex::new(false));
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let (d, r) = (dir.to_path_buf(), ready.clone());
+        let thread = std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || run(&d, bytes, &r, &woken))
+            .map_err(|e| {
+                StoreError::Engine(format!("could not start the WAL's spare thread: {e}"))
+            })?;
+        // The first spare.
+        let _ = wake.try_send(());
+        Ok(Spares {
+            dir: dir.to_path_buf(),
+            ready,
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// The spare, linked as the first of `names` that does not exist,
+    /// with the folder synced, opened for writing; `Ok(None)` if none is
+    /// ready.
+    pub(super) fn take(
+        &self,
+        names: impl Iterator<Item = PathBuf>,
+    ) -> Result<Option<(File, PathBuf)>, StoreError> {
+        let mut ready = self
+            .ready
+            .lock()
+            .map_err(|_| StoreError::Engine("WAL spare lock poisoned".into()))?;
+        if !*ready {
+            return Ok(None);
+        }
+        let spare = self.dir.join(READY);
+        let mut linked = None;
+        for path in names {
+            match std::fs::hard_link(&spare, &path) {
+                Ok(()) => {
+                    linked = Some(path);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(path) = linked else {
+            return Ok(None);
+        };
+        std::fs::remove_file(&spare)?;
+        *ready = false;
+        drop(ready);
+        crate::recovery::sync_dir(&self.dir)?;
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+        let file = OpenOptions::new().write(true).open(&path)?;
+        Ok(Some((file, path)))
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(dir: &Path, bytes: u64, ready: &Mutex<bool>, woken: &Receiver<()>) {
+    while woken.recv().is_ok() {
+        if ready.lock().map(|r| *r).unwrap_or(true) {
+            continue;
+        }
+        match make(dir, bytes) {
+            Ok(()) => {
+                if let Ok(mut r) = ready.lock() {
+                    *r = true;
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                dir = %dir.display(),
+                "could not make a spare WAL file; the next one starts empty"
+            ),
+        }
+    }
+}
+
+/// Writes `bytes` zeros to the spare, syncs it and makes it ready.
+fn make(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let tmp = dir.join(TMP);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(READY))
+}
