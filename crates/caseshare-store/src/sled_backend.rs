@@ -248,8 +248,7 @@ impl SledStore {
         let next_frame = recovered.next;
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
         let legacy_deliveries = delivery_chunks::has_legacy(&tree)?;
-        let mut wal = Wal::start(dir, next_frame, recovered.digest, recovered.files);
-        wal.keep_spares()?;
+        let wal = Wal::start(dir, next_frame, recovered.digest, recovered.files);
         let store = SledStore {
             tree,
             path: dir.to_path_buf(),
@@ -284,9 +283,12 @@ impl SledStore {
             store.wal.commit(&store.tree, Writes::default())?;
         }
         store.files.sync()?;
-        // The first commit takes a zero-filled file.
-        store.wal.roll();
         restored.keep();
+        // Only once nothing can refuse: spares made ahead, the first of
+        // which the first commit takes.
+        let mut store = store;
+        store.wal.keep_spares();
+        store.wal.roll();
         Ok(store)
     }
 

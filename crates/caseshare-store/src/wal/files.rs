@@ -142,12 +142,22 @@ impl Wal {
 
     /// Keeps a zero-filled file ready for the next file to start
     /// ([`super::spare`]); removes spares an earlier run left. For the
-    /// store's open: a commit's sync then writes no file size.
-    pub(crate) fn keep_spares(&mut self) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.dir)?;
-        spare::remove_left_over(&self.dir)?;
-        self.spares = Some(Spares::start(&self.dir, FILE_BYTES + FILE_BYTES / 4)?);
-        Ok(())
+    /// store's open, once it cannot refuse: a commit's sync then writes
+    /// no file size. If it cannot, files start empty (as before), with a
+    /// warning.
+    pub(crate) fn keep_spares(&mut self) {
+        let started = std::fs::create_dir_all(&self.dir)
+            .map_err(StoreError::from)
+            .and_then(|()| spare::remove_left_over(&self.dir))
+            .and_then(|()| Spares::start(&self.dir, FILE_BYTES + FILE_BYTES / 4));
+        match started {
+            Ok(spares) => self.spares = Some(spares),
+            Err(e) => tracing::warn!(
+                error = %e,
+                dir = %self.dir.display(),
+                "WAL files will not be made ahead; each starts empty"
+            ),
+        }
     }
 
     /// Makes the next frame start a new file: the open's frame stays
