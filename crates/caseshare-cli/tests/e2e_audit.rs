@@ -432,6 +432,54 @@ fn alter_an_entry(b: &Broker) -> std::path::PathBuf {
     path
 }
 
+/// The WAL files in the broker's store.
+fn wal_files(b: &Broker) -> Vec<std::path::PathBuf> {
+    let dir = b.data().join("store").join("wal");
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Stops and restarts the broker, then publishes until the WAL files of
+/// the runs before are deleted (the stabiliser makes the logs and sled
+/// stable about once a second, and the next commit trims what that
+/// covers), then stops it: the frames' copies of the audit log's bytes are
+/// gone, as they are for any entry older than a second or so of commits,
+/// and a change to those bytes is the audit log's own checks' (and the
+/// verifier's) to find.
+async fn settle_the_wal(b: &mut Broker) {
+    if b.running() {
+        assert!(b.stop().await.success());
+    }
+    let old = wal_files(b);
+    assert!(!old.is_empty());
+    b.restart();
+    let mut school = b.client("school-b");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut i = 0;
+    while old.iter().any(|f| f.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL files {old:?} were not trimmed"
+        );
+        school
+            .publisher
+            .publish(publish_request(attendance_event(
+                &format!("settle-{i}"),
+                CHILD_1,
+            )))
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(b.stop().await.success());
+}
+
 #[tokio::test]
 async fn verify_catches_an_altered_entry() {
     let mut b = Broker::start();
@@ -464,7 +512,7 @@ async fn verify_catches_an_altered_entry() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).starts_with("verified:"));
 
-    assert!(b.stop().await.success());
+    settle_the_wal(&mut b).await;
     alter_an_entry(&b);
     b.restart();
     let out = verify_cli(&b, &vkey, &state);
@@ -484,6 +532,39 @@ async fn an_altered_entry_after_the_last_whole_tile_is_refused_at_start() {
     let size = b.checkpoint().await.tree_size;
     assert!(size < 256, "{size} entries: all after the last whole tile");
     assert!(b.stop().await.success());
+    // While the WAL still holds the commit (about the last second), the
+    // entry is found unlike the frame's copy of it.
+    let file = b
+        .data()
+        .join("store")
+        .join(caseshare_store::audit_log::DIR)
+        .join(caseshare_store::audit_log::file_name(1));
+    let original = std::fs::read(&file).unwrap();
+    let path = alter_an_entry(&b);
+    let before = digest_tree(&b.data().join("store"));
+    let refused = match b.try_restart() {
+        Ok(()) => panic!("an altered entry must be refused"),
+        Err(r) => r,
+    };
+    let msg = refusal_message(&refused);
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("differ from the copy in commit frame"),
+        "{msg}"
+    );
+    assert_eq!(
+        digest_tree(&b.data().join("store")),
+        before,
+        "nothing changed"
+    );
+    // Put back, and the WAL's copies gone: the leaves after the last whole
+    // tile, hashed again at start, are checked against the checkpoint.
+    std::fs::write(&path, original).unwrap();
+    settle_the_wal(&mut b).await;
+    let size = caseshare_store::saved_checkpoint_size(&b.data().join("store"))
+        .unwrap()
+        .unwrap();
+    assert!(size < 256, "{size} entries: all after the last whole tile");
     let path = alter_an_entry(&b);
     let before = digest_tree(&b.data().join("store"));
     let refused = match b.try_restart() {
@@ -555,9 +636,21 @@ async fn verify_catches_a_rolled_back_log() {
         .expect("a rolled-back audit log is refused at start");
     let message = refusal_message(&refused);
     assert!(message.contains("sled lost committed writes"), "{message}");
-    // An operator who hides the rollback (removes the saved checkpoint) gets
-    // a broker that starts, and the independent verifier still catches it.
-    std::fs::remove_file(b.data().join("store").join("checkpoint")).unwrap();
+    // An operator who hides the rollback (removes the saved checkpoint, and
+    // the write-ahead log, whose frames still hold copies of the dropped
+    // entries, with sled's record of the last frame it applied) gets a
+    // broker that starts, and the independent verifier still catches it.
+    let store_dir = b.data().join("store");
+    std::fs::remove_file(store_dir.join("checkpoint")).unwrap();
+    {
+        let db = caseshare_store::sled_open::open_sled(&store_dir, 8 << 20).unwrap();
+        let tree = db.open_tree("caseshare").unwrap();
+        tree.remove(b"Mcommit")
+            .unwrap()
+            .expect("sled's record of the last frame");
+        db.flush().unwrap();
+    }
+    std::fs::remove_dir_all(store_dir.join(caseshare_store::wal::DIR)).unwrap();
     b.restart();
     let out = verify_cli(&b, &vkey, &state);
     assert!(!out.status.success());
