@@ -610,7 +610,9 @@ async fn a_damaged_stored_event_is_data_loss_and_the_broker_goes_not_ready() {
             .unwrap();
     }
     drop(school);
-    assert!(b.stop().await.success());
+    // The damage is older than the WAL's copies (which a start would find
+    // it unlike, and refuse): the event log's own check finds it on read.
+    settle_the_wal(&mut b, "school-b").await;
     damage_event(&b.data(), "damaged");
     b.restart();
     assert_eq!(http_get(b.ops, "/readyz").0, 200, "ready after the restart");

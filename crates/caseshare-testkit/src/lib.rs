@@ -108,6 +108,7 @@ mod net;
 mod otlp;
 mod partition;
 mod subscription;
+mod wal;
 
 pub use agencies::{
     ADMIN, AUDITOR, CHILD_1, CHILD_2, HEALTH, SAMPLE_AGENCIES, SCHOOL, SOCIAL_CARE, agreement,
@@ -135,6 +136,7 @@ pub use nats::{
 pub use net::{H2_PREFACE, call_path, closed_within, http_get, raw_tls};
 pub use otlp::OtlpCollector;
 pub use subscription::Subscription;
+pub use wal::{settle_the_wal, wal_files};
 
 /// Installs rustls' ring crypto provider for the process (idempotent).
 /// Every broker start calls it; a test that builds TLS configurations
