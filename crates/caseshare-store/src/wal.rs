@@ -63,6 +63,7 @@
 
 mod files;
 mod redo;
+mod set_aside;
 mod spare;
 mod stabiliser;
 #[cfg(test)]

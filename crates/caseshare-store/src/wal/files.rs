@@ -14,11 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::redo::{self, FrameRegions, Restored};
+use super::set_aside::set_aside_cut_short;
 use super::spare::{self, Spares};
-use super::{
-    Appended, DIR, Digest, Writes, applied_key, carries_log_bytes, decode, encode, extents_of,
-    number_of, regions_of,
-};
+use super::{Appended, DIR, Digest, Writes, applied_key, decode, encode, number_of, regions_of};
 use crate::StoreError;
 use crate::recovery::{ADVICE_RESTORE, ADVICE_SLED_BEHIND, damaged};
 use crate::segments::{frame_header, frames};
@@ -403,16 +401,16 @@ pub(crate) enum Logs {
 }
 
 /// A whole frame of a file: its number and where it is.
-struct Found<'a> {
-    number: u64,
-    offset: u64,
-    payload: &'a [u8],
-    file: usize,
+pub(super) struct Found<'a> {
+    pub(super) number: u64,
+    pub(super) offset: u64,
+    pub(super) payload: &'a [u8],
+    pub(super) file: usize,
 }
 
 impl Found<'_> {
     /// A refusal naming this frame's file and offset.
-    fn damaged(&self, files: &[WalFile], why: String) -> StoreError {
+    pub(super) fn damaged(&self, files: &[WalFile], why: String) -> StoreError {
         damaged(
             &files[self.file].path,
             Some(self.offset),
@@ -676,63 +674,6 @@ fn walk_file<'a>(
         break;
     }
     Ok(())
-}
-
-/// Sets aside the last frame if it is of a format without its logs'
-/// bytes, sled has not applied it, and the event log or the audit log
-/// does not reach where it says its commit's bytes end: the frame was
-/// synced, the other files not (a crash while that format's three syncs
-/// ran), so the commit was never acknowledged. Returns its number.
-fn set_aside_cut_short(
-    store_dir: &Path,
-    files: &[WalFile],
-    found: &mut Vec<Found<'_>>,
-    m: u64,
-) -> Result<Option<u64>, StoreError> {
-    let Some(last) = found.last() else {
-        return Ok(None);
-    };
-    if last.number <= m || carries_log_bytes(last.payload) {
-        return Ok(None);
-    }
-    let extents = extents_of(last.payload).map_err(|why| last.damaged(files, why))?;
-    let reaches = |path: PathBuf, end: u64| -> Result<Option<PathBuf>, StoreError> {
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.len() >= end => Ok(None),
-            Ok(_) => Ok(Some(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(path)),
-            Err(e) => Err(e.into()),
-        }
-    };
-    let mut short = None;
-    if let Some((first, end)) = extents.events {
-        let path = store_dir
-            .join("events")
-            .join(crate::segments::segment_name(first));
-        short = reaches(path, end)?;
-    }
-    if short.is_none()
-        && let Some((serial, end)) = extents.audit
-    {
-        let path = store_dir
-            .join(crate::audit_log::DIR)
-            .join(crate::audit_log::file_name(serial));
-        short = reaches(path, end)?;
-    }
-    let Some(path) = short else {
-        return Ok(None);
-    };
-    let number = last.number;
-    tracing::warn!(
-        frame = number,
-        wal = %files[last.file].path.display(),
-        file = %path.display(),
-        "WAL: the last commit frame's bytes are not all in {}: a commit cut short by a crash \
-         (never acknowledged); its frame is left as it is and superseded",
-        path.display()
-    );
-    found.pop();
-    Ok(Some(number))
 }
 
 /// The digest of a frame's payload.

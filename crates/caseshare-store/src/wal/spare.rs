@@ -127,29 +127,34 @@ fn run(dir: &Path, bytes: u64, ready: &Mutex<bool>, woken: &Receiver<()>) {
         if ready.lock().map(|r| *r).unwrap_or(true) {
             continue;
         }
-        match make(dir, bytes) {
-            Ok(()) => {
-                if let Ok(mut r) = ready.lock() {
-                    *r = true;
-                }
+        // Made under its name for being made, then renamed and marked
+        // ready under the lock: a spare seen under its ready name is one
+        // `take` finds.
+        let made = make(dir, bytes).and_then(|()| match ready.lock() {
+            Ok(mut r) => {
+                std::fs::rename(dir.join(TMP), dir.join(READY))?;
+                *r = true;
+                Ok(())
             }
-            Err(e) => tracing::warn!(
+            Err(_) => Err(std::io::Error::other("WAL spare lock poisoned")),
+        });
+        if let Err(e) = made {
+            tracing::warn!(
                 error = %e,
                 dir = %dir.display(),
                 "could not make a spare WAL file; the next one starts empty"
-            ),
+            );
         }
     }
 }
 
-/// Writes `bytes` zeros to the spare, syncs it and makes it ready.
+/// Writes `bytes` zeros to the spare being made, and syncs it.
 fn make(dir: &Path, bytes: u64) -> std::io::Result<()> {
-    let tmp = dir.join(TMP);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)?;
+        .open(dir.join(TMP))?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = bytes;
     while left > 0 {
@@ -157,6 +162,5 @@ fn make(dir: &Path, bytes: u64) -> std::io::Result<()> {
         file.write_all(&zeros[..n])?;
         left -= n as u64;
     }
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(READY))
+    file.sync_all()
 }
