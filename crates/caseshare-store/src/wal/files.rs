@@ -30,6 +30,11 @@ pub(crate) const FILE_BYTES: u64 = 16 << 20;
 #[cfg(test)]
 pub(crate) const FILE_BYTES: u64 = 4 << 10;
 
+/// Frames smaller than this on average make the WAL ask, once the active
+/// file is half full, for the next file to be made ahead, zero-filled
+/// ([`super::spare`]).
+const SMALL_FRAME_BYTES: u64 = 64 << 10;
+
 /// How far past a bad frame's number a whole frame found after it still
 /// counts as a later commit (damage, not a torn tail).
 const RESYNC_WINDOW: u64 = 1 << 20;
@@ -48,6 +53,12 @@ struct Inner {
     /// after an open.
     active: Option<(File, WalFile)>,
     len: u64,
+    /// Frames written to the active file.
+    frames: u64,
+    /// The next frame starts a new file.
+    roll: bool,
+    /// The next file was asked to be made ahead.
+    asked: bool,
     /// Closed files, oldest first: each holds the frames from its `first`
     /// up to the next file's.
     older: Vec<WalFile>,
@@ -128,6 +139,9 @@ impl Wal {
             inner: Mutex::new(Inner {
                 active: None,
                 len: 0,
+                frames: 0,
+                roll: false,
+                asked: false,
                 older,
                 next,
                 digest,
@@ -163,7 +177,7 @@ impl Wal {
     /// spare.
     pub(crate) fn roll(&self) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.len = FILE_BYTES;
+            inner.roll = true;
         }
     }
 
@@ -202,7 +216,7 @@ impl Wal {
             ));
         }
         let number = inner.next;
-        if inner.active.is_none() || inner.len >= FILE_BYTES {
+        if inner.active.is_none() || inner.len >= FILE_BYTES || inner.roll {
             std::fs::create_dir_all(&self.dir)?;
             let spare = match &self.spares {
                 Some(spares) => {
@@ -224,6 +238,9 @@ impl Wal {
                 inner.older.push(closed);
             }
             inner.len = 0;
+            inner.frames = 0;
+            inner.roll = false;
+            inner.asked = false;
         }
         let Some((_, active)) = inner.active.as_ref() else {
             return Err(StoreError::Engine("no WAL file".into()));
@@ -254,6 +271,16 @@ impl Wal {
         };
         file.write_all_at(&buf, at)?;
         inner.len += buf.len() as u64;
+        inner.frames += 1;
+        // Half full, of small frames: the next file is made ahead.
+        if !inner.asked
+            && inner.len >= FILE_BYTES / 2
+            && inner.len / inner.frames < SMALL_FRAME_BYTES
+            && let Some(spares) = &self.spares
+        {
+            spares.want();
+            inner.asked = true;
+        }
         let size = buf.len();
         if buf.capacity() <= 32 << 20 {
             inner.buf = buf;

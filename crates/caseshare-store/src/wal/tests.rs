@@ -576,3 +576,63 @@ fn a_commit_after_the_open_takes_a_zero_filled_file_whose_zeros_are_its_end() {
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store), vec!["a0", "a1", "a2"]);
 }
+
+/// Where the whole frames of WAL file `path` end.
+fn frames_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    crate::segments::frames(&bytes, 0)
+        .map_while(Result::ok)
+        .last()
+        .map_or(0, |f| f.end())
+}
+
+/// Waits (a condition, with a deadline) for `path` to exist.
+fn wait_for(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{path:?} never came");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn files_are_made_ahead_while_frames_are_small_and_not_for_large_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join(DIR).join(".spare");
+    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
+    let store = open(dir.path()).unwrap();
+    wait_for(&spare);
+    let mut i = 0;
+    agency(&store, i, 10);
+    let first = wal_files(dir.path()).len();
+    // Small frames: once the file is half full, the next is made ahead,
+    // and the roll takes it.
+    while wal_files(dir.path()).len() == first {
+        i += 1;
+        agency(&store, i, 10);
+        let last = wal_files(dir.path()).pop().unwrap();
+        if frames_end(&last) >= super::files::FILE_BYTES / 2 {
+            // Asked for by now: made before the roll below takes it.
+            wait_for(&spare);
+        }
+    }
+    let second = wal_files(dir.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&second).unwrap().len(), made_ahead);
+    // Large frames (over 64 KiB on average): nothing is asked for, and the
+    // file after this one starts empty.
+    for j in 0..3 {
+        agency(&store, 1000 + j, 200_000);
+    }
+    let files = wal_files(dir.path());
+    let last = files.last().unwrap();
+    assert_ne!(last, &second);
+    assert!(!spare.exists(), "no spare asked for by large frames");
+    assert_eq!(
+        std::fs::metadata(last).unwrap().len(),
+        frames_end(last),
+        "started empty: nothing after its frames"
+    );
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store).len(), i + 1 + 3);
+}
