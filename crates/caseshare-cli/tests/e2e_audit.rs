@@ -492,23 +492,7 @@ async fn an_altered_entry_after_the_last_whole_tile_is_refused_at_start() {
         .join(caseshare_store::audit_log::DIR)
         .join(caseshare_store::audit_log::file_name(1));
     let original = std::fs::read(&file).unwrap();
-    let path = alter_an_entry(&b);
-    let before = digest_tree(&b.data().join("store"));
-    let refused = match b.try_restart() {
-        Ok(()) => panic!("an altered entry must be refused"),
-        Err(r) => r,
-    };
-    let msg = refusal_message(&refused);
-    assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(
-        msg.contains("differ from the copy in commit frame"),
-        "{msg}"
-    );
-    assert_eq!(
-        digest_tree(&b.data().join("store")),
-        before,
-        "nothing changed"
-    );
+    let path = altered_entry_is_refused(&mut b, "differ from the copy in commit frame");
     // Put back, and the WAL's copies gone: the leaves after the last whole
     // tile, hashed again at start, are checked against the checkpoint.
     std::fs::write(&path, original).unwrap();
@@ -517,7 +501,14 @@ async fn an_altered_entry_after_the_last_whole_tile_is_refused_at_start() {
         .unwrap()
         .unwrap();
     assert!(size < 256, "{size} entries: all after the last whole tile");
-    let path = alter_an_entry(&b);
+    altered_entry_is_refused(&mut b, "do not hash to the root of the checkpoint");
+}
+
+/// Alters an entry of the stopped broker's audit log; a start is refused
+/// naming the file, with `expect` in the message, and changes nothing.
+/// Gives the file.
+fn altered_entry_is_refused(b: &mut Broker, expect: &str) -> std::path::PathBuf {
+    let path = alter_an_entry(b);
     let before = digest_tree(&b.data().join("store"));
     let refused = match b.try_restart() {
         Ok(()) => panic!("an altered entry must be refused"),
@@ -525,15 +516,13 @@ async fn an_altered_entry_after_the_last_whole_tile_is_refused_at_start() {
     };
     let msg = refusal_message(&refused);
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(
-        msg.contains("do not hash to the root of the checkpoint"),
-        "{msg}"
-    );
+    assert!(msg.contains(expect), "{msg}");
     assert_eq!(
         digest_tree(&b.data().join("store")),
         before,
         "nothing changed"
     );
+    path
 }
 
 #[tokio::test]

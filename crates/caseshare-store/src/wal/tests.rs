@@ -376,6 +376,27 @@ fn second_commit_in_the_wal_only(dir: &Path) -> (u64, Vec<u8>) {
     (kept_len, std::fs::read(segment(dir)).unwrap())
 }
 
+/// Opening `dir` is refused, changing nothing: the file named, the
+/// offset and the detail.
+fn refused_unchanged(dir: &Path) -> (PathBuf, Option<u64>, String) {
+    let before = crate::segments::tests::files(dir);
+    let err = open(dir).expect_err("refused");
+    assert_eq!(
+        crate::segments::tests::files(dir),
+        before,
+        "nothing changed"
+    );
+    match err {
+        StoreError::Damaged {
+            path,
+            offset,
+            detail,
+            ..
+        } => (path, offset, detail),
+        other => panic!("not a refusal: {other}"),
+    }
+}
+
 #[test]
 fn a_commits_log_bytes_a_crash_kept_from_the_disk_are_restored_from_its_frame() {
     // A power loss after the frame's sync: the segment lost the commit's
@@ -410,24 +431,13 @@ fn log_bytes_unlike_the_frames_copy_are_refused_naming_the_file_and_nothing_is_c
     let at = kept_len as usize + 30;
     whole[at] ^= 0x10;
     std::fs::write(&seg, &whole).unwrap();
-    let before = crate::segments::tests::files(dir.path());
-    let err = open(dir.path()).expect_err("refused");
-    let StoreError::Damaged {
-        path,
-        offset,
-        detail,
-        ..
-    } = err
-    else {
-        panic!("not a refusal: {err}");
-    };
+    let (path, offset, detail) = refused_unchanged(dir.path());
     assert_eq!(path, seg);
     assert_eq!(offset, Some(at as u64));
     assert!(
         detail.contains("differ from the copy in commit frame"),
         "{detail}"
     );
-    assert_eq!(crate::segments::tests::files(dir.path()), before);
 }
 
 #[test]
@@ -444,17 +454,12 @@ fn a_log_cut_before_bytes_the_wal_holds_is_refused_naming_it_and_nothing_is_chan
     let seg = segment(dir.path());
     let whole = std::fs::read(&seg).unwrap();
     std::fs::write(&seg, &whole[..40]).unwrap();
-    let before = crate::segments::tests::files(dir.path());
-    let err = open(dir.path()).expect_err("refused");
-    let StoreError::Damaged { path, detail, .. } = err else {
-        panic!("not a refusal: {err}");
-    };
+    let (path, _, detail) = refused_unchanged(dir.path());
     assert_eq!(path, seg);
     assert!(
         detail.contains("bytes of earlier commits are missing"),
         "{detail}"
     );
-    assert_eq!(crate::segments::tests::files(dir.path()), before);
 }
 
 #[test]
