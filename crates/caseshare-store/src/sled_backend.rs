@@ -249,7 +249,7 @@ impl SledStore {
         let stabiliser = Stabiliser::start(files.clone(), next_frame.saturating_sub(1))?;
         let legacy_deliveries = delivery_chunks::has_legacy(&tree)?;
         let wal = Wal::start(dir, next_frame, recovered.digest, recovered.files);
-        let store = SledStore {
+        let mut store = SledStore {
             tree,
             path: dir.to_path_buf(),
             files,
@@ -286,7 +286,6 @@ impl SledStore {
         restored.keep();
         // Only once nothing can refuse: spares made ahead, the first of
         // which the first commit takes.
-        let mut store = store;
         store.wal.keep_spares();
         store.wal.roll();
         Ok(store)

@@ -68,7 +68,9 @@ fn pointers(store: &SledStore) -> Vec<(sled::IVec, Pointer)> {
         .collect()
 }
 
-fn refusal(dir: &Path) -> (PathBuf, Option<u64>, String, &'static str) {
+/// Opening `dir` is refused, changing nothing: the file named, the
+/// offset, the detail and the advice.
+pub(crate) fn refusal(dir: &Path) -> (PathBuf, Option<u64>, String, &'static str) {
     let before = crate::segments::tests::files(dir);
     let err = open(dir).expect_err("refused");
     assert_eq!(

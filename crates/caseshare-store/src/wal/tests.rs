@@ -376,27 +376,6 @@ fn second_commit_in_the_wal_only(dir: &Path) -> (u64, Vec<u8>) {
     (kept_len, std::fs::read(segment(dir)).unwrap())
 }
 
-/// Opening `dir` is refused, changing nothing: the file named, the
-/// offset and the detail.
-fn refused_unchanged(dir: &Path) -> (PathBuf, Option<u64>, String) {
-    let before = crate::segments::tests::files(dir);
-    let err = open(dir).expect_err("refused");
-    assert_eq!(
-        crate::segments::tests::files(dir),
-        before,
-        "nothing changed"
-    );
-    match err {
-        StoreError::Damaged {
-            path,
-            offset,
-            detail,
-            ..
-        } => (path, offset, detail),
-        other => panic!("not a refusal: {other}"),
-    }
-}
-
 #[test]
 fn a_commits_log_bytes_a_crash_kept_from_the_disk_are_restored_from_its_frame() {
     // A power loss after the frame's sync: the segment lost the commit's
@@ -431,7 +410,7 @@ fn log_bytes_unlike_the_frames_copy_are_refused_naming_the_file_and_nothing_is_c
     let at = kept_len as usize + 30;
     whole[at] ^= 0x10;
     std::fs::write(&seg, &whole).unwrap();
-    let (path, offset, detail) = refused_unchanged(dir.path());
+    let (path, offset, detail, _) = crate::audit_log::tests::refusal(dir.path());
     assert_eq!(path, seg);
     assert_eq!(offset, Some(at as u64));
     assert!(
@@ -454,7 +433,7 @@ fn a_log_cut_before_bytes_the_wal_holds_is_refused_naming_it_and_nothing_is_chan
     let seg = segment(dir.path());
     let whole = std::fs::read(&seg).unwrap();
     std::fs::write(&seg, &whole[..40]).unwrap();
-    let (path, _, detail) = refused_unchanged(dir.path());
+    let (path, _, detail, _) = crate::audit_log::tests::refusal(dir.path());
     assert_eq!(path, seg);
     assert!(
         detail.contains("bytes of earlier commits are missing"),
@@ -508,14 +487,7 @@ fn restored_log_bytes_are_put_back_when_the_open_refuses_later() {
 #[test]
 fn a_frame_whose_files_all_reached_the_disk_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let aside = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        events(&store, 1, 11);
-        copy_sled(&store, dir.path(), aside.path());
-        events(&store, 11, 21);
-    }
-    put_back_sled(dir.path(), aside.path());
+    second_commit_in_the_wal_only(dir.path());
     let store = open(dir.path()).unwrap();
     assert_eq!(store.load().unwrap().next_sequence, 21);
     assert_eq!(store.events_from(1, 100).unwrap().len(), 20);
