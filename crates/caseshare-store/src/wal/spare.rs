@@ -5,7 +5,10 @@
 //! `wal_init_zero` for the same reason).
 //!
 //! A thread of its own writes `wal/.spare.tmp` (zeros, synced) and renames
-//! it `wal/.spare`; the WAL takes it as its next file by linking it to
+//! it `wal/.spare`. It syncs after every MiB ([`PIECE`]): the disk is never
+//! asked to write more than that at once for it, so a commit's `fdatasync`
+//! waits behind at most one piece (synced once at the end, the 20 MiB held
+//! commits at 2,000 events/s for 7–12 ms each time a spare was made); the WAL takes it as its next file by linking it to
 //! the file's name (never over an existing one) and syncing the folder.
 //! One spare is made as the store opens (the first commit takes it); the
 //! WAL asks for the next only when its active file is half full of small
@@ -31,6 +34,8 @@ use crate::StoreError;
 const TMP: &str = ".spare.tmp";
 /// The spare ready to be taken.
 const READY: &str = ".spare";
+/// How many zeros are written between two syncs of the spare.
+const PIECE: usize = 1 << 20;
 
 /// The thread that keeps one spare WAL file ready.
 #[derive(Debug)]
@@ -159,18 +164,20 @@ fn run(dir: &Path, bytes: u64, ready: &Mutex<bool>, woken: &Receiver<()>) {
     }
 }
 
-/// Writes `bytes` zeros to the spare being made, and syncs it.
+/// Writes `bytes` zeros to the spare being made, a [`PIECE`] at a time,
+/// each synced, then syncs its metadata.
 fn make(dir: &Path, bytes: u64) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(dir.join(TMP))?;
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = vec![0u8; PIECE];
     let mut left = bytes;
     while left > 0 {
         let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
         file.write_all(&zeros[..n])?;
+        file.sync_data()?;
         left -= n as u64;
     }
     file.sync_all()

@@ -2,7 +2,7 @@
 //! [`SledFiles::sync`] (`fdatasync` of the event log's active segment and
 //! the audit log's active file, then sled's flush and `fdatasync` of its
 //! data file and of blob files not synced yet), run by a thread of its own
-//! about once a second while commits arrive, and directly before a backup
+//! every 200 ms ([`EVERY`]) while commits arrive, and directly before a backup
 //! is staged.
 //!
 //! The syncs make stable everything appended and applied when they began,
@@ -25,8 +25,12 @@ use crate::StoreError;
 use crate::audit_log::AuditLog;
 use crate::segments::EventLog;
 
-/// How often sled is made stable while commits arrive.
-pub(crate) const EVERY: Duration = Duration::from_secs(1);
+/// How often sled and the logs are made stable while commits arrive.
+/// Often enough that each pass has little to write: a pass's writes share
+/// the disk with the commits' `fdatasync`s, and once a second a pass at
+/// 2,000 events/s wrote a few MB at once and held the commits behind it
+/// for 5–6 ms (`docs/BENCHMARKS.md`).
+pub(crate) const EVERY: Duration = Duration::from_millis(200);
 
 /// Sled's files, and the two logs'.
 #[derive(Debug)]
