@@ -330,30 +330,39 @@ impl Wal {
     }
 
     /// Deletes the closed files whose every frame is at most `stable`
-    /// (sled holds them stably).
+    /// (sled holds them stably): on the spare thread once spares are kept
+    /// (off the commit's path: [`super::spare`]), else here.
     pub(crate) fn trim(&self, stable: u64) -> Result<usize, StoreError> {
         let mut inner = self
             .inner
             .lock()
             .map_err(|_| StoreError::Engine("WAL lock poisoned".into()))?;
-        let mut removed = 0;
-        while inner.older.len() > removed {
-            let ends_before = match inner.older.get(removed + 1) {
+        let mut trimmed = 0;
+        while inner.older.len() > trimmed {
+            let ends_before = match inner.older.get(trimmed + 1) {
                 Some(f) => f.first,
                 None => inner.active.as_ref().map_or(inner.next, |(_, f)| f.first),
             };
             if ends_before > stable.saturating_add(1) {
                 break;
             }
-            match std::fs::remove_file(&inner.older[removed].path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            removed += 1;
+            trimmed += 1;
         }
-        inner.older.drain(..removed);
-        Ok(removed)
+        let paths: Vec<PathBuf> = inner.older.drain(..trimmed).map(|f| f.path).collect();
+        drop(inner);
+        match &self.spares {
+            Some(spares) => spares.remove_later(paths),
+            None => {
+                for path in &paths {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(trimmed)
     }
 
     /// Takes sled's present contents as they are: recomputes the digest
