@@ -5,11 +5,13 @@
 //! `wal_init_zero` for the same reason).
 //!
 //! A thread of its own writes `wal/.spare.tmp` (zeros, synced) and renames
-//! it `wal/.spare`. It syncs after every MiB ([`PIECE`]): the disk is never
-//! asked to write more than that at once for it, so a commit's `fdatasync`
-//! waits behind at most one piece (synced once at the end, the 20 MiB held
-//! commits at 2,000 events/s for 7–12 ms each time a spare was made); the WAL takes it as its next file by linking it to
-//! the file's name (never over an existing one) and syncing the folder.
+//! it `wal/.spare`; the WAL takes it as its next file by linking it to the
+//! file's name (never over an existing one) and syncing the folder. The
+//! thread syncs after every MiB of zeros ([`PIECE`]): the disk is never
+//! asked to write more than that at once for it, so a commit's
+//! `fdatasync` waits behind at most one piece (synced once at the end, the
+//! 20 MiB held commits at 2,000 events/s for 7–12 ms each time a spare was
+//! made).
 //! One spare is made as the store opens (the first commit takes it); the
 //! WAL asks for the next only when its active file is half full of small
 //! frames (under `SMALL_FRAME_BYTES`, 64 KiB, on average): a large frame
