@@ -8,7 +8,7 @@
 //! those bytes as one commit frame in the write-ahead log, whose
 //! `fdatasync` is the commit's only one; only then are the writes applied
 //! to sled, without sled's flush (a thread of its own makes the logs and
-//! sled stable every 200 ms; at open the frames sled lacks are
+//! sled stable every 500 ms; at open the frames sled lacks are
 //! replayed, sled is checked whole against the last frame's digest, and
 //! log bytes a crash kept from the disk are written back from the
 //! frames). So an acknowledged commit survives a killed process and a

@@ -10,7 +10,7 @@
 //! commit is durable and is acknowledged, and only then are the writes
 //! applied to sled, without sled's flush. A thread of its own
 //! ([`Stabiliser`]) makes the two logs' active files and sled stable
-//! every 200 ms while commits arrive (a log file is synced, too,
+//! every 500 ms while commits arrive (a log file is synced, too,
 //! as the next one starts); a WAL file whose frames are all stable is then
 //! deleted (it is a redo log, never evidence; the active file and the last
 //! frame are always kept).

@@ -22,7 +22,7 @@ pub fn wal_files(b: &Broker) -> Vec<PathBuf> {
 /// Stops the broker (if running) and starts it again, then publishes as
 /// `agency` (which must be able to publish an attendance event about
 /// `CHILD_1`) until the WAL files of the runs before are deleted (the
-/// stabiliser makes the logs and sled stable every 200 ms, and the next
+/// stabiliser makes the logs and sled stable every 500 ms, and the next
 /// commit trims what that covers), then stops it. The frames' copies of
 /// the logs' bytes written before are then gone, as they are for any
 /// commit older than a fraction of a second, and damage to those bytes is the

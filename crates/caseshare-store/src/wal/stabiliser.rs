@@ -2,7 +2,7 @@
 //! [`SledFiles::sync`] (`fdatasync` of the event log's active segment and
 //! the audit log's active file, then sled's flush and `fdatasync` of its
 //! data file and of blob files not synced yet), run by a thread of its own
-//! every 200 ms ([`EVERY`]) while commits arrive, and directly before a backup
+//! every 500 ms ([`EVERY`]) while commits arrive, and directly before a backup
 //! is staged.
 //!
 //! The syncs make stable everything appended and applied when they began,
@@ -29,8 +29,10 @@ use crate::segments::EventLog;
 /// Often enough that each pass has little to write: a pass's writes share
 /// the disk with the commits' `fdatasync`s, and once a second a pass at
 /// 2,000 events/s wrote a few MB at once and held the commits behind it
-/// for 5–6 ms (`docs/BENCHMARKS.md`).
-pub(crate) const EVERY: Duration = Duration::from_millis(200);
+/// for 5–6 ms. Not much more often: every 200 ms held the server ~20 MiB
+/// more with a 1M-event backlog (sled's flushes), where 500 ms held
+/// ~5–10 MiB more and kept the tail as short (`docs/BENCHMARKS.md`).
+pub(crate) const EVERY: Duration = Duration::from_millis(500);
 
 /// Sled's files, and the two logs'.
 #[derive(Debug)]

@@ -503,7 +503,7 @@ fn the_stabiliser_thread_makes_sled_stable_and_the_log_is_trimmed_after_it() {
     let files = wal_files(dir.path()).len();
     assert!(files > 3, "{files} files");
     let applied = store.stabiliser().last_applied();
-    // The thread makes sled stable every 200 ms on its own.
+    // The thread makes sled stable every 500 ms on its own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while store.stabiliser().stable() < applied {
         assert!(
