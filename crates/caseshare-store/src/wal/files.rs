@@ -354,11 +354,7 @@ impl Wal {
             Some(spares) => spares.remove_later(paths),
             None => {
                 for path in &paths {
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    super::spare::remove_if_present(path)?;
                 }
             }
         }

@@ -64,13 +64,17 @@ pub(super) struct Spares {
 /// written).
 pub(super) fn remove_left_over(dir: &Path) -> Result<(), StoreError> {
     for name in [TMP, READY] {
-        match std::fs::remove_file(dir.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        remove_if_present(&dir.join(name))?;
     }
     Ok(())
+}
+
+/// Deletes `path`; one already gone is fine.
+pub(super) fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        done => done,
+    }
 }
 
 impl Spares {
@@ -208,14 +212,12 @@ impl Chores {
 /// commit trims it again).
 fn remove(paths: &[PathBuf]) {
     for path in paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
+        if let Err(e) = remove_if_present(path) {
+            tracing::warn!(
                 error = %e,
                 file = %path.display(),
                 "could not delete a trimmed WAL file; it is trimmed again after the next start"
-            ),
+            );
         }
     }
 }

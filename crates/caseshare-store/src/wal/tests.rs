@@ -543,11 +543,7 @@ fn a_commit_after_the_open_takes_a_zero_filled_file_whose_zeros_are_its_end() {
         let store = open(dir.path()).unwrap();
         // The spare thread makes one as the store opens; wait for it (a
         // condition, with a deadline) so that the commit below takes it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !spare.exists() {
-            assert!(std::time::Instant::now() < deadline, "no spare made");
-            std::thread::yield_now();
-        }
+        wait_for(&spare);
         agency(&store, 0, 10);
         let last = wal_files(dir.path()).pop().unwrap();
         assert_eq!(std::fs::metadata(&last).unwrap().len(), made_ahead);
