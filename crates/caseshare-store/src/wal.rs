@@ -16,7 +16,7 @@
 //! frame are always kept).
 //!
 //! Sled records the number of the last frame it applied (`M` ‖ `commit`,
-//! written after the frame's other writes). At open, [`recover`] replays
+//! written after the frame's other writes). At open, [`recover()`] replays
 //! the frames after that number into sled, in order: each holds the final
 //! value of every key its commit wrote, so replaying it over sled's state
 //! before the commit (or over that state with part of the commit already
@@ -62,6 +62,7 @@
 //! files.
 
 mod files;
+mod recover;
 mod redo;
 mod set_aside;
 mod spare;
@@ -76,7 +77,8 @@ use sha2::{Digest as _, Sha256};
 use crate::StoreError;
 use crate::sled_backend::key;
 
-pub(crate) use files::{Logs, Wal, recover};
+pub(crate) use files::Wal;
+pub(crate) use recover::{Logs, recover};
 pub(crate) use stabiliser::{SledFiles, Stabiliser};
 
 /// The directory of the WAL files, in the store directory.

@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::files::{Found, WalFile};
+use super::files::WalFile;
+use super::recover::Found;
 use super::{carries_log_bytes, extents_of};
 use crate::StoreError;
 

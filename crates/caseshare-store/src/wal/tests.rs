@@ -626,3 +626,39 @@ fn files_are_made_ahead_while_frames_are_small_and_not_for_large_ones() {
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store).len(), i + 1 + 3);
 }
+
+#[test]
+fn a_growing_file_of_small_frames_gives_way_to_a_spare_as_soon_as_one_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join(DIR).join(".spare");
+    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
+    let store = open(dir.path()).unwrap();
+    wait_for(&spare);
+    // The first commit takes the open's spare, a large frame fills it and
+    // asks for none, so the file after it starts empty and grows.
+    agency(&store, 0, 10);
+    agency(&store, 1, 200_000);
+    agency(&store, 2, 10);
+    let growing = wal_files(dir.path()).pop().unwrap();
+    let end = frames_end(&growing);
+    assert_eq!(std::fs::metadata(&growing).unwrap().len(), end, "grows");
+    assert!(!spare.exists(), "none asked for yet");
+    // A few small frames in it ask for a spare; the frame after the spare
+    // is ready starts in it, long before the growing file is full.
+    let early = super::files::EARLY_FRAMES as usize;
+    for i in 3..2 + early {
+        assert!(!spare.exists(), "asked for after {early} frames");
+        agency(&store, i, 10);
+    }
+    wait_for(&spare);
+    assert_eq!(wal_files(dir.path()).pop().unwrap(), growing);
+    let end = frames_end(&growing);
+    assert!(end < super::files::FILE_BYTES / 2, "{end} bytes");
+    agency(&store, 2 + early, 10);
+    let last = wal_files(dir.path()).pop().unwrap();
+    assert_ne!(last, growing);
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), made_ahead);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(agencies(&store).len(), 3 + early);
+}
