@@ -44,6 +44,7 @@ mod refusals;
 mod running;
 mod sendq;
 mod services;
+mod settle;
 pub mod telemetry;
 mod tls;
 mod writer;
@@ -364,7 +365,8 @@ pub async fn serve(
         "removing a backup staging folder left by an earlier run",
     ))?;
     let cache = config.store.cache_mib.saturating_mul(1024 * 1024);
-    let store: Arc<dyn Storage> = Arc::new(SledStore::open_with_segments(
+    // The writer's store, and the readers', behind the commit thread's gate.
+    let (raw, store, gate) = settle::open(SledStore::open_with_segments(
         &config.data_dir.join("store"),
         cache,
         config.store.segment_kib.saturating_mul(1024),
@@ -387,11 +389,12 @@ pub async fn serve(
     if let Some(t) = last_audit_time(&*store, snapshot.audit_size)? {
         machine.set_time_floor(t);
     }
-    let (writer_task, head) =
-        WriterTask::new(store.clone(), machine, config.store.max_batch, log.clone());
-    let writer_task = writer_task.with_commit_delay(std::time::Duration::from_micros(
-        config.store.commit_delay_us,
-    ));
+    let (writer_task, head) = WriterTask::new(raw, machine, config.store.max_batch, log.clone());
+    let writer_task = writer_task
+        .with_commit_delay(std::time::Duration::from_micros(
+            config.store.commit_delay_us,
+        ))
+        .with_settle_gate(gate);
     let state = writer_task.shared_state();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut replica = None;

@@ -119,6 +119,21 @@ pub fn saved_checkpoint_size(dir: &std::path::Path) -> Result<Option<u64>, Store
 pub trait Storage: Send + Sync + 'static {
     /// Applies a batch atomically and durably.
     fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError>;
+    /// Commits `batch` as [`Storage::commit`] does, calling `durable` as
+    /// soon as the batch is durable: a crash from then on keeps it. Reads
+    /// may not see it until this returns (the store still applies it to
+    /// what they read), so a caller that answers in `durable` makes reads
+    /// wait for the return. An error after `durable` means the batch is
+    /// durable but this store must be reopened to read it.
+    fn commit_then(
+        &self,
+        batch: &Batch,
+        durable: &mut dyn FnMut(),
+    ) -> Result<CommitStats, StoreError> {
+        let stats = self.commit(batch)?;
+        durable();
+        Ok(stats)
+    }
     /// Loads the state the broker keeps in memory.
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// One event by sequence.

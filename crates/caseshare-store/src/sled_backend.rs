@@ -291,42 +291,6 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Moves events a store written before the event log kept in sled
-    /// (`E` records) into the log, once.
-    fn move_legacy_events(&self) -> Result<bool, StoreError> {
-        let mut legacy = Vec::new();
-        let mut keys = Vec::new();
-        for item in self.tree.scan_prefix([b'E']) {
-            let (k, v) = item?;
-            legacy.push(decode::<StoredEvent>(&k, &v)?);
-            keys.push(k);
-        }
-        if legacy.is_empty() {
-            return Ok(false);
-        }
-        let next = self.events.next_sequence().unwrap_or(0);
-        legacy.retain(|e| e.sequence >= next);
-        // Expunged events leave gaps only below the first retained one.
-        let mut b = sled::Batch::default();
-        if let Some(first) = legacy.first().map(|e| e.sequence)
-            && self.events.next_sequence().is_none()
-        {
-            self.events.set_first(first)?;
-            b.insert(key(b'M', &[b"first"]), be(first).to_vec());
-        }
-        self.events.append(&legacy)?;
-        for k in keys {
-            b.remove(k);
-        }
-        for k in self.tree.scan_prefix([b'I']).keys() {
-            b.remove(k?);
-        }
-        self.tree.apply_batch(b)?;
-        self.sync()?;
-        tracing::info!(events = legacy.len(), "moved events into the event log");
-        Ok(true)
-    }
-
     /// Builds the audit index of a store written before it, or cuts back an
     /// index that covers entries sled no longer holds (derived data).
     fn update_audit_index(&self, plan: audit_index::Plan, size: u64) -> Result<bool, StoreError> {
@@ -473,6 +437,14 @@ impl SledStore {
 
 impl Storage for SledStore {
     fn commit(&self, batch: &Batch) -> Result<CommitStats, StoreError> {
+        self.commit_then(batch, &mut || {})
+    }
+
+    fn commit_then(
+        &self,
+        batch: &Batch,
+        durable: &mut dyn FnMut(),
+    ) -> Result<CommitStats, StoreError> {
         let _gate = self.gate()?;
         // What the open loaded is no longer current.
         if let Ok(mut loaded) = self.loaded.lock() {
@@ -636,6 +608,9 @@ impl Storage for SledStore {
         }
         drop(appended);
         self.wal.sync()?;
+        // Durable: a reopen replays the frame. Sled and what the store
+        // keeps in memory follow.
+        durable();
         let (number, frame_bytes) = self.wal.apply(&self.tree, staged)?;
         stats.bytes += frame_bytes;
         self.stabiliser.applied(number);
@@ -789,5 +764,6 @@ impl Storage for SledStore {
 
 pub(crate) mod audit_writes;
 mod keys;
+mod legacy;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,9 +1,12 @@
 //! The commit thread and what lookups see meanwhile.
 //!
-//! The commit thread commits each sealed batch, publishes the new audit
-//! head and event head, then answers the batch's ops. A failed commit
-//! answers every op with an error and exits the process (crash-only: a
-//! restart reloads the last durable state). While a batch is in commit, the
+//! The commit thread commits each sealed batch; as soon as it is durable
+//! (its WAL frame synced) it publishes the new audit head and event head
+//! and answers the batch's ops, while the store applies it to sled behind
+//! the readers' gate ([`crate::settle`]). A commit that fails before its
+//! sync answers every op with an error and exits the process; one that
+//! fails after exits too (crash-only: a restart reloads the last durable
+//! state, the frame included). While a batch is in commit, the
 //! next one is applied: [`Durable`] answers the state machine's lookups from
 //! the batch in commit first, then from the store.
 
@@ -155,63 +158,90 @@ impl Finished {
     }
 }
 
-/// The commit thread's loop.
-pub(super) fn commit_loop(
-    store: &dyn Storage,
-    log: &crate::auditlog::AuditLog,
-    head: &watch::Sender<u64>,
-    commits: &std::sync::mpsc::Receiver<ToCommit>,
-    finished: &Finished,
-) {
+/// What the commit thread works with.
+pub(super) struct Committer<'a> {
+    pub(super) store: &'a dyn Storage,
+    pub(super) log: &'a crate::auditlog::AuditLog,
+    pub(super) head: &'a watch::Sender<u64>,
+    pub(super) finished: &'a Finished,
+    /// Closed while a batch's answers are out before its commit returns.
+    pub(super) gate: &'a crate::settle::SettleGate,
+}
+
+/// The commit thread's loop. A batch's callers are answered as soon as it
+/// is durable, before the store applies it to what reads see
+/// ([`Storage::commit_then`]); the gate holds readers back meanwhile
+/// ([`crate::settle`]).
+pub(super) fn commit_loop(c: &Committer<'_>, commits: &std::sync::mpsc::Receiver<ToCommit>) {
     while let Ok(job) = commits.recv() {
-        let batch = &job.batch.batch;
+        let ToCommit {
+            batch: in_commit,
+            mut finishers,
+            new_head,
+            audit_size,
+            last_sequence,
+        } = job;
+        let batch = &in_commit.batch;
         let started = Instant::now();
+        let ops = finishers.len();
+        let mut answered = false;
+        let mut answer = || {
+            c.gate.close();
+            if let Some((size, root)) = new_head {
+                c.log.committed(size, root);
+            }
+            if let Some(last) = last_sequence {
+                let _ = c.head.send(last);
+            }
+            // Traced publishes record their commit span as they are
+            // answered.
+            let _scope = crate::telemetry::CommitScope::enter(started, ops, batch.events.len());
+            for (finish, result) in finishers.drain(..) {
+                finish(true, result);
+            }
+            answered = true;
+        };
         let committed = if batch.is_empty() {
-            true
+            answer();
+            Ok(None)
         } else {
-            match store.commit(batch) {
-                Ok(stats) => {
+            c.store.commit_then(batch, &mut answer).map(Some)
+        };
+        c.gate.open();
+        match committed {
+            Ok(stats) => {
+                if let Some(stats) = stats {
                     metrics::counter!("caseshare_store_commits_total").increment(1);
                     metrics::counter!("caseshare_store_records_total")
                         .increment(stats.records as u64);
-                    metrics::histogram!("caseshare_store_ops_per_commit")
-                        .record(job.finishers.len() as f64);
+                    metrics::histogram!("caseshare_store_ops_per_commit").record(ops as f64);
                     metrics::histogram!("caseshare_store_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
                     metrics::gauge!("caseshare_store_wal_unstable_frames")
                         .set(stats.wal_unstable_frames as f64);
-                    true
                 }
-                Err(e) => {
+                metrics::counter!("caseshare_audit_entries_total")
+                    .increment(batch.audit.len() as u64);
+                metrics::gauge!("caseshare_audit_size").set(audit_size as f64);
+                if last_sequence.is_some() {
+                    metrics::histogram!("caseshare_store_events_per_commit")
+                        .record(batch.events.len() as f64);
+                }
+            }
+            Err(e) => {
+                if answered {
+                    tracing::error!(error = %e, "applying a durable commit failed; the broker stops and its restart replays it");
+                } else {
                     tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
-                    false
+                    for (finish, result) in finishers.drain(..) {
+                        finish(false, result);
+                    }
                 }
-            }
-        };
-        if committed {
-            if let Some((size, root)) = job.new_head {
-                log.committed(size, root);
-            }
-            metrics::counter!("caseshare_audit_entries_total").increment(batch.audit.len() as u64);
-            metrics::gauge!("caseshare_audit_size").set(job.audit_size as f64);
-            if let Some(last) = job.last_sequence {
-                metrics::histogram!("caseshare_store_events_per_commit")
-                    .record(batch.events.len() as f64);
-                let _ = head.send(last);
+                std::process::exit(75);
             }
         }
-        // Traced publishes record their commit span as they are answered.
-        let _scope =
-            crate::telemetry::CommitScope::enter(started, job.finishers.len(), batch.events.len());
-        let mut finishers = job.finishers;
-        for (finish, result) in finishers.drain(..) {
-            finish(committed, result);
-        }
-        if !committed {
-            std::process::exit(75);
-        }
-        finished.keep(finishers);
-        finished.done();
+        c.finished.keep(finishers);
+        c.finished.done();
     }
 }
 

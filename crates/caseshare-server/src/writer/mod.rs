@@ -52,7 +52,7 @@ pub use ops::{AckIntent, DeliveryIntent, Op, ReplyTx, Verdict};
 pub use replica::Notice;
 
 use crate::errors::BrokerError;
-use commit::{Answers, Durable, Finished, ToCommit, commit_loop};
+use commit::{Answers, Committer, Durable, Finished, ToCommit, commit_loop};
 use counts::{Counts, Settled, settled_count};
 use ops::intake;
 pub use trigger::MAX_COMMIT_DELAY_US;
@@ -200,6 +200,9 @@ pub struct WriterTask {
     trigger: Trigger,
     /// The per-op counters.
     counts: Counts,
+    /// Closed by the commit thread while answers are out before a commit
+    /// returns ([`crate::settle`]).
+    gate: Arc<crate::settle::SettleGate>,
 }
 
 impl WriterTask {
@@ -225,6 +228,7 @@ impl WriterTask {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 trigger: Trigger::new(std::time::Duration::ZERO),
                 counts: Counts::new(),
+                gate: Arc::default(),
             },
             head_rx,
         )
@@ -236,6 +240,14 @@ impl WriterTask {
     /// Zero, the default of `new`, never waits.
     pub fn with_commit_delay(mut self, delay: std::time::Duration) -> Self {
         self.trigger = Trigger::new(delay);
+        self
+    }
+
+    /// Has the commit thread close `gate` while a batch's answers are out
+    /// before its commit returns: the gate of the store readers hold
+    /// ([`crate::settle::Settled`]). The default gate holds no reader back.
+    pub fn with_settle_gate(mut self, gate: Arc<crate::settle::SettleGate>) -> Self {
+        self.gate = gate;
         self
     }
 
@@ -486,9 +498,19 @@ impl WriterTask {
         let store = Arc::clone(&self.store);
         let log = Arc::clone(&self.log);
         let head = self.head.clone();
+        let gate = Arc::clone(&self.gate);
         let committer = std::thread::Builder::new()
             .name("caseshare-commit".into())
-            .spawn(move || commit_loop(&*store, &log, &head, &commits, &done));
+            .spawn(move || {
+                let c = Committer {
+                    store: &*store,
+                    log: &log,
+                    head: &head,
+                    finished: &done,
+                    gate: &gate,
+                };
+                commit_loop(&c, &commits);
+            });
         match committer {
             Ok(c) => (to_commit, c, finished),
             Err(e) => {
