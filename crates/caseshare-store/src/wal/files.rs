@@ -32,8 +32,10 @@ pub(crate) const FILE_BYTES: u64 = 4 << 10;
 const SMALL_FRAME_BYTES: u64 = 64 << 10;
 
 /// A file that grows (no spare was ready when it started) asks for the
-/// next file to be made ahead once it holds this many frames, small on
-/// average, and gives way to it as soon as it is ready ([`super::spare`]).
+/// next file to be made ahead once this many small frames in a row were
+/// written to it (however large the frames before them: a pipelined load
+/// followed by one-at-a-time publishing), and gives way to it as soon as
+/// it is ready ([`super::spare`]).
 #[cfg(not(test))]
 pub(crate) const EARLY_FRAMES: u64 = 64;
 /// Fewer in unit tests, whose files are small ([`FILE_BYTES`]).
@@ -60,6 +62,9 @@ struct Inner {
     roll: bool,
     /// The next file was asked to be made ahead.
     asked: bool,
+    /// Frames under [`SMALL_FRAME_BYTES`] written in a row to the active
+    /// file.
+    small_run: u64,
     /// The active file was made ahead (zero-filled): a sync writes no
     /// file size.
     zeroed: bool,
@@ -146,6 +151,7 @@ impl Wal {
                 frames: 0,
                 roll: false,
                 asked: false,
+                small_run: 0,
                 zeroed: false,
                 older,
                 next,
@@ -249,6 +255,7 @@ impl Wal {
             inner.frames = 0;
             inner.roll = false;
             inner.asked = false;
+            inner.small_run = 0;
         }
         let Some((_, active)) = inner.active.as_ref() else {
             return Err(StoreError::Engine("no WAL file".into()));
@@ -280,16 +287,21 @@ impl Wal {
         file.write_all_at(&buf, at)?;
         inner.len += buf.len() as u64;
         inner.frames += 1;
-        // Small frames: the next file is made ahead, once a file made
-        // ahead is half full, or a growing file holds a few.
-        let due = if inner.zeroed {
-            inner.len >= FILE_BYTES / 2
+        inner.small_run = if (buf.len() as u64) < SMALL_FRAME_BYTES {
+            inner.small_run + 1
         } else {
-            inner.frames >= EARLY_FRAMES
+            0
+        };
+        // Small frames: the next file is made ahead, once a file made
+        // ahead is half full of them (on average), or once a growing file
+        // has had a run of them.
+        let due = if inner.zeroed {
+            inner.len >= FILE_BYTES / 2 && inner.len / inner.frames < SMALL_FRAME_BYTES
+        } else {
+            inner.small_run >= EARLY_FRAMES
         };
         if !inner.asked
             && due
-            && inner.len / inner.frames < SMALL_FRAME_BYTES
             && let Some(spares) = &self.spares
         {
             spares.want();

@@ -15,9 +15,9 @@
 //! One spare is made as the store opens (the first commit takes it if it
 //! is ready); the WAL asks for the next when its active file is half full
 //! of small frames (under `SMALL_FRAME_BYTES`, 64 KiB, on average), or,
-//! if the active file had to start empty, once it holds `EARLY_FRAMES`
-//! (64) small frames, and then gives way to the spare at the first commit
-//! after it is ready (a fresh broker's first 16 MiB were otherwise
+//! if the active file had to start empty, once `EARLY_FRAMES` (64) small
+//! frames in a row were written to it, and then gives way to the spare at
+//! the first commit after it is ready (a fresh broker's first 16 MiB were otherwise
 //! written to a growing file: three device requests per one-at-a-time
 //! commit instead of two, measured 8 % fewer publishes a second): a large frame
 //! pays for its file's new size once, and zero-filling ahead of a
