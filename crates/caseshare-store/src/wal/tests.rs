@@ -536,27 +536,20 @@ fn deleted_down_to(dir: &std::path::Path, n: usize, before: usize) {
 
 #[test]
 fn a_commit_after_the_open_takes_a_zero_filled_file_whose_zeros_are_its_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let spare = dir.path().join(DIR).join(".spare");
-    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
-    {
-        let store = open(dir.path()).unwrap();
-        // The spare thread makes one as the store opens; wait for it (a
-        // condition, with a deadline) so that the commit below takes it.
-        wait_for(&spare);
-        agency(&store, 0, 10);
-        let last = wal_files(dir.path()).pop().unwrap();
-        assert_eq!(std::fs::metadata(&last).unwrap().len(), made_ahead);
-        let bytes = std::fs::read(&last).unwrap();
-        let end = crate::segments::frames(&bytes, 0)
-            .map_while(Result::ok)
-            .last()
-            .unwrap()
-            .end();
-        assert!(end < made_ahead, "one small frame");
-        assert!(bytes[end as usize..].iter().all(|b| *b == 0));
-        agency(&store, 1, 10);
-    }
+    let (dir, _, made_ahead, store) = opened_with_a_spare();
+    agency(&store, 0, 10);
+    let last = wal_files(dir.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), made_ahead);
+    let bytes = std::fs::read(&last).unwrap();
+    let end = crate::segments::frames(&bytes, 0)
+        .map_while(Result::ok)
+        .last()
+        .unwrap()
+        .end();
+    assert!(end < made_ahead, "one small frame");
+    assert!(bytes[end as usize..].iter().all(|b| *b == 0));
+    agency(&store, 1, 10);
+    drop(store);
     // Reopened (a spare may be lying there too, not a WAL file), the
     // zeros end the file and both commits are there.
     let store = open(dir.path()).unwrap();
@@ -576,6 +569,18 @@ fn frames_end(path: &Path) -> u64 {
         .map_or(0, |f| f.end())
 }
 
+/// A store opened in a new folder, once the spare the open makes is ready
+/// (a condition, with a deadline) so that the first commit takes it; the
+/// spare's path and the size of a file made ahead.
+fn opened_with_a_spare() -> (tempfile::TempDir, PathBuf, u64, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join(DIR).join(".spare");
+    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
+    let store = open(dir.path()).unwrap();
+    wait_for(&spare);
+    (dir, spare, made_ahead, store)
+}
+
 /// Waits (a condition, with a deadline) for `path` to exist.
 fn wait_for(path: &Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -587,11 +592,7 @@ fn wait_for(path: &Path) {
 
 #[test]
 fn files_are_made_ahead_while_frames_are_small_and_not_for_large_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let spare = dir.path().join(DIR).join(".spare");
-    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
-    let store = open(dir.path()).unwrap();
-    wait_for(&spare);
+    let (dir, spare, made_ahead, store) = opened_with_a_spare();
     let mut i = 0;
     agency(&store, i, 10);
     let first = wal_files(dir.path()).len();
@@ -629,11 +630,7 @@ fn files_are_made_ahead_while_frames_are_small_and_not_for_large_ones() {
 
 #[test]
 fn a_growing_file_of_small_frames_gives_way_to_a_spare_as_soon_as_one_is_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let spare = dir.path().join(DIR).join(".spare");
-    let made_ahead = super::files::FILE_BYTES + super::files::FILE_BYTES / 4;
-    let store = open(dir.path()).unwrap();
-    wait_for(&spare);
+    let (dir, spare, made_ahead, store) = opened_with_a_spare();
     // The first commit takes the open's spare, a large frame fills it and
     // asks for none, so the file after it starts empty and grows.
     agency(&store, 0, 10);
