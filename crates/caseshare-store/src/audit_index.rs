@@ -14,10 +14,11 @@
 //! - `L` ‖ epoch ‖ first index → the postings of consecutive commits in
 //!   the epoch not yet complete, every term in one *table* (per term, in
 //!   order: `u16` length ‖ term ‖ `u32` count ‖ LEB128 first index and
-//!   deltas). A commit writes one record however many children it names,
-//!   or rewrites the epoch's last record while that is small
-//!   ([`MERGE_BELOW`]), so that small commits do not leave thousands of
-//!   records for the commit completing the epoch to read and remove.
+//!   deltas). A commit writes one record however many children it names;
+//!   the commit that reaches the end of a block of [`MERGE_SPAN`] entries
+//!   merges the block's records into one, so that small commits do not
+//!   leave thousands of records for the commit completing the epoch to
+//!   read and remove, and none rewrites a growing record.
 //!   Records never overlap: each holds indexes below the next one's key.
 //! - `Q` ‖ epoch ‖ `u16` bucket → the postings of a complete epoch, one
 //!   table per bucket of terms ([`bucket`], [`BUCKETS`] buckets). They
@@ -227,15 +228,18 @@ pub(crate) fn decode_table(v: &[u8]) -> Result<Vec<TermPostings>, StoreError> {
     Ok(out)
 }
 
-/// An `L` record smaller than this takes the next commit's postings in its
-/// epoch (rewritten, under its own key) instead of the commit writing a
-/// record of its own. A commit of a few entries (a broker at a few
-/// thousand events a second) would otherwise leave thousands of records in
-/// an epoch, all read and removed by the one commit that completes it (20
-/// ms of that commit, measured at 2,000 events a second); merged, an epoch
-/// has about (its postings' bytes / this) records, each rewrite costs at
-/// most this many bytes, and a large commit still writes its own record.
-const MERGE_BELOW: usize = 4 << 10;
+/// Entries per merge block of the current epoch's `L` records. A commit
+/// inside a block writes a small record of its own (rewriting a growing
+/// record at every commit cost a one-at-a-time publish about a tenth of
+/// its CPU: reading, decoding, re-encoding, digesting, logging and
+/// storing up to 4 KiB; see `docs/BENCHMARKS.md`); the commit that
+/// reaches the block's end merges the block's records into one. An epoch
+/// so has about one record per block (plus the current block's), not one
+/// per commit: a broker at a few thousand events a second would otherwise
+/// leave thousands, all read and removed by the one commit that completes
+/// the epoch (20 ms of that commit, measured at 2,000 events a second). A
+/// power of two, dividing an epoch.
+pub const MERGE_SPAN: u64 = 64;
 
 /// A bound on the capacity reserved from a stored count.
 const MAX_TABLE_POSTINGS: usize = 1 << 16;
@@ -327,7 +331,12 @@ pub(crate) fn index_entries(
             // The epoch goes on: this commit's part of it joins the
             // epoch's last record while that is small, else starts one.
             if !part.is_empty() {
-                writes.push(recent_record(tree, ep, lo, &part)?);
+                let recent = recent_record(tree, ep, lo, hi, &part)?;
+                for k in recent.replaced {
+                    b.remove(k);
+                    removed += 1;
+                }
+                writes.push(recent.record);
             }
             continue;
         }
@@ -371,36 +380,64 @@ pub(crate) fn index_entries(
     Ok(out)
 }
 
-/// The `L` record taking a commit's postings `part` (indexes from `lo`)
-/// in epoch `ep`: the epoch's last record with `part` added, while that
-/// record is under [`MERGE_BELOW`] bytes and holds only indexes below
-/// `lo`; else a record of its own, keyed by `lo`.
+/// What [`recent_record`] writes: a record, and the keys of those it
+/// replaces (removed).
+struct Recent {
+    record: (Vec<u8>, Vec<u8>),
+    replaced: Vec<sled::IVec>,
+}
+
+/// The `L` record taking a commit's postings `part` (indexes `lo..hi`)
+/// in epoch `ep`, and the keys of the records it replaces. A commit that
+/// stays inside its merge block ([`MERGE_SPAN`]) writes a record of its
+/// own, keyed by `lo`: a new key, a few bytes. The commit that reaches the
+/// end of the block merges the block's earlier records (keyed from the
+/// block's start, all below `lo`) and its own part into one record under
+/// the first of their keys, and the others are removed.
 fn recent_record(
     tree: &sled::Tree,
     ep: u64,
     lo: u64,
+    hi: u64,
     part: &Table<'_>,
-) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-    if let Some(item) = tree.scan_prefix(key(RECENT, &[&be(ep)])).next_back() {
+) -> Result<Recent, StoreError> {
+    let start = lo - lo % MERGE_SPAN;
+    let own = key(RECENT, &[&be(ep), &be(lo)]);
+    if hi < start + MERGE_SPAN {
+        return Ok(Recent {
+            record: (own, encode_table(part)),
+            replaced: Vec::new(),
+        });
+    }
+    let mut first = None;
+    let mut replaced = Vec::new();
+    let mut earlier: Vec<TermPostings> = Vec::new();
+    for item in tree.range(key(RECENT, &[&be(ep), &be(start)])..own.clone()) {
         let (k, v) = item?;
-        if v.len() < MERGE_BELOW {
-            let earlier = decode_table(&v)?;
-            if earlier
-                .iter()
-                .all(|(_, ix)| ix.last().is_none_or(|&i| i < lo))
-            {
-                let mut merged: Table<'_> = earlier
-                    .iter()
-                    .map(|(t, ix)| (t.as_slice(), ix.clone()))
-                    .collect();
-                for (term, indexes) in part {
-                    merged.entry(term).or_default().extend(indexes);
-                }
-                return Ok((k.to_vec(), encode_table(&merged)));
-            }
+        earlier.extend(decode_table(&v)?);
+        if first.is_none() {
+            first = Some(k.to_vec());
+        } else {
+            replaced.push(k);
         }
     }
-    Ok((key(RECENT, &[&be(ep), &be(lo)]), encode_table(part)))
+    let Some(first) = first else {
+        return Ok(Recent {
+            record: (own, encode_table(part)),
+            replaced: Vec::new(),
+        });
+    };
+    let mut merged: Table<'_> = BTreeMap::new();
+    for (term, indexes) in &earlier {
+        merged.entry(term.as_slice()).or_default().extend(indexes);
+    }
+    for (term, indexes) in part {
+        merged.entry(term).or_default().extend(indexes);
+    }
+    Ok(Recent {
+        record: (first, encode_table(&merged)),
+        replaced,
+    })
 }
 
 /// Indexes carrying `term` in `[start, end)`, ascending, at most `max`.
