@@ -66,6 +66,7 @@ pub(crate) struct Gated {
     inner: SledStore,
     armed: Mutex<Option<Armed>>,
     commits: Mutex<Vec<Vec<String>>>,
+    threads: Mutex<Vec<String>>,
 }
 
 impl Gated {
@@ -75,6 +76,7 @@ impl Gated {
             inner: SledStore::open(dir, 8 << 20).unwrap(),
             armed: Mutex::new(None),
             commits: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
         }
     }
 
@@ -89,6 +91,11 @@ impl Gated {
     /// The agencies of each commit so far, in order.
     pub(crate) fn commits(&self) -> Vec<Vec<String>> {
         self.commits.lock().unwrap().clone()
+    }
+
+    /// The thread that made each commit so far, in order.
+    pub(crate) fn commit_threads(&self) -> Vec<String> {
+        self.threads.lock().unwrap().clone()
     }
 
     fn hold(&self, here: At) {
@@ -114,6 +121,8 @@ impl Storage for Gated {
         self.hold(At::Commit);
         let agencies = batch.agencies.iter().map(|a| a.agency_id.clone());
         self.commits.lock().unwrap().push(agencies.collect());
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.threads.lock().unwrap().push(thread);
         self.inner.commit(batch)
     }
     fn load(&self) -> Result<Snapshot, StoreError> {

@@ -174,75 +174,80 @@ pub(super) struct Committer<'a> {
 /// ([`crate::settle`]).
 pub(super) fn commit_loop(c: &Committer<'_>, commits: &std::sync::mpsc::Receiver<ToCommit>) {
     while let Ok(job) = commits.recv() {
-        let ToCommit {
-            batch: in_commit,
-            mut finishers,
-            new_head,
-            audit_size,
-            last_sequence,
-        } = job;
-        let batch = &in_commit.batch;
-        let started = Instant::now();
-        let ops = finishers.len();
-        let mut answered = false;
-        let mut answer = || {
-            c.gate.close();
-            if let Some((size, root)) = new_head {
-                c.log.committed(size, root);
+        commit_one(c, job);
+    }
+}
+
+/// Commits one batch and answers its callers (on the commit thread, or on
+/// the writer's for a small batch while the commit thread is free); exits
+/// the process with status 75 if the commit fails.
+pub(super) fn commit_one(c: &Committer<'_>, job: ToCommit) {
+    let ToCommit {
+        batch: in_commit,
+        mut finishers,
+        new_head,
+        audit_size,
+        last_sequence,
+    } = job;
+    let batch = &in_commit.batch;
+    let started = Instant::now();
+    let ops = finishers.len();
+    let mut answered = false;
+    let mut answer = || {
+        c.gate.close();
+        if let Some((size, root)) = new_head {
+            c.log.committed(size, root);
+        }
+        if let Some(last) = last_sequence {
+            let _ = c.head.send(last);
+        }
+        // Traced publishes record their commit span as they are
+        // answered.
+        let _scope = crate::telemetry::CommitScope::enter(started, ops, batch.events.len());
+        for (finish, result) in finishers.drain(..) {
+            finish(true, result);
+        }
+        answered = true;
+    };
+    let committed = if batch.is_empty() {
+        answer();
+        Ok(None)
+    } else {
+        c.store.commit_then(batch, &mut answer).map(Some)
+    };
+    c.gate.open();
+    match committed {
+        Ok(stats) => {
+            if let Some(stats) = stats {
+                metrics::counter!("caseshare_store_commits_total").increment(1);
+                metrics::counter!("caseshare_store_records_total").increment(stats.records as u64);
+                metrics::histogram!("caseshare_store_ops_per_commit").record(ops as f64);
+                metrics::histogram!("caseshare_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!("caseshare_store_wal_unstable_frames")
+                    .set(stats.wal_unstable_frames as f64);
             }
-            if let Some(last) = last_sequence {
-                let _ = c.head.send(last);
-            }
-            // Traced publishes record their commit span as they are
-            // answered.
-            let _scope = crate::telemetry::CommitScope::enter(started, ops, batch.events.len());
-            for (finish, result) in finishers.drain(..) {
-                finish(true, result);
-            }
-            answered = true;
-        };
-        let committed = if batch.is_empty() {
-            answer();
-            Ok(None)
-        } else {
-            c.store.commit_then(batch, &mut answer).map(Some)
-        };
-        c.gate.open();
-        match committed {
-            Ok(stats) => {
-                if let Some(stats) = stats {
-                    metrics::counter!("caseshare_store_commits_total").increment(1);
-                    metrics::counter!("caseshare_store_records_total")
-                        .increment(stats.records as u64);
-                    metrics::histogram!("caseshare_store_ops_per_commit").record(ops as f64);
-                    metrics::histogram!("caseshare_store_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::gauge!("caseshare_store_wal_unstable_frames")
-                        .set(stats.wal_unstable_frames as f64);
-                }
-                metrics::counter!("caseshare_audit_entries_total")
-                    .increment(batch.audit.len() as u64);
-                metrics::gauge!("caseshare_audit_size").set(audit_size as f64);
-                if last_sequence.is_some() {
-                    metrics::histogram!("caseshare_store_events_per_commit")
-                        .record(batch.events.len() as f64);
-                }
-            }
-            Err(e) => {
-                if answered {
-                    tracing::error!(error = %e, "applying a durable commit failed; the broker stops and its restart replays it");
-                } else {
-                    tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
-                    for (finish, result) in finishers.drain(..) {
-                        finish(false, result);
-                    }
-                }
-                std::process::exit(75);
+            metrics::counter!("caseshare_audit_entries_total").increment(batch.audit.len() as u64);
+            metrics::gauge!("caseshare_audit_size").set(audit_size as f64);
+            if last_sequence.is_some() {
+                metrics::histogram!("caseshare_store_events_per_commit")
+                    .record(batch.events.len() as f64);
             }
         }
-        c.finished.keep(finishers);
-        c.finished.done();
+        Err(e) => {
+            if answered {
+                tracing::error!(error = %e, "applying a durable commit failed; the broker stops and its restart replays it");
+            } else {
+                tracing::error!(error = %e, "commit failed; the broker stops rather than acknowledge what is not durable");
+                for (finish, result) in finishers.drain(..) {
+                    finish(false, result);
+                }
+            }
+            std::process::exit(75);
+        }
     }
+    c.finished.keep(finishers);
+    c.finished.done();
 }
 
 #[cfg(test)]

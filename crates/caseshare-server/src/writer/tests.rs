@@ -1,7 +1,8 @@
 //! The writer's group commit against a real store whose commit can be held:
 //! while the commit thread is busy, ops that arrive are applied at once into
 //! the open batch and committed together when it is free; with a commit
-//! delay, a batch smaller than the last waits for the next op.
+//! delay, a batch smaller than the last waits for the next op; small
+//! batches one after another are committed by the writer itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -152,6 +153,50 @@ async fn with_a_commit_delay_a_batch_smaller_than_the_last_waits_for_the_next_op
         w.store.commits()[2],
         vec!["d".to_string(), "e".to_string()],
         "d waited for e and they share a commit"
+    );
+    drop(w.writer);
+    tokio::task::spawn_blocking(move || w.join.join().unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_one_after_another_are_committed_by_the_writer_itself() {
+    let w = start(Duration::ZERO);
+    const COMMIT: &str = "caseshare-commit";
+    const WRITER: &str = "caseshare-writer";
+
+    // The first batch goes to the commit thread (held there); a large
+    // batch (INLINE_OPS + 1 ops, applied meanwhile) goes there too.
+    let held = w.store.arm(At::Commit);
+    let first = w.writer.submit(register("first")).await.unwrap();
+    let held = held
+        .entered_async("the first commit reached the store")
+        .await;
+    let mut large = Vec::new();
+    for i in 0..=super::INLINE_OPS {
+        let id = format!("large-{i}");
+        large.push(w.writer.submit(register(&id)).await.unwrap());
+        applied(&w.state, &id).await;
+    }
+    held.release();
+    first.await.unwrap().unwrap();
+    for reply in large {
+        reply.await.unwrap().unwrap();
+    }
+    // Then one op at a time: the small batch after the large one goes to
+    // the commit thread; the ones after it (small after small, the commit
+    // thread free) are committed by the writer itself.
+    for id in ["a", "b", "c"] {
+        let reply = w.writer.submit(register(id)).await.unwrap();
+        assert_eq!(reply.await.unwrap().unwrap().agency_id, id);
+    }
+    let commits = w.store.commits();
+    assert_eq!(commits.len(), 5, "{commits:?}");
+    assert_eq!(commits[1].len(), super::INLINE_OPS + 1, "{commits:?}");
+    assert_eq!(
+        w.store.commit_threads(),
+        [COMMIT, COMMIT, COMMIT, WRITER, WRITER]
     );
     drop(w.writer);
     tokio::task::spawn_blocking(move || w.join.join().unwrap())
