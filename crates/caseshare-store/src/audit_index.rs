@@ -240,6 +240,7 @@ pub(crate) fn decode_table(v: &[u8]) -> Result<Vec<TermPostings>, StoreError> {
 /// the epoch (20 ms of that commit, measured at 2,000 events a second). A
 /// power of two, dividing an epoch.
 pub const MERGE_SPAN: u64 = 64;
+const _: () = assert!(MERGE_SPAN.is_power_of_two() && (1 << EPOCH_BITS) % MERGE_SPAN == 0);
 
 /// A bound on the capacity reserved from a stored count.
 const MAX_TABLE_POSTINGS: usize = 1 << 16;
@@ -328,8 +329,8 @@ pub(crate) fn index_entries(
             }
         }
         if hi < (ep + 1) << EPOCH_BITS {
-            // The epoch goes on: this commit's part of it joins the
-            // epoch's last record while that is small, else starts one.
+            // The epoch goes on: this commit's part of it gets a record
+            // of its own, or merges its block's records into one.
             if !part.is_empty() {
                 let recent = recent_record(tree, ep, lo, hi, &part)?;
                 for k in recent.replaced {
