@@ -240,7 +240,8 @@ pub(crate) fn decode_table(v: &[u8]) -> Result<Vec<TermPostings>, StoreError> {
 /// the epoch (20 ms of that commit, measured at 2,000 events a second). A
 /// power of two, dividing an epoch.
 pub const MERGE_SPAN: u64 = 64;
-const _: () = assert!(MERGE_SPAN.is_power_of_two() && (1 << EPOCH_BITS) % MERGE_SPAN == 0);
+const _: () =
+    assert!(MERGE_SPAN.is_power_of_two() && (1u64 << EPOCH_BITS).is_multiple_of(MERGE_SPAN));
 
 /// A bound on the capacity reserved from a stored count.
 const MAX_TABLE_POSTINGS: usize = 1 << 16;
