@@ -1,6 +1,8 @@
 //! The commit thread and what lookups see meanwhile.
 //!
-//! The commit thread commits each sealed batch; as soon as it is durable
+//! The commit thread commits each sealed batch ([`commit_one`]; at low
+//! load the writer makes a small batch's commit itself, the same step, see
+//! `INLINE_OPS`); as soon as it is durable
 //! (its WAL frame synced) it publishes the new audit head and event head
 //! and answers the batch's ops, while the store applies it to sled behind
 //! the readers' gate ([`crate::settle`]). A commit that fails before its
@@ -110,9 +112,10 @@ impl Lookup for Durable<'_> {
     }
 }
 
-/// How many batches the commit thread has finished, and a wake-up for a
-/// writer waiting for it to be free: while it is busy the writer keeps
-/// applying ops into the next batch instead of sealing it early.
+/// How many batches have been committed (by the commit thread, or by the
+/// writer itself), and a wake-up for a writer waiting for the commit
+/// thread to be free: while it is busy the writer keeps applying ops into
+/// the next batch instead of sealing it early.
 #[derive(Default)]
 pub(super) struct Finished {
     count: AtomicU64,
