@@ -229,7 +229,7 @@ impl Lease {
             token: self.token.clone(),
         })?;
         let sent = Instant::now();
-        match self.store.update(LEADER_KEY, value, expected).await {
+        match self.update(value, expected).await {
             Ok(revision) => Ok(Some(Held {
                 leader: me.clone(),
                 epoch: revision,
@@ -252,7 +252,7 @@ impl Lease {
         })
         .map_err(|e| LeaseLost::Unavailable(e.to_string()))?;
         let sent = Instant::now();
-        match self.store.update(LEADER_KEY, value, held.revision).await {
+        match self.update(value, held.revision).await {
             Ok(revision) => {
                 held.revision = revision;
                 held.valid_until = sent + self.ttl;
@@ -291,6 +291,27 @@ impl Lease {
     /// The key's last message, read through the stream's leader (the KV
     /// API's own reads are direct gets, which a lagging follower may
     /// answer with an entry already replaced or deleted).
+    /// Writes the key conditional on `expected` (its last revision, 0 for
+    /// absent). A bucket created a moment ago may not yet be known to the
+    /// node this client reaches (its publish has no responder: "no stream
+    /// found"); nothing was stored, so the same update is sent again, with
+    /// pauses doubling from 25 ms, until it answers otherwise or a third of
+    /// the TTL (the renewal period) has passed.
+    async fn update(&self, value: Bytes, expected: u64) -> Result<u64, kv::UpdateError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self.store.update(LEADER_KEY, value.clone(), expected).await {
+                Err(e) if no_stream_yet(&e) && started.elapsed() < self.ttl / 3 => {
+                    tracing::debug!(error = %e, "lease bucket not yet reachable; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn read(&self) -> Result<Option<Last>, ClusterError> {
         let message = match self
             .stream
@@ -342,6 +363,16 @@ fn encode(value: &LeaseValue) -> Result<Bytes, ClusterError> {
         .map_err(|e| ClusterError::LeaseValue(e.to_string()))
 }
 
+/// Whether an update found no stream for the key's subject (the publish
+/// had no responder): nothing was stored.
+fn no_stream_yet(e: &kv::UpdateError) -> bool {
+    use std::error::Error as _;
+    e.kind() == kv::UpdateErrorKind::Other
+        && e.source()
+            .and_then(|s| s.downcast_ref::<jetstream::context::PublishError>())
+            .is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::StreamNotFound)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -361,5 +392,23 @@ mod tests {
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         assert!(text.contains("\"replica_id\":\"r1\""), "{text}");
         assert_eq!(serde_json::from_slice::<LeaseValue>(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn only_a_publish_without_a_stream_is_sent_again() {
+        use jetstream::context::{PublishError, PublishErrorKind};
+        let update = |kind| kv::UpdateError::from(PublishError::new(kind));
+        assert!(no_stream_yet(&update(PublishErrorKind::StreamNotFound)));
+        for kind in [
+            PublishErrorKind::WrongLastSequence,
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::Other,
+        ] {
+            assert!(!no_stream_yet(&update(kind)), "{kind:?}");
+        }
+        assert!(!no_stream_yet(&kv::UpdateError::new(
+            kv::UpdateErrorKind::Other
+        )));
     }
 }
