@@ -12,8 +12,12 @@
 //! while, then healed and waited for until it is current again — chosen
 //! by a seeded generator (the seed and the fault set are printed; the same
 //! seed with the same fault set makes the same choices). Faults never
-//! overlap, so at most one NATS node is ever down or cut off: the fault
-//! model is "any single failure". A run with partitions has at least one:
+//! overlap, and after each fault on a NATS node the run waits until that
+//! node is current again, so at most one NATS node is ever down, cut off
+//! or behind: the fault model is "any single failure". A node that does
+//! not catch up even after a restart (nats-server's own catch-up stuck:
+//! printed) is left as it is and the run goes on with broker faults only
+//! until it is current. A run with partitions has at least one:
 //! if none was drawn by the last fault, the last fault is one. After every
 //! fault it checks that every replica is still running: a replica that
 //! exited on its own fails the run at once
@@ -49,12 +53,14 @@ pub const CHAOS_PARTITIONS_ENV: &str = "CASESHARE_CHAOS_PARTITIONS";
 const PARTITION_EXTRA: Duration = Duration::from_secs(4);
 /// The journal's stream.
 const JOURNAL: &str = "CASESHARE_JOURNAL";
-/// How long a healed node has to be current again (JetStream `/healthz`).
+/// How long a node back after a fault has to be current again (JetStream
+/// `/healthz`) before the run goes on without NATS faults.
 const HEALED_WITHIN: Duration = Duration::from_secs(90);
-/// When a healed node still behind has its connections reset.
+/// When a node back after a fault and still behind has its connections
+/// reset.
 const RESET_AFTER: Duration = Duration::from_secs(20);
-/// When a healed node still behind after the reset is restarted, as an
-/// operator would (`docs/CLUSTER.md`, runbook).
+/// When a node back after a fault and still behind after the reset is
+/// restarted, as an operator would (`docs/CLUSTER.md`, runbook).
 const RESTART_AFTER: Duration = Duration::from_secs(40);
 
 /// What a replica logs when its journal reader's consumer went past
@@ -216,7 +222,15 @@ impl Chaos {
 
         let started = Instant::now();
         let mut done = Vec::new();
+        // A NATS node that did not catch up (see `until_current`).
+        let mut behind: Option<usize> = None;
         for k in 0..self.faults {
+            if let Some(j) = behind
+                && self.is_current(&c, j, self.majority(&c, j).await).await
+            {
+                println!("NATS node {j} is current again: NATS faults resume");
+                behind = None;
+            }
             // Without partitions, the same draws, in the same order, as
             // every run before them: a seed from an earlier run replays its
             // faults (with CASESHARE_CHAOS_PARTITIONS=0).
@@ -225,6 +239,11 @@ impl Chaos {
             let mut kind = rng.gen_range(0..if partitions { 6 } else { 5 });
             if partitions && !partitioned && k + 1 == self.faults {
                 kind = 5;
+            }
+            if behind.is_some() {
+                // Another NATS fault would make two nodes short of the
+                // journal: a broker fault instead.
+                kind %= 2;
             }
             let what = match kind {
                 0 => {
@@ -246,14 +265,24 @@ impl Chaos {
                     c.nats.kill9(j);
                     tokio::time::sleep(hold).await;
                     c.nats.restart(j).await;
-                    format!("SIGKILL NATS node {j}, restarted after")
+                    let current = self.until_current(&mut c, j, &done).await;
+                    behind = behind.or(current.is_none().then_some(j));
+                    format!(
+                        "SIGKILL NATS node {j} ({} after its restart), restarted after",
+                        caught_up(current)
+                    )
                 }
                 3 => {
                     let j = rng.gen_range(0..3);
                     c.nats.stop(j);
                     tokio::time::sleep(hold).await;
                     c.nats.cont(j);
-                    format!("SIGSTOP NATS node {j}, SIGCONT after")
+                    let current = self.until_current(&mut c, j, &done).await;
+                    behind = behind.or(current.is_none().then_some(j));
+                    format!(
+                        "SIGSTOP NATS node {j} ({} after SIGCONT), SIGCONT after",
+                        caught_up(current)
+                    )
                 }
                 4 => {
                     let j = c.nats.stream_leader(JOURNAL).await;
@@ -261,7 +290,13 @@ impl Chaos {
                     c.nats.kill9(j);
                     tokio::time::sleep(hold).await;
                     c.nats.restart(j).await;
-                    format!("SIGKILL the stream leader (NATS node {j}), restarted after")
+                    let current = self.until_current(&mut c, j, &done).await;
+                    behind = behind.or(current.is_none().then_some(j));
+                    format!(
+                        "SIGKILL the stream leader (NATS node {j}, {} after its restart), \
+                         restarted after",
+                        caught_up(current)
+                    )
                 }
                 _ => {
                     partitioned = true;
@@ -277,10 +312,11 @@ impl Chaos {
                     tokio::time::sleep(hold + PARTITION_EXTRA).await;
                     c.nats.heal(j);
                     let current = self.until_current(&mut c, j, &done).await;
+                    behind = behind.or(current.is_none().then_some(j));
                     format!(
-                        "cut off {which}NATS node {j} (caught up {:.1} s after the heal), \
-                         healed after {} s + the hold",
-                        current.as_secs_f64(),
+                        "cut off {which}NATS node {j} ({} after the heal), healed after {} s + \
+                         the hold",
+                        caught_up(current),
                         PARTITION_EXTRA.as_secs()
                     )
                 }
@@ -399,36 +435,40 @@ impl Chaos {
         }
     }
 
-    /// Waits until healed node `j` is current again — its replica of the
-    /// journal holds the last message the others held at the heal, and
-    /// JetStream's `/healthz` answers 200 — so that the next fault never
-    /// meets two nodes behind; gives how long that took. A node still
-    /// behind [`RESET_AFTER`] after the heal has its connections reset
-    /// once (printed): twice in CI a healed node stayed behind for over a
+    /// Waits until node `j`, back after a fault, is current again — its
+    /// replica of the journal holds the last message the others held when
+    /// it came back, and JetStream's `/healthz` answers 200 — so that the
+    /// next fault never meets two nodes behind; gives how long that took.
+    /// A node still behind [`RESET_AFTER`] has its connections reset once
+    /// (printed): twice in CI a healed node stayed behind for over a
     /// minute on connections that lived through the cut. One still behind
     /// [`RESTART_AFTER`] is restarted on its own store (printed): once, on
     /// a loaded machine, a node stayed 178 messages behind for a minute
-    /// after the reset. The majority held every message throughout, so
-    /// neither changes what the run checks of the brokers.
-    async fn until_current(&self, c: &mut BrokerCluster, j: usize, done: &[String]) -> Duration {
+    /// after the reset. One still behind [`HEALED_WITHIN`] gives `None`
+    /// (printed): once in CI a restarted node's stream group kept logging
+    /// "Expected first catchup entry to be a snapshot and peerstate, will
+    /// retry" for the 50 s left. The majority held every message
+    /// throughout, so none of this changes what the run checks of the
+    /// brokers.
+    async fn until_current(
+        &self,
+        c: &mut BrokerCluster,
+        j: usize,
+        done: &[String],
+    ) -> Option<Duration> {
         let healed = Instant::now();
         let mut reset = false;
         let mut restarted = false;
-        let mut majority = 0;
-        for i in (0..c.nats.len()).filter(|&i| i != j) {
-            if let Some(s) = c.nats.stream_state(i, JOURNAL).await {
-                majority = majority.max(s.last_seq);
-            }
-        }
+        let majority = self.majority(c, j).await;
         loop {
-            let held = c.nats.stream_state(j, JOURNAL).await.map(|s| s.last_seq);
-            if held.is_some_and(|l| l >= majority) && c.nats.healthy(j).await {
-                return healed.elapsed();
+            if self.is_current(c, j, majority).await {
+                return Some(healed.elapsed());
             }
+            let held = c.nats.stream_state(j, JOURNAL).await.map(|s| s.last_seq);
             if !reset && healed.elapsed() > RESET_AFTER {
                 reset = true;
                 println!(
-                    "NATS node {j} not current {RESET_AFTER:?} after its heal (it holds journal \
+                    "NATS node {j} not current {RESET_AFTER:?} after it came back (it holds journal \
                      message {held:?}, the others {majority}): its connections are reset"
                 );
                 c.nats.reset_connections(j);
@@ -436,20 +476,40 @@ impl Chaos {
             if !restarted && healed.elapsed() > RESTART_AFTER {
                 restarted = true;
                 println!(
-                    "NATS node {j} not current {RESTART_AFTER:?} after its heal (it holds journal \
+                    "NATS node {j} not current {RESTART_AFTER:?} after it came back (it holds journal \
                      message {held:?}, the others {majority}): it is restarted"
                 );
                 c.nats.restart(j).await;
             }
-            assert!(
-                healed.elapsed() < HEALED_WITHIN,
-                "seed {}: NATS node {j} not current {HEALED_WITHIN:?} after its heal (it holds \
-                 journal message {held:?}, the others {majority}; faults so far:\n{})",
-                self.seed,
-                done.join("\n")
-            );
+            if healed.elapsed() > HEALED_WITHIN {
+                println!(
+                    "seed {}: NATS node {j} not current {HEALED_WITHIN:?} after it came back, even \
+                     restarted (it holds journal message {held:?}, the others {majority}; its log \
+                     says why): no more NATS faults until it is; faults so far:\n{}",
+                    self.seed,
+                    done.join("\n")
+                );
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The last journal message the nodes other than `j` hold.
+    async fn majority(&self, c: &BrokerCluster, j: usize) -> u64 {
+        let mut majority = 0;
+        for i in (0..c.nats.len()).filter(|&i| i != j) {
+            if let Some(s) = c.nats.stream_state(i, JOURNAL).await {
+                majority = majority.max(s.last_seq);
+            }
+        }
+        majority
+    }
+
+    /// Whether node `j` holds journal message `majority` and is healthy.
+    async fn is_current(&self, c: &BrokerCluster, j: usize, majority: u64) -> bool {
+        let held = c.nats.stream_state(j, JOURNAL).await.map(|s| s.last_seq);
+        held.is_some_and(|l| l >= majority) && c.nats.healthy(j).await
     }
 
     /// Fails the run if a replica exited on its own, with its exit status
@@ -498,4 +558,12 @@ fn endpoints(c: &BrokerCluster) -> Vec<Endpoint> {
 /// The ordered subscriber starts on the other replica.
 fn reversed(c: &BrokerCluster) -> Vec<Endpoint> {
     vec![c.broker(1).endpoint(), c.broker(0).endpoint()]
+}
+
+/// How a fault line says when its node was current again.
+fn caught_up(current: Option<Duration>) -> String {
+    match current {
+        Some(d) => format!("caught up {:.1} s", d.as_secs_f64()),
+        None => format!("not caught up within {HEALED_WITHIN:?}"),
+    }
 }
