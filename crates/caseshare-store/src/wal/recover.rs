@@ -173,6 +173,22 @@ pub(crate) fn recover(
     // Frames m+1 ..= last must all be there, one after the other.
     let start = found.partition_point(|f| f.number <= m);
     for (expected, f) in (m + 1..).zip(&found[start..]) {
+        if f.number != expected && applied.is_none() && expected == 1 {
+            // Sled holds no record of the log at all, yet its first frame
+            // is past 1: frames are dropped only once sled has applied
+            // them, so sled's records are what is missing.
+            return Err(damaged(
+                &store_dir.join("db"),
+                None,
+                format!(
+                    "sled holds no record of the write-ahead log, whose first commit frame is \
+                     {} (earlier ones were dropped once sled had applied them): sled's records \
+                     are missing ({SLED_FILES})",
+                    f.number
+                ),
+                ADVICE_SLED_BEHIND,
+            ));
+        }
         if f.number != expected {
             let path = &files[f.file].path;
             return Err(damaged(

@@ -311,6 +311,34 @@ fn files_sled_holds_stably_are_trimmed_and_the_store_reopens() {
 }
 
 #[test]
+fn sled_emptied_after_the_log_was_trimmed_is_refused_naming_it_and_nothing_is_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        for i in 0..40 {
+            agency(&store, i, 400);
+        }
+        let before = wal_files(dir.path()).len();
+        store.stabilise_now().unwrap();
+        agency(&store, 40, 10);
+        deleted_down_to(dir.path(), 2, before);
+    }
+    // Sled's files deleted: it opens empty, with no record of any frame,
+    // and the log's first frame is past 1.
+    for f in sled_files(dir.path()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let before = crate::segments::tests::files(dir.path());
+    let err = open(dir.path()).expect_err("refused");
+    let StoreError::Damaged { path, detail, .. } = &err else {
+        panic!("not a refusal: {err}");
+    };
+    assert_eq!(path, &dir.path().join("db"), "{err}");
+    assert!(detail.contains("sled holds no record"), "{detail}");
+    assert_eq!(crate::segments::tests::files(dir.path()), before);
+}
+
+#[test]
 fn damage_in_frames_sled_holds_stably_does_not_stop_the_store() {
     let dir = tempfile::tempdir().unwrap();
     {
