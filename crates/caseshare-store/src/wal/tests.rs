@@ -289,23 +289,27 @@ fn damage_followed_by_whole_frames_is_refused_naming_the_file() {
     );
 }
 
+/// 41 commits in a store closed after its log was trimmed to the last
+/// two files (the first frame left is past 1).
+fn trimmed(dir: &Path) {
+    let store = open(dir).unwrap();
+    for i in 0..40 {
+        agency(&store, i, 400);
+    }
+    let before = wal_files(dir).len();
+    assert!(before > 3, "{before} files");
+    // Everything is stable now: the next commit trims every file but the
+    // active one (and the one it may start); the spare thread deletes
+    // them.
+    store.stabilise_now().unwrap();
+    agency(&store, 40, 10);
+    deleted_down_to(dir, 2, before);
+}
+
 #[test]
 fn files_sled_holds_stably_are_trimmed_and_the_store_reopens() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        for i in 0..40 {
-            agency(&store, i, 400);
-        }
-        let before = wal_files(dir.path()).len();
-        assert!(before > 3, "{before} files");
-        // Everything is stable now: the next commit trims every file but
-        // the active one (and the one it may start); the spare thread
-        // deletes them.
-        store.stabilise_now().unwrap();
-        agency(&store, 40, 10);
-        deleted_down_to(dir.path(), 2, before);
-    }
+    trimmed(dir.path());
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store).len(), 41);
 }
@@ -313,16 +317,7 @@ fn files_sled_holds_stably_are_trimmed_and_the_store_reopens() {
 #[test]
 fn sled_emptied_after_the_log_was_trimmed_is_refused_naming_it_and_nothing_is_changed() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        for i in 0..40 {
-            agency(&store, i, 400);
-        }
-        let before = wal_files(dir.path()).len();
-        store.stabilise_now().unwrap();
-        agency(&store, 40, 10);
-        deleted_down_to(dir.path(), 2, before);
-    }
+    trimmed(dir.path());
     // Sled's files deleted: it opens empty, with no record of any frame,
     // and the log's first frame is past 1.
     for f in sled_files(dir.path()) {
