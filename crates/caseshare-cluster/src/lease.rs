@@ -288,9 +288,6 @@ impl Lease {
             .map_err(|e| ClusterError::JetStream(format!("lease release: {e}")))
     }
 
-    /// The key's last message, read through the stream's leader (the KV
-    /// API's own reads are direct gets, which a lagging follower may
-    /// answer with an entry already replaced or deleted).
     /// Writes the key conditional on `expected` (its last revision, 0 for
     /// absent). A bucket created a moment ago may not yet be known to the
     /// node this client reaches (its publish has no responder: "no stream
@@ -312,6 +309,9 @@ impl Lease {
         }
     }
 
+    /// The key's last message, read through the stream's leader (the KV
+    /// API's own reads are direct gets, which a lagging follower may
+    /// answer with an entry already replaced or deleted).
     async fn read(&self) -> Result<Option<Last>, ClusterError> {
         let message = match self
             .stream

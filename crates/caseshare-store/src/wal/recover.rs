@@ -173,7 +173,10 @@ pub(crate) fn recover(
     // Frames m+1 ..= last must all be there, one after the other.
     let start = found.partition_point(|f| f.number <= m);
     for (expected, f) in (m + 1..).zip(&found[start..]) {
-        if f.number != expected && applied.is_none() && expected == 1 {
+        if f.number == expected {
+            continue;
+        }
+        if applied.is_none() && expected == 1 {
             // Sled holds no record of the log at all, yet its first frame
             // is past 1: frames are dropped only once sled has applied
             // them, so sled's records are what is missing.
@@ -189,19 +192,16 @@ pub(crate) fn recover(
                 ADVICE_SLED_BEHIND,
             ));
         }
-        if f.number != expected {
-            let path = &files[f.file].path;
-            return Err(damaged(
-                path,
-                Some(f.offset),
-                format!(
-                    "commit frame {} follows frame {}: frames sled lacks are missing",
-                    f.number,
-                    expected.saturating_sub(1)
-                ),
-                ADVICE_RESTORE,
-            ));
-        }
+        return Err(damaged(
+            &files[f.file].path,
+            Some(f.offset),
+            format!(
+                "commit frame {} follows frame {}: frames sled lacks are missing",
+                f.number,
+                expected.saturating_sub(1)
+            ),
+            ADVICE_RESTORE,
+        ));
     }
     let mut replayed = 0;
     for f in &found[start..] {
