@@ -395,11 +395,11 @@ impl WriterTask {
             // Between batches the writer has no op (or commits a small
             // batch itself): how much of the time that is says whether the
             // clients or the broker set the pace.
-            let open_for = first_op.elapsed().as_secs_f64();
+            metrics::histogram!("caseshare_writer_batch_seconds")
+                .record(first_op.elapsed().as_secs_f64());
             if inline {
                 // The commit thread is free and the batch small: waking it
                 // would cost more than the apply it lets overlap.
-                metrics::histogram!("caseshare_writer_batch_seconds").record(open_for);
                 let c = Committer {
                     store: &*self.store,
                     log: &self.log,
@@ -409,13 +409,10 @@ impl WriterTask {
                 };
                 commit_one(&c, job);
                 metrics::counter!("caseshare_writer_inline_commits_total").increment(1);
-            } else {
-                if to_commit.send(job).is_err() {
-                    // The commit thread stopped: it has already exited the
-                    // process after a failed commit.
-                    break;
-                }
-                metrics::histogram!("caseshare_writer_batch_seconds").record(open_for);
+            } else if to_commit.send(job).is_err() {
+                // The commit thread stopped: it has already exited the
+                // process after a failed commit.
+                break;
             }
             sent += 1;
             // The previous batch is committed (the commit thread took this
