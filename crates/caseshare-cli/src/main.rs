@@ -8,9 +8,10 @@ use std::io::Read;
 /// under glibc malloc a quarter of the writer's time was `malloc`, `free`
 /// and `realloc` (see docs/BENCHMARKS.md). Built with `no_thp`: with
 /// transparent huge pages mimalloc's page faults zeroed 2 MiB at a time and
-/// tripled the p99 of publish→delivery at 2,000 events/s.
+/// tripled the p99 of publish→delivery at 2,000 events/s. `serve` also
+/// hands freed memory back once a burst is over (`caseshare_alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: caseshare_alloc::MiMalloc = caseshare_alloc::MiMalloc;
 use std::path::PathBuf;
 
 mod backup;
@@ -394,10 +395,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match run(Cli::parse()).await {
+    // A worker that parks collects the pages it freed once the idle
+    // release asks (`caseshare_alloc`).
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(caseshare_alloc::on_park)
+        .build()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(run(Cli::parse())));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -460,6 +468,15 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.validate()?;
             let telemetry =
                 caseshare_server::telemetry::init_with_traces(&cfg.log_format, &cfg.telemetry)?;
+            // After a burst, freed memory goes back to the system: parked
+            // workers wake for an empty task each and collect as they park.
+            let handle = tokio::runtime::Handle::current();
+            let wake = move || (0..8).for_each(|_| drop(handle.spawn(async {})));
+            if !caseshare_alloc::IdleRelease::default().spawn(wake)? {
+                tracing::warn!(
+                    "no /proc/self/stat: freed memory is returned only as mimalloc's own delay allows"
+                );
+            }
             // The library reports through tracing only; the lines the test
             // harness and operators read from stdout are printed here.
             let served = caseshare_server::serve(cfg, shutdown_signal(), |bound| {

@@ -2,7 +2,8 @@
 //! with a `//!` doc comment saying what it owns, no test is marked ignored,
 //! the shipped deployment config parses, no test or example starts a broker
 //! but through `caseshare-testkit` (which runs the binary cargo built for
-//! these tests), and test, example and kit files stay under 800 lines.
+//! these tests), test, example and kit files stay under 800 lines, and
+//! every crate but `caseshare-alloc` forbids `unsafe` code.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,29 @@ fn every_module_has_a_doc_header() {
         missing.is_empty(),
         "modules without a //! header: {missing:?}"
     );
+}
+
+#[test]
+fn only_the_allocator_crate_may_hold_unsafe_code() {
+    // Every other crate takes the workspace's lints, which forbid `unsafe`.
+    let mut without = Vec::new();
+    for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = dir.join("Cargo.toml");
+        if !manifest.exists() || dir.ends_with("caseshare-alloc") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        if !text.contains("[lints]\nworkspace = true") {
+            without.push(manifest);
+        }
+    }
+    assert!(
+        without.is_empty(),
+        "crates without the workspace lints: {without:?}"
+    );
+    let root = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    assert!(root.contains("unsafe_code = \"forbid\""));
 }
 
 #[test]

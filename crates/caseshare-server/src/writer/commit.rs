@@ -176,8 +176,28 @@ pub(super) struct Committer<'a> {
 /// ([`Storage::commit_then`]); the gate holds readers back meanwhile
 /// ([`crate::settle`]).
 pub(super) fn commit_loop(c: &Committer<'_>, commits: &std::sync::mpsc::Receiver<ToCommit>) {
-    while let Ok(job) = commits.recv() {
+    // After work, the first idle second hands what the commits freed back
+    // to the system (as the writer does: `super::IDLE_RELEASE`).
+    let mut worked = false;
+    loop {
+        let job = if worked {
+            match commits.recv_timeout(super::IDLE_RELEASE) {
+                Ok(job) => job,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    caseshare_alloc::release_free_memory();
+                    worked = false;
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match commits.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
         commit_one(c, job);
+        worked = true;
     }
 }
 

@@ -72,6 +72,10 @@ pub fn now() -> Micros {
 /// delivery); an unacknowledged ack lost in a crash only means a redelivery.
 pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// After work, how long the writer or the commit thread waits without
+/// any before it hands the memory it freed back to the system.
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// While the commit thread is busy, how often the writer takes the ops
 /// that arrived into the open batch.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
@@ -361,7 +365,11 @@ impl WriterTask {
         let mut next = None;
         // Whether the batch before was small too (see `INLINE_OPS`).
         let mut small_before = false;
-        while let Some(Queued { op: first, .. }) = rx.blocking_recv() {
+        // Whether batches were made since the writer last handed freed
+        // memory back.
+        let mut worked = false;
+        while let Some(Queued { op: first, .. }) = self.next_op(&mut rx, &mut worked) {
+            worked = true;
             let first_op = Instant::now();
             let mut draft = next.take().unwrap_or_else(|| self.machine.begin());
             let mut answers = finished.answers();
@@ -441,6 +449,24 @@ impl WriterTask {
     /// waits up to the commit delay for more while ops arrive faster than
     /// that ([`Trigger`]).
     /// Returns false once the queue is closed.
+    /// The next op, waiting as long as it takes. After work, the first
+    /// [`IDLE_RELEASE`] without an op hands the memory the writer's
+    /// batches freed back to the system (`caseshare_alloc`: an idle
+    /// thread's freed pages are otherwise kept for as long as it stays
+    /// idle); `worked` is cleared then.
+    fn next_op(&self, rx: &mut mpsc::Receiver<Queued>, worked: &mut bool) -> Option<Queued> {
+        if let (true, Some(handle)) = (*worked, &self.runtime) {
+            match handle.block_on(async { tokio::time::timeout(IDLE_RELEASE, rx.recv()).await }) {
+                Ok(next) => return next,
+                Err(_) => {
+                    caseshare_alloc::release_free_memory();
+                    *worked = false;
+                }
+            }
+        }
+        rx.blocking_recv()
+    }
+
     fn gather(
         &mut self,
         rx: &mut mpsc::Receiver<Queued>,
