@@ -94,6 +94,7 @@ impl IdleRelease {
     /// at least `worked_at_least` of CPU time. Nothing is started (and
     /// `Ok(false)` returned) where the CPU time cannot be read (no
     /// `/proc`).
+    ///
     /// `wake` is called after each release, to wake threads parked since
     /// (they collect as they park again).
     pub fn spawn(self, wake: impl Fn() + Send + 'static) -> std::io::Result<bool> {
@@ -169,6 +170,11 @@ static TEST_ALLOCATOR: MiMalloc = MiMalloc;
 mod tests {
     use super::*;
 
+    /// Held by the tests that release memory: a release purges every
+    /// thread's freed memory, so it must not run while another test
+    /// measures what a release hands back.
+    static RELEASING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn rss_mib() -> f64 {
         let status = std::fs::read_to_string("/proc/self/status").expect("/proc on Linux");
         let kib: f64 = status
@@ -191,18 +197,24 @@ mod tests {
     #[test]
     fn this_process_cpu_time_is_readable_and_grows() {
         let a = process_cpu().expect("/proc/self/stat on Linux");
+        // Spin until the kernel has counted a tick or more (10 ms each),
+        // however loaded the machine; a reading that never grows fails.
         let mut x = 0u64;
         let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(60) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let mut b = a;
+        while b <= a && start.elapsed() < Duration::from_secs(30) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            b = process_cpu().expect("/proc/self/stat on Linux");
         }
         std::hint::black_box(x);
-        let b = process_cpu().expect("/proc/self/stat on Linux");
-        assert!(b > a, "{a:?} then {b:?}");
+        assert!(b > a, "{a:?} then {b:?} after 30 s of spinning");
     }
 
     #[test]
     fn a_parking_thread_collects_only_when_asked() {
+        let _one = RELEASING.lock().unwrap_or_else(|p| p.into_inner());
         std::thread::spawn(|| {
             let before = EPOCH.load(Ordering::Relaxed);
             SEEN.with(|s| s.set(before));
@@ -234,8 +246,9 @@ mod tests {
 
     #[test]
     fn releasing_hands_back_freed_pages_and_keeps_what_is_in_use() {
-        // 64 MiB written and freed, 4 MiB kept, on one thread (the test
-        // runs alone in its thread; other tests' allocations are small).
+        // 64 MiB written and freed, 4 MiB kept, on this test's thread (no
+        // other test releases meanwhile; their allocations are small).
+        let _one = RELEASING.lock().unwrap_or_else(|p| p.into_inner());
         let kept: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 64 * 1024]).collect();
         let burst: Vec<Vec<u8>> = (0..1024).map(|_| vec![7u8; 64 * 1024]).collect();
         let full = rss_mib();

@@ -439,16 +439,6 @@ impl WriterTask {
         let _ = committer.join();
     }
 
-    /// Fills the open batch: its first op, then every op already queued (up
-    /// to `max_batch`). While the commit thread is still busy with the
-    /// previous batch (`finished` below `sent`), ops that arrive join this
-    /// batch instead of the next, so the batch closes when the disk is free
-    /// rather than when the queue first ran dry; a batch of inline acks
-    /// only waits up to [`LAZY_COMMIT_DELAY`] for an op someone waits for;
-    /// and a batch whose commit thread is free, smaller than the last batch,
-    /// waits up to the commit delay for more while ops arrive faster than
-    /// that ([`Trigger`]).
-    /// Returns false once the queue is closed.
     /// The next op, waiting as long as it takes. After work, the first
     /// [`IDLE_RELEASE`] without an op hands the memory the writer's
     /// batches freed back to the system (`caseshare_alloc`: an idle
@@ -467,6 +457,16 @@ impl WriterTask {
         rx.blocking_recv()
     }
 
+    /// Fills the open batch: its first op, then every op already queued (up
+    /// to `max_batch`). While the commit thread is still busy with the
+    /// previous batch (`finished` below `sent`), ops that arrive join this
+    /// batch instead of the next, so the batch closes when the disk is free
+    /// rather than when the queue first ran dry; a batch of inline acks
+    /// only waits up to [`LAZY_COMMIT_DELAY`] for an op someone waits for;
+    /// and a batch whose commit thread is free, smaller than the last batch,
+    /// waits up to the commit delay for more while ops arrive faster than
+    /// that ([`Trigger`]).
+    /// Returns false once the queue is closed.
     fn gather(
         &mut self,
         rx: &mut mpsc::Receiver<Queued>,
