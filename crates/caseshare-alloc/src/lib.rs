@@ -1,5 +1,5 @@
-//! The allocator of the `caseshare` binary, and handing its freed memory
-//! back to the system once a burst is over.
+//! The allocator of the `caseshare` and `caseshare-bench` binaries, and
+//! handing its freed memory back to the system once a burst is over.
 //!
 //! mimalloc keeps the pages a burst freed for `purge_delay` (1 s in
 //! mimalloc 3) and returns them only when the thread that owns them next
@@ -23,7 +23,8 @@
 //!   second and, after the first nearly idle second that follows work,
 //!   releases, asks every thread to, and calls a waker (the `caseshare`
 //!   binary's spawns a few empty tasks so that parked workers wake, run
-//!   them and collect as they park again).
+//!   them and collect as they park again). It reads the CPU time with
+//!   [`cpu_time`], which the bench uses too.
 //!
 //! Architecture Invariant: this crate holds the workspace's only `unsafe`
 //! code, one call into mimalloc's C API; every other crate forbids it.
@@ -66,16 +67,17 @@ pub fn release_free_memory() {
     }
 }
 
-/// When a quiet period after work releases free memory.
+/// When a quiet period after work releases free memory: a period of 1 s,
+/// idle below 5 % of a core, after at least 200 ms of work.
 #[derive(Clone, Copy)]
 pub struct IdleRelease {
     /// How often the process's CPU time is read.
-    pub period: Duration,
+    period: Duration,
     /// Below this share of one core over a period, the process is idle.
-    pub idle_below: f64,
+    idle_below: f64,
     /// CPU time the process must have used since the last release for a
     /// release to be worth it.
-    pub worked_at_least: Duration,
+    worked_at_least: Duration,
 }
 
 impl Default for IdleRelease {
@@ -135,29 +137,34 @@ impl IdleRelease {
     }
 }
 
-/// The process's user and system CPU time, from `/proc/self/stat`.
+/// The user and system CPU time a process (`"self"` or a pid) has used,
+/// from `/proc/<pid>/stat`; `None` where it cannot be read. The bench
+/// counts CPU per event with it too.
+pub fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu(&stat)
+}
+
+/// This process's CPU time.
 fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    parse_cpu(&stat, clock_ticks())
+    cpu_time("self")
 }
 
 /// Clock ticks per second in `/proc` (`USER_HZ`): the kernel reports 100
 /// to user space on every architecture this runs on.
-fn clock_ticks() -> u64 {
-    100
-}
+const USER_HZ: u64 = 100;
 
 /// utime and stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The
 /// command name (field 2) is in parentheses and may hold spaces, so the
 /// fields are counted after its closing parenthesis.
-fn parse_cpu(stat: &str, ticks: u64) -> Option<Duration> {
+fn parse_cpu(stat: &str) -> Option<Duration> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     // After the name: state is field 3, so utime (14) is the 12th here.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     let t = utime.checked_add(stime)?;
-    Some(Duration::from_millis(t.checked_mul(1000)? / ticks))
+    Some(Duration::from_millis(t.checked_mul(1000)? / USER_HZ))
 }
 
 /// The tests allocate through mimalloc, as the binaries do.
@@ -189,9 +196,9 @@ mod tests {
     fn cpu_time_is_read_after_a_name_with_spaces_and_parentheses() {
         let line = "4242 (caseshare (x) y) S 1 4242 4242 0 -1 4194560 \
                     900 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
-        assert_eq!(parse_cpu(line, 100), Some(Duration::from_millis(18_010)));
-        assert_eq!(parse_cpu("4242 (x) S 1", 100), None);
-        assert_eq!(parse_cpu("no name here", 100), None);
+        assert_eq!(parse_cpu(line), Some(Duration::from_millis(18_010)));
+        assert_eq!(parse_cpu("4242 (x) S 1"), None);
+        assert_eq!(parse_cpu("no name here"), None);
     }
 
     #[test]

@@ -30,18 +30,7 @@ pub(crate) fn machine() -> Machine {
 }
 
 /// User + system CPU seconds of a process (`self` or a pid), from
-/// `/proc/<pid>/stat` (clock ticks of 1/100 s, as on every Linux build the
-/// bench targets).
+/// `/proc/<pid>/stat` (`caseshare_alloc::cpu_time`); 0 where unreadable.
 pub(crate) fn cpu_secs(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the line.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
+    caseshare_alloc::cpu_time(pid).map_or(0.0, |d| d.as_secs_f64())
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 /// The same allocator as the `caseshare` binary (see its `main.rs`), so that
 /// an `--embedded` broker measured here behaves as the shipped one does.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: caseshare_alloc::MiMalloc = caseshare_alloc::MiMalloc;
 
 /// Load generator: caseshare (embedded or remote) or NATS JetStream.
 #[derive(Parser)]

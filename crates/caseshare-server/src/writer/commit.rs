@@ -178,26 +178,25 @@ pub(super) struct Committer<'a> {
 pub(super) fn commit_loop(c: &Committer<'_>, commits: &std::sync::mpsc::Receiver<ToCommit>) {
     // After work, the first idle second hands what the commits freed back
     // to the system (as the writer does: `super::IDLE_RELEASE`).
+    use std::sync::mpsc::RecvTimeoutError;
     let mut worked = false;
     loop {
-        let job = if worked {
-            match commits.recv_timeout(super::IDLE_RELEASE) {
-                Ok(job) => job,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    caseshare_alloc::release_free_memory();
-                    worked = false;
-                    continue;
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            }
+        let next = if worked {
+            commits.recv_timeout(super::IDLE_RELEASE)
         } else {
-            match commits.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
+            commits.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
-        commit_one(c, job);
-        worked = true;
+        match next {
+            Ok(job) => {
+                commit_one(c, job);
+                worked = true;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                caseshare_alloc::release_free_memory();
+                worked = false;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
