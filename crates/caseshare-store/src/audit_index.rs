@@ -41,7 +41,7 @@
 //! each copying a sled node, and the commit path was three to ten times
 //! slower (see `docs/BENCHMARKS.md`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use caseshare_core::time::Micros;
 
@@ -149,23 +149,39 @@ pub(crate) type TermPostings = (Vec<u8>, Vec<u64>);
 /// Postings per term, terms in order.
 pub(crate) type Table<'a> = BTreeMap<&'a [u8], Vec<u64>>;
 
-/// LEB128 deltas after the first index.
-fn encode_postings(out: &mut Vec<u8>, indexes: &[u64]) {
-    for pair in indexes.windows(2) {
-        leb128(out, pair[1] - pair[0]);
-    }
-}
-
 /// A table: per term, `u16` length ‖ term ‖ `u32` count ‖ LEB128 first
 /// index and deltas.
 pub(crate) fn encode_table(table: &Table<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (term, indexes) in table {
+    let runs: Vec<Run<'_>> = table.iter().map(|(t, ix)| (*t, ix.as_slice())).collect();
+    encode_runs(&runs)
+}
+
+/// A term and a run of its indexes, ascending, borrowed.
+pub(crate) type Run<'a> = (&'a [u8], &'a [u64]);
+
+/// [`encode_table`] of runs sorted by term, where a term may have several
+/// adjacent runs, in index order: they are joined into one posting list,
+/// as a `BTreeMap` extended run by run would hold it, without building
+/// one (the commit path's merges).
+pub(crate) fn encode_runs(runs: &[Run<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(runs.iter().map(|(t, ix)| t.len() + 2 * ix.len() + 6).sum());
+    let mut rest = runs;
+    while let Some(((term, _), _)) = rest.split_first() {
+        let same = rest.iter().take_while(|(t, _)| t == term).count();
+        let (group, tail) = rest.split_at(same);
+        rest = tail;
+        let count: usize = group.iter().map(|(_, ix)| ix.len()).sum();
+        if count == 0 {
+            continue;
+        }
         out.extend_from_slice(&(term.len() as u16).to_be_bytes());
         out.extend_from_slice(term);
-        out.extend_from_slice(&(indexes.len() as u32).to_be_bytes());
-        leb128(&mut out, indexes[0]);
-        encode_postings(&mut out, indexes);
+        out.extend_from_slice(&(count as u32).to_be_bytes());
+        let mut last: Option<u64> = None;
+        for &i in group.iter().flat_map(|(_, ix)| ix.iter()) {
+            leb128(&mut out, last.map_or(i, |l| i - l));
+            last = Some(i);
+        }
     }
     out
 }
@@ -286,21 +302,45 @@ pub(crate) fn index_entries(
     if entries.is_empty() {
         return Ok(out);
     }
-    // Per term (its first byte and value, borrowed), its indexes; the
-    // term's key is made once per commit below.
-    let mut by_term: HashMap<(u8, &[u8]), Vec<u64>> = HashMap::new();
+    // Every (term, index) pair of the commit, sorted as the terms' keys
+    // sort (`prefix ‖ u16 length ‖ value`, so by prefix, length, value)
+    // and then by index: each term's postings end up ascending and
+    // together, without hashing or a map.
+    let mut pairs: Vec<(u8, &[u8], u64)> = Vec::with_capacity(entries.len() * 3);
     let mut blocks: BTreeMap<u64, (Micros, Micros)> = BTreeMap::new();
     for (index, e) in (first..).zip(entries) {
-        e.terms(|prefix, value| by_term.entry((prefix, value)).or_default().push(index));
+        e.terms(|prefix, value| pairs.push((prefix, value, index)));
         let t = e.recorded_at;
         let block = blocks.entry(index / TIME_BLOCK).or_insert((t, t));
         block.0 = block.0.min(t);
         block.1 = block.1.max(t);
     }
-    let mut postings: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
-    for ((prefix, value), indexes) in by_term {
-        postings.insert(term_key(prefix, value)?, indexes);
+    pairs.sort_unstable_by(|x, y| (x.0, x.1.len(), x.1, x.2).cmp(&(y.0, y.1.len(), y.1, y.2)));
+    pairs.dedup();
+    // The terms' keys, one buffer; per term, its key's and its indexes'
+    // ranges.
+    let mut keys: Vec<u8> = Vec::new();
+    let mut all: Vec<u64> = Vec::with_capacity(pairs.len());
+    let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
+    for (i, &(prefix, value, index)) in pairs.iter().enumerate() {
+        let new_term = i == 0 || {
+            let (p, v, _) = pairs[i - 1];
+            (p, v) != (prefix, value)
+        };
+        if new_term {
+            let start = keys.len();
+            keys.extend_from_slice(&term_key(prefix, value)?);
+            spans.push((start..keys.len(), all.len()..all.len()));
+        }
+        all.push(index);
+        if let Some((_, ix)) = spans.last_mut() {
+            ix.end = all.len();
+        }
     }
+    let postings: Vec<Run<'_>> = spans
+        .into_iter()
+        .map(|(k, ix)| (&keys[k], &all[ix]))
+        .collect();
     // The first block may already hold earlier entries.
     if let Some((&block, span)) = blocks.iter_mut().next()
         && block * TIME_BLOCK < first
@@ -318,17 +358,16 @@ pub(crate) fn index_entries(
             (ep << EPOCH_BITS).max(first),
             ((ep + 1) << EPOCH_BITS).min(end),
         );
-        let mut part: Table<'_> = BTreeMap::new();
-        for (term, indexes) in &postings {
-            let inside: Vec<u64> = indexes
-                .iter()
-                .copied()
-                .filter(|i| (lo..hi).contains(i))
-                .collect();
-            if !inside.is_empty() {
-                part.insert(term, inside);
-            }
-        }
+        // Each term's indexes in [lo, hi): a slice of its ascending run.
+        let part: Vec<Run<'_>> = postings
+            .iter()
+            .map(|&(term, ix)| {
+                let from = ix.partition_point(|&i| i < lo);
+                let to = ix.partition_point(|&i| i < hi);
+                (term, &ix[from..to])
+            })
+            .filter(|(_, ix)| !ix.is_empty())
+            .collect();
         if hi < (ep + 1) << EPOCH_BITS {
             // The epoch goes on: this commit's part of it gets a record
             // of its own, or merges its block's records into one.
@@ -351,22 +390,23 @@ pub(crate) fn index_entries(
             b.remove(k);
             removed += 1;
         }
-        let mut merged: BTreeMap<u64, Table<'_>> = BTreeMap::new();
-        for (term, indexes) in earlier
+        // Runs by bucket and term; the sort is stable, so a term's runs
+        // stay in index order (earlier records, then this commit's part).
+        let mut runs: Vec<(u64, Run<'_>)> = earlier
             .iter()
-            .map(|(t, ix)| (t.as_slice(), ix))
-            .chain(part.iter().map(|(t, ix)| (*t, ix)))
-        {
-            merged
-                .entry(bucket(term))
-                .or_default()
-                .entry(term)
-                .or_default()
-                .extend(indexes);
-        }
-        for (bucket, table) in merged {
+            .map(|(t, ix)| (t.as_slice(), ix.as_slice()))
+            .chain(part.iter().copied())
+            .map(|(t, ix)| (bucket(t), (t, ix)))
+            .collect();
+        runs.sort_by(|x, y| (x.0, x.1.0).cmp(&(y.0, y.1.0)));
+        let mut rest = runs.as_slice();
+        while let Some(&(bucket, _)) = rest.first() {
+            let same = rest.iter().take_while(|(b, _)| *b == bucket).count();
+            let (these, tail) = rest.split_at(same);
+            rest = tail;
+            let these: Vec<Run<'_>> = these.iter().map(|(_, r)| *r).collect();
             out.buckets
-                .push((bucket_key(ep, bucket), encode_table(&table)));
+                .push((bucket_key(ep, bucket), encode_runs(&these)));
         }
     }
     for (block, (min, max)) in blocks {
@@ -401,13 +441,13 @@ fn recent_record(
     ep: u64,
     lo: u64,
     hi: u64,
-    part: &Table<'_>,
+    part: &[Run<'_>],
 ) -> Result<Recent, StoreError> {
     let start = lo - lo % MERGE_SPAN;
     let own = key(RECENT, &[&be(ep), &be(lo)]);
     if hi < start + MERGE_SPAN {
         return Ok(Recent {
-            record: (own, encode_table(part)),
+            record: (own, encode_runs(part)),
             replaced: Vec::new(),
         });
     }
@@ -425,19 +465,20 @@ fn recent_record(
     }
     let Some(first) = first else {
         return Ok(Recent {
-            record: (own, encode_table(part)),
+            record: (own, encode_runs(part)),
             replaced: Vec::new(),
         });
     };
-    let mut merged: Table<'_> = BTreeMap::new();
-    for (term, indexes) in &earlier {
-        merged.entry(term.as_slice()).or_default().extend(indexes);
-    }
-    for (term, indexes) in part {
-        merged.entry(term).or_default().extend(indexes);
-    }
+    // Earlier records' runs, then this commit's: a stable sort by term
+    // keeps each term's runs in index order.
+    let mut runs: Vec<Run<'_>> = earlier
+        .iter()
+        .map(|(t, ix)| (t.as_slice(), ix.as_slice()))
+        .chain(part.iter().copied())
+        .collect();
+    runs.sort_by(|x, y| x.0.cmp(y.0));
     Ok(Recent {
-        record: (first, encode_table(&merged)),
+        record: (first, encode_runs(&runs)),
         replaced,
     })
 }

@@ -745,3 +745,31 @@ fn complete_epochs_are_kept_in_the_audit_log_and_read_back() {
 }
 
 mod merge;
+
+#[test]
+fn runs_of_a_term_encode_as_its_joined_postings() {
+    // A term's runs, adjacent and in index order, some empty: the bytes
+    // of the table holding each term once with its runs joined.
+    let runs: Vec<super::Run<'_>> = vec![
+        (&b"Na"[..], &[1, 2][..]),
+        (&b"Na"[..], &[5][..]),
+        (&b"Nb"[..], &[][..]),
+        (&b"Yb"[..], &[3][..]),
+        (&b"Yc"[..], &[4, 9][..]),
+        (&b"Yc"[..], &[][..]),
+        (&b"Yc"[..], &[700, 100_000][..]),
+    ];
+    let table: Table<'_> = [
+        (&b"Na"[..], vec![1u64, 2, 5]),
+        (&b"Yb"[..], vec![3]),
+        (&b"Yc"[..], vec![4, 9, 700, 100_000]),
+    ]
+    .into_iter()
+    .collect();
+    let bytes = super::encode_runs(&runs);
+    assert_eq!(bytes, encode_table(&table));
+    let back = decode_table(&bytes).unwrap();
+    assert_eq!(back.len(), 3);
+    assert_eq!(back[2], (b"Yc".to_vec(), vec![4, 9, 700, 100_000]));
+    assert!(super::encode_runs(&[(&b"Nz"[..], &[][..])]).is_empty());
+}
