@@ -7,13 +7,11 @@ use super::limits::Text;
 /// Why a string was refused, in words for a field violation; `None` when
 /// it is acceptable.
 pub fn text_problem(s: &str, text: Text) -> Option<String> {
-    // Most text is printable ASCII: checked a byte at a time, without
-    // decoding characters (every byte of a multi-byte character is ≥ 0x80,
-    // so a string of bytes in 0x20..0x7F holds no control character).
+    // Most text is printable ASCII: checked without decoding characters
+    // (every byte of a multi-byte character is ≥ 0x80, so a string of
+    // bytes in 0x20..0x7F holds no control character).
     let lines = text == Text::Lines;
-    if s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || (lines && (b == b'\n' || b == b'\t')))
-    {
+    if plain_ascii(s.as_bytes(), lines) {
         return None;
     }
     let allowed = |c: char| lines && matches!(c, '\n' | '\t');
@@ -32,6 +30,20 @@ pub fn text_problem(s: &str, text: Text) -> Option<String> {
         "control characters (newlines included) are not allowed"
     };
     Some(format!("{which} at character {at}: {hint}"))
+}
+
+/// Whether every byte is printable ASCII (0x20..0x7F), or a newline or a
+/// tab where `lines`. Checked 32 bytes at a time with no early exit inside
+/// a block, so that the compiler can use vector instructions: every field
+/// of every request passes here (a byte-at-a-time loop was ~6 % of the
+/// runtime workers' time publishing pipelined).
+fn plain_ascii(bytes: &[u8], lines: bool) -> bool {
+    let ok = |b: u8| (b.wrapping_sub(0x20) < 0x5f) | (lines & ((b == b'\n') | (b == b'\t')));
+    let (blocks, rest) = bytes.as_chunks::<32>();
+    blocks
+        .iter()
+        .all(|block| block.iter().fold(true, |all, &b| all & ok(b)))
+        && rest.iter().all(|&b| ok(b))
 }
 
 #[cfg(test)]
@@ -62,6 +74,34 @@ mod tests {
         ];
         for (s, kind, ok) in cases {
             assert_eq!(text_problem(s, *kind).is_none(), *ok, "{s:?} as {kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_block_check_agrees_with_a_byte_at_a_time_check() {
+        // Every byte value, at every position around two 32-byte blocks,
+        // in strings of every length up to three blocks.
+        let naive = |bytes: &[u8], lines: bool| {
+            bytes
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) || (lines && (b == b'\n' || b == b'\t')))
+        };
+        for len in 0..=96usize {
+            let mut bytes = vec![b'a'; len];
+            assert!(plain_ascii(&bytes, false) && plain_ascii(&bytes, true));
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    bytes[at] = b;
+                    for lines in [false, true] {
+                        assert_eq!(
+                            plain_ascii(&bytes, lines),
+                            naive(&bytes, lines),
+                            "byte {b:#04x} at {at} of {len}, lines {lines}"
+                        );
+                    }
+                }
+                bytes[at] = b'a';
+            }
         }
     }
 }
