@@ -316,6 +316,8 @@ pub(crate) fn index_entries(
         block.1 = block.1.max(t);
     }
     pairs.sort_unstable_by(|x, y| (x.0, x.1.len(), x.1, x.2).cmp(&(y.0, y.1.len(), y.1, y.2)));
+    // `terms` names a term once per entry; were it to name one twice, the
+    // entry is still posted once (a delta of 0 does not decode).
     pairs.dedup();
     // The terms' keys, one buffer; per term, its key's and its indexes'
     // ranges.

@@ -97,9 +97,8 @@ impl IdHasher {
 /// *Blocked*: an entry's 7 bits all lie in one 64-byte block (one cache
 /// line), chosen by the hash's high bits, so a lookup costs one memory
 /// access per segment rather than one per probe (the filters of a long
-/// log do not fit in a core's cache; asking them was 8 % of the writer's
-/// time with unblocked filters). The filter is built in memory from the
-/// `.ids` file, never stored, so its layout is free to change.
+/// log do not fit in a core's cache). The filter is built in memory from
+/// the `.ids` file, never stored, so its layout is free to change.
 #[derive(Debug, Clone)]
 pub(super) struct Bloom {
     blocks: Vec<Block>,
