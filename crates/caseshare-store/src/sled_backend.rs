@@ -767,3 +767,11 @@ mod keys;
 mod legacy;
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+impl SledStore {
+    /// The store's WAL, for the WAL's own tests.
+    pub(crate) fn wal_for_tests(&self) -> &Wal {
+        &self.wal
+    }
+}

@@ -319,6 +319,13 @@ impl Wal {
         })
     }
 
+    /// Whether a spare is ready as the commit path sees it ([`Spares::ready`]:
+    /// not while the spare thread is still marking it ready).
+    #[cfg(test)]
+    pub(crate) fn spare_ready(&self) -> bool {
+        self.spares.as_ref().is_some_and(Spares::ready)
+    }
+
     /// Whether the active file grows and the spare it asked for is ready:
     /// then the next frame starts in the spare, so that each sync after
     /// it writes the frame's blocks without the file's size.

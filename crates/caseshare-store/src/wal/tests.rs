@@ -671,6 +671,17 @@ fn a_growing_file_of_small_frames_gives_way_to_a_spare_as_soon_as_one_is_ready()
         agency(&store, i, 10);
     }
     wait_for(&spare);
+    // The file is renamed a moment before the spare thread lets go of
+    // its mark; until then the commit path does not see it ready (and
+    // rightly writes on in the growing file).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.wal_for_tests().spare_ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spare never became ready"
+        );
+        std::thread::yield_now();
+    }
     assert_eq!(wal_files(dir.path()).pop().unwrap(), growing);
     let end = frames_end(&growing);
     assert!(end < super::files::FILE_BYTES / 2, "{end} bytes");
