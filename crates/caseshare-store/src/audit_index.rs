@@ -165,15 +165,11 @@ pub(crate) type Run<'a> = (&'a [u8], &'a [u64]);
 /// one (the commit path's merges).
 pub(crate) fn encode_runs(runs: &[Run<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(runs.iter().map(|(t, ix)| t.len() + 2 * ix.len() + 6).sum());
-    let mut rest = runs;
-    while let Some(((term, _), _)) = rest.split_first() {
-        let same = rest.iter().take_while(|(t, _)| t == term).count();
-        let (group, tail) = rest.split_at(same);
-        rest = tail;
+    for group in runs.chunk_by(|a, b| a.0 == b.0) {
         let count: usize = group.iter().map(|(_, ix)| ix.len()).sum();
-        if count == 0 {
+        let Some((term, _)) = group.first().filter(|_| count > 0) else {
             continue;
-        }
+        };
         out.extend_from_slice(&(term.len() as u16).to_be_bytes());
         out.extend_from_slice(term);
         out.extend_from_slice(&(count as u32).to_be_bytes());
@@ -324,20 +320,14 @@ pub(crate) fn index_entries(
     let mut keys: Vec<u8> = Vec::new();
     let mut all: Vec<u64> = Vec::with_capacity(pairs.len());
     let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
-    for (i, &(prefix, value, index)) in pairs.iter().enumerate() {
-        let new_term = i == 0 || {
-            let (p, v, _) = pairs[i - 1];
-            (p, v) != (prefix, value)
+    for group in pairs.chunk_by(|x, y| (x.0, x.1) == (y.0, y.1)) {
+        let Some(&(prefix, value, _)) = group.first() else {
+            continue;
         };
-        if new_term {
-            let start = keys.len();
-            keys.extend_from_slice(&term_key(prefix, value)?);
-            spans.push((start..keys.len(), all.len()..all.len()));
-        }
-        all.push(index);
-        if let Some((_, ix)) = spans.last_mut() {
-            ix.end = all.len();
-        }
+        let (k, i) = (keys.len(), all.len());
+        keys.extend_from_slice(&term_key(prefix, value)?);
+        all.extend(group.iter().map(|&(_, _, index)| index));
+        spans.push((k..keys.len(), i..all.len()));
     }
     let postings: Vec<Run<'_>> = spans
         .into_iter()
@@ -401,12 +391,11 @@ pub(crate) fn index_entries(
             .map(|(t, ix)| (bucket(t), (t, ix)))
             .collect();
         runs.sort_by(|x, y| (x.0, x.1.0).cmp(&(y.0, y.1.0)));
-        let mut rest = runs.as_slice();
-        while let Some(&(bucket, _)) = rest.first() {
-            let same = rest.iter().take_while(|(b, _)| *b == bucket).count();
-            let (these, tail) = rest.split_at(same);
-            rest = tail;
-            let these: Vec<Run<'_>> = these.iter().map(|(_, r)| *r).collect();
+        for group in runs.chunk_by(|x, y| x.0 == y.0) {
+            let Some(&(bucket, _)) = group.first() else {
+                continue;
+            };
+            let these: Vec<Run<'_>> = group.iter().map(|(_, r)| *r).collect();
             out.buckets
                 .push((bucket_key(ep, bucket), encode_runs(&these)));
         }
