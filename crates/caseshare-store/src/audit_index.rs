@@ -275,6 +275,86 @@ fn read_time_value(v: &[u8]) -> Result<(Micros, Micros), StoreError> {
     Ok((Micros(min as i64), Micros(max as i64)))
 }
 
+/// One posting of a commit: a term (prefix, value), the entry's index,
+/// and a hash of the term, which groups equal terms with integer
+/// comparisons.
+#[derive(Clone, Copy)]
+struct Pair<'a> {
+    hash: u64,
+    prefix: u8,
+    value: &'a [u8],
+    index: u64,
+}
+
+impl<'a> Pair<'a> {
+    fn new(prefix: u8, value: &'a [u8], index: u64) -> Self {
+        use std::hash::BuildHasher;
+        // A fixed seed: the hash only groups, it never orders what is
+        // written, and a collision costs a sort of the colliding pairs.
+        let hash =
+            foldhash::fast::FixedState::with_seed(0x6175_6469_7478).hash_one((prefix, value));
+        Pair {
+            hash,
+            prefix,
+            value,
+            index,
+        }
+    }
+
+    /// The order of terms' keys, then of indexes.
+    fn key_order(&self, other: &Self) -> std::cmp::Ordering {
+        (self.prefix, self.value.len(), self.value, self.index).cmp(&(
+            other.prefix,
+            other.value.len(),
+            other.value,
+            other.index,
+        ))
+    }
+
+    fn same_term(&self, other: &Self) -> bool {
+        self.prefix == other.prefix && self.value == other.value
+    }
+}
+
+/// A term (prefix, value) and the range of its indexes in the list
+/// [`group_postings`] returns.
+type TermRun<'a> = (u8, &'a [u8], std::ops::Range<usize>);
+
+/// Groups `pairs` (pushed in ascending index order) by term: each term
+/// once, in the order of its key, with the range of its indexes
+/// (ascending, each once) in the returned list.
+///
+/// Sorting every pair by its term's bytes cost a `memcmp` per comparison
+/// (most pairs of a commit share a handful of agency terms); here the pairs
+/// are sorted by the term's hash, with integer comparisons and stably, so
+/// each hash's indexes stay ascending; only the distinct terms are sorted
+/// by their bytes, and only a run of pairs whose terms share a hash is
+/// sorted in full.
+fn group_postings<'a>(pairs: &mut [Pair<'a>]) -> (Vec<TermRun<'a>>, Vec<u64>) {
+    pairs.sort_by_key(|p| p.hash);
+    let mut terms: Vec<TermRun<'a>> = Vec::new();
+    let mut all: Vec<u64> = Vec::with_capacity(pairs.len());
+    for run in pairs.chunk_by_mut(|x, y| x.hash == y.hash) {
+        if run.windows(2).any(|w| !w[0].same_term(&w[1])) {
+            run.sort_unstable_by(Pair::key_order);
+        }
+        for group in run.chunk_by(Pair::same_term) {
+            let start = all.len();
+            for p in group {
+                // `terms` names a term once per entry; were it to name one
+                // twice, the entry is still posted once (a delta of 0 does
+                // not decode).
+                if all.len() == start || all.last() != Some(&p.index) {
+                    all.push(p.index);
+                }
+            }
+            terms.push((group[0].prefix, group[0].value, start..all.len()));
+        }
+    }
+    terms.sort_unstable_by(|x, y| (x.0, x.1.len(), x.1).cmp(&(y.0, y.1.len(), y.1)));
+    (terms, all)
+}
+
 /// What [`index_entries`] wrote: sled records and bytes, and the bucket
 /// records of epochs it completed, which never change again, for the
 /// caller to store (in the audit log, sled pointing at them; or in sled).
@@ -298,36 +378,28 @@ pub(crate) fn index_entries(
     if entries.is_empty() {
         return Ok(out);
     }
-    // Every (term, index) pair of the commit, sorted as the terms' keys
-    // sort (`prefix ‖ u16 length ‖ value`, so by prefix, length, value)
-    // and then by index: each term's postings end up ascending and
-    // together, without hashing or a map.
-    let mut pairs: Vec<(u8, &[u8], u64)> = Vec::with_capacity(entries.len() * 3);
+    // Every (term, index) pair of the commit, grouped by term with each
+    // term's indexes ascending, then the terms sorted as their keys sort
+    // (`prefix ‖ u16 length ‖ value`, so by prefix, length, value).
+    let mut pairs: Vec<Pair<'_>> = Vec::with_capacity(entries.len() * 3);
     let mut blocks: BTreeMap<u64, (Micros, Micros)> = BTreeMap::new();
     for (index, e) in (first..).zip(entries) {
-        e.terms(|prefix, value| pairs.push((prefix, value, index)));
+        e.terms(|prefix, value| pairs.push(Pair::new(prefix, value, index)));
         let t = e.recorded_at;
         let block = blocks.entry(index / TIME_BLOCK).or_insert((t, t));
         block.0 = block.0.min(t);
         block.1 = block.1.max(t);
     }
-    pairs.sort_unstable_by(|x, y| (x.0, x.1.len(), x.1, x.2).cmp(&(y.0, y.1.len(), y.1, y.2)));
-    // `terms` names a term once per entry; were it to name one twice, the
-    // entry is still posted once (a delta of 0 does not decode).
-    pairs.dedup();
+    let (terms, all) = group_postings(&mut pairs);
     // The terms' keys, one buffer; per term, its key's and its indexes'
     // ranges.
     let mut keys: Vec<u8> = Vec::new();
-    let mut all: Vec<u64> = Vec::with_capacity(pairs.len());
-    let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
-    for group in pairs.chunk_by(|x, y| (x.0, x.1) == (y.0, y.1)) {
-        let Some(&(prefix, value, _)) = group.first() else {
-            continue;
-        };
-        let (k, i) = (keys.len(), all.len());
+    let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
+        Vec::with_capacity(terms.len());
+    for (prefix, value, ix) in terms {
+        let k = keys.len();
         keys.extend_from_slice(&term_key(prefix, value)?);
-        all.extend(group.iter().map(|&(_, _, index)| index));
-        spans.push((k..keys.len(), i..all.len()));
+        spans.push((k..keys.len(), ix));
     }
     let postings: Vec<Run<'_>> = spans
         .into_iter()
