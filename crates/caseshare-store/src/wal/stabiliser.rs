@@ -3,9 +3,7 @@
 //! the audit log's active file, then sled's flush and `fdatasync` of its
 //! data file and of blob files not synced yet), run by a thread of its own
 //! every 500 ms ([`EVERY`]) while commits arrive, and directly before a backup
-//! is staged. Between two such passes the same thread syncs the two logs
-//! alone every 100 ms ([`LOGS_EVERY`], [`SledFiles::sync_logs`]), so that
-//! no pass sends the disk much at once (see [`Pass`]).
+//! is staged.
 //!
 //! The syncs make stable everything appended and applied when they began,
 //! so the number of the last frame applied, read before them, is stable
@@ -35,45 +33,6 @@ use crate::segments::EventLog;
 /// more with a 1M-event backlog (sled's flushes), where 500 ms held
 /// ~5–10 MiB more and kept the tail as short (`docs/BENCHMARKS.md`).
 pub(crate) const EVERY: Duration = Duration::from_millis(500);
-
-/// How often the two logs alone are synced between two passes of
-/// [`EVERY`]. A commit's `fdatasync` ends with a flush of the disk's
-/// cache, which waits for whatever else was written before it: on a
-/// virtio disk that persists what the host holds, a pass that synced
-/// 500 ms of the logs' bytes at once (~2.5 MB at 2,000 events/s, a
-/// publish, a delivery and an ack each) held the commit that followed it
-/// for ~4 ms, twice a second, and that was the p99 of publish→delivery
-/// (`docs/BENCHMARKS.md`). A fifth of the bytes at a time hold it for a
-/// fifth as long. Sled's flush stays at [`EVERY`]: flushed more often it
-/// held more memory.
-pub(crate) const LOGS_EVERY: Duration = Duration::from_millis(100);
-
-/// What the stabiliser does when it wakes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    /// Nothing new was applied since the last pass of its kind.
-    Idle,
-    /// The two logs only: what they hold becomes stable, but no WAL file
-    /// can go (sled is not flushed).
-    Logs,
-    /// The logs and sled: frames up to the last applied become stable.
-    Full,
-}
-
-/// The pass due when frame `applied` is the last applied, frames up to
-/// `stable` are stable and the logs were synced up to frame `logs`, `since`
-/// after the last full pass.
-fn pass(applied: u64, stable: u64, logs: u64, since: Duration) -> Pass {
-    if applied <= stable {
-        Pass::Idle
-    } else if since >= EVERY {
-        Pass::Full
-    } else if applied > logs {
-        Pass::Logs
-    } else {
-        Pass::Idle
-    }
-}
 
 /// Sled's files, and the two logs'.
 #[derive(Debug)]
@@ -106,17 +65,6 @@ impl SledFiles {
             synced_blobs: Mutex::new(HashSet::new()),
             running: Mutex::new(()),
         })
-    }
-
-    /// Makes everything appended to the two logs so far stable (not
-    /// sled's records).
-    pub(crate) fn sync_logs(&self) -> Result<(), StoreError> {
-        let _one = self
-            .running
-            .lock()
-            .map_err(|_| StoreError::Engine("sled sync lock poisoned".into()))?;
-        self.events.sync()?;
-        self.audit_log.sync()
     }
 
     /// Makes everything appended to the logs and applied to sled so far
@@ -236,33 +184,25 @@ impl Drop for Stabiliser {
 
 fn run(files: &SledFiles, applied: &AtomicU64, stable: &AtomicU64, stopped: &Receiver<()>) {
     let mut last = Instant::now();
-    let mut last_full = last;
-    // The last frame applied when the logs were last synced.
-    let mut logs = stable.load(Ordering::Acquire);
     loop {
-        match stopped.recv_timeout(LOGS_EVERY.saturating_sub(last.elapsed())) {
+        match stopped.recv_timeout(EVERY.saturating_sub(last.elapsed())) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         last = Instant::now();
         let a = applied.load(Ordering::Acquire);
-        let result = match pass(a, stable.load(Ordering::Acquire), logs, last_full.elapsed()) {
-            Pass::Idle => continue,
-            Pass::Logs => files.sync_logs().map(|()| logs = a),
-            Pass::Full => {
-                last_full = last;
-                files.sync().map(|()| {
-                    logs = a;
-                    stable.fetch_max(a, Ordering::AcqRel);
-                })
+        if a <= stable.load(Ordering::Acquire) {
+            continue;
+        }
+        match files.sync() {
+            Ok(()) => {
+                stable.fetch_max(a, Ordering::AcqRel);
             }
-        };
-        if let Err(e) = result {
-            tracing::error!(
+            Err(e) => tracing::error!(
                 error = %e,
                 "could not make sled and the logs stable; the write-ahead log keeps every \
                  commit since"
-            );
+            ),
         }
     }
 }
@@ -280,32 +220,6 @@ mod tests {
             .collect();
         v.sort();
         v
-    }
-
-    /// The logs alone between full passes, sled with them once every
-    /// [`EVERY`]; nothing while nothing new was applied.
-    #[test]
-    fn the_logs_are_synced_between_full_passes_by_table() {
-        let ms = Duration::from_millis;
-        let cases: &[(u64, u64, u64, Duration, Pass)] = &[
-            // (applied, stable, logs synced to, since the last full pass)
-            (5, 5, 5, ms(100), Pass::Idle),
-            (5, 5, 5, ms(900), Pass::Idle),
-            (6, 5, 5, ms(100), Pass::Logs),
-            (6, 5, 5, ms(499), Pass::Logs),
-            (6, 5, 5, ms(500), Pass::Full),
-            (6, 5, 6, ms(200), Pass::Idle),
-            (6, 5, 6, ms(500), Pass::Full),
-            (9, 5, 6, ms(300), Pass::Logs),
-        ];
-        for &(applied, stable, logs, since, want) in cases {
-            assert_eq!(
-                pass(applied, stable, logs, since),
-                want,
-                "applied {applied}, stable {stable}, logs {logs}, {since:?}"
-            );
-        }
-        assert!(LOGS_EVERY < EVERY);
     }
 
     /// Blobs come and go under sled: one listed but gone when opened (here
