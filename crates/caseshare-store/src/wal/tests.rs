@@ -693,3 +693,45 @@ fn a_growing_file_of_small_frames_gives_way_to_a_spare_as_soon_as_one_is_ready()
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store).len(), 3 + early);
 }
+
+/// The digest each frame carries is sled's after it, also when a frame
+/// rewrites or removes keys the frame before it wrote (their old values
+/// come from that frame, not from sled), after writes outside the frames
+/// (a rebase), and after a frame in between that leaves them alone.
+#[test]
+fn frames_that_rewrite_or_remove_the_last_frames_keys_keep_sleds_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let tree: &sled::Tree = &db;
+    let wal = Wal::start(dir.path(), 1, Digest::of_tree(tree).unwrap(), Vec::new());
+    type Step<'a> = &'a [(&'a [u8], Option<&'a [u8]>)];
+    let steps: &[Step<'_>] = &[
+        &[(b"a", Some(b"1")), (b"b", Some(b"1")), (b"c", Some(b"1"))],
+        &[(b"a", Some(b"2")), (b"b", None), (b"d", Some(b"1"))],
+        &[(b"a", Some(b"3")), (b"b", Some(b"2")), (b"d", None)],
+        &[(b"e", Some(b"1"))],
+        &[(b"a", Some(b"4")), (b"c", None), (b"e", Some(b"2"))],
+        &[(b"a", None), (b"b", None), (b"e", None), (b"f", Some(b""))],
+        &[(b"a", Some(b"5")), (b"f", Some(b"x"))],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        if i == 4 {
+            // Written outside the frames: the log takes sled as it is.
+            tree.insert(b"a", &b"outside"[..]).unwrap();
+            wal.rebase(tree).unwrap();
+        }
+        let mut w = Writes::default();
+        for (k, v) in step.iter() {
+            match v {
+                Some(v) => w.insert(k, v.to_vec()),
+                None => w.remove(k),
+            }
+        }
+        wal.commit(tree, w).unwrap();
+        assert_eq!(
+            wal.digest().to_bytes(),
+            Digest::of_tree(tree).unwrap().to_bytes(),
+            "after step {i}"
+        );
+    }
+}
