@@ -301,12 +301,6 @@ impl Writes {
         b
     }
 
-    /// What the writes do to `k`: `Some(Some(v))` sets it to `v`,
-    /// `Some(None)` removes it, `None` leaves it alone.
-    pub(crate) fn get(&self, k: &[u8]) -> Option<Option<&[u8]>> {
-        self.map.get(k).map(Option::as_deref)
-    }
-
     /// The writes, in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         self.map.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))

@@ -74,12 +74,6 @@ struct Inner {
     next: u64,
     digest: Digest,
     buf: Vec<u8>,
-    /// The writes of the last frame applied, with its number: what sled
-    /// holds now under those keys, so that the next frame's digest reads
-    /// the old value of a key it rewrites (a commit's counters, its time
-    /// block) here instead of in sled. Sled is written only through
-    /// frames after the open; [`Wal::rebase`] empties it.
-    last: Option<(u64, Writes)>,
     /// A write, sync or apply failed: the state of the file or of sled is
     /// unknown, so nothing more is committed until the store is reopened.
     broken: bool,
@@ -163,7 +157,6 @@ impl Wal {
                 next,
                 digest,
                 buf: Vec::new(),
-                last: None,
                 broken: false,
             }),
             spares: None,
@@ -269,21 +262,9 @@ impl Wal {
         };
         writes.insert(applied_key(), applied_value(number, &active.path));
         let mut digest = inner.digest;
-        // Sled holds the last frame applied, the one before this.
-        let last = inner
-            .last
-            .as_ref()
-            .filter(|(n, _)| n.checked_add(1) == Some(number))
-            .map(|(_, w)| w);
         for (k, v) in writes.iter() {
-            match last.and_then(|l| l.get(k)) {
-                Some(Some(old)) => digest.sub(k, old),
-                Some(None) => {}
-                None => {
-                    if let Some(old) = tree.get(k)? {
-                        digest.sub(k, &old);
-                    }
-                }
+            if let Some(old) = tree.get(k)? {
+                digest.sub(k, &old);
             }
             if let Some(v) = v {
                 digest.add(k, v);
@@ -338,12 +319,6 @@ impl Wal {
         })
     }
 
-    /// Sled's digest as the log keeps it, after the last frame applied.
-    #[cfg(test)]
-    pub(crate) fn digest(&self) -> Digest {
-        self.inner.lock().map(|i| i.digest).unwrap_or_default()
-    }
-
     /// Whether a spare is ready as the commit path sees it ([`Spares::ready`]:
     /// not while the spare thread is still marking it ready).
     #[cfg(test)]
@@ -387,12 +362,10 @@ impl Wal {
                 staged.number, inner.next
             )));
         }
-        inner.last = None;
         apply(tree, &staged.writes, staged.number)?;
         inner.broken = false;
         inner.next = staged.number + 1;
         inner.digest = staged.digest;
-        inner.last = Some((staged.number, staged.writes));
         Ok((staged.number, staged.size))
     }
 
@@ -441,8 +414,6 @@ impl Wal {
             // The frame number record is part of the contents; the empty
             // frame below rewrites it.
             inner.digest = digest;
-            // Sled was written outside the frames.
-            inner.last = None;
         }
         self.commit(tree, Writes::default()).map(|_| ())
     }
