@@ -44,14 +44,22 @@ impl AuditWrites {
         stats: &mut CommitStats,
     ) -> Result<AuditWrites, StoreError> {
         let mut out = AuditWrites::default();
+        // Each chunk is made with room for what is left, up to a chunk's
+        // bound, so that it is not regrown (copied) entry by entry.
+        let mut left: usize = batch.audit.iter().map(|e| e.len() + 4).sum();
         let mut chunk: Vec<u8> = Vec::new();
         for (index, entry) in (batch.audit_first_index..).zip(&batch.audit) {
             if chunk.is_empty() {
+                chunk.reserve(left.min(MAX_AUDIT_CHUNK_BYTES));
                 out.keys.push(key(b'A', &[&be(index)]));
             } else if chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
-                out.chunks.push(std::mem::take(&mut chunk));
+                out.chunks.push(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(left.min(MAX_AUDIT_CHUNK_BYTES)),
+                ));
                 out.keys.push(key(b'A', &[&be(index)]));
             }
+            left -= entry.len() + 4;
             let len = u32::try_from(entry.len())
                 .map_err(|_| StoreError::TooLarge("audit entry".into()))?;
             chunk.extend_from_slice(&len.to_le_bytes());
