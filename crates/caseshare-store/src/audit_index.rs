@@ -339,6 +339,9 @@ fn group_postings<'a>(pairs: &mut [Pair<'a>]) -> (Vec<TermRun<'a>>, Vec<u64>) {
             run.sort_unstable_by(Pair::key_order);
         }
         for group in run.chunk_by(Pair::same_term) {
+            let Some(&Pair { prefix, value, .. }) = group.first() else {
+                continue;
+            };
             let start = all.len();
             for p in group {
                 // `terms` names a term once per entry; were it to name one
@@ -348,7 +351,7 @@ fn group_postings<'a>(pairs: &mut [Pair<'a>]) -> (Vec<TermRun<'a>>, Vec<u64>) {
                     all.push(p.index);
                 }
             }
-            terms.push((group[0].prefix, group[0].value, start..all.len()));
+            terms.push((prefix, value, start..all.len()));
         }
     }
     terms.sort_unstable_by(|x, y| (x.0, x.1.len(), x.1).cmp(&(y.0, y.1.len(), y.1)));
