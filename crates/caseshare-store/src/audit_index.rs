@@ -303,17 +303,20 @@ impl<'a> Pair<'a> {
 
     /// The order of terms' keys, then of indexes.
     fn key_order(&self, other: &Self) -> std::cmp::Ordering {
-        (self.prefix, self.value.len(), self.value, self.index).cmp(&(
-            other.prefix,
-            other.value.len(),
-            other.value,
-            other.index,
-        ))
+        key_order(self.prefix, self.value)
+            .cmp(&key_order(other.prefix, other.value))
+            .then(self.index.cmp(&other.index))
     }
 
     fn same_term(&self, other: &Self) -> bool {
         self.prefix == other.prefix && self.value == other.value
     }
+}
+
+/// How a term's key (`prefix ‖ u16 length ‖ value`) sorts: by prefix,
+/// length, value.
+fn key_order(prefix: u8, value: &[u8]) -> (u8, usize, &[u8]) {
+    (prefix, value.len(), value)
 }
 
 /// A term (prefix, value) and the range of its indexes in the list
@@ -354,7 +357,7 @@ fn group_postings<'a>(pairs: &mut [Pair<'a>]) -> (Vec<TermRun<'a>>, Vec<u64>) {
             terms.push((prefix, value, start..all.len()));
         }
     }
-    terms.sort_unstable_by(|x, y| (x.0, x.1.len(), x.1).cmp(&(y.0, y.1.len(), y.1)));
+    terms.sort_unstable_by(|x, y| key_order(x.0, x.1).cmp(&key_order(y.0, y.1)));
     (terms, all)
 }
 

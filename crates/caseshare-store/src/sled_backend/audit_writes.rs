@@ -47,10 +47,9 @@ impl AuditWrites {
         // Each chunk is made with room for what is left, up to a chunk's
         // bound, so that it is not regrown (copied) entry by entry.
         let mut left: usize = batch.audit.iter().map(|e| e.len() + 4).sum();
-        let mut chunk: Vec<u8> = Vec::new();
+        let mut chunk: Vec<u8> = Vec::with_capacity(left.min(MAX_AUDIT_CHUNK_BYTES));
         for (index, entry) in (batch.audit_first_index..).zip(&batch.audit) {
             if chunk.is_empty() {
-                chunk.reserve(left.min(MAX_AUDIT_CHUNK_BYTES));
                 out.keys.push(key(b'A', &[&be(index)]));
             } else if chunk.len() + entry.len() + 4 > MAX_AUDIT_CHUNK_BYTES {
                 out.chunks.push(std::mem::replace(
