@@ -99,6 +99,10 @@ impl Storage for Settled {
         self.inner.commit_then(batch, durable)
     }
 
+    fn release_idle_memory(&self) {
+        self.inner.release_idle_memory();
+    }
+
     fn load(&self) -> Result<Snapshot, StoreError> {
         self.gate.wait();
         self.inner.load()

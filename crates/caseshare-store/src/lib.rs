@@ -134,6 +134,10 @@ pub trait Storage: Send + Sync + 'static {
         durable();
         Ok(stats)
     }
+    /// Hands back the memory kept between commits for the next one (the
+    /// batch buffers, frees deferred by sled); the commit thread calls it
+    /// after its first idle second, and the next commit grows them again.
+    fn release_idle_memory(&self) {}
     /// Loads the state the broker keeps in memory.
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// One event by sequence.

@@ -308,6 +308,20 @@ impl EventLog {
             .map_err(|_| StoreError::Engine("event log writer poisoned".into()))
     }
 
+    /// Drops the batch buffer kept between appends (up to
+    /// `KEEP_BUFFER_BYTES`); the next append grows a new one.
+    pub(crate) fn release_buffer(&self) {
+        if let Ok(mut w) = self.writer() {
+            w.buf = Vec::new();
+        }
+    }
+
+    /// The capacity of the batch buffer kept between appends.
+    #[cfg(test)]
+    pub(crate) fn kept_buffer_bytes(&self) -> usize {
+        self.writer().map_or(0, |w| w.buf.capacity())
+    }
+
     /// The sequence the next append must start with (0 when empty).
     pub fn next_sequence(&self) -> Option<u64> {
         self.read_index()

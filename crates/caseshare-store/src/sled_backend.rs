@@ -629,6 +629,12 @@ impl Storage for SledStore {
         Ok(stats)
     }
 
+    fn release_idle_memory(&self) {
+        self.events.release_buffer();
+        self.wal.release_buffer();
+        crate::wal::release_deferred();
+    }
+
     fn load(&self) -> Result<Snapshot, StoreError> {
         if let Some(snapshot) = self.loaded.lock().ok().and_then(|mut l| l.take()) {
             return Ok(snapshot);

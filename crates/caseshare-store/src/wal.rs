@@ -77,7 +77,7 @@ use sha2::{Digest as _, Sha256};
 use crate::StoreError;
 use crate::sled_backend::key;
 
-pub(crate) use files::Wal;
+pub(crate) use files::{Wal, release_deferred};
 pub(crate) use recover::{Logs, recover};
 pub(crate) use stabiliser::{SledFiles, Stabiliser};
 

@@ -192,6 +192,7 @@ pub(super) fn commit_loop(c: &Committer<'_>, commits: &std::sync::mpsc::Receiver
                 worked = true;
             }
             Err(RecvTimeoutError::Timeout) => {
+                c.store.release_idle_memory();
                 caseshare_alloc::release_free_memory();
                 worked = false;
             }

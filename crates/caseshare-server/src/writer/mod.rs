@@ -449,6 +449,7 @@ impl WriterTask {
             match handle.block_on(async { tokio::time::timeout(IDLE_RELEASE, rx.recv()).await }) {
                 Ok(next) => return next,
                 Err(_) => {
+                    self.store.release_idle_memory();
                     caseshare_alloc::release_free_memory();
                     *worked = false;
                 }

@@ -311,3 +311,44 @@ fn journal_times_are_kept_dropped_and_reloaded() {
     assert_eq!(snap.journal_times_dropped_through, 2);
     assert_eq!(snap.journal_position, 5);
 }
+
+#[test]
+fn buffers_released_when_idle_grow_again_for_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = |first: u64| Batch {
+        events: (first..first + 50)
+            .map(|s| StoredEvent {
+                sequence: s,
+                source_agency: "a".into(),
+                event_id: format!("e{s}"),
+                event: vec![7; 500],
+                ..Default::default()
+            })
+            .collect(),
+        next_sequence: Some(first + 50),
+        ..Batch::default()
+    };
+    {
+        let store = open_store(dir.path());
+        store.commit(&batch(1)).unwrap();
+        assert!(store.events.kept_buffer_bytes() > 50 * 500);
+        assert!(store.wal.kept_buffer_bytes() > 50 * 500);
+        store.release_idle_memory();
+        assert_eq!(store.events.kept_buffer_bytes(), 0);
+        assert_eq!(store.wal.kept_buffer_bytes(), 0);
+        store.commit(&batch(51)).unwrap();
+        assert!(store.events.kept_buffer_bytes() > 50 * 500);
+        assert_eq!(store.events_from(1, 200).unwrap().len(), 100);
+    }
+    let store = open_store(dir.path());
+    assert_eq!(store.load().unwrap().next_sequence, 101);
+    let events = store.events_from(1, 200).unwrap();
+    assert_eq!(events.len(), 100);
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.sequence == i as u64 + 1)
+    );
+    assert_eq!(store.sequence_of("a", "e77").unwrap(), Some(77));
+}
