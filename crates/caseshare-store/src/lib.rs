@@ -135,8 +135,9 @@ pub trait Storage: Send + Sync + 'static {
         Ok(stats)
     }
     /// Hands back the memory kept between commits for the next one (the
-    /// batch buffers, frees deferred by sled); the commit thread calls it
-    /// after its first idle second, and the next commit grows them again.
+    /// batch buffers, frees deferred by sled); the commit thread and the
+    /// writer call it after their first idle second, and the next commit
+    /// grows them again. Safe to call at any time.
     fn release_idle_memory(&self) {}
     /// Loads the state the broker keeps in memory.
     fn load(&self) -> Result<Snapshot, StoreError>;
