@@ -396,6 +396,7 @@ pub async fn serve(
         ))
         .with_settle_gate(gate);
     let state = writer_task.shared_state();
+    let tail = delivery::Tailing::new(state.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut replica = None;
     let mut roster = None;
@@ -439,6 +440,7 @@ pub async fn serve(
         (started.writer, started.join)
     } else {
         writer_task
+            .with_tail(tail.clone())
             .spawn()
             .map_err(io("starting the writer thread"))?
     };
@@ -454,7 +456,7 @@ pub async fn serve(
                 base: std::time::Duration::from_millis(config.delivery.backoff_base_ms),
                 cap: std::time::Duration::from_millis(config.delivery.backoff_cap_ms),
             },
-            send_gate: Arc::new(tokio::sync::RwLock::new(())),
+            tail,
         },
         &snapshot.floors,
     )?;

@@ -28,6 +28,8 @@
 //! - `sender`: the writer's re-decision of each window and the sender task.
 //! - `settle`: acks, nacks, ack deadlines, dead letters.
 //! - `stream`: the stream driver ([`Deliveries::open_stream`]).
+//! - `tail`: streams waiting at the head, fed by the writer in the commit
+//!   that stores the events ([`Tailing`]).
 //! - this module: the engine's handle and its operator-facing operations
 //!   (seek, dead letters).
 
@@ -36,6 +38,7 @@ mod registry;
 mod sender;
 mod settle;
 mod stream;
+mod tail;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +62,7 @@ use registry::{Clock, SubInner, loaded, policy};
 pub use caseshare_state::delivery::Backoff;
 pub use registry::SubRuntime;
 pub use stream::OpenStream;
+pub use tail::Tailing;
 
 /// What the delivery engine is built from.
 pub struct Parts {
@@ -76,9 +80,11 @@ pub struct Parts {
     pub max_outstanding: u32,
     /// Redelivery backoff.
     pub backoff: Backoff,
-    /// Held for reading by every window between its decision and its send
-    /// (see [`Deliveries::drain_in_flight_sends`]).
-    pub send_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Where streams waiting at the head park (the embedded writer offers
+    /// it each batch's new events); it holds the send gate, held for
+    /// reading by every window between its decision and its send (see
+    /// [`Deliveries::drain_in_flight_sends`]).
+    pub tail: Arc<Tailing>,
 }
 
 /// Every subscription's runtime, and what streams need to serve them.
@@ -95,6 +101,7 @@ pub struct Deliveries {
     max_outstanding: u32,
     backoff: Backoff,
     send_gate: Arc<tokio::sync::RwLock<()>>,
+    tail: Arc<Tailing>,
     /// `caseshare_delivery_latency_seconds`, looked up once rather than
     /// per delivery (made after the process's recorder is installed).
     latency: metrics::Histogram,
@@ -117,12 +124,13 @@ impl Deliveries {
             state: parts.state,
             head: parts.head,
             shutdown: parts.shutdown,
-            clock: Clock::start(),
+            clock: parts.tail.clock,
             runtimes: RwLock::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
             max_outstanding: parts.max_outstanding,
             backoff: parts.backoff,
-            send_gate: parts.send_gate,
+            send_gate: Arc::clone(&parts.tail.send_gate),
+            tail: parts.tail,
             latency: metrics::histogram!("caseshare_delivery_latency_seconds"),
         });
         let floors: HashMap<u64, u64> = floors.iter().copied().collect();

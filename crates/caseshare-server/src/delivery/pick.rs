@@ -394,7 +394,7 @@ fn nhs_number(decoded: &pb::CaseEvent) -> String {
 }
 
 /// Whether the scan should consider an event for this subscription.
-fn eligible(
+pub(super) fn eligible(
     state: &RwLock<BrokerState>,
     sub: &pb::Subscription,
     replay_until: u64,

@@ -105,6 +105,10 @@ pub(crate) struct SubInner {
     pub(crate) scan_lease: Option<u64>,
     /// A stream found the lease taken and waits to be woken when it ends.
     pub(crate) scan_wanted: bool,
+    /// The stream waiting at the head with room in its window, if any: the
+    /// writer may pick new events for it in the commit that stores them
+    /// (`tail`).
+    pub(crate) parked: Option<super::tail::Parked>,
     policy: Policy,
 }
 
@@ -128,6 +132,7 @@ impl SubInner {
             epoch: 0,
             scan_lease: None,
             scan_wanted: false,
+            parked: None,
             policy,
         }
     }

@@ -28,14 +28,42 @@ use crate::writer::{DeliveryIntent, Op, Verdict, now};
 /// window in several. In cluster mode an op travels in one journal message
 /// (at most 1 MiB); thousands of intents would not fit, and the append
 /// would be refused on every try.
-const MAX_INTENTS_PER_OP: usize = 1_024;
+pub(super) const MAX_INTENTS_PER_OP: usize = 1_024;
 
 /// One window submitted to the writer and not yet sent.
+#[derive(Debug)]
 pub(crate) struct InFlight {
     /// The send gate, held until this window is handed to the stream.
-    gate: tokio::sync::OwnedRwLockReadGuard<()>,
-    picks: Vec<Pick>,
-    verdicts: oneshot::Receiver<Result<Vec<Verdict>, BrokerError>>,
+    pub(super) gate: tokio::sync::OwnedRwLockReadGuard<()>,
+    pub(super) picks: Vec<Pick>,
+    pub(super) verdicts: oneshot::Receiver<Result<Vec<Verdict>, BrokerError>>,
+}
+
+/// What the writer needs to re-decide and record each pick of `rt`'s.
+pub(super) fn intents(rt: &SubRuntime, picks: &[Pick]) -> Vec<DeliveryIntent> {
+    let agency = &rt.subscription.agency_id;
+    let mut intents = Vec::with_capacity(picks.len());
+    for pick in picks {
+        let context = EventContext::new(
+            &pick.event.source_agency,
+            &pick.event.event_type,
+            &pick.decoded,
+            pick.event.basis.as_ref(),
+        );
+        intents.push(DeliveryIntent {
+            subscription_id: rt.id,
+            subscription: rt.subscription.name.clone(),
+            recipient: agency.clone(),
+            sequence: pick.sequence,
+            event_id: pick.event.event_id.clone(),
+            attempt: pick.attempt,
+            delivery_id: delivery_id(rt.id, pick.sequence, pick.attempt),
+            context,
+            notice: pick.event.notice.is_some(),
+            expires_at: pick.decoded.expires_at.as_ref().map(Micros::from_timestamp),
+        });
+    }
+    intents
 }
 
 impl Deliveries {
@@ -62,28 +90,7 @@ impl Deliveries {
             return Ok(0);
         }
         let picked = picks.len();
-        let agency = rt.subscription.agency_id.clone();
-        let mut intents = Vec::with_capacity(picks.len());
-        for pick in &picks {
-            let context = EventContext::new(
-                &pick.event.source_agency,
-                &pick.event.event_type,
-                &pick.decoded,
-                pick.event.basis.as_ref(),
-            );
-            intents.push(DeliveryIntent {
-                subscription_id: rt.id,
-                subscription: rt.subscription.name.clone(),
-                recipient: agency.clone(),
-                sequence: pick.sequence,
-                event_id: pick.event.event_id.clone(),
-                attempt: pick.attempt,
-                delivery_id: delivery_id(rt.id, pick.sequence, pick.attempt),
-                context,
-                notice: pick.event.notice.is_some(),
-                expires_at: pick.decoded.expires_at.as_ref().map(Micros::from_timestamp),
-            });
-        }
+        let intents = intents(rt, &picks);
         let verdicts = match self
             .writer
             .submit(|reply| Op::Deliver { intents, reply })

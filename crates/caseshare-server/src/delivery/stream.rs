@@ -133,6 +133,7 @@ impl Deliveries {
 
     /// Whatever was out on `stream` is owed again, at once.
     fn release(&self, rt: &SubRuntime, stream: u64) {
+        self.tail.unpark(rt, stream);
         {
             let now = self.clock.now();
             let mut inner = rt.lock();
@@ -253,6 +254,12 @@ impl Deliveries {
                     continue;
                 }
             }
+            // Nothing more to take and room left: the writer may feed this
+            // stream new events in the commit that stores them (`tail`)
+            // until it wakes.
+            if want > 0 {
+                self.tail.park(rt, stream.id, want, queue);
+            }
             let sleep = tokio::time::sleep_until(
                 wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             );
@@ -277,11 +284,16 @@ impl Deliveries {
                 _ = tx.closed() => Ok(false),
                 _ = tx.wait_for_room(), if queue_full => Ok(true),
                 done = &mut *sender => {
+                    self.tail.unpark(rt, stream.id);
                     return StreamEnd::Sender(done.unwrap_or_else(|e| {
                         Err(BrokerError::Unavailable(format!("a delivery stream's sender failed: {e}")))
                     }));
                 }
             };
+            if self.tail.unpark(rt, stream.id) > 0 {
+                // The writer fed it meanwhile: deliveries went out.
+                last_activity = Instant::now();
+            }
             match step {
                 Ok(true) => {}
                 Ok(false) => return StreamEnd::Loop(Ok(())),

@@ -301,3 +301,140 @@ fn backlog_counts_held_and_unread_events() {
     inner.cursor = 6;
     assert_eq!(inner.backlog(9), 5);
 }
+
+type Queue = (
+    tokio::sync::mpsc::UnboundedSender<super::sender::InFlight>,
+    tokio::sync::mpsc::UnboundedReceiver<super::sender::InFlight>,
+);
+
+/// A tailing registry, a runtime with its cursor at `cursor`, and a
+/// stream queue.
+fn tailing(ordered: bool, cursor: u64) -> (Arc<super::Tailing>, Arc<SubRuntime>, Queue) {
+    let tail = super::Tailing::new(Arc::new(RwLock::new(BrokerState::default())));
+    let rt = runtime(ordered, cursor, BTreeMap::new());
+    (tail, rt, tokio::sync::mpsc::unbounded_channel())
+}
+
+/// The sequences of each `Op::Deliver` the tail answered with.
+fn offered(tail: &super::Tailing, events: &[StoredEvent]) -> Vec<Vec<u64>> {
+    use crate::writer::{Op, Tail};
+    tail.offer(events)
+        .into_iter()
+        .map(|op| match op {
+            Op::Deliver { intents, .. } => intents.iter().map(|i| i.sequence).collect(),
+            _ => panic!("the tail answers only with deliveries"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_parked_stream_is_fed_the_new_events_its_window_has_room_for() {
+    let (tail, rt, (tx, mut rx)) = tailing(false, 1);
+    tail.park(&rt, 7, 3, &tx);
+    let events: Vec<StoredEvent> = (1..=HEAD).map(event).collect();
+    assert_eq!(offered(&tail, &events), [vec![1, 2, 3]]);
+    let window = rx
+        .try_recv()
+        .expect("the window went to the stream's sender");
+    assert_eq!(sequences(&window.picks), [1, 2, 3]);
+    assert_eq!(window.picks[0].decoded.event_id, "e1");
+    let inner = rt.lock();
+    assert_eq!(inner.cursor, 4, "the cursor stops where the room ran out");
+    for s in 1..=3 {
+        assert_eq!(
+            inner.get(s).unwrap().state().phase,
+            Phase::Picked { stream: 7 }
+        );
+    }
+    assert!(inner.get(4).is_none());
+    drop(inner);
+    // The room is used up: the next batch is left to the stream's scan.
+    assert!(offered(&tail, &events[3..]).is_empty());
+    assert_eq!(rt.lock().cursor, 4);
+    // Waking, the stream learns how many went out for it (activity).
+    assert_eq!(tail.unpark(&rt, 7), 3);
+    assert_eq!(tail.unpark(&rt, 7), 0, "unparked once");
+}
+
+#[tokio::test]
+async fn nothing_is_fed_where_the_stream_or_the_subscription_is_not_at_the_head() {
+    // (case, cursor, first event offered)
+    let cases: [(&str, u64, u64); 7] = [
+        ("not parked", 1, 1),
+        ("cursor behind the batch (a backlog to scan first)", 1, 3),
+        ("another stream holds the scan lease", 1, 1),
+        ("subscription deleted", 1, 1),
+        ("a withdrawal waits for the send gate", 1, 1),
+        ("the stream's sender has ended", 1, 1),
+        ("unparked by its own stream", 1, 1),
+    ];
+    for (case, cursor, first) in cases {
+        let (tail, rt, (tx, rx)) = tailing(false, cursor);
+        if case != "not parked" {
+            tail.park(&rt, 7, 5, &tx);
+        }
+        // Another stream's unpark leaves stream 7 parked.
+        tail.unpark(&rt, 8);
+        let _held = match case {
+            "another stream holds the scan lease" => {
+                rt.lock().scan_lease = Some(8);
+                None
+            }
+            "subscription deleted" => {
+                rt.lock().deleted = true;
+                None
+            }
+            "a withdrawal waits for the send gate" => {
+                Some(tail.send_gate.clone().try_write_owned().unwrap())
+            }
+            "the stream's sender has ended" => {
+                drop(rx);
+                None
+            }
+            "unparked by its own stream" => {
+                tail.unpark(&rt, 7);
+                None
+            }
+            _ => None,
+        };
+        let events: Vec<StoredEvent> = (first..=HEAD).map(event).collect();
+        assert!(offered(&tail, &events).is_empty(), "{case}: fed");
+        let inner = rt.lock();
+        assert_eq!(inner.cursor, cursor, "{case}: the cursor moved");
+        assert!(
+            (1..=HEAD).all(|s| inner.get(s).is_none()),
+            "{case}: a delivery was filed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ordered_subscription_is_fed_one_event_per_child() {
+    let (tail, rt, (tx, mut rx)) = tailing(true, 1);
+    tail.park(&rt, 7, 6, &tx);
+    let events: Vec<StoredEvent> = (1..=HEAD).map(event).collect();
+    assert_eq!(offered(&tail, &events), [vec![1, 2]]);
+    assert_eq!(sequences(&rx.try_recv().unwrap().picks), [1, 2]);
+    let inner = rt.lock();
+    assert_eq!(
+        inner.cursor,
+        HEAD + 1,
+        "the later ones are examined, deferred"
+    );
+    assert_eq!(inner.deferred().count(), 4);
+}
+
+#[tokio::test]
+async fn events_not_for_the_subscription_move_its_cursor_and_are_not_fed() {
+    let (tail, rt, (tx, mut rx)) = tailing(false, 1);
+    tail.park(&rt, 7, 5, &tx);
+    let mut events: Vec<StoredEvent> = (1..=4).map(event).collect();
+    // 1: published by the subscriber's own agency; 2: another event type;
+    // 3: withheld from it at publish.
+    events[0].source_agency = "b".into();
+    events[1].event_type = "other.type".into();
+    events[2].decisions[0].decision = pb::Decision::Withheld as i32;
+    assert_eq!(offered(&tail, &events), [vec![4]]);
+    assert_eq!(sequences(&rx.try_recv().unwrap().picks), [4]);
+    assert_eq!(rt.lock().cursor, 5);
+}

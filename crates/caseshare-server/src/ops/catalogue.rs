@@ -95,6 +95,7 @@ pub const CATALOGUE: &[Metric] = &[
     m("caseshare_share_decisions_total", Counter, "decisions", &["decision"], "Sharing decisions at publish, by outcome (shared, withheld)"),
     m("caseshare_deliveries_total", Counter, "deliveries", &[], "Deliveries decided (re-decided shared, or a notice) before sending"),
     m("caseshare_deliveries_sent_total", Counter, "deliveries", &[], "Deliveries handed to a Subscribe stream"),
+    m("caseshare_deliveries_tailed_total", Counter, "deliveries", &[], "Deliveries picked by the writer for a stream waiting at the head, recorded in the commit that stores their events"),
     m("caseshare_deliveries_stopped_total", Counter, "deliveries", &[], "Deliveries stopped at re-decision (consent or agreement changed)"),
     m("caseshare_deliveries_expired_total", Counter, "deliveries", &[], "Deliveries not sent because the event expired"),
     m("caseshare_delivery_latency_seconds", Histogram, "seconds", &[], "Time from an event's publish to its first delivery being handed to a stream"),

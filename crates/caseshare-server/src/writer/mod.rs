@@ -89,6 +89,16 @@ const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 /// applying the next large batch meanwhile.
 const INLINE_OPS: usize = 8;
 
+/// What the writer offers the events of each batch to before sealing it:
+/// the delivery engine's streams waiting at the head
+/// (`delivery::Tailing`), which may answer with ops to apply in the same
+/// batch. Called on the writer's thread: must not wait or read the disk.
+pub trait Tail: Send + Sync {
+    /// The ops to add to the batch that stores `events` (in sequence
+    /// order, not yet durable).
+    fn offer(&self, events: &[caseshare_state::StoredEvent]) -> Vec<Op>;
+}
+
 /// A handle for sending ops to the writer.
 #[derive(Clone)]
 pub struct Writer {
@@ -216,6 +226,8 @@ pub struct WriterTask {
     /// Closed by the commit thread while answers are out before a commit
     /// returns ([`crate::settle`]).
     gate: Arc<crate::settle::SettleGate>,
+    /// Offered each batch's new events before it is sealed (embedded mode).
+    tail: Option<Arc<dyn Tail>>,
 }
 
 impl WriterTask {
@@ -242,6 +254,7 @@ impl WriterTask {
                 trigger: Trigger::new(std::time::Duration::ZERO),
                 counts: Counts::new(),
                 gate: Arc::default(),
+                tail: None,
             },
             head_rx,
         )
@@ -261,6 +274,14 @@ impl WriterTask {
     /// ([`crate::settle::Settled`]). The default gate holds no reader back.
     pub fn with_settle_gate(mut self, gate: Arc<crate::settle::SettleGate>) -> Self {
         self.gate = gate;
+        self
+    }
+
+    /// Offers each batch's new events to `tail` before sealing it, and
+    /// applies the ops it answers with in the same batch (embedded mode:
+    /// [`WriterTask::spawn`]; the cluster applier does not offer).
+    pub fn with_tail(mut self, tail: Arc<dyn Tail>) -> Self {
+        self.tail = Some(tail);
         self
     }
 
@@ -375,6 +396,13 @@ impl WriterTask {
             let mut answers = finished.answers();
             let seq_before = self.machine.counters().next_sequence;
             let open = self.gather(&mut rx, first, &mut draft, &mut answers, &finished, sent);
+            if let Some(tail) = self.tail.clone()
+                && !draft.batch.events.is_empty()
+            {
+                for op in tail.offer(&draft.batch.events) {
+                    self.apply_unqueued(op, &mut draft, &mut answers);
+                }
+            }
             let mut sealed = self.machine.seal(draft);
             // The batch's leaves join the Merkle tree; the changed tiles are
             // written in the same atomic batch.
@@ -576,8 +604,19 @@ impl WriterTask {
 
     /// Applies one op to the machine (counting its arrival for the commit
     /// delay); its answer waits for the commit.
-    fn apply(&mut self, mut op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
+    fn apply(&mut self, op: Op, draft: &mut caseshare_state::Draft, answers: &mut Answers) {
         self.trigger.arrived(Instant::now());
+        self.apply_unqueued(op, draft, answers);
+    }
+
+    /// Applies an op that did not come through the queue (the tail's):
+    /// it does not count as an arrival for the commit delay.
+    fn apply_unqueued(
+        &mut self,
+        mut op: Op,
+        draft: &mut caseshare_state::Draft,
+        answers: &mut Answers,
+    ) {
         // A traced publish: its decision span starts here (telemetry::spans).
         let trace = op.take_trace().map(|t| (t, SystemTime::now()));
         let (command, finish) = intake(op);
