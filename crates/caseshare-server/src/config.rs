@@ -169,8 +169,8 @@ impl Default for LimitsConfig {
 }
 
 /// The default of `store.commit_delay_us` (see `docs/BENCHMARKS.md`,
-/// "The commit delay").
-pub const DEFAULT_COMMIT_DELAY_US: u64 = 1_000;
+/// "The commit delay" and "Delivery in the publish's commit").
+pub const DEFAULT_COMMIT_DELAY_US: u64 = 2_000;
 
 /// Storage tuning.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -182,7 +182,7 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// How long, µs, a batch whose commit thread is free may wait for more
     /// operations, while it holds fewer than the last batch and they
-    /// arrive faster than that (0 ..= 10,000, default 1,000; 0 never
+    /// arrive faster than that (0 ..= 10,000, default 2,000; 0 never
     /// waits; env `CASESHARE_STORE_COMMIT_DELAY_US`). One client that
     /// publishes one at a time is not made to wait. Embedded store only.
     pub commit_delay_us: u64,
