@@ -1,8 +1,9 @@
 //! Delivery guarantees end to end: redelivery after the ack deadline with
 //! backoff, dead letters and their replay, nacks, ordering per child on
 //! ordered subscriptions, idempotent publish across a restart, Seek,
-//! sender-side status, retraction and correction notices, expiry, and the
-//! background removal of a deleted subscription's delivery records.
+//! sender-side status, retraction and correction notices, expiry, the
+//! background removal of a deleted subscription's delivery records, and a
+//! stream kept open while it is sent deliveries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -660,5 +661,33 @@ async fn deleting_a_subscription_removes_its_delivery_records_in_the_background(
             .unwrap()
             .len(),
         N
+    );
+}
+
+/// A stream that is sent deliveries is not idle, even when the subscriber
+/// never writes to it: with a 1 s idle timeout, events published 300 ms
+/// apart for 3 s all arrive on the one stream. A subscriber waiting at the
+/// head is fed by the writer in the publish's own commit rather than by
+/// its stream's loop; those deliveries count as the stream's activity too.
+#[tokio::test]
+async fn a_stream_that_is_sent_deliveries_is_not_idle() {
+    let b = Broker::start_with(&[("CASESHARE_IDLE_STREAM_TIMEOUT_SECS", "1")]);
+    let mut s = sub("main");
+    s.ack_deadline = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    setup(&b, s).await;
+    let mut stream = Subscription::open(&b, "la-social-care-c", "main", 100).await;
+    for i in 0..10 {
+        let id = format!("paced-{i}");
+        publish(&b, &id, CHILD_1).await;
+        let d = stream.next().await;
+        assert_eq!(d.event.unwrap().event_id, id, "in order, on the one stream");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(
+        b.metric("caseshare_deliveries_tailed_total") >= 1.0,
+        "a stream waiting at the head was fed from the publish's commit"
     );
 }
