@@ -22,12 +22,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use caseshare_core::pb;
+use caseshare_core::time::Micros;
 use caseshare_state::delivery::{Effect, Input, Phase};
 use caseshare_state::{BrokerState, EventContext, subscription_matches};
 use caseshare_store::{Storage, StoredEvent};
 use tokio::sync::watch;
 
-use super::registry::{Clock, SubRuntime};
+use super::registry::{Clock, SubInner, SubRuntime};
 use crate::errors::BrokerError;
 use crate::writer::now;
 
@@ -363,15 +364,7 @@ fn record(
         if inner.settled_ahead.contains(&seq) || inner.get(seq).is_some() {
             continue;
         }
-        let nhs = nhs_number(&decoded);
-        let busy = ordered && (inner.child_busy(&nhs) || inner.child_deferred(&nhs));
-        inner.insert_fresh(seq, event.event_id.clone(), nhs);
-        if busy {
-            continue;
-        }
-        if let Ok(applied) = inner.apply(seq, Input::Pick { stream }, now)
-            && let Effect::Submit { attempt } = applied.effect
-        {
+        if let Some(attempt) = file_new(&mut inner, ordered, stream, now, &event, &decoded) {
             picks.push(Pick {
                 sequence: seq,
                 attempt,
@@ -383,6 +376,32 @@ fn record(
     inner.cursor = next;
     inner.settled_ahead = inner.settled_ahead.split_off(&next);
     picks.len() < want && next <= scan.head
+}
+
+/// Files a delivery of a new event for the subscription and picks it for
+/// `stream`, unless (ordered subscriptions) its child is busy: then it is
+/// deferred. The attempt to make, if picked.
+pub(super) fn file_new(
+    inner: &mut SubInner,
+    ordered: bool,
+    stream: u64,
+    now: Micros,
+    event: &StoredEvent,
+    decoded: &pb::CaseEvent,
+) -> Option<u32> {
+    let nhs = nhs_number(decoded);
+    let busy = ordered && (inner.child_busy(&nhs) || inner.child_deferred(&nhs));
+    inner.insert_fresh(event.sequence, event.event_id.clone(), nhs);
+    if busy {
+        return None;
+    }
+    match inner.apply(event.sequence, Input::Pick { stream }, now) {
+        Ok(applied) => match applied.effect {
+            Effect::Submit { attempt } => Some(attempt),
+            _ => None,
+        },
+        Err(_) => None,
+    }
 }
 
 fn nhs_number(decoded: &pb::CaseEvent) -> String {

@@ -32,11 +32,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use caseshare_core::pb;
-use caseshare_state::delivery::{Effect, Input};
+use caseshare_state::delivery::Input;
 use caseshare_state::{BrokerState, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pick::{Pick, eligible};
+use super::pick::{Pick, eligible, file_new};
 use super::registry::{Clock, SubRuntime};
 use super::sender::{InFlight, MAX_INTENTS_PER_OP, intents};
 use crate::writer::{Op, Tail};
@@ -179,19 +179,7 @@ impl Tailing {
             {
                 continue;
             }
-            let nhs = case
-                .child
-                .as_ref()
-                .map(|c| c.nhs_number.clone())
-                .unwrap_or_default();
-            let busy = ordered && (inner.child_busy(&nhs) || inner.child_deferred(&nhs));
-            inner.insert_fresh(seq, event.event_id.clone(), nhs);
-            if busy {
-                continue;
-            }
-            if let Ok(applied) = inner.apply(seq, Input::Pick { stream }, now)
-                && let Effect::Submit { attempt } = applied.effect
-            {
+            if let Some(attempt) = file_new(&mut inner, ordered, stream, now, event, case) {
                 picks.push(Pick {
                     sequence: seq,
                     attempt,
