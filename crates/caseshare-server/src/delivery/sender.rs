@@ -39,6 +39,15 @@ pub(crate) struct InFlight {
     pub(super) verdicts: oneshot::Receiver<Result<Vec<Verdict>, BrokerError>>,
 }
 
+/// Marks `picks` of `stream` as owed again, at once (`now` on the
+/// engine's clock).
+pub(super) fn put_back(rt: &SubRuntime, stream: u64, picks: &[Pick], now: Micros) {
+    let mut inner = rt.lock();
+    for pick in picks {
+        let _ = inner.apply(pick.sequence, Input::Release { stream }, now);
+    }
+}
+
 /// What the writer needs to re-decide and record each pick of `rt`'s.
 pub(super) fn intents(rt: &SubRuntime, picks: &[Pick]) -> Vec<DeliveryIntent> {
     let agency = &rt.subscription.agency_id;
@@ -115,11 +124,7 @@ impl Deliveries {
 
     /// Marks picked deliveries as owed again, at once.
     fn put_back(&self, rt: &SubRuntime, stream: u64, picks: &[Pick]) {
-        let now = self.clock.now();
-        let mut inner = rt.lock();
-        for pick in picks {
-            let _ = inner.apply(pick.sequence, Input::Release { stream }, now);
-        }
+        put_back(rt, stream, picks, self.clock.now());
     }
 
     /// A stream's sender task: takes each submitted window in order, waits

@@ -32,13 +32,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use caseshare_core::pb;
-use caseshare_state::delivery::Input;
 use caseshare_state::{BrokerState, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use super::pick::{Pick, eligible, file_new};
 use super::registry::{Clock, SubRuntime};
-use super::sender::{InFlight, MAX_INTENTS_PER_OP, intents};
+use super::sender::{InFlight, MAX_INTENTS_PER_OP, intents, put_back};
 use crate::writer::{Op, Tail};
 
 /// A stream waiting at the head: how many more deliveries its window takes
@@ -201,15 +200,6 @@ impl Tailing {
             queue,
         })
     }
-
-    /// Marks `picks` of `stream` owed again, at once.
-    fn put_back(&self, rt: &SubRuntime, stream: u64, picks: &[Pick]) {
-        let now = self.clock.now();
-        let mut inner = rt.lock();
-        for pick in picks {
-            let _ = inner.apply(pick.sequence, Input::Release { stream }, now);
-        }
-    }
 }
 
 impl Tail for Tailing {
@@ -249,7 +239,7 @@ impl Tail for Tailing {
                 verdicts,
             }) {
                 // The stream's sender has ended: nothing is recorded.
-                self.put_back(&rt, stream, &window.picks);
+                put_back(&rt, stream, &window.picks, self.clock.now());
                 continue;
             }
             metrics::counter!("caseshare_deliveries_tailed_total").increment(count);
