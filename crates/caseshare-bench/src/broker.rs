@@ -369,6 +369,7 @@ pub(crate) fn server_figures(
         }),
         records_per_event: per(records, published),
         deliveries: d("caseshare_deliveries_total"),
+        deliveries_tailed: d("caseshare_deliveries_tailed_total"),
         acks: d("caseshare_acks_total"),
         journal_proposals: d("caseshare_journal_proposals_total"),
         journal_applied: d("caseshare_journal_applied_sequence"),
@@ -396,8 +397,12 @@ mod tests {
             ("caseshare_store_records_total", 8000.0),
             ("caseshare_store_commit_seconds_sum", 0.5),
             ("caseshare_store_commit_seconds_count", 100.0),
+            ("caseshare_deliveries_total", 2000.0),
+            ("caseshare_deliveries_tailed_total", 1500.0),
         ]);
         let s = server_figures(&before, &after, 2.0);
+        assert_eq!(s.deliveries, 2000.0);
+        assert_eq!(s.deliveries_tailed, 1500.0);
         assert_eq!(s.commits_over_10ms, None, "no histogram: not known");
         assert_eq!(s.slowest_commit_within_ms, None);
         assert_eq!(s.commits, 100.0);

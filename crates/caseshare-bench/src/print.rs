@@ -89,6 +89,15 @@ pub(crate) fn print_run(out: &mut impl std::io::Write, r: &RunSummary) -> Result
                 _ => "?".to_string(),
             }
         )?;
+        if s.deliveries > 0.0 && s.journal_applied == 0.0 {
+            writeln!(
+                out,
+                "  tail      {:.0} of {:.0} deliveries picked in the commit that stored their events ({:.0}%)",
+                s.deliveries_tailed,
+                s.deliveries,
+                (s.deliveries_tailed / s.deliveries * 100.0).min(100.0)
+            )?;
+        }
         if s.journal_applied > 0.0 {
             writeln!(
                 out,

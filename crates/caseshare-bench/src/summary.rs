@@ -118,6 +118,9 @@ pub struct ServerFigures {
     pub records_per_event: f64,
     /// Deliveries recorded.
     pub deliveries: f64,
+    /// Deliveries picked by the writer for a stream waiting at the head,
+    /// recorded in the commit that stored their events (embedded mode).
+    pub deliveries_tailed: f64,
     /// Acks recorded.
     pub acks: f64,
     /// Cluster mode: journal messages this replica appended.
