@@ -100,7 +100,7 @@ pub struct Deliveries {
     next_stream: AtomicU64,
     max_outstanding: u32,
     backoff: Backoff,
-    send_gate: Arc<tokio::sync::RwLock<()>>,
+    /// The parked streams; it holds the send gate.
     tail: Arc<Tailing>,
     /// `caseshare_delivery_latency_seconds`, looked up once rather than
     /// per delivery (made after the process's recorder is installed).
@@ -129,7 +129,6 @@ impl Deliveries {
             next_stream: AtomicU64::new(1),
             max_outstanding: parts.max_outstanding,
             backoff: parts.backoff,
-            send_gate: Arc::clone(&parts.tail.send_gate),
             tail: parts.tail,
             latency: metrics::histogram!("caseshare_delivery_latency_seconds"),
         });
@@ -222,7 +221,7 @@ impl Deliveries {
     /// Waits until every delivery decided before now has been handed to its
     /// stream (see `sender`).
     pub async fn drain_in_flight_sends(&self) {
-        drop(self.send_gate.write().await);
+        drop(self.tail.send_gate.write().await);
     }
 
     /// The last committed event sequence.

@@ -92,7 +92,7 @@ impl Deliveries {
         // (the sender task drops it), so that a withdrawal or an ended
         // agreement that waits for the write side knows nothing it covers is
         // still on its way out.
-        let gate = Arc::clone(&self.send_gate).read_owned().await;
+        let gate = Arc::clone(&self.tail.send_gate).read_owned().await;
         let want = want.min(MAX_INTENTS_PER_OP);
         let picks = self.reader.pick(rt, stream, want, &self.clock).await?;
         if picks.is_empty() {
