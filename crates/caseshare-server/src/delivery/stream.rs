@@ -133,7 +133,6 @@ impl Deliveries {
 
     /// Whatever was out on `stream` is owed again, at once.
     fn release(&self, rt: &SubRuntime, stream: u64) {
-        self.tail.unpark(rt, stream);
         {
             let now = self.clock.now();
             let mut inner = rt.lock();
