@@ -6,7 +6,9 @@
 //! with no HTTP/2 preface) and a descriptor reserve leave a good agency
 //! able to connect and publish; handshake, preface and idle timeouts close
 //! sockets; connection caps hold globally and per principal; a slow reader
-//! is ended with RESOURCE_EXHAUSTED and its events are redelivered.
+//! is ended with RESOURCE_EXHAUSTED and its events are redelivered; a
+//! PublishStream whose client reads no answers holds at most its window of
+//! publishes in flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -521,6 +523,17 @@ async fn connection_caps_hold_globally_and_per_principal() {
 /// A channel whose HTTP/2 flow-control windows are small, so that a
 /// subscriber that stops reading stops the broker's sending quickly.
 fn small_window_client(b: &Broker, identity: &str) -> caseshare_cli::client::Clients {
+    windowed_client(b, identity, 65_535, 65_535)
+}
+
+/// A channel with the given HTTP/2 flow-control windows (stream, then
+/// connection), bytes.
+fn windowed_client(
+    b: &Broker,
+    identity: &str,
+    stream: u32,
+    connection: u32,
+) -> caseshare_cli::client::Clients {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let pki = b.pki();
     let read = |n: String| std::fs::read(pki.join(n)).unwrap();
@@ -535,8 +548,8 @@ fn small_window_client(b: &Broker, identity: &str) -> caseshare_cli::client::Cli
         .unwrap()
         .tls_config(tls)
         .unwrap()
-        .initial_stream_window_size(Some(65_535))
-        .initial_connection_window_size(Some(65_535))
+        .initial_stream_window_size(Some(stream))
+        .initial_connection_window_size(Some(connection))
         .connect_lazy();
     caseshare_cli::client::Clients::new(channel)
 }
@@ -623,4 +636,78 @@ async fn a_slow_reader_is_dropped_and_its_events_are_redelivered() {
         fresh.ack(vec![d.delivery_id]).await;
     }
     println!("slow reader: {got_before} read before the drop, all {events} redelivered");
+}
+
+/// A PublishStream whose client never reads its answers: the broker reads
+/// (and commits) only what its window of publishes in flight
+/// (`limits.max_stream_inflight_bytes`, here at its minimum) and the
+/// answers already queued allow, then stops reading, so a client cannot
+/// make the broker hold its stream's requests without bound. Every publish
+/// here is larger than the window, so each goes alone. Reading the answers
+/// then lets the rest through, all answered, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_holds_at_most_its_window_in_flight() {
+    let b = Broker::start_with(&[("CASESHARE_MAX_STREAM_INFLIGHT_BYTES", "1024")]);
+    b.register_sample_agencies().await;
+    let events = 8_000usize;
+    let event = |i: usize| pb::CaseEvent {
+        summary: format!("{i:05} {}", "y".repeat(1_100)),
+        ..attendance_event(&format!("window-{i}"), CHILD_1)
+    };
+    assert!(
+        event(0).encoded_len() > 1024,
+        "each publish is past the window"
+    );
+    // A 64 KiB stream window holds about a thousand answers; a wide
+    // connection window lets the client's HTTP/2 hold that many small
+    // frames unread (it closes a connection holding more than half that
+    // window's worth of framing).
+    let mut school = windowed_client(&b, "school-b", 65_535, 8 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let sender = tokio::spawn(async move {
+        for i in 0..events {
+            if tx.send(publish_request(event(i))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answers = school
+        .publisher
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Without reading an answer, wait for the broker to stop committing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut same) = (-1.0, 0);
+    while same < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never stopped reading"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = b.metric("caseshare_events_published_total");
+        (last, same) = if now == last {
+            (now, same + 1)
+        } else {
+            (now, 0)
+        };
+    }
+    // The answers queued for the client (64, and those HTTP/2 holds in its
+    // 64 KiB window), plus one publish in flight. Without the window the
+    // broker read up to 4,096 more.
+    println!("committed while the client read nothing: {last} of {events}");
+    assert!(last > 0.0, "something was committed");
+    assert!(
+        last < 4_000.0,
+        "{last} publishes committed while no answer was read"
+    );
+    let mut n = 0usize;
+    while let Some(answer) = answers.message().await.unwrap() {
+        assert_eq!(answer.event_id, format!("window-{n}"), "answered in order");
+        n += 1;
+    }
+    sender.await.unwrap();
+    assert_eq!(n, events, "every publish answered");
+    assert_eq!(b.metric("caseshare_events_published_total"), events as f64);
 }

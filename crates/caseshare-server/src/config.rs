@@ -77,6 +77,10 @@ pub struct LimitsConfig {
     pub publish_burst: f64,
     /// Concurrent Subscribe and PublishStream streams per principal.
     pub max_streams_per_principal: usize,
+    /// Encoded bytes of publishes one PublishStream may have read and not
+    /// yet answered; while it is full the stream reads no more (HTTP/2 flow
+    /// control holds the client). A larger publish goes alone.
+    pub max_stream_inflight_bytes: usize,
     /// A stream with no message either way for this long is closed, seconds.
     pub idle_stream_timeout_secs: u64,
     /// HTTP/2 keepalive ping interval, seconds.
@@ -146,6 +150,7 @@ impl Default for LimitsConfig {
             publish_rate_per_sec: 100_000.0,
             publish_burst: 200_000.0,
             max_streams_per_principal: 32,
+            max_stream_inflight_bytes: 1024 * 1024,
             idle_stream_timeout_secs: 3_600,
             http2_keepalive_interval_secs: 30,
             http2_keepalive_timeout_secs: 20,

@@ -479,6 +479,7 @@ pub async fn serve(
         )),
         streams: Arc::new(limits::StreamLimiter::new(
             config.limits.max_streams_per_principal,
+            config.limits.max_stream_inflight_bytes,
         )),
         idle_timeout: std::time::Duration::from_secs(config.limits.idle_stream_timeout_secs),
         refusal_delay: std::time::Duration::from_millis(config.limits.refusal_delay_ms),

@@ -1,5 +1,6 @@
-//! Per-principal limits: a token bucket on publishes and a cap on
-//! concurrent streams, so that one abusive client cannot starve the others.
+//! Per-principal limits: a token bucket on publishes, a cap on concurrent
+//! streams and the bytes one PublishStream may hold in flight, so that one
+//! abusive client cannot starve the others.
 //! Both answer `RESOURCE_EXHAUSTED` with a message naming the limit; a rate
 //! refusal also carries `google.rpc.RetryInfo` saying when to try again, and
 //! is answered only after `limits.refusal_delay_ms` (see `auth`), so a
@@ -104,11 +105,51 @@ impl RateLimiter {
     }
 }
 
-/// Counts open streams per principal.
+/// Counts open streams per principal, and sizes each PublishStream's
+/// window of publishes in flight.
 #[derive(Debug)]
 pub struct StreamLimiter {
     max: usize,
     open: Arc<Mutex<HashMap<String, usize>>>,
+    inflight_bytes: usize,
+}
+
+/// The encoded bytes of publishes one PublishStream has read and not yet
+/// answered (`limits.max_stream_inflight_bytes`). The stream reads nothing
+/// more while its window is full, so HTTP/2 flow control holds the client
+/// back and the broker holds at most a window (plus the one message being
+/// read) per stream.
+#[derive(Debug, Clone)]
+pub struct PublishWindow {
+    room: Arc<tokio::sync::Semaphore>,
+    max: u32,
+}
+
+impl PublishWindow {
+    /// A window of `bytes` (at least 1, at most `u32::MAX`).
+    pub fn new(bytes: usize) -> Self {
+        let max = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        PublishWindow {
+            room: Arc::new(tokio::sync::Semaphore::new(max as usize)),
+            max,
+        }
+    }
+
+    /// Waits until a publish of `bytes` fits and holds its room until the
+    /// permit is dropped. A publish larger than the whole window takes all
+    /// of it, so it waits for the window to empty and then goes alone.
+    pub async fn take(
+        &self,
+        bytes: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, BrokerError> {
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.max);
+        // The semaphore is private and never closed.
+        self.room
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| BrokerError::Unavailable("the publish window closed".into()))
+    }
 }
 
 /// Releases a stream slot when dropped.
@@ -131,12 +172,19 @@ impl Drop for StreamSlot {
 }
 
 impl StreamLimiter {
-    /// At most `max` concurrent streams per principal.
-    pub fn new(max: usize) -> Self {
+    /// At most `max` concurrent streams per principal, each PublishStream
+    /// with `inflight_bytes` of publishes in flight.
+    pub fn new(max: usize, inflight_bytes: usize) -> Self {
         StreamLimiter {
             max,
             open: Arc::new(Mutex::new(HashMap::new())),
+            inflight_bytes,
         }
+    }
+
+    /// A new PublishStream's window of publishes in flight.
+    pub fn publish_window(&self) -> PublishWindow {
+        PublishWindow::new(self.inflight_bytes)
     }
 
     /// Takes a slot for `principal`, or refuses.
@@ -213,11 +261,50 @@ mod tests {
 
     #[test]
     fn stream_slots_are_released() {
-        let l = StreamLimiter::new(1);
+        let l = StreamLimiter::new(1, 1024);
         let slot = l.acquire("a");
         assert!(slot.is_ok());
         assert!(l.acquire("a").is_err());
         drop(slot);
         assert!(l.acquire("a").is_ok());
+    }
+
+    #[test]
+    fn a_publish_window_holds_publishes_up_to_its_bytes() {
+        use futures::FutureExt;
+        let w = PublishWindow::new(1024);
+        let a = w.take(600).now_or_never().and_then(Result::ok);
+        assert!(a.is_some(), "600 of 1,024 bytes fit");
+        let b = w.take(424).now_or_never().and_then(Result::ok);
+        assert!(b.is_some(), "the window fills exactly");
+        assert!(
+            w.take(1).now_or_never().is_none(),
+            "one byte past the window waits"
+        );
+        drop(a);
+        let c = w.take(600).now_or_never().and_then(Result::ok);
+        assert!(c.is_some(), "an answered publish's room is free again");
+        drop((b, c));
+    }
+
+    #[test]
+    fn a_publish_larger_than_the_window_goes_alone() {
+        use futures::FutureExt;
+        let w = PublishWindow::new(1024);
+        let small = w.take(1).now_or_never().and_then(Result::ok);
+        assert!(small.is_some());
+        assert!(
+            w.take(64 * 1024).now_or_never().is_none(),
+            "a large publish waits for the window to empty"
+        );
+        drop(small);
+        let large = w.take(64 * 1024).now_or_never().and_then(Result::ok);
+        assert!(large.is_some(), "then takes the whole window");
+        assert!(
+            w.take(1).now_or_never().is_none(),
+            "and nothing rides with it"
+        );
+        drop(large);
+        assert!(w.take(1024).now_or_never().is_some());
     }
 }

@@ -193,6 +193,8 @@ pub(crate) const KEYS: &[Key] = &[
         1.0,
         1e9
     ),
+    int!("limits.max_stream_inflight_bytes", "CASESHARE_MAX_STREAM_INFLIGHT_BYTES", "bytes",
+        limits.max_stream_inflight_bytes: usize, 1024, 1 << 30),
     int!("limits.max_stream_queued_bytes", "CASESHARE_MAX_STREAM_QUEUED_BYTES", "bytes",
         limits.max_stream_queued_bytes: usize, 1024, 1 << 34),
     int!("limits.max_principal_queued_bytes", "CASESHARE_MAX_PRINCIPAL_QUEUED_BYTES", "bytes",

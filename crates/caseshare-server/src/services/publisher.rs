@@ -137,8 +137,13 @@ impl Publisher for PublisherService {
         let stream_span = tracing::Span::current();
         let idle = self.0.idle_timeout;
         let mut inbound = req.into_inner();
-        let (order_tx, mut order_rx) =
-            mpsc::channel::<Result<Pending, BrokerError>>(STREAM_PIPELINE);
+        let window = self.0.streams.publish_window();
+        // Each publish in flight holds its room in the window until it is
+        // answered.
+        let (order_tx, mut order_rx) = mpsc::channel::<(
+            Result<Pending, BrokerError>,
+            Option<tokio::sync::OwnedSemaphorePermit>,
+        )>(STREAM_PIPELINE);
         let (out_tx, out_rx) = mpsc::channel(64);
         let this = self.clone();
         let duration = self.0.publish_duration.clone();
@@ -150,12 +155,11 @@ impl Publisher for PublisherService {
                 let next = match tokio::time::timeout(idle, inbound.message()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        let _ = order_tx
-                            .send(Err(BrokerError::ResourceExhausted(format!(
-                                "the stream was idle for {} s (limits.idle_stream_timeout_secs)",
-                                idle.as_secs()
-                            ))))
-                            .await;
+                        let idle = BrokerError::ResourceExhausted(format!(
+                            "the stream was idle for {} s (limits.idle_stream_timeout_secs)",
+                            idle.as_secs()
+                        ));
+                        let _ = order_tx.send((Err(idle), None)).await;
                         return;
                     }
                 };
@@ -164,15 +168,22 @@ impl Publisher for PublisherService {
                         if let Err(refused) = this.0.publish_rate.acquire(&actor.name) {
                             // Held like a unary refusal, then the stream ends.
                             tokio::time::sleep(this.0.refusal_delay).await;
-                            let _ = order_tx.send(Err(refused)).await;
+                            let _ = order_tx.send((Err(refused), None)).await;
                             return;
                         }
+                        let room = match window.take(request.encoded_len()).await {
+                            Ok(room) => room,
+                            Err(e) => {
+                                let _ = order_tx.send((Err(e), None)).await;
+                                return;
+                            }
+                        };
                         let span = message_span(&stream_span, &request);
                         let submitted = this
                             .submit(actor.clone(), request, call_trace.as_ref(), span)
                             .await;
                         let failed = submitted.is_err();
-                        if order_tx.send(submitted).await.is_err() || failed {
+                        if order_tx.send((submitted, Some(room))).await.is_err() || failed {
                             return;
                         }
                     }
@@ -180,7 +191,7 @@ impl Publisher for PublisherService {
                     Err(status) => {
                         tracing::debug!(%status, "publish stream ended by the client");
                         if let Some(invalid) = BrokerError::from_decode_status(&status) {
-                            let _ = order_tx.send(Err(invalid)).await;
+                            let _ = order_tx.send((Err(invalid), None)).await;
                         }
                         return;
                     }
@@ -189,11 +200,12 @@ impl Publisher for PublisherService {
         });
         // Responder: answers in request order, each once durable.
         tokio::spawn(async move {
-            while let Some(item) = order_rx.recv().await {
+            while let Some((item, room)) = order_rx.recv().await {
                 let result = match item {
                     Ok(pending) => resolve(pending, &duration).await,
                     Err(e) => Err(e),
                 };
+                drop(room);
                 let stop = result.is_err();
                 if out_tx.send(result.map_err(Status::from)).await.is_err() || stop {
                     return;
