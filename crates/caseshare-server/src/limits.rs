@@ -119,7 +119,7 @@ pub struct StreamLimiter {
 /// more while its window is full, so HTTP/2 flow control holds the client
 /// back and the broker holds at most a window (plus the one message being
 /// read) per stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PublishWindow {
     room: Arc<tokio::sync::Semaphore>,
     max: u32,
