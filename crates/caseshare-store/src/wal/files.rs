@@ -485,9 +485,13 @@ pub(super) fn apply(tree: &sled::Tree, writes: &Writes, number: u64) -> Result<(
 /// Sled frees an IO buffer it has sealed (512 KiB each) and a replaced
 /// page through `crossbeam-epoch`, which keeps up to 64 deferred frees in
 /// a bag of the thread that made them and hands the bag on only once it
-/// is full. The thread that applies commits seals most of sled's IO
-/// buffers, so without this its bag held 40 or so of them (~21 MiB at
-/// rest after a 1M-event burst, `heaptrack`) until it filled again.
+/// is full. Two threads seal sled's IO buffers and call this after each
+/// time: the one that applies commits ([`apply`]; without it its bag
+/// held 40 or so of them, ~21 MiB at rest after a 1M-event burst,
+/// `heaptrack`) and the stabiliser after each `Db::flush`, which seals
+/// the current buffer (without it, up to 64 buffers, never freed while
+/// busy: `docs/BENCHMARKS.md`, "Memory with a 1M backlog: sled's IO
+/// buffers").
 pub(crate) fn release_deferred() {
     crossbeam_epoch::pin().flush();
 }

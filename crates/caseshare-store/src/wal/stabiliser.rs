@@ -77,9 +77,8 @@ impl SledFiles {
         self.events.sync()?;
         self.audit_log.sync()?;
         self.db.flush()?;
-        // The flush sealed sled's IO buffer and deferred the old one's
-        // free to this thread's bag, which reaches the collector only
-        // when full: 64 flushes, up to 32 MiB of buffers held.
+        // The flush sealed sled's IO buffer; its free waits in this
+        // thread's epoch bag (see `release_deferred`).
         crate::wal::release_deferred();
         self.data_file.sync_data()?;
         let mut synced = self
