@@ -25,15 +25,22 @@
 //!   binary's spawns a few empty tasks so that parked workers wake, run
 //!   them and collect as they park again). It reads the CPU time with
 //!   [`cpu_time`], which the bench uses too.
+//! - [`MemoryTarget`]: while the resident set is above a configured
+//!   target, freed memory goes back to the system at once (module
+//!   `target`).
 //!
 //! Architecture Invariant: this crate holds the workspace's only `unsafe`
-//! code, one call into mimalloc's C API; every other crate forbids it.
+//! code, three calls into mimalloc's C API (`mi_collect`, and getting and
+//! setting the purge delay); every other crate forbids it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use mimalloc::MiMalloc;
+pub use target::{MemoryTarget, purge_delay, resident_bytes};
+
+mod target;
 
 /// Bumped by [`IdleRelease`] when every thread should collect.
 static EPOCH: AtomicU64 = AtomicU64::new(0);

@@ -477,6 +477,13 @@ async fn run(cli: Cli) -> Result<()> {
                     "no /proc/self/stat: freed memory is returned only as mimalloc's own delay allows"
                 );
             }
+            let target_mib = cfg.limits.memory_target_mib;
+            if target_mib > 0 && !caseshare_alloc::MemoryTarget::new(target_mib << 20).spawn()? {
+                tracing::warn!(
+                    target_mib,
+                    "no /proc/self/status: limits.memory_target_mib is not kept"
+                );
+            }
             // The library reports through tracing only; the lines the test
             // harness and operators read from stdout are printed here.
             let served = caseshare_server::serve(cfg, shutdown_signal(), |bound| {

@@ -1,7 +1,8 @@
 //! Configuration at its limits, end to end: the real broker starts and
 //! shares an event with every numeric key at the bottom of its range, and
 //! again with every key at the top; a value one past a bound is refused at
-//! start with a message naming the key, a non-zero exit and no panic.
+//! start with a message naming the key, a non-zero exit and no panic; a
+//! memory target starts the thread that keeps it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use caseshare_proto::v1 as pb;
@@ -243,4 +244,34 @@ fn the_operations_guide_lists_every_key_with_its_range() {
         "rows missing from docs/OPERATIONS.md:\n{}",
         missing.join("\n")
     );
+}
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// `limits.memory_target_mib` starts the thread that keeps it (a target of
+/// 1 MiB is below any broker: it purges freed memory at once all the time)
+/// and the broker still shares; without a target there is no such thread.
+#[tokio::test]
+async fn a_memory_target_is_kept_by_its_thread_and_none_by_default() {
+    let with = [
+        ("CASESHARE_MEMORY_TARGET_MIB".to_string(), "1".to_string()),
+        ("CASESHARE_LOG".to_string(), "warn".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = with.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let b = Broker::start_with(&env);
+    let names = thread_names(b.pid());
+    assert!(names.iter().any(|n| n == "alloc-target"), "{names:?}");
+    drop(b);
+    shares_one_event(&with).await;
+
+    let b = Broker::start_with(&[("CASESHARE_LOG", "warn")]);
+    let names = thread_names(b.pid());
+    assert!(!names.iter().any(|n| n == "alloc-target"), "{names:?}");
 }

@@ -81,6 +81,11 @@ pub struct LimitsConfig {
     /// yet answered; while it is full the stream reads no more (HTTP/2 flow
     /// control holds the client). A larger publish goes alone.
     pub max_stream_inflight_bytes: usize,
+    /// The `caseshare` binary's memory target, MiB; 0 = none. While the
+    /// process's resident set is above it, the allocator hands freed
+    /// memory back at once rather than after its delay
+    /// (`caseshare_alloc::MemoryTarget`). Not a limit: live memory stays.
+    pub memory_target_mib: u64,
     /// A stream with no message either way for this long is closed, seconds.
     pub idle_stream_timeout_secs: u64,
     /// HTTP/2 keepalive ping interval, seconds.
@@ -151,6 +156,7 @@ impl Default for LimitsConfig {
             publish_burst: 200_000.0,
             max_streams_per_principal: 32,
             max_stream_inflight_bytes: 1024 * 1024,
+            memory_target_mib: 0,
             idle_stream_timeout_secs: 3_600,
             http2_keepalive_interval_secs: 30,
             http2_keepalive_timeout_secs: 20,

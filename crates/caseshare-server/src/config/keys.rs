@@ -195,6 +195,8 @@ pub(crate) const KEYS: &[Key] = &[
     ),
     int!("limits.max_stream_inflight_bytes", "CASESHARE_MAX_STREAM_INFLIGHT_BYTES", "bytes",
         limits.max_stream_inflight_bytes: usize, 1024, 1 << 30),
+    int!("limits.memory_target_mib", "CASESHARE_MEMORY_TARGET_MIB", "MiB",
+        limits.memory_target_mib: u64, 0, 1 << 20),
     int!("limits.max_stream_queued_bytes", "CASESHARE_MAX_STREAM_QUEUED_BYTES", "bytes",
         limits.max_stream_queued_bytes: usize, 1024, 1 << 34),
     int!("limits.max_principal_queued_bytes", "CASESHARE_MAX_PRINCIPAL_QUEUED_BYTES", "bytes",
