@@ -584,7 +584,12 @@ fn whole_batches(file: &File, from: u64, len: u64) -> Result<usize, StoreError> 
 
 /// Writes every byte of `bufs` to `file` (`Write::write_all_vectored`,
 /// which is not yet stable).
-fn write_all_vectored(mut file: &File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+/// Writes all of `bufs` at the file's position (`writev`, again after a
+/// short write).
+pub(crate) fn write_all_vectored(
+    mut file: &File,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
     while !bufs.is_empty() {
         match file.write_vectored(bufs) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),

@@ -86,13 +86,24 @@ pub fn frame_crc(payload: &[u8], batch_end: bool) -> u32 {
 /// format, as [`frames`] is its one reading): `None` if the payload is too
 /// long for a frame.
 pub(crate) fn frame_header(payload: &[u8], batch_end: bool) -> Option<[u8; HEADER]> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|l| l & BATCH_END == 0)?;
+    frame_header_of(&[payload], batch_end)
+}
+
+/// The header of a frame whose payload is `pieces`, one after another
+/// (written from where they are, with one `writev`).
+pub(crate) fn frame_header_of(pieces: &[&[u8]], batch_end: bool) -> Option<[u8; HEADER]> {
+    let len = pieces
+        .iter()
+        .try_fold(0usize, |n, p| n.checked_add(p.len()))?;
+    let len = u32::try_from(len).ok().filter(|l| l & BATCH_END == 0)?;
     let word = if batch_end { len | BATCH_END } else { len };
+    let mut crc = crc32fast::Hasher::new();
+    pieces.iter().for_each(|p| crc.update(p));
+    let crc = crc.finalize();
+    let crc = if batch_end { crc ^ BATCH_END_CRC } else { crc };
     let mut header = [0; HEADER];
     header[..4].copy_from_slice(&word.to_le_bytes());
-    header[4..].copy_from_slice(&frame_crc(payload, batch_end).to_le_bytes());
+    header[4..].copy_from_slice(&crc.to_le_bytes());
     Some(header)
 }
 
@@ -474,16 +485,19 @@ impl EventLog {
             .collect::<Result<Vec<u32>, _>>()
             .map_err(|_| StoreError::Engine(format!("event log frame past 4 GiB at {base}")))?;
         (&*a.file).write_all(buf)?;
+        let written = buf.len();
         match copy {
             None => a.file.sync_data()?,
             Some(copy) => {
                 copy.file = a.first;
                 copy.offset = a.len;
-                copy.bytes.clear();
-                copy.bytes.extend_from_slice(buf);
+                // The commit frame carries these bytes: they are handed
+                // over, not copied, and the frame's old buffer is this
+                // log's next.
+                std::mem::swap(buf, &mut copy.bytes);
+                buf.clear();
             }
         }
-        let written = buf.len();
         if buf.capacity() > KEEP_BUFFER_BYTES {
             buf.clear();
             buf.shrink_to(KEEP_BUFFER_BYTES);

@@ -632,6 +632,9 @@ impl Storage for SledStore {
     fn release_idle_memory(&self) {
         self.events.release_buffer();
         self.wal.release_buffer();
+        if let Ok(mut appended) = self.appended.lock() {
+            *appended = Appended::default();
+        }
         crate::wal::release_deferred();
     }
 

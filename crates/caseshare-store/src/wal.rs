@@ -314,8 +314,83 @@ pub(crate) struct Frame {
     pub(crate) writes: Writes,
 }
 
+/// A commit frame's payload in the pieces it is written from (one
+/// `writev`): the logs' bytes are written from where the commit holds
+/// them, not copied into a frame buffer.
+#[derive(Debug)]
+pub(crate) struct Pieces<'a> {
+    /// Format, number, digest, extents, and the event bytes' length.
+    head: &'a [u8],
+    events: &'a [u8],
+    /// The audit bytes' length (written only with audit bytes).
+    audit_len: [u8; 4],
+    audit: &'a [u8],
+    /// The sled writes.
+    writes: &'a [u8],
+}
+
+impl Pieces<'_> {
+    /// The payload's pieces, in order, empty ones left out.
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let audit_len: &[u8] = if self.audit.is_empty() {
+            &[]
+        } else {
+            &self.audit_len
+        };
+        [self.head, self.events, audit_len, self.audit, self.writes]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+    }
+}
+
 /// Encodes frame `number` with `digest`, the logs' bytes `appended` and
-/// `writes` into `out`.
+/// `writes` as [`Pieces`], the encoded parts in `scratch`.
+pub(crate) fn encode_pieces<'a>(
+    number: u64,
+    digest: Digest,
+    appended: &'a Appended,
+    writes: &Writes,
+    scratch: &'a mut Vec<u8>,
+) -> Pieces<'a> {
+    scratch.clear();
+    scratch.push(FORMAT);
+    scratch.extend_from_slice(&number.to_le_bytes());
+    scratch.extend_from_slice(&digest.to_bytes());
+    let extents = appended.extents();
+    for extent in [extents.events, extents.audit] {
+        let (a, b) = extent.unwrap_or((NONE, NONE));
+        scratch.extend_from_slice(&a.to_le_bytes());
+        scratch.extend_from_slice(&b.to_le_bytes());
+    }
+    let events = appended.events.bytes.as_slice();
+    if !events.is_empty() {
+        scratch.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    }
+    let head = scratch.len();
+    for (k, v) in writes.iter() {
+        scratch.push(if v.is_some() { INSERT } else { REMOVE });
+        push_bytes(scratch, k);
+        if let Some(v) = v {
+            push_bytes(scratch, v);
+        }
+    }
+    let audit = appended.audit.bytes.as_slice();
+    let (head, writes) = scratch.split_at(head);
+    Pieces {
+        head,
+        events,
+        // Sled's records and a commit's log bytes are far below 4 GiB (a
+        // frame is refused by the framing before then).
+        audit_len: (audit.len() as u32).to_le_bytes(),
+        audit,
+        writes,
+    }
+}
+
+/// Encodes frame `number` with `digest`, the logs' bytes `appended` and
+/// `writes` into `out`, as one buffer: the bytes [`encode_pieces`]' pieces
+/// write.
+#[cfg(test)]
 pub(crate) fn encode(
     number: u64,
     digest: Digest,
@@ -323,26 +398,9 @@ pub(crate) fn encode(
     writes: &Writes,
     out: &mut Vec<u8>,
 ) {
-    out.push(FORMAT);
-    out.extend_from_slice(&number.to_le_bytes());
-    out.extend_from_slice(&digest.to_bytes());
-    let extents = appended.extents();
-    for extent in [extents.events, extents.audit] {
-        let (a, b) = extent.unwrap_or((NONE, NONE));
-        out.extend_from_slice(&a.to_le_bytes());
-        out.extend_from_slice(&b.to_le_bytes());
-    }
-    for log in [&appended.events, &appended.audit] {
-        if !log.bytes.is_empty() {
-            push_bytes(out, &log.bytes);
-        }
-    }
-    for (k, v) in writes.iter() {
-        out.push(if v.is_some() { INSERT } else { REMOVE });
-        push_bytes(out, k);
-        if let Some(v) = v {
-            push_bytes(out, v);
-        }
+    let mut scratch = Vec::new();
+    for piece in encode_pieces(number, digest, appended, writes, &mut scratch).slices() {
+        out.extend_from_slice(piece);
     }
 }
 

@@ -9,14 +9,15 @@
 //! file starts with its number.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::spare::{self, Spares};
-use super::{Appended, DIR, Digest, Writes, applied_key, encode};
+use super::{Appended, DIR, Digest, Writes, applied_key, encode_pieces};
 use crate::StoreError;
-use crate::segments::frame_header;
+use crate::audit_log::write_all_vectored;
+use crate::segments::frame_header_of;
 use crate::sled_backend::be;
 
 /// A file is closed and the next one started once it holds this much.
@@ -285,12 +286,15 @@ impl Wal {
             }
         }
         let mut buf = std::mem::take(&mut inner.buf);
-        buf.clear();
-        buf.extend_from_slice(&[0; 8]);
-        encode(number, digest, appended, &writes, &mut buf);
-        let header = frame_header(&buf[8..], true)
+        let pieces = encode_pieces(number, digest, appended, &writes, &mut buf);
+        let payload: Vec<&[u8]> = pieces.slices().collect();
+        let header = frame_header_of(&payload, true)
             .ok_or_else(|| StoreError::TooLarge(format!("commit frame {number}")))?;
-        buf[..8].copy_from_slice(&header);
+        let frame_len = header.len() + payload.iter().map(|p| p.len()).sum::<usize>();
+        let mut slices: Vec<IoSlice<'_>> = std::iter::once(&header[..])
+            .chain(payload.iter().copied())
+            .map(IoSlice::new)
+            .collect();
         // From the first byte written until the frame is applied, a failure
         // leaves the file or sled in a state only a reopen sorts out.
         inner.broken = true;
@@ -298,10 +302,12 @@ impl Wal {
         let Some((file, _)) = inner.active.as_mut() else {
             return Err(StoreError::Engine("no WAL file".into()));
         };
-        file.write_all_at(&buf, at)?;
-        inner.len += buf.len() as u64;
+        (&*file).seek(SeekFrom::Start(at))?;
+        write_all_vectored(file, &mut slices)?;
+        drop(slices);
+        inner.len += frame_len as u64;
         inner.frames += 1;
-        inner.small_run = if (buf.len() as u64) < SMALL_FRAME_BYTES {
+        inner.small_run = if (frame_len as u64) < SMALL_FRAME_BYTES {
             inner.small_run + 1
         } else {
             0
@@ -321,7 +327,7 @@ impl Wal {
             spares.want();
             inner.asked = true;
         }
-        let size = buf.len();
+        let size = frame_len;
         if buf.capacity() <= 32 << 20 {
             inner.buf = buf;
         }

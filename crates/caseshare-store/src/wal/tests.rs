@@ -693,3 +693,35 @@ fn a_growing_file_of_small_frames_gives_way_to_a_spare_as_soon_as_one_is_ready()
     let store = open(dir.path()).unwrap();
     assert_eq!(agencies(&store).len(), 3 + early);
 }
+
+#[test]
+fn a_frame_written_from_pieces_has_the_header_of_its_bytes_joined() {
+    let mut w = Writes::default();
+    w.insert(b"k", b"v".to_vec());
+    let appended = Appended {
+        events: LogBytes {
+            file: 1,
+            offset: 0,
+            bytes: vec![3; 100],
+        },
+        audit: LogBytes {
+            file: 2,
+            offset: 50,
+            bytes: vec![4; 70],
+        },
+    };
+    let mut scratch = Vec::new();
+    let pieces = encode_pieces(9, Digest::default(), &appended, &w, &mut scratch);
+    let parts: Vec<&[u8]> = pieces.slices().collect();
+    let joined = parts.concat();
+    for end in [true, false] {
+        assert_eq!(
+            crate::segments::frame_header_of(&parts, end),
+            crate::segments::frame_header(&joined, end)
+        );
+    }
+    let (regions, _) = regions_of(&joined).unwrap();
+    assert_eq!(regions.len(), 2);
+    assert_eq!(regions[1].bytes, &[4; 70][..]);
+    assert_eq!(decode(&joined).unwrap().number, 9);
+}
