@@ -349,8 +349,9 @@ impl EventLog {
     }
 
     /// Appends events as [`EventLog::append`] does, without the
-    /// `fdatasync`, and puts a copy of the bytes written, and where they
-    /// went, in `copy` (which the commit frame carries; the stabiliser
+    /// `fdatasync`, and hands the bytes written (the batch buffer itself,
+    /// swapped for `copy`'s old one), and where they went, to `copy`
+    /// (which the commit frame carries; the stabiliser
     /// syncs the segment later, [`EventLog::sync`]). Returns the bytes
     /// written.
     pub(crate) fn append_unsynced(
@@ -371,7 +372,7 @@ impl EventLog {
         Ok(())
     }
 
-    /// Appends `events`: synced here without `copy`, else copied into it.
+    /// Appends `events`: synced here without `copy`, else handed to it.
     fn append_batch(
         &self,
         events: &[StoredEvent],

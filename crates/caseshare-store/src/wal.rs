@@ -118,7 +118,8 @@ pub(crate) struct Extents {
 
 /// The bytes a commit appended to one of the two logs: the file (the
 /// segment's first sequence, or the audit file's serial), where they
-/// start, and a copy of them, which the commit frame carries.
+/// start, and the bytes (the event log hands over its batch buffer, the
+/// audit log copies its chunks), which the commit frame carries.
 #[derive(Debug, Default)]
 pub(crate) struct LogBytes {
     pub(crate) file: u64,
