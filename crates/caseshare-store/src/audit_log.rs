@@ -357,14 +357,15 @@ impl AuditLog {
     }
 
     /// Writes `chunks` (each a payload) as one commit's frames, the last
-    /// marked as the batch's end, and returns where each went; puts a copy
-    /// of the bytes written, and where they went, in `copy`. Not synced:
-    /// the commit frame carries the copy, and the stabiliser syncs the file
-    /// later ([`AuditLog::sync`]); a file is synced as the next one starts.
+    /// marked as the batch's end, and returns where each went; hands the
+    /// frames written (each header with its chunk), and where they went,
+    /// to `copy`. Not synced: the commit frame carries them, and the
+    /// stabiliser syncs the file later ([`AuditLog::sync`]); a file is
+    /// synced as the next one starts.
     pub(crate) fn append(
         &self,
-        chunks: &[Vec<u8>],
-        copy: &mut crate::wal::LogBytes,
+        chunks: Vec<Vec<u8>>,
+        copy: &mut crate::wal::AuditBytes,
     ) -> Result<Vec<Pointer>, StoreError> {
         copy.clear();
         if chunks.is_empty() {
@@ -407,7 +408,7 @@ impl AuditLog {
         }
         let mut slices: Vec<IoSlice<'_>> = headers
             .iter()
-            .zip(chunks)
+            .zip(&chunks)
             .flat_map(|(h, c)| [IoSlice::new(h), IoSlice::new(c)])
             .collect();
         if let Err(e) = write_all_vectored(&a.file, &mut slices) {
@@ -418,10 +419,7 @@ impl AuditLog {
         }
         copy.file = a.serial;
         copy.offset = a.len;
-        for (h, c) in headers.iter().zip(chunks) {
-            copy.bytes.extend_from_slice(h);
-            copy.bytes.extend_from_slice(c);
-        }
+        copy.frames.extend(headers.into_iter().zip(chunks));
         a.len = at;
         Ok(pointers)
     }

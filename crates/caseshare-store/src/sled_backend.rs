@@ -603,7 +603,10 @@ impl Storage for SledStore {
         // The commit frame, synced: the commit's one `fdatasync`. Only then
         // does sled apply it.
         let staged = self.wal.write(&self.tree, b, &appended)?;
-        if appended.events.bytes.capacity() + appended.audit.bytes.capacity() > KEEP_APPENDED {
+        // Written: the audit chunks are freed now, the event log's buffer
+        // is kept for the next commit unless it grew large.
+        appended.audit.clear();
+        if appended.events.bytes.capacity() > KEEP_APPENDED {
             *appended = Appended::default();
         }
         drop(appended);

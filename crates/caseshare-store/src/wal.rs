@@ -118,8 +118,8 @@ pub(crate) struct Extents {
 
 /// The bytes a commit appended to one of the two logs: the file (the
 /// segment's first sequence, or the audit file's serial), where they
-/// start, and the bytes (the event log hands over its batch buffer, the
-/// audit log copies its chunks), which the commit frame carries.
+/// start, and the bytes (the event log hands over its batch buffer),
+/// which the commit frame carries.
 #[derive(Debug, Default)]
 pub(crate) struct LogBytes {
     pub(crate) file: u64,
@@ -140,13 +140,41 @@ impl LogBytes {
     }
 }
 
+/// The frames a commit appended to the audit log: the file (its serial),
+/// where they start, and each frame's header and chunk, handed over by
+/// the audit log rather than copied, which the commit frame carries.
+#[derive(Debug, Default)]
+pub(crate) struct AuditBytes {
+    pub(crate) file: u64,
+    pub(crate) offset: u64,
+    pub(crate) frames: Vec<([u8; 8], Vec<u8>)>,
+}
+
+impl AuditBytes {
+    /// Empties it (the chunks are freed).
+    pub(crate) fn clear(&mut self) {
+        self.file = 0;
+        self.offset = 0;
+        self.frames.clear();
+    }
+
+    /// The frames' bytes in all.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.iter().map(|(h, c)| h.len() + c.len()).sum()
+    }
+
+    fn extent(&self) -> Option<(u64, u64)> {
+        (!self.frames.is_empty()).then(|| (self.file, self.offset + self.len() as u64))
+    }
+}
+
 /// What a commit appended to the event log and to the audit log (either
 /// may be empty): its frame carries both, so that the frame's one
 /// `fdatasync` makes the whole commit durable.
 #[derive(Debug, Default)]
 pub(crate) struct Appended {
     pub(crate) events: LogBytes,
-    pub(crate) audit: LogBytes,
+    pub(crate) audit: AuditBytes,
 }
 
 impl Appended {
@@ -325,7 +353,8 @@ pub(crate) struct Pieces<'a> {
     events: &'a [u8],
     /// The audit bytes' length (written only with audit bytes).
     audit_len: [u8; 4],
-    audit: &'a [u8],
+    /// The audit log's frames: header, chunk.
+    audit: &'a [([u8; 8], Vec<u8>)],
     /// The sled writes.
     writes: &'a [u8],
 }
@@ -338,8 +367,14 @@ impl Pieces<'_> {
         } else {
             &self.audit_len
         };
-        [self.head, self.events, audit_len, self.audit, self.writes]
+        [self.head, self.events, audit_len]
             .into_iter()
+            .chain(
+                self.audit
+                    .iter()
+                    .flat_map(|(h, c)| [h.as_slice(), c.as_slice()]),
+            )
+            .chain(std::iter::once(self.writes))
             .filter(|s| !s.is_empty())
     }
 }
@@ -375,15 +410,14 @@ pub(crate) fn encode_pieces<'a>(
             push_bytes(scratch, v);
         }
     }
-    let audit = appended.audit.bytes.as_slice();
     let (head, writes) = scratch.split_at(head);
     Pieces {
         head,
         events,
         // Sled's records and a commit's log bytes are far below 4 GiB (a
         // frame is refused by the framing before then).
-        audit_len: (audit.len() as u32).to_le_bytes(),
-        audit,
+        audit_len: (appended.audit.len() as u32).to_le_bytes(),
+        audit: &appended.audit.frames,
         writes,
     }
 }

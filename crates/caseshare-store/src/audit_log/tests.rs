@@ -234,8 +234,8 @@ fn one_uncommitted_batch_and_a_torn_tail_are_left_and_the_next_file_is_new() {
             ps.last().unwrap().1.end()
         }));
         log.append(
-            &[chunk.clone(), chunk],
-            &mut crate::wal::LogBytes::default(),
+            vec![chunk.clone(), chunk],
+            &mut crate::wal::AuditBytes::default(),
         )
         .unwrap();
         log.sync().unwrap();

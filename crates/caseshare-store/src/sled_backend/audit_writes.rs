@@ -112,7 +112,7 @@ impl AuditWrites {
     ) -> Result<usize, StoreError> {
         appended.clear();
         let audit_bytes: usize = self.chunks.iter().map(Vec::len).sum();
-        let pointers = store.audit_log.append(&self.chunks, &mut appended.audit)?;
+        let pointers = store.audit_log.append(self.chunks, &mut appended.audit)?;
         let event_bytes = store
             .events
             .append_unsynced(&batch.events, &mut appended.events)?;

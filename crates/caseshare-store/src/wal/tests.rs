@@ -704,10 +704,10 @@ fn a_frame_written_from_pieces_has_the_header_of_its_bytes_joined() {
             offset: 0,
             bytes: vec![3; 100],
         },
-        audit: LogBytes {
+        audit: AuditBytes {
             file: 2,
             offset: 50,
-            bytes: vec![4; 70],
+            frames: vec![([5; 8], vec![4; 70]), ([6; 8], vec![7; 3])],
         },
     };
     let mut scratch = Vec::new();
@@ -722,6 +722,14 @@ fn a_frame_written_from_pieces_has_the_header_of_its_bytes_joined() {
     }
     let (regions, _) = regions_of(&joined).unwrap();
     assert_eq!(regions.len(), 2);
-    assert_eq!(regions[1].bytes, &[4; 70][..]);
+    let audit = [&[5; 8][..], &[4; 70], &[6; 8], &[7; 3]].concat();
+    assert_eq!(regions[1].bytes, &audit[..]);
+    assert_eq!(
+        extents_of(&joined).unwrap(),
+        Extents {
+            events: Some((1, 100)),
+            audit: Some((2, 50 + 89)),
+        }
+    );
     assert_eq!(decode(&joined).unwrap().number, 9);
 }
