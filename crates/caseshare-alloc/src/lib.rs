@@ -190,13 +190,7 @@ mod tests {
     static RELEASING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn rss_mib() -> f64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("/proc on Linux");
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmRSS line");
-        kib / 1024.0
+        resident_bytes().expect("VmRSS in /proc/self/status on Linux") as f64 / (1 << 20) as f64
     }
 
     #[test]
