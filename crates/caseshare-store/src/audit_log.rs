@@ -581,9 +581,7 @@ fn whole_batches(file: &File, from: u64, len: u64) -> Result<usize, StoreError> 
 }
 
 /// Writes every byte of `bufs` to `file` (`Write::write_all_vectored`,
-/// which is not yet stable).
-/// Writes all of `bufs` at the file's position (`writev`, again after a
-/// short write).
+/// which is not yet stable), at the file's position.
 pub(crate) fn write_all_vectored(
     mut file: &File,
     mut bufs: &mut [IoSlice<'_>],
