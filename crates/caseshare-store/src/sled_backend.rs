@@ -92,8 +92,9 @@ pub const PURGE_CHUNK: usize = 1_000;
 /// entry (a query by child +0.3–0.5 ms at 1M entries; docs/BENCHMARKS.md).
 const MAX_AUDIT_CHUNK_BYTES: usize = 32 * 1024;
 
-/// The commit frame's copy of the logs' bytes keeps its allocation for
-/// the next commit up to this size.
+/// The event log's batch bytes, handed to the commit frame, keep their
+/// allocation for the next commit up to this size (the two buffers swap;
+/// the audit log's frames are freed once the frame is written).
 const KEEP_APPENDED: usize = 16 << 20;
 
 /// The sled store.
