@@ -69,6 +69,26 @@ const KEEP_BUFFER_BYTES: usize = 8 << 20;
 
 const HEADER: usize = 8;
 
+/// The most bytes [`EventLog::range`] reads with one `pread` (a larger
+/// event is read whole, alone).
+#[cfg(not(test))]
+const RANGE_READ_BYTES: u64 = 1 << 20;
+/// Below a test segment's size, so that a run can reach it.
+#[cfg(test)]
+const RANGE_READ_BYTES: u64 = 256 << 10;
+
+/// Consecutive events of one segment, read together by [`EventLog::range`].
+struct Run {
+    file: Arc<File>,
+    /// The first event's sequence.
+    first: u64,
+    /// Where the first event's frame starts and the last one's ends.
+    start: u64,
+    end: u64,
+    /// The frames' bounds: event `first + i` is `offsets[i]..offsets[i + 1]`.
+    offsets: Vec<u64>,
+}
+
 /// The flag in a frame's length word that marks the last frame of a batch.
 pub const BATCH_END: u32 = 1 << 31;
 /// The length bits of a frame's length word.
@@ -588,29 +608,75 @@ impl EventLog {
         Ok(self.by_id(agency, event_id)?.map(|e| e.sequence))
     }
 
-    /// Up to `max` events from `from` on, in sequence order.
+    /// Up to `max` events from `from` on, in sequence order. Consecutive
+    /// events of one segment are read with one `pread` (at most
+    /// [`RANGE_READ_BYTES`] at a time), not one each.
     pub fn range(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let (start, next) = {
-            let index = self.read_index();
-            let first = index
-                .segments
-                .values()
-                .next()
-                .map_or(u64::MAX, |s| s.first)
-                .max(index.first_retained);
-            let next = index.segments.values().next_back().map_or(0, Segment::next);
-            (from.max(first), next)
-        };
         let mut out = Vec::with_capacity(max.min(1024));
-        let mut seq = start;
-        while out.len() < max && seq < next {
-            match self.get(seq)? {
-                Some(e) => out.push(e),
-                None => break,
+        let mut seq = from;
+        let mut buf = Vec::new();
+        while out.len() < max {
+            let Some(run) = self.locate_run(seq, max - out.len()) else {
+                break;
+            };
+            let bytes = usize::try_from(run.end - run.start).unwrap_or(usize::MAX);
+            buf.clear();
+            buf.resize(bytes, 0);
+            run.file.read_exact_at(&mut buf, run.start)?;
+            for (i, bounds) in run.offsets.windows(2).enumerate() {
+                let at = |o: u64| usize::try_from(o - run.start).unwrap_or(usize::MAX);
+                let sequence = run.first + i as u64;
+                let frame = buf.get(at(bounds[0])..at(bounds[1])).unwrap_or_default();
+                let event =
+                    StoredEvent::decode(frame.get(HEADER..).unwrap_or_default()).map_err(|e| {
+                        StoreError::Corrupt {
+                            key: format!("event {sequence}"),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                out.push(event);
             }
-            seq += 1;
+            seq = run.first + (run.offsets.len() as u64 - 1);
         }
         Ok(out)
+    }
+
+    /// Where the events from `sequence` on (from the first retained one,
+    /// if `sequence` is before it) lie in one segment: up to `max` of them
+    /// within [`RANGE_READ_BYTES`] (at least one event), with their
+    /// frames' bounds. `None` when the log holds no event there.
+    fn locate_run(&self, sequence: u64, max: usize) -> Option<Run> {
+        let index = self.read_index();
+        let sequence = sequence.max(index.first_retained);
+        let seg = match index.segments.range(..=sequence).next_back() {
+            Some((_, seg)) => seg,
+            // Before the first segment: from its first event.
+            None => index.segments.values().next()?,
+        };
+        let sequence = sequence.max(seg.first);
+        let i = usize::try_from(sequence - seg.first).ok()?;
+        let bound = |j: usize| seg.offsets.get(j).map_or(seg.end, |o| u64::from(*o));
+        if i >= seg.offsets.len() {
+            return None;
+        }
+        let start = bound(i);
+        let mut offsets = vec![start];
+        let mut j = i;
+        while j < seg.offsets.len() && offsets.len() <= max {
+            let end = bound(j + 1);
+            if end - start > RANGE_READ_BYTES && offsets.len() > 1 {
+                break;
+            }
+            offsets.push(end);
+            j += 1;
+        }
+        Some(Run {
+            file: Arc::clone(&seg.file),
+            first: sequence,
+            start,
+            end: *offsets.last()?,
+            offsets,
+        })
     }
 
     /// The first retained sequence, if the log holds any event.

@@ -474,6 +474,31 @@ fn a_range_equals_reading_each_event_across_segments_and_retention() {
 }
 
 #[test]
+fn a_range_longer_than_one_read_is_read_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Events of 100 kB among small ones, several to a segment and more
+    // than `RANGE_READ_BYTES` in one; one event larger than it.
+    let log = EventLog::open(dir.path(), 1, 0, 64 << 20).unwrap();
+    let mut all = events(1..60);
+    for i in (3..50).step_by(5) {
+        all[i].event = vec![9; 100_000];
+    }
+    all[55].event = vec![5; usize::try_from(RANGE_READ_BYTES).unwrap() + 10];
+    for part in all.chunks(2) {
+        log.append(part).unwrap();
+    }
+    assert!(log.segment_count() < 5);
+    for (from, max) in [(0, 100), (1, 59), (4, 3), (30, 30), (54, 10)] {
+        let got = log.range(from, max).unwrap();
+        let want: Vec<StoredEvent> = (from.max(1)..60)
+            .take(max)
+            .map(|s| log.get(s).unwrap().unwrap())
+            .collect();
+        assert_eq!(got, want, "range({from}, {max})");
+    }
+}
+
+#[test]
 fn the_frame_walk_yields_whole_frames_then_one_error() {
     let mut bytes = Vec::new();
     for (i, payload) in [&b"abc"[..], b"defgh", b"ij"].iter().enumerate() {
