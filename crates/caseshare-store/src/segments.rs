@@ -18,7 +18,9 @@
 //! restart that found bytes after the committed events, or when the next
 //! batch would start a frame past 4 GiB. Which record is where is kept in
 //! memory (4 bytes per event: a frame's offset in its segment), rebuilt by
-//! reading the segments at open.
+//! reading the segments at open. A read of consecutive events
+//! ([`EventLog::range`], a subscription's catch-up) reads each segment's
+//! run of them with one `pread`.
 //!
 //! The log also answers idempotent publish ([`ids`]): a map in memory for
 //! the last segment, a sorted `.ids` file and a Bloom filter for each sealed
