@@ -454,21 +454,15 @@ fn a_range_equals_reading_each_event_across_segments_and_retention() {
     }
     assert!(log.segment_count() > 2);
     log.set_first(11).unwrap();
-    for (from, max) in [
+    let cases = [
         (0, 5_000),
         (11, 1),
         (12, 300),
         (1_400, 200),
         (1_501, 2),
         (2_990, 50),
-    ] {
-        let got = log.range(from, max).unwrap();
-        let want: Vec<StoredEvent> = (from.max(11)..3_000)
-            .take(max)
-            .map(|s| log.get(s).unwrap().unwrap())
-            .collect();
-        assert_eq!(got, want, "range({from}, {max})");
-    }
+    ];
+    assert_ranges_read_as_each_event(&log, 11..3_000, &cases);
     assert!(log.range(3_000, 10).unwrap().is_empty());
     assert!(log.range(0, 0).unwrap().is_empty());
 }
@@ -488,9 +482,20 @@ fn a_range_longer_than_one_read_is_read_in_parts() {
         log.append(part).unwrap();
     }
     assert!(log.segment_count() < 5);
-    for (from, max) in [(0, 100), (1, 59), (4, 3), (30, 30), (54, 10)] {
+    let cases = [(0, 100), (1, 59), (4, 3), (30, 30), (54, 10)];
+    assert_ranges_read_as_each_event(&log, 1..60, &cases);
+}
+
+/// Each `range(from, max)` of `cases` equals reading its events one by
+/// one, the log holding `held`.
+fn assert_ranges_read_as_each_event(
+    log: &EventLog,
+    held: std::ops::Range<u64>,
+    cases: &[(u64, usize)],
+) {
+    for &(from, max) in cases {
         let got = log.range(from, max).unwrap();
-        let want: Vec<StoredEvent> = (from.max(1)..60)
+        let want: Vec<StoredEvent> = (from.max(held.start)..held.end)
             .take(max)
             .map(|s| log.get(s).unwrap().unwrap())
             .collect();
