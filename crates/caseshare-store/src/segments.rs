@@ -91,6 +91,19 @@ struct Run {
     offsets: Vec<u64>,
 }
 
+/// The event in the frame read for `sequence` (`None`: the frame was not
+/// where the index says).
+fn decode_frame(sequence: u64, frame: Option<&[u8]>) -> Result<StoredEvent, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: format!("event {sequence}"),
+        detail,
+    };
+    let payload = frame
+        .and_then(|f| f.get(HEADER..))
+        .ok_or_else(|| corrupt("the frame is shorter than its header".into()))?;
+    StoredEvent::decode(payload).map_err(|e| corrupt(e.to_string()))
+}
+
 /// The flag in a frame's length word that marks the last frame of a batch.
 pub const BATCH_END: u32 = 1 << 31;
 /// The length bits of a frame's length word.
@@ -581,13 +594,7 @@ impl EventLog {
         };
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
         file.read_exact_at(&mut buf, offset)?;
-        let payload = buf.get(HEADER..).unwrap_or_default();
-        StoredEvent::decode(payload)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                key: format!("event {sequence}"),
-                detail: e.to_string(),
-            })
+        decode_frame(sequence, Some(&buf)).map(Some)
     }
 
     /// The retained event `agency` published as `event_id`.
@@ -626,17 +633,11 @@ impl EventLog {
             buf.resize(bytes, 0);
             run.file.read_exact_at(&mut buf, run.start)?;
             for (i, bounds) in run.offsets.windows(2).enumerate() {
-                let at = |o: u64| usize::try_from(o - run.start).unwrap_or(usize::MAX);
-                let sequence = run.first + i as u64;
-                let frame = buf.get(at(bounds[0])..at(bounds[1])).unwrap_or_default();
-                let event =
-                    StoredEvent::decode(frame.get(HEADER..).unwrap_or_default()).map_err(|e| {
-                        StoreError::Corrupt {
-                            key: format!("event {sequence}"),
-                            detail: e.to_string(),
-                        }
-                    })?;
-                out.push(event);
+                let at = |o: u64| usize::try_from(o - run.start).ok();
+                let frame = at(bounds[0])
+                    .zip(at(bounds[1]))
+                    .and_then(|(a, b)| buf.get(a..b));
+                out.push(decode_frame(run.first + i as u64, frame)?);
             }
             seq = run.first + (run.offsets.len() as u64 - 1);
         }
