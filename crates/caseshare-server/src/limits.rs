@@ -58,11 +58,15 @@ impl RateLimiter {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Takes one token for `principal`, or refuses.
+    /// Takes one token for `principal`, or refuses. A principal already
+    /// tracked costs one lookup and no allocation (this runs per publish).
     pub fn acquire(&self, principal: &str) -> Result<(), BrokerError> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if !buckets.contains_key(principal) && buckets.len() >= self.max_principals {
+        if let Some(b) = buckets.get_mut(principal) {
+            return self.take(b, now);
+        }
+        if buckets.len() >= self.max_principals {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
             if buckets.len() >= self.max_principals {
@@ -80,6 +84,11 @@ impl RateLimiter {
             tokens: self.burst,
             at: now,
         });
+        self.take(b, now)
+    }
+
+    /// Refills `b` up to `now` and takes a token from it, or refuses.
+    fn take(&self, b: &mut Bucket, now: Instant) -> Result<(), BrokerError> {
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
