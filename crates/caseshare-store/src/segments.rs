@@ -574,26 +574,17 @@ impl EventLog {
         Ok(written)
     }
 
-    /// Where a sequence's record is: (file, offset, length).
-    fn locate(&self, sequence: u64) -> Option<(Arc<File>, u64, u64)> {
-        let index = self.read_index();
-        if sequence < index.first_retained {
-            return None;
-        }
-        let (_, seg) = index.segments.range(..=sequence).next_back()?;
-        let i = usize::try_from(sequence - seg.first).ok()?;
-        let start = u64::from(*seg.offsets.get(i)?);
-        let end = seg.offsets.get(i + 1).map_or(seg.end, |o| u64::from(*o));
-        Some((Arc::clone(&seg.file), start, end - start))
-    }
-
     /// One event.
     pub fn get(&self, sequence: u64) -> Result<Option<StoredEvent>, StoreError> {
-        let Some((file, offset, len)) = self.locate(sequence) else {
+        // The run from `sequence` starts later if it is not held (retained).
+        let Some(run) = self
+            .locate_run(sequence, 1)
+            .filter(|run| run.first == sequence)
+        else {
             return Ok(None);
         };
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        file.read_exact_at(&mut buf, offset)?;
+        let mut buf = vec![0u8; usize::try_from(run.end - run.start).unwrap_or(0)];
+        run.file.read_exact_at(&mut buf, run.start)?;
         decode_frame(sequence, Some(&buf)).map(Some)
     }
 
